@@ -1,0 +1,322 @@
+"""The site agent: connects out, long-polls for tasks, trains, encrypts and submits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from flwr.client import NumPyClient
+
+import crypto
+from client.custody import SiteIdentity
+from client.secure import (
+    SecureModelState,
+    ServerOptimiser,
+    codec_for,
+    decrypt_aggregate,
+    encrypt_update,
+    flatten,
+)
+from client.trainer import scalar_config
+from protos import common_pb2, federation_pb2, federation_pb2_grpc, wire
+
+log = logging.getLogger(__name__)
+AGENT_VERSION = "cohort-agent/0.1"
+
+# Events the agent reports to whoever runs it (CLI progress, demo table, tests).
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class AgentError(RuntimeError):
+    """The agent cannot go on (rejected credentials, a key that will not open)."""
+
+
+@dataclass
+class AgentConfig:
+    coordinator: str
+    site_name: str
+    state_dir: Path
+    poll_seconds: float = 10.0
+    encrypt_workers: int | None = None
+    max_backoff_seconds: float = 30.0
+    audit_rows: int = 200
+    seed: int = 0
+    channel_options: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class SiteAgent:
+    """Drives one site's ``NumPyClient`` through the federation's tasks.
+
+    Only outbound calls: the coordinator never connects to a site. The agent holds the
+    site's X25519 identity and the run keys it was sealed; nothing else leaves the site
+    but updates (encrypted in secure runs), key bundles and attribution summaries.
+    """
+
+    def __init__(self, config: AgentConfig, client: NumPyClient,
+                 listener: Listener | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.listener = listener or (lambda event, info: None)
+        self.identity = SiteIdentity.load_or_create(config.state_dir, config.site_name)
+        self.channel = grpc.insecure_channel(config.coordinator, options=config.channel_options)
+        self.stub = federation_pb2_grpc.FederationStub(self.channel)
+        self.node_id = ""
+        self._secure_state: dict[str, SecureModelState] = {}
+        self._run_keys: dict[str, tuple[Any, Any]] = {}
+        self._models: dict[str, list[np.ndarray]] = {}
+        self.rng = np.random.default_rng()
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((wire.NODE_TOKEN_HEADER, f"Bearer {self.identity.node_token}"),)
+
+    def join(self) -> str:
+        reply = self.stub.Join(federation_pb2.JoinRequest(
+            site_name=self.config.site_name, x25519_public_key=self.identity.x25519_public,
+            node_token=self.identity.node_token, agent_version=AGENT_VERSION), timeout=30)
+        self.identity.remember_node(reply.node_id, reply.node_token)
+        self.node_id = reply.node_id
+        self.listener("joined", {"node_id": reply.node_id})
+        log.info("%s joined as node %s", self.config.site_name, reply.node_id)
+        return reply.node_id
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Poll and work until ``stop`` is set; reconnect with backoff when the link drops."""
+        stop = stop or threading.Event()
+        backoff = 0.5
+        joined = False
+        while not stop.is_set():
+            try:
+                if not joined:
+                    self.join()
+                    joined = True
+                task = self.stub.PullTask(
+                    federation_pb2.PullTaskRequest(wait_seconds=self.config.poll_seconds),
+                    metadata=self._metadata(), timeout=self.config.poll_seconds + 30)
+                backoff = 0.5
+                if task.kind != federation_pb2.TASK_KIND_NONE:
+                    self.handle(task)
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.UNAUTHENTICATED and joined:
+                    log.warning("coordinator no longer knows this node; joining again")
+                    self.identity.forget_node()
+                    joined = False
+                    continue
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.CANCELLED,
+                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    self.listener("disconnected", {"code": str(code), "retry_in": backoff})
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, self.config.max_backoff_seconds)
+                    continue
+                # The coordinator refused a task's result: report it, drop it, go on.
+                detail = exc.details() if hasattr(exc, "details") else str(exc)
+                self.listener("rejected", {"code": str(code), "detail": detail})
+                log.warning("coordinator refused: %s %s", code, detail)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def handle(self, task: federation_pb2.Task) -> None:
+        handlers = {
+            federation_pb2.TASK_KIND_INIT: self._init,
+            federation_pb2.TASK_KIND_TRAIN: self._train,
+            federation_pb2.TASK_KIND_KEYGEN: self._keygen,
+            federation_pb2.TASK_KIND_AUDIT: self._audit,
+        }
+        handler = handlers.get(task.kind)
+        if handler is None:
+            log.warning("ignoring task of unknown kind %s", task.kind)
+            return
+        handler(task)
+
+    def _config(self, task: federation_pb2.Task) -> dict[str, Any]:
+        config: dict[str, Any] = json.loads(task.config_json or "{}")
+        config["round"] = task.round
+        config["run_id"] = task.run_id
+        return config
+
+    def _init(self, task: federation_pb2.Task) -> None:
+        weights = self.client.get_parameters(scalar_config(self._config(task)))
+        self._submit(task, wire.encode_tensors([np.asarray(w, np.float32) for w in weights]),
+                     wire.TENSORS_FLOAT32, num_examples=1, weight=1, metrics={})
+        self.listener("initialised", {"run_id": task.run_id, "tensors": len(weights)})
+
+    def _keygen(self, task: federation_pb2.Task) -> None:
+        """Custodian: make the run's Paillier key here and seal it to every site."""
+        bits = int(task.encoding.key_bits) or 2048
+        started = time.perf_counter()
+        public_key, private_key = crypto.generate_keypair(bits, insecure_test_size=bits < 2048)
+        private_bytes = crypto.private_key_to_bytes(private_key)
+        public_bytes = crypto.public_key_to_bytes(public_key)
+        fingerprint = crypto.key_fingerprint(public_key)
+        bundle = federation_pb2.KeyBundle(task_id=task.task_id, run_id=task.run_id,
+                                          public_key=public_bytes, key_fingerprint=fingerprint,
+                                          key_bits=public_key.n.bit_length())
+        for participant in task.participants:
+            sealed = crypto.seal(bytes(participant.x25519_public_key), private_bytes,
+                                 self._key_context(task.run_id, fingerprint))
+            bundle.sealed.add(node_id=participant.node_id, sealed_private_key=sealed)
+        self.stub.SubmitKeys(bundle, metadata=self._metadata(), timeout=60)
+        self._run_keys[task.run_id] = (public_key, private_key)
+        self.listener("keygen", {"run_id": task.run_id, "fingerprint": fingerprint,
+                                 "seconds": time.perf_counter() - started,
+                                 "sealed_for": len(task.participants)})
+        log.info("run %s key fingerprint %s (compare out of band)", task.run_id, fingerprint)
+
+    @staticmethod
+    def _key_context(run_id: str, fingerprint: str) -> bytes:
+        # Binds a sealed key to its run and public key: a blob replayed for another run fails.
+        return f"cohort/run-key/{run_id}/{fingerprint}".encode()
+
+    def run_keys(self, task: federation_pb2.Task) -> tuple[Any, Any]:
+        """Open (once) the run's private key sealed to this site, and check it is the run's."""
+        if task.run_id in self._run_keys:
+            return self._run_keys[task.run_id]
+        if not task.sealed_private_key:
+            raise AgentError(f"no sealed key for this site in run {task.run_id}")
+        public_key = crypto.public_key_from_bytes(bytes(task.encoding.public_key))
+        fingerprint = crypto.key_fingerprint(public_key)
+        if fingerprint != task.encoding.key_fingerprint:
+            raise AgentError("the run's public key does not match its announced fingerprint")
+        try:
+            private_bytes = crypto.open_sealed(self.identity.x25519_private,
+                                               bytes(task.sealed_private_key),
+                                               self._key_context(task.run_id, fingerprint))
+        except ValueError as exc:
+            raise AgentError(f"the sealed run key does not open with this site's key: {exc}") \
+                from exc
+        private_key = crypto.private_key_from_bytes(private_bytes, public_key)
+        self._run_keys[task.run_id] = (public_key, private_key)
+        self.listener("key", {"run_id": task.run_id, "fingerprint": fingerprint})
+        log.info("run %s key fingerprint %s (compare out of band)", task.run_id, fingerprint)
+        return public_key, private_key
+
+    def fetch(self, run_id: str, sha256: str) -> bytes:
+        chunks = self.stub.FetchModel(federation_pb2.FetchModelRequest(run_id=run_id,
+                                                                       sha256=sha256),
+                                      metadata=self._metadata(), timeout=300)
+        return wire.join_chunks(chunks)
+
+    def _tensors(self, run_id: str, sha256: str) -> list[np.ndarray]:
+        if sha256 not in self._models:
+            self._models = {sha256: wire.decode_tensors(self.fetch(run_id, sha256))}
+        return [a.copy() for a in self._models[sha256]]
+
+    def global_model(self, task: federation_pb2.Task) -> list[np.ndarray]:
+        """The round's global weights: fetched (plaintext) or rebuilt from aggregates (secure)."""
+        if task.secure != common_pb2.SECURE_SCHEME_PAILLIER:
+            return self._tensors(task.run_id, task.model_sha256)
+        public_key, private_key = self.run_keys(task)
+        config = self._config(task)
+        state = self._secure_state.get(task.run_id)
+        if state is None or state.applied_round > (task.aggregates[-1].round
+                                                   if task.aggregates else 0):
+            initial = self._tensors(task.run_id, task.model_sha256)
+            optimiser = ServerOptimiser(strategy=str(config.get("strategy", "fedavg")),
+                                        server_lr=float(config.get("server_lr", 1.0)))
+            state = SecureModelState(flatten(initial), initial, optimiser)
+            self._secure_state[task.run_id] = state
+        codec = codec_for(task.encoding, public_key)
+        for aggregate in task.aggregates:
+            if aggregate.round <= state.applied_round:
+                continue
+            codec.check_total_weight(int(aggregate.total_weight))
+            mean = decrypt_aggregate(self.fetch(task.run_id, aggregate.sha256), codec,
+                                     private_key, int(aggregate.total_weight), int(aggregate.count))
+            state.weights = state.optimiser.step(state.weights, mean)
+            state.applied_round = aggregate.round
+        return state.arrays()
+
+    def _train(self, task: federation_pb2.Task) -> None:
+        config = self._config(task)
+        started = time.perf_counter()
+        weights = self.global_model(task)
+        flower_config = scalar_config(config)
+        metrics: dict[str, Any] = {}
+        try:
+            loss, n_eval, eval_metrics = self.client.evaluate(weights, flower_config)
+            metrics.update({"eval_loss": float(loss), "eval_examples": int(n_eval)})
+            metrics.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+        except NotImplementedError:
+            pass
+        secure = task.secure == common_pb2.SECURE_SCHEME_PAILLIER
+        pool = None
+        if secure:
+            public_key, private_key = self.run_keys(task)
+            codec = codec_for(task.encoding, public_key)
+            pool = crypto.RandomnessPool(public_key, private_key,
+                                         workers=self.config.encrypt_workers)
+            pool.start(codec.num_plaintexts(int(sum(np.prod(w.shape) for w in weights))))
+        try:
+            new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
+            metrics.update({k: v for k, v in fit_metrics.items()})
+            trained = time.perf_counter()
+            deltas = [np.asarray(n, np.float64) - np.asarray(w, np.float64)
+                      for n, w in zip(new_weights, weights, strict=True)]
+            if secure:
+                weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
+                payload = encrypt_update(flatten(deltas), weight, codec, public_key, private_key,
+                                         self.rng, pool=pool)
+                encoding = wire.PAILLIER_PACKED
+            else:
+                weight = int(num_examples)
+                payload = wire.encode_tensors([d.astype(np.float32) for d in deltas])
+                encoding = wire.TENSORS_FLOAT32
+        finally:
+            if pool is not None:
+                pool.close()
+        encrypted = time.perf_counter()
+        metrics.update({"train_seconds": trained - started, "encode_seconds": encrypted - trained})
+        self._submit(task, payload, encoding, num_examples=int(num_examples), weight=weight,
+                     metrics=metrics)
+        self.listener("trained", {"run_id": task.run_id, "round": task.round,
+                                  "bytes": len(payload), "metrics": metrics})
+
+    def _submit(self, task: federation_pb2.Task, payload: bytes, encoding: str, *,
+                num_examples: int, weight: int, metrics: dict[str, Any]) -> None:
+        header = federation_pb2.UpdateHeader(
+            task_id=task.task_id, run_id=task.run_id, round=task.round,
+            num_examples=num_examples, weight=weight, metrics=wire.metrics_to_proto(metrics),
+            payload_size=len(payload), payload_sha256=wire.sha256_hex(payload),
+            encoding=encoding, key_id=task.encoding.key_id)
+
+        def messages() -> Iterator[federation_pb2.UpdateMessage]:
+            yield federation_pb2.UpdateMessage(header=header)
+            for _, piece in wire.iter_chunks(payload):
+                if piece:
+                    yield federation_pb2.UpdateMessage(data=piece)
+
+        self.stub.SubmitUpdate(messages(), metadata=self._metadata(), timeout=600)
+
+    def _audit(self, task: federation_pb2.Task) -> None:
+        """SHAP audit of the final model on held-out rows; only the summary leaves."""
+        from client.audit import run_site_audit
+
+        weights = self.global_model(task)
+        summary = run_site_audit(self.client, weights, site=self.config.site_name,
+                                 rows=self.config.audit_rows, seed=self.config.seed)
+        if summary is None:
+            self.listener("audit_skipped", {"run_id": task.run_id})
+            return
+        self.stub.SubmitAudit(federation_pb2.AuditSubmission(
+            task_id=task.task_id, run_id=task.run_id, summary_json=summary.to_json()),
+            metadata=self._metadata(), timeout=60)
+        self.listener("audited", {"run_id": task.run_id, "rows": summary.row_count})
+
+    def export_model(self, task: federation_pb2.Task) -> list[np.ndarray]:
+        """Final weights of a run, decrypted here (secure runs) — used by export-model."""
+        return self.global_model(task)
+

@@ -1,0 +1,103 @@
+"""Site-side secure aggregation: encrypt an update, decrypt an aggregate, step the server optimiser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from phe import PaillierPrivateKey, PaillierPublicKey
+
+import crypto
+from protos import common_pb2
+from protos.wire import NDArrays
+
+
+def flatten(arrays: NDArrays) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays \
+        else np.zeros(0)
+
+
+def unflatten(flat: np.ndarray, like: NDArrays) -> NDArrays:
+    out: NDArrays = []
+    offset = 0
+    for ref in like:
+        size = int(np.prod(ref.shape))
+        out.append(flat[offset : offset + size].reshape(ref.shape).astype(ref.dtype))
+        offset += size
+    if offset != flat.size:
+        raise ValueError(f"{flat.size} values do not fill tensors of {offset} values")
+    return out
+
+
+def codec_for(encoding: common_pb2.EncodingParams, public_key: PaillierPublicKey) -> crypto.SlotCodec:
+    return crypto.SlotCodec(clip=encoding.clip, bits=encoding.bits,
+                            max_weight=int(encoding.max_weight),
+                            key_bits=public_key.n.bit_length())
+
+
+def encrypt_update(
+    delta: np.ndarray, weight: int, codec: crypto.SlotCodec, public_key: PaillierPublicKey,
+    private_key: PaillierPrivateKey, rng: np.random.Generator,
+    pool: crypto.RandomnessPool | None = None,
+) -> bytes:
+    """Quantise, weight, pack and encrypt a flat update; returns the wire payload."""
+    plaintexts = codec.encode(delta, weight, rng)
+    ciphertexts = crypto.encrypt_packed(public_key, plaintexts, private_key=private_key, pool=pool)
+    return crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
+
+
+def decrypt_aggregate(
+    payload: bytes, codec: crypto.SlotCodec, private_key: PaillierPrivateKey,
+    total_weight: int, count: int,
+) -> np.ndarray:
+    """The weighted mean update hidden in an encrypted aggregate."""
+    width = crypto.ciphertext_width(private_key.public_key)
+    sums = crypto.decrypt_packed(private_key, crypto.ciphertexts_from_bytes(payload, width))
+    return codec.decode(sums, total_weight, count)
+
+
+@dataclass
+class ServerOptimiser:
+    """FedAvg, FedAvgM or FedAdam, stepped identically at every key-holding site.
+
+    In secure mode the coordinator never sees the mean update, so the server step runs
+    where it can be decrypted. Every site applies the same aggregates in the same order
+    with float64 arithmetic and no randomness, so every site holds the same global model.
+    """
+
+    strategy: str = "fedavg"
+    server_lr: float = 1.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    _m: np.ndarray | None = field(default=None, repr=False)
+    _v: np.ndarray | None = field(default=None, repr=False)
+
+    def step(self, weights: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
+        if self.strategy == "fedavg":
+            return weights + self.server_lr * mean_delta
+        if self.strategy == "fedavgm":
+            self._m = mean_delta if self._m is None else self.momentum * self._m + mean_delta
+            return weights + self.server_lr * self._m
+        if self.strategy == "fedadam":
+            # Reddi et al., "Adaptive Federated Optimization" (2021), as in Flower's FedAdam.
+            m = np.zeros_like(mean_delta) if self._m is None else self._m
+            v = np.zeros_like(mean_delta) if self._v is None else self._v
+            self._m = self.beta1 * m + (1 - self.beta1) * mean_delta
+            self._v = self.beta2 * v + (1 - self.beta2) * mean_delta**2
+            return weights + self.server_lr * self._m / (np.sqrt(self._v) + self.tau)
+        raise ValueError(f"unknown server strategy {self.strategy!r}")
+
+
+@dataclass
+class SecureModelState:
+    """A site's copy of the global model of a secure run and how far it has applied."""
+
+    weights: np.ndarray
+    like: NDArrays
+    optimiser: ServerOptimiser
+    applied_round: int = 0
+
+    def arrays(self) -> NDArrays:
+        return unflatten(self.weights, self.like)

@@ -1,0 +1,236 @@
+"""The operators' domain logic: runs, nodes, model download, the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coordinator import auditlog
+from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
+from coordinator.hub import Hub
+from coordinator.runs import RunSpec
+from coordinator.scheduler import cancel_open_tasks
+from coordinator.schema import (
+    Institution,
+    ModelKind,
+    ModelVersion,
+    Node,
+    Round,
+    Run,
+    RunState,
+    SiteAudit,
+    Task,
+    TaskKind,
+    TaskState,
+    Update,
+)
+from protos import admin_pb2, common_pb2
+
+_STATE_TO_PROTO = {
+    RunState.PENDING: common_pb2.RUN_STATE_PENDING,
+    RunState.RUNNING: common_pb2.RUN_STATE_RUNNING,
+    RunState.COMPLETED: common_pb2.RUN_STATE_COMPLETED,
+    RunState.FAILED: common_pb2.RUN_STATE_FAILED,
+    RunState.STOPPED: common_pb2.RUN_STATE_STOPPED,
+}
+_SECURE_FROM_PROTO = {
+    common_pb2.SECURE_SCHEME_UNSPECIFIED: "none",
+    common_pb2.SECURE_SCHEME_NONE: "none",
+    common_pb2.SECURE_SCHEME_PAILLIER: "paillier",
+}
+
+
+def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpec:
+    """Read a CreateRunRequest into a validated RunSpec (InvalidArgument otherwise)."""
+    try:
+        config = json.loads(request.config_json) if request.config_json else {}
+    except ValueError as exc:
+        raise InvalidArgument(f"config_json is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise InvalidArgument("config_json must be a JSON object")
+    if request.secure not in _SECURE_FROM_PROTO:
+        raise InvalidArgument(f"unknown secure scheme {request.secure}")
+    spec = RunSpec(
+        model=request.model,
+        rounds=request.rounds or 5,
+        min_clients=request.min_clients or 2,
+        max_clients=request.max_clients,
+        fraction=request.fraction or 1.0,
+        round_deadline=request.round_deadline_seconds or 300.0,
+        local_epochs=request.local_epochs or 1,
+        lr=request.lr or 0.01,
+        secure=_SECURE_FROM_PROTO[request.secure],
+        custodian=request.custodian,
+        strategy=request.strategy or "fedavg",
+        name=request.name,
+        created_by=actor,
+        config=config,
+    )
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
+    return spec
+
+
+class AdminService:
+    """What operators and auditors may do. Raises a :class:`CohortError` on bad input."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def create_run(self, spec: RunSpec) -> admin_pb2.RunInfo:
+        run_id = str(uuid.uuid4())
+        config = dict(spec.config)
+        config.update(local_epochs=spec.local_epochs, lr=spec.lr)
+        if spec.secure == "paillier":
+            config["encoding"] = spec.encoding
+        with self.hub.lock, self.hub.db.transaction() as session:
+            run = Run(id=run_id, name=spec.name, model=spec.model, rounds=spec.rounds,
+                      min_clients=spec.min_clients, max_clients=spec.max_clients,
+                      fraction=spec.fraction, round_deadline=spec.round_deadline,
+                      strategy=spec.strategy, secure=spec.secure, config=config,
+                      custodian=spec.custodian, created_by=spec.created_by)
+            session.add(run)
+            session.flush()
+            auditlog.append(session, "run.created", run_id=run_id, actor=spec.created_by,
+                            details={"model": spec.model, "rounds": spec.rounds,
+                                     "secure": spec.secure, "strategy": spec.strategy,
+                                     "config_sha256": spec.config_sha256()})
+            info = self._info(session, run)
+        self.hub.notify()
+        return info
+
+    def list_runs(self) -> admin_pb2.ListRunsReply:
+        with self.hub.db.transaction() as session:
+            runs = session.scalars(select(Run).order_by(Run.created_at.desc())).all()
+            return admin_pb2.ListRunsReply(runs=[self._info(session, r, brief=True) for r in runs])
+
+    def get_run(self, run_id: str) -> admin_pb2.RunInfo:
+        with self.hub.db.transaction() as session:
+            return self._info(session, self._run(session, run_id))
+
+    def stop_run(self, run_id: str, reason: str, actor: str) -> admin_pb2.RunInfo:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            run = self._run(session, run_id)
+            if run.state.ended:
+                raise FailedPrecondition(f"run {run_id} has already ended ({run.state.value})")
+            run.state = RunState.STOPPED
+            run.ended_at = time.time()
+            run.failure_reason = reason or "stopped by operator"
+            cancel_open_tasks(session, run.id)
+            auditlog.append(session, "run.stopped", run_id=run.id, actor=actor,
+                            details={"reason": run.failure_reason})
+            info = self._info(session, run)
+        self.hub.notify()
+        return info
+
+    def watch_run(self, run_id: str, is_active: callable = lambda: True) -> Iterator[admin_pb2.RunEvent]:  # type: ignore[valid-type]
+        """Yield a snapshot at once, then each time the run changes, until it has ended."""
+        last = b""
+        while is_active():
+            info = self.get_run(run_id)
+            encoded = info.SerializeToString(deterministic=True)
+            if encoded != last:
+                last = encoded
+                yield admin_pb2.RunEvent(time_unix=time.time(), kind="snapshot",
+                                         message=common_pb2.RunState.Name(info.state), run=info)
+            if info.state in (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED,
+                              common_pb2.RUN_STATE_STOPPED):
+                return
+            self.hub.wait(1.0)
+
+    def model_payload(self, run_id: str, round_number: int, actor: str) -> bytes:
+        """The plaintext model of a round (0: the final one); refused for secure runs."""
+        with self.hub.lock, self.hub.db.transaction() as session:
+            run = self._run(session, run_id)
+            if round_number == 0:
+                if not run.final_model_sha256:
+                    raise FailedPrecondition(f"run {run_id} has no final model yet "
+                                             f"({run.state.value})")
+                version = session.scalar(select(ModelVersion).where(
+                    ModelVersion.run_id == run_id,
+                    ModelVersion.blob_sha256 == run.final_model_sha256))
+            else:
+                version = session.scalar(select(ModelVersion).where(
+                    ModelVersion.run_id == run_id, ModelVersion.round == round_number))
+            if version is None:
+                raise NotFound(f"run {run_id} has no model for round {round_number}")
+            if version.kind == ModelKind.ENCRYPTED_AGGREGATE:
+                raise FailedPrecondition(
+                    "this is a secure run: the coordinator holds only encrypted aggregates; "
+                    "a site exports the model with `cohort client export-model`")
+            auditlog.append(session, "model.downloaded", run_id=run_id, actor=actor,
+                            details={"round": version.round, "sha256": version.blob_sha256})
+            sha = version.blob_sha256
+        return self.hub.blobs.get(sha)
+
+    def list_nodes(self) -> admin_pb2.ListNodesReply:
+        cutoff = time.time() - self.hub.limits.offline_after_seconds
+        with self.hub.db.transaction() as session:
+            rows = session.execute(select(Node, Institution.name).join(
+                Institution, Node.institution_id == Institution.id).order_by(Institution.name))
+            return admin_pb2.ListNodesReply(nodes=[
+                admin_pb2.NodeInfo(
+                    node_id=node.id, site_name=name, online=node.last_seen >= cutoff,
+                    last_seen_unix=node.last_seen,
+                    x25519_fingerprint=hashlib.sha256(node.x25519_public_key).hexdigest()[:32]
+                    if node.x25519_public_key else "")
+                for node, name in rows])
+
+    def audit_log(self, run_id: str) -> admin_pb2.AuditLog:
+        with self.hub.db.transaction() as session:
+            rows = auditlog.all_rows(session)
+        return admin_pb2.AuditLog(entries=[
+            admin_pb2.AuditEntry(seq=r.seq, time_unix=r.time, run_id=r.run_id, kind=r.kind,
+                                 actor=r.actor, details_json=r.details, prev_hash=r.prev_hash,
+                                 hash=r.hash)
+            for r in rows if not run_id or r.run_id in (run_id, "")])
+
+    # -- views ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _run(session: Session, run_id: str) -> Run:
+        run = session.get(Run, run_id) if run_id else None
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        return run
+
+    @staticmethod
+    def _info(session: Session, run: Run, brief: bool = False) -> admin_pb2.RunInfo:
+        info = admin_pb2.RunInfo(
+            run_id=run.id, name=run.name, state=_STATE_TO_PROTO[run.state], model=run.model,
+            rounds=run.rounds, current_round=run.current_round, min_clients=run.min_clients,
+            secure=(common_pb2.SECURE_SCHEME_PAILLIER if run.secure == "paillier"
+                    else common_pb2.SECURE_SCHEME_NONE),
+            strategy=run.strategy, config_json=json.dumps(run.config, default=str),
+            created_unix=run.created_at, started_unix=run.started_at, ended_unix=run.ended_at,
+            failure_reason=run.failure_reason, key_fingerprint=run.key_fingerprint,
+            custodian=run.custodian, final_model_sha256=run.final_model_sha256,
+        )
+        if brief:
+            return info
+        info.audits_received = int(session.scalar(
+            select(func.count()).select_from(SiteAudit).where(SiteAudit.run_id == run.id)) or 0)
+        rounds = session.scalars(select(Round).where(Round.run_id == run.id)
+                                 .order_by(Round.number)).all()
+        for rnd in rounds:
+            selected = session.scalar(select(func.count()).select_from(Task).where(
+                Task.run_id == run.id, Task.round == rnd.number, Task.kind == TaskKind.TRAIN,
+                Task.state != TaskState.CANCELLED)) or 0
+            received = session.execute(select(func.count(), func.coalesce(func.sum(Update.size), 0))
+                                       .where(Update.run_id == run.id,
+                                              Update.round == rnd.number)).one()
+            info.round_infos.add(
+                number=rnd.number, state=rnd.state.value, selected=int(selected),
+                submitted=int(received[0]), total_weight=rnd.total_weight,
+                metrics={k: float(v) for k, v in (rnd.metrics or {}).items()},
+                opened_unix=rnd.opened_at, closed_unix=rnd.closed_at,
+                model_sha256=rnd.model_sha256, bytes_received=int(received[1]))
+        return info

@@ -1,0 +1,99 @@
+"""Domain exceptions and the one place that maps them to gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class CohortError(Exception):
+    """Base of the errors a caller can act on; the message says what was wrong."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unauthenticated(CohortError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CohortError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(CohortError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidArgument(CohortError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(CohortError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AlreadyExists(CohortError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhausted(CohortError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def maps_domain_errors(method: F) -> F:
+    """Turn a domain exception raised by a servicer method into ``context.abort``.
+
+    Unary methods and server-streaming generators both pass through here, so every RPC
+    answers a :class:`CohortError` with its status code and message and anything else
+    with INTERNAL (logged), never a raw traceback to the caller.
+    """
+
+    def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, CohortError):
+            context.abort(exc.code, str(exc))
+        log.exception("unexpected error in %s", method.__name__)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    if _is_generator(method):
+
+        @functools.wraps(method)
+        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, see _abort
+                if _is_abort(exc):
+                    raise
+                _abort(context, exc)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, see _abort
+            if _is_abort(exc):
+                raise
+            _abort(context, exc)
+
+    return unary_wrapper  # type: ignore[return-value]
+
+
+def _is_generator(method: Callable[..., Any]) -> bool:
+    import inspect
+
+    return inspect.isgeneratorfunction(method)
+
+
+def _is_abort(exc: Exception) -> bool:
+    # context.abort raises a bare Exception subclass private to grpc; let it through.
+    return type(exc).__module__.startswith("grpc")

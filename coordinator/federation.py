@@ -1,0 +1,530 @@
+"""The federation's domain logic: joining, task hand-out, model fetch, update intake."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import crypto
+from coordinator import auditlog
+from coordinator.errors import (
+    AlreadyExists,
+    CohortError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from coordinator.hub import Hub
+from coordinator.schema import (
+    Institution,
+    ModelKind,
+    ModelVersion,
+    Node,
+    Round,
+    RoundState,
+    Run,
+    RunState,
+    SealedKey,
+    SiteAudit,
+    Task,
+    TaskKind,
+    TaskState,
+    Update,
+)
+from protos import common_pb2, federation_pb2, wire
+
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LIVE = (TaskState.PENDING, TaskState.DELIVERED)
+_KIND_TO_PROTO = {
+    TaskKind.INIT: federation_pb2.TASK_KIND_INIT,
+    TaskKind.TRAIN: federation_pb2.TASK_KIND_TRAIN,
+    TaskKind.KEYGEN: federation_pb2.TASK_KIND_KEYGEN,
+    TaskKind.AUDIT: federation_pb2.TASK_KIND_AUDIT,
+}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def weight_cap(run: Run, selected: int) -> int:
+    """Largest weight one site may use so that the round's Σw can never pass max_weight."""
+    max_weight = int(run.config.get("encoding", {}).get("max_weight", 4096))  # type: ignore[union-attr]
+    return max(1, max_weight // max(selected, run.min_clients, 1))
+
+
+def encoding_of(run: Run) -> dict[str, float | int]:
+    from coordinator.runs import DEFAULT_ENCODING
+
+    given = run.config.get("encoding", {})
+    return {**DEFAULT_ENCODING, **(given if isinstance(given, dict) else {})}
+
+
+class FederationService:
+    """What sites may do. Every method raises a :class:`CohortError` on bad input."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    # -- identity ------------------------------------------------------------------------
+
+    def join(self, request: federation_pb2.JoinRequest) -> federation_pb2.JoinReply:
+        name = request.site_name.strip()
+        if not SITE_NAME.match(name):
+            raise InvalidArgument(
+                "site name must be 1-128 letters, digits, '.', '_' or '-', starting with a "
+                f"letter or digit; got {request.site_name!r}"
+            )
+        key = bytes(request.x25519_public_key)
+        if key and len(key) != 32:
+            raise InvalidArgument("x25519_public_key must be 32 raw bytes")
+        with self.hub.lock, self.hub.db.transaction() as session:
+            if request.node_token:
+                node = self._node_for_token(session, request.node_token)
+                if self._site(session, node) != name:
+                    raise PermissionDenied("that node token belongs to another site")
+                if key:
+                    node.x25519_public_key = key
+                node.last_seen = time.time()
+                auditlog.append(session, "site.rejoined", actor=node.id, details={"site": name})
+                return self._join_reply(node.id, request.node_token)
+            institution = session.scalar(select(Institution).where(Institution.name == name))
+            if institution is None:
+                institution = Institution(name=name)
+                session.add(institution)
+                session.flush()
+            token = secrets.token_urlsafe(32)
+            node = Node(id=str(uuid.uuid4()), institution_id=institution.id,
+                        token_hash=hash_token(token), x25519_public_key=key,
+                        agent_version=request.agent_version,
+                        capabilities=dict(request.capabilities))
+            session.add(node)
+            session.flush()
+            auditlog.append(session, "site.joined", actor=node.id, details={
+                "site": name, "x25519_sha256": hashlib.sha256(key).hexdigest() if key else ""})
+        self.hub.notify()
+        return self._join_reply(node.id, token)
+
+    def _join_reply(self, node_id: str, token: str) -> federation_pb2.JoinReply:
+        return federation_pb2.JoinReply(
+            node_id=node_id, node_token=token,
+            heartbeat_interval_seconds=self.hub.limits.heartbeat_interval_seconds)
+
+    @staticmethod
+    def _node_for_token(session: Session, token: str) -> Node:
+        node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
+        if node is None:
+            raise Unauthenticated("unknown node token: join the federation first")
+        return node
+
+    @staticmethod
+    def _site(session: Session, node: Node) -> str:
+        institution = session.get(Institution, node.institution_id)
+        return institution.name if institution else ""
+
+    def authenticate(self, token: str | None) -> str:
+        """Return the node id for a bearer token and mark the node as seen."""
+        if not token:
+            raise Unauthenticated("missing node token: send 'authorization: Bearer <token>'")
+        with self.hub.db.transaction() as session:
+            node = self._node_for_token(session, token)
+            now = time.time()
+            if now - node.last_seen > 1.0:
+                node.last_seen = now
+            return node.id
+
+    def heartbeat(self, node_id: str) -> federation_pb2.HeartbeatReply:
+        return federation_pb2.HeartbeatReply(server_time_unix=time.time())
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def pull_task(self, node_id: str, wait_seconds: float) -> federation_pb2.Task:
+        """Long poll: the node's oldest live task, or NONE once ``wait_seconds`` pass."""
+        wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
+        until = time.monotonic() + wait
+        while True:
+            with self.hub.lock, self.hub.db.transaction() as session:
+                task = self._next_task(session, node_id)
+                if task is not None:
+                    message = self._task_message(session, task)
+                    if task.state == TaskState.PENDING:
+                        task.state = TaskState.DELIVERED
+                        task.delivered_at = time.time()
+                    return message
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
+            self.hub.wait(min(remaining, 1.0))
+            with self.hub.db.transaction() as session:
+                node = session.get(Node, node_id)
+                if node is not None:
+                    node.last_seen = time.time()
+
+    @staticmethod
+    def _next_task(session: Session, node_id: str) -> Task | None:
+        now = time.time()
+        for task in session.scalars(select(Task).where(
+                Task.node_id == node_id, Task.state.in_(_LIVE)).order_by(Task.created_at)):
+            run = session.get(Run, task.run_id)
+            if run is None or now >= task.deadline:
+                continue
+            if task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED:
+                return task
+            if run.state == RunState.RUNNING:
+                return task
+        return None
+
+    def _task_message(self, session: Session, task: Task) -> federation_pb2.Task:
+        run = session.get(Run, task.run_id)
+        assert run is not None
+        config = run.config | {"model": run.model, "local_epochs": run.config.get(
+            "local_epochs", 1), "strategy": run.strategy, "rounds": run.rounds}
+        message = federation_pb2.Task(
+            kind=_KIND_TO_PROTO[task.kind], task_id=task.id, run_id=run.id, round=task.round,
+            deadline_unix=task.deadline,
+            secure=(common_pb2.SECURE_SCHEME_PAILLIER if run.secure == "paillier"
+                    else common_pb2.SECURE_SCHEME_NONE),
+        )
+        if run.secure == "paillier":
+            enc = encoding_of(run)
+            message.encoding.CopyFrom(common_pb2.EncodingParams(
+                clip=float(enc["clip"]), bits=int(enc["bits"]),
+                max_weight=int(enc["max_weight"]), key_bits=int(enc["key_bits"]),
+                key_id=run.key_id, public_key=run.public_key,
+                key_fingerprint=run.key_fingerprint))
+            sealed = session.scalar(select(SealedKey).where(
+                SealedKey.run_id == run.id, SealedKey.node_id == task.node_id))
+            if sealed is not None:
+                message.sealed_private_key = sealed.sealed
+        if task.kind == TaskKind.KEYGEN:
+            for node in self._keygen_participants(session):
+                message.participants.add(node_id=node.id, site_name=self._site(session, node),
+                                         x25519_public_key=node.x25519_public_key)
+        if task.kind == TaskKind.TRAIN:
+            selected = len(session.scalars(select(Task.id).where(
+                Task.run_id == run.id, Task.round == task.round,
+                Task.kind == TaskKind.TRAIN)).all())
+            config["weight_cap"] = weight_cap(run, selected)
+        if task.kind in (TaskKind.TRAIN, TaskKind.AUDIT):
+            self._attach_model(session, run, task.round, message)
+        message.config_json = json.dumps(config, default=str)
+        return message
+
+    def _keygen_participants(self, session: Session) -> list[Node]:
+        cutoff = time.time() - self.hub.limits.offline_after_seconds
+        return [n for n in session.scalars(select(Node).where(Node.last_seen >= cutoff))
+                if n.x25519_public_key]
+
+    @staticmethod
+    def _attach_model(session: Session, run: Run, round_number: int,
+                      message: federation_pb2.Task) -> None:
+        """Plaintext: the latest global model. Secure: the initial model plus every aggregate."""
+        versions = list(session.scalars(select(ModelVersion).where(
+            ModelVersion.run_id == run.id, ModelVersion.round < round_number,
+            ModelVersion.round >= 1).order_by(ModelVersion.round)))
+        if run.secure != "paillier":
+            message.model_sha256 = versions[-1].blob_sha256 if versions else (
+                run.initial_model_sha256)
+            return
+        message.model_sha256 = run.initial_model_sha256
+        for version in versions:
+            message.aggregates.add(round=version.round, sha256=version.blob_sha256,
+                                   total_weight=version.total_weight,
+                                   num_updates=version.num_updates, count=version.count)
+
+    # -- models --------------------------------------------------------------------------
+
+    def fetch_model(self, node_id: str, run_id: str, sha256: str) -> bytes:
+        """A model blob of a run this node takes part in (never another run's)."""
+        with self.hub.db.transaction() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            involved = session.scalar(select(Task.id).where(
+                Task.run_id == run_id, Task.node_id == node_id).limit(1))
+            if involved is None:
+                raise PermissionDenied("this node has no task in that run")
+            known = sha256 == run.initial_model_sha256 or session.scalar(
+                select(ModelVersion.id).where(ModelVersion.run_id == run_id,
+                                              ModelVersion.blob_sha256 == sha256).limit(1))
+            if not known:
+                raise NotFound(f"run {run_id} has no model {sha256!r}")
+        return self.hub.blobs.get(sha256)
+
+    # -- updates -------------------------------------------------------------------------
+
+    def submit_update(
+        self, node_id: str, messages: Iterator[federation_pb2.UpdateMessage]
+    ) -> federation_pb2.SubmitReply:
+        first = next(messages, None)
+        if first is None or first.WhichOneof("msg") != "header":
+            raise InvalidArgument("the first message of an update must be its header")
+        header = first.header
+        try:
+            with self.hub.db.transaction() as session:
+                task, run = self._check_header(session, node_id, header)
+                task_kind = task.kind
+            payload = self._receive(header, messages)
+            with self.hub.lock, self.hub.db.transaction() as session:
+                task, run = self._check_header(session, node_id, header)
+                update_id = self._accept(session, node_id, task, run, header, payload)
+        except CohortError as exc:
+            with self.hub.lock, self.hub.db.transaction() as session:
+                auditlog.append(session, "update.rejected", run_id=header.run_id, actor=node_id,
+                                details={"round": header.round, "status": exc.code.name,
+                                         "reason": str(exc)})
+            raise
+        self.hub.notify()
+        kind = "initial weights" if task_kind == TaskKind.INIT else "update"
+        return federation_pb2.SubmitReply(id=update_id, message=f"{kind} accepted")
+
+    def _check_header(
+        self, session: Session, node_id: str, header: federation_pb2.UpdateHeader
+    ) -> tuple[Task, Run]:
+        task = session.get(Task, header.task_id)
+        if task is None or task.node_id != node_id:
+            raise FailedPrecondition(f"no task {header.task_id!r} for this node")
+        if task.kind not in (TaskKind.INIT, TaskKind.TRAIN):
+            raise FailedPrecondition(f"task {task.id} is a {task.kind.value} task, not training")
+        if header.run_id != task.run_id or header.round != task.round:
+            raise FailedPrecondition(
+                f"update names run {header.run_id} round {header.round}, but the task is for "
+                f"run {task.run_id} round {task.round}")
+        run = session.get(Run, task.run_id)
+        assert run is not None
+        if run.state != RunState.RUNNING:
+            raise FailedPrecondition(f"run {run.id} is {run.state.value}, not running")
+        if task.kind == TaskKind.TRAIN:
+            exists = session.scalar(select(Update.id).where(
+                Update.run_id == run.id, Update.round == task.round, Update.node_id == node_id))
+            if exists is not None:
+                raise AlreadyExists(f"this site already sent its update for round {task.round}")
+            current = session.scalar(select(Round).where(
+                Round.run_id == run.id, Round.number == task.round))
+            if current is None or current.state != RoundState.OPEN:
+                raise FailedPrecondition(f"round {task.round} is closed")
+        if task.state not in _LIVE:
+            what = "already done" if task.state == TaskState.DONE else task.state.value
+            if task.state == TaskState.DONE:
+                raise AlreadyExists(f"task {task.id} is {what}")
+            raise FailedPrecondition(f"task {task.id} is {what}: its round moved on")
+        if header.payload_size > self.hub.limits.max_update_bytes:
+            raise ResourceExhausted(
+                f"update of {header.payload_size} bytes is over the "
+                f"{self.hub.limits.max_update_bytes}-byte limit")
+        if header.num_examples < 1:
+            raise InvalidArgument("num_examples must be at least 1")
+        expected = (wire.PAILLIER_PACKED if run.secure == "paillier" and task.kind == TaskKind.TRAIN
+                    else wire.TENSORS_FLOAT32)
+        if header.encoding != expected:
+            raise InvalidArgument(f"this run takes {expected!r} updates, not {header.encoding!r}")
+        return task, run
+
+    def _receive(
+        self, header: federation_pb2.UpdateHeader, messages: Iterable[federation_pb2.UpdateMessage]
+    ) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        for message in messages:
+            if message.WhichOneof("msg") != "data":
+                raise InvalidArgument("only one header per update; the rest must be data")
+            size += len(message.data)
+            if size > header.payload_size:
+                raise InvalidArgument(
+                    f"update is longer than the {header.payload_size} bytes its header announced")
+            parts.append(message.data)
+        payload = b"".join(parts)
+        if len(payload) != header.payload_size:
+            raise InvalidArgument(
+                f"update ended after {len(payload)} of {header.payload_size} bytes")
+        if wire.sha256_hex(payload) != header.payload_sha256:
+            raise InvalidArgument("update payload does not match its sha256 (chunk lost or changed)")
+        return payload
+
+    def _accept(
+        self, session: Session, node_id: str, task: Task, run: Run,
+        header: federation_pb2.UpdateHeader, payload: bytes,
+    ) -> str:
+        if task.kind == TaskKind.INIT:
+            specs = self._check_tensors(payload, None)
+            sha = self.hub.blobs.put(payload)
+            run.initial_model_sha256 = sha
+            run.tensor_specs = [{"dtype": s.dtype, "shape": list(s.shape)} for s in specs]
+            session.add(ModelVersion(run_id=run.id, round=0, kind=ModelKind.PLAINTEXT,
+                                     blob_sha256=sha, size=len(payload),
+                                     count=sum(s.size for s in specs)))
+            task.state = TaskState.DONE
+            auditlog.append(session, "model.initialised", run_id=run.id, actor=node_id,
+                            details={"model_sha256": sha, "tensors": len(specs)})
+            return sha
+        if run.secure == "paillier":
+            weight = self._check_ciphertexts(session, run, task, header, payload)
+        else:
+            self._check_tensors(payload, run)
+            weight = int(header.num_examples)
+        sha = self.hub.blobs.put(payload)
+        metrics = {k: wire.scalar_from_proto(v) for k, v in header.metrics.items()}
+        update = Update(run_id=run.id, round=task.round, node_id=node_id, task_id=task.id,
+                        blob_sha256=sha, size=len(payload), encoding=header.encoding,
+                        num_examples=int(header.num_examples), weight=weight, metrics=metrics)
+        session.add(update)
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            raise AlreadyExists(f"this site already sent its update for round {task.round}") from exc
+        task.state = TaskState.DONE
+        auditlog.append(session, "update.accepted", run_id=run.id, actor=node_id, details={
+            "round": task.round, "payload_sha256": sha, "bytes": len(payload),
+            "num_examples": int(header.num_examples), "weight": weight,
+            "encoding": header.encoding})
+        return str(update.id)
+
+    @staticmethod
+    def _check_tensors(payload: bytes, run: Run | None) -> list[wire.TensorSpec]:
+        try:
+            specs = wire.tensor_specs(payload)
+        except wire.PayloadError as exc:
+            raise InvalidArgument(f"update is not a tensor payload: {exc}") from exc
+        if any(s.dtype not in ("float32", "float64", "float16") for s in specs):
+            raise InvalidArgument("update tensors must be floating point")
+        if run is not None:
+            expected = [(str(s["dtype"]), tuple(s["shape"])) for s in run.tensor_specs]  # type: ignore[call-overload]
+            got = [(s.dtype, s.shape) for s in specs]
+            if len(got) != len(expected):
+                raise InvalidArgument(
+                    f"update has {len(got)} tensors, the model has {len(expected)}")
+            for index, (have, want) in enumerate(zip(got, expected, strict=True)):
+                if have[1] != want[1]:
+                    raise InvalidArgument(
+                        f"tensor {index} has shape {list(have[1])}, the model's is {list(want[1])}")
+            arrays = wire.decode_tensors(payload)
+            if not all(np.isfinite(a).all() for a in arrays):
+                raise InvalidArgument("update holds NaN or infinite values")
+        return specs
+
+    def _check_ciphertexts(
+        self, session: Session, run: Run, task: Task, header: federation_pb2.UpdateHeader,
+        payload: bytes,
+    ) -> int:
+        if header.key_id != run.key_id:
+            raise FailedPrecondition(
+                f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}")
+        enc = encoding_of(run)
+        selected = len(session.scalars(select(Task.id).where(
+            Task.run_id == run.id, Task.round == task.round, Task.kind == TaskKind.TRAIN)).all())
+        cap = weight_cap(run, selected)
+        weight = int(header.weight)
+        if not 1 <= weight <= cap:
+            raise InvalidArgument(f"weight {weight} is outside 1..{cap} for this round")
+        accepted = sum(session.scalars(select(Update.weight).where(
+            Update.run_id == run.id, Update.round == task.round)).all())
+        if accepted + weight > int(enc["max_weight"]):
+            raise InvalidArgument(
+                f"total weight {accepted + weight} would pass the slot bound {enc['max_weight']}")
+        public_key = crypto.public_key_from_bytes(run.public_key)
+        codec = crypto.SlotCodec(clip=float(enc["clip"]), bits=int(enc["bits"]),
+                                 max_weight=int(enc["max_weight"]),
+                                 key_bits=public_key.n.bit_length())
+        count = sum(int(np.prod(s["shape"])) for s in run.tensor_specs)  # type: ignore[call-overload]
+        width = crypto.ciphertext_width(public_key)
+        expected = codec.num_plaintexts(count)
+        if len(payload) != expected * width:
+            raise InvalidArgument(
+                f"update holds {len(payload) / width:.1f} ciphertexts; the model needs {expected}")
+        try:
+            ciphertexts = crypto.ciphertexts_from_bytes(payload, width)
+            crypto.validate_ciphertexts(ciphertexts, public_key)
+        except ValueError as exc:
+            raise InvalidArgument(f"bad ciphertext: {exc}") from exc
+        return weight
+
+    # -- keys and audits -----------------------------------------------------------------
+
+    def submit_keys(self, node_id: str, bundle: federation_pb2.KeyBundle) -> federation_pb2.SubmitReply:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            task = session.get(Task, bundle.task_id)
+            if task is None or task.node_id != node_id or task.kind != TaskKind.KEYGEN:
+                raise FailedPrecondition("this node holds no key-generation task by that id")
+            if task.state not in _LIVE or bundle.run_id != task.run_id:
+                raise FailedPrecondition("that key-generation task is no longer open")
+            run = session.get(Run, task.run_id)
+            assert run is not None
+            if run.public_key:
+                raise AlreadyExists("this run already has its key")
+            try:
+                public_key = crypto.public_key_from_bytes(bytes(bundle.public_key))
+            except ValueError as exc:
+                raise InvalidArgument(f"unreadable public key: {exc}") from exc
+            want_bits = int(encoding_of(run)["key_bits"])
+            if public_key.n.bit_length() < want_bits - 1:
+                raise InvalidArgument(
+                    f"key has {public_key.n.bit_length()} bits; the run asks for {want_bits}")
+            fingerprint = crypto.key_fingerprint(public_key)
+            if bundle.key_fingerprint and bundle.key_fingerprint != fingerprint:
+                raise InvalidArgument("key fingerprint does not match the public key")
+            known = {n.id for n in self._keygen_participants(session)} | {node_id}
+            sealed_for = []
+            for item in bundle.sealed:
+                if item.node_id not in known or not item.sealed_private_key:
+                    raise InvalidArgument(f"sealed key for unknown node {item.node_id!r}")
+                session.add(SealedKey(run_id=run.id, node_id=item.node_id,
+                                      sealed=bytes(item.sealed_private_key)))
+                sealed_for.append(item.node_id)
+            if len(sealed_for) < run.min_clients:
+                raise InvalidArgument(
+                    f"keys sealed for {len(sealed_for)} sites; the run needs {run.min_clients}")
+            run.public_key = bytes(bundle.public_key)
+            run.key_id = crypto.key_id(public_key)
+            run.key_fingerprint = fingerprint
+            task.state = TaskState.DONE
+            auditlog.append(session, "key.registered", run_id=run.id, actor=node_id, details={
+                "key_id": run.key_id, "fingerprint": fingerprint,
+                "key_bits": public_key.n.bit_length(), "sealed_for": sorted(sealed_for)})
+        self.hub.notify()
+        return federation_pb2.SubmitReply(id=run.key_id, message="key registered")
+
+    def submit_audit(
+        self, node_id: str, submission: federation_pb2.AuditSubmission
+    ) -> federation_pb2.SubmitReply:
+        if len(submission.summary_json) > self.hub.limits.max_audit_bytes:
+            raise ResourceExhausted("audit summary is over the size limit")
+        try:
+            summary = json.loads(submission.summary_json)
+        except ValueError as exc:
+            raise InvalidArgument(f"audit summary is not JSON: {exc}") from exc
+        if not isinstance(summary, dict):
+            raise InvalidArgument("audit summary must be a JSON object")
+        try:
+            from explain.summary import AttributionSummary
+
+            AttributionSummary.from_dict(summary)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(f"audit summary is malformed: {exc}") from exc
+        with self.hub.lock, self.hub.db.transaction() as session:
+            task = session.get(Task, submission.task_id)
+            if task is None or task.node_id != node_id or task.kind != TaskKind.AUDIT:
+                raise FailedPrecondition("this node holds no audit task by that id")
+            if task.run_id != submission.run_id:
+                raise FailedPrecondition("the audit names another run than its task")
+            if task.state == TaskState.DONE:
+                raise AlreadyExists("this site already sent its audit for the run")
+            session.add(SiteAudit(run_id=task.run_id, node_id=node_id, summary=summary))
+            task.state = TaskState.DONE
+            auditlog.append(session, "audit.submitted", run_id=task.run_id, actor=node_id,
+                            details={"rows": summary.get("row_count"),
+                                     "sha256": wire.sha256_hex(submission.summary_json.encode())})
+        self.hub.notify()
+        return federation_pb2.SubmitReply(id=task.id, message="audit stored")

@@ -1,0 +1,107 @@
+"""Run specifications: what an operator may ask for, checked before anything is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from coordinator.aggregation import STRATEGIES, check_strategy
+
+SECURE_SCHEMES = ("none", "paillier")
+KEY_SIZES = (1024, 2048, 3072)
+
+# BatchCrypt-style encoding defaults: 16-bit quantisation with up to 2^12 total weight
+# packs 73 slots of 28 bits into a 2048-bit plaintext.
+DEFAULT_ENCODING: dict[str, float | int] = {
+    "clip": 1.0,
+    "bits": 16,
+    "max_weight": 4096,
+    "key_bits": 2048,
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything an operator chooses when starting a run."""
+
+    model: str
+    rounds: int = 5
+    min_clients: int = 2
+    max_clients: int = 0
+    fraction: float = 1.0
+    round_deadline: float = 300.0
+    local_epochs: int = 1
+    lr: float = 0.01
+    secure: str = "none"
+    custodian: str = ""
+    strategy: str = "fedavg"
+    name: str = ""
+    created_by: str = ""
+    config: dict[str, object] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range."""
+        if not self.model.strip():
+            raise ValueError("model must be named (e.g. tabular_mlp)")
+        if not 1 <= self.rounds <= 10_000:
+            raise ValueError(f"rounds must be between 1 and 10000, not {self.rounds}")
+        if self.min_clients < 1:
+            raise ValueError(f"min_clients must be at least 1, not {self.min_clients}")
+        if self.max_clients and self.max_clients < self.min_clients:
+            raise ValueError(
+                f"max_clients ({self.max_clients}) is below min_clients ({self.min_clients})"
+            )
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], not {self.fraction}")
+        if not 1.0 <= self.round_deadline <= 7 * 86400:
+            raise ValueError(f"round deadline must be 1 s to 7 days, not {self.round_deadline}")
+        if not 1 <= self.local_epochs <= 1000:
+            raise ValueError(f"local_epochs must be between 1 and 1000, not {self.local_epochs}")
+        if not 0.0 < self.lr <= 10.0:
+            raise ValueError(f"lr must be in (0, 10], not {self.lr}")
+        if self.secure not in SECURE_SCHEMES:
+            raise ValueError(f"secure must be one of {', '.join(SECURE_SCHEMES)}, not {self.secure!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        check_strategy(self.strategy, self.secure != "none")
+        quorum = self.quorum
+        if not 1 <= quorum <= max(self.min_clients, 1):
+            raise ValueError(f"quorum must be between 1 and min_clients, not {quorum}")
+        if self.secure == "paillier":
+            enc = self.encoding
+            if int(enc["key_bits"]) not in KEY_SIZES:
+                raise ValueError(f"key_bits must be one of {KEY_SIZES}, not {enc['key_bits']}")
+            if not 2 <= int(enc["bits"]) <= 32:
+                raise ValueError(f"encoding bits must be 2 to 32, not {enc['bits']}")
+            if float(enc["clip"]) <= 0:
+                raise ValueError("encoding clip must be positive")
+            if int(enc["max_weight"]) < self.min_clients:
+                raise ValueError("max_weight must allow at least one unit of weight per site")
+
+    @property
+    def quorum(self) -> int:
+        """Updates needed to close a round at its deadline (default: every required site)."""
+        return int(self.config.get("quorum", self.min_clients))  # type: ignore[call-overload]
+
+    @property
+    def encoding(self) -> dict[str, float | int]:
+        given = self.config.get("encoding", {})
+        merged = dict(DEFAULT_ENCODING)
+        if isinstance(given, dict):
+            merged.update({k: v for k, v in given.items() if k in DEFAULT_ENCODING})
+        return merged
+
+    def trainer_config(self) -> dict[str, object]:
+        """The JSON a site's trainer receives with each task."""
+        return {
+            **self.config,
+            "model": self.model,
+            "local_epochs": self.local_epochs,
+            "lr": self.lr,
+            "strategy": self.strategy,
+        }
+
+    def config_sha256(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()

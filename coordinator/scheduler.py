@@ -1,0 +1,354 @@
+"""Round scheduler: moves each run through key generation, initial model, rounds and audits."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import crypto
+from coordinator import auditlog
+from coordinator.aggregation import aggregate_deltas, apply_deltas
+from coordinator.hub import Hub
+from coordinator.schema import (
+    ModelKind,
+    ModelVersion,
+    Node,
+    Round,
+    RoundState,
+    Run,
+    RunState,
+    Task,
+    TaskKind,
+    TaskState,
+    Update,
+)
+from protos import wire
+
+log = logging.getLogger(__name__)
+
+MAX_ROUND_ATTEMPTS = 3
+SETUP_ATTEMPTS = 3
+
+
+def online_nodes(session: Session, hub: Hub, now: float) -> list[Node]:
+    cutoff = now - hub.limits.offline_after_seconds
+    return list(session.scalars(select(Node).where(Node.last_seen >= cutoff).order_by(Node.id)))
+
+
+def select_nodes(
+    candidates: Sequence[str], *, fraction: float, min_clients: int, max_clients: int, seed: str
+) -> list[str]:
+    """Sample ``max(min, ceil(fraction·n))`` candidates (capped at ``max``), reproducibly."""
+    count = max(min_clients, int(np.ceil(fraction * len(candidates))))
+    if max_clients:
+        count = min(count, max_clients)
+    count = min(count, len(candidates))
+    return sorted(random.Random(seed).sample(sorted(candidates), count))
+
+
+def weighted_metrics(updates: Sequence[Update]) -> dict[str, float]:
+    """Example-weighted mean of every numeric metric the sites reported."""
+    sums: dict[str, float] = defaultdict(float)
+    weights: dict[str, float] = defaultdict(float)
+    for update in updates:
+        for key, value in (update.metrics or {}).items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if np.isfinite(value):
+                sums[key] += float(value) * update.num_examples
+                weights[key] += update.num_examples
+    return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+
+
+class RoundScheduler:
+    """Advances every active run; runs in its own thread and after each state change."""
+
+    def __init__(self, hub: Hub, tick_seconds: float = 0.25) -> None:
+        self.hub = hub
+        self.tick_seconds = tick_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="round-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.hub.notify()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.advance_all()
+            except Exception:  # noqa: BLE001 - the scheduler must outlive one bad run
+                log.exception("scheduler tick failed")
+            self._stop.wait(self.tick_seconds)
+
+    def advance_all(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.hub.lock:
+            with self.hub.db.transaction() as session:
+                active = session.scalars(
+                    select(Run.id).where(Run.state.in_([RunState.PENDING, RunState.RUNNING]))
+                ).all()
+            moved = False
+            for run_id in active:
+                with self.hub.db.transaction() as session:
+                    run = session.get(Run, run_id)
+                    if run is not None:
+                        moved |= self._advance(session, run, now)
+        if moved:
+            self.hub.notify()
+
+    # -- one run -------------------------------------------------------------------------
+
+    def _advance(self, session: Session, run: Run, now: float) -> bool:
+        online = online_nodes(session, self.hub, now)
+        if run.state == RunState.PENDING:
+            if len(online) < run.min_clients:
+                return False
+            run.state = RunState.RUNNING
+            run.started_at = now
+            auditlog.append(session, "run.started", run_id=run.id,
+                            details={"online_sites": len(online)})
+            return True
+        if run.secure == "paillier" and not run.public_key:
+            return self._setup_task(session, run, TaskKind.KEYGEN, online, now)
+        if not run.initial_model_sha256:
+            return self._setup_task(session, run, TaskKind.INIT, online, now)
+        current = session.scalar(
+            select(Round).where(Round.run_id == run.id, Round.number == run.current_round)
+        )
+        if current is None or current.state == RoundState.CLOSED:
+            if run.current_round >= run.rounds:
+                self._complete(session, run, now)
+                return True
+            return self._open_round(session, run, run.current_round + 1, online, now)
+        return self._check_round(session, run, current, online, now)
+
+    def _custodian_candidates(self, session: Session, run: Run, online: list[Node]) -> list[Node]:
+        if not run.custodian:
+            return online
+        return [n for n in online if self._site_name(session, n) == run.custodian]
+
+    @staticmethod
+    def _site_name(session: Session, node: Node) -> str:
+        from coordinator.schema import Institution
+
+        institution = session.get(Institution, node.institution_id)
+        return institution.name if institution else ""
+
+    def _setup_task(
+        self, session: Session, run: Run, kind: TaskKind, online: list[Node], now: float
+    ) -> bool:
+        """KEYGEN and INIT go to one site (the custodian where named); retried elsewhere."""
+        tasks = list(session.scalars(select(Task).where(Task.run_id == run.id, Task.kind == kind)))
+        live = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
+        for task in live:
+            if now < task.deadline:
+                return False
+            task.state = TaskState.MISSED
+            auditlog.append(session, "task.missed", run_id=run.id, actor=task.node_id,
+                            details={"kind": kind.value})
+        if len(tasks) >= SETUP_ATTEMPTS:
+            what = "generate the run's keys" if kind == TaskKind.KEYGEN else "send initial weights"
+            self._fail(session, run, now, f"no site could {what} after {len(tasks)} attempts")
+            return True
+        candidates = self._custodian_candidates(session, run, online)
+        if kind == TaskKind.INIT and run.secure == "paillier":
+            # The key custodian also supplies the initial model: one site starts the run.
+            keygen = session.scalar(
+                select(Task).where(Task.run_id == run.id, Task.kind == TaskKind.KEYGEN,
+                                   Task.state == TaskState.DONE)
+            )
+            if keygen is not None:
+                candidates = [n for n in online if n.id == keygen.node_id] or candidates
+        if len(online) < run.min_clients or not candidates:
+            return False
+        tried = {t.node_id for t in tasks}
+        fresh = [n for n in candidates if n.id not in tried] or candidates
+        node = fresh[0]
+        session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node.id, kind=kind,
+                         round=0, deadline=now + run.round_deadline))
+        auditlog.append(session, "task.assigned", run_id=run.id, actor=node.id,
+                        details={"kind": kind.value})
+        return True
+
+    def _eligible(self, session: Session, run: Run, online: list[Node]) -> list[Node]:
+        if run.secure != "paillier":
+            return online
+        from coordinator.schema import SealedKey
+
+        keyed = set(session.scalars(select(SealedKey.node_id).where(SealedKey.run_id == run.id)))
+        return [n for n in online if n.id in keyed]
+
+    def _open_round(
+        self, session: Session, run: Run, number: int, online: list[Node], now: float
+    ) -> bool:
+        eligible = self._eligible(session, run, online)
+        if len(eligible) < run.min_clients:
+            return False
+        chosen = select_nodes([n.id for n in eligible], fraction=run.fraction,
+                              min_clients=run.min_clients, max_clients=run.max_clients,
+                              seed=f"{run.id}:{number}")
+        session.add(Round(run_id=run.id, number=number, deadline=now + run.round_deadline,
+                          opened_at=now))
+        for node_id in chosen:
+            session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node_id,
+                             kind=TaskKind.TRAIN, round=number, deadline=now + run.round_deadline))
+        run.current_round = number
+        run.round_attempts = 1
+        auditlog.append(session, "round.opened", run_id=run.id,
+                        details={"round": number, "selected": chosen})
+        return True
+
+    def _check_round(
+        self, session: Session, run: Run, current: Round, online: list[Node], now: float
+    ) -> bool:
+        tasks = list(session.scalars(select(Task).where(
+            Task.run_id == run.id, Task.round == current.number, Task.kind == TaskKind.TRAIN)))
+        open_tasks = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
+        updates = list(session.scalars(select(Update).where(
+            Update.run_id == run.id, Update.round == current.number)))
+        quorum = int(run.config.get("quorum", run.min_clients))  # type: ignore[call-overload]
+        if not open_tasks and len(updates) >= quorum:
+            self._close_round(session, run, current, updates, now)
+            return True
+        if now < current.deadline and open_tasks:
+            return False
+        for task in open_tasks:
+            task.state = TaskState.MISSED
+            auditlog.append(session, "task.missed", run_id=run.id, actor=task.node_id,
+                            details={"round": current.number})
+        if len(updates) >= quorum:
+            self._close_round(session, run, current, updates, now)
+            return True
+        return self._retry_round(session, run, current, updates, online, now)
+
+    def _retry_round(
+        self, session: Session, run: Run, current: Round, updates: list[Update],
+        online: list[Node], now: float,
+    ) -> bool:
+        """Keep the updates already accepted, ask other sites for the rest, up to a limit."""
+        quorum = int(run.config.get("quorum", run.min_clients))  # type: ignore[call-overload]
+        if run.round_attempts >= MAX_ROUND_ATTEMPTS:
+            self._fail(session, run, now,
+                       f"round {current.number} got {len(updates)} of the {quorum} updates it "
+                       f"needs in {run.round_attempts} attempts")
+            return True
+        submitted = {u.node_id for u in updates}
+        eligible = [n.id for n in self._eligible(session, run, online) if n.id not in submitted]
+        if len(submitted) + len(eligible) < quorum:
+            if now < current.deadline + run.round_deadline:
+                return False  # wait one more deadline for sites to come back
+            self._fail(session, run, now,
+                       f"round {current.number} needs {quorum} sites; only "
+                       f"{len(submitted) + len(eligible)} are online and keyed")
+            return True
+        run.round_attempts += 1
+        current.deadline = now + run.round_deadline
+        for node_id in eligible:
+            session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node_id,
+                             kind=TaskKind.TRAIN, round=current.number, deadline=current.deadline))
+        auditlog.append(session, "round.retried", run_id=run.id,
+                        details={"round": current.number, "attempt": run.round_attempts,
+                                 "selected": eligible})
+        return True
+
+    # -- closing a round -----------------------------------------------------------------
+
+    def _close_round(
+        self, session: Session, run: Run, current: Round, updates: list[Update], now: float
+    ) -> None:
+        total_weight = sum(u.weight for u in updates)
+        if run.secure == "paillier":
+            sha, size, count = self._aggregate_encrypted(run, updates)
+            kind = ModelKind.ENCRYPTED_AGGREGATE
+        else:
+            sha, size, count = self._aggregate_plaintext(session, run, current.number, updates)
+            kind = ModelKind.PLAINTEXT
+        session.add(ModelVersion(run_id=run.id, round=current.number, kind=kind, blob_sha256=sha,
+                                 size=size, total_weight=total_weight, num_updates=len(updates),
+                                 count=count, created_at=now))
+        current.state = RoundState.CLOSED
+        current.closed_at = now
+        current.model_sha256 = sha
+        current.total_weight = total_weight
+        current.num_updates = len(updates)
+        current.metrics = weighted_metrics(updates)
+        auditlog.append(session, "round.closed", run_id=run.id, details={
+            "round": current.number, "updates": len(updates), "total_weight": total_weight,
+            "model_sha256": sha, "aggregation": kind.value,
+            "sites": sorted(u.node_id for u in updates)})
+        if current.number >= run.rounds:
+            self._complete(session, run, now)
+
+    def _aggregate_plaintext(
+        self, session: Session, run: Run, number: int, updates: list[Update]
+    ) -> tuple[str, int, int]:
+        previous = session.scalar(select(ModelVersion).where(
+            ModelVersion.run_id == run.id, ModelVersion.round == number - 1))
+        base_sha = previous.blob_sha256 if previous else run.initial_model_sha256
+        weights = wire.decode_tensors(self.hub.blobs.get(base_sha))
+        results = [(wire.decode_tensors(self.hub.blobs.get(u.blob_sha256)), int(u.num_examples))
+                   for u in updates]
+        deltas = aggregate_deltas(run.strategy, results)
+        server_lr = float(run.config.get("server_lr", 1.0))  # type: ignore[arg-type]
+        payload = wire.encode_tensors(apply_deltas(weights, deltas, server_lr))
+        return self.hub.blobs.put(payload), len(payload), sum(int(w.size) for w in weights)
+
+    def _aggregate_encrypted(self, run: Run, updates: list[Update]) -> tuple[str, int, int]:
+        """Multiply the sites' ciphertexts slot-wise: the coordinator never decrypts."""
+        public_key = crypto.public_key_from_bytes(run.public_key)
+        width = crypto.ciphertext_width(public_key)
+        vectors = [crypto.ciphertexts_from_bytes(self.hub.blobs.get(u.blob_sha256), width)
+                   for u in updates]
+        total = crypto.add_encrypted(vectors, public_key)
+        payload = crypto.ciphertexts_to_bytes(total, width)
+        count = sum(int(np.prod(s["shape"])) for s in run.tensor_specs)  # type: ignore[call-overload]
+        return self.hub.blobs.put(payload), len(payload), count
+
+    # -- ends ----------------------------------------------------------------------------
+
+    def _complete(self, session: Session, run: Run, now: float) -> None:
+        last = session.scalar(select(ModelVersion).where(ModelVersion.run_id == run.id)
+                              .order_by(ModelVersion.round.desc()).limit(1))
+        run.state = RunState.COMPLETED
+        run.ended_at = now
+        run.final_model_sha256 = last.blob_sha256 if last else run.initial_model_sha256
+        participants = sorted(set(session.scalars(
+            select(Update.node_id).where(Update.run_id == run.id))))
+        if run.config.get("audit", True):
+            for node_id in participants:
+                session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node_id,
+                                 kind=TaskKind.AUDIT, round=run.rounds,
+                                 deadline=now + max(run.round_deadline, 600.0)))
+        auditlog.append(session, "run.completed", run_id=run.id,
+                        details={"rounds": run.current_round,
+                                 "final_model_sha256": run.final_model_sha256})
+
+    def _fail(self, session: Session, run: Run, now: float, reason: str) -> None:
+        run.state = RunState.FAILED
+        run.ended_at = now
+        run.failure_reason = reason
+        cancel_open_tasks(session, run.id)
+        auditlog.append(session, "run.failed", run_id=run.id, details={"reason": reason})
+        log.warning("run %s failed: %s", run.id, reason)
+
+
+def cancel_open_tasks(session: Session, run_id: str) -> None:
+    for task in session.scalars(select(Task).where(
+            Task.run_id == run_id, Task.state.in_([TaskState.PENDING, TaskState.DELIVERED]))):
+        task.state = TaskState.CANCELLED

@@ -1,0 +1,224 @@
+"""The one place that knows the database schema (SQLAlchemy 2 typed ORM)."""
+
+from __future__ import annotations
+
+import enum
+import time
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> float:
+    return time.time()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def ended(self) -> bool:
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.STOPPED)
+
+
+class RoundState(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class TaskKind(enum.StrEnum):
+    INIT = "init"
+    TRAIN = "train"
+    KEYGEN = "keygen"
+    AUDIT = "audit"
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DONE = "done"
+    MISSED = "missed"
+    CANCELLED = "cancelled"
+
+
+class ModelKind(enum.StrEnum):
+    PLAINTEXT = "plaintext"
+    ENCRYPTED_AGGREGATE = "encrypted_aggregate"
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings: readable in SQL and free of native enum types in Postgres.
+    return Enum(cls, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e])
+
+
+class Institution(Base):
+    __tablename__ = "institutions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    x25519_public_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    capabilities: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    last_seen: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[RunState] = mapped_column(_enum(RunState), default=RunState.PENDING)
+    model: Mapped[str] = mapped_column(String(256))
+    rounds: Mapped[int] = mapped_column(Integer)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+    min_clients: Mapped[int] = mapped_column(Integer)
+    max_clients: Mapped[int] = mapped_column(Integer, default=0)
+    fraction: Mapped[float] = mapped_column(Float, default=1.0)
+    round_deadline: Mapped[float] = mapped_column(Float)
+    strategy: Mapped[str] = mapped_column(String(32), default="fedavg")
+    secure: Mapped[str] = mapped_column(String(16), default="none")
+    config: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    custodian: Mapped[str] = mapped_column(String(128), default="")
+    public_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    key_id: Mapped[str] = mapped_column(String(32), default="")
+    key_fingerprint: Mapped[str] = mapped_column(String(128), default="")
+    initial_model_sha256: Mapped[str] = mapped_column(String(64), default="")
+    final_model_sha256: Mapped[str] = mapped_column(String(64), default="")
+    tensor_specs: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    failure_reason: Mapped[str] = mapped_column(Text, default="")
+    round_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    started_at: Mapped[float] = mapped_column(Float, default=0.0)
+    ended_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[RoundState] = mapped_column(_enum(RoundState), default=RoundState.OPEN)
+    deadline: Mapped[float] = mapped_column(Float)
+    opened_at: Mapped[float] = mapped_column(Float, default=now)
+    closed_at: Mapped[float] = mapped_column(Float, default=0.0)
+    model_sha256: Mapped[str] = mapped_column(String(64), default="")
+    total_weight: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_updates: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[TaskState] = mapped_column(_enum(TaskState), default=TaskState.PENDING)
+    deadline: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    delivered_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Update(Base):
+    __tablename__ = "updates"
+    __table_args__ = (UniqueConstraint("run_id", "round", "node_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    encoding: Mapped[str] = mapped_column(String(32))
+    num_examples: Mapped[int] = mapped_column(BigInteger)
+    weight: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class ModelVersion(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("run_id", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[ModelKind] = mapped_column(_enum(ModelKind))
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    total_weight: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_updates: Mapped[int] = mapped_column(Integer, default=0)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class SealedKey(Base):
+    __tablename__ = "sealed_keys"
+    __table_args__ = (UniqueConstraint("run_id", "node_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SiteAudit(Base):
+    __tablename__ = "site_audits"
+    __table_args__ = (UniqueConstraint("run_id", "node_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    summary: Mapped[dict[str, object]] = mapped_column(JSON)
+    received_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class AuditEvent(Base):
+    """One row of the hash-chained audit log; ``hash`` covers ``prev_hash`` and the row."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    time: Mapped[float] = mapped_column(Float)
+    run_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

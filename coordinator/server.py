@@ -1,0 +1,69 @@
+"""Build and run the coordinator: gRPC services, health checking, the round scheduler."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator.admin import AdminService
+from coordinator.federation import FederationService
+from coordinator.hub import Hub, Limits
+from coordinator.scheduler import RoundScheduler
+from coordinator.services import AdminServicer, FederationServicer
+from protos import admin_pb2_grpc, federation_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = ("cohort.v1.Federation", "cohort.v1.Admin")
+
+
+class CoordinatorServer:
+    """One coordinator process: ``start()`` binds and returns the port, ``stop()`` drains."""
+
+    def __init__(
+        self,
+        database_url: str,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: Limits | None = None,
+        max_workers: int = 256,
+        tick_seconds: float = 0.25,
+    ) -> None:
+        self.hub = Hub.open(database_url, Path(data_dir), limits)
+        self.scheduler = RoundScheduler(self.hub, tick_seconds=tick_seconds)
+        self.health = health.HealthServicer()
+        # Long polls park a thread each: size the pool for every site plus admin calls.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+        federation_pb2_grpc.add_FederationServicer_to_server(
+            FederationServicer(FederationService(self.hub)), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(AdminService(self.hub)),
+                                                   self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.address = f"{host}:{port}"
+        self.port = 0
+
+    def start(self) -> int:
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+        self.server.start()
+        self.scheduler.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("coordinator listening on port %d", self.port)
+        return self.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.scheduler.stop()
+        self.hub.notify()
+        self.server.stop(grace).wait()
+        self.hub.db.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()

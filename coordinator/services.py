@@ -1,0 +1,105 @@
+"""Thin gRPC servicers: read the call, hand it to the domain, map errors (coordinator.errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from coordinator.admin import AdminService, spec_from_request
+from coordinator.errors import maps_domain_errors
+from coordinator.federation import FederationService
+from protos import admin_pb2, admin_pb2_grpc, common_pb2, federation_pb2, federation_pb2_grpc, wire
+
+
+def bearer_token(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata():
+        if key == wire.NODE_TOKEN_HEADER and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            return token if scheme.lower() == "bearer" else None
+    return None
+
+
+def actor_of(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata():
+        if key == "x-cohort-user" and isinstance(value, str):
+            return value[:128]
+    return "operator"
+
+
+class FederationServicer(federation_pb2_grpc.FederationServicer):
+    def __init__(self, domain: FederationService) -> None:
+        self.domain = domain
+
+    def _node(self, context: grpc.ServicerContext) -> str:
+        return self.domain.authenticate(bearer_token(context))
+
+    @maps_domain_errors
+    def Join(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.join(request)
+
+    @maps_domain_errors
+    def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.heartbeat(self._node(context))
+
+    @maps_domain_errors
+    def PullTask(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.pull_task(self._node(context), request.wait_seconds)
+
+    @maps_domain_errors
+    def FetchModel(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        payload = self.domain.fetch_model(self._node(context), request.run_id, request.sha256)
+        yield from wire.chunk_stream(payload)
+
+    @maps_domain_errors
+    def SubmitUpdate(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.submit_update(self._node(context), iter(request_iterator))
+
+    @maps_domain_errors
+    def SubmitKeys(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.submit_keys(self._node(context), request)
+
+    @maps_domain_errors
+    def SubmitAudit(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.submit_audit(self._node(context), request)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, domain: AdminService) -> None:
+        self.domain = domain
+
+    @maps_domain_errors
+    def CreateRun(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.create_run(spec_from_request(request, actor_of(context)))
+
+    @maps_domain_errors
+    def ListRuns(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.list_runs()
+
+    @maps_domain_errors
+    def GetRun(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.get_run(request.run_id)
+
+    @maps_domain_errors
+    def StopRun(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.stop_run(request.run_id, request.reason, actor_of(context))
+
+    @maps_domain_errors
+    def WatchRun(self, request, context) -> Iterator[admin_pb2.RunEvent]:  # type: ignore[no-untyped-def]  # noqa: N802
+        yield from self.domain.watch_run(request.run_id, context.is_active)
+
+    @maps_domain_errors
+    def DownloadModel(self, request, context) -> Iterator[common_pb2.Chunk]:  # type: ignore[no-untyped-def]  # noqa: N802
+        payload = self.domain.model_payload(request.run_id, request.round, actor_of(context))
+        yield from wire.chunk_stream(payload)
+
+    @maps_domain_errors
+    def ListNodes(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.list_nodes()
+
+    @maps_domain_errors
+    def GetAuditLog(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.audit_log(request.run_id)
+
+
+__all__ = ["AdminServicer", "FederationServicer", "federation_pb2"]
