@@ -82,12 +82,24 @@ class SiteAgent:
     def join(self) -> str:
         reply = self.stub.Join(federation_pb2.JoinRequest(
             site_name=self.config.site_name, x25519_public_key=self.identity.x25519_public,
-            node_token=self.identity.node_token, agent_version=AGENT_VERSION), timeout=30)
+            node_token=self.identity.node_token, agent_version=AGENT_VERSION,
+            capabilities=self._capabilities()), timeout=30)
         self.identity.remember_node(reply.node_id, reply.node_token)
         self.node_id = reply.node_id
         self.listener("joined", {"node_id": reply.node_id})
         log.info("%s joined as node %s", self.config.site_name, reply.node_id)
         return reply.node_id
+
+    def _capabilities(self) -> dict[str, str]:
+        """What the report may name about this site's data: a fingerprint and a row count."""
+        import torch
+
+        caps = {"device": "cuda" if torch.cuda.is_available() else "cpu"}
+        for attribute, key in (("data_fingerprint", "data_fingerprint"), ("num_rows", "rows")):
+            value = getattr(self.client, attribute, None)
+            if value is not None:
+                caps[key] = str(value)
+        return caps
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Poll and work until ``stop`` is set; reconnect with backoff when the link drops."""
@@ -316,7 +328,11 @@ class SiteAgent:
             metadata=self._metadata(), timeout=60)
         self.listener("audited", {"run_id": task.run_id, "rows": summary.row_count})
 
-    def export_model(self, task: federation_pb2.Task) -> list[np.ndarray]:
-        """Final weights of a run, decrypted here (secure runs) — used by export-model."""
+    def export_model(self, run_id: str) -> list[np.ndarray]:
+        """Final weights of a run, decrypted here for secure runs (`cohort client export-model`)."""
+        if not self.node_id:
+            self.join()
+        task = self.stub.GetFinalModel(federation_pb2.FinalModelRequest(run_id=run_id),
+                                       metadata=self._metadata(), timeout=60)
         return self.global_model(task)
 

@@ -40,6 +40,8 @@ class TabularTrainer(NumPyClient):
         prepared = TabularData(self._prepare(data.x), data.y, data.feature_names)
         self.train_data, self.holdout_data = train_holdout_split(prepared, holdout, seed)
         self.feature_names = data.feature_names
+        self.data_fingerprint = data.fingerprint()
+        self.num_rows = len(data.y)
         config = {"in_features": data.x.shape[1], "num_classes": 2, **(model_config or {})}
         torch.manual_seed(seed)
         self.model = models.build_model(model, **config)

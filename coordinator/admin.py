@@ -184,14 +184,36 @@ class AdminService:
                     if node.x25519_public_key else "")
                 for node, name in rows])
 
-    def audit_log(self, run_id: str) -> admin_pb2.AuditLog:
+    def audit_log(self) -> admin_pb2.AuditLog:
         with self.hub.db.transaction() as session:
             rows = auditlog.all_rows(session)
         return admin_pb2.AuditLog(entries=[
             admin_pb2.AuditEntry(seq=r.seq, time_unix=r.time, run_id=r.run_id, kind=r.kind,
                                  actor=r.actor, details_json=r.details, prev_hash=r.prev_hash,
                                  hash=r.hash)
-            for r in rows if not run_id or r.run_id in (run_id, "")])
+            for r in rows])
+
+    def export_report(self, run_id: str, fmt: str, actor: str) -> bytes:
+        """Render a run's compliance report and log that it was produced."""
+        import tempfile
+        from pathlib import Path
+
+        from coordinator.report import report_facts
+        from explain.report import FORMATS, write_report
+
+        if fmt not in FORMATS:
+            raise InvalidArgument(f"report format must be one of {', '.join(FORMATS)}")
+        with self.hub.db.transaction() as session:
+            self._run(session, run_id)
+        facts = report_facts(self.hub, run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_report(facts, fmt, Path(tmp) / f"report.{fmt}")
+            data = path.read_bytes()
+        with self.hub.lock, self.hub.db.transaction() as session:
+            auditlog.append(session, "report.produced", run_id=run_id, actor=actor,
+                            details={"format": fmt, "sha256": hashlib.sha256(data).hexdigest(),
+                                     "audit_log_verified": facts["audit_log"]["verified"]})
+        return data
 
     # -- views ---------------------------------------------------------------------------
 

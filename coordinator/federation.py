@@ -98,6 +98,7 @@ class FederationService:
                     raise PermissionDenied("that node token belongs to another site")
                 if key:
                     node.x25519_public_key = key
+                node.capabilities = dict(request.capabilities) or node.capabilities
                 node.last_seen = time.time()
                 auditlog.append(session, "site.rejoined", actor=node.id, details={"site": name})
                 return self._join_reply(node.id, request.node_token)
@@ -198,17 +199,7 @@ class FederationService:
             secure=(common_pb2.SECURE_SCHEME_PAILLIER if run.secure == "paillier"
                     else common_pb2.SECURE_SCHEME_NONE),
         )
-        if run.secure == "paillier":
-            enc = encoding_of(run)
-            message.encoding.CopyFrom(common_pb2.EncodingParams(
-                clip=float(enc["clip"]), bits=int(enc["bits"]),
-                max_weight=int(enc["max_weight"]), key_bits=int(enc["key_bits"]),
-                key_id=run.key_id, public_key=run.public_key,
-                key_fingerprint=run.key_fingerprint))
-            sealed = session.scalar(select(SealedKey).where(
-                SealedKey.run_id == run.id, SealedKey.node_id == task.node_id))
-            if sealed is not None:
-                message.sealed_private_key = sealed.sealed
+        self._secure_fields(session, run, task.node_id, message)
         if task.kind == TaskKind.KEYGEN:
             for node in self._keygen_participants(session):
                 message.participants.add(node_id=node.id, site_name=self._site(session, node),
@@ -221,6 +212,46 @@ class FederationService:
         if task.kind in (TaskKind.TRAIN, TaskKind.AUDIT):
             self._attach_model(session, run, task.round, message)
         message.config_json = json.dumps(config, default=str)
+        return message
+
+    @staticmethod
+    def _secure_fields(session: Session, run: Run, node_id: str,
+                       message: federation_pb2.Task) -> None:
+        """Encoding, public key and this node's sealed private key, for secure runs."""
+        if run.secure != "paillier":
+            return
+        enc = encoding_of(run)
+        message.encoding.CopyFrom(common_pb2.EncodingParams(
+            clip=float(enc["clip"]), bits=int(enc["bits"]), max_weight=int(enc["max_weight"]),
+            key_bits=int(enc["key_bits"]), key_id=run.key_id, public_key=run.public_key,
+            key_fingerprint=run.key_fingerprint))
+        sealed = session.scalar(select(SealedKey).where(
+            SealedKey.run_id == run.id, SealedKey.node_id == node_id))
+        if sealed is not None:
+            message.sealed_private_key = sealed.sealed
+
+    def final_model(self, node_id: str, run_id: str) -> federation_pb2.Task:
+        """References to a completed run's final model, for a site that took part."""
+        with self.hub.db.transaction() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            if run.state != RunState.COMPLETED:
+                raise FailedPrecondition(f"run {run_id} is {run.state.value}, not completed")
+            involved = session.scalar(select(Task.id).where(
+                Task.run_id == run_id, Task.node_id == node_id).limit(1))
+            if involved is None:
+                raise PermissionDenied("this site took no part in that run")
+            message = federation_pb2.Task(
+                kind=federation_pb2.TASK_KIND_NONE, run_id=run.id, round=run.rounds + 1,
+                config_json=json.dumps(run.config | {"model": run.model,
+                                                     "strategy": run.strategy}, default=str),
+                secure=(common_pb2.SECURE_SCHEME_PAILLIER if run.secure == "paillier"
+                        else common_pb2.SECURE_SCHEME_NONE))
+            self._secure_fields(session, run, node_id, message)
+            self._attach_model(session, run, run.rounds + 1, message)
+            auditlog.append(session, "model.exported", run_id=run.id, actor=node_id,
+                            details={"secure": run.secure})
         return message
 
     def _keygen_participants(self, session: Session) -> list[Node]:

@@ -63,6 +63,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     def SubmitAudit(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         return self.domain.submit_audit(self._node(context), request)
 
+    @maps_domain_errors
+    def GetFinalModel(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.final_model(self._node(context), request.run_id)
+
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, domain: AdminService) -> None:
@@ -99,7 +103,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @maps_domain_errors
     def GetAuditLog(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
-        return self.domain.audit_log(request.run_id)
+        return self.domain.audit_log()
+
+    @maps_domain_errors
+    def ExportReport(self, request, context) -> Iterator[common_pb2.Chunk]:  # type: ignore[no-untyped-def]  # noqa: N802
+        payload = self.domain.export_report(request.run_id, request.format, actor_of(context))
+        yield from wire.chunk_stream(payload)
 
 
 __all__ = ["AdminServicer", "FederationServicer", "federation_pb2"]

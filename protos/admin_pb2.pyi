@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExportReportRequest(_message.Message):
+    __slots__ = ("run_id", "format")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    format: str
+    def __init__(self, run_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+
 class CreateRunRequest(_message.Message):
     __slots__ = ("model", "rounds", "min_clients", "max_clients", "fraction", "round_deadline_seconds", "local_epochs", "lr", "secure", "custodian", "strategy", "config_json", "name")
     MODEL_FIELD_NUMBER: _ClassVar[int]

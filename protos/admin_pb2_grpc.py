@@ -75,6 +75,11 @@ class AdminStub:
                 request_serializer=protos_dot_admin__pb2.GetAuditLogRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.AuditLog.FromString,
                 _registered_method=True)
+        self.ExportReport = channel.unary_stream(
+                '/cohort.v1.Admin/ExportReport',
+                request_serializer=protos_dot_admin__pb2.ExportReportRequest.SerializeToString,
+                response_deserializer=protos_dot_common__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -124,7 +129,15 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAuditLog(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The whole hash-chained log (a chain can only be checked whole); run_id marks rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportReport(self, request, context):
+        """The compliance report of a run ("html", "pdf" or "json"), as a stream of chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -171,6 +184,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetAuditLog,
                     request_deserializer=protos_dot_admin__pb2.GetAuditLogRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.AuditLog.SerializeToString,
+            ),
+            'ExportReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportReport,
+                    request_deserializer=protos_dot_admin__pb2.ExportReportRequest.FromString,
+                    response_serializer=protos_dot_common__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +407,33 @@ class Admin:
             '/cohort.v1.Admin/GetAuditLog',
             protos_dot_admin__pb2.GetAuditLogRequest.SerializeToString,
             protos_dot_admin__pb2.AuditLog.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cohort.v1.Admin/ExportReport',
+            protos_dot_admin__pb2.ExportReportRequest.SerializeToString,
+            protos_dot_common__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,12 @@ TASK_KIND_TRAIN: TaskKind
 TASK_KIND_KEYGEN: TaskKind
 TASK_KIND_AUDIT: TaskKind
 
+class FinalModelRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
     __slots__ = ("site_name", "x25519_public_key", "enrolment_token", "node_token", "agent_version", "capabilities")
     class CapabilitiesEntry(_message.Message):

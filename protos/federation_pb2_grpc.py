@@ -70,6 +70,11 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.AuditSubmission.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.GetFinalModel = channel.unary_unary(
+                '/cohort.v1.Federation/GetFinalModel',
+                request_serializer=protos_dot_federation__pb2.FinalModelRequest.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.Task.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -124,6 +129,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFinalModel(self, request, context):
+        """Where a run's final model comes from (for `cohort client export-model`): the same
+        references, encoding and sealed key a task carries; secure runs are decrypted here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +174,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SubmitAudit,
                     request_deserializer=protos_dot_federation__pb2.AuditSubmission.FromString,
                     response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'GetFinalModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFinalModel,
+                    request_deserializer=protos_dot_federation__pb2.FinalModelRequest.FromString,
+                    response_serializer=protos_dot_federation__pb2.Task.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +370,33 @@ class Federation:
             '/cohort.v1.Federation/SubmitAudit',
             protos_dot_federation__pb2.AuditSubmission.SerializeToString,
             protos_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFinalModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/GetFinalModel',
+            protos_dot_federation__pb2.FinalModelRequest.SerializeToString,
+            protos_dot_federation__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

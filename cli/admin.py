@@ -1,0 +1,220 @@
+"""`cohort admin …`: start, list, show, watch and stop runs; download models; list sites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+from rich.table import Table
+
+from cli.common import console, err_console, fail, friendly_errors, parse_json_option
+from protos import admin_pb2, admin_pb2_grpc, common_pb2, wire
+
+app = typer.Typer(help="Operate the federation (runs, models, sites).", no_args_is_help=True)
+runs_app = typer.Typer(help="Start, list, show, watch and stop runs.", no_args_is_help=True)
+models_app = typer.Typer(help="Download models.", no_args_is_help=True)
+sites_app = typer.Typer(help="List the sites that joined.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+app.add_typer(sites_app, name="sites")
+
+CoordinatorOption = Annotated[str, typer.Option(
+    "--coordinator", envvar="COHORT_COORDINATOR", help="HOST:PORT of the coordinator")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+USER = (("x-cohort-user", "cli"),)
+
+
+def stub(address: str) -> admin_pb2_grpc.AdminStub:
+    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(address))
+
+
+def state_name(state: int) -> str:
+    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_").lower()
+
+
+def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
+    data = MessageToDict(run, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+    data["state"] = state_name(run.state)
+    data["secure"] = "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
+    data["config"] = json.loads(run.config_json or "{}")
+    data.pop("config_json", None)
+    return data
+
+
+@runs_app.command("start")
+@friendly_errors
+def start(
+    model: Annotated[str, typer.Option(help="Registry name, hf:/dir or module:factory")]
+    = "tabular_mlp",
+    rounds: int = 5,
+    min_clients: Annotated[int, typer.Option(help="Sites needed to start and per round")] = 2,
+    max_clients: Annotated[int, typer.Option(help="0 = no cap")] = 0,
+    fraction: float = 1.0,
+    deadline: Annotated[float, typer.Option(help="Seconds a round waits for its sites")] = 300.0,
+    local_epochs: int = 1,
+    lr: float = 0.01,
+    secure: Annotated[str, typer.Option(help="paillier or none")] = "none",
+    custodian: Annotated[str, typer.Option(help="Site that makes the run's key")] = "",
+    strategy: Annotated[str, typer.Option(
+        help="fedavg, fedavgm, fedadam (secure) or median, krum, trimmed_mean (plaintext)")]
+    = "fedavg",
+    quorum: Annotated[int, typer.Option(help="Updates that close a round at its deadline; "
+                                             "0 = min-clients")] = 0,
+    config: Annotated[str, typer.Option(help="Extra trainer config as JSON")] = "",
+    name: str = "",
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    as_json: JsonOption = False,
+) -> None:
+    """Create a run; it starts as soon as enough sites are online."""
+    schemes = {"none": common_pb2.SECURE_SCHEME_NONE,
+               "paillier": common_pb2.SECURE_SCHEME_PAILLIER}
+    if secure not in schemes:
+        fail(f"--secure must be paillier or none, not {secure!r}")
+    extra = parse_json_option(config, "--config")
+    if quorum:
+        extra["quorum"] = quorum
+    run = stub(coordinator).CreateRun(admin_pb2.CreateRunRequest(
+        model=model, rounds=rounds, min_clients=min_clients, max_clients=max_clients,
+        fraction=fraction, round_deadline_seconds=deadline, local_epochs=local_epochs, lr=lr,
+        secure=schemes[secure], custodian=custodian, strategy=strategy,
+        config_json=json.dumps(extra), name=name), metadata=USER, timeout=30)
+    if as_json:
+        print(json.dumps(run_dict(run)))
+        return
+    console.print(f"run [bold]{run.run_id}[/] created ({state_name(run.state)}); "
+                  f"watch it with `cohort admin runs watch {run.run_id}`")
+
+
+@runs_app.command("list")
+@friendly_errors
+def list_runs(coordinator: CoordinatorOption = "127.0.0.1:50051",
+              as_json: JsonOption = False) -> None:
+    """All runs, newest first."""
+    reply = stub(coordinator).ListRuns(admin_pb2.ListRunsRequest(), metadata=USER, timeout=30)
+    if as_json:
+        print(json.dumps([run_dict(r) for r in reply.runs]))
+        return
+    table = Table(title="runs")
+    for column in ("run", "name", "state", "model", "round", "secure", "strategy"):
+        table.add_column(column)
+    for run in reply.runs:
+        table.add_row(run.run_id, run.name, state_name(run.state), run.model,
+                      f"{run.current_round}/{run.rounds}",
+                      "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none",
+                      run.strategy)
+    console.print(table)
+
+
+def print_run(run: admin_pb2.RunInfo) -> None:
+    console.print(f"[bold]run {run.run_id}[/] {run.name} — {state_name(run.state)}, "
+                  f"round {run.current_round}/{run.rounds}, model {run.model}, "
+                  f"strategy {run.strategy}")
+    if run.secure == common_pb2.SECURE_SCHEME_PAILLIER:
+        console.print(f"secure aggregation: Paillier; key fingerprint "
+                      f"[cyan]{run.key_fingerprint or '(not yet generated)'}[/] "
+                      f"— compare with each site out of band")
+    if run.failure_reason:
+        console.print(f"[red]reason:[/] {run.failure_reason}")
+    table = Table()
+    for column in ("round", "state", "sites", "weight", "bytes", "metrics"):
+        table.add_column(column)
+    for info in run.round_infos:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items())
+                            if k.startswith(("eval_", "train_loss")))
+        table.add_row(str(info.number), info.state, f"{info.submitted}/{info.selected}",
+                      str(info.total_weight), str(info.bytes_received), metrics)
+    console.print(table)
+
+
+@runs_app.command("show")
+@friendly_errors
+def show(run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051",
+         as_json: JsonOption = False) -> None:
+    """One run: state, key fingerprint, rounds and their metrics."""
+    run = stub(coordinator).GetRun(admin_pb2.GetRunRequest(run_id=run_id), metadata=USER,
+                                   timeout=30)
+    if as_json:
+        print(json.dumps(run_dict(run)))
+        return
+    print_run(run)
+
+
+@runs_app.command("watch")
+@friendly_errors
+def watch(run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051",
+          as_json: JsonOption = False) -> None:
+    """Live progress until the run ends."""
+    from cli.demo import RoundProgress
+
+    events = stub(coordinator).WatchRun(admin_pb2.GetRunRequest(run_id=run_id), metadata=USER)
+    last = None
+    if as_json:
+        for event in events:
+            print(json.dumps(run_dict(event.run)), flush=True)
+        return
+    first = next(events)
+    last = first.run
+    with RoundProgress(err_console, first.run.rounds) as progress:
+        progress.update(first.run)
+        for event in events:
+            progress.update(event.run)
+            last = event.run
+    print_run(last)
+
+
+@runs_app.command("stop")
+@friendly_errors
+def stop(run_id: str, reason: str = "", coordinator: CoordinatorOption = "127.0.0.1:50051",
+         as_json: JsonOption = False) -> None:
+    """Stop a run; its open tasks are cancelled."""
+    run = stub(coordinator).StopRun(admin_pb2.StopRunRequest(run_id=run_id, reason=reason),
+                                    metadata=USER, timeout=30)
+    if as_json:
+        print(json.dumps(run_dict(run)))
+        return
+    console.print(f"run {run.run_id} {state_name(run.state)}")
+
+
+@models_app.command("download")
+@friendly_errors
+def download(
+    run_id: str,
+    out: Annotated[Path, typer.Option(help="File to write (.npz of the weights)")],
+    round_number: Annotated[int, typer.Option("--round", help="0 = final")] = 0,
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+) -> None:
+    """Download a plaintext run's model (secure runs: a site exports it)."""
+    import numpy as np
+
+    payload = wire.join_chunks(stub(coordinator).DownloadModel(
+        admin_pb2.DownloadModelRequest(run_id=run_id, round=round_number), metadata=USER,
+        timeout=300))
+    weights = wire.decode_tensors(payload)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, *weights)
+    console.print(f"wrote {len(weights)} tensors ({len(payload)} bytes) to {out}")
+
+
+@sites_app.command("list")
+@friendly_errors
+def list_sites(coordinator: CoordinatorOption = "127.0.0.1:50051",
+               as_json: JsonOption = False) -> None:
+    """Sites that joined, online or not."""
+    reply = stub(coordinator).ListNodes(admin_pb2.ListNodesRequest(), metadata=USER, timeout=30)
+    rows = [MessageToDict(n, preserving_proto_field_name=True,
+                          always_print_fields_with_no_presence=True) for n in reply.nodes]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="sites")
+    for column in ("site", "node", "online", "x25519 fingerprint"):
+        table.add_column(column)
+    for node in reply.nodes:
+        table.add_row(node.site_name, node.node_id, "yes" if node.online else "no",
+                      node.x25519_fingerprint)
+    console.print(table)

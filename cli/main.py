@@ -1,0 +1,215 @@
+"""The `cohort` console script: demo, coordinator, client, admin, audit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli import admin as admin_cli
+from cli import audit as audit_cli
+from cli.common import console, err_console, fail, friendly_errors, load_config, setup_logging
+
+app = typer.Typer(help="Cohort: federated learning with Paillier-encrypted aggregation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+client_app = typer.Typer(help="Run a site's agent.", no_args_is_help=True)
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(client_app, name="client")
+app.add_typer(admin_cli.app, name="admin")
+app.add_typer(audit_cli.app, name="audit")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        envvar="COHORT_CONFIG", help="TOML file of defaults ([client.run], [admin.runs.start]…); "
+        "./cohort.toml when present.")] = None,
+    log_level: Annotated[str, typer.Option(envvar="COHORT_LOG_LEVEL")] = "WARNING",
+    log_format: Annotated[str, typer.Option(envvar="COHORT_LOG_FORMAT",
+                                            help="text or json")] = "text",
+) -> None:
+    if log_format not in ("text", "json"):
+        fail("--log-format must be text or json")
+    setup_logging(log_level, log_format)
+    ctx.default_map = load_config(config)
+
+
+@app.command()
+@friendly_errors
+def demo(
+    rounds: Annotated[int, typer.Option(min=1, max=100)] = 5,
+    local_epochs: Annotated[int, typer.Option(min=1, max=100)] = 5,
+    plaintext: Annotated[bool, typer.Option(help="Turn secure aggregation off.")] = False,
+    key_bits: Annotated[int, typer.Option(help="Paillier key size.")] = 2048,
+    data_dir: Annotated[Path, typer.Option(envvar="COHORT_DATA_DIR")] = Path("cohort-data"),
+    seed: int = 0,
+    report: Annotated[bool, typer.Option(help="Run SHAP audits and write the report.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+) -> None:
+    """Three hospitals train on breast-cancer data over real gRPC on 127.0.0.1."""
+    from cli.demo import DemoSettings, run_demo
+
+    if key_bits not in (1024, 2048, 3072):
+        fail("--key-bits must be 1024 (tests only), 2048 or 3072")
+    settings = DemoSettings(rounds=rounds, local_epochs=local_epochs, secure=not plaintext,
+                            key_bits=key_bits, data_dir=data_dir, seed=seed, report=report)
+    mode = f"Paillier {key_bits}-bit" if settings.secure else "plaintext"
+    err_console.print(f"[bold]Cohort demo[/]: 3 hospitals, {rounds} rounds, {mode} aggregation")
+
+    def on_event(event: str, info: dict[str, object]) -> None:
+        if event in ("keygen", "key") and "fingerprint" in info:
+            err_console.print(f"  key fingerprint ({event}): [cyan]{info['fingerprint']}[/]")
+
+    result = run_demo(settings, err_console, on_event)
+    table = Table(title=f"Breast cancer, held-out test set ({len(result.rounds)} rounds)")
+    table.add_column("model")
+    table.add_column("accuracy", justify="right")
+    table.add_column("ROC-AUC", justify="right")
+    table.add_row(f"federated ({mode})", f"{result.federated['accuracy']:.3f}",
+                  f"{result.federated['roc_auc']:.3f}")
+    table.add_row("centralised (pooled data)", f"{result.centralised['accuracy']:.3f}",
+                  f"{result.centralised['roc_auc']:.3f}")
+    for name, scores in result.local_only.items():
+        table.add_row(f"{name} alone ({result.sites[name]} rows)", f"{scores['accuracy']:.3f}",
+                      f"{scores['roc_auc']:.3f}")
+    out = err_console if as_json else console
+    out.print(table)
+    out.print(f"run {result.run_id} in {result.seconds:.1f} s; "
+              f"{result.bytes_received / 1024:.0f} KiB of updates received")
+    if result.report_path:
+        out.print(f"compliance report: [bold]{result.report_path}[/]")
+    if as_json:
+        print(json.dumps(result.summary()))
+
+
+@coordinator_app.command("serve")
+@friendly_errors
+def serve(
+    db: Annotated[str | None, typer.Option(envvar="COHORT_DATABASE_URL",
+                                           help="SQLAlchemy URL; default SQLite in data dir")] = None,
+    data_dir: Annotated[Path, typer.Option(envvar="COHORT_DATA_DIR")] = Path("cohort-data"),
+    host: Annotated[str, typer.Option(envvar="COHORT_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="COHORT_PORT", min=0, max=65535)] = 50051,
+) -> None:
+    """Serve the federation and admin services (plus gRPC health) until interrupted."""
+    from coordinator.db import default_database_url
+    from coordinator.server import CoordinatorServer
+
+    url = db or default_database_url(data_dir)
+    server = CoordinatorServer(url, data_dir, host=host, port=port)
+    bound = server.start()
+    err_console.print(f"coordinator on {host}:{bound}, database {_redact(url)}, data {data_dir}")
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop()
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@client_app.command("run")
+@friendly_errors
+def client_run(
+    coordinator: Annotated[str, typer.Option(envvar="COHORT_COORDINATOR")] = "127.0.0.1:50051",
+    name: Annotated[str, typer.Option(envvar="COHORT_SITE_NAME", help="This site's name.")] = "",
+    data: Annotated[str, typer.Option(envvar="COHORT_DATA",
+                                      help="CSV/Parquet/.npz/.npy file or sklearn:NAME")] = "",
+    label_column: Annotated[str, typer.Option(envvar="COHORT_LABEL_COLUMN")] = "label",
+    app_ref: Annotated[str, typer.Option("--app", envvar="COHORT_APP",
+                                         help="package.module:factory returning a Flower "
+                                              "NumPyClient (runs unchanged)")] = "",
+    state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
+    model_config: Annotated[str, typer.Option(help="JSON for the built-in model")] = "",
+    seed: int = 0,
+) -> None:
+    """Connect out to the coordinator and work on the tasks it hands this site."""
+    from client.agent import AgentConfig, SiteAgent
+
+    if not name:
+        fail("--name is required (this site's name, e.g. hospital-a)")
+    client = _site_client(app_ref, data, label_column, model_config, seed, name)
+    agent = SiteAgent(AgentConfig(coordinator, name, state_dir, seed=seed), client,
+                      listener=_print_event)
+    err_console.print(f"site {name} → {coordinator} (outbound only); state in {state_dir}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.run(stop)
+    agent.close()
+
+
+def _site_client(app_ref: str, data: str, label_column: str, model_config: str, seed: int,
+                 name: str):  # type: ignore[no-untyped-def]
+    from cli.common import parse_json_option
+    from client.apps import load_app
+    from client.data import load_tabular
+    from client.trainer import TabularTrainer
+
+    if app_ref:
+        return load_app(app_ref, data=data or None, site_name=name, seed=seed)
+    if not data:
+        fail("--data is required (a CSV/Parquet/.npz/.npy file or sklearn:NAME), or give --app")
+    return TabularTrainer(load_tabular(data, label_column),
+                          model_config=parse_json_option(model_config, "--model-config"), seed=seed)
+
+
+def _print_event(event: str, info: dict[str, object]) -> None:
+    if event == "trained":
+        err_console.print(f"round {info['round']}: update sent ({info['bytes']} bytes)")
+    elif event in ("key", "keygen"):
+        err_console.print(f"run {info['run_id']}: key fingerprint [cyan]{info['fingerprint']}[/] "
+                          "— compare it with the other sites out of band")
+    elif event in ("joined", "audited", "initialised", "rejected", "disconnected"):
+        err_console.print(f"{event}: {info}")
+
+
+@client_app.command("export-model")
+@friendly_errors
+def export_model(
+    run_id: Annotated[str, typer.Argument(help="The run whose final model to export.")],
+    out: Annotated[Path, typer.Option(help="Where to write the weights (.npz).")],
+    coordinator: Annotated[str, typer.Option(envvar="COHORT_COORDINATOR")] = "127.0.0.1:50051",
+    name: Annotated[str, typer.Option(envvar="COHORT_SITE_NAME")] = "",
+    state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
+) -> None:
+    """Decrypt (secure runs) and save a run's final model here, at the site."""
+    import numpy as np
+
+    from client.agent import AgentConfig, SiteAgent
+
+    if not name:
+        fail("--name is required: the site whose key opens the model")
+    identity = state_dir / f"{name}.identity.json"
+    if not identity.exists():
+        fail(f"no identity for site {name} in {state_dir}: run the agent there first")
+    agent = SiteAgent(AgentConfig(coordinator, name, state_dir), client=_NoTraining())
+    weights = agent.export_model(run_id)
+    agent.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, *weights)
+    console.print(f"wrote {len(weights)} tensors to {out}")
+
+
+class _NoTraining:
+    """export-model trains nothing; the agent only needs a place-holder client."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
