@@ -112,7 +112,7 @@ def encode_tensors(arrays: Iterable[NDArray]) -> bytes:
     Not pickle and not ``np.save``: the coordinator checks every shape against the run's
     model from the header alone, and nothing in a payload can execute code.
     """
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    arrays = [np.asarray(a) for a in arrays]
     specs = [{"dtype": a.dtype.name, "shape": list(a.shape)} for a in arrays]
     header = json.dumps(specs, separators=(",", ":")).encode()
     body = b"".join(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for a in arrays)

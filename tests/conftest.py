@@ -1,0 +1,136 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL where reachable), a real coordinator."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from helpers import AgentPool
+
+from coordinator.hub import Limits
+from coordinator.server import CoordinatorServer
+from protos import admin_pb2_grpc, federation_pb2_grpc
+
+POSTGRES_ADMIN_URL = os.environ.get("COHORT_TEST_POSTGRES",
+                                    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_reason() -> str | None:
+    """None when PostgreSQL answers; else why not (CI must have it, so there it fails)."""
+    try:
+        import psycopg
+
+        url = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url, connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    reason = _postgres_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} — CI must run the PostgreSQL tests, not skip them")
+        pytest.skip(reason)
+    return POSTGRES_ADMIN_URL
+
+
+def _fresh_postgres_database(admin_url: str) -> tuple[str, str]:
+    import psycopg
+
+    name = f"cohort_test_{uuid.uuid4().hex[:12]}"
+    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def _drop_postgres_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cohort.db'}"
+        return
+    admin = request.getfixturevalue("postgres_server")
+    url, name = _fresh_postgres_database(admin)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(admin, name)
+
+
+@dataclass
+class RunningCoordinator:
+    server: CoordinatorServer
+    port: int
+    data_dir: Path
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def hub(self):  # type: ignore[no-untyped-def]
+        return self.server.hub
+
+    def channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(self.address)
+        self.channels.append(channel)
+        return channel
+
+    def admin(self) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel())
+
+    def federation(self) -> federation_pb2_grpc.FederationStub:
+        return federation_pb2_grpc.FederationStub(self.channel())
+
+
+def start_coordinator(database_url: str, data_dir: Path, **limits: float) -> RunningCoordinator:
+    server = CoordinatorServer(database_url, data_dir, port=0, tick_seconds=0.05,
+                               limits=Limits(**limits) if limits else None)  # type: ignore[arg-type]
+    return RunningCoordinator(server, server.start(), data_dir)
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[RunningCoordinator]:
+    """A real coordinator on 127.0.0.1 with an ephemeral port and a SQLite file."""
+    running = start_coordinator(f"sqlite:///{tmp_path / 'coordinator.db'}", tmp_path / "data")
+    yield running
+    for channel in running.channels:
+        channel.close()
+    running.server.stop(grace=0.5)
+
+
+@pytest.fixture
+def agents() -> Iterator[AgentPool]:
+    """Start site agents with ``agents.start(address, trainers, dir)``; all joined at teardown."""
+    pool = AgentPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def background() -> Iterator[list[threading.Thread]]:
+    """Threads a test starts itself; joined (after the test sets their stop) at teardown."""
+    threads: list[threading.Thread] = []
+    yield threads
+    for thread in threads:
+        thread.join(timeout=30)

@@ -1,0 +1,141 @@
+"""Persistence on SQLite and PostgreSQL: migrations, the audit chain, blobs, restart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+
+from coordinator import auditlog
+from coordinator.blobs import BlobNotFound, BlobStore
+from coordinator.db import Database
+from coordinator.schema import AuditEvent, Base, Run, RunState
+
+
+@pytest.fixture
+def database(database_url):
+    db = Database(database_url)
+    db.migrate()
+    yield db
+    db.close()
+
+
+def test_migration_builds_the_schema_the_models_describe(database):
+    with database.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+    assert diff == []
+    assert "alembic_version" in inspect(database.engine).get_table_names()
+
+
+def test_migrating_twice_is_a_no_op(database):
+    database.migrate()
+
+    with database.transaction() as session:
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_run_round_trips(database):
+    with database.transaction() as session:
+        session.add(Run(id="r1", model="tabular_mlp", rounds=3, min_clients=2,
+                        round_deadline=60.0, config={"encoding": {"bits": 8}}))
+
+    with database.transaction() as session:
+        run = session.get(Run, "r1")
+        assert run is not None
+        assert run.state == RunState.PENDING
+        assert run.config == {"encoding": {"bits": 8}}
+
+
+def append_rows(database, count: int = 5) -> None:
+    with database.transaction() as session:
+        for i in range(count):
+            auditlog.append(session, "test.event", run_id="r", actor="me", details={"i": i})
+
+
+def verdict(database) -> auditlog.ChainVerdict:
+    with database.transaction() as session:
+        return auditlog.verify_chain(auditlog.all_rows(session))
+
+
+def test_untouched_chain_verifies(database):
+    append_rows(database)
+
+    result = verdict(database)
+
+    assert result.ok
+    assert result.rows == 5
+
+
+def test_edited_row_is_named(database):
+    append_rows(database)
+    with database.transaction() as session:
+        session.execute(text("UPDATE audit_events SET details = :d WHERE seq = 3"),
+                        {"d": json.dumps({"i": 99})})
+
+    result = verdict(database)
+
+    assert not result.ok
+    assert result.first_bad_seq == 3
+    assert "content" in (result.reason or "")
+
+
+def test_deleted_row_is_named(database):
+    append_rows(database)
+    with database.transaction() as session:
+        session.execute(text("DELETE FROM audit_events WHERE seq = 2"))
+
+    result = verdict(database)
+
+    assert not result.ok
+    assert result.first_bad_seq == 3
+
+
+def test_reordered_rows_are_named(database):
+    append_rows(database)
+    with database.transaction() as session:
+        # Swap rows 2 and 4 whole (keeping seq), through a placeholder for the unique hash.
+        rows = {r.seq: r for r in session.scalars(select(AuditEvent))}
+        fields = ("time", "kind", "actor", "details", "prev_hash", "hash")
+        two = {f: getattr(rows[2], f) for f in fields}
+        four = {f: getattr(rows[4], f) for f in fields}
+        rows[4].hash = "placeholder"
+        session.flush()
+        for f in fields:
+            setattr(rows[2], f, four[f])
+        session.flush()
+        for f in fields:
+            setattr(rows[4], f, two[f])
+
+    result = verdict(database)
+
+    assert not result.ok
+    assert result.first_bad_seq == 2
+
+
+def test_truncated_tail_keeps_a_valid_prefix_but_changes_the_head(database):
+    append_rows(database)
+    head = verdict(database).head_hash
+    with database.transaction() as session:
+        session.execute(text("DELETE FROM audit_events WHERE seq = 5"))
+
+    result = verdict(database)
+
+    assert result.ok and result.rows == 4
+    assert result.head_hash != head  # why reports print the head: compare it out of band
+
+
+def test_blob_store_is_content_addressed(tmp_path):
+    store = BlobStore(tmp_path)
+
+    digest = store.put(b"hello")
+
+    assert store.get(digest) == b"hello"
+    assert store.put(b"hello") == digest
+    with pytest.raises(BlobNotFound):
+        store.get("0" * 64)
+    with pytest.raises(BlobNotFound):
+        store.get("../../etc/passwd")
