@@ -100,7 +100,8 @@ def list_runs(coordinator: CoordinatorOption = "127.0.0.1:50051",
         print(json.dumps([run_dict(r) for r in reply.runs]))
         return
     table = Table(title="runs")
-    for column in ("run", "name", "state", "model", "round", "secure", "strategy"):
+    table.add_column("run", no_wrap=True, min_width=36)
+    for column in ("name", "state", "model", "round", "secure", "strategy"):
         table.add_column(column)
     for run in reply.runs:
         table.add_row(run.run_id, run.name, state_name(run.state), run.model,

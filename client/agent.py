@@ -117,6 +117,13 @@ class SiteAgent:
                 backoff = 0.5
                 if task.kind != federation_pb2.TASK_KIND_NONE:
                     self.handle(task)
+            except (AgentError, ValueError, RuntimeError) as exc:
+                if stop.is_set():
+                    break
+                # One task that cannot be done must not take the site off the federation.
+                log.exception("task failed")
+                self.listener("task_failed", {"error": str(exc)})
+                stop.wait(backoff)
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 if code == grpc.StatusCode.UNAUTHENTICATED and joined:

@@ -52,10 +52,10 @@ class AgentPool:
 
     def close(self) -> None:
         self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
         for agent in self.agents:
             agent.close()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 def create_run(admin, *, secure: bool = False, rounds: int = 2, min_clients: int = 3,
