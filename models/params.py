@@ -1,0 +1,123 @@
+"""The parameters a site exchanges, as numpy arrays in a fixed order, and the frozen-base hash."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+NDArrays = list[np.ndarray]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip a DistributedDataParallel wrapper so names do not depend on how a site trains."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """True when ``model`` carries peft adapters (then only the adapters are exchanged)."""
+    from peft import PeftModel
+
+    return isinstance(unwrap(model), PeftModel)
+
+
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the exchanged tensors by name, in state-dict order.
+
+    For a peft model this is the adapter state (plus any ``modules_to_save`` head):
+    the base is frozen and identical at every site, so sending it would waste
+    bandwidth and Paillier encryptions. Otherwise it is every floating-point entry of
+    the state dict, buffers included (BatchNorm running statistics must be averaged
+    too); integer buffers such as ``num_batches_tracked`` are counters, not weights.
+    """
+    model = unwrap(model)
+    if is_peft_model(model):
+        from peft import get_peft_model_state_dict
+
+        return dict(get_peft_model_state_dict(model))
+    return {k: v for k, v in model.state_dict().items() if torch.is_floating_point(v)}
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """Names of the exchanged tensors, in the order of :func:`get_weights`."""
+    return list(exchanged_state(model))
+
+
+def get_weights(model: nn.Module) -> NDArrays:
+    """Copy the exchanged tensors to numpy (bf16/fp16 widened to float32)."""
+    out: NDArrays = []
+    for tensor in exchanged_state(model).values():
+        t = tensor.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()
+        out.append(t.numpy().copy())
+    return out
+
+
+def set_weights(model: nn.Module, weights: NDArrays) -> None:
+    """Load exchanged tensors produced by :func:`get_weights` into ``model``.
+
+    Raises
+    ------
+    ValueError
+        If the number of arrays or the shape of any array differs from the model's,
+        naming the first mismatch: a silent partial load would train on garbage.
+    """
+    model = unwrap(model)
+    state = exchanged_state(model)
+    if len(weights) != len(state):
+        raise ValueError(f"expected {len(state)} weight arrays, got {len(weights)}")
+    for (name, tensor), array in zip(state.items(), weights, strict=True):
+        if tuple(np.shape(array)) != tuple(tensor.shape):
+            raise ValueError(
+                f"weight {name!r} has shape {tuple(tensor.shape)} but the array given has "
+                f"shape {tuple(np.shape(array))}"
+            )
+    if is_peft_model(model):
+        from peft import set_peft_model_state_dict
+
+        new_state = {
+            name: torch.as_tensor(np.asarray(array)).to(dtype=tensor.dtype)
+            for (name, tensor), array in zip(state.items(), weights, strict=True)
+        }
+        result = set_peft_model_state_dict(model, new_state)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"adapter weights not found in the model: {unexpected[:3]}")
+        return
+    with torch.no_grad():
+        for tensor, array in zip(state.values(), weights, strict=True):
+            tensor.copy_(torch.as_tensor(np.asarray(array)))
+
+
+def frozen_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that are not exchanged: the frozen base of a peft model, else none."""
+    model = unwrap(model)
+    if not is_peft_model(model):
+        return {}
+    return {n: p for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def base_model_hash(model: nn.Module) -> str:
+    """sha256 over the architecture and the frozen (non-exchanged) parameters.
+
+    With LoRA only adapters travel, so every site must start from bit-identical base
+    weights or the averaged adapters mean nothing. Sites compare this digest before
+    joining a run. The digest covers each state-dict entry's name, shape and dtype (the
+    architecture) and the values of the frozen parameters; mutable buffers such as
+    BatchNorm statistics are left out because local training changes them.
+    """
+    model = unwrap(model)
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
+    for name, param in frozen_parameters(model).items():
+        digest.update(name.encode())
+        digest.update(
+            param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()

@@ -1,0 +1,259 @@
+"""INT8 export with torch.ao.quantization: static for conv nets, dynamic for Linear/LSTM."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from models.training import evaluate, logits_of
+
+MODEL_FILE = "model_int8.pt"
+SKELETON_FILE = "skeleton.pt"
+REPORT_FILE = "int8_report.json"
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # torch.ao.quantization still works but warns on every call that it moves to torchao.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*reduce_range.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*TypedStorage.*", category=UserWarning)
+        yield
+
+
+class QuantizedInputs(nn.Module):
+    """Quantise the named float inputs, run the model, dequantise the logits.
+
+    Eager-mode static quantisation needs explicit quantise/dequantise points; this
+    wrapper adds them around a model called with keyword tensors.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        self.model = model
+        self.quant = nn.ModuleDict({name: QuantStub() for name in names})
+        self.dequant = DeQuantStub()
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        for name, stub in self.quant.items():
+            inputs[name] = stub(inputs[name])
+        return self.dequant(logits_of(self.model(**inputs)))
+
+
+def _float_copy(model: nn.Module) -> nn.Module:
+    from models.params import is_peft_model, unwrap
+
+    model = copy.deepcopy(unwrap(model)).cpu().eval()
+    if is_peft_model(model):
+        # Adapters are folded into the base weights: one plain model to quantise.
+        model = model.merge_and_unload()  # type: ignore[operator]
+    return model.eval()
+
+
+def _first_batch(dataset: Dataset[Any], batch_size: int) -> dict[str, torch.Tensor]:
+    inputs, _ = next(iter(DataLoader(dataset, batch_size=batch_size)))
+    return dict(inputs)
+
+
+def quantize_static(model: nn.Module, calibration: Iterable[dict[str, torch.Tensor]]) -> nn.Module:
+    """Fuse conv-BN-ReLU, observe activations on ``calibration`` batches, convert to INT8.
+
+    Needs a model with ``fusion_groups()`` (``ImageCNN``); every float input (the
+    image) is quantised on entry, so activation ranges come from real inputs.
+    """
+    from torch.ao import quantization as tq
+
+    batches = iter(calibration)
+    first = next(batches)
+    float_inputs = [k for k, v in first.items() if v.is_floating_point()]
+    with _quiet():
+        fused = tq.fuse_modules(model, model.fusion_groups())  # type: ignore[operator]
+        wrapped = QuantizedInputs(fused, float_inputs).eval()
+        engine = torch.backends.quantized.engine
+        wrapped.qconfig = tq.get_default_qconfig(engine)  # type: ignore[assignment]
+        tq.prepare(wrapped, inplace=True)
+        with torch.no_grad():
+            for inputs in itertools.chain([first], batches):
+                wrapped(**inputs)
+        tq.convert(wrapped, inplace=True)
+    return wrapped
+
+
+def _calibration_batches(
+    dataset: Dataset[Any], batch_size: int, batches: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    loader = DataLoader(dataset, batch_size=batch_size)
+    for inputs, _ in itertools.islice(loader, batches):
+        yield dict(inputs)
+
+
+def quantize_dynamic(model: nn.Module) -> nn.Module:
+    """INT8 Linear/LSTM/GRU weights (activations quantised per batch) and INT8 embeddings.
+
+    Embedding tables are quantised weight-only, per row: in a small text model they are
+    a large share of the bytes, and a lookup needs no activation quantisation.
+    """
+    from torch.ao import quantization as tq
+
+    spec: dict[type[nn.Module], Any] = {
+        nn.Linear: tq.default_dynamic_qconfig,
+        nn.LSTM: tq.default_dynamic_qconfig,
+        nn.GRU: tq.default_dynamic_qconfig,
+        nn.Embedding: tq.float_qparams_weight_only_qconfig,
+    }
+    with _quiet():
+        return tq.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: what a site would store or ship."""
+    buffer = io.BytesIO()
+    with _quiet():
+        torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+@torch.no_grad()
+def cpu_latency(model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 20) -> float:
+    """Median seconds of one forward pass on CPU (after three warm-up passes)."""
+    model.eval()
+    timings = []
+    for i in range(repeats + 3):
+        start = time.perf_counter()
+        model(**inputs)
+        if i >= 3:
+            timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def export_int8(
+    model: nn.Module,
+    *,
+    calibration: Dataset[Any],
+    evaluation: Dataset[Any],
+    out_dir: Path,
+    batch_size: int = 64,
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """Quantise a trained model to INT8, save it and report size, latency and accuracy.
+
+    Conv nets with ``fusion_groups()`` are quantised statically (weights and activations,
+    calibrated on ``calibration``); any other model dynamically (Linear/LSTM weights).
+    LoRA adapters are merged first. Both models are timed on the same CPU batch of
+    ``batch_size`` evaluation rows.
+
+    Returns
+    -------
+    dict
+        ``mode``, ``size_bytes_fp32``, ``size_bytes_int8``, ``size_ratio``,
+        ``latency_ms_fp32``, ``latency_ms_int8``, ``speedup``, ``accuracy_fp32``,
+        ``accuracy_int8``, ``accuracy_delta_points`` (fp32 minus int8, in points), also
+        written to ``out_dir/int8_report.json`` next to ``model_int8.pt``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = _float_copy(model)
+    static = callable(getattr(fp32, "fusion_groups", None))
+    int8 = (
+        quantize_static(copy.deepcopy(fp32), _calibration_batches(calibration, batch_size, 8))
+        if static
+        else quantize_dynamic(copy.deepcopy(fp32))
+    )
+    cpu = torch.device("cpu")
+    batch = _first_batch(evaluation, batch_size)
+    example = {k: v[:1] for k, v in batch.items()}
+    acc_fp32 = evaluate(fp32, evaluation, device=cpu)["accuracy"]
+    acc_int8 = evaluate(int8, evaluation, device=cpu)["accuracy"]
+    size_fp32, size_int8 = serialized_size(fp32), serialized_size(int8)
+    lat_fp32, lat_int8 = cpu_latency(fp32, batch, repeats), cpu_latency(int8, batch, repeats)
+    report: dict[str, Any] = {
+        "mode": "static" if static else "dynamic",
+        "engine": torch.backends.quantized.engine,
+        "size_bytes_fp32": size_fp32,
+        "size_bytes_int8": size_int8,
+        "size_ratio": size_fp32 / size_int8,
+        "latency_ms_fp32": 1e3 * lat_fp32,
+        "latency_ms_int8": 1e3 * lat_int8,
+        "speedup": lat_fp32 / lat_int8,
+        "latency_batch": int(next(iter(batch.values())).shape[0]),
+        "accuracy_fp32": acc_fp32,
+        "accuracy_int8": acc_int8,
+        "accuracy_delta_points": 100.0 * (acc_fp32 - acc_int8),
+        "inputs": {
+            k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in example.items()
+        },
+    }
+    _save(fp32, int8, out_dir)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _save(fp32: nn.Module, int8: nn.Module, out_dir: Path) -> None:
+    # A pickled quantised module does not survive torch.load in current torch (its
+    # packed-parameter modules lose their children), so the export is the INT8 state
+    # dict plus a weightless skeleton of the float model (parameters on the meta
+    # device, a few KB); load_int8 re-quantises the skeleton and loads the state.
+    with _quiet():
+        torch.save(copy.deepcopy(fp32).to("meta"), out_dir / SKELETON_FILE)
+        torch.save(int8.state_dict(), out_dir / MODEL_FILE)
+
+
+def load_int8(out_dir: Path) -> nn.Module:
+    """Load the INT8 model saved by :func:`export_int8` (CPU; call as ``model(**inputs)``).
+
+    The skeleton file is a pickled module, so only load exports you made or trust; the
+    INT8 weights themselves load with ``weights_only=True``.
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"no INT8 model in {out_dir}; run export_int8 first")
+    report = load_report(out_dir)
+    skeleton: nn.Module = torch.load(
+        out_dir / SKELETON_FILE, map_location="meta", weights_only=False
+    )
+    model = skeleton.to_empty(device="cpu")
+    with torch.no_grad():
+        # Finite placeholder values so the re-quantisation pass below runs cleanly;
+        # every one of them is overwritten by the saved INT8 state.
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if tensor.is_floating_point():
+                tensor.fill_(1.0 if name.endswith("running_var") else 0.0)
+            else:
+                tensor.zero_()
+    if report["mode"] == "static":
+        example = {
+            name: torch.zeros(
+                [1, *spec["shape"]], dtype=getattr(torch, spec["dtype"].split(".")[-1])
+            )
+            for name, spec in report["inputs"].items()
+        }
+        int8 = quantize_static(model, [example])
+    else:
+        int8 = quantize_dynamic(model)
+    with _quiet():
+        state = torch.load(out_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+        int8.load_state_dict(state)
+    return int8.eval()
+
+
+def load_report(out_dir: Path) -> dict[str, Any]:
+    """The JSON report written next to the INT8 model."""
+    report: dict[str, Any] = json.loads((Path(out_dir) / REPORT_FILE).read_text())
+    return report

@@ -1,0 +1,82 @@
+"""LoRA: spec parsing, only adapters (and the head) exchanged, state round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_model, get_weights, set_weights, train, weight_names
+from models.clinic import clinic_tokenizer, make_clinic_multimodal
+from models.lora import LoraSpec, apply_lora, parse_lora_spec, trainable_fraction
+
+
+def _text_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(
+        "text_transformer", vocab_size=clinic_tokenizer().vocab_size, dim=32, heads=2, layers=2
+    )
+
+
+def test_spec_with_comma_separated_targets_parses() -> None:
+    spec = parse_lora_spec("r=8,alpha=16,targets=q,v,dropout=0.05")
+
+    assert spec == LoraSpec(r=8, alpha=16, dropout=0.05, targets=("q", "v"))
+
+
+@pytest.mark.parametrize(
+    "bad", ["r=0", "rank=4", "q,v", "r=four"], ids=["zero", "key", "bare", "nan"]
+)
+def test_bad_spec_is_a_value_error(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_lora_spec(bad)
+
+
+def test_only_adapters_and_head_are_exchanged() -> None:
+    model = apply_lora(_text_model(), parse_lora_spec("r=4,targets=q,v"))
+
+    names = weight_names(model)
+
+    assert names
+    assert all("lora_" in n or "classifier" in n for n in names)
+    assert any("q_proj.lora_A" in n for n in names) and any("v_proj.lora_B" in n for n in names)
+    assert not any("k_proj" in n or "token_embedding" in n for n in names)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(w.size for w in get_weights(model)) == trainable
+
+
+def test_adapter_state_round_trips_between_sites() -> None:
+    spec = parse_lora_spec("r=4")
+    site_a, site_b = apply_lora(_text_model(), spec), apply_lora(_text_model(), spec)
+    data = make_clinic_multimodal(64, seed=0).select(["input_ids", "attention_mask"])
+    train(site_a, data, epochs=1, lr=1e-2, device=torch.device("cpu"))
+
+    set_weights(site_b, get_weights(site_a))
+
+    for a, b in zip(get_weights(site_a), get_weights(site_b), strict=True):
+        np.testing.assert_array_equal(a, b)
+    inputs = {k: v[:8] for k, v in data.inputs.items()}
+    site_a.eval(), site_b.eval()
+    torch.testing.assert_close(site_a(**inputs), site_b(**inputs))
+
+
+def test_flamingo_gates_stay_trainable_under_lora() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        "multimodal", vocab_size=clinic_tokenizer().vocab_size, dim=32, heads=2, layers=1
+    )
+
+    peft_model = apply_lora(model, parse_lora_spec("r=2"))
+
+    assert any("attn_gate" in n for n in weight_names(peft_model))
+
+
+def test_trainable_fraction_is_small_for_a_transformer() -> None:
+    model = apply_lora(_text_model(), parse_lora_spec("r=1,targets=v"))
+
+    assert 0.0 < trainable_fraction(model) < 0.02
+
+
+def test_unknown_target_is_rejected_with_candidates() -> None:
+    with pytest.raises(ValueError, match="matches no"):
+        apply_lora(_text_model(), parse_lora_spec("r=2,targets=attention_pump"))
