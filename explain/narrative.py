@@ -1,0 +1,252 @@
+"""What the report says, as titled tables of text: one source for the HTML and PDF views.
+
+Both renderers walk :data:`SECTIONS` and print these tables, so the two formats cannot
+drift apart in content; they differ only in layout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SECTIONS: list[tuple[str, str]] = [
+    ("run", "Run"),
+    ("sites", "Participating sites"),
+    ("privacy", "Privacy and secure aggregation"),
+    ("metrics", "Training metrics"),
+    ("explanations", "Model explanations (SHAP)"),
+    ("audit-log", "Audit log integrity"),
+    ("regulations", "Regulatory mapping"),
+]
+
+Table = tuple[list[str], list[list[str]]]
+Pairs = list[tuple[str, str]]
+
+NONE = "\u2014"  # em dash for "no value"
+
+
+def fmt(value: Any) -> str:
+    """Human-readable text for any fact value."""
+    if value is None:
+        return NONE
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={fmt(v)}" for k, v in value.items()) or NONE
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt(v) for v in value) or NONE
+    return str(value)
+
+
+def fmt_rounds(rounds: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"1-3, 5 (4)"``: compact, and a gap shows at a glance."""
+    if not rounds:
+        return NONE
+    spans: list[list[int]] = []
+    for r in sorted(rounds):
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    text = ", ".join(f"{a}\u2013{b}" if a != b else str(a) for a, b in spans)
+    return f"{text} ({len(rounds)})"
+
+
+def headline(facts: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Badges for the top of the report: ``(label, value, tone)``, tone ok|warn|bad|info."""
+    run, privacy, log = facts["run"], facts["privacy"], facts["audit_log"]
+    attribution = facts["attribution"]
+    flagged = [c["site"] for c in attribution["comparisons"] if c["flagged"]] if attribution else []
+    gaps = sum(1 for r in facts["regulations"] if r["status"] == "gap")
+    state_tone = {"completed": "ok", "failed": "bad", "stopped": "warn"}.get(run["state"], "info")
+    return [
+        ("Run state", run["state"], state_tone),
+        ("Rounds", f"{run['rounds_completed']} / {run['rounds_planned']}", "info"),
+        ("Sites", str(len(facts["sites"])), "info"),
+        (
+            "Secure aggregation",
+            privacy["secure_aggregation"],
+            "ok" if privacy["secure_aggregation"] != "none" else "warn",
+        ),
+        (
+            "Audit log",
+            "verified" if log["verified"] else "BROKEN",
+            "ok" if log["verified"] else "bad",
+        ),
+        ("Flagged sites", str(len(flagged)) if attribution else NONE, "warn" if flagged else "ok"),
+        ("Evidence gaps", str(gaps), "warn" if gaps else "ok"),
+    ]
+
+
+def run_pairs(facts: Mapping[str, Any]) -> Pairs:
+    run = facts["run"]
+    return [
+        ("Run id", run["id"]),
+        ("Model", run["model"]),
+        ("State", run["state"]),
+        ("Rounds completed / planned", f"{run['rounds_completed']} / {run['rounds_planned']}"),
+        ("Started by", run["started_by"] or NONE),
+        ("Created", run["created_at"]),
+        ("Started", fmt(run["started_at"])),
+        ("Ended", fmt(run["ended_at"])),
+        ("Code version", run["code_version"] or NONE),
+        ("Configuration sha256", run["config_sha256"]),
+        ("Final model sha256", fmt(run["model_sha256"])),
+    ]
+
+
+def config_text(facts: Mapping[str, Any]) -> str:
+    return json.dumps(facts["run"]["config"], indent=2, sort_keys=True, default=str)
+
+
+def sites_table(facts: Mapping[str, Any]) -> Table:
+    header = ["Site", "Node id", "Rows", "Rounds participated", "Data fingerprint"]
+    rows = [
+        [
+            s["name"],
+            s["node_id"] or NONE,
+            str(s["row_count"]),
+            fmt_rounds(s["rounds_participated"]),
+            fmt(s["data_fingerprint"]),
+        ]
+        for s in facts["sites"]
+    ]
+    return header, rows
+
+
+def privacy_pairs(facts: Mapping[str, Any]) -> Pairs:
+    p = facts["privacy"]
+    return [
+        ("Secure aggregation", p["secure_aggregation"]),
+        ("Key size (bits)", fmt(p["key_bits"])),
+        ("Key custodian", fmt(p["key_custodian"])),
+        ("Public-key fingerprints", fmt(p["key_fingerprints"])),
+        ("What the coordinator could see", p["coordinator_visibility"]),
+        ("Update quantisation", fmt(p["update_quantisation"])),
+        (
+            "Differential privacy",
+            fmt(p["differential_privacy"]) if p["differential_privacy"] else "not applied",
+        ),
+    ]
+
+
+def metrics_table(facts: Mapping[str, Any]) -> Table:
+    names = metric_names(facts["metrics"])
+    header = ["Round", "Updates", "Total weight", *names]
+    rows = [
+        [
+            str(m["round"]),
+            str(m["num_updates"]),
+            fmt(m["total_weight"]),
+            *(fmt(m["metrics"].get(n)) for n in names),
+        ]
+        for m in facts["metrics"]
+    ]
+    return header, rows
+
+
+def metric_names(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Metric names in first-seen order across rounds."""
+    seen: dict[str, None] = {}
+    for m in metrics:
+        seen.update(dict.fromkeys(m["metrics"]))
+    return list(seen)
+
+
+def importance_table(facts: Mapping[str, Any], top: int = 10) -> Table:
+    """Top features of the merged attribution with their share.
+
+    For a binary model the mean signed SHAP value for the positive class is added: it says
+    in which direction the feature moves the prediction. With more classes one column per
+    class would swamp the table; the JSON facts hold them all.
+    """
+    glob = facts["attribution"]["global"]
+    total = sum(max(v, 0.0) for v in glob["mean_abs"]) or 1.0
+    classes = glob["class_names"]
+    binary = len(classes) == 2
+    order = sorted(range(len(glob["mean_abs"])), key=lambda i: -glob["mean_abs"][i])[:top]
+    header = ["#", "Feature", "Mean |SHAP|", "Share"]
+    if binary:
+        header.append(f"Mean SHAP ({classes[1]})")
+    rows = []
+    for rank, i in enumerate(order, start=1):
+        row = [
+            str(rank),
+            glob["feature_names"][i],
+            f"{glob['mean_abs'][i]:.4g}",
+            f"{max(glob['mean_abs'][i], 0.0) / total:.1%}",
+        ]
+        if binary:
+            row.append(f"{glob['mean_signed'][classes[1]][i]:+.4g}")
+        rows.append(row)
+    return header, rows
+
+
+def comparisons_table(facts: Mapping[str, Any]) -> Table:
+    attribution = facts["attribution"]
+    rows_by_site = {s["site"]: s for s in attribution["sites"]}
+    header = [
+        "Site",
+        "Rows explained",
+        "Noise scale",
+        "Rank correlation",
+        "Flagged",
+        "Largest shifts (site vs rest)",
+    ]
+    rows = []
+    for c in attribution["comparisons"]:
+        summary = rows_by_site[c["site"]]
+        shifts = "; ".join(
+            f"{s['feature']} {s['site_value']:.3g} vs {s['rest_value']:.3g}"
+            for s in c["top_shifts"]
+        )
+        rows.append(
+            [
+                c["site"],
+                str(summary["row_count"]),
+                f"{summary['noise_scale']:g}",
+                NONE if c["rank_correlation"] is None else f"{c['rank_correlation']:.2f}",
+                "FLAGGED" if c["flagged"] else "no",
+                shifts or NONE,
+            ]
+        )
+    return header, rows
+
+
+def explanation_intro(facts: Mapping[str, Any]) -> str:
+    attribution = facts["attribution"]
+    if not attribution:
+        return "No site submitted a SHAP audit for this run."
+    glob = attribution["global"]
+    explainers = sorted({s["explainer"] for s in attribution["sites"]})
+    return (
+        f"Each site explained the final model on its own held-out data and sent only "
+        f"aggregate statistics (no rows). The {glob['kind']} audit covers {glob['row_count']} "
+        f"rows at {len(glob['sites'])} site(s), merged with weights proportional to rows. "
+        f"Attributions are in units of class probability. Sites are flagged when the "
+        f"Spearman rank correlation of their importances with the rest of the federation "
+        f"is below {attribution['threshold']:g}. Explainer: {'; '.join(explainers)}."
+    )
+
+
+def audit_pairs(facts: Mapping[str, Any]) -> Pairs:
+    log = facts["audit_log"]
+    return [
+        ("Chain verified", "yes" if log["verified"] else "NO"),
+        ("Events", str(log["rows"])),
+        ("First bad row", fmt(log["first_bad_row"])),
+        ("Reason", fmt(log["reason"])),
+        ("Head hash", log["head_hash"]),
+    ]
+
+
+def regulations_table(facts: Mapping[str, Any]) -> Table:
+    header = ["Regulation", "Article", "Requirement", "Evidence in this report", "Status"]
+    rows = [
+        [r["regulation"], r["article"], r["requirement"], r["evidence"], r["status"]]
+        for r in facts["regulations"]
+    ]
+    return header, rows

@@ -1,0 +1,373 @@
+"""Site-side SHAP audit of the final model on held-out data, reduced to a releasable summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import shap
+import torch
+from torch import Tensor, nn
+
+from explain.pooling import feature_statistics, pool_modalities, pool_positions, pool_regions
+from explain.summary import AttributionSummary, add_noise
+from explain.torch_adapter import (
+    ExplainedInput,
+    ProbabilityModel,
+    embedding_outputs,
+    find_token_embeddings,
+    frozen_for_audit,
+    probabilities,
+)
+
+PredictProba = Callable[[np.ndarray], np.ndarray]
+
+TORCH_KINDS = ("image", "text", "multimodal")
+
+
+def audit_tabular(
+    predict_proba: PredictProba,
+    background: np.ndarray,
+    rows: np.ndarray,
+    feature_names: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    *,
+    site: str = "local",
+    max_rows: int = 200,
+    max_background: int = 100,
+    max_evals: int | None = None,
+    noise_scale: float = 0.0,
+    seed: int = 0,
+) -> AttributionSummary:
+    """Explain a tabular model on a site's rows with shap's PermutationExplainer.
+
+    PermutationExplainer is model-agnostic (it needs only ``predict_proba``), its values add
+    up exactly to ``f(x) - E[f(background)]``, and with antithetic permutations it reaches
+    stable rankings in a few hundred evaluations per row: 200 rows x 30 features take
+    about two seconds on two cores (plus about five seconds, once per process, while shap's
+    numba kernels compile), where KernelExplainer needs far more evaluations for the same
+    accuracy.
+
+    Parameters
+    ----------
+    predict_proba
+        ``[N, F] -> [N, C]`` class probabilities (``[N]`` is read as one output).
+    background
+        Reference rows that "absent" features are drawn from; at most ``max_background``
+        of them are used (a seeded sample).
+    rows
+        Held-out rows to explain; at most ``max_rows`` (a seeded sample, so the audit does
+        not depend on row order).
+    feature_names, class_names
+        Column and output names; classes default to ``class_0 ...``.
+    site
+        Name recorded in the summary.
+    max_evals
+        Model evaluations per row; default ten antithetic permutations, ``10 * (2F + 1)``.
+    noise_scale
+        Standard deviation of Gaussian noise added to the released statistics
+        (see :func:`explain.summary.add_noise`).
+    seed
+        Fixes row/background sampling, the permutations and the noise.
+
+    Returns
+    -------
+    AttributionSummary
+        Aggregates only; the explained rows never leave this function.
+    """
+    background_arr = _matrix(background, "background", len(feature_names))
+    rows_arr = _matrix(rows, "rows", len(feature_names))
+    rng = np.random.default_rng(seed)
+    rows_arr = _sample(rows_arr, max_rows, rng)
+    background_arr = _sample(background_arr, max_background, rng)
+
+    def model_output(x: np.ndarray) -> np.ndarray:
+        out = np.asarray(predict_proba(x), dtype=float)
+        return out[:, None] if out.ndim == 1 else out
+
+    n_classes = model_output(background_arr[:1]).shape[1]
+    names = _class_names(class_names, n_classes)
+    evals = max_evals if max_evals is not None else 10 * (2 * len(feature_names) + 1)
+    masker = shap.maskers.Independent(background_arr, max_samples=len(background_arr))
+    explainer = shap.PermutationExplainer(model_output, masker, seed=seed)
+    explanation = explainer(rows_arr, max_evals=evals, silent=True)
+    values = np.asarray(explanation.values, dtype=float).reshape(len(rows_arr), -1, n_classes)
+    base = np.asarray(explanation.base_values, dtype=float).reshape(len(rows_arr), n_classes)
+    mean_abs, mean_signed = feature_statistics(values, names)
+    summary = AttributionSummary(
+        site=site,
+        kind="tabular",
+        feature_names=list(feature_names),
+        class_names=names,
+        mean_abs=mean_abs,
+        mean_signed=mean_signed,
+        row_count=len(rows_arr),
+        base_value=base.mean(axis=0).tolist(),
+        explainer=(
+            f"shap {shap.__version__} PermutationExplainer "
+            f"(max_evals={evals}, background={len(background_arr)})"
+        ),
+    )
+    return add_noise(summary, noise_scale, seed)
+
+
+def audit_torch(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    background: Mapping[str, Tensor],
+    kind: str,
+    class_names: Sequence[str] | None = None,
+    *,
+    site: str = "local",
+    max_rows: int = 200,
+    max_background: int = 64,
+    nsamples: int = 32,
+    grid: tuple[int, int] = (4, 4),
+    position_buckets: int = 8,
+    explain_keys: Sequence[str] | None = None,
+    modality_of: Mapping[str, str] | None = None,
+    embeddings: Mapping[str, nn.Module] | None = None,
+    noise_scale: float = 0.0,
+    seed: int = 0,
+) -> AttributionSummary:
+    """Explain a torch model with shap's GradientExplainer (expected gradients).
+
+    Expected gradients work on any differentiable model (CNNs, attention, gated fusion)
+    where DeepExplainer's per-layer rules do not cover every operation. Attributions are
+    taken on class probabilities, then pooled into features that are the same at every
+    site:
+
+    - ``"image"``: pixels summed over a ``grid`` of regions, named ``region_<r>_<c>``;
+    - ``"text"``: the token embedding *output* is explained (ids are integers and cannot
+      be differentiated), summed over the embedding dimension and over
+      ``position_buckets`` contiguous position buckets, named ``tokens_<first>_<last>``;
+    - ``"multimodal"``: every explained input summed whole, one feature per modality
+      (``image``, ``text``, ``audio``, ``tabular``; see ``modality_of``). Read
+      :attr:`AttributionSummary.shares` for each modality's share.
+
+    Inputs that are not explained (attention masks, anything in ``inputs`` but not in
+    ``explain_keys``) are held at the explained row's own value.
+
+    Parameters
+    ----------
+    model
+        Called as ``model(**inputs)``, returning logits ``[B, C]``.
+    inputs, background
+        Batched input dicts with the same keys: held-out rows to explain and reference
+        rows. At most ``max_rows`` / ``max_background`` rows are used (seeded samples).
+    kind
+        ``"image"``, ``"text"`` or ``"multimodal"``.
+    class_names
+        Output names; default ``class_0 ...``.
+    nsamples
+        Interpolation samples per row and class; more is smoother and slower.
+    explain_keys
+        Inputs to attribute. Defaults: ``image`` (or the only input) for images, the one
+        integer input an ``nn.Embedding`` looks up for text, and for multimodal every
+        input except integer inputs without an embedding and names ending in ``mask``.
+    embeddings
+        Input name -> embedding module, when automatic discovery is not wanted.
+    noise_scale, seed
+        As in :func:`audit_tabular`.
+
+    Raises
+    ------
+    ValueError
+        On an unknown kind, mismatched input dicts, or explained inputs that cannot be
+        found or pooled.
+    """
+    if kind not in TORCH_KINDS:
+        raise ValueError(f"kind must be one of {TORCH_KINDS}, got {kind!r}")
+    if set(inputs) != set(background) or not inputs:
+        raise ValueError(
+            f"inputs and background must have the same keys, got {sorted(inputs)} "
+            f"and {sorted(background)}"
+        )
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    rng = np.random.default_rng(seed)
+    rows = _sample_batch(inputs, max_rows, rng, device)
+    refs = _sample_batch(background, max_background, rng, device)
+    keys = list(explain_keys) if explain_keys is not None else _default_keys(kind, rows)
+
+    with frozen_for_audit(model), _numpy_global_rng_kept():
+        # By default a multimodal audit skips integer inputs no embedding looks up (lengths,
+        # flags); inputs the caller names must all be explainable.
+        strict = explain_keys is not None or kind != "multimodal"
+        slots = _explained_inputs(model, rows, keys, embeddings, strict=strict)
+        keys = [slot.key for slot in slots]
+        if kind != "multimodal" and len(keys) != 1:
+            raise ValueError(f"a {kind} audit explains exactly one input, got {keys}")
+        attributions, base = _expected_gradients(model, rows, refs, slots, nsamples, seed)
+
+    n_classes = base.shape[0]
+    names = _class_names(class_names, n_classes)
+    if kind == "image":
+        pooled, features = pool_regions(attributions[keys[0]], grid)
+    elif kind == "text":
+        pooled, features = pool_positions(attributions[keys[0]], position_buckets)
+    else:
+        pooled, features = pool_modalities(attributions, modality_of)
+    mean_abs, mean_signed = feature_statistics(pooled, names)
+    row_count = next(iter(rows.values())).shape[0]
+    summary = AttributionSummary(
+        site=site,
+        kind=kind,
+        feature_names=features,
+        class_names=names,
+        mean_abs=mean_abs,
+        mean_signed=mean_signed,
+        row_count=row_count,
+        base_value=base.tolist(),
+        explainer=(
+            f"shap {shap.__version__} GradientExplainer "
+            f"(nsamples={nsamples}, background={next(iter(refs.values())).shape[0]}, "
+            f"inputs={','.join(keys)})"
+        ),
+    )
+    return add_noise(summary, noise_scale, seed)
+
+
+def _expected_gradients(
+    model: nn.Module,
+    rows: dict[str, Tensor],
+    refs: dict[str, Tensor],
+    slots: list[ExplainedInput],
+    nsamples: int,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-input SHAP values ``{key: [N, *shape, C]}`` and the base value ``[C]``."""
+    embedded = {s.key: s.embedding for s in slots if s.embedding is not None}
+    row_embeds = embedding_outputs(model, rows, embedded) if embedded else {}
+    ref_embeds = embedding_outputs(model, refs, embedded) if embedded else {}
+
+    def explained(batch: dict[str, Tensor], embeds: dict[str, Tensor]) -> list[Tensor]:
+        return [embeds[s.key] if s.embedding is not None else batch[s.key] for s in slots]
+
+    row_data = explained(rows, row_embeds)
+    ref_data = explained(refs, ref_embeds)
+    for slot, row_tensor, ref_tensor in zip(slots, row_data, ref_data, strict=True):
+        if row_tensor.shape[1:] != ref_tensor.shape[1:]:
+            raise ValueError(
+                f"input {slot.key!r}: rows have shape {tuple(row_tensor.shape[1:])} but the "
+                f"background has {tuple(ref_tensor.shape[1:])}; pad both to the same length"
+            )
+    held_keys = [k for k in rows if k not in {s.key for s in slots if s.embedding is None}]
+
+    with torch.no_grad():
+        base = probabilities(model(**refs)).mean(dim=0).cpu().double().numpy()
+
+    wrapper = ProbabilityModel(model, slots)
+    wrapper.hold({k: rows[k][:1] for k in held_keys})
+    explainer = shap.GradientExplainer(wrapper, [t.float() for t in ref_data], batch_size=nsamples)
+    per_row: list[list[np.ndarray]] = []
+    n_rows = row_data[0].shape[0]
+    # One row at a time: the inputs held fixed (masks, token ids) belong to that row.
+    for j in range(n_rows):
+        wrapper.hold({k: rows[k][j : j + 1] for k in held_keys})
+        phis = explainer.shap_values(
+            [t[j : j + 1].float() for t in row_data], nsamples=nsamples, rseed=seed + j
+        )
+        # shap returns a bare array, not a one-element list, when one tensor is explained.
+        phis = [phis] if len(slots) == 1 else phis
+        per_row.append([np.asarray(p, dtype=float) for p in phis])
+    attributions = {
+        slot.key: np.concatenate([row[i] for row in per_row], axis=0)
+        for i, slot in enumerate(slots)
+    }
+    return attributions, base
+
+
+def _explained_inputs(
+    model: nn.Module,
+    rows: dict[str, Tensor],
+    keys: list[str],
+    embeddings: Mapping[str, nn.Module] | None,
+    *,
+    strict: bool,
+) -> list[ExplainedInput]:
+    unknown = [k for k in keys if k not in rows]
+    if unknown:
+        raise ValueError(f"explain_keys {unknown} are not model inputs {sorted(rows)}")
+    given = dict(embeddings or {})
+    token_keys = [k for k in keys if not rows[k].is_floating_point() and k not in given]
+    found = find_token_embeddings(model, rows, token_keys, strict=strict) if token_keys else {}
+    modules = {**found, **given}
+    explainable = [k for k in keys if rows[k].is_floating_point() or k in modules]
+    if not explainable:
+        raise ValueError(f"none of the inputs {keys} can be explained")
+    return [ExplainedInput(key=k, embedding=modules.get(k)) for k in explainable]
+
+
+def _default_keys(kind: str, rows: Mapping[str, Tensor]) -> list[str]:
+    if kind == "image":
+        if "image" in rows:
+            return ["image"]
+        floats = [k for k, v in rows.items() if v.is_floating_point() and v.ndim >= 3]
+        if len(floats) == 1:
+            return floats
+        raise ValueError(
+            f"cannot tell which input is the image among {sorted(rows)}; pass explain_keys=[name]"
+        )
+    if kind == "text":
+        if "input_ids" in rows:
+            return ["input_ids"]
+        tokens = [
+            k for k, v in rows.items() if not v.is_floating_point() and not k.endswith("mask")
+        ]
+        if len(tokens) == 1:
+            return tokens
+        raise ValueError(
+            f"cannot tell which input holds the tokens among {sorted(rows)}; "
+            "pass explain_keys=[name]"
+        )
+    # Multimodal: everything but masks; integer inputs without an embedding drop out later.
+    return [k for k, v in rows.items() if not k.endswith("mask") and v.dtype != torch.bool]
+
+
+def _sample_batch(
+    batch: Mapping[str, Tensor], limit: int, rng: np.random.Generator, device: torch.device
+) -> dict[str, Tensor]:
+    if limit < 1:
+        raise ValueError(f"row limits must be >= 1, got {limit}")
+    sizes = {k: v.shape[0] for k, v in batch.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every input must have the same number of rows, got {sizes}")
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError("no rows to audit")
+    index = torch.as_tensor(np.sort(rng.choice(n, size=min(n, limit), replace=False)))
+    return {k: v[index].to(device) for k, v in batch.items()}
+
+
+def _matrix(values: np.ndarray, name: str, n_features: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 2 or arr.shape[1] != n_features or arr.shape[0] == 0:
+        raise ValueError(f"{name} must be [rows >= 1, {n_features}], got shape {arr.shape}")
+    return arr
+
+
+def _sample(arr: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    if limit < 1:
+        raise ValueError(f"row limits must be >= 1, got {limit}")
+    if len(arr) <= limit:
+        return arr
+    return arr[np.sort(rng.choice(len(arr), size=limit, replace=False))]
+
+
+def _class_names(class_names: Sequence[str] | None, n_classes: int) -> list[str]:
+    if class_names is None:
+        return [f"class_{i}" for i in range(n_classes)]
+    if len(class_names) != n_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {n_classes} outputs")
+    return list(class_names)
+
+
+@contextmanager
+def _numpy_global_rng_kept() -> Iterator[None]:
+    # GradientExplainer seeds numpy's global generator; give the caller theirs back.
+    state = np.random.get_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
