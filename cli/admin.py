@@ -22,8 +22,10 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
 
-CoordinatorOption = Annotated[str, typer.Option(
-    "--coordinator", envvar="COHORT_COORDINATOR", help="HOST:PORT of the coordinator")]
+CoordinatorOption = Annotated[
+    str,
+    typer.Option("--coordinator", envvar="COHORT_COORDINATOR", help="HOST:PORT of the coordinator"),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 USER = (("x-cohort-user", "cli"),)
 
@@ -37,8 +39,9 @@ def state_name(state: int) -> str:
 
 
 def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
-    data = MessageToDict(run, preserving_proto_field_name=True,
-                         always_print_fields_with_no_presence=True)
+    data = MessageToDict(
+        run, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     data["state"] = state_name(run.state)
     data["secure"] = "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
     data["config"] = json.loads(run.config_json or "{}")
@@ -49,8 +52,9 @@ def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
 @runs_app.command("start")
 @friendly_errors
 def start(
-    model: Annotated[str, typer.Option(help="Registry name, hf:/dir or module:factory")]
-    = "tabular_mlp",
+    model: Annotated[
+        str, typer.Option(help="Registry name, hf:/dir or module:factory")
+    ] = "tabular_mlp",
     rounds: int = 5,
     min_clients: Annotated[int, typer.Option(help="Sites needed to start and per round")] = 2,
     max_clients: Annotated[int, typer.Option(help="0 = no cap")] = 0,
@@ -60,40 +64,60 @@ def start(
     lr: float = 0.01,
     secure: Annotated[str, typer.Option(help="paillier or none")] = "none",
     custodian: Annotated[str, typer.Option(help="Site that makes the run's key")] = "",
-    strategy: Annotated[str, typer.Option(
-        help="fedavg, fedavgm, fedadam (secure) or median, krum, trimmed_mean (plaintext)")]
-    = "fedavg",
-    quorum: Annotated[int, typer.Option(help="Updates that close a round at its deadline; "
-                                             "0 = min-clients")] = 0,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="fedavg, fedavgm, fedadam (secure) or median, krum, trimmed_mean (plaintext)"
+        ),
+    ] = "fedavg",
+    quorum: Annotated[
+        int, typer.Option(help="Updates that close a round at its deadline; 0 = min-clients")
+    ] = 0,
     config: Annotated[str, typer.Option(help="Extra trainer config as JSON")] = "",
     name: str = "",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
     as_json: JsonOption = False,
 ) -> None:
     """Create a run; it starts as soon as enough sites are online."""
-    schemes = {"none": common_pb2.SECURE_SCHEME_NONE,
-               "paillier": common_pb2.SECURE_SCHEME_PAILLIER}
+    schemes = {"none": common_pb2.SECURE_SCHEME_NONE, "paillier": common_pb2.SECURE_SCHEME_PAILLIER}
     if secure not in schemes:
         fail(f"--secure must be paillier or none, not {secure!r}")
     extra = parse_json_option(config, "--config")
     if quorum:
         extra["quorum"] = quorum
-    run = stub(coordinator).CreateRun(admin_pb2.CreateRunRequest(
-        model=model, rounds=rounds, min_clients=min_clients, max_clients=max_clients,
-        fraction=fraction, round_deadline_seconds=deadline, local_epochs=local_epochs, lr=lr,
-        secure=schemes[secure], custodian=custodian, strategy=strategy,
-        config_json=json.dumps(extra), name=name), metadata=USER, timeout=30)
+    run = stub(coordinator).CreateRun(
+        admin_pb2.CreateRunRequest(
+            model=model,
+            rounds=rounds,
+            min_clients=min_clients,
+            max_clients=max_clients,
+            fraction=fraction,
+            round_deadline_seconds=deadline,
+            local_epochs=local_epochs,
+            lr=lr,
+            secure=schemes[secure],
+            custodian=custodian,
+            strategy=strategy,
+            config_json=json.dumps(extra),
+            name=name,
+        ),
+        metadata=USER,
+        timeout=30,
+    )
     if as_json:
         print(json.dumps(run_dict(run)))
         return
-    console.print(f"run [bold]{run.run_id}[/] created ({state_name(run.state)}); "
-                  f"watch it with `cohort admin runs watch {run.run_id}`")
+    console.print(
+        f"run [bold]{run.run_id}[/] created ({state_name(run.state)}); "
+        f"watch it with `cohort admin runs watch {run.run_id}`"
+    )
 
 
 @runs_app.command("list")
 @friendly_errors
-def list_runs(coordinator: CoordinatorOption = "127.0.0.1:50051",
-              as_json: JsonOption = False) -> None:
+def list_runs(
+    coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+) -> None:
     """All runs, newest first."""
     reply = stub(coordinator).ListRuns(admin_pb2.ListRunsRequest(), metadata=USER, timeout=30)
     if as_json:
@@ -104,41 +128,61 @@ def list_runs(coordinator: CoordinatorOption = "127.0.0.1:50051",
     for column in ("name", "state", "model", "round", "secure", "strategy"):
         table.add_column(column)
     for run in reply.runs:
-        table.add_row(run.run_id, run.name, state_name(run.state), run.model,
-                      f"{run.current_round}/{run.rounds}",
-                      "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none",
-                      run.strategy)
+        table.add_row(
+            run.run_id,
+            run.name,
+            state_name(run.state),
+            run.model,
+            f"{run.current_round}/{run.rounds}",
+            "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none",
+            run.strategy,
+        )
     console.print(table)
 
 
 def print_run(run: admin_pb2.RunInfo) -> None:
-    console.print(f"[bold]run {run.run_id}[/] {run.name} — {state_name(run.state)}, "
-                  f"round {run.current_round}/{run.rounds}, model {run.model}, "
-                  f"strategy {run.strategy}")
+    console.print(
+        f"[bold]run {run.run_id}[/] {run.name} — {state_name(run.state)}, "
+        f"round {run.current_round}/{run.rounds}, model {run.model}, "
+        f"strategy {run.strategy}"
+    )
     if run.secure == common_pb2.SECURE_SCHEME_PAILLIER:
-        console.print(f"secure aggregation: Paillier; key fingerprint "
-                      f"[cyan]{run.key_fingerprint or '(not yet generated)'}[/] "
-                      f"— compare with each site out of band")
+        console.print(
+            f"secure aggregation: Paillier; key fingerprint "
+            f"[cyan]{run.key_fingerprint or '(not yet generated)'}[/] "
+            f"— compare with each site out of band"
+        )
     if run.failure_reason:
         console.print(f"[red]reason:[/] {run.failure_reason}")
     table = Table()
     for column in ("round", "state", "sites", "weight", "bytes", "metrics"):
         table.add_column(column)
     for info in run.round_infos:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items())
-                            if k.startswith(("eval_", "train_loss")))
-        table.add_row(str(info.number), info.state, f"{info.submitted}/{info.selected}",
-                      str(info.total_weight), str(info.bytes_received), metrics)
+        metrics = ", ".join(
+            f"{k}={v:.4g}"
+            for k, v in sorted(info.metrics.items())
+            if k.startswith(("eval_", "train_loss"))
+        )
+        table.add_row(
+            str(info.number),
+            info.state,
+            f"{info.submitted}/{info.selected}",
+            str(info.total_weight),
+            str(info.bytes_received),
+            metrics,
+        )
     console.print(table)
 
 
 @runs_app.command("show")
 @friendly_errors
-def show(run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051",
-         as_json: JsonOption = False) -> None:
+def show(
+    run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+) -> None:
     """One run: state, key fingerprint, rounds and their metrics."""
-    run = stub(coordinator).GetRun(admin_pb2.GetRunRequest(run_id=run_id), metadata=USER,
-                                   timeout=30)
+    run = stub(coordinator).GetRun(
+        admin_pb2.GetRunRequest(run_id=run_id), metadata=USER, timeout=30
+    )
     if as_json:
         print(json.dumps(run_dict(run)))
         return
@@ -147,8 +191,9 @@ def show(run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051",
 
 @runs_app.command("watch")
 @friendly_errors
-def watch(run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051",
-          as_json: JsonOption = False) -> None:
+def watch(
+    run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+) -> None:
     """Live progress until the run ends."""
     from cli.demo import RoundProgress
 
@@ -170,11 +215,16 @@ def watch(run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051",
 
 @runs_app.command("stop")
 @friendly_errors
-def stop(run_id: str, reason: str = "", coordinator: CoordinatorOption = "127.0.0.1:50051",
-         as_json: JsonOption = False) -> None:
+def stop(
+    run_id: str,
+    reason: str = "",
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    as_json: JsonOption = False,
+) -> None:
     """Stop a run; its open tasks are cancelled."""
-    run = stub(coordinator).StopRun(admin_pb2.StopRunRequest(run_id=run_id, reason=reason),
-                                    metadata=USER, timeout=30)
+    run = stub(coordinator).StopRun(
+        admin_pb2.StopRunRequest(run_id=run_id, reason=reason), metadata=USER, timeout=30
+    )
     if as_json:
         print(json.dumps(run_dict(run)))
         return
@@ -192,9 +242,13 @@ def download(
     """Download a plaintext run's model (secure runs: a site exports it)."""
     import numpy as np
 
-    payload = wire.join_chunks(stub(coordinator).DownloadModel(
-        admin_pb2.DownloadModelRequest(run_id=run_id, round=round_number), metadata=USER,
-        timeout=300))
+    payload = wire.join_chunks(
+        stub(coordinator).DownloadModel(
+            admin_pb2.DownloadModelRequest(run_id=run_id, round=round_number),
+            metadata=USER,
+            timeout=300,
+        )
+    )
     weights = wire.decode_tensors(payload)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, *weights)
@@ -203,12 +257,17 @@ def download(
 
 @sites_app.command("list")
 @friendly_errors
-def list_sites(coordinator: CoordinatorOption = "127.0.0.1:50051",
-               as_json: JsonOption = False) -> None:
+def list_sites(
+    coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+) -> None:
     """Sites that joined, online or not."""
     reply = stub(coordinator).ListNodes(admin_pb2.ListNodesRequest(), metadata=USER, timeout=30)
-    rows = [MessageToDict(n, preserving_proto_field_name=True,
-                          always_print_fields_with_no_presence=True) for n in reply.nodes]
+    rows = [
+        MessageToDict(
+            n, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        for n in reply.nodes
+    ]
     if as_json:
         print(json.dumps(rows))
         return
@@ -216,6 +275,7 @@ def list_sites(coordinator: CoordinatorOption = "127.0.0.1:50051",
     for column in ("site", "node", "online", "x25519 fingerprint"):
         table.add_column(column)
     for node in reply.nodes:
-        table.add_row(node.site_name, node.node_id, "yes" if node.online else "no",
-                      node.x25519_fingerprint)
+        table.add_row(
+            node.site_name, node.node_id, "yes" if node.online else "no", node.x25519_fingerprint
+        )
     console.print(table)

@@ -18,11 +18,16 @@ app = typer.Typer(help="Audit log and compliance reports.", no_args_is_help=True
 @app.command("verify")
 @friendly_errors
 def verify(
-    run_id: Annotated[str, typer.Argument(help="Report on this run's rows (the chain is "
-                                                "always checked whole)")] = "",
+    run_id: Annotated[
+        str, typer.Argument(help="Report on this run's rows (the chain is always checked whole)")
+    ] = "",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
-    db: Annotated[str, typer.Option(help="Check the database directly (SQLAlchemy URL) "
-                                         "instead of asking the coordinator")] = "",
+    db: Annotated[
+        str,
+        typer.Option(
+            help="Check the database directly (SQLAlchemy URL) instead of asking the coordinator"
+        ),
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recompute the chain; exit 1 naming the first changed, deleted or reordered row."""
@@ -38,24 +43,47 @@ def verify(
             session.expunge_all()
         database.close()
     else:
-        log = stub(coordinator).GetAuditLog(admin_pb2.GetAuditLogRequest(run_id=run_id),
-                                            metadata=USER, timeout=60)
-        rows = [AuditEvent(seq=e.seq, time=e.time_unix, run_id=e.run_id, kind=e.kind,
-                           actor=e.actor, details=e.details_json, prev_hash=e.prev_hash,
-                           hash=e.hash) for e in log.entries]
+        log = stub(coordinator).GetAuditLog(
+            admin_pb2.GetAuditLogRequest(run_id=run_id), metadata=USER, timeout=60
+        )
+        rows = [
+            AuditEvent(
+                seq=e.seq,
+                time=e.time_unix,
+                run_id=e.run_id,
+                kind=e.kind,
+                actor=e.actor,
+                details=e.details_json,
+                prev_hash=e.prev_hash,
+                hash=e.hash,
+            )
+            for e in log.entries
+        ]
     verdict = auditlog.verify_chain(rows)
     run_rows = sum(1 for r in rows if r.run_id == run_id) if run_id else len(rows)
     if as_json:
-        print(json.dumps({"ok": verdict.ok, "rows": verdict.rows, "run_rows": run_rows,
-                          "first_bad_row": verdict.first_bad_seq, "reason": verdict.reason,
-                          "head_hash": verdict.head_hash}))
+        print(
+            json.dumps(
+                {
+                    "ok": verdict.ok,
+                    "rows": verdict.rows,
+                    "run_rows": run_rows,
+                    "first_bad_row": verdict.first_bad_seq,
+                    "reason": verdict.reason,
+                    "head_hash": verdict.head_hash,
+                }
+            )
+        )
     elif verdict.ok:
-        console.print(f"[green]audit log intact[/]: {verdict.rows} rows"
-                      + (f" ({run_rows} for run {run_id})" if run_id else "")
-                      + f", head {verdict.head_hash[:16]}…")
+        console.print(
+            f"[green]audit log intact[/]: {verdict.rows} rows"
+            + (f" ({run_rows} for run {run_id})" if run_id else "")
+            + f", head {verdict.head_hash[:16]}…"
+        )
     else:
-        console.print(f"[bold red]audit log broken at row {verdict.first_bad_seq}[/]: "
-                      f"{verdict.reason}")
+        console.print(
+            f"[bold red]audit log broken at row {verdict.first_bad_seq}[/]: {verdict.reason}"
+        )
     if not verdict.ok:
         raise typer.Exit(1)
 
@@ -71,8 +99,11 @@ def report(
     """Write a run's compliance report: provenance, privacy, metrics, SHAP, log, regulations."""
     if fmt not in ("html", "pdf", "json"):
         fail(f"--format must be html, pdf or json, not {fmt!r}")
-    payload = wire.join_chunks(stub(coordinator).ExportReport(
-        admin_pb2.ExportReportRequest(run_id=run_id, format=fmt), metadata=USER, timeout=300))
+    payload = wire.join_chunks(
+        stub(coordinator).ExportReport(
+            admin_pb2.ExportReportRequest(run_id=run_id, format=fmt), metadata=USER, timeout=300
+        )
+    )
     if out.is_dir():
         out = out / f"cohort-report-{run_id}.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)

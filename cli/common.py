@@ -59,8 +59,10 @@ def friendly_errors(command: F) -> F:
             code = exc.code() if hasattr(exc, "code") else None
             detail = exc.details() if hasattr(exc, "details") else str(exc)
             if code == grpc.StatusCode.UNAVAILABLE:
-                fail(f"cannot reach the coordinator ({detail}); is `cohort coordinator serve` "
-                     "running at that address?")
+                fail(
+                    f"cannot reach the coordinator ({detail}); is `cohort coordinator serve` "
+                    "running at that address?"
+                )
             name = code.name if code is not None else "ERROR"
             fail(f"{detail} [{name}]")
         except (ValueError, KeyError, FileNotFoundError, PermissionError) as exc:
@@ -83,8 +85,12 @@ def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": record.created, "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage()}
+        entry = {
+            "time": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -16,8 +16,11 @@ from cli import admin as admin_cli
 from cli import audit as audit_cli
 from cli.common import console, err_console, fail, friendly_errors, load_config, setup_logging
 
-app = typer.Typer(help="Cohort: federated learning with Paillier-encrypted aggregation.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Cohort: federated learning with Paillier-encrypted aggregation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 client_app = typer.Typer(help="Run a site's agent.", no_args_is_help=True)
 app.add_typer(coordinator_app, name="coordinator")
@@ -29,12 +32,18 @@ app.add_typer(audit_cli.app, name="audit")
 @app.callback()
 def root(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option(
-        envvar="COHORT_CONFIG", help="TOML file of defaults ([client.run], [admin.runs.start]…); "
-        "./cohort.toml when present.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COHORT_CONFIG",
+            help="TOML file of defaults ([client.run], [admin.runs.start]…); "
+            "./cohort.toml when present.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="COHORT_LOG_LEVEL")] = "WARNING",
-    log_format: Annotated[str, typer.Option(envvar="COHORT_LOG_FORMAT",
-                                            help="text or json")] = "text",
+    log_format: Annotated[
+        str, typer.Option(envvar="COHORT_LOG_FORMAT", help="text or json")
+    ] = "text",
 ) -> None:
     if log_format not in ("text", "json"):
         fail("--log-format must be text or json")
@@ -59,8 +68,15 @@ def demo(
 
     if key_bits not in (1024, 2048, 3072):
         fail("--key-bits must be 1024 (tests only), 2048 or 3072")
-    settings = DemoSettings(rounds=rounds, local_epochs=local_epochs, secure=not plaintext,
-                            key_bits=key_bits, data_dir=data_dir, seed=seed, report=report)
+    settings = DemoSettings(
+        rounds=rounds,
+        local_epochs=local_epochs,
+        secure=not plaintext,
+        key_bits=key_bits,
+        data_dir=data_dir,
+        seed=seed,
+        report=report,
+    )
     mode = f"Paillier {key_bits}-bit" if settings.secure else "plaintext"
     err_console.print(f"[bold]Cohort demo[/]: 3 hospitals, {rounds} rounds, {mode} aggregation")
 
@@ -73,17 +89,28 @@ def demo(
     table.add_column("model")
     table.add_column("accuracy", justify="right")
     table.add_column("ROC-AUC", justify="right")
-    table.add_row(f"federated ({mode})", f"{result.federated['accuracy']:.3f}",
-                  f"{result.federated['roc_auc']:.3f}")
-    table.add_row("centralised (pooled data)", f"{result.centralised['accuracy']:.3f}",
-                  f"{result.centralised['roc_auc']:.3f}")
+    table.add_row(
+        f"federated ({mode})",
+        f"{result.federated['accuracy']:.3f}",
+        f"{result.federated['roc_auc']:.3f}",
+    )
+    table.add_row(
+        "centralised (pooled data)",
+        f"{result.centralised['accuracy']:.3f}",
+        f"{result.centralised['roc_auc']:.3f}",
+    )
     for name, scores in result.local_only.items():
-        table.add_row(f"{name} alone ({result.sites[name]} rows)", f"{scores['accuracy']:.3f}",
-                      f"{scores['roc_auc']:.3f}")
+        table.add_row(
+            f"{name} alone ({result.sites[name]} rows)",
+            f"{scores['accuracy']:.3f}",
+            f"{scores['roc_auc']:.3f}",
+        )
     out = err_console if as_json else console
     out.print(table)
-    out.print(f"run {result.run_id} in {result.seconds:.1f} s; "
-              f"{result.bytes_received / 1024:.0f} KiB of updates received")
+    out.print(
+        f"run {result.run_id} in {result.seconds:.1f} s; "
+        f"{result.bytes_received / 1024:.0f} KiB of updates received"
+    )
     if result.report_path:
         out.print(f"compliance report: [bold]{result.report_path}[/]")
     if as_json:
@@ -93,8 +120,12 @@ def demo(
 @coordinator_app.command("serve")
 @friendly_errors
 def serve(
-    db: Annotated[str | None, typer.Option(envvar="COHORT_DATABASE_URL",
-                                           help="SQLAlchemy URL; default SQLite in data dir")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            envvar="COHORT_DATABASE_URL", help="SQLAlchemy URL; default SQLite in data dir"
+        ),
+    ] = None,
     data_dir: Annotated[Path, typer.Option(envvar="COHORT_DATA_DIR")] = Path("cohort-data"),
     host: Annotated[str, typer.Option(envvar="COHORT_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="COHORT_PORT", min=0, max=65535)] = 50051,
@@ -125,12 +156,18 @@ def _redact(url: str) -> str:
 def client_run(
     coordinator: Annotated[str, typer.Option(envvar="COHORT_COORDINATOR")] = "127.0.0.1:50051",
     name: Annotated[str, typer.Option(envvar="COHORT_SITE_NAME", help="This site's name.")] = "",
-    data: Annotated[str, typer.Option(envvar="COHORT_DATA",
-                                      help="CSV/Parquet/.npz/.npy file or sklearn:NAME")] = "",
+    data: Annotated[
+        str, typer.Option(envvar="COHORT_DATA", help="CSV/Parquet/.npz/.npy file or sklearn:NAME")
+    ] = "",
     label_column: Annotated[str, typer.Option(envvar="COHORT_LABEL_COLUMN")] = "label",
-    app_ref: Annotated[str, typer.Option("--app", envvar="COHORT_APP",
-                                         help="package.module:factory returning a Flower "
-                                              "NumPyClient (runs unchanged)")] = "",
+    app_ref: Annotated[
+        str,
+        typer.Option(
+            "--app",
+            envvar="COHORT_APP",
+            help="package.module:factory returning a Flower NumPyClient (runs unchanged)",
+        ),
+    ] = "",
     state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
     model_config: Annotated[str, typer.Option(help="JSON for the built-in model")] = "",
     seed: int = 0,
@@ -141,8 +178,9 @@ def client_run(
     if not name:
         fail("--name is required (this site's name, e.g. hospital-a)")
     client = _site_client(app_ref, data, label_column, model_config, seed, name)
-    agent = SiteAgent(AgentConfig(coordinator, name, state_dir, seed=seed), client,
-                      listener=_print_event)
+    agent = SiteAgent(
+        AgentConfig(coordinator, name, state_dir, seed=seed), client, listener=_print_event
+    )
     err_console.print(f"site {name} → {coordinator} (outbound only); state in {state_dir}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,8 +189,9 @@ def client_run(
     agent.close()
 
 
-def _site_client(app_ref: str, data: str, label_column: str, model_config: str, seed: int,
-                 name: str):  # type: ignore[no-untyped-def]
+def _site_client(
+    app_ref: str, data: str, label_column: str, model_config: str, seed: int, name: str
+):  # type: ignore[no-untyped-def]
     from cli.common import parse_json_option
     from client.apps import load_app
     from client.data import load_tabular
@@ -162,16 +201,21 @@ def _site_client(app_ref: str, data: str, label_column: str, model_config: str, 
         return load_app(app_ref, data=data or None, site_name=name, seed=seed)
     if not data:
         fail("--data is required (a CSV/Parquet/.npz/.npy file or sklearn:NAME), or give --app")
-    return TabularTrainer(load_tabular(data, label_column),
-                          model_config=parse_json_option(model_config, "--model-config"), seed=seed)
+    return TabularTrainer(
+        load_tabular(data, label_column),
+        model_config=parse_json_option(model_config, "--model-config"),
+        seed=seed,
+    )
 
 
 def _print_event(event: str, info: dict[str, object]) -> None:
     if event == "trained":
         err_console.print(f"round {info['round']}: update sent ({info['bytes']} bytes)")
     elif event in ("key", "keygen"):
-        err_console.print(f"run {info['run_id']}: key fingerprint [cyan]{info['fingerprint']}[/] "
-                          "— compare it with the other sites out of band")
+        err_console.print(
+            f"run {info['run_id']}: key fingerprint [cyan]{info['fingerprint']}[/] "
+            "— compare it with the other sites out of band"
+        )
     elif event in ("joined", "audited", "initialised", "rejected", "disconnected"):
         err_console.print(f"{event}: {info}")
 

@@ -60,8 +60,9 @@ class SiteAgent:
     but updates (encrypted in secure runs), key bundles and attribution summaries.
     """
 
-    def __init__(self, config: AgentConfig, client: NumPyClient,
-                 listener: Listener | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, client: NumPyClient, listener: Listener | None = None
+    ) -> None:
         self.config = config
         self.client = client
         self.listener = listener or (lambda event, info: None)
@@ -72,6 +73,7 @@ class SiteAgent:
         self._secure_state: dict[str, SecureModelState] = {}
         self._run_keys: dict[str, tuple[Any, Any]] = {}
         self._models: dict[str, list[np.ndarray]] = {}
+        self._pools: dict[str, crypto.RandomnessPool] = {}
         self.rng = np.random.default_rng()
 
     # -- connection ----------------------------------------------------------------------
@@ -80,10 +82,16 @@ class SiteAgent:
         return ((wire.NODE_TOKEN_HEADER, f"Bearer {self.identity.node_token}"),)
 
     def join(self) -> str:
-        reply = self.stub.Join(federation_pb2.JoinRequest(
-            site_name=self.config.site_name, x25519_public_key=self.identity.x25519_public,
-            node_token=self.identity.node_token, agent_version=AGENT_VERSION,
-            capabilities=self._capabilities()), timeout=30)
+        reply = self.stub.Join(
+            federation_pb2.JoinRequest(
+                site_name=self.config.site_name,
+                x25519_public_key=self.identity.x25519_public,
+                node_token=self.identity.node_token,
+                agent_version=AGENT_VERSION,
+                capabilities=self._capabilities(),
+            ),
+            timeout=30,
+        )
         self.identity.remember_node(reply.node_id, reply.node_token)
         self.node_id = reply.node_id
         self.listener("joined", {"node_id": reply.node_id})
@@ -113,7 +121,9 @@ class SiteAgent:
                     joined = True
                 task = self.stub.PullTask(
                     federation_pb2.PullTaskRequest(wait_seconds=self.config.poll_seconds),
-                    metadata=self._metadata(), timeout=self.config.poll_seconds + 30)
+                    metadata=self._metadata(),
+                    timeout=self.config.poll_seconds + 30,
+                )
                 backoff = 0.5
                 if task.kind != federation_pb2.TASK_KIND_NONE:
                     self.handle(task)
@@ -131,9 +141,14 @@ class SiteAgent:
                     self.identity.forget_node()
                     joined = False
                     continue
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.CANCELLED,
-                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                if code in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.INTERNAL,
+                    grpc.StatusCode.UNKNOWN,
+                ):
                     self.listener("disconnected", {"code": str(code), "retry_in": backoff})
                     stop.wait(backoff)
                     backoff = min(backoff * 2, self.config.max_backoff_seconds)
@@ -144,6 +159,8 @@ class SiteAgent:
                 log.warning("coordinator refused: %s %s", code, detail)
 
     def close(self) -> None:
+        for run_id in list(self._pools):
+            self._close_randomness(run_id)
         self.channel.close()
 
     # -- tasks ---------------------------------------------------------------------------
@@ -169,8 +186,14 @@ class SiteAgent:
 
     def _init(self, task: federation_pb2.Task) -> None:
         weights = self.client.get_parameters(scalar_config(self._config(task)))
-        self._submit(task, wire.encode_tensors([np.asarray(w, np.float32) for w in weights]),
-                     wire.TENSORS_FLOAT32, num_examples=1, weight=1, metrics={})
+        self._submit(
+            task,
+            wire.encode_tensors([np.asarray(w, np.float32) for w in weights]),
+            wire.TENSORS_FLOAT32,
+            num_examples=1,
+            weight=1,
+            metrics={},
+        )
         self.listener("initialised", {"run_id": task.run_id, "tensors": len(weights)})
 
     def _keygen(self, task: federation_pb2.Task) -> None:
@@ -181,18 +204,31 @@ class SiteAgent:
         private_bytes = crypto.private_key_to_bytes(private_key)
         public_bytes = crypto.public_key_to_bytes(public_key)
         fingerprint = crypto.key_fingerprint(public_key)
-        bundle = federation_pb2.KeyBundle(task_id=task.task_id, run_id=task.run_id,
-                                          public_key=public_bytes, key_fingerprint=fingerprint,
-                                          key_bits=public_key.n.bit_length())
+        bundle = federation_pb2.KeyBundle(
+            task_id=task.task_id,
+            run_id=task.run_id,
+            public_key=public_bytes,
+            key_fingerprint=fingerprint,
+            key_bits=public_key.n.bit_length(),
+        )
         for participant in task.participants:
-            sealed = crypto.seal(bytes(participant.x25519_public_key), private_bytes,
-                                 self._key_context(task.run_id, fingerprint))
+            sealed = crypto.seal(
+                bytes(participant.x25519_public_key),
+                private_bytes,
+                self._key_context(task.run_id, fingerprint),
+            )
             bundle.sealed.add(node_id=participant.node_id, sealed_private_key=sealed)
         self.stub.SubmitKeys(bundle, metadata=self._metadata(), timeout=60)
         self._run_keys[task.run_id] = (public_key, private_key)
-        self.listener("keygen", {"run_id": task.run_id, "fingerprint": fingerprint,
-                                 "seconds": time.perf_counter() - started,
-                                 "sealed_for": len(task.participants)})
+        self.listener(
+            "keygen",
+            {
+                "run_id": task.run_id,
+                "fingerprint": fingerprint,
+                "seconds": time.perf_counter() - started,
+                "sealed_for": len(task.participants),
+            },
+        )
         log.info("run %s key fingerprint %s (compare out of band)", task.run_id, fingerprint)
 
     @staticmethod
@@ -211,12 +247,15 @@ class SiteAgent:
         if fingerprint != task.encoding.key_fingerprint:
             raise AgentError("the run's public key does not match its announced fingerprint")
         try:
-            private_bytes = crypto.open_sealed(self.identity.x25519_private,
-                                               bytes(task.sealed_private_key),
-                                               self._key_context(task.run_id, fingerprint))
+            private_bytes = crypto.open_sealed(
+                self.identity.x25519_private,
+                bytes(task.sealed_private_key),
+                self._key_context(task.run_id, fingerprint),
+            )
         except ValueError as exc:
-            raise AgentError(f"the sealed run key does not open with this site's key: {exc}") \
-                from exc
+            raise AgentError(
+                f"the sealed run key does not open with this site's key: {exc}"
+            ) from exc
         private_key = crypto.private_key_from_bytes(private_bytes, public_key)
         self._run_keys[task.run_id] = (public_key, private_key)
         self.listener("key", {"run_id": task.run_id, "fingerprint": fingerprint})
@@ -224,9 +263,11 @@ class SiteAgent:
         return public_key, private_key
 
     def fetch(self, run_id: str, sha256: str) -> bytes:
-        chunks = self.stub.FetchModel(federation_pb2.FetchModelRequest(run_id=run_id,
-                                                                       sha256=sha256),
-                                      metadata=self._metadata(), timeout=300)
+        chunks = self.stub.FetchModel(
+            federation_pb2.FetchModelRequest(run_id=run_id, sha256=sha256),
+            metadata=self._metadata(),
+            timeout=300,
+        )
         return wire.join_chunks(chunks)
 
     def _tensors(self, run_id: str, sha256: str) -> list[np.ndarray]:
@@ -241,11 +282,14 @@ class SiteAgent:
         public_key, private_key = self.run_keys(task)
         config = self._config(task)
         state = self._secure_state.get(task.run_id)
-        if state is None or state.applied_round > (task.aggregates[-1].round
-                                                   if task.aggregates else 0):
+        if state is None or state.applied_round > (
+            task.aggregates[-1].round if task.aggregates else 0
+        ):
             initial = self._tensors(task.run_id, task.model_sha256)
-            optimiser = ServerOptimiser(strategy=str(config.get("strategy", "fedavg")),
-                                        server_lr=float(config.get("server_lr", 1.0)))
+            optimiser = ServerOptimiser(
+                strategy=str(config.get("strategy", "fedavg")),
+                server_lr=float(config.get("server_lr", 1.0)),
+            )
             state = SecureModelState(flatten(initial), initial, optimiser)
             self._secure_state[task.run_id] = state
         codec = codec_for(task.encoding, public_key)
@@ -253,8 +297,13 @@ class SiteAgent:
             if aggregate.round <= state.applied_round:
                 continue
             codec.check_total_weight(int(aggregate.total_weight))
-            mean = decrypt_aggregate(self.fetch(task.run_id, aggregate.sha256), codec,
-                                     private_key, int(aggregate.total_weight), int(aggregate.count))
+            mean = decrypt_aggregate(
+                self.fetch(task.run_id, aggregate.sha256),
+                codec,
+                private_key,
+                int(aggregate.total_weight),
+                int(aggregate.count),
+            )
             state.weights = state.optimiser.step(state.weights, mean)
             state.applied_round = aggregate.round
         return state.arrays()
@@ -272,45 +321,86 @@ class SiteAgent:
         except NotImplementedError:
             pass
         secure = task.secure == common_pb2.SECURE_SCHEME_PAILLIER
-        pool = None
         if secure:
             public_key, private_key = self.run_keys(task)
             codec = codec_for(task.encoding, public_key)
-            pool = crypto.RandomnessPool(public_key, private_key,
-                                         workers=self.config.encrypt_workers)
-            pool.start(codec.num_plaintexts(int(sum(np.prod(w.shape) for w in weights))))
-        try:
-            new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
-            metrics.update({k: v for k, v in fit_metrics.items()})
-            trained = time.perf_counter()
-            deltas = [np.asarray(n, np.float64) - np.asarray(w, np.float64)
-                      for n, w in zip(new_weights, weights, strict=True)]
-            if secure:
-                weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
-                payload = encrypt_update(flatten(deltas), weight, codec, public_key, private_key,
-                                         self.rng, pool=pool)
-                encoding = wire.PAILLIER_PACKED
+            needed = codec.num_plaintexts(int(sum(np.prod(w.shape) for w in weights)))
+            pool = self._randomness(task.run_id, public_key, private_key, needed)
+        new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
+        metrics.update({k: v for k, v in fit_metrics.items()})
+        trained = time.perf_counter()
+        deltas = [
+            np.asarray(n, np.float64) - np.asarray(w, np.float64)
+            for n, w in zip(new_weights, weights, strict=True)
+        ]
+        if secure:
+            weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
+            payload = encrypt_update(
+                flatten(deltas), weight, codec, public_key, private_key, self.rng, pool=pool
+            )
+            encoding = wire.PAILLIER_PACKED
+            if task.round < int(config.get("rounds", 0)):
+                pool.start(needed)  # next round's obfuscators, made while others train
             else:
-                weight = int(num_examples)
-                payload = wire.encode_tensors([d.astype(np.float32) for d in deltas])
-                encoding = wire.TENSORS_FLOAT32
-        finally:
-            if pool is not None:
-                pool.close()
+                self._close_randomness(task.run_id)
+        else:
+            weight = int(num_examples)
+            payload = wire.encode_tensors([d.astype(np.float32) for d in deltas])
+            encoding = wire.TENSORS_FLOAT32
         encrypted = time.perf_counter()
         metrics.update({"train_seconds": trained - started, "encode_seconds": encrypted - trained})
-        self._submit(task, payload, encoding, num_examples=int(num_examples), weight=weight,
-                     metrics=metrics)
-        self.listener("trained", {"run_id": task.run_id, "round": task.round,
-                                  "bytes": len(payload), "metrics": metrics})
+        self._submit(
+            task, payload, encoding, num_examples=int(num_examples), weight=weight, metrics=metrics
+        )
+        self.listener(
+            "trained",
+            {"run_id": task.run_id, "round": task.round, "bytes": len(payload), "metrics": metrics},
+        )
 
-    def _submit(self, task: federation_pb2.Task, payload: bytes, encoding: str, *,
-                num_examples: int, weight: int, metrics: dict[str, Any]) -> None:
+    def _randomness(
+        self, run_id: str, public_key: Any, private_key: Any, needed: int
+    ) -> crypto.RandomnessPool:
+        """The run's pool of precomputed obfuscators, topped up to ``needed`` in the background.
+
+        Training runs while the pool's workers compute ``r^n``; after each submission the
+        next round's share is queued, so encryption waits on nothing once training ends.
+        """
+        pool = self._pools.get(run_id)
+        if pool is None:
+            pool = crypto.RandomnessPool(
+                public_key, private_key, workers=self.config.encrypt_workers
+            )
+            self._pools[run_id] = pool
+            pool.start(needed)
+        return pool
+
+    def _close_randomness(self, run_id: str) -> None:
+        pool = self._pools.pop(run_id, None)
+        if pool is not None:
+            pool.close()
+
+    def _submit(
+        self,
+        task: federation_pb2.Task,
+        payload: bytes,
+        encoding: str,
+        *,
+        num_examples: int,
+        weight: int,
+        metrics: dict[str, Any],
+    ) -> None:
         header = federation_pb2.UpdateHeader(
-            task_id=task.task_id, run_id=task.run_id, round=task.round,
-            num_examples=num_examples, weight=weight, metrics=wire.metrics_to_proto(metrics),
-            payload_size=len(payload), payload_sha256=wire.sha256_hex(payload),
-            encoding=encoding, key_id=task.encoding.key_id)
+            task_id=task.task_id,
+            run_id=task.run_id,
+            round=task.round,
+            num_examples=num_examples,
+            weight=weight,
+            metrics=wire.metrics_to_proto(metrics),
+            payload_size=len(payload),
+            payload_sha256=wire.sha256_hex(payload),
+            encoding=encoding,
+            key_id=task.encoding.key_id,
+        )
 
         def messages() -> Iterator[federation_pb2.UpdateMessage]:
             yield federation_pb2.UpdateMessage(header=header)
@@ -325,21 +415,30 @@ class SiteAgent:
         from client.audit import run_site_audit
 
         weights = self.global_model(task)
-        summary = run_site_audit(self.client, weights, site=self.config.site_name,
-                                 rows=self.config.audit_rows, seed=self.config.seed)
+        summary = run_site_audit(
+            self.client,
+            weights,
+            site=self.config.site_name,
+            rows=self.config.audit_rows,
+            seed=self.config.seed,
+        )
         if summary is None:
             self.listener("audit_skipped", {"run_id": task.run_id})
             return
-        self.stub.SubmitAudit(federation_pb2.AuditSubmission(
-            task_id=task.task_id, run_id=task.run_id, summary_json=summary.to_json()),
-            metadata=self._metadata(), timeout=60)
+        self.stub.SubmitAudit(
+            federation_pb2.AuditSubmission(
+                task_id=task.task_id, run_id=task.run_id, summary_json=summary.to_json()
+            ),
+            metadata=self._metadata(),
+            timeout=60,
+        )
         self.listener("audited", {"run_id": task.run_id, "rows": summary.row_count})
 
     def export_model(self, run_id: str) -> list[np.ndarray]:
         """Final weights of a run, decrypted here for secure runs (`cohort client export-model`)."""
         if not self.node_id:
             self.join()
-        task = self.stub.GetFinalModel(federation_pb2.FinalModelRequest(run_id=run_id),
-                                       metadata=self._metadata(), timeout=60)
+        task = self.stub.GetFinalModel(
+            federation_pb2.FinalModelRequest(run_id=run_id), metadata=self._metadata(), timeout=60
+        )
         return self.global_model(task)
-

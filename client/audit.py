@@ -12,16 +12,23 @@ from protos.wire import NDArrays
 log = logging.getLogger(__name__)
 
 
-def run_site_audit(client: Any, weights: NDArrays, *, site: str, rows: int = 200,
-                   seed: int = 0, noise_scale: float = 0.0) -> Any | None:
+def run_site_audit(
+    client: Any,
+    weights: NDArrays,
+    *,
+    site: str,
+    rows: int = 200,
+    seed: int = 0,
+    noise_scale: float = 0.0,
+) -> Any | None:
     """Explain the final model on this site's held-out rows.
 
     The built-in trainer exposes its held-out data and ``predict_proba``; a user's
     ``NumPyClient`` may instead implement ``audit(parameters, config) -> AttributionSummary``.
     Clients offering neither are not audited (the agent says so).
     """
-    from explain.summary import AttributionSummary
     from explain.site_audit import audit_tabular
+    from explain.summary import AttributionSummary
 
     if hasattr(client, "audit"):
         summary = client.audit(weights, {"rows": rows, "seed": seed})
@@ -37,6 +44,13 @@ def run_site_audit(client: Any, weights: NDArrays, *, site: str, rows: int = 200
     background = client.train_data.x
     n_classes = int(client.predict_proba(holdout.x[:1]).shape[1])
     return audit_tabular(
-        client.predict_proba, background, np.asarray(holdout.x), client.feature_names,
-        [f"class_{i}" for i in range(n_classes)], site=site, max_rows=rows,
-        noise_scale=noise_scale, seed=seed)
+        client.predict_proba,
+        background,
+        np.asarray(holdout.x),
+        client.feature_names,
+        [f"class_{i}" for i in range(n_classes)],
+        site=site,
+        max_rows=rows,
+        noise_scale=noise_scale,
+        seed=seed,
+    )

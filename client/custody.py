@@ -32,9 +32,14 @@ class SiteIdentity:
             raw = json.loads(path.read_text())
             if raw.get("site_name") != site_name:
                 raise ValueError(f"{path} belongs to site {raw.get('site_name')!r}")
-            return cls(path, site_name, bytes.fromhex(raw["x25519_private"]),
-                       bytes.fromhex(raw["x25519_public"]), raw.get("node_id", ""),
-                       raw.get("node_token", ""))
+            return cls(
+                path,
+                site_name,
+                bytes.fromhex(raw["x25519_private"]),
+                bytes.fromhex(raw["x25519_public"]),
+                raw.get("node_id", ""),
+                raw.get("node_token", ""),
+            )
         private, public = crypto.generate_x25519()
         identity = cls(path, site_name, private, public)
         identity.save()
@@ -42,10 +47,15 @@ class SiteIdentity:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({
-            "site_name": self.site_name, "x25519_private": self.x25519_private.hex(),
-            "x25519_public": self.x25519_public.hex(), "node_id": self.node_id,
-            "node_token": self.node_token})
+        body = json.dumps(
+            {
+                "site_name": self.site_name,
+                "x25519_private": self.x25519_private.hex(),
+                "x25519_public": self.x25519_public.hex(),
+                "node_id": self.node_id,
+                "node_token": self.node_token,
+            }
+        )
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:

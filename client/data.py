@@ -1,4 +1,4 @@
-"""A site's local data: tabular files or scikit-learn's bundled sets, split into train and held-out."""
+"""A site's local data: tabular files or scikit-learn's bundled sets, train and held-out."""
 
 from __future__ import annotations
 
@@ -53,8 +53,11 @@ def load_sklearn(name: str) -> TabularData:
     if name not in loaders:
         raise DataError(f"unknown scikit-learn set {name!r}; choose one of {', '.join(loaders)}")
     bunch = loaders[name]()
-    return TabularData(bunch.data.astype(np.float32), bunch.target.astype(np.int64),
-                       [str(f) for f in bunch.feature_names])
+    return TabularData(
+        bunch.data.astype(np.float32),
+        bunch.target.astype(np.int64),
+        [str(f) for f in bunch.feature_names],
+    )
 
 
 def load_tabular(source: str, label_column: str = "label") -> TabularData:
@@ -65,7 +68,7 @@ def load_tabular(source: str, label_column: str = "label") -> TabularData:
     array whose last column is the label.
     """
     if source.startswith(SKLEARN_PREFIX):
-        return load_sklearn(source[len(SKLEARN_PREFIX):])
+        return load_sklearn(source[len(SKLEARN_PREFIX) :])
     path = Path(source)
     if not path.exists():
         raise DataError(f"no data file at {path}")
@@ -81,8 +84,11 @@ def load_tabular(source: str, label_column: str = "label") -> TabularData:
         array = np.load(path, allow_pickle=False)
         if array.ndim != 2 or array.shape[1] < 2:
             raise DataError(f"{path} must be a 2-D array with the label in the last column")
-        return TabularData(array[:, :-1].astype(np.float32), array[:, -1].astype(np.int64),
-                           [f"x{i}" for i in range(array.shape[1] - 1)])
+        return TabularData(
+            array[:, :-1].astype(np.float32),
+            array[:, -1].astype(np.int64),
+            [f"x{i}" for i in range(array.shape[1] - 1)],
+        )
     if suffix in (".csv", ".tsv", ".txt"):
         frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     elif suffix in (".parquet", ".pq"):
@@ -94,11 +100,14 @@ def load_tabular(source: str, label_column: str = "label") -> TabularData:
 
 def frame_to_tabular(frame: pd.DataFrame, label_column: str, where: str) -> TabularData:
     if label_column not in frame.columns:
-        raise DataError(f"{where} has no label column {label_column!r} "
-                        f"(columns: {', '.join(map(str, frame.columns[:10]))})")
+        raise DataError(
+            f"{where} has no label column {label_column!r} "
+            f"(columns: {', '.join(map(str, frame.columns[:10]))})"
+        )
     features = frame.drop(columns=[label_column])
-    non_numeric = [str(c) for c in features.columns
-                   if not pd.api.types.is_numeric_dtype(features[c])]
+    non_numeric = [
+        str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])
+    ]
     if non_numeric:
         raise DataError(f"{where}: non-numeric feature columns {', '.join(non_numeric[:5])}")
     if features.isna().any().any():
@@ -106,8 +115,9 @@ def frame_to_tabular(frame: pd.DataFrame, label_column: str, where: str) -> Tabu
     labels = frame[label_column]
     if not pd.api.types.is_integer_dtype(labels):
         raise DataError(f"{where}: label column {label_column!r} must hold integer class ids")
-    return TabularData(features.to_numpy(np.float32), labels.to_numpy(np.int64),
-                       [str(c) for c in features.columns])
+    return TabularData(
+        features.to_numpy(np.float32), labels.to_numpy(np.int64), [str(c) for c in features.columns]
+    )
 
 
 def save_csv(data: TabularData, path: Path, label_column: str = "label") -> Path:
@@ -127,8 +137,9 @@ def train_holdout_split(
     index = np.arange(len(data.y))
     _, counts = np.unique(data.y, return_counts=True)
     stratify = data.y if counts.min() >= 2 else None
-    train_idx, test_idx = train_test_split(index, test_size=holdout, random_state=seed,
-                                           stratify=stratify)
+    train_idx, test_idx = train_test_split(
+        index, test_size=holdout, random_state=seed, stratify=stratify
+    )
     return data.subset(np.sort(train_idx)), data.subset(np.sort(test_idx))
 
 

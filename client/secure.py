@@ -1,4 +1,4 @@
-"""Site-side secure aggregation: encrypt an update, decrypt an aggregate, step the server optimiser."""
+"""Site-side secure aggregation: encrypt updates, decrypt aggregates, step the server optimiser."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from protos.wire import NDArrays
 
 
 def flatten(arrays: NDArrays) -> np.ndarray:
-    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays \
+    return (
+        np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+        if arrays
         else np.zeros(0)
+    )
 
 
 def unflatten(flat: np.ndarray, like: NDArrays) -> NDArrays:
@@ -29,15 +32,24 @@ def unflatten(flat: np.ndarray, like: NDArrays) -> NDArrays:
     return out
 
 
-def codec_for(encoding: common_pb2.EncodingParams, public_key: PaillierPublicKey) -> crypto.SlotCodec:
-    return crypto.SlotCodec(clip=encoding.clip, bits=encoding.bits,
-                            max_weight=int(encoding.max_weight),
-                            key_bits=public_key.n.bit_length())
+def codec_for(
+    encoding: common_pb2.EncodingParams, public_key: PaillierPublicKey
+) -> crypto.SlotCodec:
+    return crypto.SlotCodec(
+        clip=encoding.clip,
+        bits=encoding.bits,
+        max_weight=int(encoding.max_weight),
+        key_bits=public_key.n.bit_length(),
+    )
 
 
 def encrypt_update(
-    delta: np.ndarray, weight: int, codec: crypto.SlotCodec, public_key: PaillierPublicKey,
-    private_key: PaillierPrivateKey, rng: np.random.Generator,
+    delta: np.ndarray,
+    weight: int,
+    codec: crypto.SlotCodec,
+    public_key: PaillierPublicKey,
+    private_key: PaillierPrivateKey,
+    rng: np.random.Generator,
     pool: crypto.RandomnessPool | None = None,
 ) -> bytes:
     """Quantise, weight, pack and encrypt a flat update; returns the wire payload."""
@@ -47,8 +59,11 @@ def encrypt_update(
 
 
 def decrypt_aggregate(
-    payload: bytes, codec: crypto.SlotCodec, private_key: PaillierPrivateKey,
-    total_weight: int, count: int,
+    payload: bytes,
+    codec: crypto.SlotCodec,
+    private_key: PaillierPrivateKey,
+    total_weight: int,
+    count: int,
 ) -> np.ndarray:
     """The weighted mean update hidden in an encrypted aggregate."""
     width = crypto.ciphertext_width(private_key.public_key)

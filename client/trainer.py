@@ -86,8 +86,10 @@ class TabularTrainer(NumPyClient):
     ) -> tuple[float, int, dict[str, Any]]:
         models.set_weights(self.model, parameters)
         result = models.evaluate(
-            self.model, models.TabularDataset(self.holdout_data.x, self.holdout_data.y),
-            device=self.device)
+            self.model,
+            models.TabularDataset(self.holdout_data.x, self.holdout_data.y),
+            device=self.device,
+        )
         loss = float(result.pop("loss"))
         result.pop("num_examples", None)
         return loss, len(self.holdout_data.y), {k: float(v) for k, v in result.items()}

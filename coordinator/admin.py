@@ -92,17 +92,36 @@ class AdminService:
         if spec.secure == "paillier":
             config["encoding"] = spec.encoding
         with self.hub.lock, self.hub.db.transaction() as session:
-            run = Run(id=run_id, name=spec.name, model=spec.model, rounds=spec.rounds,
-                      min_clients=spec.min_clients, max_clients=spec.max_clients,
-                      fraction=spec.fraction, round_deadline=spec.round_deadline,
-                      strategy=spec.strategy, secure=spec.secure, config=config,
-                      custodian=spec.custodian, created_by=spec.created_by)
+            run = Run(
+                id=run_id,
+                name=spec.name,
+                model=spec.model,
+                rounds=spec.rounds,
+                min_clients=spec.min_clients,
+                max_clients=spec.max_clients,
+                fraction=spec.fraction,
+                round_deadline=spec.round_deadline,
+                strategy=spec.strategy,
+                secure=spec.secure,
+                config=config,
+                custodian=spec.custodian,
+                created_by=spec.created_by,
+            )
             session.add(run)
             session.flush()
-            auditlog.append(session, "run.created", run_id=run_id, actor=spec.created_by,
-                            details={"model": spec.model, "rounds": spec.rounds,
-                                     "secure": spec.secure, "strategy": spec.strategy,
-                                     "config_sha256": spec.config_sha256()})
+            auditlog.append(
+                session,
+                "run.created",
+                run_id=run_id,
+                actor=spec.created_by,
+                details={
+                    "model": spec.model,
+                    "rounds": spec.rounds,
+                    "secure": spec.secure,
+                    "strategy": spec.strategy,
+                    "config_sha256": spec.config_sha256(),
+                },
+            )
             info = self._info(session, run)
         self.hub.notify()
         return info
@@ -125,13 +144,20 @@ class AdminService:
             run.ended_at = time.time()
             run.failure_reason = reason or "stopped by operator"
             cancel_open_tasks(session, run.id)
-            auditlog.append(session, "run.stopped", run_id=run.id, actor=actor,
-                            details={"reason": run.failure_reason})
+            auditlog.append(
+                session,
+                "run.stopped",
+                run_id=run.id,
+                actor=actor,
+                details={"reason": run.failure_reason},
+            )
             info = self._info(session, run)
         self.hub.notify()
         return info
 
-    def watch_run(self, run_id: str, is_active: callable = lambda: True) -> Iterator[admin_pb2.RunEvent]:  # type: ignore[valid-type]
+    def watch_run(
+        self, run_id: str, is_active: callable = lambda: True
+    ) -> Iterator[admin_pb2.RunEvent]:  # type: ignore[valid-type]
         """Yield a snapshot at once, then each time the run changes, until it has ended."""
         last = b""
         while is_active():
@@ -139,10 +165,17 @@ class AdminService:
             encoded = info.SerializeToString(deterministic=True)
             if encoded != last:
                 last = encoded
-                yield admin_pb2.RunEvent(time_unix=time.time(), kind="snapshot",
-                                         message=common_pb2.RunState.Name(info.state), run=info)
-            if info.state in (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED,
-                              common_pb2.RUN_STATE_STOPPED):
+                yield admin_pb2.RunEvent(
+                    time_unix=time.time(),
+                    kind="snapshot",
+                    message=common_pb2.RunState.Name(info.state),
+                    run=info,
+                )
+            if info.state in (
+                common_pb2.RUN_STATE_COMPLETED,
+                common_pb2.RUN_STATE_FAILED,
+                common_pb2.RUN_STATE_STOPPED,
+            ):
                 return
             self.hub.wait(1.0)
 
@@ -152,46 +185,79 @@ class AdminService:
             run = self._run(session, run_id)
             if round_number == 0:
                 if not run.final_model_sha256:
-                    raise FailedPrecondition(f"run {run_id} has no final model yet "
-                                             f"({run.state.value})")
-                version = session.scalar(select(ModelVersion).where(
-                    ModelVersion.run_id == run_id,
-                    ModelVersion.blob_sha256 == run.final_model_sha256))
+                    raise FailedPrecondition(
+                        f"run {run_id} has no final model yet ({run.state.value})"
+                    )
+                version = session.scalar(
+                    select(ModelVersion).where(
+                        ModelVersion.run_id == run_id,
+                        ModelVersion.blob_sha256 == run.final_model_sha256,
+                    )
+                )
             else:
-                version = session.scalar(select(ModelVersion).where(
-                    ModelVersion.run_id == run_id, ModelVersion.round == round_number))
+                version = session.scalar(
+                    select(ModelVersion).where(
+                        ModelVersion.run_id == run_id, ModelVersion.round == round_number
+                    )
+                )
             if version is None:
                 raise NotFound(f"run {run_id} has no model for round {round_number}")
             if version.kind == ModelKind.ENCRYPTED_AGGREGATE:
                 raise FailedPrecondition(
                     "this is a secure run: the coordinator holds only encrypted aggregates; "
-                    "a site exports the model with `cohort client export-model`")
-            auditlog.append(session, "model.downloaded", run_id=run_id, actor=actor,
-                            details={"round": version.round, "sha256": version.blob_sha256})
+                    "a site exports the model with `cohort client export-model`"
+                )
+            auditlog.append(
+                session,
+                "model.downloaded",
+                run_id=run_id,
+                actor=actor,
+                details={"round": version.round, "sha256": version.blob_sha256},
+            )
             sha = version.blob_sha256
         return self.hub.blobs.get(sha)
 
     def list_nodes(self) -> admin_pb2.ListNodesReply:
         cutoff = time.time() - self.hub.limits.offline_after_seconds
         with self.hub.db.transaction() as session:
-            rows = session.execute(select(Node, Institution.name).join(
-                Institution, Node.institution_id == Institution.id).order_by(Institution.name))
-            return admin_pb2.ListNodesReply(nodes=[
-                admin_pb2.NodeInfo(
-                    node_id=node.id, site_name=name, online=node.last_seen >= cutoff,
-                    last_seen_unix=node.last_seen,
-                    x25519_fingerprint=hashlib.sha256(node.x25519_public_key).hexdigest()[:32]
-                    if node.x25519_public_key else "")
-                for node, name in rows])
+            rows = session.execute(
+                select(Node, Institution.name)
+                .join(Institution, Node.institution_id == Institution.id)
+                .order_by(Institution.name)
+            )
+            return admin_pb2.ListNodesReply(
+                nodes=[
+                    admin_pb2.NodeInfo(
+                        node_id=node.id,
+                        site_name=name,
+                        online=node.last_seen >= cutoff,
+                        last_seen_unix=node.last_seen,
+                        x25519_fingerprint=hashlib.sha256(node.x25519_public_key).hexdigest()[:32]
+                        if node.x25519_public_key
+                        else "",
+                    )
+                    for node, name in rows
+                ]
+            )
 
     def audit_log(self) -> admin_pb2.AuditLog:
         with self.hub.db.transaction() as session:
             rows = auditlog.all_rows(session)
-        return admin_pb2.AuditLog(entries=[
-            admin_pb2.AuditEntry(seq=r.seq, time_unix=r.time, run_id=r.run_id, kind=r.kind,
-                                 actor=r.actor, details_json=r.details, prev_hash=r.prev_hash,
-                                 hash=r.hash)
-            for r in rows])
+        return admin_pb2.AuditLog(
+            entries=[
+                admin_pb2.AuditEntry(
+                    seq=r.seq,
+                    time_unix=r.time,
+                    run_id=r.run_id,
+                    kind=r.kind,
+                    actor=r.actor,
+                    details_json=r.details,
+                    prev_hash=r.prev_hash,
+                    hash=r.hash,
+                )
+                for r in rows
+            ]
+        )
 
     def export_report(self, run_id: str, fmt: str, actor: str) -> bytes:
         """Render a run's compliance report and log that it was produced."""
@@ -210,9 +276,17 @@ class AdminService:
             path = write_report(facts, fmt, Path(tmp) / f"report.{fmt}")
             data = path.read_bytes()
         with self.hub.lock, self.hub.db.transaction() as session:
-            auditlog.append(session, "report.produced", run_id=run_id, actor=actor,
-                            details={"format": fmt, "sha256": hashlib.sha256(data).hexdigest(),
-                                     "audit_log_verified": facts["audit_log"]["verified"]})
+            auditlog.append(
+                session,
+                "report.produced",
+                run_id=run_id,
+                actor=actor,
+                details={
+                    "format": fmt,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "audit_log_verified": facts["audit_log"]["verified"],
+                },
+            )
         return data
 
     # -- views ---------------------------------------------------------------------------
@@ -227,32 +301,68 @@ class AdminService:
     @staticmethod
     def _info(session: Session, run: Run, brief: bool = False) -> admin_pb2.RunInfo:
         info = admin_pb2.RunInfo(
-            run_id=run.id, name=run.name, state=_STATE_TO_PROTO[run.state], model=run.model,
-            rounds=run.rounds, current_round=run.current_round, min_clients=run.min_clients,
-            secure=(common_pb2.SECURE_SCHEME_PAILLIER if run.secure == "paillier"
-                    else common_pb2.SECURE_SCHEME_NONE),
-            strategy=run.strategy, config_json=json.dumps(run.config, default=str),
-            created_unix=run.created_at, started_unix=run.started_at, ended_unix=run.ended_at,
-            failure_reason=run.failure_reason, key_fingerprint=run.key_fingerprint,
-            custodian=run.custodian, final_model_sha256=run.final_model_sha256,
+            run_id=run.id,
+            name=run.name,
+            state=_STATE_TO_PROTO[run.state],
+            model=run.model,
+            rounds=run.rounds,
+            current_round=run.current_round,
+            min_clients=run.min_clients,
+            secure=(
+                common_pb2.SECURE_SCHEME_PAILLIER
+                if run.secure == "paillier"
+                else common_pb2.SECURE_SCHEME_NONE
+            ),
+            strategy=run.strategy,
+            config_json=json.dumps(run.config, default=str),
+            created_unix=run.created_at,
+            started_unix=run.started_at,
+            ended_unix=run.ended_at,
+            failure_reason=run.failure_reason,
+            key_fingerprint=run.key_fingerprint,
+            custodian=run.custodian,
+            final_model_sha256=run.final_model_sha256,
         )
         if brief:
             return info
-        info.audits_received = int(session.scalar(
-            select(func.count()).select_from(SiteAudit).where(SiteAudit.run_id == run.id)) or 0)
-        rounds = session.scalars(select(Round).where(Round.run_id == run.id)
-                                 .order_by(Round.number)).all()
+        info.audits_received = int(
+            session.scalar(
+                select(func.count()).select_from(SiteAudit).where(SiteAudit.run_id == run.id)
+            )
+            or 0
+        )
+        rounds = session.scalars(
+            select(Round).where(Round.run_id == run.id).order_by(Round.number)
+        ).all()
         for rnd in rounds:
-            selected = session.scalar(select(func.count()).select_from(Task).where(
-                Task.run_id == run.id, Task.round == rnd.number, Task.kind == TaskKind.TRAIN,
-                Task.state != TaskState.CANCELLED)) or 0
-            received = session.execute(select(func.count(), func.coalesce(func.sum(Update.size), 0))
-                                       .where(Update.run_id == run.id,
-                                              Update.round == rnd.number)).one()
+            selected = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Task)
+                    .where(
+                        Task.run_id == run.id,
+                        Task.round == rnd.number,
+                        Task.kind == TaskKind.TRAIN,
+                        Task.state != TaskState.CANCELLED,
+                    )
+                )
+                or 0
+            )
+            received = session.execute(
+                select(func.count(), func.coalesce(func.sum(Update.size), 0)).where(
+                    Update.run_id == run.id, Update.round == rnd.number
+                )
+            ).one()
             info.round_infos.add(
-                number=rnd.number, state=rnd.state.value, selected=int(selected),
-                submitted=int(received[0]), total_weight=rnd.total_weight,
+                number=rnd.number,
+                state=rnd.state.value,
+                selected=int(selected),
+                submitted=int(received[0]),
+                total_weight=rnd.total_weight,
                 metrics={k: float(v) for k, v in (rnd.metrics or {}).items()},
-                opened_unix=rnd.opened_at, closed_unix=rnd.closed_at,
-                model_sha256=rnd.model_sha256, bytes_received=int(received[1]))
+                opened_unix=rnd.opened_at,
+                closed_unix=rnd.closed_at,
+                model_sha256=rnd.model_sha256,
+                bytes_received=int(received[1]),
+            )
         return info

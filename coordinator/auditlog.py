@@ -85,7 +85,13 @@ def append(
     text = canonical_details(details or {})
     at = time.time()
     row = AuditEvent(
-        seq=seq, time=at, run_id=run_id, kind=kind, actor=actor, details=text, prev_hash=prev,
+        seq=seq,
+        time=at,
+        run_id=run_id,
+        kind=kind,
+        actor=actor,
+        details=text,
+        prev_hash=prev,
         hash=entry_hash(prev, seq, at, run_id, kind, actor, text),
     )
     session.add(row)

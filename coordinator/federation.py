@@ -108,21 +108,34 @@ class FederationService:
                 session.add(institution)
                 session.flush()
             token = secrets.token_urlsafe(32)
-            node = Node(id=str(uuid.uuid4()), institution_id=institution.id,
-                        token_hash=hash_token(token), x25519_public_key=key,
-                        agent_version=request.agent_version,
-                        capabilities=dict(request.capabilities))
+            node = Node(
+                id=str(uuid.uuid4()),
+                institution_id=institution.id,
+                token_hash=hash_token(token),
+                x25519_public_key=key,
+                agent_version=request.agent_version,
+                capabilities=dict(request.capabilities),
+            )
             session.add(node)
             session.flush()
-            auditlog.append(session, "site.joined", actor=node.id, details={
-                "site": name, "x25519_sha256": hashlib.sha256(key).hexdigest() if key else ""})
+            auditlog.append(
+                session,
+                "site.joined",
+                actor=node.id,
+                details={
+                    "site": name,
+                    "x25519_sha256": hashlib.sha256(key).hexdigest() if key else "",
+                },
+            )
         self.hub.notify()
         return self._join_reply(node.id, token)
 
     def _join_reply(self, node_id: str, token: str) -> federation_pb2.JoinReply:
         return federation_pb2.JoinReply(
-            node_id=node_id, node_token=token,
-            heartbeat_interval_seconds=self.hub.limits.heartbeat_interval_seconds)
+            node_id=node_id,
+            node_token=token,
+            heartbeat_interval_seconds=self.hub.limits.heartbeat_interval_seconds,
+        )
 
     @staticmethod
     def _node_for_token(session: Session, token: str) -> Node:
@@ -177,8 +190,11 @@ class FederationService:
     @staticmethod
     def _next_task(session: Session, node_id: str) -> Task | None:
         now = time.time()
-        for task in session.scalars(select(Task).where(
-                Task.node_id == node_id, Task.state.in_(_LIVE)).order_by(Task.created_at)):
+        for task in session.scalars(
+            select(Task)
+            .where(Task.node_id == node_id, Task.state.in_(_LIVE))
+            .order_by(Task.created_at)
+        ):
             run = session.get(Run, task.run_id)
             if run is None or now >= task.deadline:
                 continue
@@ -191,23 +207,40 @@ class FederationService:
     def _task_message(self, session: Session, task: Task) -> federation_pb2.Task:
         run = session.get(Run, task.run_id)
         assert run is not None
-        config = run.config | {"model": run.model, "local_epochs": run.config.get(
-            "local_epochs", 1), "strategy": run.strategy, "rounds": run.rounds}
+        config = run.config | {
+            "model": run.model,
+            "local_epochs": run.config.get("local_epochs", 1),
+            "strategy": run.strategy,
+            "rounds": run.rounds,
+        }
         message = federation_pb2.Task(
-            kind=_KIND_TO_PROTO[task.kind], task_id=task.id, run_id=run.id, round=task.round,
+            kind=_KIND_TO_PROTO[task.kind],
+            task_id=task.id,
+            run_id=run.id,
+            round=task.round,
             deadline_unix=task.deadline,
-            secure=(common_pb2.SECURE_SCHEME_PAILLIER if run.secure == "paillier"
-                    else common_pb2.SECURE_SCHEME_NONE),
+            secure=(
+                common_pb2.SECURE_SCHEME_PAILLIER
+                if run.secure == "paillier"
+                else common_pb2.SECURE_SCHEME_NONE
+            ),
         )
         self._secure_fields(session, run, task.node_id, message)
         if task.kind == TaskKind.KEYGEN:
             for node in self._keygen_participants(session):
-                message.participants.add(node_id=node.id, site_name=self._site(session, node),
-                                         x25519_public_key=node.x25519_public_key)
+                message.participants.add(
+                    node_id=node.id,
+                    site_name=self._site(session, node),
+                    x25519_public_key=node.x25519_public_key,
+                )
         if task.kind == TaskKind.TRAIN:
-            selected = len(session.scalars(select(Task.id).where(
-                Task.run_id == run.id, Task.round == task.round,
-                Task.kind == TaskKind.TRAIN)).all())
+            selected = len(
+                session.scalars(
+                    select(Task.id).where(
+                        Task.run_id == run.id, Task.round == task.round, Task.kind == TaskKind.TRAIN
+                    )
+                ).all()
+            )
             config["weight_cap"] = weight_cap(run, selected)
         if task.kind in (TaskKind.TRAIN, TaskKind.AUDIT):
             self._attach_model(session, run, task.round, message)
@@ -215,18 +248,27 @@ class FederationService:
         return message
 
     @staticmethod
-    def _secure_fields(session: Session, run: Run, node_id: str,
-                       message: federation_pb2.Task) -> None:
+    def _secure_fields(
+        session: Session, run: Run, node_id: str, message: federation_pb2.Task
+    ) -> None:
         """Encoding, public key and this node's sealed private key, for secure runs."""
         if run.secure != "paillier":
             return
         enc = encoding_of(run)
-        message.encoding.CopyFrom(common_pb2.EncodingParams(
-            clip=float(enc["clip"]), bits=int(enc["bits"]), max_weight=int(enc["max_weight"]),
-            key_bits=int(enc["key_bits"]), key_id=run.key_id, public_key=run.public_key,
-            key_fingerprint=run.key_fingerprint))
-        sealed = session.scalar(select(SealedKey).where(
-            SealedKey.run_id == run.id, SealedKey.node_id == node_id))
+        message.encoding.CopyFrom(
+            common_pb2.EncodingParams(
+                clip=float(enc["clip"]),
+                bits=int(enc["bits"]),
+                max_weight=int(enc["max_weight"]),
+                key_bits=int(enc["key_bits"]),
+                key_id=run.key_id,
+                public_key=run.public_key,
+                key_fingerprint=run.key_fingerprint,
+            )
+        )
+        sealed = session.scalar(
+            select(SealedKey).where(SealedKey.run_id == run.id, SealedKey.node_id == node_id)
+        )
         if sealed is not None:
             message.sealed_private_key = sealed.sealed
 
@@ -238,43 +280,73 @@ class FederationService:
                 raise NotFound(f"no run {run_id!r}")
             if run.state != RunState.COMPLETED:
                 raise FailedPrecondition(f"run {run_id} is {run.state.value}, not completed")
-            involved = session.scalar(select(Task.id).where(
-                Task.run_id == run_id, Task.node_id == node_id).limit(1))
+            involved = session.scalar(
+                select(Task.id).where(Task.run_id == run_id, Task.node_id == node_id).limit(1)
+            )
             if involved is None:
                 raise PermissionDenied("this site took no part in that run")
             message = federation_pb2.Task(
-                kind=federation_pb2.TASK_KIND_NONE, run_id=run.id, round=run.rounds + 1,
-                config_json=json.dumps(run.config | {"model": run.model,
-                                                     "strategy": run.strategy}, default=str),
-                secure=(common_pb2.SECURE_SCHEME_PAILLIER if run.secure == "paillier"
-                        else common_pb2.SECURE_SCHEME_NONE))
+                kind=federation_pb2.TASK_KIND_NONE,
+                run_id=run.id,
+                round=run.rounds + 1,
+                config_json=json.dumps(
+                    run.config | {"model": run.model, "strategy": run.strategy}, default=str
+                ),
+                secure=(
+                    common_pb2.SECURE_SCHEME_PAILLIER
+                    if run.secure == "paillier"
+                    else common_pb2.SECURE_SCHEME_NONE
+                ),
+            )
             self._secure_fields(session, run, node_id, message)
             self._attach_model(session, run, run.rounds + 1, message)
-            auditlog.append(session, "model.exported", run_id=run.id, actor=node_id,
-                            details={"secure": run.secure})
+            auditlog.append(
+                session,
+                "model.exported",
+                run_id=run.id,
+                actor=node_id,
+                details={"secure": run.secure},
+            )
         return message
 
     def _keygen_participants(self, session: Session) -> list[Node]:
         cutoff = time.time() - self.hub.limits.offline_after_seconds
-        return [n for n in session.scalars(select(Node).where(Node.last_seen >= cutoff))
-                if n.x25519_public_key]
+        return [
+            n
+            for n in session.scalars(select(Node).where(Node.last_seen >= cutoff))
+            if n.x25519_public_key
+        ]
 
     @staticmethod
-    def _attach_model(session: Session, run: Run, round_number: int,
-                      message: federation_pb2.Task) -> None:
+    def _attach_model(
+        session: Session, run: Run, round_number: int, message: federation_pb2.Task
+    ) -> None:
         """Plaintext: the latest global model. Secure: the initial model plus every aggregate."""
-        versions = list(session.scalars(select(ModelVersion).where(
-            ModelVersion.run_id == run.id, ModelVersion.round < round_number,
-            ModelVersion.round >= 1).order_by(ModelVersion.round)))
+        versions = list(
+            session.scalars(
+                select(ModelVersion)
+                .where(
+                    ModelVersion.run_id == run.id,
+                    ModelVersion.round < round_number,
+                    ModelVersion.round >= 1,
+                )
+                .order_by(ModelVersion.round)
+            )
+        )
         if run.secure != "paillier":
-            message.model_sha256 = versions[-1].blob_sha256 if versions else (
-                run.initial_model_sha256)
+            message.model_sha256 = (
+                versions[-1].blob_sha256 if versions else (run.initial_model_sha256)
+            )
             return
         message.model_sha256 = run.initial_model_sha256
         for version in versions:
-            message.aggregates.add(round=version.round, sha256=version.blob_sha256,
-                                   total_weight=version.total_weight,
-                                   num_updates=version.num_updates, count=version.count)
+            message.aggregates.add(
+                round=version.round,
+                sha256=version.blob_sha256,
+                total_weight=version.total_weight,
+                num_updates=version.num_updates,
+                count=version.count,
+            )
 
     # -- models --------------------------------------------------------------------------
 
@@ -284,13 +356,16 @@ class FederationService:
             run = session.get(Run, run_id)
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
-            involved = session.scalar(select(Task.id).where(
-                Task.run_id == run_id, Task.node_id == node_id).limit(1))
+            involved = session.scalar(
+                select(Task.id).where(Task.run_id == run_id, Task.node_id == node_id).limit(1)
+            )
             if involved is None:
                 raise PermissionDenied("this node has no task in that run")
             known = sha256 == run.initial_model_sha256 or session.scalar(
-                select(ModelVersion.id).where(ModelVersion.run_id == run_id,
-                                              ModelVersion.blob_sha256 == sha256).limit(1))
+                select(ModelVersion.id)
+                .where(ModelVersion.run_id == run_id, ModelVersion.blob_sha256 == sha256)
+                .limit(1)
+            )
             if not known:
                 raise NotFound(f"run {run_id} has no model {sha256!r}")
         return self.hub.blobs.get(sha256)
@@ -314,9 +389,13 @@ class FederationService:
                 update_id = self._accept(session, node_id, task, run, header, payload)
         except CohortError as exc:
             with self.hub.lock, self.hub.db.transaction() as session:
-                auditlog.append(session, "update.rejected", run_id=header.run_id, actor=node_id,
-                                details={"round": header.round, "status": exc.code.name,
-                                         "reason": str(exc)})
+                auditlog.append(
+                    session,
+                    "update.rejected",
+                    run_id=header.run_id,
+                    actor=node_id,
+                    details={"round": header.round, "status": exc.code.name, "reason": str(exc)},
+                )
             raise
         self.hub.notify()
         kind = "initial weights" if task_kind == TaskKind.INIT else "update"
@@ -333,18 +412,23 @@ class FederationService:
         if header.run_id != task.run_id or header.round != task.round:
             raise FailedPrecondition(
                 f"update names run {header.run_id} round {header.round}, but the task is for "
-                f"run {task.run_id} round {task.round}")
+                f"run {task.run_id} round {task.round}"
+            )
         run = session.get(Run, task.run_id)
         assert run is not None
         if run.state != RunState.RUNNING:
             raise FailedPrecondition(f"run {run.id} is {run.state.value}, not running")
         if task.kind == TaskKind.TRAIN:
-            exists = session.scalar(select(Update.id).where(
-                Update.run_id == run.id, Update.round == task.round, Update.node_id == node_id))
+            exists = session.scalar(
+                select(Update.id).where(
+                    Update.run_id == run.id, Update.round == task.round, Update.node_id == node_id
+                )
+            )
             if exists is not None:
                 raise AlreadyExists(f"this site already sent its update for round {task.round}")
-            current = session.scalar(select(Round).where(
-                Round.run_id == run.id, Round.number == task.round))
+            current = session.scalar(
+                select(Round).where(Round.run_id == run.id, Round.number == task.round)
+            )
             if current is None or current.state != RoundState.OPEN:
                 raise FailedPrecondition(f"round {task.round} is closed")
         if task.state not in _LIVE:
@@ -355,11 +439,15 @@ class FederationService:
         if header.payload_size > self.hub.limits.max_update_bytes:
             raise ResourceExhausted(
                 f"update of {header.payload_size} bytes is over the "
-                f"{self.hub.limits.max_update_bytes}-byte limit")
+                f"{self.hub.limits.max_update_bytes}-byte limit"
+            )
         if header.num_examples < 1:
             raise InvalidArgument("num_examples must be at least 1")
-        expected = (wire.PAILLIER_PACKED if run.secure == "paillier" and task.kind == TaskKind.TRAIN
-                    else wire.TENSORS_FLOAT32)
+        expected = (
+            wire.PAILLIER_PACKED
+            if run.secure == "paillier" and task.kind == TaskKind.TRAIN
+            else wire.TENSORS_FLOAT32
+        )
         if header.encoding != expected:
             raise InvalidArgument(f"this run takes {expected!r} updates, not {header.encoding!r}")
         return task, run
@@ -375,31 +463,52 @@ class FederationService:
             size += len(message.data)
             if size > header.payload_size:
                 raise InvalidArgument(
-                    f"update is longer than the {header.payload_size} bytes its header announced")
+                    f"update is longer than the {header.payload_size} bytes its header announced"
+                )
             parts.append(message.data)
         payload = b"".join(parts)
         if len(payload) != header.payload_size:
             raise InvalidArgument(
-                f"update ended after {len(payload)} of {header.payload_size} bytes")
+                f"update ended after {len(payload)} of {header.payload_size} bytes"
+            )
         if wire.sha256_hex(payload) != header.payload_sha256:
-            raise InvalidArgument("update payload does not match its sha256 (chunk lost or changed)")
+            raise InvalidArgument(
+                "update payload does not match its sha256 (chunk lost or changed)"
+            )
         return payload
 
     def _accept(
-        self, session: Session, node_id: str, task: Task, run: Run,
-        header: federation_pb2.UpdateHeader, payload: bytes,
+        self,
+        session: Session,
+        node_id: str,
+        task: Task,
+        run: Run,
+        header: federation_pb2.UpdateHeader,
+        payload: bytes,
     ) -> str:
         if task.kind == TaskKind.INIT:
             specs = self._check_tensors(payload, None)
             sha = self.hub.blobs.put(payload)
             run.initial_model_sha256 = sha
             run.tensor_specs = [{"dtype": s.dtype, "shape": list(s.shape)} for s in specs]
-            session.add(ModelVersion(run_id=run.id, round=0, kind=ModelKind.PLAINTEXT,
-                                     blob_sha256=sha, size=len(payload),
-                                     count=sum(s.size for s in specs)))
+            session.add(
+                ModelVersion(
+                    run_id=run.id,
+                    round=0,
+                    kind=ModelKind.PLAINTEXT,
+                    blob_sha256=sha,
+                    size=len(payload),
+                    count=sum(s.size for s in specs),
+                )
+            )
             task.state = TaskState.DONE
-            auditlog.append(session, "model.initialised", run_id=run.id, actor=node_id,
-                            details={"model_sha256": sha, "tensors": len(specs)})
+            auditlog.append(
+                session,
+                "model.initialised",
+                run_id=run.id,
+                actor=node_id,
+                details={"model_sha256": sha, "tensors": len(specs)},
+            )
             return sha
         if run.secure == "paillier":
             weight = self._check_ciphertexts(session, run, task, header, payload)
@@ -408,19 +517,40 @@ class FederationService:
             weight = int(header.num_examples)
         sha = self.hub.blobs.put(payload)
         metrics = {k: wire.scalar_from_proto(v) for k, v in header.metrics.items()}
-        update = Update(run_id=run.id, round=task.round, node_id=node_id, task_id=task.id,
-                        blob_sha256=sha, size=len(payload), encoding=header.encoding,
-                        num_examples=int(header.num_examples), weight=weight, metrics=metrics)
+        update = Update(
+            run_id=run.id,
+            round=task.round,
+            node_id=node_id,
+            task_id=task.id,
+            blob_sha256=sha,
+            size=len(payload),
+            encoding=header.encoding,
+            num_examples=int(header.num_examples),
+            weight=weight,
+            metrics=metrics,
+        )
         session.add(update)
         try:
             session.flush()
         except IntegrityError as exc:
-            raise AlreadyExists(f"this site already sent its update for round {task.round}") from exc
+            raise AlreadyExists(
+                f"this site already sent its update for round {task.round}"
+            ) from exc
         task.state = TaskState.DONE
-        auditlog.append(session, "update.accepted", run_id=run.id, actor=node_id, details={
-            "round": task.round, "payload_sha256": sha, "bytes": len(payload),
-            "num_examples": int(header.num_examples), "weight": weight,
-            "encoding": header.encoding})
+        auditlog.append(
+            session,
+            "update.accepted",
+            run_id=run.id,
+            actor=node_id,
+            details={
+                "round": task.round,
+                "payload_sha256": sha,
+                "bytes": len(payload),
+                "num_examples": int(header.num_examples),
+                "weight": weight,
+                "encoding": header.encoding,
+            },
+        )
         return str(update.id)
 
     @staticmethod
@@ -436,45 +566,65 @@ class FederationService:
             got = [(s.dtype, s.shape) for s in specs]
             if len(got) != len(expected):
                 raise InvalidArgument(
-                    f"update has {len(got)} tensors, the model has {len(expected)}")
+                    f"update has {len(got)} tensors, the model has {len(expected)}"
+                )
             for index, (have, want) in enumerate(zip(got, expected, strict=True)):
                 if have[1] != want[1]:
                     raise InvalidArgument(
-                        f"tensor {index} has shape {list(have[1])}, the model's is {list(want[1])}")
+                        f"tensor {index} has shape {list(have[1])}, the model's is {list(want[1])}"
+                    )
             arrays = wire.decode_tensors(payload)
             if not all(np.isfinite(a).all() for a in arrays):
                 raise InvalidArgument("update holds NaN or infinite values")
         return specs
 
     def _check_ciphertexts(
-        self, session: Session, run: Run, task: Task, header: federation_pb2.UpdateHeader,
+        self,
+        session: Session,
+        run: Run,
+        task: Task,
+        header: federation_pb2.UpdateHeader,
         payload: bytes,
     ) -> int:
         if header.key_id != run.key_id:
             raise FailedPrecondition(
-                f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}")
+                f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
+            )
         enc = encoding_of(run)
-        selected = len(session.scalars(select(Task.id).where(
-            Task.run_id == run.id, Task.round == task.round, Task.kind == TaskKind.TRAIN)).all())
+        selected = len(
+            session.scalars(
+                select(Task.id).where(
+                    Task.run_id == run.id, Task.round == task.round, Task.kind == TaskKind.TRAIN
+                )
+            ).all()
+        )
         cap = weight_cap(run, selected)
         weight = int(header.weight)
         if not 1 <= weight <= cap:
             raise InvalidArgument(f"weight {weight} is outside 1..{cap} for this round")
-        accepted = sum(session.scalars(select(Update.weight).where(
-            Update.run_id == run.id, Update.round == task.round)).all())
+        accepted = sum(
+            session.scalars(
+                select(Update.weight).where(Update.run_id == run.id, Update.round == task.round)
+            ).all()
+        )
         if accepted + weight > int(enc["max_weight"]):
             raise InvalidArgument(
-                f"total weight {accepted + weight} would pass the slot bound {enc['max_weight']}")
+                f"total weight {accepted + weight} would pass the slot bound {enc['max_weight']}"
+            )
         public_key = crypto.public_key_from_bytes(run.public_key)
-        codec = crypto.SlotCodec(clip=float(enc["clip"]), bits=int(enc["bits"]),
-                                 max_weight=int(enc["max_weight"]),
-                                 key_bits=public_key.n.bit_length())
+        codec = crypto.SlotCodec(
+            clip=float(enc["clip"]),
+            bits=int(enc["bits"]),
+            max_weight=int(enc["max_weight"]),
+            key_bits=public_key.n.bit_length(),
+        )
         count = sum(int(np.prod(s["shape"])) for s in run.tensor_specs)  # type: ignore[call-overload]
         width = crypto.ciphertext_width(public_key)
         expected = codec.num_plaintexts(count)
         if len(payload) != expected * width:
             raise InvalidArgument(
-                f"update holds {len(payload) / width:.1f} ciphertexts; the model needs {expected}")
+                f"update holds {len(payload) / width:.1f} ciphertexts; the model needs {expected}"
+            )
         try:
             ciphertexts = crypto.ciphertexts_from_bytes(payload, width)
             crypto.validate_ciphertexts(ciphertexts, public_key)
@@ -484,7 +634,9 @@ class FederationService:
 
     # -- keys and audits -----------------------------------------------------------------
 
-    def submit_keys(self, node_id: str, bundle: federation_pb2.KeyBundle) -> federation_pb2.SubmitReply:
+    def submit_keys(
+        self, node_id: str, bundle: federation_pb2.KeyBundle
+    ) -> federation_pb2.SubmitReply:
         with self.hub.lock, self.hub.db.transaction() as session:
             task = session.get(Task, bundle.task_id)
             if task is None or task.node_id != node_id or task.kind != TaskKind.KEYGEN:
@@ -502,7 +654,8 @@ class FederationService:
             want_bits = int(encoding_of(run)["key_bits"])
             if public_key.n.bit_length() < want_bits - 1:
                 raise InvalidArgument(
-                    f"key has {public_key.n.bit_length()} bits; the run asks for {want_bits}")
+                    f"key has {public_key.n.bit_length()} bits; the run asks for {want_bits}"
+                )
             fingerprint = crypto.key_fingerprint(public_key)
             if bundle.key_fingerprint and bundle.key_fingerprint != fingerprint:
                 raise InvalidArgument("key fingerprint does not match the public key")
@@ -511,19 +664,32 @@ class FederationService:
             for item in bundle.sealed:
                 if item.node_id not in known or not item.sealed_private_key:
                     raise InvalidArgument(f"sealed key for unknown node {item.node_id!r}")
-                session.add(SealedKey(run_id=run.id, node_id=item.node_id,
-                                      sealed=bytes(item.sealed_private_key)))
+                session.add(
+                    SealedKey(
+                        run_id=run.id, node_id=item.node_id, sealed=bytes(item.sealed_private_key)
+                    )
+                )
                 sealed_for.append(item.node_id)
             if len(sealed_for) < run.min_clients:
                 raise InvalidArgument(
-                    f"keys sealed for {len(sealed_for)} sites; the run needs {run.min_clients}")
+                    f"keys sealed for {len(sealed_for)} sites; the run needs {run.min_clients}"
+                )
             run.public_key = bytes(bundle.public_key)
             run.key_id = crypto.key_id(public_key)
             run.key_fingerprint = fingerprint
             task.state = TaskState.DONE
-            auditlog.append(session, "key.registered", run_id=run.id, actor=node_id, details={
-                "key_id": run.key_id, "fingerprint": fingerprint,
-                "key_bits": public_key.n.bit_length(), "sealed_for": sorted(sealed_for)})
+            auditlog.append(
+                session,
+                "key.registered",
+                run_id=run.id,
+                actor=node_id,
+                details={
+                    "key_id": run.key_id,
+                    "fingerprint": fingerprint,
+                    "key_bits": public_key.n.bit_length(),
+                    "sealed_for": sorted(sealed_for),
+                },
+            )
         self.hub.notify()
         return federation_pb2.SubmitReply(id=run.key_id, message="key registered")
 
@@ -554,8 +720,15 @@ class FederationService:
                 raise AlreadyExists("this site already sent its audit for the run")
             session.add(SiteAudit(run_id=task.run_id, node_id=node_id, summary=summary))
             task.state = TaskState.DONE
-            auditlog.append(session, "audit.submitted", run_id=task.run_id, actor=node_id,
-                            details={"rows": summary.get("row_count"),
-                                     "sha256": wire.sha256_hex(submission.summary_json.encode())})
+            auditlog.append(
+                session,
+                "audit.submitted",
+                run_id=task.run_id,
+                actor=node_id,
+                details={
+                    "rows": summary.get("row_count"),
+                    "sha256": wire.sha256_hex(submission.summary_json.encode()),
+                },
+            )
         self.hub.notify()
         return federation_pb2.SubmitReply(id=task.id, message="audit stored")

@@ -41,53 +41,78 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
         run = session.get(Run, run_id)
         if run is None:
             raise KeyError(run_id)
-        rounds = session.scalars(select(Round).where(Round.run_id == run_id)
-                                 .order_by(Round.number)).all()
+        rounds = session.scalars(
+            select(Round).where(Round.run_id == run_id).order_by(Round.number)
+        ).all()
         updates = session.scalars(select(Update).where(Update.run_id == run_id)).all()
         participation: dict[str, list[int]] = {}
         for update in updates:
             participation.setdefault(update.node_id, []).append(update.round)
-        nodes = session.execute(select(Node, Institution.name).join(
-            Institution, Node.institution_id == Institution.id).where(
-            Node.id.in_(list(participation)))).all()
-        sites = [{
-            "name": name, "node_id": node.id,
-            "data_fingerprint": (node.capabilities or {}).get("data_fingerprint"),
-            "row_count": int((node.capabilities or {}).get("rows", 0) or 0),
-            "rounds_participated": sorted(participation[node.id]),
-        } for node, name in nodes]
-        summaries = [AttributionSummary.from_dict(a.summary) for a in session.scalars(
-            select(SiteAudit).where(SiteAudit.run_id == run_id))]
+        nodes = session.execute(
+            select(Node, Institution.name)
+            .join(Institution, Node.institution_id == Institution.id)
+            .where(Node.id.in_(list(participation)))
+        ).all()
+        sites = [
+            {
+                "name": name,
+                "node_id": node.id,
+                "data_fingerprint": (node.capabilities or {}).get("data_fingerprint"),
+                "row_count": int((node.capabilities or {}).get("rows", 0) or 0),
+                "rounds_participated": sorted(participation[node.id]),
+            }
+            for node, name in nodes
+        ]
+        summaries = [
+            AttributionSummary.from_dict(a.summary)
+            for a in session.scalars(select(SiteAudit).where(SiteAudit.run_id == run_id))
+        ]
         verdict = auditlog.verify_chain(auditlog.all_rows(session))
         closed = [r for r in rounds if r.state == RoundState.CLOSED]
         encoding = run.config.get("encoding") if run.secure == "paillier" else None
         facts = build_facts(
             run={
-                "id": run.id, "model": run.model, "state": run.state.value,
-                "rounds_planned": run.rounds, "rounds_completed": len(closed),
+                "id": run.id,
+                "model": run.model,
+                "state": run.state.value,
+                "rounds_planned": run.rounds,
+                "rounds_completed": len(closed),
                 "config": json.loads(json.dumps(run.config, default=str)),
                 "model_sha256": run.final_model_sha256 or None,
-                "code_version": code_version(), "created_at": run.created_at,
-                "started_at": run.started_at or None, "ended_at": run.ended_at or None,
+                "code_version": code_version(),
+                "created_at": run.created_at,
+                "started_at": run.started_at or None,
+                "ended_at": run.ended_at or None,
                 "started_by": run.created_by or "operator",
             },
             sites=sites,
             privacy={
                 "secure_aggregation": run.secure,
                 "key_bits": (run.config.get("encoding", {}) or {}).get("key_bits")  # type: ignore[union-attr]
-                if run.secure == "paillier" else None,
+                if run.secure == "paillier"
+                else None,
                 "key_custodian": run.custodian or None,
                 "key_fingerprints": [run.key_fingerprint] if run.key_fingerprint else [],
                 "coordinator_visibility": VISIBILITY[run.secure],
                 "update_quantisation": encoding if isinstance(encoding, dict) else "float32",
                 "differential_privacy": None,
             },
-            metrics=[{"round": r.number, "num_updates": r.num_updates,
-                      "total_weight": float(r.total_weight), "metrics": dict(r.metrics or {})}
-                     for r in closed],
+            metrics=[
+                {
+                    "round": r.number,
+                    "num_updates": r.num_updates,
+                    "total_weight": float(r.total_weight),
+                    "metrics": dict(r.metrics or {}),
+                }
+                for r in closed
+            ],
             summaries=summaries,
-            audit_log={"verified": verdict.ok, "rows": verdict.rows,
-                       "first_bad_row": verdict.first_bad_seq, "reason": verdict.reason,
-                       "head_hash": verdict.head_hash},
+            audit_log={
+                "verified": verdict.ok,
+                "rows": verdict.rows,
+                "first_bad_row": verdict.first_bad_seq,
+                "reason": verdict.reason,
+                "head_hash": verdict.head_hash,
+            },
         )
     return dict(facts)

@@ -61,7 +61,9 @@ class RunSpec:
         if not 0.0 < self.lr <= 10.0:
             raise ValueError(f"lr must be in (0, 10], not {self.lr}")
         if self.secure not in SECURE_SCHEMES:
-            raise ValueError(f"secure must be one of {', '.join(SECURE_SCHEMES)}, not {self.secure!r}")
+            raise ValueError(
+                f"secure must be one of {', '.join(SECURE_SCHEMES)}, not {self.secure!r}"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         check_strategy(self.strategy, self.secure != "none")

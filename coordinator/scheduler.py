@@ -121,8 +121,9 @@ class RoundScheduler:
                 return False
             run.state = RunState.RUNNING
             run.started_at = now
-            auditlog.append(session, "run.started", run_id=run.id,
-                            details={"online_sites": len(online)})
+            auditlog.append(
+                session, "run.started", run_id=run.id, details={"online_sites": len(online)}
+            )
             return True
         if run.secure == "paillier" and not run.public_key:
             return self._setup_task(session, run, TaskKind.KEYGEN, online, now)
@@ -160,8 +161,13 @@ class RoundScheduler:
             if now < task.deadline:
                 return False
             task.state = TaskState.MISSED
-            auditlog.append(session, "task.missed", run_id=run.id, actor=task.node_id,
-                            details={"kind": kind.value})
+            auditlog.append(
+                session,
+                "task.missed",
+                run_id=run.id,
+                actor=task.node_id,
+                details={"kind": kind.value},
+            )
         if len(tasks) >= SETUP_ATTEMPTS:
             what = "generate the run's keys" if kind == TaskKind.KEYGEN else "send initial weights"
             self._fail(session, run, now, f"no site could {what} after {len(tasks)} attempts")
@@ -170,8 +176,11 @@ class RoundScheduler:
         if kind == TaskKind.INIT and run.secure == "paillier":
             # The key custodian also supplies the initial model: one site starts the run.
             keygen = session.scalar(
-                select(Task).where(Task.run_id == run.id, Task.kind == TaskKind.KEYGEN,
-                                   Task.state == TaskState.DONE)
+                select(Task).where(
+                    Task.run_id == run.id,
+                    Task.kind == TaskKind.KEYGEN,
+                    Task.state == TaskState.DONE,
+                )
             )
             if keygen is not None:
                 candidates = [n for n in online if n.id == keygen.node_id] or candidates
@@ -180,10 +189,19 @@ class RoundScheduler:
         tried = {t.node_id for t in tasks}
         fresh = [n for n in candidates if n.id not in tried] or candidates
         node = fresh[0]
-        session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node.id, kind=kind,
-                         round=0, deadline=now + run.round_deadline))
-        auditlog.append(session, "task.assigned", run_id=run.id, actor=node.id,
-                        details={"kind": kind.value})
+        session.add(
+            Task(
+                id=str(uuid.uuid4()),
+                run_id=run.id,
+                node_id=node.id,
+                kind=kind,
+                round=0,
+                deadline=now + run.round_deadline,
+            )
+        )
+        auditlog.append(
+            session, "task.assigned", run_id=run.id, actor=node.id, details={"kind": kind.value}
+        )
         return True
 
     def _eligible(self, session: Session, run: Run, online: list[Node]) -> list[Node]:
@@ -200,28 +218,50 @@ class RoundScheduler:
         eligible = self._eligible(session, run, online)
         if len(eligible) < run.min_clients:
             return False
-        chosen = select_nodes([n.id for n in eligible], fraction=run.fraction,
-                              min_clients=run.min_clients, max_clients=run.max_clients,
-                              seed=f"{run.id}:{number}")
-        session.add(Round(run_id=run.id, number=number, deadline=now + run.round_deadline,
-                          opened_at=now))
+        chosen = select_nodes(
+            [n.id for n in eligible],
+            fraction=run.fraction,
+            min_clients=run.min_clients,
+            max_clients=run.max_clients,
+            seed=f"{run.id}:{number}",
+        )
+        session.add(
+            Round(run_id=run.id, number=number, deadline=now + run.round_deadline, opened_at=now)
+        )
         for node_id in chosen:
-            session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node_id,
-                             kind=TaskKind.TRAIN, round=number, deadline=now + run.round_deadline))
+            session.add(
+                Task(
+                    id=str(uuid.uuid4()),
+                    run_id=run.id,
+                    node_id=node_id,
+                    kind=TaskKind.TRAIN,
+                    round=number,
+                    deadline=now + run.round_deadline,
+                )
+            )
         run.current_round = number
         run.round_attempts = 1
-        auditlog.append(session, "round.opened", run_id=run.id,
-                        details={"round": number, "selected": chosen})
+        auditlog.append(
+            session, "round.opened", run_id=run.id, details={"round": number, "selected": chosen}
+        )
         return True
 
     def _check_round(
         self, session: Session, run: Run, current: Round, online: list[Node], now: float
     ) -> bool:
-        tasks = list(session.scalars(select(Task).where(
-            Task.run_id == run.id, Task.round == current.number, Task.kind == TaskKind.TRAIN)))
+        tasks = list(
+            session.scalars(
+                select(Task).where(
+                    Task.run_id == run.id, Task.round == current.number, Task.kind == TaskKind.TRAIN
+                )
+            )
+        )
         open_tasks = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
-        updates = list(session.scalars(select(Update).where(
-            Update.run_id == run.id, Update.round == current.number)))
+        updates = list(
+            session.scalars(
+                select(Update).where(Update.run_id == run.id, Update.round == current.number)
+            )
+        )
         quorum = int(run.config.get("quorum", run.min_clients))  # type: ignore[call-overload]
         if not open_tasks and len(updates) >= quorum:
             self._close_round(session, run, current, updates, now)
@@ -230,41 +270,70 @@ class RoundScheduler:
             return False
         for task in open_tasks:
             task.state = TaskState.MISSED
-            auditlog.append(session, "task.missed", run_id=run.id, actor=task.node_id,
-                            details={"round": current.number})
+            auditlog.append(
+                session,
+                "task.missed",
+                run_id=run.id,
+                actor=task.node_id,
+                details={"round": current.number},
+            )
         if len(updates) >= quorum:
             self._close_round(session, run, current, updates, now)
             return True
         return self._retry_round(session, run, current, updates, online, now)
 
     def _retry_round(
-        self, session: Session, run: Run, current: Round, updates: list[Update],
-        online: list[Node], now: float,
+        self,
+        session: Session,
+        run: Run,
+        current: Round,
+        updates: list[Update],
+        online: list[Node],
+        now: float,
     ) -> bool:
         """Keep the updates already accepted, ask other sites for the rest, up to a limit."""
         quorum = int(run.config.get("quorum", run.min_clients))  # type: ignore[call-overload]
         if run.round_attempts >= MAX_ROUND_ATTEMPTS:
-            self._fail(session, run, now,
-                       f"round {current.number} got {len(updates)} of the {quorum} updates it "
-                       f"needs in {run.round_attempts} attempts")
+            self._fail(
+                session,
+                run,
+                now,
+                f"round {current.number} got {len(updates)} of the {quorum} updates it "
+                f"needs in {run.round_attempts} attempts",
+            )
             return True
         submitted = {u.node_id for u in updates}
         eligible = [n.id for n in self._eligible(session, run, online) if n.id not in submitted]
         if len(submitted) + len(eligible) < quorum:
             if now < current.deadline + run.round_deadline:
                 return False  # wait one more deadline for sites to come back
-            self._fail(session, run, now,
-                       f"round {current.number} needs {quorum} sites; only "
-                       f"{len(submitted) + len(eligible)} are online and keyed")
+            self._fail(
+                session,
+                run,
+                now,
+                f"round {current.number} needs {quorum} sites; only "
+                f"{len(submitted) + len(eligible)} are online and keyed",
+            )
             return True
         run.round_attempts += 1
         current.deadline = now + run.round_deadline
         for node_id in eligible:
-            session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node_id,
-                             kind=TaskKind.TRAIN, round=current.number, deadline=current.deadline))
-        auditlog.append(session, "round.retried", run_id=run.id,
-                        details={"round": current.number, "attempt": run.round_attempts,
-                                 "selected": eligible})
+            session.add(
+                Task(
+                    id=str(uuid.uuid4()),
+                    run_id=run.id,
+                    node_id=node_id,
+                    kind=TaskKind.TRAIN,
+                    round=current.number,
+                    deadline=current.deadline,
+                )
+            )
+        auditlog.append(
+            session,
+            "round.retried",
+            run_id=run.id,
+            details={"round": current.number, "attempt": run.round_attempts, "selected": eligible},
+        )
         return True
 
     # -- closing a round -----------------------------------------------------------------
@@ -279,31 +348,55 @@ class RoundScheduler:
         else:
             sha, size, count = self._aggregate_plaintext(session, run, current.number, updates)
             kind = ModelKind.PLAINTEXT
-        session.add(ModelVersion(run_id=run.id, round=current.number, kind=kind, blob_sha256=sha,
-                                 size=size, total_weight=total_weight, num_updates=len(updates),
-                                 count=count, created_at=now))
+        session.add(
+            ModelVersion(
+                run_id=run.id,
+                round=current.number,
+                kind=kind,
+                blob_sha256=sha,
+                size=size,
+                total_weight=total_weight,
+                num_updates=len(updates),
+                count=count,
+                created_at=now,
+            )
+        )
         current.state = RoundState.CLOSED
         current.closed_at = now
         current.model_sha256 = sha
         current.total_weight = total_weight
         current.num_updates = len(updates)
         current.metrics = weighted_metrics(updates)
-        auditlog.append(session, "round.closed", run_id=run.id, details={
-            "round": current.number, "updates": len(updates), "total_weight": total_weight,
-            "model_sha256": sha, "aggregation": kind.value,
-            "sites": sorted(u.node_id for u in updates)})
+        auditlog.append(
+            session,
+            "round.closed",
+            run_id=run.id,
+            details={
+                "round": current.number,
+                "updates": len(updates),
+                "total_weight": total_weight,
+                "model_sha256": sha,
+                "aggregation": kind.value,
+                "sites": sorted(u.node_id for u in updates),
+            },
+        )
         if current.number >= run.rounds:
             self._complete(session, run, now)
 
     def _aggregate_plaintext(
         self, session: Session, run: Run, number: int, updates: list[Update]
     ) -> tuple[str, int, int]:
-        previous = session.scalar(select(ModelVersion).where(
-            ModelVersion.run_id == run.id, ModelVersion.round == number - 1))
+        previous = session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.run_id == run.id, ModelVersion.round == number - 1
+            )
+        )
         base_sha = previous.blob_sha256 if previous else run.initial_model_sha256
         weights = wire.decode_tensors(self.hub.blobs.get(base_sha))
-        results = [(wire.decode_tensors(self.hub.blobs.get(u.blob_sha256)), int(u.num_examples))
-                   for u in updates]
+        results = [
+            (wire.decode_tensors(self.hub.blobs.get(u.blob_sha256)), int(u.num_examples))
+            for u in updates
+        ]
         deltas = aggregate_deltas(run.strategy, results)
         server_lr = float(run.config.get("server_lr", 1.0))  # type: ignore[arg-type]
         payload = wire.encode_tensors(apply_deltas(weights, deltas, server_lr))
@@ -313,8 +406,9 @@ class RoundScheduler:
         """Multiply the sites' ciphertexts slot-wise: the coordinator never decrypts."""
         public_key = crypto.public_key_from_bytes(run.public_key)
         width = crypto.ciphertext_width(public_key)
-        vectors = [crypto.ciphertexts_from_bytes(self.hub.blobs.get(u.blob_sha256), width)
-                   for u in updates]
+        vectors = [
+            crypto.ciphertexts_from_bytes(self.hub.blobs.get(u.blob_sha256), width) for u in updates
+        ]
         total = crypto.add_encrypted(vectors, public_key)
         payload = crypto.ciphertexts_to_bytes(total, width)
         count = sum(int(np.prod(s["shape"])) for s in run.tensor_specs)  # type: ignore[call-overload]
@@ -323,21 +417,36 @@ class RoundScheduler:
     # -- ends ----------------------------------------------------------------------------
 
     def _complete(self, session: Session, run: Run, now: float) -> None:
-        last = session.scalar(select(ModelVersion).where(ModelVersion.run_id == run.id)
-                              .order_by(ModelVersion.round.desc()).limit(1))
+        last = session.scalar(
+            select(ModelVersion)
+            .where(ModelVersion.run_id == run.id)
+            .order_by(ModelVersion.round.desc())
+            .limit(1)
+        )
         run.state = RunState.COMPLETED
         run.ended_at = now
         run.final_model_sha256 = last.blob_sha256 if last else run.initial_model_sha256
-        participants = sorted(set(session.scalars(
-            select(Update.node_id).where(Update.run_id == run.id))))
+        participants = sorted(
+            set(session.scalars(select(Update.node_id).where(Update.run_id == run.id)))
+        )
         if run.config.get("audit", True):
             for node_id in participants:
-                session.add(Task(id=str(uuid.uuid4()), run_id=run.id, node_id=node_id,
-                                 kind=TaskKind.AUDIT, round=run.rounds,
-                                 deadline=now + max(run.round_deadline, 600.0)))
-        auditlog.append(session, "run.completed", run_id=run.id,
-                        details={"rounds": run.current_round,
-                                 "final_model_sha256": run.final_model_sha256})
+                session.add(
+                    Task(
+                        id=str(uuid.uuid4()),
+                        run_id=run.id,
+                        node_id=node_id,
+                        kind=TaskKind.AUDIT,
+                        round=run.rounds,
+                        deadline=now + max(run.round_deadline, 600.0),
+                    )
+                )
+        auditlog.append(
+            session,
+            "run.completed",
+            run_id=run.id,
+            details={"rounds": run.current_round, "final_model_sha256": run.final_model_sha256},
+        )
 
     def _fail(self, session: Session, run: Run, now: float, reason: str) -> None:
         run.state = RunState.FAILED
@@ -349,6 +458,9 @@ class RoundScheduler:
 
 
 def cancel_open_tasks(session: Session, run_id: str) -> None:
-    for task in session.scalars(select(Task).where(
-            Task.run_id == run_id, Task.state.in_([TaskState.PENDING, TaskState.DELIVERED]))):
+    for task in session.scalars(
+        select(Task).where(
+            Task.run_id == run_id, Task.state.in_([TaskState.PENDING, TaskState.DELIVERED])
+        )
+    ):
         task.state = TaskState.CANCELLED

@@ -40,9 +40,11 @@ class CoordinatorServer:
         # Long polls park a thread each: size the pool for every site plus admin calls.
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
         federation_pb2_grpc.add_FederationServicer_to_server(
-            FederationServicer(FederationService(self.hub)), self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(AdminService(self.hub)),
-                                                   self.server)
+            FederationServicer(FederationService(self.hub)), self.server
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(AdminService(self.hub)), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"
         self.port = 0

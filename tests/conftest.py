@@ -11,15 +11,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from helpers import AgentPool
 
 from coordinator.hub import Limits
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2_grpc, federation_pb2_grpc
 
-POSTGRES_ADMIN_URL = os.environ.get("COHORT_TEST_POSTGRES",
-                                    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "COHORT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _postgres_reason() -> str | None:
@@ -104,8 +104,13 @@ class RunningCoordinator:
 
 
 def start_coordinator(database_url: str, data_dir: Path, **limits: float) -> RunningCoordinator:
-    server = CoordinatorServer(database_url, data_dir, port=0, tick_seconds=0.05,
-                               limits=Limits(**limits) if limits else None)  # type: ignore[arg-type]
+    server = CoordinatorServer(
+        database_url,
+        data_dir,
+        port=0,
+        tick_seconds=0.05,
+        limits=Limits(**limits) if limits else None,
+    )  # type: ignore[arg-type]
     return RunningCoordinator(server, server.start(), data_dir)
 
 

@@ -36,13 +36,23 @@ class AgentPool:
         self.threads: list[threading.Thread] = []
         self.agents: list[SiteAgent] = []
 
-    def start(self, address: str, trainers: list, state_dir: Path,
-              names: list[str] | None = None) -> list[SiteAgent]:
+    def start(
+        self, address: str, trainers: list, state_dir: Path, names: list[str] | None = None
+    ) -> list[SiteAgent]:
         started = []
         for index, trainer in enumerate(trainers):
             name = names[index] if names else f"site-{len(self.agents)}"
-            agent = SiteAgent(AgentConfig(address, name, state_dir / name, poll_seconds=1.0,
-                                          encrypt_workers=1, max_backoff_seconds=1.0), trainer)
+            agent = SiteAgent(
+                AgentConfig(
+                    address,
+                    name,
+                    state_dir / name,
+                    poll_seconds=1.0,
+                    encrypt_workers=1,
+                    max_backoff_seconds=1.0,
+                ),
+                trainer,
+            )
             thread = threading.Thread(target=agent.run, args=(self.stop,), daemon=True, name=name)
             thread.start()
             self.threads.append(thread)
@@ -58,16 +68,30 @@ class AgentPool:
             agent.close()
 
 
-def create_run(admin, *, secure: bool = False, rounds: int = 2, min_clients: int = 3,
-               deadline: float = 60.0, **config: object) -> admin_pb2.RunInfo:
+def create_run(
+    admin,
+    *,
+    secure: bool = False,
+    rounds: int = 2,
+    min_clients: int = 3,
+    deadline: float = 60.0,
+    **config: object,
+) -> admin_pb2.RunInfo:
     extra = dict(config)
     if secure:
         extra.setdefault("encoding", TEST_ENCODING)
-    return admin.CreateRun(admin_pb2.CreateRunRequest(
-        model="tabular_mlp", rounds=rounds, min_clients=min_clients, local_epochs=2, lr=0.005,
-        round_deadline_seconds=deadline,
-        secure=common_pb2.SECURE_SCHEME_PAILLIER if secure else common_pb2.SECURE_SCHEME_NONE,
-        config_json=json.dumps(extra)))
+    return admin.CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=rounds,
+            min_clients=min_clients,
+            local_epochs=2,
+            lr=0.005,
+            round_deadline_seconds=deadline,
+            secure=common_pb2.SECURE_SCHEME_PAILLIER if secure else common_pb2.SECURE_SCHEME_NONE,
+            config_json=json.dumps(extra),
+        )
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
@@ -79,8 +103,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def wait_for_state(admin, run_id: str, states: tuple[int, ...], timeout: float = 120.0
-                   ) -> admin_pb2.RunInfo:
+def wait_for_state(
+    admin, run_id: str, states: tuple[int, ...], timeout: float = 120.0
+) -> admin_pb2.RunInfo:
     result: list[admin_pb2.RunInfo] = []
 
     def reached() -> bool:

@@ -42,12 +42,16 @@ def test_unknown_run_is_one_line_and_exit_2(coordinator):
     assert_one_line_error(result, "no run", "NOT_FOUND")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--secure", "rsa"], ["paillier or none"]),
-    (["--fraction", "3"], ["fraction"]),
-    (["--secure", "paillier", "--strategy", "krum"], ["krum", "plaintext"]),
-    (["--config", "[1]"], ["JSON object"]),
-], ids=["scheme", "fraction", "strategy", "config"])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--secure", "rsa"], ["paillier or none"]),
+        (["--fraction", "3"], ["fraction"]),
+        (["--secure", "paillier", "--strategy", "krum"], ["krum", "plaintext"]),
+        (["--config", "[1]"], ["JSON object"]),
+    ],
+    ids=["scheme", "fraction", "strategy", "config"],
+)
 def test_bad_run_options_are_refused(coordinator, args, words):
     result = invoke("admin", "runs", "start", "--coordinator", coordinator.address, *args)
 
@@ -85,11 +89,14 @@ def test_bad_config_file_is_refused(tmp_path):
 
 def test_config_file_sets_defaults_and_flags_win(coordinator, tmp_path):
     config = tmp_path / "cohort.toml"
-    config.write_text(f'[admin.runs.start]\ncoordinator = "{coordinator.address}"\n'
-                      'rounds = 7\nname = "from-toml"\n')
+    config.write_text(
+        f'[admin.runs.start]\ncoordinator = "{coordinator.address}"\n'
+        'rounds = 7\nname = "from-toml"\n'
+    )
 
-    result = invoke("--config", str(config), "admin", "runs", "start", "--name", "from-flag",
-                    "--json")
+    result = invoke(
+        "--config", str(config), "admin", "runs", "start", "--name", "from-flag", "--json"
+    )
 
     assert result.exit_code == 0, result.output
     run = json.loads(result.output)
@@ -142,8 +149,9 @@ def test_audit_verify_exits_1_on_a_tampered_log(tmp_path):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, timeout=60
+    )
 
     assert result.returncode == 0
     for command in ("demo", "coordinator", "client", "admin", "audit"):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
-
 from helpers import majority_accuracy
+from sklearn.datasets import load_breast_cancer
 
 
 @pytest.mark.slow
@@ -19,9 +18,23 @@ def test_demo_beats_the_majority_baseline_by_a_wide_margin(tmp_path):
     labels = load_breast_cancer().target
 
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "demo", "--rounds", "3", "--key-bits", "1024",
-         "--json", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "demo",
+            "--rounds",
+            "3",
+            "--key-bits",
+            "1024",
+            "--json",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])

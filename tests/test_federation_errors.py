@@ -20,8 +20,7 @@ class FakeSite:
 
     def __init__(self, stub, name: str = "site-a") -> None:
         self.stub = stub
-        reply = stub.Join(federation_pb2.JoinRequest(site_name=name,
-                                                     x25519_public_key=b"k" * 32))
+        reply = stub.Join(federation_pb2.JoinRequest(site_name=name, x25519_public_key=b"k" * 32))
         self.token = reply.node_token
         self.node_id = reply.node_id
 
@@ -31,23 +30,38 @@ class FakeSite:
 
     def pull(self, kind: int) -> federation_pb2.Task:
         for _ in range(50):
-            task = self.stub.PullTask(federation_pb2.PullTaskRequest(wait_seconds=0.5),
-                                      metadata=self.metadata)
+            task = self.stub.PullTask(
+                federation_pb2.PullTaskRequest(wait_seconds=0.5), metadata=self.metadata
+            )
             if task.kind == kind:
                 return task
         raise AssertionError(f"no task of kind {kind}")
 
-    def submit(self, task, payload: bytes, *, chunks: list[bytes] | None = None,
-               sha: str | None = None, round_number: int | None = None,
-               size: int | None = None, encoding: str = wire.TENSORS_FLOAT32):
+    def submit(
+        self,
+        task,
+        payload: bytes,
+        *,
+        chunks: list[bytes] | None = None,
+        sha: str | None = None,
+        round_number: int | None = None,
+        size: int | None = None,
+        encoding: str = wire.TENSORS_FLOAT32,
+    ):
         header = federation_pb2.UpdateHeader(
-            task_id=task.task_id, run_id=task.run_id,
-            round=task.round if round_number is None else round_number, num_examples=10,
-            weight=10, payload_size=len(payload) if size is None else size,
-            payload_sha256=sha or wire.sha256_hex(payload), encoding=encoding)
+            task_id=task.task_id,
+            run_id=task.run_id,
+            round=task.round if round_number is None else round_number,
+            num_examples=10,
+            weight=10,
+            payload_size=len(payload) if size is None else size,
+            payload_sha256=sha or wire.sha256_hex(payload),
+            encoding=encoding,
+        )
         pieces = chunks if chunks is not None else [payload]
         messages = [federation_pb2.UpdateMessage(header=header)] + [
-            federation_pb2.UpdateMessage(data=p) for p in pieces]
+            federation_pb2.UpdateMessage(data=p) for p in pieces
+        ]
         return self.stub.SubmitUpdate(iter(messages), metadata=self.metadata)
 
 
@@ -56,8 +70,11 @@ def training_round(coordinator):
     """A one-site run whose first round is open and whose TRAIN task is in hand."""
     site = FakeSite(coordinator.federation())
     admin = coordinator.admin()
-    run = admin.CreateRun(admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=2, min_clients=1,
-                                                     round_deadline_seconds=60))
+    run = admin.CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp", rounds=2, min_clients=1, round_deadline_seconds=60
+        )
+    )
     init = site.pull(federation_pb2.TASK_KIND_INIT)
     site.submit(init, wire.encode_tensors(WEIGHTS))
     task = site.pull(federation_pb2.TASK_KIND_TRAIN)
@@ -83,8 +100,12 @@ def expect_status(code: grpc.StatusCode, call) -> str:  # type: ignore[no-untype
 def test_unknown_node_token_is_unauthenticated(coordinator):
     stub = coordinator.federation()
 
-    detail = expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: stub.PullTask(
-        federation_pb2.PullTaskRequest(), metadata=((wire.NODE_TOKEN_HEADER, "Bearer nope"),)))
+    detail = expect_status(
+        grpc.StatusCode.UNAUTHENTICATED,
+        lambda: stub.PullTask(
+            federation_pb2.PullTaskRequest(), metadata=((wire.NODE_TOKEN_HEADER, "Bearer nope"),)
+        ),
+    )
 
     assert "join" in detail
 
@@ -92,15 +113,18 @@ def test_unknown_node_token_is_unauthenticated(coordinator):
 def test_missing_token_is_unauthenticated(coordinator):
     stub = coordinator.federation()
 
-    expect_status(grpc.StatusCode.UNAUTHENTICATED,
-                  lambda: stub.Heartbeat(federation_pb2.HeartbeatRequest()))
+    expect_status(
+        grpc.StatusCode.UNAUTHENTICATED, lambda: stub.Heartbeat(federation_pb2.HeartbeatRequest())
+    )
 
 
 def test_bad_site_name_is_invalid_argument(coordinator):
     stub = coordinator.federation()
 
-    expect_status(grpc.StatusCode.INVALID_ARGUMENT,
-                  lambda: stub.Join(federation_pb2.JoinRequest(site_name="../etc")))
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: stub.Join(federation_pb2.JoinRequest(site_name="../etc")),
+    )
 
 
 def test_valid_update_is_accepted_and_audited(training_round):
@@ -129,8 +153,10 @@ def test_update_for_wrong_round_is_failed_precondition(training_round):
     coordinator, site, _, task = training_round
     blobs = blob_count(coordinator)
 
-    expect_status(grpc.StatusCode.FAILED_PRECONDITION,
-                  lambda: site.submit(task, wire.encode_tensors(WEIGHTS), round_number=7))
+    expect_status(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda: site.submit(task, wire.encode_tensors(WEIGHTS), round_number=7),
+    )
 
     assert stored_updates(coordinator) == 0
     assert blob_count(coordinator) == blobs
@@ -140,23 +166,29 @@ def test_update_for_closed_round_is_failed_precondition(training_round):
     coordinator, site, run, task = training_round
     coordinator.admin().StopRun(admin_pb2.StopRunRequest(run_id=run.run_id))
 
-    detail = expect_status(grpc.StatusCode.FAILED_PRECONDITION,
-                           lambda: site.submit(task, wire.encode_tensors(WEIGHTS)))
+    detail = expect_status(
+        grpc.StatusCode.FAILED_PRECONDITION, lambda: site.submit(task, wire.encode_tensors(WEIGHTS))
+    )
 
     assert "stopped" in detail
     assert stored_updates(coordinator) == 0
 
 
-@pytest.mark.parametrize("weights, why", [
-    ([np.zeros((3, 2), np.float32)], "tensors"),
-    ([np.zeros((2, 3), np.float32), np.zeros(2, np.float32)], "shape"),
-], ids=["wrong-count", "wrong-shape"])
+@pytest.mark.parametrize(
+    "weights, why",
+    [
+        ([np.zeros((3, 2), np.float32)], "tensors"),
+        ([np.zeros((2, 3), np.float32), np.zeros(2, np.float32)], "shape"),
+    ],
+    ids=["wrong-count", "wrong-shape"],
+)
 def test_wrong_tensors_are_invalid_argument(training_round, weights, why):
     coordinator, site, _, task = training_round
     blobs = blob_count(coordinator)
 
-    detail = expect_status(grpc.StatusCode.INVALID_ARGUMENT,
-                           lambda: site.submit(task, wire.encode_tensors(weights)))
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.submit(task, wire.encode_tensors(weights))
+    )
 
     assert why in detail
     assert stored_updates(coordinator) == 0
@@ -167,8 +199,9 @@ def test_chunk_hash_mismatch_is_invalid_argument(training_round):
     coordinator, site, _, task = training_round
     payload = wire.encode_tensors(WEIGHTS)
 
-    detail = expect_status(grpc.StatusCode.INVALID_ARGUMENT,
-                           lambda: site.submit(task, payload, sha="0" * 64))
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.submit(task, payload, sha="0" * 64)
+    )
 
     assert "sha256" in detail
     assert stored_updates(coordinator) == 0
@@ -178,8 +211,9 @@ def test_truncated_stream_is_invalid_argument(training_round):
     coordinator, site, _, task = training_round
     payload = wire.encode_tensors(WEIGHTS)
 
-    expect_status(grpc.StatusCode.INVALID_ARGUMENT,
-                  lambda: site.submit(task, payload, chunks=[payload[:10]]))
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.submit(task, payload, chunks=[payload[:10]])
+    )
 
     assert stored_updates(coordinator) == 0
 
@@ -188,8 +222,9 @@ def test_nan_update_is_invalid_argument(training_round):
     coordinator, site, _, task = training_round
     bad = [np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)]
 
-    expect_status(grpc.StatusCode.INVALID_ARGUMENT,
-                  lambda: site.submit(task, wire.encode_tensors(bad)))
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.submit(task, wire.encode_tensors(bad))
+    )
 
     assert stored_updates(coordinator) == 0
 
@@ -197,22 +232,26 @@ def test_nan_update_is_invalid_argument(training_round):
 def test_plaintext_run_refuses_ciphertexts(training_round):
     _, site, _, task = training_round
 
-    expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: site.submit(
-        task, b"\x01" * 256, encoding=wire.PAILLIER_PACKED))
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: site.submit(task, b"\x01" * 256, encoding=wire.PAILLIER_PACKED),
+    )
 
 
 def test_oversized_update_is_resource_exhausted(tmp_path):
     from conftest import start_coordinator
 
-    running = start_coordinator(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d",
-                                max_update_bytes=1000)
+    running = start_coordinator(
+        f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d", max_update_bytes=1000
+    )
     try:
         site = FakeSite(running.federation())
         running.admin().CreateRun(admin_pb2.CreateRunRequest(model="m", rounds=1, min_clients=1))
         init = site.pull(federation_pb2.TASK_KIND_INIT)
 
-        expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      lambda: site.submit(init, b"x" * 10, size=10_000))
+        expect_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: site.submit(init, b"x" * 10, size=10_000)
+        )
     finally:
         running.server.stop(grace=0.2)
 
@@ -229,16 +268,27 @@ def test_rejections_are_written_to_the_audit_log(training_round):
     assert json.loads(row.details)["status"] == "INVALID_ARGUMENT"
 
 
-@pytest.mark.parametrize("request_, code", [
-    (admin_pb2.CreateRunRequest(model="", rounds=1), grpc.StatusCode.INVALID_ARGUMENT),
-    (admin_pb2.CreateRunRequest(model="m", rounds=1, fraction=2.0),
-     grpc.StatusCode.INVALID_ARGUMENT),
-    (admin_pb2.CreateRunRequest(model="m", rounds=1, strategy="median",
-                                secure=common_pb2.SECURE_SCHEME_PAILLIER),
-     grpc.StatusCode.INVALID_ARGUMENT),
-    (admin_pb2.CreateRunRequest(model="m", rounds=1, config_json="{nope"),
-     grpc.StatusCode.INVALID_ARGUMENT),
-], ids=["no-model", "bad-fraction", "robust-strategy-in-secure-mode", "bad-json"])
+@pytest.mark.parametrize(
+    "request_, code",
+    [
+        (admin_pb2.CreateRunRequest(model="", rounds=1), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            admin_pb2.CreateRunRequest(model="m", rounds=1, fraction=2.0),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            admin_pb2.CreateRunRequest(
+                model="m", rounds=1, strategy="median", secure=common_pb2.SECURE_SCHEME_PAILLIER
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            admin_pb2.CreateRunRequest(model="m", rounds=1, config_json="{nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ],
+    ids=["no-model", "bad-fraction", "robust-strategy-in-secure-mode", "bad-json"],
+)
 def test_bad_run_requests_are_refused_and_nothing_stored(coordinator, request_, code):
     admin = coordinator.admin()
 
@@ -250,14 +300,21 @@ def test_bad_run_requests_are_refused_and_nothing_stored(coordinator, request_, 
 def test_unknown_run_is_not_found(coordinator):
     admin = coordinator.admin()
 
-    expect_status(grpc.StatusCode.NOT_FOUND,
-                  lambda: admin.GetRun(admin_pb2.GetRunRequest(run_id="nope")))
+    expect_status(
+        grpc.StatusCode.NOT_FOUND, lambda: admin.GetRun(admin_pb2.GetRunRequest(run_id="nope"))
+    )
 
 
 def test_fetching_another_runs_model_is_refused(training_round):
     coordinator, site, _, task = training_round
     other = FakeSite(coordinator.federation(), "site-b")
 
-    expect_status(grpc.StatusCode.PERMISSION_DENIED, lambda: list(other.stub.FetchModel(
-        federation_pb2.FetchModelRequest(run_id=task.run_id, sha256=task.model_sha256),
-        metadata=other.metadata)))
+    expect_status(
+        grpc.StatusCode.PERMISSION_DENIED,
+        lambda: list(
+            other.stub.FetchModel(
+                federation_pb2.FetchModelRequest(run_id=task.run_id, sha256=task.model_sha256),
+                metadata=other.metadata,
+            )
+        ),
+    )

@@ -26,7 +26,8 @@ def test_generated_code_is_fresh(tmp_path):
         checked_in = ROOT / "protos" / path.name
         assert checked_in.exists(), f"{path.name} is generated but not checked in"
         assert checked_in.read_text() == path.read_text(), (
-            f"protos/{path.name} is stale: run `make protos` and commit the result")
+            f"protos/{path.name} is stale: run `make protos` and commit the result"
+        )
     generated = {p.name for p in written}
     stale = {p.name for p in (ROOT / "protos").glob("*_pb2*.py*")} - generated
     assert not stale, f"generated files with no .proto source: {stale}"

@@ -31,8 +31,12 @@ class RecordingClient(NumPyClient):
 
     def fit(self, parameters, config):  # type: ignore[no-untyped-def]
         new, n, metrics = self.inner.fit(parameters, config)
-        self.deltas.append([np.asarray(a, np.float64) - np.asarray(b, np.float64)
-                            for a, b in zip(new, parameters, strict=True)])
+        self.deltas.append(
+            [
+                np.asarray(a, np.float64) - np.asarray(b, np.float64)
+                for a, b in zip(new, parameters, strict=True)
+            ]
+        )
         return new, n, metrics
 
     def evaluate(self, parameters, config):  # type: ignore[no-untyped-def]
@@ -50,8 +54,9 @@ def test_plaintext_run_completes_and_learns(coordinator, agents, tmp_path):
     assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
     assert [r.submitted for r in info.round_infos] == [3, 3, 3]
     assert info.round_infos[-1].metrics["eval_accuracy"] > 0.9
-    weights = wire.decode_tensors(wire.join_chunks(admin.DownloadModel(
-        admin_pb2.DownloadModelRequest(run_id=run.run_id))))
+    weights = wire.decode_tensors(
+        wire.join_chunks(admin.DownloadModel(admin_pb2.DownloadModelRequest(run_id=run.run_id)))
+    )
     scores = trainers[0].evaluate(weights, {})
     assert scores[2]["accuracy"] > 0.9
     with coordinator.hub.db.transaction() as session:
@@ -74,8 +79,9 @@ def test_robust_strategy_runs_in_plaintext(coordinator, agents, tmp_path):
     agents.start(coordinator.address, breast_cancer_sites(3), tmp_path)
     admin = coordinator.admin()
 
-    run = admin.CreateRun(admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=2,
-                                                     min_clients=3, strategy="median"))
+    run = admin.CreateRun(
+        admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=2, min_clients=3, strategy="median")
+    )
     info = wait_for_state(admin, run.run_id, DONE)
 
     assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
@@ -89,10 +95,17 @@ def test_site_that_misses_the_deadline_is_left_out(coordinator, agents, tmp_path
     admin = coordinator.admin()
 
     run = create_run(admin, rounds=1, min_clients=3, deadline=3.0, quorum=2)
-    wait_for(lambda: silent.PullTask(
-        federation_pb2.PullTaskRequest(wait_seconds=0.5),
-        metadata=((wire.NODE_TOKEN_HEADER, f"Bearer {token}"),)).kind
-        == federation_pb2.TASK_KIND_TRAIN, 30, "the silent site's task")
+    wait_for(
+        lambda: (
+            silent.PullTask(
+                federation_pb2.PullTaskRequest(wait_seconds=0.5),
+                metadata=((wire.NODE_TOKEN_HEADER, f"Bearer {token}"),),
+            ).kind
+            == federation_pb2.TASK_KIND_TRAIN
+        ),
+        30,
+        "the silent site's task",
+    )
     info = wait_for_state(admin, run.run_id, DONE, timeout=60)
 
     assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
@@ -102,8 +115,9 @@ def test_site_that_misses_the_deadline_is_left_out(coordinator, agents, tmp_path
     assert "task.missed" in kinds
 
 
-def test_run_that_cannot_reach_its_minimum_fails_with_a_reason(coordinator, agents, tmp_path,
-                                                               background):
+def test_run_that_cannot_reach_its_minimum_fails_with_a_reason(
+    coordinator, agents, tmp_path, background
+):
     agents.start(coordinator.address, breast_cancer_sites(1), tmp_path)
     silent = coordinator.federation()
     token = silent.Join(federation_pb2.JoinRequest(site_name="silent")).node_token
@@ -177,8 +191,11 @@ def test_secure_run_learns_and_the_coordinator_sees_nothing(coordinator, agents,
     assert recorders[1].inner.evaluate(weights, {})[2]["accuracy"] > 0.85
 
     # Everything the coordinator stored: database file (and its WAL) and every blob.
-    stored = b"".join(p.read_bytes() for p in coordinator.data_dir.parent.rglob("*")
-                      if p.is_file() and "site-" not in str(p))
+    stored = b"".join(
+        p.read_bytes()
+        for p in coordinator.data_dir.parent.rglob("*")
+        if p.is_file() and "site-" not in str(p)
+    )
     _, private_key = sites[0]._run_keys[run.run_id]
     for secret in (private_key.p, private_key.q):
         raw = secret.to_bytes((secret.bit_length() + 7) // 8, "big")
@@ -193,8 +210,9 @@ def test_secure_run_learns_and_the_coordinator_sees_nothing(coordinator, agents,
         update = session.scalars(select(Update)).first()
         assert update is not None and update.encoding == wire.PAILLIER_PACKED
     # The same quantised integers the first site packed, as the coordinator could see them.
-    codec = crypto.SlotCodec(clip=16.0, bits=20, max_weight=4096,
-                             key_bits=private_key.public_key.n.bit_length())
+    codec = crypto.SlotCodec(
+        clip=16.0, bits=20, max_weight=4096, key_bits=private_key.public_key.n.bit_length()
+    )
     flat = np.concatenate([d.ravel() for d in recorders[0].deltas[0]])
     quantised = crypto.quantise(flat, codec.clip, codec.bits, np.random.default_rng(100))
     assert quantised.astype(np.int64).tobytes()[:64] not in stored

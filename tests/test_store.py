@@ -40,8 +40,16 @@ def test_migrating_twice_is_a_no_op(database):
 
 def test_run_round_trips(database):
     with database.transaction() as session:
-        session.add(Run(id="r1", model="tabular_mlp", rounds=3, min_clients=2,
-                        round_deadline=60.0, config={"encoding": {"bits": 8}}))
+        session.add(
+            Run(
+                id="r1",
+                model="tabular_mlp",
+                rounds=3,
+                min_clients=2,
+                round_deadline=60.0,
+                config={"encoding": {"bits": 8}},
+            )
+        )
 
     with database.transaction() as session:
         run = session.get(Run, "r1")
@@ -73,8 +81,9 @@ def test_untouched_chain_verifies(database):
 def test_edited_row_is_named(database):
     append_rows(database)
     with database.transaction() as session:
-        session.execute(text("UPDATE audit_events SET details = :d WHERE seq = 3"),
-                        {"d": json.dumps({"i": 99})})
+        session.execute(
+            text("UPDATE audit_events SET details = :d WHERE seq = 3"), {"d": json.dumps({"i": 99})}
+        )
 
     result = verdict(database)
 

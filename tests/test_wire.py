@@ -49,8 +49,11 @@ def test_stream_over_limit_is_refused_before_reading_it():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int8", "int64"])
 def test_tensors_round_trip(dtype):
-    arrays = [np.arange(12, dtype=dtype).reshape(3, 4), np.array(5, dtype=dtype),
-              np.zeros((0, 2), dtype=dtype)]
+    arrays = [
+        np.arange(12, dtype=dtype).reshape(3, 4),
+        np.array(5, dtype=dtype),
+        np.zeros((0, 2), dtype=dtype),
+    ]
 
     back = wire.decode_tensors(wire.encode_tensors(arrays))
 
@@ -65,11 +68,17 @@ def test_tensor_specs_read_from_header_only():
     assert wire.tensor_specs(payload) == [wire.TensorSpec("float32", (2, 3))]
 
 
-@pytest.mark.parametrize("payload", [
-    b"", b"nope", wire.encode_tensors([np.zeros(3, np.float32)])[:-1],
-    wire.encode_tensors([np.zeros(3, np.float32)]) + b"x",
-    b"CHT1" + (10).to_bytes(4, "little") + b"[{\"dtype\":",
-], ids=["empty", "magic", "short-body", "long-body", "bad-header"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"nope",
+        wire.encode_tensors([np.zeros(3, np.float32)])[:-1],
+        wire.encode_tensors([np.zeros(3, np.float32)]) + b"x",
+        b"CHT1" + (10).to_bytes(4, "little") + b'[{"dtype":',
+    ],
+    ids=["empty", "magic", "short-body", "long-body", "bad-header"],
+)
 def test_malformed_tensor_payloads_are_refused(payload):
     with pytest.raises(wire.PayloadError):
         wire.tensor_specs(payload)

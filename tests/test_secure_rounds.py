@@ -1,0 +1,286 @@
+"""Secure (Paillier) runs: key custody, bad ciphertext input, server optimisers at the sites."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+from helpers import TEST_ENCODING, breast_cancer_sites, wait_for_state
+from sqlalchemy import func, select
+from test_federation_errors import FakeSite, expect_status
+
+import crypto
+from client.secure import ServerOptimiser
+from coordinator.schema import Run, SealedKey, Update
+from protos import admin_pb2, common_pb2, federation_pb2, wire
+
+WEIGHTS = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
+COUNT = 8
+DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED)
+
+
+class SecureFakeSite(FakeSite):
+    """Custodian of a one-site secure run, driven by hand so each message can be broken."""
+
+    def __init__(self, stub) -> None:
+        private, public = crypto.generate_x25519()
+        reply = stub.Join(
+            federation_pb2.JoinRequest(site_name="custodian", x25519_public_key=public)
+        )
+        self.stub, self.token, self.node_id = stub, reply.node_token, reply.node_id
+        self.x25519_private = private
+
+    def make_keys(self) -> None:
+        task = self.pull(federation_pb2.TASK_KIND_KEYGEN)
+        self.public_key, self.private_key = crypto.generate_keypair(1024, insecure_test_size=True)
+        fingerprint = crypto.key_fingerprint(self.public_key)
+        bundle = federation_pb2.KeyBundle(
+            task_id=task.task_id,
+            run_id=task.run_id,
+            key_bits=1024,
+            public_key=crypto.public_key_to_bytes(self.public_key),
+            key_fingerprint=fingerprint,
+        )
+        for participant in task.participants:
+            bundle.sealed.add(
+                node_id=participant.node_id,
+                sealed_private_key=crypto.seal(
+                    bytes(participant.x25519_public_key),
+                    crypto.private_key_to_bytes(self.private_key),
+                    b"test",
+                ),
+            )
+        self.stub.SubmitKeys(bundle, metadata=self.metadata)
+
+    def ciphertexts(self, weight: int = 10, values: np.ndarray | None = None) -> list[int]:
+        codec = crypto.SlotCodec(
+            clip=TEST_ENCODING["clip"],
+            bits=TEST_ENCODING["bits"],
+            max_weight=TEST_ENCODING["max_weight"],
+            key_bits=self.public_key.n.bit_length(),
+        )
+        values = np.zeros(COUNT) if values is None else values
+        plaintexts = codec.encode(values, weight, np.random.default_rng(0))
+        return crypto.encrypt_packed(self.public_key, plaintexts, workers=1)
+
+    def send(self, task, cts: list[int], *, weight: int = 10, key_id: str | None = None):
+        payload = crypto.ciphertexts_to_bytes(cts, crypto.ciphertext_width(self.public_key))
+        header = federation_pb2.UpdateHeader(
+            task_id=task.task_id,
+            run_id=task.run_id,
+            round=task.round,
+            num_examples=10,
+            weight=weight,
+            payload_size=len(payload),
+            payload_sha256=wire.sha256_hex(payload),
+            encoding=wire.PAILLIER_PACKED,
+            key_id=task.encoding.key_id if key_id is None else key_id,
+        )
+        messages = [
+            federation_pb2.UpdateMessage(header=header),
+            federation_pb2.UpdateMessage(data=payload),
+        ]
+        return self.stub.SubmitUpdate(iter(messages), metadata=self.metadata)
+
+
+@pytest.fixture
+def secure_round(coordinator):
+    site = SecureFakeSite(coordinator.federation())
+    admin = coordinator.admin()
+    run = admin.CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=2,
+            min_clients=1,
+            round_deadline_seconds=60,
+            secure=common_pb2.SECURE_SCHEME_PAILLIER,
+            config_json=json.dumps({"encoding": TEST_ENCODING}),
+        )
+    )
+    site.make_keys()
+    init = site.pull(federation_pb2.TASK_KIND_INIT)
+    site.submit(init, wire.encode_tensors(WEIGHTS))
+    task = site.pull(federation_pb2.TASK_KIND_TRAIN)
+    return coordinator, site, run, task
+
+
+def updates(coordinator) -> int:
+    with coordinator.hub.db.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(Update)))
+
+
+def test_coordinator_stores_the_public_key_and_sealed_blobs_only(secure_round):
+    coordinator, site, run, task = secure_round
+
+    with coordinator.hub.db.transaction() as session:
+        stored = session.get(Run, run.run_id)
+        sealed = session.scalars(select(SealedKey)).all()
+    assert stored is not None
+    assert stored.public_key == crypto.public_key_to_bytes(site.public_key)
+    assert stored.key_fingerprint == crypto.key_fingerprint(site.public_key)
+    assert len(sealed) == 1
+    assert crypto.private_key_to_bytes(site.private_key) not in sealed[0].sealed
+    assert task.encoding.key_fingerprint == stored.key_fingerprint
+    shown = coordinator.admin().GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert shown.key_fingerprint == stored.key_fingerprint
+
+
+def test_valid_ciphertexts_are_accepted(secure_round):
+    coordinator, site, _, task = secure_round
+
+    site.send(task, site.ciphertexts())
+
+    assert updates(coordinator) == 1
+
+
+def test_ciphertext_at_or_above_n_squared_is_refused(secure_round):
+    coordinator, site, _, task = secure_round
+    cts = site.ciphertexts()
+    cts[0] = site.public_key.nsquare + 5
+
+    detail = expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, cts))
+
+    assert "ciphertext" in detail
+    assert updates(coordinator) == 0
+
+
+def test_ciphertext_sharing_a_factor_with_n_is_refused(secure_round):
+    coordinator, site, _, task = secure_round
+    cts = site.ciphertexts()
+    cts[0] = site.private_key.p * 7
+
+    expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, cts))
+
+    assert updates(coordinator) == 0
+
+
+def test_wrong_ciphertext_count_is_refused(secure_round):
+    coordinator, site, _, task = secure_round
+
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, site.ciphertexts() * 2)
+    )
+
+    assert "needs" in detail
+    assert updates(coordinator) == 0
+
+
+def test_weight_over_the_bound_is_refused(secure_round):
+    coordinator, site, _, task = secure_round
+
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, site.ciphertexts(), weight=10**6)
+    )
+
+    assert "weight" in detail
+    assert updates(coordinator) == 0
+
+
+def test_update_under_another_runs_key_is_refused(secure_round):
+    coordinator, site, _, task = secure_round
+
+    detail = expect_status(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda: site.send(task, site.ciphertexts(), key_id="0123456789abcdef"),
+    )
+
+    assert "key" in detail
+    assert updates(coordinator) == 0
+
+
+def test_round_is_unharmed_by_rejected_updates(secure_round):
+    coordinator, site, run, task = secure_round
+    with pytest.raises(grpc.RpcError):
+        site.send(task, site.ciphertexts(), key_id="0123456789abcdef")
+
+    site.send(task, site.ciphertexts(values=np.full(COUNT, 0.5)))
+    task2 = site.pull(federation_pb2.TASK_KIND_TRAIN)
+
+    assert task2.round == 2 and len(task2.aggregates) == 1
+    aggregate = wire.join_chunks(
+        site.stub.FetchModel(
+            federation_pb2.FetchModelRequest(run_id=run.run_id, sha256=task2.aggregates[0].sha256),
+            metadata=site.metadata,
+        )
+    )
+    width = crypto.ciphertext_width(site.public_key)
+    sums = crypto.decrypt_packed(
+        site.private_key, crypto.ciphertexts_from_bytes(aggregate, width), workers=1
+    )
+    codec = crypto.SlotCodec(
+        clip=16.0, bits=20, max_weight=4096, key_bits=site.public_key.n.bit_length()
+    )
+    np.testing.assert_allclose(codec.decode(sums, 10, COUNT), 0.5, atol=codec.step)
+
+
+def test_plaintext_update_in_a_secure_run_is_refused(secure_round):
+    _, site, _, task = secure_round
+
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.submit(task, wire.encode_tensors(WEIGHTS))
+    )
+
+
+def test_robust_strategy_is_refused_for_secure_runs(coordinator):
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: coordinator.admin().CreateRun(
+            admin_pb2.CreateRunRequest(
+                model="m", rounds=1, strategy="krum", secure=common_pb2.SECURE_SCHEME_PAILLIER
+            )
+        ),
+    )
+
+    assert "plaintext" in detail
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedavgm", "fedadam"])
+def test_server_optimiser_is_deterministic(strategy):
+    rng = np.random.default_rng(0)
+    deltas = [rng.normal(size=10) for _ in range(4)]
+    a, b = ServerOptimiser(strategy), ServerOptimiser(strategy)
+    wa = wb = np.zeros(10)
+
+    for delta in deltas:
+        wa, wb = a.step(wa, delta), b.step(wb, delta.copy())
+
+    np.testing.assert_array_equal(wa, wb)
+    assert not np.allclose(wa, 0)
+
+
+def test_fedavgm_accumulates_momentum():
+    optimiser = ServerOptimiser("fedavgm", momentum=0.5)
+    delta = np.ones(3)
+
+    w1 = optimiser.step(np.zeros(3), delta)
+    w2 = optimiser.step(w1, delta)
+
+    np.testing.assert_allclose(w2, 1.0 + 1.5)
+
+
+@pytest.mark.slow
+def test_secure_run_with_fedadam_keeps_every_site_identical(coordinator, agents, tmp_path):
+    sites = agents.start(coordinator.address, breast_cancer_sites(3), tmp_path)
+    admin = coordinator.admin()
+    run = admin.CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=3,
+            min_clients=3,
+            local_epochs=2,
+            lr=0.005,
+            strategy="fedadam",
+            secure=common_pb2.SECURE_SCHEME_PAILLIER,
+            config_json=json.dumps({"encoding": TEST_ENCODING, "server_lr": 0.01}),
+        )
+    )
+
+    info = wait_for_state(admin, run.run_id, DONE, timeout=180)
+
+    assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
+    finals = [site.export_model(run.run_id) for site in sites]
+    for other in finals[1:]:
+        for a, b in zip(finals[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
