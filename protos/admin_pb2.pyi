@@ -7,6 +7,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EnrolSiteRequest(_message.Message):
+    __slots__ = ("site_name", "ttl_seconds")
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    site_name: str
+    ttl_seconds: float
+    def __init__(self, site_name: _Optional[str] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class EnrolSiteReply(_message.Message):
+    __slots__ = ("token", "expires_unix")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_unix: float
+    def __init__(self, token: _Optional[str] = ..., expires_unix: _Optional[float] = ...) -> None: ...
+
+class AddOperatorRequest(_message.Message):
+    __slots__ = ("name", "role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class AddOperatorReply(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
 class ExportReportRequest(_message.Message):
     __slots__ = ("run_id", "format")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -80,6 +80,16 @@ class AdminStub:
                 request_serializer=protos_dot_admin__pb2.ExportReportRequest.SerializeToString,
                 response_deserializer=protos_dot_common__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.EnrolSite = channel.unary_unary(
+                '/cohort.v1.Admin/EnrolSite',
+                request_serializer=protos_dot_admin__pb2.EnrolSiteRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.EnrolSiteReply.FromString,
+                _registered_method=True)
+        self.AddOperator = channel.unary_unary(
+                '/cohort.v1.Admin/AddOperator',
+                request_serializer=protos_dot_admin__pb2.AddOperatorRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AddOperatorReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -142,6 +152,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrolSite(self, request, context):
+        """A one-time enrolment token for a site (stored hashed, expiring).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddOperator(self, request, context):
+        """A bearer token for an operator with a role ("admin" or "auditor").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +213,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ExportReport,
                     request_deserializer=protos_dot_admin__pb2.ExportReportRequest.FromString,
                     response_serializer=protos_dot_common__pb2.Chunk.SerializeToString,
+            ),
+            'EnrolSite': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrolSite,
+                    request_deserializer=protos_dot_admin__pb2.EnrolSiteRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.EnrolSiteReply.SerializeToString,
+            ),
+            'AddOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddOperator,
+                    request_deserializer=protos_dot_admin__pb2.AddOperatorRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AddOperatorReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -434,6 +468,60 @@ class Admin:
             '/cohort.v1.Admin/ExportReport',
             protos_dot_admin__pb2.ExportReportRequest.SerializeToString,
             protos_dot_common__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrolSite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Admin/EnrolSite',
+            protos_dot_admin__pb2.EnrolSiteRequest.SerializeToString,
+            protos_dot_admin__pb2.EnrolSiteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Admin/AddOperator',
+            protos_dot_admin__pb2.AddOperatorRequest.SerializeToString,
+            protos_dot_admin__pb2.AddOperatorReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -139,7 +139,7 @@ class FetchModelRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("task_id", "run_id", "round", "num_examples", "weight", "metrics", "payload_size", "payload_sha256", "encoding", "key_id")
+    __slots__ = ("task_id", "run_id", "round", "num_examples", "weight", "metrics", "payload_size", "payload_sha256", "encoding", "key_id", "base_model_sha256")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class UpdateHeader(_message.Message):
     PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     round: int
@@ -167,7 +168,8 @@ class UpdateHeader(_message.Message):
     payload_sha256: str
     encoding: str
     key_id: str
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _common_pb2.Scalar]] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., encoding: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+    base_model_sha256: str
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _common_pb2.Scalar]] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., encoding: _Optional[str] = ..., key_id: _Optional[str] = ..., base_model_sha256: _Optional[str] = ...) -> None: ...
 
 class UpdateMessage(_message.Message):
     __slots__ = ("header", "data")
