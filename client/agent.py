@@ -110,10 +110,17 @@ class SiteAgent:
         return caps
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Poll and work until ``stop`` is set; reconnect with backoff when the link drops."""
+        """Poll and work until ``stop`` is set; reconnect with backoff when the link drops.
+
+        A task this site cannot do (it failed here, or the coordinator refused its result)
+        is given up: the agent does not retry it, and the coordinator's deadline leaves the
+        site out of that round; the next task is taken as usual.
+        """
         stop = stop or threading.Event()
         backoff = 0.5
         joined = False
+        given_up: set[str] = set()
+        current = ""
         while not stop.is_set():
             try:
                 if not joined:
@@ -125,15 +132,20 @@ class SiteAgent:
                     timeout=self.config.poll_seconds + 30,
                 )
                 backoff = 0.5
-                if task.kind != federation_pb2.TASK_KIND_NONE:
-                    self.handle(task)
+                if task.kind == federation_pb2.TASK_KIND_NONE:
+                    continue
+                if task.task_id in given_up:
+                    stop.wait(min(self.config.poll_seconds, 5.0))
+                    continue
+                current = task.task_id
+                self.handle(task)
             except (AgentError, ValueError, RuntimeError) as exc:
                 if stop.is_set():
                     break
                 # One task that cannot be done must not take the site off the federation.
                 log.exception("task failed")
+                given_up.add(current)
                 self.listener("task_failed", {"error": str(exc)})
-                stop.wait(backoff)
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 if code == grpc.StatusCode.UNAUTHENTICATED and joined:
@@ -153,8 +165,9 @@ class SiteAgent:
                     stop.wait(backoff)
                     backoff = min(backoff * 2, self.config.max_backoff_seconds)
                     continue
-                # The coordinator refused a task's result: report it, drop it, go on.
+                # The coordinator refused this task's result: give the task up, go on.
                 detail = exc.details() if hasattr(exc, "details") else str(exc)
+                given_up.add(current)
                 self.listener("rejected", {"code": str(code), "detail": detail})
                 log.warning("coordinator refused: %s %s", code, detail)
 
@@ -182,6 +195,9 @@ class SiteAgent:
         config: dict[str, Any] = json.loads(task.config_json or "{}")
         config["round"] = task.round
         config["run_id"] = task.run_id
+        # Flower configs hold scalars: nested model settings travel as JSON text.
+        config["model_config_json"] = json.dumps(config.get("model_config", {}))
+        config.setdefault("lora", "")
         return config
 
     def _init(self, task: federation_pb2.Task) -> None:
@@ -343,6 +359,10 @@ class SiteAgent:
                 pool.start(needed)  # next round's obfuscators, made while others train
             else:
                 self._close_randomness(task.run_id)
+        elif (bits := wire.update_quantisation(config)) is not None:
+            weight = int(num_examples)
+            payload = wire.encode_tensors(crypto.compress_update(deltas, bits, self.rng))
+            encoding = wire.TENSORS_Q8
         else:
             weight = int(num_examples)
             payload = wire.encode_tensors([d.astype(np.float32) for d in deltas])
@@ -400,6 +420,7 @@ class SiteAgent:
             payload_sha256=wire.sha256_hex(payload),
             encoding=encoding,
             key_id=task.encoding.key_id,
+            base_model_sha256=str(getattr(self.client, "base_model_hash", "") or ""),
         )
 
         def messages() -> Iterator[federation_pb2.UpdateMessage]:

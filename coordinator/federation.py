@@ -443,13 +443,23 @@ class FederationService:
             )
         if header.num_examples < 1:
             raise InvalidArgument("num_examples must be at least 1")
-        expected = (
-            wire.PAILLIER_PACKED
-            if run.secure == "paillier" and task.kind == TaskKind.TRAIN
-            else wire.TENSORS_FLOAT32
-        )
+        expected = wire.TENSORS_FLOAT32
+        if task.kind == TaskKind.TRAIN and run.secure == "paillier":
+            expected = wire.PAILLIER_PACKED
+        elif task.kind == TaskKind.TRAIN and wire.update_quantisation(run.config):
+            expected = wire.TENSORS_Q8
         if header.encoding != expected:
             raise InvalidArgument(f"this run takes {expected!r} updates, not {header.encoding!r}")
+        if (
+            task.kind == TaskKind.TRAIN
+            and run.base_model_sha256
+            and header.base_model_sha256 != run.base_model_sha256
+        ):
+            raise FailedPrecondition(
+                f"this site's frozen base model ({header.base_model_sha256[:12] or 'none'}) "
+                f"differs from the run's ({run.base_model_sha256[:12]}): every site must "
+                "build the same base model (same model, config, seed and LoRA settings)"
+            )
         return task, run
 
     def _receive(
@@ -490,6 +500,7 @@ class FederationService:
             specs = self._check_tensors(payload, None)
             sha = self.hub.blobs.put(payload)
             run.initial_model_sha256 = sha
+            run.base_model_sha256 = header.base_model_sha256
             run.tensor_specs = [{"dtype": s.dtype, "shape": list(s.shape)} for s in specs]
             session.add(
                 ModelVersion(
@@ -513,7 +524,7 @@ class FederationService:
         if run.secure == "paillier":
             weight = self._check_ciphertexts(session, run, task, header, payload)
         else:
-            self._check_tensors(payload, run)
+            self._check_tensors(payload, run, quantised=header.encoding == wire.TENSORS_Q8)
             weight = int(header.num_examples)
         sha = self.hub.blobs.put(payload)
         metrics = {k: wire.scalar_from_proto(v) for k, v in header.metrics.items()}
@@ -554,13 +565,22 @@ class FederationService:
         return str(update.id)
 
     @staticmethod
-    def _check_tensors(payload: bytes, run: Run | None) -> list[wire.TensorSpec]:
+    def _check_tensors(
+        payload: bytes, run: Run | None, quantised: bool = False
+    ) -> list[wire.TensorSpec]:
         try:
             specs = wire.tensor_specs(payload)
         except wire.PayloadError as exc:
             raise InvalidArgument(f"update is not a tensor payload: {exc}") from exc
-        if any(s.dtype not in ("float32", "float64", "float16") for s in specs):
-            raise InvalidArgument("update tensors must be floating point")
+        allowed = ("int8", "float32") if quantised else ("float32", "float64", "float16")
+        if any(s.dtype not in allowed for s in specs):
+            raise InvalidArgument(f"update tensors must be {' or '.join(allowed)}")
+        if quantised:
+            try:
+                crypto.decompress_update(wire.decode_tensors(payload), 8)
+            except ValueError as exc:
+                raise InvalidArgument(f"bad quantised update: {exc}") from exc
+            specs = specs[:-1]  # the last tensor is the per-tensor scales
         if run is not None:
             expected = [(str(s["dtype"]), tuple(s["shape"])) for s in run.tensor_specs]  # type: ignore[call-overload]
             got = [(s.dtype, s.shape) for s in specs]
@@ -574,7 +594,7 @@ class FederationService:
                         f"tensor {index} has shape {list(have[1])}, the model's is {list(want[1])}"
                     )
             arrays = wire.decode_tensors(payload)
-            if not all(np.isfinite(a).all() for a in arrays):
+            if not all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
                 raise InvalidArgument("update holds NaN or infinite values")
         return specs
 

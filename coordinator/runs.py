@@ -67,6 +67,13 @@ class RunSpec:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         check_strategy(self.strategy, self.secure != "none")
+        from protos.wire import update_quantisation
+
+        if update_quantisation(self.config) and self.secure != "none":
+            raise ValueError(
+                "update_quantisation is for plaintext runs; secure runs quantise "
+                "inside the Paillier codec"
+            )
         quorum = self.quorum
         if not 1 <= quorum <= max(self.min_clients, 1):
             raise ValueError(f"quorum must be between 1 and min_clients, not {quorum}")

@@ -393,14 +393,22 @@ class RoundScheduler:
         )
         base_sha = previous.blob_sha256 if previous else run.initial_model_sha256
         weights = wire.decode_tensors(self.hub.blobs.get(base_sha))
-        results = [
-            (wire.decode_tensors(self.hub.blobs.get(u.blob_sha256)), int(u.num_examples))
-            for u in updates
-        ]
+        results = [(self._deltas(u), int(u.num_examples)) for u in updates]
         deltas = aggregate_deltas(run.strategy, results)
         server_lr = float(run.config.get("server_lr", 1.0))  # type: ignore[arg-type]
         payload = wire.encode_tensors(apply_deltas(weights, deltas, server_lr))
         return self.hub.blobs.put(payload), len(payload), sum(int(w.size) for w in weights)
+
+    def _deltas(self, update: Update) -> list[np.ndarray]:
+        arrays = wire.decode_tensors(self.hub.blobs.get(update.blob_sha256))
+        if update.encoding != wire.TENSORS_Q8:
+            return arrays
+        with self.hub.db.transaction() as session:
+            run = session.get(Run, update.run_id)
+            bits = wire.update_quantisation(run.config if run else {})
+        if bits is None:
+            raise ValueError(f"run {update.run_id} has quantised updates but no quantisation")
+        return crypto.decompress_update(arrays, bits)
 
     def _aggregate_encrypted(self, run: Run, updates: list[Update]) -> tuple[str, int, int]:
         """Multiply the sites' ciphertexts slot-wise: the coordinator never decrypts."""

@@ -8,6 +8,7 @@ import time
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Enum,
     Float,
     ForeignKey,
@@ -90,6 +91,8 @@ class Node(Base):
     capabilities: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     last_seen: Mapped[float] = mapped_column(Float, default=now)
+    # What the scheduler last recorded, so going offline and coming back are audited once.
+    online: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class Run(Base):
@@ -113,6 +116,7 @@ class Run(Base):
     key_id: Mapped[str] = mapped_column(String(32), default="")
     key_fingerprint: Mapped[str] = mapped_column(String(128), default="")
     initial_model_sha256: Mapped[str] = mapped_column(String(64), default="")
+    base_model_sha256: Mapped[str] = mapped_column(String(64), default="")
     final_model_sha256: Mapped[str] = mapped_column(String(64), default="")
     tensor_specs: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     failure_reason: Mapped[str] = mapped_column(Text, default="")
@@ -222,3 +226,29 @@ class AuditEvent(Base):
     details: Mapped[str] = mapped_column(Text, default="{}")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Enrolment(Base):
+    """A one-time token a site exchanges for its node credential on its first join."""
+
+    __tablename__ = "enrolments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_name: Mapped[str] = mapped_column(String(128), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float] = mapped_column(Float, default=0.0)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Operator(Base):
+    """A person or tool calling the admin service, with a role: admin or auditor."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)

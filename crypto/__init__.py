@@ -8,6 +8,7 @@ range proofs), and robust aggregation (median, Krum) needs plaintext updates.
 
 from crypto.aggregate import add_encrypted, validate_ciphertexts
 from crypto.codec import SlotCodec
+from crypto.compress import compress_update, decompress_update
 from crypto.keys import (
     generate_keypair,
     key_fingerprint,
@@ -30,6 +31,8 @@ __all__ = [
     "ciphertext_width",
     "ciphertexts_from_bytes",
     "ciphertexts_to_bytes",
+    "compress_update",
+    "decompress_update",
     "decrypt_packed",
     "dequantise",
     "encrypt_packed",

@@ -155,6 +155,24 @@ def decode_tensors(payload: bytes) -> NDArrays:
     return arrays
 
 
+def update_quantisation(config: Mapping[str, object]) -> int | None:
+    """Bits per value when a plaintext run sends quantised updates, else None.
+
+    Set by the run's ``update_quantisation: {"bits": 8}`` config; sites compress with
+    crypto.compress_update (the Paillier codec's stochastic quantiser, scaled per tensor)
+    and the coordinator decompresses before aggregating.
+    """
+    spec = config.get("update_quantisation")
+    if not spec:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ValueError('update_quantisation must be an object like {"clip": 0.1, "bits": 8}')
+    bits = int(spec.get("bits", 8))  # type: ignore[call-overload]
+    if not 2 <= bits <= 8:
+        raise ValueError("update_quantisation needs 2 <= bits <= 8")
+    return bits
+
+
 def scalar_to_proto(value: Scalar) -> common_pb2.Scalar:
     if isinstance(value, bool):
         return common_pb2.Scalar(bool_value=value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import grpc
@@ -226,3 +227,64 @@ def test_weights_payload_holds_what_get_weights_returns():
     back = wire.decode_tensors(wire.encode_tensors(weights))
 
     assert len(back) == len(weights)
+
+
+def test_quantised_updates_travel_as_int8_and_still_learn(coordinator, agents, tmp_path):
+    agents.start(coordinator.address, breast_cancer_sites(3), tmp_path)
+    admin = coordinator.admin()
+
+    run = create_run(admin, rounds=3, update_quantisation={"bits": 8})
+    info = wait_for_state(admin, run.run_id, DONE)
+
+    assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
+    assert info.round_infos[-1].metrics["eval_accuracy"] > 0.85
+    with coordinator.hub.db.transaction() as session:
+        encodings = set(session.scalars(select(Update.encoding)))
+    assert encodings == {wire.TENSORS_Q8}
+
+
+def test_site_with_another_frozen_base_is_refused(coordinator, agents, tmp_path):
+    trainers = breast_cancer_sites(2)
+    trainers[0].base_model_hash = "a" * 64
+    trainers[1].base_model_hash = "b" * 64
+    agents.start(coordinator.address, trainers, tmp_path)
+    admin = coordinator.admin()
+
+    run = create_run(admin, rounds=1, min_clients=2, deadline=3.0)
+    wait_for(lambda: _has_audit_row(coordinator, "update.rejected"), 30, "a rejected update")
+
+    with coordinator.hub.db.transaction() as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.kind == "update.rejected")).all()
+    assert any("frozen base" in row.details for row in rows)
+    admin.StopRun(admin_pb2.StopRunRequest(run_id=run.run_id))
+
+
+def _has_audit_row(coordinator, kind: str) -> bool:
+    with coordinator.hub.db.transaction() as session:
+        return session.scalar(select(AuditEvent.seq).where(AuditEvent.kind == kind)) is not None
+
+
+def test_site_audits_reach_the_compliance_report(coordinator, agents, tmp_path):
+    agents.start(coordinator.address, breast_cancer_sites(3), tmp_path)
+    admin = coordinator.admin()
+    run = create_run(admin, rounds=1, audit=True)
+    wait_for_state(admin, run.run_id, DONE)
+    wait_for(
+        lambda: admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).audits_received == 3,
+        120,
+        "three audits",
+    )
+
+    report = json.loads(
+        wire.join_chunks(
+            admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run.run_id, format="json"))
+        )
+    )
+
+    assert {s["site"] for s in report["attribution"]["sites"]} == {"site-0", "site-1", "site-2"}
+    assert sum(s["row_count"] for s in report["attribution"]["sites"]) > 50
+    assert report["audit_log"]["verified"] is True
+    assert len(report["attribution"]["global"]["feature_names"]) == 30
+    with coordinator.hub.db.transaction() as session:
+        kinds = set(session.scalars(select(AuditEvent.kind)))
+    assert {"audit.submitted", "report.produced"} <= kinds

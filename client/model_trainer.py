@@ -1,0 +1,395 @@
+"""The site trainer for any registry model: a Flower ``NumPyClient`` over a ``DictDataset``."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import models
+from models.datasets import DictDataset
+from protos.wire import NDArrays
+
+LABEL_KEY = "label"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every site of a run must agree on to build bit-identical models.
+
+    Attributes
+    ----------
+    model
+        Registry name (``multimodal``, ``hf:/dir``, ``pkg.mod:factory``...).
+    config
+        Keyword arguments of the model's constructor.
+    lora
+        LoRA spec such as ``"r=8,alpha=16,targets=q,v"``; empty for full fine-tuning.
+    seed
+        Seed of the initialisation: with LoRA the base is frozen and never exchanged, so
+        the only way every site holds the same base is to draw it from the same seed.
+    """
+
+    model: str
+    config: dict[str, Any] = field(default_factory=dict)
+    lora: str = ""
+    seed: int = 0
+
+    def key(self) -> str:
+        """A canonical string: two specs with the same key build the same model."""
+        return json.dumps(
+            [self.model, self.config, self.lora, self.seed], sort_keys=True, default=str
+        )
+
+
+def spec_from_config(config: Mapping[str, Any], default: ModelSpec) -> ModelSpec:
+    """Read a run's model spec from a Flower config, falling back on ``default``.
+
+    Flower configs hold scalars only, so the model's kwargs travel as the JSON string
+    ``model_config_json``; a ``model_config`` dict is accepted too (direct calls, or the
+    run config of :meth:`SiteAgent.export_model`).
+
+    Raises
+    ------
+    ValueError
+        If ``model_config_json`` is not a JSON object.
+    """
+    model_config = default.config
+    if config.get("model_config_json"):
+        parsed = json.loads(str(config["model_config_json"]))
+        if not isinstance(parsed, dict):
+            raise ValueError(f"model_config_json must be a JSON object, got {parsed!r}")
+        model_config = parsed
+    elif isinstance(config.get("model_config"), dict):
+        model_config = dict(config["model_config"])
+    return ModelSpec(
+        model=str(config.get("model") or default.model),
+        config=model_config,
+        lora=str(config["lora"]) if "lora" in config else default.lora,
+        seed=int(config.get("seed", default.seed)),
+    )
+
+
+def inferred_config(name: str, data: DictDataset) -> dict[str, Any]:
+    """Constructor arguments the data fixes (the same at every site): widths and vocabulary.
+
+    The class count is never inferred: a site whose data lacks a class would build a
+    narrower head than the others.
+    """
+    inputs = data.inputs
+    tokenizer = getattr(data, "tokenizer", None)
+    if name == "tabular_mlp" and "x" in inputs:
+        return {"in_features": int(inputs["x"].shape[1])}
+    if name == "image_cnn" and "image" in inputs:
+        return {"in_channels": int(inputs["image"].shape[1])}
+    if name in ("text_transformer", "multimodal") and tokenizer is not None:
+        return {"vocab_size": int(tokenizer.vocab_size)}
+    return {}
+
+
+def build_site_model(spec: ModelSpec, data: DictDataset) -> nn.Module:
+    """Build the spec's model (LoRA applied) from its seed, leaving the global RNG alone."""
+    if not spec.model:
+        raise ValueError(
+            "no model named: pass model= to the trainer or run with a 'model' in the config"
+        )
+    config = {**inferred_config(spec.model, data), **spec.config}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = models.build_model(spec.model, **config)
+        if spec.lora:
+            model = models.apply_lora(model, models.parse_lora_spec(spec.lora))
+    return model
+
+
+def holdout_split(data: DictDataset, holdout: float, seed: int) -> tuple[DictDataset, DictDataset]:
+    """Split a site's rows into train and held-out (stratified where every class allows)."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be between 0 and 1, got {holdout}")
+    labels = data.labels.numpy()
+    _, counts = np.unique(labels, return_counts=True)
+    stratify = labels if len(counts) and counts.min() >= 2 else None
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=holdout, random_state=seed, stratify=stratify
+    )
+    return _keep_meta(data, data.subset(np.sort(train_idx))), _keep_meta(
+        data, data.subset(np.sort(test_idx))
+    )
+
+
+def _keep_meta(source: DictDataset, target: DictDataset) -> DictDataset:
+    # subset() returns a plain DictDataset; the audit still wants names and the tokenizer.
+    for attribute in ("feature_names", "tokenizer"):
+        if hasattr(source, attribute):
+            setattr(target, attribute, getattr(source, attribute))
+    return target
+
+
+def dataset_fingerprint(data: DictDataset) -> str:
+    """sha256 of every input (by name, dtype and shape) and the labels, as trained on."""
+    digest = hashlib.sha256()
+    for name in sorted(data.inputs):
+        tensor = data.inputs[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy().tobytes())
+    digest.update(data.labels.numpy().astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def audit_kind(inputs: Mapping[str, torch.Tensor]) -> str:
+    """The SHAP audit that fits these inputs: tabular, image, text or multimodal."""
+    names = [k for k in inputs if not k.endswith("mask")]
+    if names == ["x"]:
+        return "tabular"
+    if len(names) == 1:
+        tensor = inputs[names[0]]
+        if tensor.is_floating_point() and tensor.ndim >= 4:
+            return "image"
+        if not tensor.is_floating_point():
+            return "text"
+    # Several modalities, or one (audio) no other kind pools: one feature per input.
+    return "multimodal"
+
+
+def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    module.training = False
+    return module
+
+
+@contextmanager
+def frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Keep frozen BatchNorm layers in eval mode while training.
+
+    Under LoRA the base is frozen and only adapters travel, but a BatchNorm layer in
+    train mode still normalises with batch statistics and overwrites its running
+    statistics, which are never exchanged: every site would end with a different base,
+    and a model evaluated with other statistics than it trained with loses about 15
+    points on the clinic task. A frozen base must be a fixed function, so its
+    normalisation stays in eval mode. Trainable BatchNorm layers are left alone.
+    """
+    frozen = [
+        m
+        for m in model.modules()
+        if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters())
+    ]
+    for module in frozen:
+        # An instance attribute shadows nn.Module.train, which the parent calls per child.
+        module.train = functools.partial(_stay_in_eval, module)  # type: ignore[method-assign,assignment]
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in frozen:
+            del module.train
+
+
+class ModelTrainer(NumPyClient):
+    """Trains any registry model, optionally with LoRA, on a site's ``DictDataset``.
+
+    The model is built lazily from the first Flower config, because the run (not the
+    site) decides what to train: ``model``, ``model_config_json``, ``lora`` and the
+    init ``seed`` come with every task. The constructor's ``model``, ``model_config``
+    and ``lora`` are the defaults when the config does not say, so the trainer also
+    works on its own. A config naming another model rebuilds it (a new run).
+
+    Parameters
+    ----------
+    data
+        The site's rows; 20 % (``holdout``) are held out for evaluation and the audit.
+    model, model_config, lora, model_seed
+        Default :class:`ModelSpec`.
+    site_name
+        Recorded in the audit summary.
+    seed
+        The site's own seed: held-out split and data order. The model's init seed is
+        the run's (``model_seed`` / config ``seed``), identical at every site.
+    device
+        Defaults to CUDA when present.
+    audit_nsamples
+        GradientExplainer samples per row and class for torch audits.
+    """
+
+    def __init__(
+        self,
+        data: DictDataset,
+        *,
+        model: str = "",
+        model_config: dict[str, Any] | None = None,
+        lora: str = "",
+        model_seed: int = 0,
+        site_name: str = "site",
+        holdout: float = 0.2,
+        seed: int = 0,
+        device: torch.device | None = None,
+        audit_nsamples: int = 32,
+    ) -> None:
+        self.default_spec = ModelSpec(model, dict(model_config or {}), lora, model_seed)
+        self.site_name = site_name
+        self.seed = seed
+        self.train_data, self.holdout_data = holdout_split(data, holdout, seed)
+        self.data_fingerprint = dataset_fingerprint(data)
+        self.num_rows = len(data)
+        self.device = device or models.select_device()
+        self.audit_nsamples = audit_nsamples
+        self.spec: ModelSpec | None = None
+        self._model: nn.Module | None = None
+        self.base_model_hash = ""
+        self.trainable_fraction = 1.0
+        self.rounds_trained = 0
+
+    @property
+    def model(self) -> nn.Module:
+        """The built model (the default spec's, built now if no config came yet)."""
+        return self.ensure_model({})
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_data)
+
+    def ensure_model(self, config: Mapping[str, Any]) -> nn.Module:
+        """Build the model the config asks for, unless it is already the one built."""
+        spec = spec_from_config(config, self.spec or self.default_spec)
+        if self._model is None or self.spec is None or spec.key() != self.spec.key():
+            model = build_site_model(spec, self.train_data).to(self.device)
+            self._model, self.spec = model, spec
+            self.base_model_hash = models.base_model_hash(model)
+            self.trainable_fraction = models.trainable_fraction(model)
+            self.rounds_trained = 0
+        return self._model
+
+    def get_parameters(self, config: dict[str, Any]) -> NDArrays:
+        return models.get_weights(self.ensure_model(config))
+
+    def fit(
+        self, parameters: NDArrays, config: dict[str, Any]
+    ) -> tuple[NDArrays, int, dict[str, Any]]:
+        model = self.ensure_model(config)
+        models.set_weights(model, parameters)
+        self.rounds_trained += 1
+        with frozen_norm_statistics(model):
+            metrics = models.train(
+                model,
+                self.train_data,
+                epochs=int(config.get("local_epochs", 1)),
+                lr=float(config.get("lr", 0.005)),
+                batch_size=int(config.get("batch_size", 32)),
+                device=self.device,
+                seed=self.seed + 1000 * int(config.get("round", self.rounds_trained)),
+                proximal_mu=float(config.get("proximal_mu", 0.0)),
+            )
+        metrics["trainable_fraction"] = self.trainable_fraction
+        return models.get_weights(model), self.num_train, metrics
+
+    def evaluate(
+        self, parameters: NDArrays, config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Any]]:
+        model = self.ensure_model(config)
+        models.set_weights(model, parameters)
+        result = models.evaluate(model, self.holdout_data, device=self.device)
+        loss = float(result.pop("loss"))
+        result.pop("num_examples", None)
+        return loss, len(self.holdout_data), {k: float(v) for k, v in result.items()}
+
+    def predict_proba(self, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """Class probabilities for a dict of input tensors (rows stay at the site)."""
+        return models.predict_proba(self.model, dict(inputs), device=self.device)
+
+    def audit(self, weights: NDArrays, config: Mapping[str, Any]) -> Any:
+        """SHAP audit of ``weights`` on the held-out rows; returns an ``AttributionSummary``.
+
+        ``config`` holds ``rows`` (at most this many held-out rows) and ``seed``. Tabular
+        models are explained per column, images per region, text per token position and
+        several modalities per modality; the training rows are the background.
+        """
+        from explain.site_audit import audit_tabular, audit_torch
+
+        model = self.model
+        models.set_weights(model, weights)
+        model.eval()
+        rows, seed = int(config.get("rows", 200)), int(config.get("seed", 0))
+        inputs, background = self.holdout_data.inputs, self.train_data.inputs
+        kind = audit_kind(inputs)
+        n_classes = int(self.predict_proba({k: v[:1] for k, v in inputs.items()}).shape[1])
+        classes = [f"class_{i}" for i in range(n_classes)]
+        if kind == "tabular":
+            width = int(inputs["x"].shape[1])
+            names = getattr(self.holdout_data, "feature_names", None) or [
+                f"x{i}" for i in range(width)
+            ]
+
+            def proba(x: np.ndarray) -> np.ndarray:
+                return self.predict_proba({"x": torch.as_tensor(x, dtype=torch.float32)})
+
+            return audit_tabular(
+                proba,
+                background["x"].numpy(),
+                inputs["x"].numpy(),
+                list(names),
+                classes,
+                site=self.site_name,
+                max_rows=rows,
+                seed=seed,
+            )
+        return audit_torch(
+            model,
+            inputs,
+            background,
+            kind,
+            classes,
+            site=self.site_name,
+            max_rows=rows,
+            nsamples=self.audit_nsamples,
+            seed=seed,
+        )
+
+
+def save_site_dataset(data: DictDataset, path: Path) -> Path:
+    """Write a site's rows as ``.npz``: one array per input plus ``label``."""
+    if LABEL_KEY in data.inputs:
+        raise ValueError(f"an input may not be named {LABEL_KEY!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: tensor.numpy() for name, tensor in data.inputs.items()}
+    arrays[LABEL_KEY] = data.labels.numpy()
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as its flags
+    return path
+
+
+def load_site_dataset(
+    source: str, label_column: str = "label", preprocess: str = "log"
+) -> DictDataset:
+    """Load a site's rows: an ``.npz`` of named inputs plus ``label``, or tabular data.
+
+    Tabular sources (CSV, Parquet, ``x``/``y`` ``.npz``, ``sklearn:NAME``) become a
+    ``TabularDataset`` prepared as the built-in tabular trainer prepares them
+    (``preprocess="log"``), so a model trained there is evaluated on the same scale.
+    """
+    from client.data import load_tabular, log_scale
+
+    path = Path(source)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as archive:
+            if LABEL_KEY in archive:
+                inputs = {
+                    name: torch.from_numpy(np.asarray(archive[name]))
+                    for name in archive.files
+                    if name != LABEL_KEY
+                }
+                return DictDataset(inputs, archive[LABEL_KEY])
+    table = load_tabular(source, label_column)
+    if preprocess not in ("log", "none"):
+        raise ValueError(f"unknown preprocessing {preprocess!r}: use 'log' or 'none'")
+    x = log_scale(table.x) if preprocess == "log" else table.x.astype(np.float32)
+    return models.TabularDataset(x, table.y, table.feature_names)
