@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 from rich.table import Table
 
 from cli.common import console, err_console, fail, friendly_errors, parse_json_option
 from protos import admin_pb2, admin_pb2_grpc, common_pb2, wire
+from protos.transport import open_channel
 
 app = typer.Typer(help="Operate the federation (runs, models, sites).", no_args_is_help=True)
 runs_app = typer.Typer(help="Start, list, show, watch and stop runs.", no_args_is_help=True)
@@ -26,12 +27,45 @@ CoordinatorOption = Annotated[
     str,
     typer.Option("--coordinator", envvar="COHORT_COORDINATOR", help="HOST:PORT of the coordinator"),
 ]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", envvar="COHORT_CA", help="Federation CA (ca.pem from `admin init`)"),
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        envvar="COHORT_ADMIN_TOKEN_FILE",
+        help="File holding this operator's bearer token",
+    ),
+]
+InsecureOption = Annotated[
+    bool,
+    typer.Option("--insecure", envvar="COHORT_INSECURE", help="Plaintext transport (no TLS)"),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-USER = (("x-cohort-user", "cli"),)
 
 
-def stub(address: str) -> admin_pb2_grpc.AdminStub:
-    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(address))
+class Admin:
+    """An admin stub plus the metadata every call carries (bearer token, user name)."""
+
+    def __init__(
+        self, coordinator: str, ca: Path | None, token_file: Path | None, insecure: bool
+    ) -> None:
+        self.stub = admin_pb2_grpc.AdminStub(
+            open_channel(coordinator, ca_file=ca, insecure=insecure)
+        )
+        metadata = [("x-cohort-user", "cli")]
+        token = os.environ.get("COHORT_ADMIN_TOKEN", "")
+        if token_file is not None:
+            token = token_file.read_text().strip()
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        self.metadata = tuple(metadata)
+
+    def __getattr__(self, rpc: str) -> Any:
+        method = getattr(self.stub, rpc)
+        return lambda request, **kw: method(request, metadata=self.metadata, **kw)
 
 
 def state_name(state: int) -> str:
@@ -76,6 +110,9 @@ def start(
     config: Annotated[str, typer.Option(help="Extra trainer config as JSON")] = "",
     name: str = "",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Create a run; it starts as soon as enough sites are online."""
@@ -85,7 +122,7 @@ def start(
     extra = parse_json_option(config, "--config")
     if quorum:
         extra["quorum"] = quorum
-    run = stub(coordinator).CreateRun(
+    run = Admin(coordinator, ca, token_file, insecure).CreateRun(
         admin_pb2.CreateRunRequest(
             model=model,
             rounds=rounds,
@@ -101,7 +138,6 @@ def start(
             config_json=json.dumps(extra),
             name=name,
         ),
-        metadata=USER,
         timeout=30,
     )
     if as_json:
@@ -116,10 +152,16 @@ def start(
 @runs_app.command("list")
 @friendly_errors
 def list_runs(
-    coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """All runs, newest first."""
-    reply = stub(coordinator).ListRuns(admin_pb2.ListRunsRequest(), metadata=USER, timeout=30)
+    reply = Admin(coordinator, ca, token_file, insecure).ListRuns(
+        admin_pb2.ListRunsRequest(), timeout=30
+    )
     if as_json:
         print(json.dumps([run_dict(r) for r in reply.runs]))
         return
@@ -177,11 +219,16 @@ def print_run(run: admin_pb2.RunInfo) -> None:
 @runs_app.command("show")
 @friendly_errors
 def show(
-    run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+    run_id: str,
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """One run: state, key fingerprint, rounds and their metrics."""
-    run = stub(coordinator).GetRun(
-        admin_pb2.GetRunRequest(run_id=run_id), metadata=USER, timeout=30
+    run = Admin(coordinator, ca, token_file, insecure).GetRun(
+        admin_pb2.GetRunRequest(run_id=run_id), timeout=30
     )
     if as_json:
         print(json.dumps(run_dict(run)))
@@ -192,12 +239,19 @@ def show(
 @runs_app.command("watch")
 @friendly_errors
 def watch(
-    run_id: str, coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+    run_id: str,
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Live progress until the run ends."""
     from cli.demo import RoundProgress
 
-    events = stub(coordinator).WatchRun(admin_pb2.GetRunRequest(run_id=run_id), metadata=USER)
+    events = Admin(coordinator, ca, token_file, insecure).WatchRun(
+        admin_pb2.GetRunRequest(run_id=run_id)
+    )
     last = None
     if as_json:
         for event in events:
@@ -219,11 +273,14 @@ def stop(
     run_id: str,
     reason: str = "",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Stop a run; its open tasks are cancelled."""
-    run = stub(coordinator).StopRun(
-        admin_pb2.StopRunRequest(run_id=run_id, reason=reason), metadata=USER, timeout=30
+    run = Admin(coordinator, ca, token_file, insecure).StopRun(
+        admin_pb2.StopRunRequest(run_id=run_id, reason=reason), timeout=30
     )
     if as_json:
         print(json.dumps(run_dict(run)))
@@ -238,14 +295,16 @@ def download(
     out: Annotated[Path, typer.Option(help="File to write (.npz of the weights)")],
     round_number: Annotated[int, typer.Option("--round", help="0 = final")] = 0,
     coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
 ) -> None:
     """Download a plaintext run's model (secure runs: a site exports it)."""
     import numpy as np
 
     payload = wire.join_chunks(
-        stub(coordinator).DownloadModel(
+        Admin(coordinator, ca, token_file, insecure).DownloadModel(
             admin_pb2.DownloadModelRequest(run_id=run_id, round=round_number),
-            metadata=USER,
             timeout=300,
         )
     )
@@ -258,10 +317,16 @@ def download(
 @sites_app.command("list")
 @friendly_errors
 def list_sites(
-    coordinator: CoordinatorOption = "127.0.0.1:50051", as_json: JsonOption = False
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Sites that joined, online or not."""
-    reply = stub(coordinator).ListNodes(admin_pb2.ListNodesRequest(), metadata=USER, timeout=30)
+    reply = Admin(coordinator, ca, token_file, insecure).ListNodes(
+        admin_pb2.ListNodesRequest(), timeout=30
+    )
     rows = [
         MessageToDict(
             n, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -279,3 +344,81 @@ def list_sites(
             node.site_name, node.node_id, "yes" if node.online else "no", node.x25519_fingerprint
         )
     console.print(table)
+
+
+operators_app = typer.Typer(
+    help="Operators of the admin service and their roles.", no_args_is_help=True
+)
+app.add_typer(operators_app, name="operators")
+
+
+@app.command("init")
+@friendly_errors
+def init(
+    directory: Annotated[
+        Path,
+        typer.Option(
+            "--dir", help="Where to write the federation's CA, TLS certificate and admin token"
+        ),
+    ],
+    hostname: Annotated[
+        list[str] | None, typer.Option(help="Name(s) sites use to reach the coordinator (repeat)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing CA")] = False,
+) -> None:
+    """Make the federation CA, the coordinator's TLS certificate and the first admin token."""
+    from coordinator.pki import create_federation
+
+    hosts = hostname or ["localhost", "127.0.0.1"]
+    try:
+        pki = create_federation(directory, hosts, force=force)
+    except FileExistsError as exc:
+        fail(str(exc))
+    console.print(f"federation CA      {pki.ca_cert}  (give this file to every site)")
+    console.print(f"coordinator cert   {pki.server_cert} for {', '.join(hosts)}")
+    console.print(f"first admin token  {pki.admin_token}  (mode 0600; keep it secret)")
+    console.print(f"serve with: cohort coordinator serve --tls-dir {directory}")
+
+
+@sites_app.command("enrol")
+@friendly_errors
+def enrol(
+    site_name: str,
+    ttl: Annotated[float, typer.Option(help="Seconds the one-time token stays valid")] = 86400.0,
+    out: Annotated[Path | None, typer.Option(help="Write the token to this file (0600)")] = None,
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+) -> None:
+    """Issue a one-time enrolment token that SITE exchanges for its credential at first join."""
+    reply = Admin(coordinator, ca, token_file, insecure).EnrolSite(
+        admin_pb2.EnrolSiteRequest(site_name=site_name, ttl_seconds=ttl), timeout=30
+    )
+    if out is None:
+        print(reply.token)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(reply.token)
+    console.print(f"enrolment token for {site_name} written to {out}")
+
+
+@operators_app.command("add")
+@friendly_errors
+def add_operator(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin or auditor")] = "auditor",
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+) -> None:
+    """Add an operator; prints their bearer token once."""
+    if role not in ("admin", "auditor"):
+        fail(f"--role must be admin or auditor, not {role!r}")
+    reply = Admin(coordinator, ca, token_file, insecure).AddOperator(
+        admin_pb2.AddOperatorRequest(name=name, role=role), timeout=30
+    )
+    print(reply.token)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.admin import USER, CoordinatorOption, stub
+from cli.admin import Admin, CaOption, CoordinatorOption, InsecureOption, TokenFileOption
 from cli.common import console, fail, friendly_errors
 from protos import admin_pb2, wire
 
@@ -22,6 +22,9 @@ def verify(
         str, typer.Argument(help="Report on this run's rows (the chain is always checked whole)")
     ] = "",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
     db: Annotated[
         str,
         typer.Option(
@@ -43,8 +46,8 @@ def verify(
             session.expunge_all()
         database.close()
     else:
-        log = stub(coordinator).GetAuditLog(
-            admin_pb2.GetAuditLogRequest(run_id=run_id), metadata=USER, timeout=60
+        log = Admin(coordinator, ca, token_file, insecure).GetAuditLog(
+            admin_pb2.GetAuditLogRequest(run_id=run_id), timeout=60
         )
         rows = [
             AuditEvent(
@@ -95,13 +98,16 @@ def report(
     out: Annotated[Path, typer.Option(help="File (or folder) to write")],
     fmt: Annotated[str, typer.Option("--format", help="html, pdf or json")] = "html",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
 ) -> None:
     """Write a run's compliance report: provenance, privacy, metrics, SHAP, log, regulations."""
     if fmt not in ("html", "pdf", "json"):
         fail(f"--format must be html, pdf or json, not {fmt!r}")
     payload = wire.join_chunks(
-        stub(coordinator).ExportReport(
-            admin_pb2.ExportReportRequest(run_id=run_id, format=fmt), metadata=USER, timeout=300
+        Admin(coordinator, ca, token_file, insecure).ExportReport(
+            admin_pb2.ExportReportRequest(run_id=run_id, format=fmt), timeout=300
         )
     )
     if out.is_dir():

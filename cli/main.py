@@ -129,15 +129,52 @@ def serve(
     data_dir: Annotated[Path, typer.Option(envvar="COHORT_DATA_DIR")] = Path("cohort-data"),
     host: Annotated[str, typer.Option(envvar="COHORT_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="COHORT_PORT", min=0, max=65535)] = 50051,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COHORT_TLS_DIR", help="Folder from `cohort admin init` (TLS certificate)"
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="COHORT_INSECURE", help="Serve plaintext gRPC (no TLS): loopback and tests only"
+        ),
+    ] = False,
+    auth: Annotated[
+        bool | None,
+        typer.Option(help="Require enrolment tokens and operator roles (default: on with TLS)"),
+    ] = None,
 ) -> None:
     """Serve the federation and admin services (plus gRPC health) until interrupted."""
     from coordinator.db import default_database_url
+    from coordinator.pki import FederationPki
     from coordinator.server import CoordinatorServer
 
+    if tls_dir is None and not insecure:
+        fail(
+            "TLS is on by default: pass --tls-dir DIR (made by `cohort admin init --dir DIR`) "
+            "or --insecure"
+        )
+    if tls_dir is not None and insecure:
+        fail("--tls-dir and --insecure contradict each other")
+    pki = FederationPki(tls_dir) if tls_dir is not None else None
     url = db or default_database_url(data_dir)
-    server = CoordinatorServer(url, data_dir, host=host, port=port)
+    server = CoordinatorServer(
+        url,
+        data_dir,
+        host=host,
+        port=port,
+        tls=pki,
+        auth=(pki is not None) if auth is None else auth,
+    )
     bound = server.start()
-    err_console.print(f"coordinator on {host}:{bound}, database {_redact(url)}, data {data_dir}")
+    transport = "TLS" if pki else "plaintext (--insecure)"
+    err_console.print(
+        f"coordinator on {host}:{bound} ({transport}, auth "
+        f"{'on' if server.access.enabled else 'off'}), database {_redact(url)}, "
+        f"data {data_dir}"
+    )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -171,15 +208,42 @@ def client_run(
     state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
     model_config: Annotated[str, typer.Option(help="JSON for the built-in model")] = "",
     seed: int = 0,
+    ca: Annotated[
+        Path | None, typer.Option(envvar="COHORT_CA", help="Federation CA (ca.pem)")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(envvar="COHORT_INSECURE", help="Plaintext transport (no TLS)")
+    ] = False,
+    enrolment_token: Annotated[
+        str, typer.Option(envvar="COHORT_ENROLMENT_TOKEN", help="One-time token for the first join")
+    ] = "",
+    enrolment_token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="COHORT_ENROLMENT_TOKEN_FILE", help="File holding the one-time token"),
+    ] = None,
 ) -> None:
     """Connect out to the coordinator and work on the tasks it hands this site."""
+    if ca is None and not insecure:
+        fail("TLS is on by default: pass --ca FILE (the federation's ca.pem) or --insecure")
+    if enrolment_token_file is not None:
+        enrolment_token = enrolment_token_file.read_text().strip()
     from client.agent import AgentConfig, SiteAgent
 
     if not name:
         fail("--name is required (this site's name, e.g. hospital-a)")
     client = _site_client(app_ref, data, label_column, model_config, seed, name)
     agent = SiteAgent(
-        AgentConfig(coordinator, name, state_dir, seed=seed), client, listener=_print_event
+        AgentConfig(
+            coordinator,
+            name,
+            state_dir,
+            seed=seed,
+            ca_file=ca,
+            insecure=insecure,
+            enrolment_token=enrolment_token,
+        ),
+        client,
+        listener=_print_event,
     )
     err_console.print(f"site {name} → {coordinator} (outbound only); state in {state_dir}")
     stop = threading.Event()
@@ -228,8 +292,12 @@ def export_model(
     coordinator: Annotated[str, typer.Option(envvar="COHORT_COORDINATOR")] = "127.0.0.1:50051",
     name: Annotated[str, typer.Option(envvar="COHORT_SITE_NAME")] = "",
     state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
+    ca: Annotated[Path | None, typer.Option(envvar="COHORT_CA")] = None,
+    insecure: Annotated[bool, typer.Option(envvar="COHORT_INSECURE")] = False,
 ) -> None:
     """Decrypt (secure runs) and save a run's final model here, at the site."""
+    if ca is None and not insecure:
+        fail("TLS is on by default: pass --ca FILE (the federation's ca.pem) or --insecure")
     import numpy as np
 
     from client.agent import AgentConfig, SiteAgent
@@ -239,7 +307,10 @@ def export_model(
     identity = state_dir / f"{name}.identity.json"
     if not identity.exists():
         fail(f"no identity for site {name} in {state_dir}: run the agent there first")
-    agent = SiteAgent(AgentConfig(coordinator, name, state_dir), client=_NoTraining())
+    agent = SiteAgent(
+        AgentConfig(coordinator, name, state_dir, ca_file=ca, insecure=insecure),
+        client=_NoTraining(),
+    )
     weights = agent.export_model(run_id)
     agent.close()
     out.parent.mkdir(parents=True, exist_ok=True)

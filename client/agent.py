@@ -27,6 +27,7 @@ from client.secure import (
 )
 from client.trainer import scalar_config
 from protos import common_pb2, federation_pb2, federation_pb2_grpc, wire
+from protos.transport import open_channel
 
 log = logging.getLogger(__name__)
 AGENT_VERSION = "cohort-agent/0.1"
@@ -50,6 +51,10 @@ class AgentConfig:
     audit_rows: int = 200
     seed: int = 0
     channel_options: list[tuple[str, Any]] = field(default_factory=list)
+    # TLS against the federation CA; in-process demos and tests run on loopback in plaintext.
+    ca_file: Path | None = None
+    insecure: bool = True
+    enrolment_token: str = ""
 
 
 class SiteAgent:
@@ -67,7 +72,8 @@ class SiteAgent:
         self.client = client
         self.listener = listener or (lambda event, info: None)
         self.identity = SiteIdentity.load_or_create(config.state_dir, config.site_name)
-        self.channel = grpc.insecure_channel(config.coordinator, options=config.channel_options)
+        self.channel = open_channel(config.coordinator, ca_file=config.ca_file,
+                                    insecure=config.insecure, options=config.channel_options)
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
         self.node_id = ""
         self._secure_state: dict[str, SecureModelState] = {}
@@ -87,6 +93,7 @@ class SiteAgent:
                 site_name=self.config.site_name,
                 x25519_public_key=self.identity.x25519_public,
                 node_token=self.identity.node_token,
+            enrolment_token="" if self.identity.node_token else self.config.enrolment_token,
                 agent_version=AGENT_VERSION,
                 capabilities=self._capabilities(),
             ),

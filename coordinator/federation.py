@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 import crypto
 from coordinator import auditlog
+from coordinator.access import AccessControl
 from coordinator.errors import (
     AlreadyExists,
     CohortError,
@@ -76,8 +77,9 @@ def encoding_of(run: Run) -> dict[str, float | int]:
 class FederationService:
     """What sites may do. Every method raises a :class:`CohortError` on bad input."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, access: AccessControl | None = None) -> None:
         self.hub = hub
+        self.access = access or AccessControl(hub, enabled=False)
 
     # -- identity ------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class FederationService:
                 node.last_seen = time.time()
                 auditlog.append(session, "site.rejoined", actor=node.id, details={"site": name})
                 return self._join_reply(node.id, request.node_token)
+            self.access.redeem(name, request.enrolment_token)
             institution = session.scalar(select(Institution).where(Institution.name == name))
             if institution is None:
                 institution = Institution(name=name)
@@ -151,14 +154,23 @@ class FederationService:
 
     def authenticate(self, token: str | None) -> str:
         """Return the node id for a bearer token and mark the node as seen."""
-        if not token:
-            raise Unauthenticated("missing node token: send 'authorization: Bearer <token>'")
-        with self.hub.db.transaction() as session:
-            node = self._node_for_token(session, token)
-            now = time.time()
-            if now - node.last_seen > 1.0:
-                node.last_seen = now
-            return node.id
+        try:
+            if not token:
+                raise Unauthenticated("missing node token: send 'authorization: Bearer <token>'")
+            with self.hub.db.transaction() as session:
+                node = self._node_for_token(session, token)
+                now = time.time()
+                if now - node.last_seen > 1.0:
+                    node.last_seen = now
+                return node.id
+        except Unauthenticated as exc:
+            with self.hub.lock, self.hub.db.transaction() as session:
+                auditlog.append(
+                    session,
+                    "auth.unauthenticated",
+                    details={"service": "federation", "reason": str(exc)},
+                )
+            raise
 
     def heartbeat(self, node_id: str) -> federation_pb2.HeartbeatReply:
         return federation_pb2.HeartbeatReply(server_time_unix=time.time())

@@ -9,9 +9,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator.access import AccessControl
 from coordinator.admin import AdminService
 from coordinator.federation import FederationService
 from coordinator.hub import Hub, Limits
+from coordinator.pki import FederationPki
 from coordinator.scheduler import RoundScheduler
 from coordinator.services import AdminServicer, FederationServicer
 from protos import admin_pb2_grpc, federation_pb2_grpc
@@ -33,24 +35,33 @@ class CoordinatorServer:
         limits: Limits | None = None,
         max_workers: int = 256,
         tick_seconds: float = 0.25,
+        tls: FederationPki | None = None,
+        auth: bool = False,
     ) -> None:
         self.hub = Hub.open(database_url, Path(data_dir), limits)
+        self.access = AccessControl(self.hub, enabled=auth)
+        self.tls = tls
+        if auth and tls is not None and tls.admin_token.exists():
+            self.access.bootstrap_admin(tls.admin_token.read_text().strip())
         self.scheduler = RoundScheduler(self.hub, tick_seconds=tick_seconds)
         self.health = health.HealthServicer()
         # Long polls park a thread each: size the pool for every site plus admin calls.
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
         federation_pb2_grpc.add_FederationServicer_to_server(
-            FederationServicer(FederationService(self.hub)), self.server
+            FederationServicer(FederationService(self.hub, self.access)), self.server
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(AdminService(self.hub)), self.server
+            AdminServicer(AdminService(self.hub), self.access), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"
         self.port = 0
 
     def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.address)
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(self.address, self.tls.server_credentials())
+        else:
+            self.port = self.server.add_insecure_port(self.address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         self.server.start()

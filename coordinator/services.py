@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from coordinator.access import AccessControl
 from coordinator.admin import AdminService, spec_from_request
 from coordinator.errors import maps_domain_errors
 from coordinator.federation import FederationService
@@ -69,46 +70,77 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, domain: AdminService) -> None:
+    """Every call first passes the role check (coordinator.access) with its RPC name."""
+
+    def __init__(self, domain: AdminService, access: AccessControl) -> None:
         self.domain = domain
+        self.access = access
+
+    def _actor(self, context: grpc.ServicerContext, rpc: str) -> str:
+        name = self.access.authorise(bearer_token(context), rpc)
+        return actor_of(context) if name == "operator" else name
 
     @maps_domain_errors
     def CreateRun(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
-        return self.domain.create_run(spec_from_request(request, actor_of(context)))
+        actor = self._actor(context, "CreateRun")
+        return self.domain.create_run(spec_from_request(request, actor))
 
     @maps_domain_errors
     def ListRuns(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._actor(context, "ListRuns")
         return self.domain.list_runs()
 
     @maps_domain_errors
     def GetRun(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._actor(context, "GetRun")
         return self.domain.get_run(request.run_id)
 
     @maps_domain_errors
     def StopRun(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
-        return self.domain.stop_run(request.run_id, request.reason, actor_of(context))
+        actor = self._actor(context, "StopRun")
+        return self.domain.stop_run(request.run_id, request.reason, actor)
 
     @maps_domain_errors
     def WatchRun(self, request, context) -> Iterator[admin_pb2.RunEvent]:  # type: ignore[no-untyped-def]  # noqa: N802
+        self._actor(context, "WatchRun")
         yield from self.domain.watch_run(request.run_id, context.is_active)
 
     @maps_domain_errors
     def DownloadModel(self, request, context) -> Iterator[common_pb2.Chunk]:  # type: ignore[no-untyped-def]  # noqa: N802
-        payload = self.domain.model_payload(request.run_id, request.round, actor_of(context))
+        actor = self._actor(context, "DownloadModel")
+        payload = self.domain.model_payload(request.run_id, request.round, actor)
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
     def ListNodes(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._actor(context, "ListNodes")
         return self.domain.list_nodes()
 
     @maps_domain_errors
     def GetAuditLog(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._actor(context, "GetAuditLog")
         return self.domain.audit_log()
 
     @maps_domain_errors
     def ExportReport(self, request, context) -> Iterator[common_pb2.Chunk]:  # type: ignore[no-untyped-def]  # noqa: N802
-        payload = self.domain.export_report(request.run_id, request.format, actor_of(context))
+        actor = self._actor(context, "ExportReport")
+        payload = self.domain.export_report(request.run_id, request.format, actor)
         yield from wire.chunk_stream(payload)
+
+    @maps_domain_errors
+    def EnrolSite(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        actor = self._actor(context, "EnrolSite")
+        token, expires = self.access.enrol_site(
+            request.site_name, request.ttl_seconds or 86400, actor
+        )
+        return admin_pb2.EnrolSiteReply(token=token, expires_unix=expires)
+
+    @maps_domain_errors
+    def AddOperator(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        actor = self._actor(context, "AddOperator")
+        return admin_pb2.AddOperatorReply(
+            token=self.access.add_operator(request.name, request.role, actor)
+        )
 
 
 __all__ = ["AdminServicer", "FederationServicer", "federation_pb2"]

@@ -37,8 +37,14 @@ class AgentPool:
         self.agents: list[SiteAgent] = []
 
     def start(
-        self, address: str, trainers: list, state_dir: Path, names: list[str] | None = None
+        self,
+        address: str,
+        trainers: list,
+        state_dir: Path,
+        names: list[str] | None = None,
+        **config: object,
     ) -> list[SiteAgent]:
+        """One agent thread per trainer; ``config`` overrides AgentConfig fields."""
         started = []
         for index, trainer in enumerate(trainers):
             name = names[index] if names else f"site-{len(self.agents)}"
@@ -50,6 +56,7 @@ class AgentPool:
                     poll_seconds=1.0,
                     encrypt_workers=1,
                     max_backoff_seconds=1.0,
+                    **config,  # type: ignore[arg-type]
                 ),
                 trainer,
             )

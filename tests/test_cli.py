@@ -31,13 +31,15 @@ def assert_one_line_error(result, *words: str) -> None:  # type: ignore[no-untyp
 
 
 def test_unreachable_coordinator_is_one_line_and_exit_2():
-    result = invoke("admin", "runs", "list", "--coordinator", "127.0.0.1:1")
+    result = invoke("admin", "runs", "list", "--coordinator", "127.0.0.1:1", "--insecure")
 
     assert_one_line_error(result, "cannot reach the coordinator")
 
 
 def test_unknown_run_is_one_line_and_exit_2(coordinator):
-    result = invoke("admin", "runs", "show", "nope", "--coordinator", coordinator.address)
+    result = invoke(
+        "admin", "runs", "show", "nope", "--coordinator", coordinator.address, "--insecure"
+    )
 
     assert_one_line_error(result, "no run", "NOT_FOUND")
 
@@ -53,27 +55,33 @@ def test_unknown_run_is_one_line_and_exit_2(coordinator):
     ids=["scheme", "fraction", "strategy", "config"],
 )
 def test_bad_run_options_are_refused(coordinator, args, words):
-    result = invoke("admin", "runs", "start", "--coordinator", coordinator.address, *args)
+    result = invoke(
+        "admin", "runs", "start", "--coordinator", coordinator.address, "--insecure", *args
+    )
 
     assert_one_line_error(result, *words)
-    listed = invoke("admin", "runs", "list", "--json", "--coordinator", coordinator.address)
+    listed = invoke(
+        "admin", "runs", "list", "--json", "--coordinator", coordinator.address, "--insecure"
+    )
     assert json.loads(listed.output) == []
 
 
 def test_client_without_data_is_refused():
-    result = invoke("client", "run", "--name", "a")
+    result = invoke("client", "run", "--name", "a", "--insecure")
 
     assert_one_line_error(result, "--data")
 
 
 def test_client_with_missing_file_is_refused(tmp_path):
-    result = invoke("client", "run", "--name", "a", "--data", str(tmp_path / "none.csv"))
+    result = invoke(
+        "client", "run", "--name", "a", "--insecure", "--data", str(tmp_path / "none.csv")
+    )
 
     assert_one_line_error(result, "no data file")
 
 
 def test_client_with_bad_app_reference_is_refused():
-    result = invoke("client", "run", "--name", "a", "--app", "no_such_module:fn")
+    result = invoke("client", "run", "--name", "a", "--insecure", "--app", "no_such_module:fn")
 
     assert_one_line_error(result, "cannot import")
 
@@ -91,7 +99,7 @@ def test_config_file_sets_defaults_and_flags_win(coordinator, tmp_path):
     config = tmp_path / "cohort.toml"
     config.write_text(
         f'[admin.runs.start]\ncoordinator = "{coordinator.address}"\n'
-        'rounds = 7\nname = "from-toml"\n'
+        'insecure = true\nrounds = 7\nname = "from-toml"\n'
     )
 
     result = invoke(
@@ -109,7 +117,7 @@ def test_admin_commands_against_a_finished_run(coordinator, agents, tmp_path):
     admin = coordinator.admin()
     run = create_run(admin, rounds=1, min_clients=2)
     wait_for_state(admin, run.run_id, DONE)
-    where = ["--coordinator", coordinator.address]
+    where = ["--coordinator", coordinator.address, "--insecure"]
 
     shown = invoke("admin", "runs", "show", run.run_id, "--json", *where)
     listed = invoke("admin", "runs", "list", *where)

@@ -1,0 +1,143 @@
+"""Who may call what: operator roles for the admin service, enrolment tokens for sites."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from sqlalchemy import select
+
+from coordinator import auditlog
+from coordinator.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from coordinator.hub import Hub
+from coordinator.schema import Enrolment, Operator
+
+ROLES = ("admin", "auditor")
+READ_ONLY = frozenset(
+    {"ListRuns", "GetRun", "WatchRun", "ListNodes", "GetAuditLog", "ExportReport"}
+)
+# The one table of permissions: admins may do everything, auditors only read.
+PERMISSIONS: dict[str, frozenset[str] | None] = {"admin": None, "auditor": READ_ONLY}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AccessControl:
+    """Checks operator tokens and roles and site enrolment tokens; logs every refusal.
+
+    With ``enabled=False`` (the demo, loopback tests) every admin call is allowed as the
+    "operator" actor and sites join without enrolment.
+    """
+
+    def __init__(self, hub: Hub, enabled: bool) -> None:
+        self.hub = hub
+        self.enabled = enabled
+
+    def bootstrap_admin(self, token: str, name: str = "admin") -> None:
+        """Register the first admin from ``cohort admin init``'s token (idempotent)."""
+        with self.hub.lock, self.hub.db.transaction() as session:
+            digest = hash_token(token)
+            if session.scalar(select(Operator).where(Operator.token_hash == digest)):
+                return
+            if session.scalar(select(Operator).where(Operator.name == name)):
+                return
+            session.add(Operator(name=name, role="admin", token_hash=digest))
+            auditlog.append(
+                session, "operator.added", actor="init", details={"name": name, "role": "admin"}
+            )
+
+    def authorise(self, token: str | None, rpc: str) -> str:
+        """The operator's name for ``rpc``; UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
+        if not self.enabled:
+            return "operator"
+        with self.hub.db.transaction() as session:
+            operator = (
+                session.scalar(select(Operator).where(Operator.token_hash == hash_token(token)))
+                if token
+                else None
+            )
+            name, role = (operator.name, operator.role) if operator else ("", "")
+        if operator is None:
+            self._refuse("auth.unauthenticated", "", rpc, "missing or unknown operator token")
+            raise Unauthenticated(
+                "missing or unknown operator token: pass --token-file "
+                "(from `cohort admin init` or `cohort admin operators add`)"
+            )
+        allowed = PERMISSIONS.get(role)
+        if allowed is not None and rpc not in allowed:
+            self._refuse("auth.denied", name, rpc, f"role {role} may not call {rpc}")
+            raise PermissionDenied(f"operator {name} ({role}) may not call {rpc}")
+        return name
+
+    def add_operator(self, name: str, role: str, actor: str) -> str:
+        if role not in ROLES:
+            raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if not name.strip() or len(name) > 128:
+            raise InvalidArgument("operator name must be 1-128 characters")
+        token = secrets.token_urlsafe(32)
+        with self.hub.lock, self.hub.db.transaction() as session:
+            if session.scalar(select(Operator).where(Operator.name == name)):
+                raise InvalidArgument(f"operator {name!r} exists already")
+            session.add(Operator(name=name, role=role, token_hash=hash_token(token)))
+            auditlog.append(
+                session, "operator.added", actor=actor, details={"name": name, "role": role}
+            )
+        return token
+
+    def enrol_site(self, site_name: str, ttl_seconds: float, actor: str) -> tuple[str, float]:
+        """A one-time token for ``site_name``, stored only as its sha256, expiring."""
+        if not 60 <= ttl_seconds <= 30 * 86400:
+            raise InvalidArgument("enrolment tokens live between 60 s and 30 days")
+        token = secrets.token_urlsafe(32)
+        expires = time.time() + ttl_seconds
+        with self.hub.lock, self.hub.db.transaction() as session:
+            session.add(
+                Enrolment(
+                    site_name=site_name,
+                    token_hash=hash_token(token),
+                    expires_at=expires,
+                    created_by=actor,
+                )
+            )
+            auditlog.append(
+                session,
+                "site.enrolled",
+                actor=actor,
+                details={"site": site_name, "expires": expires},
+            )
+        return token, expires
+
+    def redeem(self, site_name: str, token: str) -> None:
+        """Spend a site's enrolment token at its first join (in the caller's lock)."""
+        if not self.enabled:
+            return
+        now = time.time()
+        with self.hub.db.transaction() as session:
+            enrolment = (
+                session.scalar(select(Enrolment).where(Enrolment.token_hash == hash_token(token)))
+                if token
+                else None
+            )
+            problem = None
+            if enrolment is None:
+                problem = "missing or unknown enrolment token"
+            elif enrolment.site_name != site_name:
+                problem = "that enrolment token is for another site"
+            elif enrolment.used_at:
+                problem = "that enrolment token was used already"
+            elif enrolment.expires_at < now:
+                problem = "that enrolment token has expired"
+            if problem is None and enrolment is not None:
+                enrolment.used_at = now
+                return
+        self._refuse("auth.unauthenticated", site_name, "Join", problem or "")
+        raise Unauthenticated(
+            f"{problem}: ask the operator for `cohort admin sites enrol {site_name}`"
+        )
+
+    def _refuse(self, kind: str, actor: str, rpc: str, reason: str) -> None:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            auditlog.append(session, kind, actor=actor, details={"rpc": rpc, "reason": reason})
