@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from sqlalchemy import select
@@ -80,6 +80,7 @@ class FederationService:
     def __init__(self, hub: Hub, access: AccessControl | None = None) -> None:
         self.hub = hub
         self.access = access or AccessControl(hub, enabled=False)
+        self._last_refusal_logged = 0.0
 
     # -- identity ------------------------------------------------------------------------
 
@@ -164,12 +165,17 @@ class FederationService:
                     node.last_seen = now
                 return node.id
         except Unauthenticated as exc:
-            with self.hub.lock, self.hub.db.transaction() as session:
-                auditlog.append(
-                    session,
-                    "auth.unauthenticated",
-                    details={"service": "federation", "reason": str(exc)},
-                )
+            # Logged at most once a second: a client without a token must not be able to
+            # hold the coordinator's lock or grow the audit log at will.
+            now = time.monotonic()
+            if now - self._last_refusal_logged >= 1.0:
+                self._last_refusal_logged = now
+                with self.hub.lock, self.hub.db.transaction() as session:
+                    auditlog.append(
+                        session,
+                        "auth.unauthenticated",
+                        details={"service": "federation", "reason": str(exc)},
+                    )
             raise
 
     def heartbeat(self, node_id: str) -> federation_pb2.HeartbeatReply:
@@ -177,10 +183,17 @@ class FederationService:
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def pull_task(self, node_id: str, wait_seconds: float) -> federation_pb2.Task:
-        """Long poll: the node's oldest live task, or NONE once ``wait_seconds`` pass."""
+    def pull_task(
+        self, node_id: str, wait_seconds: float, is_active: Callable[[], bool] = lambda: True
+    ) -> federation_pb2.Task:
+        """Long poll: the node's oldest live task, or NONE once ``wait_seconds`` pass.
+
+        Gives up early when the caller has gone or the coordinator is stopping, so an
+        abandoned poll does not hold a server thread for its whole wait.
+        """
         wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
         until = time.monotonic() + wait
+        touched = time.monotonic()
         while True:
             with self.hub.lock, self.hub.db.transaction() as session:
                 task = self._next_task(session, node_id)
@@ -191,13 +204,16 @@ class FederationService:
                         task.delivered_at = time.time()
                     return message
             remaining = until - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.hub.closing.is_set() or not is_active():
                 return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
             self.hub.wait(min(remaining, 1.0))
-            with self.hub.db.transaction() as session:
-                node = session.get(Node, node_id)
-                if node is not None:
-                    node.last_seen = time.time()
+            if time.monotonic() - touched > 5.0:
+                # A parked poll is a sign of life; written now and then, not at every wake-up.
+                touched = time.monotonic()
+                with self.hub.db.transaction() as session:
+                    node = session.get(Node, node_id)
+                    if node is not None:
+                        node.last_seen = time.time()
 
     @staticmethod
     def _next_task(session: Session, node_id: str) -> Task | None:

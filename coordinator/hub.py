@@ -35,6 +35,7 @@ class Hub:
     limits: Limits = field(default_factory=Limits)
     lock: threading.RLock = field(default_factory=threading.RLock)
     changed: threading.Condition = field(default_factory=threading.Condition)
+    closing: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def open(cls, database_url: str, data_dir: Path, limits: Limits | None = None) -> Hub:

@@ -94,7 +94,8 @@ class RoundScheduler:
                 self.advance_all()
             except Exception:  # noqa: BLE001 - the scheduler must outlive one bad run
                 log.exception("scheduler tick failed")
-            self._stop.wait(self.tick_seconds)
+            # Wake on any change (an accepted update closes its round at once) or the tick.
+            self.hub.wait(self.tick_seconds)
 
     def advance_all(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -103,7 +104,7 @@ class RoundScheduler:
                 active = session.scalars(
                     select(Run.id).where(Run.state.in_([RunState.PENDING, RunState.RUNNING]))
                 ).all()
-            moved = False
+            moved = self._mark_presence(now)
             for run_id in active:
                 with self.hub.db.transaction() as session:
                     run = session.get(Run, run_id)
@@ -111,6 +112,24 @@ class RoundScheduler:
                         moved |= self._advance(session, run, now)
         if moved:
             self.hub.notify()
+
+    def _mark_presence(self, now: float) -> bool:
+        """Audit each site going offline (no poll or heartbeat lately) and coming back."""
+        cutoff = now - self.hub.limits.offline_after_seconds
+        changed = False
+        with self.hub.db.transaction() as session:
+            for node in session.scalars(select(Node)):
+                online = node.last_seen >= cutoff
+                if online != node.online:
+                    node.online = online
+                    changed = True
+                    auditlog.append(
+                        session,
+                        "site.online" if online else "site.offline",
+                        actor=node.id,
+                        details={"last_seen": node.last_seen},
+                    )
+        return changed
 
     # -- one run -------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class CoordinatorServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
+        self.hub.closing.set()
         self.scheduler.stop()
         self.hub.notify()
         self.server.stop(grace).wait()

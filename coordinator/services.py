@@ -45,7 +45,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
     @maps_domain_errors
     def PullTask(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
-        return self.domain.pull_task(self._node(context), request.wait_seconds)
+        return self.domain.pull_task(self._node(context), request.wait_seconds, context.is_active)
 
     @maps_domain_errors
     def FetchModel(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802

@@ -288,3 +288,21 @@ def test_site_audits_reach_the_compliance_report(coordinator, agents, tmp_path):
     with coordinator.hub.db.transaction() as session:
         kinds = set(session.scalars(select(AuditEvent.kind)))
     assert {"audit.submitted", "report.produced"} <= kinds
+
+
+def test_sites_are_marked_offline_and_back_online(tmp_path):
+    from conftest import start_coordinator
+
+    running = start_coordinator(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d",
+                                offline_after_seconds=1.0)
+    try:
+        stub = running.federation()
+        token = stub.Join(federation_pb2.JoinRequest(site_name="a")).node_token
+        metadata = ((wire.NODE_TOKEN_HEADER, f"Bearer {token}"),)
+        wait_for(lambda: _has_audit_row(running, "site.offline"), 10, "the site to go offline")
+
+        stub.Heartbeat(federation_pb2.HeartbeatRequest(), metadata=metadata)
+
+        wait_for(lambda: _has_audit_row(running, "site.online"), 10, "the site to come back")
+    finally:
+        running.server.stop(grace=0.2)
