@@ -103,7 +103,7 @@ def test_coordinator_and_site_killed_mid_run_resume_without_loss(processes, tmp_
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         info = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id), timeout=5)
-        if info.state != common_pb2.RUN_STATE_RUNNING and info.state != common_pb2.RUN_STATE_PENDING:
+        if info.state not in (common_pb2.RUN_STATE_RUNNING, common_pb2.RUN_STATE_PENDING):
             break
         time.sleep(0.5)
     channel.close()
