@@ -422,3 +422,28 @@ def add_operator(
         admin_pb2.AddOperatorRequest(name=name, role=role), timeout=30
     )
     print(reply.token)
+
+
+@app.command("metrics")
+@friendly_errors
+def metrics(
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Basic counters: runs by state, sites online, updates accepted and rejected, bytes in."""
+    reply = Admin(coordinator, ca, token_file, insecure).GetMetrics(
+        admin_pb2.GetMetricsRequest(), timeout=30
+    )
+    values = dict(sorted(reply.values.items()))
+    if as_json:
+        print(json.dumps(values))
+        return
+    table = Table(title="coordinator metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in values.items():
+        table.add_row(key, f"{value:g}")
+    console.print(table)

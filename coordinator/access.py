@@ -15,7 +15,7 @@ from coordinator.schema import Enrolment, Operator
 
 ROLES = ("admin", "auditor")
 READ_ONLY = frozenset(
-    {"ListRuns", "GetRun", "WatchRun", "ListNodes", "GetAuditLog", "ExportReport"}
+    {"ListRuns", "GetRun", "WatchRun", "ListNodes", "GetAuditLog", "ExportReport", "GetMetrics"}
 )
 # The one table of permissions: admins may do everything, auditors only read.
 PERMISSIONS: dict[str, frozenset[str] | None] = {"admin": None, "auditor": READ_ONLY}

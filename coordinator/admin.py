@@ -17,6 +17,7 @@ from coordinator.hub import Hub
 from coordinator.runs import RunSpec
 from coordinator.scheduler import cancel_open_tasks
 from coordinator.schema import (
+    AuditEvent,
     Institution,
     ModelKind,
     ModelVersion,
@@ -84,6 +85,7 @@ class AdminService:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.started = time.time()
 
     def create_run(self, spec: RunSpec) -> admin_pb2.RunInfo:
         run_id = str(uuid.uuid4())
@@ -216,6 +218,36 @@ class AdminService:
             )
             sha = version.blob_sha256
         return self.hub.blobs.get(sha)
+
+    def metrics(self) -> admin_pb2.MetricsReply:
+        """Counters an operator or a monitoring system polls (cohort admin metrics)."""
+        cutoff = time.time() - self.hub.limits.offline_after_seconds
+        values: dict[str, float] = {"uptime_seconds": time.time() - self.started}
+        with self.hub.db.transaction() as session:
+            for state, count in session.execute(
+                select(Run.state, func.count()).group_by(Run.state)
+            ):
+                values[f"runs_{state.value}"] = float(count)
+            values["sites_total"] = float(session.scalar(select(func.count()).select_from(Node)))
+            values["sites_online"] = float(
+                session.scalar(
+                    select(func.count()).select_from(Node).where(Node.last_seen >= cutoff)
+                )
+            )
+            values["updates_accepted"] = float(
+                session.scalar(select(func.count()).select_from(Update))
+            )
+            values["update_bytes_received"] = float(
+                session.scalar(select(func.coalesce(func.sum(Update.size), 0)))
+            )
+            for kind in ("update.rejected", "auth.unauthenticated", "auth.denied"):
+                values[kind.replace(".", "_")] = float(
+                    session.scalar(
+                        select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == kind)
+                    )
+                )
+            values["audit_log_rows"] = float(auditlog.count_rows(session))
+        return admin_pb2.MetricsReply(values=values)
 
     def list_nodes(self) -> admin_pb2.ListNodesReply:
         cutoff = time.time() - self.hub.limits.offline_after_seconds

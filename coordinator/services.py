@@ -128,6 +128,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
+    def GetMetrics(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._actor(context, "GetMetrics")
+        return self.domain.metrics()
+
+    @maps_domain_errors
     def EnrolSite(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         actor = self._actor(context, "EnrolSite")
         token, expires = self.access.enrol_site(

@@ -90,6 +90,11 @@ class AdminStub:
                 request_serializer=protos_dot_admin__pb2.AddOperatorRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.AddOperatorReply.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/cohort.v1.Admin/GetMetrics',
+                request_serializer=protos_dot_admin__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.MetricsReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -166,6 +171,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """Basic counters: runs by state, sites online, updates accepted/rejected, bytes in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +235,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AddOperator,
                     request_deserializer=protos_dot_admin__pb2.AddOperatorRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.AddOperatorReply.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=protos_dot_admin__pb2.GetMetricsRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.MetricsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -522,6 +539,33 @@ class Admin:
             '/cohort.v1.Admin/AddOperator',
             protos_dot_admin__pb2.AddOperatorRequest.SerializeToString,
             protos_dot_admin__pb2.AddOperatorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Admin/GetMetrics',
+            protos_dot_admin__pb2.GetMetricsRequest.SerializeToString,
+            protos_dot_admin__pb2.MetricsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,7 @@ READS = {
     "GetRun": admin_pb2.GetRunRequest(run_id="x"),
     "ListNodes": admin_pb2.ListNodesRequest(),
     "GetAuditLog": admin_pb2.GetAuditLogRequest(),
+    "GetMetrics": admin_pb2.GetMetricsRequest(),
 }
 WRITES = {
     "CreateRun": admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=9),

@@ -126,6 +126,7 @@ def test_admin_commands_against_a_finished_run(coordinator, agents, tmp_path):
     downloaded = invoke("admin", "models", "download", run.run_id, "--out", str(out), *where)
     sites = invoke("admin", "sites", "list", "--json", *where)
     verified = invoke("audit", "verify", run.run_id, *where)
+    metrics = invoke("admin", "metrics", "--json", *where)
 
     assert json.loads(shown.output)["state"] == "completed"
     assert run.run_id in listed.output
@@ -133,6 +134,8 @@ def test_admin_commands_against_a_finished_run(coordinator, agents, tmp_path):
     assert downloaded.exit_code == 0 and out.exists()
     assert len(json.loads(sites.output)) == 2
     assert verified.exit_code == 0 and "intact" in verified.output
+    counters = json.loads(metrics.output)
+    assert counters["runs_completed"] == 1 and counters["updates_accepted"] == 2
 
 
 def test_audit_verify_exits_1_on_a_tampered_log(tmp_path):
