@@ -31,6 +31,9 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/round.py
 	$(PY) bench/secure_agg.py --quick
+	$(PY) bench/models.py --quick
+	$(PY) bench/audit.py
+	$(PY) bench/load.py --clients 20
 
 clean:
 	rm -rf $(VENV) cohort-data .pytest_cache
