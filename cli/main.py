@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from flwr.client import NumPyClient
 from rich.table import Table
 
 from cli import admin as admin_cli
@@ -318,7 +318,7 @@ def export_model(
     console.print(f"wrote {len(weights)} tensors to {out}")
 
 
-class _NoTraining:
+class _NoTraining(NumPyClient):
     """export-model trains nothing; the agent only needs a place-holder client."""
 
 
@@ -327,4 +327,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -72,8 +72,12 @@ class SiteAgent:
         self.client = client
         self.listener = listener or (lambda event, info: None)
         self.identity = SiteIdentity.load_or_create(config.state_dir, config.site_name)
-        self.channel = open_channel(config.coordinator, ca_file=config.ca_file,
-                                    insecure=config.insecure, options=config.channel_options)
+        self.channel = open_channel(
+            config.coordinator,
+            ca_file=config.ca_file,
+            insecure=config.insecure,
+            options=config.channel_options,
+        )
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
         self.node_id = ""
         self._secure_state: dict[str, SecureModelState] = {}
@@ -93,7 +97,7 @@ class SiteAgent:
                 site_name=self.config.site_name,
                 x25519_public_key=self.identity.x25519_public,
                 node_token=self.identity.node_token,
-            enrolment_token="" if self.identity.node_token else self.config.enrolment_token,
+                enrolment_token="" if self.identity.node_token else self.config.enrolment_token,
                 agent_version=AGENT_VERSION,
                 capabilities=self._capabilities(),
             ),

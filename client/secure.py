@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +13,7 @@ from protos import common_pb2
 from protos.wire import NDArrays
 
 
-def flatten(arrays: NDArrays) -> np.ndarray:
+def flatten(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return (
         np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
         if arrays

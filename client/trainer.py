@@ -7,13 +7,14 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.client import NumPyClient
+from flwr.common.typing import Config
 
 import models
 from client.data import TabularData, log_scale, train_holdout_split
 from protos.wire import NDArrays
 
 
-def scalar_config(config: dict[str, Any]) -> dict[str, bool | int | float | str]:
+def scalar_config(config: dict[str, Any]) -> Config:
     """Flower configs hold scalars only; nested settings stay with the trainer."""
     return {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
 

@@ -6,7 +6,8 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -158,8 +159,8 @@ class AdminService:
         return info
 
     def watch_run(
-        self, run_id: str, is_active: callable = lambda: True
-    ) -> Iterator[admin_pb2.RunEvent]:  # type: ignore[valid-type]
+        self, run_id: str, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[admin_pb2.RunEvent]:
         """Yield a snapshot at once, then each time the run changes, until it has ended."""
         last = b""
         while is_active():
@@ -224,27 +225,23 @@ class AdminService:
         cutoff = time.time() - self.hub.limits.offline_after_seconds
         values: dict[str, float] = {"uptime_seconds": time.time() - self.started}
         with self.hub.db.transaction() as session:
+
+            def number(query: Any) -> float:
+                return float(session.scalar(query) or 0)
+
             for state, count in session.execute(
                 select(Run.state, func.count()).group_by(Run.state)
             ):
                 values[f"runs_{state.value}"] = float(count)
-            values["sites_total"] = float(session.scalar(select(func.count()).select_from(Node)))
-            values["sites_online"] = float(
-                session.scalar(
-                    select(func.count()).select_from(Node).where(Node.last_seen >= cutoff)
-                )
+            values["sites_total"] = number(select(func.count()).select_from(Node))
+            values["sites_online"] = number(
+                select(func.count()).select_from(Node).where(Node.last_seen >= cutoff)
             )
-            values["updates_accepted"] = float(
-                session.scalar(select(func.count()).select_from(Update))
-            )
-            values["update_bytes_received"] = float(
-                session.scalar(select(func.coalesce(func.sum(Update.size), 0)))
-            )
+            values["updates_accepted"] = number(select(func.count()).select_from(Update))
+            values["update_bytes_received"] = number(select(func.sum(Update.size)))
             for kind in ("update.rejected", "auth.unauthenticated", "auth.denied"):
-                values[kind.replace(".", "_")] = float(
-                    session.scalar(
-                        select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == kind)
-                    )
+                values[kind.replace(".", "_")] = number(
+                    select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == kind)
                 )
             values["audit_log_rows"] = float(auditlog.count_rows(session))
         return admin_pb2.MetricsReply(values=values)

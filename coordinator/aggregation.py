@@ -68,6 +68,6 @@ def apply_deltas(weights: NDArrays, deltas: NDArrays, server_lr: float = 1.0) ->
     if len(weights) != len(deltas):
         raise ValueError(f"{len(deltas)} deltas for {len(weights)} weights")
     return [
-        (w + server_lr * d.astype(np.float64)).astype(w.dtype)
+        (w.astype(np.float64) + server_lr * d.astype(np.float64)).astype(w.dtype)
         for w, d in zip(weights, deltas, strict=True)
     ]

@@ -63,15 +63,8 @@ def hash_token(token: str) -> str:
 
 def weight_cap(run: Run, selected: int) -> int:
     """Largest weight one site may use so that the round's Σw can never pass max_weight."""
-    max_weight = int(run.config.get("encoding", {}).get("max_weight", 4096))  # type: ignore[union-attr]
+    max_weight = int(run.encoding()["max_weight"])
     return max(1, max_weight // max(selected, run.min_clients, 1))
-
-
-def encoding_of(run: Run) -> dict[str, float | int]:
-    from coordinator.runs import DEFAULT_ENCODING
-
-    given = run.config.get("encoding", {})
-    return {**DEFAULT_ENCODING, **(given if isinstance(given, dict) else {})}
 
 
 class FederationService:
@@ -282,7 +275,7 @@ class FederationService:
         """Encoding, public key and this node's sealed private key, for secure runs."""
         if run.secure != "paillier":
             return
-        enc = encoding_of(run)
+        enc = run.encoding()
         message.encoding.CopyFrom(
             common_pb2.EncodingParams(
                 clip=float(enc["clip"]),
@@ -610,7 +603,7 @@ class FederationService:
                 raise InvalidArgument(f"bad quantised update: {exc}") from exc
             specs = specs[:-1]  # the last tensor is the per-tensor scales
         if run is not None:
-            expected = [(str(s["dtype"]), tuple(s["shape"])) for s in run.tensor_specs]  # type: ignore[call-overload]
+            expected = run.model_shapes()
             got = [(s.dtype, s.shape) for s in specs]
             if len(got) != len(expected):
                 raise InvalidArgument(
@@ -638,7 +631,7 @@ class FederationService:
             raise FailedPrecondition(
                 f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
             )
-        enc = encoding_of(run)
+        enc = run.encoding()
         selected = len(
             session.scalars(
                 select(Task.id).where(
@@ -666,7 +659,7 @@ class FederationService:
             max_weight=int(enc["max_weight"]),
             key_bits=public_key.n.bit_length(),
         )
-        count = sum(int(np.prod(s["shape"])) for s in run.tensor_specs)  # type: ignore[call-overload]
+        count = run.value_count()
         width = crypto.ciphertext_width(public_key)
         expected = codec.num_plaintexts(count)
         if len(payload) != expected * width:
@@ -699,7 +692,7 @@ class FederationService:
                 public_key = crypto.public_key_from_bytes(bytes(bundle.public_key))
             except ValueError as exc:
                 raise InvalidArgument(f"unreadable public key: {exc}") from exc
-            want_bits = int(encoding_of(run)["key_bits"])
+            want_bits = int(run.encoding()["key_bits"])
             if public_key.n.bit_length() < want_bits - 1:
                 raise InvalidArgument(
                     f"key has {public_key.n.bit_length()} bits; the run asks for {want_bits}"

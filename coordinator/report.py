@@ -88,9 +88,7 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
             sites=sites,
             privacy={
                 "secure_aggregation": run.secure,
-                "key_bits": (run.config.get("encoding", {}) or {}).get("key_bits")  # type: ignore[union-attr]
-                if run.secure == "paillier"
-                else None,
+                "key_bits": int(run.encoding()["key_bits"]) if run.secure == "paillier" else None,
                 "key_custodian": run.custodian or None,
                 "key_fingerprints": [run.key_fingerprint] if run.key_fingerprint else [],
                 "coordinator_visibility": VISIBILITY[run.secure],

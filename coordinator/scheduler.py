@@ -438,7 +438,7 @@ class RoundScheduler:
         ]
         total = crypto.add_encrypted(vectors, public_key)
         payload = crypto.ciphertexts_to_bytes(total, width)
-        count = sum(int(np.prod(s["shape"])) for s in run.tensor_specs)  # type: ignore[call-overload]
+        count = run.value_count()
         return self.hub.blobs.put(payload), len(payload), count
 
     # -- ends ----------------------------------------------------------------------------

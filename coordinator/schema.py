@@ -126,6 +126,31 @@ class Run(Base):
     started_at: Mapped[float] = mapped_column(Float, default=0.0)
     ended_at: Mapped[float] = mapped_column(Float, default=0.0)
 
+    def model_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """``(dtype, shape)`` of each exchanged tensor, as the initial weights declared them."""
+        out = []
+        for spec in self.tensor_specs:
+            shape = spec.get("shape", [])
+            out.append((str(spec.get("dtype")), tuple(int(d) for d in shape)))  # type: ignore[attr-defined]
+        return out
+
+    def value_count(self) -> int:
+        """Number of values in one update: what the Paillier codec packs."""
+        total = 0
+        for _, shape in self.model_shapes():
+            size = 1
+            for dim in shape:
+                size *= dim
+            total += size
+        return total
+
+    def encoding(self) -> dict[str, float | int]:
+        """The Paillier encoding of a secure run, with defaults filled in."""
+        from coordinator.runs import DEFAULT_ENCODING
+
+        given = self.config.get("encoding", {})
+        return {**DEFAULT_ENCODING, **(given if isinstance(given, dict) else {})}
+
 
 class Round(Base):
     __tablename__ = "rounds"
