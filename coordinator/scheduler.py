@@ -176,17 +176,9 @@ class RoundScheduler:
         """KEYGEN and INIT go to one site (the custodian where named); retried elsewhere."""
         tasks = list(session.scalars(select(Task).where(Task.run_id == run.id, Task.kind == kind)))
         live = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
-        for task in live:
-            if now < task.deadline:
-                return False
-            task.state = TaskState.MISSED
-            auditlog.append(
-                session,
-                "task.missed",
-                run_id=run.id,
-                actor=task.node_id,
-                details={"kind": kind.value},
-            )
+        if any(now < task.deadline for task in live):
+            return False
+        mark_missed(session, run, live, kind=kind.value)
         if len(tasks) >= SETUP_ATTEMPTS:
             what = "generate the run's keys" if kind == TaskKind.KEYGEN else "send initial weights"
             self._fail(session, run, now, f"no site could {what} after {len(tasks)} attempts")
@@ -287,15 +279,7 @@ class RoundScheduler:
             return True
         if now < current.deadline and open_tasks:
             return False
-        for task in open_tasks:
-            task.state = TaskState.MISSED
-            auditlog.append(
-                session,
-                "task.missed",
-                run_id=run.id,
-                actor=task.node_id,
-                details={"round": current.number},
-            )
+        mark_missed(session, run, open_tasks, round=current.number)
         if len(updates) >= quorum:
             self._close_round(session, run, current, updates, now)
             return True
@@ -482,6 +466,13 @@ class RoundScheduler:
         cancel_open_tasks(session, run.id)
         auditlog.append(session, "run.failed", run_id=run.id, details={"reason": reason})
         log.warning("run %s failed: %s", run.id, reason)
+
+
+def mark_missed(session: Session, run: Run, tasks: Sequence[Task], **details: object) -> None:
+    """Tasks whose deadline passed: the site is left out of that step, and the log says so."""
+    for task in tasks:
+        task.state = TaskState.MISSED
+        auditlog.append(session, "task.missed", run_id=run.id, actor=task.node_id, details=details)
 
 
 def cancel_open_tasks(session: Session, run_id: str) -> None:
