@@ -468,8 +468,12 @@ class SiteAgent:
 
     def export_model(self, run_id: str) -> list[np.ndarray]:
         """Final weights of a run, decrypted here for secure runs (`cohort client export-model`)."""
-        if not self.node_id:
-            self.join()
+        if not self.identity.node_token:
+            # Joining here would make a new node that the scheduler could pick for a round.
+            raise AgentError(
+                f"site {self.config.site_name} has not joined the federation from "
+                f"{self.config.state_dir}: use the agent's --state-dir"
+            )
         task = self.stub.GetFinalModel(
             federation_pb2.FinalModelRequest(run_id=run_id), metadata=self._metadata(), timeout=60
         )

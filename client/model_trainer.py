@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,12 @@ from models.datasets import DictDataset
 from protos.wire import NDArrays
 
 LABEL_KEY = "label"
+
+# torch's and numpy's global generators are process-wide. Sites sharing a process (the
+# demo, tests, simulations) take turns while they seed and draw from them; otherwise one
+# site's seeding lands in the middle of another's initialisation and the "identical"
+# frozen bases differ. A process holding one site never waits on this lock.
+GLOBAL_RNG_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,10 @@ def spec_from_config(config: Mapping[str, Any], default: ModelSpec) -> ModelSpec
     """Read a run's model spec from a Flower config, falling back on ``default``.
 
     Flower configs hold scalars only, so the model's kwargs travel as the JSON string
-    ``model_config_json``; a ``model_config`` dict is accepted too (direct calls, or the
-    run config of :meth:`SiteAgent.export_model`).
+    ``model_config_json``; a ``model_config`` dict is accepted too (direct calls, or a
+    run's config read back with its final model). An empty object means "not given"
+    (the agent sends ``{}`` for runs without a ``model_config``), so the site's own
+    defaults apply; ``lora`` and ``seed``, when present, are the run's and win.
 
     Raises
     ------
@@ -66,13 +75,12 @@ def spec_from_config(config: Mapping[str, Any], default: ModelSpec) -> ModelSpec
         If ``model_config_json`` is not a JSON object.
     """
     model_config = default.config
-    if config.get("model_config_json"):
-        parsed = json.loads(str(config["model_config_json"]))
-        if not isinstance(parsed, dict):
-            raise ValueError(f"model_config_json must be a JSON object, got {parsed!r}")
-        model_config = parsed
-    elif isinstance(config.get("model_config"), dict):
-        model_config = dict(config["model_config"])
+    text = str(config.get("model_config_json") or "")
+    parsed = json.loads(text) if text else config.get("model_config") or {}
+    if not isinstance(parsed, dict):
+        raise ValueError(f"model_config_json must be a JSON object, got {parsed!r}")
+    if parsed:
+        model_config = dict(parsed)
     return ModelSpec(
         model=str(config.get("model") or default.model),
         config=model_config,
@@ -105,7 +113,7 @@ def build_site_model(spec: ModelSpec, data: DictDataset) -> nn.Module:
             "no model named: pass model= to the trainer or run with a 'model' in the config"
         )
     config = {**inferred_config(spec.model, data), **spec.config}
-    with torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = models.build_model(spec.model, **config)
         if spec.lora:
@@ -279,7 +287,7 @@ class ModelTrainer(NumPyClient):
         model = self.ensure_model(config)
         models.set_weights(model, parameters)
         self.rounds_trained += 1
-        with frozen_norm_statistics(model):
+        with GLOBAL_RNG_LOCK, frozen_norm_statistics(model):
             metrics = models.train(
                 model,
                 self.train_data,
@@ -343,17 +351,18 @@ class ModelTrainer(NumPyClient):
                 max_rows=rows,
                 seed=seed,
             )
-        return audit_torch(
-            model,
-            inputs,
-            background,
-            kind,
-            classes,
-            site=self.site_name,
-            max_rows=rows,
-            nsamples=self.audit_nsamples,
-            seed=seed,
-        )
+        with GLOBAL_RNG_LOCK:
+            return audit_torch(
+                model,
+                inputs,
+                background,
+                kind,
+                classes,
+                site=self.site_name,
+                max_rows=rows,
+                nsamples=self.audit_nsamples,
+                seed=seed,
+            )
 
 
 def save_site_dataset(data: DictDataset, path: Path) -> Path:

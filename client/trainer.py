@@ -43,13 +43,22 @@ class TabularTrainer(NumPyClient):
         self.feature_names = data.feature_names
         self.data_fingerprint = data.fingerprint()
         self.num_rows = len(data.y)
-        config = {"in_features": data.x.shape[1], "num_classes": 2, **(model_config or {})}
-        torch.manual_seed(seed)
-        self.model = models.build_model(model, **config)
-        self.device = device or models.select_device()
-        self.model.to(self.device)
+        self.model_name = model
+        self.model_config = {
+            "in_features": data.x.shape[1],
+            "num_classes": 2,
+            **(model_config or {}),
+        }
         self.seed = seed
+        self.device = device or models.select_device()
+        self._started_run: str | None = None
+        self._build_model()
         self.rounds_trained = 0
+
+    def _build_model(self) -> None:
+        torch.manual_seed(self.seed)
+        self.model = models.build_model(self.model_name, **self.model_config)
+        self.model.to(self.device)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         if self.preprocess == "log":
@@ -63,6 +72,11 @@ class TabularTrainer(NumPyClient):
         return len(self.train_data.y)
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
+        """The model's weights; freshly initialised when a new run asks for its start point."""
+        run_id = config.get("run_id")
+        if run_id is not None and run_id != self._started_run:
+            self._started_run = str(run_id)
+            self._build_model()
         return models.get_weights(self.model)
 
     def fit(

@@ -293,8 +293,9 @@ def test_site_audits_reach_the_compliance_report(coordinator, agents, tmp_path):
 def test_sites_are_marked_offline_and_back_online(tmp_path):
     from conftest import start_coordinator
 
-    running = start_coordinator(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d",
-                                offline_after_seconds=1.0)
+    running = start_coordinator(
+        f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d", offline_after_seconds=1.0
+    )
     try:
         stub = running.federation()
         token = stub.Join(federation_pb2.JoinRequest(site_name="a")).node_token
@@ -306,3 +307,32 @@ def test_sites_are_marked_offline_and_back_online(tmp_path):
         wait_for(lambda: _has_audit_row(running, "site.online"), 10, "the site to come back")
     finally:
         running.server.stop(grace=0.2)
+
+
+def test_a_second_run_starts_from_fresh_weights_not_the_last_runs(coordinator, agents, tmp_path):
+    from coordinator.schema import Run
+
+    agents.start(coordinator.address, breast_cancer_sites(2), tmp_path)
+    admin = coordinator.admin()
+    first = create_run(admin, rounds=1, min_clients=2)
+    wait_for_state(admin, first.run_id, DONE)
+
+    second = create_run(admin, rounds=1, min_clients=2)
+    wait_for_state(admin, second.run_id, DONE)
+
+    with coordinator.hub.db.transaction() as session:
+        starts = [session.get(Run, r.run_id).initial_model_sha256 for r in (first, second)]
+    assert starts[0] == starts[1]  # same seed, same fresh initial model
+
+
+def test_export_without_joining_first_is_refused(coordinator, tmp_path):
+    from client.agent import AgentConfig, AgentError, SiteAgent
+
+    agent = SiteAgent(
+        AgentConfig(coordinator.address, "never-joined", tmp_path), breast_cancer_sites(1)[0]
+    )
+    try:
+        with pytest.raises(AgentError, match="has not joined"):
+            agent.export_model("any")
+    finally:
+        agent.close()
