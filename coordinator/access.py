@@ -75,7 +75,7 @@ class AccessControl:
     def add_operator(self, name: str, role: str, actor: str) -> str:
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if not name.strip() or len(name) > 128:
+        if not name.strip() or len(name) > 128 or "\x00" in name:
             raise InvalidArgument("operator name must be 1-128 characters")
         token = secrets.token_urlsafe(32)
         with self.hub.lock, self.hub.db.transaction() as session:
@@ -89,6 +89,10 @@ class AccessControl:
 
     def enrol_site(self, site_name: str, ttl_seconds: float, actor: str) -> tuple[str, float]:
         """A one-time token for ``site_name``, stored only as its sha256, expiring."""
+        from coordinator.federation import SITE_NAME
+
+        if not SITE_NAME.fullmatch(site_name):
+            raise InvalidArgument(f"{site_name!r} is not a site name Join would accept")
         if not 60 <= ttl_seconds <= 30 * 86400:
             raise InvalidArgument("enrolment tokens live between 60 s and 30 days")
         token = secrets.token_urlsafe(32)

@@ -52,7 +52,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
     """Read a CreateRunRequest into a validated RunSpec (InvalidArgument otherwise)."""
     try:
         config = json.loads(request.config_json) if request.config_json else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"config_json is not JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise InvalidArgument("config_json must be a JSON object")
@@ -76,7 +76,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
     )
     try:
         spec.validate()
-    except ValueError as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidArgument(str(exc)) from exc
     return spec
 
@@ -322,7 +322,8 @@ class AdminService:
 
     @staticmethod
     def _run(session: Session, run_id: str) -> Run:
-        run = session.get(Run, run_id) if run_id else None
+        usable = run_id and len(run_id) <= 36 and "\x00" not in run_id
+        run = session.get(Run, run_id) if usable else None
         if run is None:
             raise NotFound(f"no run {run_id!r}")
         return run

@@ -70,7 +70,7 @@ def maps_domain_errors(method: F) -> F:
             try:
                 yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status, see _abort
-                if _is_abort(exc):
+                if _is_abort(exc, context):
                     raise
                 _abort(context, exc)
 
@@ -81,7 +81,7 @@ def maps_domain_errors(method: F) -> F:
         try:
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - mapped to a status, see _abort
-            if _is_abort(exc):
+            if _is_abort(exc, context):
                 raise
             _abort(context, exc)
 
@@ -94,6 +94,13 @@ def _is_generator(method: Callable[..., Any]) -> bool:
     return inspect.isgeneratorfunction(method)
 
 
-def _is_abort(exc: Exception) -> bool:
-    # context.abort raises a bare Exception subclass private to grpc; let it through.
-    return type(exc).__module__.startswith("grpc")
+def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:
+    """True for the bare ``Exception`` that ``context.abort`` raises once it set a status.
+
+    It can come from inside a handler (a request stream that a server interceptor
+    refused); re-raising it keeps the status that abort chose.
+    """
+    if type(exc).__module__.startswith("grpc"):
+        return True
+    code = context.code() if hasattr(context, "code") else None
+    return type(exc) is Exception and code not in (None, grpc.StatusCode.OK)

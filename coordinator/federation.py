@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -84,6 +85,8 @@ class FederationService:
                 "site name must be 1-128 letters, digits, '.', '_' or '-', starting with a "
                 f"letter or digit; got {request.site_name!r}"
             )
+        if len(request.agent_version) > 64 or "\x00" in request.agent_version:
+            raise InvalidArgument("agent_version must be at most 64 characters")
         key = bytes(request.x25519_public_key)
         if key and len(key) != 32:
             raise InvalidArgument("x25519_public_key must be 32 raw bytes")
@@ -184,6 +187,8 @@ class FederationService:
         Gives up early when the caller has gone or the coordinator is stopping, so an
         abandoned poll does not hold a server thread for its whole wait.
         """
+        if math.isnan(wait_seconds):
+            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
         wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
         until = time.monotonic() + wait
         touched = time.monotonic()
@@ -382,10 +387,13 @@ class FederationService:
             )
             if involved is None:
                 raise PermissionDenied("this node has no task in that run")
-            known = sha256 == run.initial_model_sha256 or session.scalar(
-                select(ModelVersion.id)
-                .where(ModelVersion.run_id == run_id, ModelVersion.blob_sha256 == sha256)
-                .limit(1)
+            known = bool(sha256) and (
+                sha256 == run.initial_model_sha256
+                or session.scalar(
+                    select(ModelVersion.id)
+                    .where(ModelVersion.run_id == run_id, ModelVersion.blob_sha256 == sha256)
+                    .limit(1)
+                )
             )
             if not known:
                 raise NotFound(f"run {run_id} has no model {sha256!r}")
@@ -413,7 +421,7 @@ class FederationService:
                 auditlog.append(
                     session,
                     "update.rejected",
-                    run_id=header.run_id,
+                    run_id=header.run_id if len(header.run_id) <= 36 else "",
                     actor=node_id,
                     details={"round": header.round, "status": exc.code.name, "reason": str(exc)},
                 )
@@ -462,8 +470,10 @@ class FederationService:
                 f"update of {header.payload_size} bytes is over the "
                 f"{self.hub.limits.max_update_bytes}-byte limit"
             )
-        if header.num_examples < 1:
-            raise InvalidArgument("num_examples must be at least 1")
+        if not 1 <= header.num_examples < 2**63:
+            raise InvalidArgument("num_examples must be between 1 and 2^63 - 1")
+        if any(v.WhichOneof("value") is None for v in header.metrics.values()):
+            raise InvalidArgument("every metric must hold a value")
         expected = wire.TENSORS_FLOAT32
         if task.kind == TaskKind.TRAIN and run.secure == "paillier":
             expected = wire.PAILLIER_PACKED
@@ -614,9 +624,9 @@ class FederationService:
                     raise InvalidArgument(
                         f"tensor {index} has shape {list(have[1])}, the model's is {list(want[1])}"
                     )
-            arrays = wire.decode_tensors(payload)
-            if not all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
-                raise InvalidArgument("update holds NaN or infinite values")
+        arrays = wire.decode_tensors(payload)
+        if not all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
+            raise InvalidArgument("update holds NaN or infinite values")
         return specs
 
     def _check_ciphertexts(
@@ -703,6 +713,8 @@ class FederationService:
             known = {n.id for n in self._keygen_participants(session)} | {node_id}
             sealed_for = []
             for item in bundle.sealed:
+                if item.node_id in sealed_for:
+                    raise InvalidArgument(f"two sealed keys for node {item.node_id!r}")
                 if item.node_id not in known or not item.sealed_private_key:
                     raise InvalidArgument(f"sealed key for unknown node {item.node_id!r}")
                 session.add(
@@ -741,7 +753,7 @@ class FederationService:
             raise ResourceExhausted("audit summary is over the size limit")
         try:
             summary = json.loads(submission.summary_json)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidArgument(f"audit summary is not JSON: {exc}") from exc
         if not isinstance(summary, dict):
             raise InvalidArgument("audit summary must be a JSON object")
@@ -749,7 +761,7 @@ class FederationService:
             from explain.summary import AttributionSummary
 
             AttributionSummary.from_dict(summary)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise InvalidArgument(f"audit summary is malformed: {exc}") from exc
         with self.hub.lock, self.hub.db.transaction() as session:
             task = session.get(Task, submission.task_id)

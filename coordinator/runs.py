@@ -45,6 +45,10 @@ class RunSpec:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""
+        for field_name, limit in (("model", 256), ("name", 128), ("custodian", 128)):
+            text = getattr(self, field_name)
+            if len(text) > limit or "\x00" in text:
+                raise ValueError(f"{field_name} must be at most {limit} characters, without NUL")
         if not self.model.strip():
             raise ValueError("model must be named (e.g. tabular_mlp)")
         if not 1 <= self.rounds <= 10_000:
@@ -86,8 +90,8 @@ class RunSpec:
                 raise ValueError(f"key_bits must be one of {KEY_SIZES}, not {enc['key_bits']}")
             if not 2 <= int(enc["bits"]) <= 32:
                 raise ValueError(f"encoding bits must be 2 to 32, not {enc['bits']}")
-            if float(enc["clip"]) <= 0:
-                raise ValueError("encoding clip must be positive")
+            if not 0 < float(enc["clip"]) < float("inf"):
+                raise ValueError("encoding clip must be a positive finite number")
             if int(enc["max_weight"]) < self.min_clients:
                 raise ValueError("max_weight must allow at least one unit of weight per site")
 

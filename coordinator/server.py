@@ -22,6 +22,57 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = ("cohort.v1.Federation", "cohort.v1.Admin")
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse."""
+
+
+def _refusing(behavior, streaming):  # type: ignore[no-untyped-def]
+    def check(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request does not parse as protobuf")
+        return request
+
+    if streaming:
+
+        def wrapped(requests, context):  # type: ignore[no-untyped-def]
+            return behavior((check(r, context) for r in requests), context)
+    else:
+
+        def wrapped(request, context):  # type: ignore[no-untyped-def]
+            return behavior(check(request, context), context)
+
+    return wrapped
+
+
+class RefuseUndecodable(grpc.ServerInterceptor):
+    """Answer unparseable request bytes with INVALID_ARGUMENT, not grpcio's INTERNAL."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes):  # type: ignore[no-untyped-def]
+            try:
+                return parse(data)
+            except Exception:  # noqa: BLE001
+                return _Undecodable()
+
+        kind = (
+            ("stream" if handler.request_streaming else "unary")
+            + "_"
+            + ("stream" if handler.response_streaming else "unary")
+        )
+        behavior = getattr(handler, kind)
+        make = getattr(grpc, f"{kind}_rpc_method_handler")
+        return make(
+            _refusing(behavior, handler.request_streaming),
+            request_deserializer=deserialize,
+            response_serializer=handler.response_serializer,
+        )
+
+
 class CoordinatorServer:
     """One coordinator process: ``start()`` binds and returns the port, ``stop()`` drains."""
 
@@ -46,7 +97,10 @@ class CoordinatorServer:
         self.scheduler = RoundScheduler(self.hub, tick_seconds=tick_seconds)
         self.health = health.HealthServicer()
         # Long polls park a thread each: size the pool for every site plus admin calls.
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=[RefuseUndecodable()],
+        )
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationServicer(FederationService(self.hub, self.access)), self.server
         )

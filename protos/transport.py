@@ -1,4 +1,4 @@
-"""Opening a channel to the coordinator: TLS against the federation CA, or an explicit --insecure."""
+"""Opening a channel to the coordinator: TLS against the federation CA, or explicit --insecure."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class TensorSpec:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -129,7 +130,7 @@ def tensor_specs(payload: bytes) -> list[TensorSpec]:
     try:
         raw = json.loads(payload[8 : 8 + header_len])
         specs = [TensorSpec(str(s["dtype"]), tuple(int(d) for d in s["shape"])) for s in raw]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise PayloadError(f"unreadable tensor header: {exc}") from exc
     for spec in specs:
         if spec.dtype not in _ALLOWED_DTYPES or any(d < 0 for d in spec.shape):
