@@ -272,3 +272,26 @@ def test_html_report_renders_in_headless_chromium(facts: dict[str, Any], tmp_pat
         assert image.size == (1280, 2400)
         colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 50
+
+
+@pytest.mark.skipif(
+    shutil.which("pdftoppm") is None,
+    reason="pdftoppm is not installed (apt-get install poppler-utils); CI installs it",
+)
+def test_pdf_report_renders_to_png_pages(facts: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    pdf = write_report(facts, "pdf", tmp_path / "report.pdf")
+
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "60", str(pdf), str(tmp_path / "page")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) >= 2
+    with Image.open(pages[0]) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 20  # text and plots, not a blank page
