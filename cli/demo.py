@@ -11,40 +11,57 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from client.agent import AgentConfig, SiteAgent
-from client.data import (
-    TabularData,
-    dirichlet_split,
-    load_sklearn,
-    load_tabular,
-    save_csv,
-    train_holdout_split,
+from cli.scenarios import (
+    SCENARIOS,
+    Scenario,
+    build_scenario,
+    evaluate_weights,
+    prepare_sites,
+    train_alone,
 )
-from client.trainer import TabularTrainer
+from client.agent import AgentConfig, SiteAgent
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2, admin_pb2_grpc, common_pb2, wire
 
-SITES = ("hospital-a", "hospital-b", "hospital-c")
+# prepare_sites / evaluate_weights / train_alone live with the tabular scenario; they are
+# re-exported here because benchmarks import them from the demo.
+__all__ = [
+    "SCENARIOS",
+    "DemoResult",
+    "DemoSettings",
+    "RoundProgress",
+    "evaluate_weights",
+    "prepare_sites",
+    "run_demo",
+    "train_alone",
+]
 
 
 @dataclass
 class DemoSettings:
+    """What `cohort demo` runs; ``scenario`` names an entry of :data:`SCENARIOS`.
+
+    ``lr`` and ``alpha`` (Dirichlet label skew across sites) default to the scenario's
+    own values: LoRA adapters want a different rate than a full MLP, and a task that
+    needs two modalities cannot be learnt at a site that sees only one class.
+    """
+
     rounds: int = 5
     local_epochs: int = 5
-    lr: float = 0.005
+    lr: float | None = None
     secure: bool = True
     key_bits: int = 2048
-    alpha: float = 1.0
+    alpha: float | None = None
     seed: int = 0
     data_dir: Path = Path("cohort-data")
     round_deadline: float = 120.0
     report: bool = True
     encrypt_workers: int | None = None
     audit_wait_seconds: float = 120.0
+    scenario: str = "tabular"
 
 
 @dataclass
@@ -62,6 +79,13 @@ class DemoResult:
     bytes_received: int
     data_dir: str
     sites: dict[str, int] = field(default_factory=dict)
+    scenario: str = "tabular"
+    title: str = ""
+    model: str = "tabular_mlp"
+    lora: str = ""
+    exchanged_values: int = 0
+    full_model_bytes: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         best_local = max((m["accuracy"] for m in self.local_only.values()), default=float("nan"))
@@ -69,6 +93,9 @@ class DemoResult:
             "run_id": self.run_id,
             "state": self.state,
             "secure": self.secure,
+            "scenario": self.scenario,
+            "model": self.model,
+            "lora": self.lora,
             "federated_accuracy": self.federated["accuracy"],
             "federated_roc_auc": self.federated["roc_auc"],
             "centralised_accuracy": self.centralised["accuracy"],
@@ -78,50 +105,14 @@ class DemoResult:
             "best_local_accuracy": best_local,
             "rounds": len(self.rounds),
             "seconds": round(self.seconds, 2),
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "bytes_received": self.bytes_received,
+            "exchanged_values": self.exchanged_values,
+            "full_model_bytes": self.full_model_bytes,
             "key_fingerprint": self.key_fingerprint,
             "report_path": self.report_path,
             "sites": self.sites,
         }
-
-
-def prepare_sites(settings: DemoSettings, workdir: Path) -> tuple[dict[str, Path], TabularData]:
-    """Split breast-cancer data non-IID over the hospitals; hold out a common test set."""
-    data = load_sklearn("breast_cancer")
-    train, test = train_holdout_split(data, holdout=0.25, seed=settings.seed)
-    parts = dirichlet_split(train.y, len(SITES), settings.alpha, settings.seed, min_rows=40)
-    paths = {
-        name: save_csv(train.subset(index), workdir / "sites" / f"{name}.csv")
-        for name, index in zip(SITES, parts, strict=True)
-    }
-    return paths, test
-
-
-def evaluate_weights(
-    weights: list[np.ndarray], reference: TabularTrainer, test: TabularData
-) -> dict[str, float]:
-    """Score weights on the common test set with the reference trainer's model and scaling."""
-    import models
-
-    models.set_weights(reference.model, weights)
-    dataset = models.TabularDataset(reference._prepare(test.x), test.y)
-    result = models.evaluate(reference.model, dataset, device=reference.device)
-    return {"accuracy": float(result["accuracy"]), "roc_auc": float(result["roc_auc"])}
-
-
-def train_alone(
-    data: TabularData, settings: DemoSettings, test: TabularData, seed: int
-) -> dict[str, float]:
-    """The same model and epochs with no federation: the baselines."""
-    trainer = TabularTrainer(data, seed=seed)
-    weights = trainer.get_parameters({})
-    config = {
-        "local_epochs": settings.rounds * settings.local_epochs,
-        "lr": settings.lr,
-        "round": 1,
-    }
-    weights, _, _ = trainer.fit(weights, config)
-    return evaluate_weights(weights, trainer, test)
 
 
 class RoundProgress:
@@ -169,22 +160,35 @@ def run_demo(
     console: Console,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> DemoResult:
+    """Run ``settings.scenario`` end to end: coordinator, sites, rounds, audit, baselines.
+
+    Everything is real: a coordinator on an ephemeral loopback port, one agent thread per
+    site speaking gRPC, Paillier aggregation unless ``settings.secure`` is off. The final
+    model is decrypted by the first site, as a real site would, and scored on the
+    scenario's common test set next to the centralised and local-only baselines.
+
+    Raises
+    ------
+    ValueError
+        On an unknown scenario.
+    RuntimeError
+        If the run does not complete.
+    """
     started = time.perf_counter()
     workdir = settings.data_dir / time.strftime("demo-%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
-    site_files, test = prepare_sites(settings, workdir)
+    scenario = build_scenario(settings, workdir)
+    site_names = list(scenario.sites)
+    timings = {"setup": time.perf_counter() - started}
     server = CoordinatorServer(
         f"sqlite:///{workdir / 'cohort.db'}", workdir / "coordinator", port=0, tick_seconds=0.1
     )
-    port = server.start()
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{server.start()}"
     stop = threading.Event()
     agents: dict[str, SiteAgent] = {}
-    trainers: dict[str, TabularTrainer] = {}
     threads = []
     try:
-        for index, (name, path) in enumerate(site_files.items()):
-            trainers[name] = TabularTrainer(load_tabular(str(path)), seed=settings.seed + index)
+        for name, trainer in scenario.sites.items():
             agents[name] = SiteAgent(
                 AgentConfig(
                     address,
@@ -194,7 +198,7 @@ def run_demo(
                     encrypt_workers=settings.encrypt_workers,
                     seed=settings.seed,
                 ),
-                trainers[name],
+                trainer,
                 listener=on_event,
             )
             thread = threading.Thread(target=agents[name].run, args=(stop,), name=name, daemon=True)
@@ -202,34 +206,9 @@ def run_demo(
             threads.append(thread)
         channel = grpc.insecure_channel(address)
         admin = admin_pb2_grpc.AdminStub(channel)
-        config: dict[str, Any] = {"batch_size": 32}
-        if settings.secure:
-            # Deltas of the input normaliser's running means reach ~8 in round one on
-            # log-scaled features, hence the clip; 20 bits keep the step at 1.5e-5.
-            config["encoding"] = {
-                "clip": 16.0,
-                "bits": 20,
-                "max_weight": 4096,
-                "key_bits": settings.key_bits,
-            }
+        mark = time.perf_counter()
         run = admin.CreateRun(
-            admin_pb2.CreateRunRequest(
-                model="tabular_mlp",
-                rounds=settings.rounds,
-                min_clients=len(SITES),
-                local_epochs=settings.local_epochs,
-                lr=settings.lr,
-                round_deadline_seconds=settings.round_deadline,
-                name="demo",
-                secure=(
-                    common_pb2.SECURE_SCHEME_PAILLIER
-                    if settings.secure
-                    else common_pb2.SECURE_SCHEME_NONE
-                ),
-                custodian=SITES[0] if settings.secure else "",
-                config_json=json.dumps(config),
-            ),
-            metadata=(("x-cohort-user", "demo"),),
+            _create_run_request(settings, scenario), metadata=(("x-cohort-user", "demo"),)
         )
         with RoundProgress(console, settings.rounds) as progress:
             for event in admin.WatchRun(admin_pb2.GetRunRequest(run_id=run.run_id)):
@@ -238,34 +217,21 @@ def run_demo(
         state = common_pb2.RunState.Name(final.state).removeprefix("RUN_STATE_").lower()
         if state != "completed":
             raise RuntimeError(f"demo run {state}: {final.failure_reason}")
+        timings["federated"] = time.perf_counter() - mark
         # The final model is decrypted by a site, never by the coordinator.
-        weights = agents[SITES[0]].export_model(run.run_id)
-        federated = evaluate_weights(weights, trainers[SITES[0]], test)
+        weights = agents[site_names[0]].export_model(run.run_id)
+        federated = scenario.evaluate(weights)
+        mark = time.perf_counter()
         report_path = None
         if settings.report:
-            deadline = time.monotonic() + settings.audit_wait_seconds
-            while time.monotonic() < deadline:
-                info = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-                if info.audits_received >= len(SITES):
-                    break
-                time.sleep(0.5)
-            payload = wire.join_chunks(
-                admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run.run_id, format="html"))
-            )
             report = workdir / f"report-{run.run_id}.html"
-            report.write_bytes(payload)
+            _wait_and_write_report(admin, run.run_id, len(site_names), settings, report)
             report_path = str(report)
-        raw = {name: load_tabular(str(path)) for name, path in site_files.items()}
-        everything = TabularData(
-            np.concatenate([d.x for d in raw.values()]),
-            np.concatenate([d.y for d in raw.values()]),
-            test.feature_names,
-        )
-        centralised = train_alone(everything, settings, test, settings.seed)
-        local_only = {
-            name: train_alone(data, settings, test, settings.seed + i)
-            for i, (name, data) in enumerate(raw.items())
-        }
+        timings["audit_and_report"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        centralised = scenario.centralised()
+        local_only = scenario.local_only()
+        timings["baselines"] = time.perf_counter() - mark
         rounds = [
             {
                 "round": r.number,
@@ -289,7 +255,14 @@ def run_demo(
             report_path=report_path,
             bytes_received=sum(r.bytes_received for r in final.round_infos),
             data_dir=str(workdir),
-            sites={k: len(v.y) for k, v in raw.items()},
+            sites=dict(scenario.site_rows),
+            scenario=scenario.name,
+            title=scenario.title,
+            model=scenario.model,
+            lora=scenario.lora,
+            exchanged_values=int(sum(w.size for w in weights)),
+            full_model_bytes=scenario.full_model_bytes(),
+            timings=timings,
         )
     finally:
         stop.set()
@@ -298,3 +271,49 @@ def run_demo(
         for agent in agents.values():
             agent.close()
         server.stop(grace=1.0)
+
+
+def _create_run_request(settings: DemoSettings, scenario: Scenario) -> admin_pb2.CreateRunRequest:
+    """The run every site trains: the scenario's model, LoRA and encoding in config_json."""
+    config = scenario.run_config()
+    if settings.secure:
+        config["encoding"] = {
+            **scenario.encoding,
+            "max_weight": 4096,
+            "key_bits": settings.key_bits,
+        }
+    sites = list(scenario.sites)
+    return admin_pb2.CreateRunRequest(
+        model=scenario.model,
+        rounds=settings.rounds,
+        min_clients=len(sites),
+        local_epochs=settings.local_epochs,
+        lr=scenario.lr,
+        round_deadline_seconds=settings.round_deadline,
+        name=f"demo-{scenario.name}",
+        secure=(
+            common_pb2.SECURE_SCHEME_PAILLIER if settings.secure else common_pb2.SECURE_SCHEME_NONE
+        ),
+        custodian=sites[0] if settings.secure else "",
+        config_json=json.dumps(config),
+    )
+
+
+def _wait_and_write_report(
+    admin: admin_pb2_grpc.AdminStub,
+    run_id: str,
+    sites: int,
+    settings: DemoSettings,
+    out: Path,
+) -> None:
+    """Wait (bounded) for every site's audit, then export the HTML compliance report."""
+    deadline = time.monotonic() + settings.audit_wait_seconds
+    while time.monotonic() < deadline:
+        info = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+        if info.audits_received >= sites:
+            break
+        time.sleep(0.5)
+    payload = wire.join_chunks(
+        admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run_id, format="html"))
+    )
+    out.write_bytes(payload)

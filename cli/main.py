@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cli import admin as admin_cli
 from cli import audit as audit_cli
+from cli import model as model_cli
 from cli.common import console, err_console, fail, friendly_errors, load_config, setup_logging
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(client_app, name="client")
 app.add_typer(admin_cli.app, name="admin")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(model_cli.app, name="model")
 
 
 @app.callback()
@@ -62,13 +64,23 @@ def demo(
     seed: int = 0,
     report: Annotated[bool, typer.Option(help="Run SHAP audits and write the report.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="tabular (breast cancer, MLP) or multimodal (clinic scans + notes, LoRA)"
+        ),
+    ] = "tabular",
 ) -> None:
-    """Three hospitals train on breast-cancer data over real gRPC on 127.0.0.1."""
+    """Three sites train over real gRPC on 127.0.0.1 (breast cancer, or clinics with LoRA)."""
     from cli.demo import DemoSettings, run_demo
+    from cli.scenarios import SCENARIOS
 
     if key_bits not in (1024, 2048, 3072):
         fail("--key-bits must be 1024 (tests only), 2048 or 3072")
+    if scenario not in SCENARIOS:
+        fail(f"--scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}")
     settings = DemoSettings(
+        scenario=scenario,
         rounds=rounds,
         local_epochs=local_epochs,
         secure=not plaintext,
@@ -78,19 +90,22 @@ def demo(
         report=report,
     )
     mode = f"Paillier {key_bits}-bit" if settings.secure else "plaintext"
-    err_console.print(f"[bold]Cohort demo[/]: 3 hospitals, {rounds} rounds, {mode} aggregation")
+    err_console.print(
+        f"[bold]Cohort demo[/] ({scenario}): 3 sites, {rounds} rounds, {mode} aggregation"
+    )
 
     def on_event(event: str, info: dict[str, object]) -> None:
         if event in ("keygen", "key") and "fingerprint" in info:
             err_console.print(f"  key fingerprint ({event}): [cyan]{info['fingerprint']}[/]")
 
     result = run_demo(settings, err_console, on_event)
-    table = Table(title=f"Breast cancer, held-out test set ({len(result.rounds)} rounds)")
+    table = Table(title=f"{result.title} ({len(result.rounds)} rounds)")
     table.add_column("model")
     table.add_column("accuracy", justify="right")
     table.add_column("ROC-AUC", justify="right")
+    lora = f", LoRA: {result.exchanged_values} values sent" if result.lora else ""
     table.add_row(
-        f"federated ({mode})",
+        f"federated ({mode}{lora})",
         f"{result.federated['accuracy']:.3f}",
         f"{result.federated['roc_auc']:.3f}",
     )
@@ -265,11 +280,32 @@ def _site_client(
         return load_app(app_ref, data=data or None, site_name=name, seed=seed)
     if not data:
         fail("--data is required (a CSV/Parquet/.npz/.npy file or sklearn:NAME), or give --app")
+    if _named_inputs(data):
+        # Images, notes, audio: any registry model (the run's config names it), LoRA too.
+        from client.model_trainer import ModelTrainer, load_site_dataset
+
+        return ModelTrainer(
+            load_site_dataset(data, label_column),
+            model_config=parse_json_option(model_config, "--model-config"),
+            site_name=name,
+            seed=seed,
+        )
     return TabularTrainer(
         load_tabular(data, label_column),
         model_config=parse_json_option(model_config, "--model-config"),
         seed=seed,
     )
+
+
+def _named_inputs(data: str) -> bool:
+    """True for an .npz of named model inputs (image, input_ids, …) rather than x/y rows."""
+    import numpy as np
+
+    path = Path(data)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return False
+    with np.load(path, allow_pickle=False) as archive:
+        return set(archive.files) - {"label", "y"} != {"x"}
 
 
 def _print_event(event: str, info: dict[str, object]) -> None:

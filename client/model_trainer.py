@@ -25,9 +25,10 @@ from protos.wire import NDArrays
 LABEL_KEY = "label"
 
 # torch's and numpy's global generators are process-wide. Sites sharing a process (the
-# demo, tests, simulations) take turns while they seed and draw from them; otherwise one
-# site's seeding lands in the middle of another's initialisation and the "identical"
-# frozen bases differ. A process holding one site never waits on this lock.
+# demo, tests, simulations) take turns while they seed or draw from them (training,
+# evaluation: every DataLoader draws a seed; audits); otherwise one site's draw lands in
+# the middle of another's initialisation and the "identical" frozen bases differ. A
+# process holding one site never waits on this lock.
 GLOBAL_RNG_LOCK = threading.RLock()
 
 
@@ -254,6 +255,7 @@ class ModelTrainer(NumPyClient):
         self.audit_nsamples = audit_nsamples
         self.spec: ModelSpec | None = None
         self._model: nn.Module | None = None
+        self._started_run: str | None = None
         self.base_model_hash = ""
         self.trainable_fraction = 1.0
         self.rounds_trained = 0
@@ -279,6 +281,11 @@ class ModelTrainer(NumPyClient):
         return self._model
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
+        """The model's weights; rebuilt fresh when a new run asks for its start point."""
+        run_id = config.get("run_id")
+        if run_id is not None and run_id != self._started_run:
+            self._started_run = str(run_id)
+            self._model = None
         return models.get_weights(self.ensure_model(config))
 
     def fit(
@@ -306,7 +313,8 @@ class ModelTrainer(NumPyClient):
     ) -> tuple[float, int, dict[str, Any]]:
         model = self.ensure_model(config)
         models.set_weights(model, parameters)
-        result = models.evaluate(model, self.holdout_data, device=self.device)
+        with GLOBAL_RNG_LOCK:  # every DataLoader draws its base seed from torch's generator
+            result = models.evaluate(model, self.holdout_data, device=self.device)
         loss = float(result.pop("loss"))
         result.pop("num_examples", None)
         return loss, len(self.holdout_data), {k: float(v) for k, v in result.items()}
@@ -401,4 +409,4 @@ def load_site_dataset(
     if preprocess not in ("log", "none"):
         raise ValueError(f"unknown preprocessing {preprocess!r}: use 'log' or 'none'")
     x = log_scale(table.x) if preprocess == "log" else table.x.astype(np.float32)
-    return models.TabularDataset(x, table.y, table.feature_names)
+    return models.TabularDataset(x, np.array(table.y, dtype=np.int64), table.feature_names)
