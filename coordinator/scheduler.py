@@ -200,16 +200,7 @@ class RoundScheduler:
         tried = {t.node_id for t in tasks}
         fresh = [n for n in candidates if n.id not in tried] or candidates
         node = fresh[0]
-        session.add(
-            Task(
-                id=str(uuid.uuid4()),
-                run_id=run.id,
-                node_id=node.id,
-                kind=kind,
-                round=0,
-                deadline=now + run.round_deadline,
-            )
-        )
+        session.add(new_task(run, node.id, kind, 0, now + run.round_deadline))
         auditlog.append(
             session, "task.assigned", run_id=run.id, actor=node.id, details={"kind": kind.value}
         )
@@ -240,16 +231,7 @@ class RoundScheduler:
             Round(run_id=run.id, number=number, deadline=now + run.round_deadline, opened_at=now)
         )
         for node_id in chosen:
-            session.add(
-                Task(
-                    id=str(uuid.uuid4()),
-                    run_id=run.id,
-                    node_id=node_id,
-                    kind=TaskKind.TRAIN,
-                    round=number,
-                    deadline=now + run.round_deadline,
-                )
-            )
+            session.add(new_task(run, node_id, TaskKind.TRAIN, number, now + run.round_deadline))
         run.current_round = number
         run.round_attempts = 1
         auditlog.append(
@@ -321,16 +303,7 @@ class RoundScheduler:
         run.round_attempts += 1
         current.deadline = now + run.round_deadline
         for node_id in eligible:
-            session.add(
-                Task(
-                    id=str(uuid.uuid4()),
-                    run_id=run.id,
-                    node_id=node_id,
-                    kind=TaskKind.TRAIN,
-                    round=current.number,
-                    deadline=current.deadline,
-                )
-            )
+            session.add(new_task(run, node_id, TaskKind.TRAIN, current.number, current.deadline))
         auditlog.append(
             session,
             "round.retried",
@@ -443,13 +416,12 @@ class RoundScheduler:
         if run.config.get("audit", True):
             for node_id in participants:
                 session.add(
-                    Task(
-                        id=str(uuid.uuid4()),
-                        run_id=run.id,
-                        node_id=node_id,
-                        kind=TaskKind.AUDIT,
-                        round=run.rounds,
-                        deadline=now + max(run.round_deadline, 600.0),
+                    new_task(
+                        run,
+                        node_id,
+                        TaskKind.AUDIT,
+                        run.rounds,
+                        now + max(run.round_deadline, 600.0),
                     )
                 )
         auditlog.append(
@@ -466,6 +438,17 @@ class RoundScheduler:
         cancel_open_tasks(session, run.id)
         auditlog.append(session, "run.failed", run_id=run.id, details={"reason": reason})
         log.warning("run %s failed: %s", run.id, reason)
+
+
+def new_task(run: Run, node_id: str, kind: TaskKind, round_number: int, deadline: float) -> Task:
+    return Task(
+        id=str(uuid.uuid4()),
+        run_id=run.id,
+        node_id=node_id,
+        kind=kind,
+        round=round_number,
+        deadline=deadline,
+    )
 
 
 def mark_missed(session: Session, run: Run, tasks: Sequence[Task], **details: object) -> None:
