@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 import crypto
 from coordinator import auditlog
-from coordinator.access import AccessControl
+from coordinator.access import AccessControl, hash_token
 from coordinator.errors import (
     AlreadyExists,
     CohortError,
@@ -56,10 +56,6 @@ _KIND_TO_PROTO = {
     TaskKind.KEYGEN: federation_pb2.TASK_KIND_KEYGEN,
     TaskKind.AUDIT: federation_pb2.TASK_KIND_AUDIT,
 }
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def weight_cap(run: Run, selected: int) -> int:
