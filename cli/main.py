@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from flwr.client import NumPyClient
@@ -217,7 +218,24 @@ def client_run(
         typer.Option(
             "--app",
             envvar="COHORT_APP",
-            help="package.module:factory returning a Flower NumPyClient (runs unchanged)",
+            help="Flower code run unchanged: package.module:attribute naming a NumPyClient, "
+            "a factory of one, or a ClientApp",
+        ),
+    ] = "",
+    initial_model: Annotated[
+        str,
+        typer.Option(
+            envvar="COHORT_INITIAL_MODEL",
+            help="For a message-API ClientApp: package.module:factory of the model the "
+            "ServerApp would start from (nn.Module, state dict, ArrayRecord or arrays)",
+        ),
+    ] = "",
+    node_config: Annotated[
+        str,
+        typer.Option(
+            envvar="COHORT_NODE_CONFIG",
+            help="The ClientApp's context.node_config, as Flower takes it: "
+            "'partition-id=0 num-partitions=3'",
         ),
     ] = "",
     state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
@@ -246,7 +264,9 @@ def client_run(
 
     if not name:
         fail("--name is required (this site's name, e.g. hospital-a)")
-    client = _site_client(app_ref, data, label_column, model_config, seed, name)
+    client = _site_client(
+        app_ref, data, label_column, model_config, seed, name, initial_model, node_config
+    )
     agent = SiteAgent(
         AgentConfig(
             coordinator,
@@ -268,16 +288,30 @@ def client_run(
     agent.close()
 
 
-def _site_client(
-    app_ref: str, data: str, label_column: str, model_config: str, seed: int, name: str
-):  # type: ignore[no-untyped-def]
+def _site_client(  # type: ignore[no-untyped-def]
+    app_ref: str,
+    data: str,
+    label_column: str,
+    model_config: str,
+    seed: int,
+    name: str,
+    initial_model: str = "",
+    node_config: str = "",
+):
     from cli.common import parse_json_option
     from client.apps import load_app
     from client.data import load_tabular
     from client.trainer import TabularTrainer
 
     if app_ref:
-        return load_app(app_ref, data=data or None, site_name=name, seed=seed)
+        return load_app(
+            app_ref,
+            initial_model=initial_model,
+            node_config=_flower_node_config(node_config),
+            data=data or None,
+            site_name=name,
+            seed=seed,
+        )
     if not data:
         fail("--data is required (a CSV/Parquet/.npz/.npy file or sklearn:NAME), or give --app")
     if _named_inputs(data):
@@ -295,6 +329,29 @@ def _site_client(
         model_config=parse_json_option(model_config, "--model-config"),
         seed=seed,
     )
+
+
+_KEY_VALUE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
+
+
+def _flower_node_config(text: str) -> dict[str, Any]:
+    """Parse ``'partition-id=0 num-partitions=3'`` with Flower's own parser.
+
+    Flower's parser skips words that are not ``key=value``; here they are an error.
+    """
+    import click
+    from flwr.common.config import parse_config_args
+
+    if not text.strip():
+        return {}
+    leftover = _KEY_VALUE.sub("", text).strip()
+    if leftover:
+        fail(f"--node-config: {leftover.split()[0]!r} is not key=value")
+    try:
+        return dict(parse_config_args([text]))
+    except (ValueError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        fail(f"--node-config: {message.splitlines()[0]}")
 
 
 def _named_inputs(data: str) -> bool:
