@@ -33,8 +33,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli.demo import DemoSettings, evaluate_weights, prepare_sites, run_demo  # noqa: E402
+from cli.scenarios import TabularScenario  # noqa: E402
 from client.data import load_tabular  # noqa: E402
 from client.trainer import TabularTrainer  # noqa: E402
+from crypto import shutdown_shared_pools  # noqa: E402
 from protos import wire  # noqa: E402
 
 
@@ -98,7 +100,9 @@ def flower(settings: DemoSettings) -> dict[str, float]:
                 final[:] = [parameters_to_ndarrays(out[0])]
             return out
 
-    config = {"local_epochs": settings.local_epochs, "lr": settings.lr, "batch_size": 32}
+    # The demo scenario's own defaults, so both systems train with the same settings.
+    lr = settings.lr if settings.lr is not None else TabularScenario.default_lr
+    config = {"local_epochs": settings.local_epochs, "lr": lr, "batch_size": 32}
     strategy = TimedFedAvg(
         min_fit_clients=3,
         min_available_clients=3,
@@ -125,7 +129,9 @@ def flower(settings: DemoSettings) -> dict[str, float]:
     )
     total = time.perf_counter() - started
     del flwr
-    accuracy = evaluate_weights(final[0], trainers[0], test)["accuracy"] if final else float("nan")
+    if len(final) == 0 or len(timings) < settings.rounds:
+        raise RuntimeError("Flower's clients failed every round: no baseline to compare with")
+    accuracy = evaluate_weights(final[0], trainers[0], test)["accuracy"]
     per_client = statistics.mean(sizes)
     return {
         "round_seconds_mean": statistics.mean(timings),
@@ -204,6 +210,7 @@ def main() -> None:
 if __name__ == "__main__":
     main()
     sys.stdout.flush()
+    shutdown_shared_pools()  # os._exit skips the atexit hook that would stop the workers
     # Flower's compat clients block forever on a stream their finished server never closes,
     # and their threads keep the interpreter from exiting: leave without waiting for them.
     os._exit(0)

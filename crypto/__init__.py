@@ -6,6 +6,7 @@ malicious client can still send values that are wrong but within its slots (ther
 range proofs), and robust aggregation (median, Krum) needs plaintext updates.
 """
 
+from crypto._parallel import shutdown_shared_pools
 from crypto.aggregate import add_encrypted, validate_ciphertexts
 from crypto.codec import SlotCodec
 from crypto.compress import compress_update, decompress_update
@@ -48,5 +49,6 @@ __all__ = [
     "quantise",
     "quantise_step",
     "seal",
+    "shutdown_shared_pools",
     "validate_ciphertexts",
 ]

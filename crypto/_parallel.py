@@ -7,7 +7,7 @@ import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["process_pool", "shared_pool", "split_evenly", "worker_count"]
+__all__ = ["process_pool", "shared_pool", "shutdown_shared_pools", "split_evenly", "worker_count"]
 
 _shared_lock = threading.Lock()
 _shared: dict[tuple[int, int], ProcessPoolExecutor] = {}
@@ -58,6 +58,19 @@ def shared_pool(workers: int) -> ProcessPoolExecutor:
         if pool is None or getattr(pool, "_broken", False):
             pool = _shared[key] = process_pool(workers)
         return pool
+
+
+def shutdown_shared_pools() -> None:
+    """Stop this process's shared pools' workers (the interpreter does this at exit).
+
+    Call it before ``os._exit``, which skips that: orphaned workers would otherwise live
+    on, holding the parent's standard streams open.
+    """
+    with _shared_lock:
+        pools = list(_shared.values())
+        _shared.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def split_evenly(count: int, parts: int) -> list[int]:
