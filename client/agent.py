@@ -339,6 +339,7 @@ class SiteAgent:
         config = self._config(task)
         started = time.perf_counter()
         weights = self.global_model(task)
+        fetched = time.perf_counter()
         flower_config = scalar_config(config)
         metrics: dict[str, Any] = {}
         try:
@@ -353,6 +354,7 @@ class SiteAgent:
             codec = codec_for(task.encoding, public_key)
             needed = codec.num_plaintexts(int(sum(np.prod(w.shape) for w in weights)))
             pool = self._randomness(task.run_id, public_key, private_key, needed)
+        fit_started = time.perf_counter()
         new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
         metrics.update({k: v for k, v in fit_metrics.items()})
         trained = time.perf_counter()
@@ -379,7 +381,15 @@ class SiteAgent:
             payload = wire.encode_tensors([d.astype(np.float32) for d in deltas])
             encoding = wire.TENSORS_FLOAT32
         encrypted = time.perf_counter()
-        metrics.update({"train_seconds": trained - started, "encode_seconds": encrypted - trained})
+        # Where a round's time goes at this site: getting the global model (fetching, and
+        # in secure runs decrypting the aggregate), local training, encoding/encrypting.
+        metrics.update(
+            {
+                "model_seconds": fetched - started,
+                "train_seconds": trained - fit_started,
+                "encode_seconds": encrypted - trained,
+            }
+        )
         self._submit(
             task, payload, encoding, num_examples=int(num_examples), weight=weight, metrics=metrics
         )
