@@ -18,6 +18,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 _ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 HEAD_NAMES = ("classifier", "score")
+# The down-projection A of Linear/Conv adapters and of Embedding adapters.
+_A_FACTORS = ("lora_A", "lora_embedding_A")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class LoraSpec:
     train_head
         Keep the classifier head trainable and exchanged (peft ``modules_to_save``): a
         new task needs a new head, and it is tiny.
+    freeze_a
+        FFA-LoRA (Sun et al., ICLR 2024): keep every ``A`` at its seeded random
+        initialisation and train only ``B``. Federated averaging of separately trained
+        ``A`` and ``B`` is not the average of the products ``B @ A`` (a cross term that
+        grows with the sites' disagreement); with ``A`` fixed and shared, the update
+        ``B @ A`` is linear in ``B`` and FedAvg is exact.
     """
 
     r: int = 8
@@ -45,11 +53,12 @@ class LoraSpec:
     dropout: float = 0.0
     targets: tuple[str, ...] | None = None
     train_head: bool = True
+    freeze_a: bool = False
 
 
 def parse_lora_spec(spec: str) -> LoraSpec:
-    """Parse ``"r=8,alpha=16,targets=q,v,dropout=0.05"`` (items after ``targets=`` that
-    have no ``=`` are further targets; ``q+v`` also works).
+    """Parse ``"r=8,alpha=16,targets=q,v,dropout=0.05,freeze_a=true"`` (items after
+    ``targets=`` that have no ``=`` are further targets; ``q+v`` also works).
 
     Raises
     ------
@@ -71,10 +80,13 @@ def parse_lora_spec(spec: str) -> LoraSpec:
         last_key = key
         if key == "targets":
             targets.extend(t for t in value.split("+") if t)
-        elif key in ("r", "alpha", "dropout", "train_head"):
+        elif key in ("r", "alpha", "dropout", "train_head", "freeze_a"):
             values[key] = value
         else:
-            raise ValueError(f"unknown lora spec key {key!r}; use r, alpha, dropout, targets")
+            raise ValueError(
+                f"unknown lora spec key {key!r}; use r, alpha, dropout, targets, "
+                "train_head, freeze_a"
+            )
     try:
         r = int(values.get("r", 8))
         alpha = int(values.get("alpha", 2 * r))
@@ -83,8 +95,18 @@ def parse_lora_spec(spec: str) -> LoraSpec:
         raise ValueError(f"bad number in lora spec {spec!r}: {exc}") from exc
     if r < 1 or not 0.0 <= dropout < 1.0:
         raise ValueError(f"lora spec needs r >= 1 and 0 <= dropout < 1, got {spec!r}")
-    train_head = values.get("train_head", "true").lower() not in ("0", "false", "no")
-    return LoraSpec(r, alpha, dropout, tuple(targets) or None, train_head)
+    train_head = _flag(values.get("train_head", "true"), "train_head", spec)
+    freeze_a = _flag(values.get("freeze_a", "false"), "freeze_a", spec)
+    return LoraSpec(r, alpha, dropout, tuple(targets) or None, train_head, freeze_a)
+
+
+def _flag(value: str, key: str, spec: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise ValueError(f"lora spec {key} must be true or false, got {value!r} (spec {spec!r})")
 
 
 def _leaf_names(model: nn.Module) -> dict[str, nn.Module]:
@@ -136,9 +158,12 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
 
     The classifier head (``train_head``) and any Flamingo gates are peft
     ``modules_to_save``: they stay trainable and are exchanged with the adapters.
-    ``get_weights`` on the result returns only those tensors.
+    ``get_weights`` on the result returns only those tensors. With ``freeze_a`` every
+    ``lora_A`` is declared frozen to peft, which keeps it frozen through
+    ``set_adapter`` as it does for its own variants that train one factor only.
     """
     from peft import LoraConfig, TaskType, get_peft_model
+    from peft.tuners.lora import LoraLayer
 
     is_hf = _is_transformers_model(model)
     config = LoraConfig(
@@ -149,7 +174,15 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         modules_to_save=None if is_hf else (_trainable_extras(model, spec.train_head) or None),
         task_type=TaskType.SEQ_CLS if is_hf else None,
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if spec.freeze_a:
+        for layer in peft_model.modules():
+            if isinstance(layer, LoraLayer):
+                frozen = tuple(n for n in _A_FACTORS if n in layer.adapter_layer_names)
+                layer.frozen_peft_weight_names = {name: frozen for name in layer.active_adapters}
+        # peft freezes declared weights whenever it (re)activates an adapter.
+        peft_model.set_adapter(peft_model.active_adapter)
+    return peft_model
 
 
 def trainable_fraction(model: nn.Module) -> float:

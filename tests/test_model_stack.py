@@ -108,6 +108,19 @@ def test_lora_site_exchanges_only_adapters_head_and_gates() -> None:
     assert 0.0 < site.trainable_fraction < 0.2
 
 
+def test_ffa_lora_site_sends_zero_updates_for_a() -> None:
+    site = clinic_site()
+    config = flower_config(lora=f"{LORA},freeze_a=true")
+    start = site.get_parameters(config)
+
+    weights, _, _ = site.fit(start, config)
+
+    names = models.weight_names(site.model)
+    moved = {n: float(np.abs(w - s).max()) for n, w, s in zip(names, weights, start, strict=True)}
+    assert all(v == 0.0 for n, v in moved.items() if "lora_A" in n)
+    assert any(v > 0.0 for n, v in moved.items() if "lora_B" in n)
+
+
 def test_fit_lowers_the_loss_and_reports_the_trainable_fraction() -> None:
     site = clinic_site(120)
     config = flower_config(local_epochs=4)

@@ -30,11 +30,22 @@ def test_multimodal_run_carries_model_lora_and_a_tight_encoding(tmp_path: Path) 
     config = json.loads(request.config_json)
     assert request.model == "multimodal" and request.custodian == CLINICS[0]
     assert config["model_config"] == scenario.model_config and config["lora"] == scenario.lora
-    assert config["seed"] == 3
-    assert config["encoding"] == {"clip": 1.0, "bits": 16, "max_weight": 4096, "key_bits": 1024}
+    assert config["seed"] == 3 and "freeze_a=true" in config["lora"]
+    assert config["encoding"] == {"clip": 4.0, "bits": 18, "max_weight": 4096, "key_bits": 1024}
     assert sorted(p.name for p in (tmp_path / "sites").iterdir()) == [
         f"{name}.npz" for name in CLINICS
     ]
+
+
+def test_baselines_train_like_a_site_for_the_whole_run(tmp_path: Path) -> None:
+    settings = DemoSettings(scenario="multimodal", rounds=4, local_epochs=3, seed=2)
+    scenario = MultimodalScenario(settings, tmp_path)
+
+    baseline, run = scenario.baseline_config(), scenario.run_config()
+
+    assert baseline["local_epochs"] == 4 * 3
+    assert baseline["lr"] == scenario.lr and baseline["model"] == scenario.model
+    assert {k: baseline[k] for k in run} == run  # same batch size, model, LoRA and seed
 
 
 def test_every_clinic_builds_the_same_frozen_base(tmp_path: Path) -> None:
