@@ -38,8 +38,27 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     if is_peft_model(model):
         from peft import get_peft_model_state_dict
 
-        return dict(get_peft_model_state_dict(model))
+        frozen = _frozen_adapter_keys(model)
+        return {k: v for k, v in get_peft_model_state_dict(model).items() if k not in frozen}
     return {k: v for k, v in model.state_dict().items() if torch.is_floating_point(v)}
+
+
+def _frozen_adapter_keys(model: nn.Module) -> set[str]:
+    """Adapter-state keys of adapter tensors that do not train (FFA-LoRA's ``A``).
+
+    They stay at their seeded draw, identical at every site (the base hash covers them),
+    so exchanging them would send zeros. peft's state-dict keys drop the adapter name
+    from the parameter names (``…lora_A.default.weight`` → ``…lora_A.weight``).
+    """
+    adapters = list(getattr(model, "peft_config", {}) or ["default"])
+    keys = set()
+    for name, param in model.named_parameters():
+        if param.requires_grad or ".lora_" not in name:
+            continue
+        for adapter in adapters:
+            name = name.replace(f".{adapter}.", ".").removesuffix(f".{adapter}")
+        keys.add(name)
+    return keys
 
 
 def weight_names(model: nn.Module) -> list[str]:
