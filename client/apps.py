@@ -38,7 +38,13 @@ from flwr.app import (
 )
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
-from flwr.common import FitIns, GetParametersIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    EvaluateIns,
+    FitIns,
+    GetParametersIns,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.common.constant import SUPERLINK_NODE_ID, MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as legacy
 
@@ -252,10 +258,7 @@ class ClientAppAdapter(NumPyClient):
             reply = self._send(content, "train", config)
             res = legacy.recorddict_to_fitres(reply.content, keep_input=True)
             return parameters_to_ndarrays(res.parameters), res.num_examples, dict(res.metrics)
-        content = RecordDict(
-            {"arrays": self._record(parameters), "config": ConfigRecord(_flower_config(config))}
-        )
-        reply = self._send(content, "train", config)
+        reply = self._send(self._instruction(parameters, config), "train", config)
         metrics = self._metrics(reply, "train")
         return self._arrays(reply), self._num_examples(metrics, "train"), metrics
 
@@ -263,19 +266,14 @@ class ClientAppAdapter(NumPyClient):
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
         if self.legacy:
-            from flwr.common import EvaluateIns
-
             ins = EvaluateIns(ndarrays_to_parameters(parameters), config)
             reply = self._send(
                 legacy.evaluateins_to_recorddict(ins, keep_input=True), "evaluate", config
             )
             res = legacy.recorddict_to_evaluateres(reply.content)
             return float(res.loss), res.num_examples, dict(res.metrics)
-        content = RecordDict(
-            {"arrays": self._record(parameters), "config": ConfigRecord(_flower_config(config))}
-        )
         try:
-            reply = self._send(content, "evaluate", config)
+            reply = self._send(self._instruction(parameters, config), "evaluate", config)
         except ValueError as exc:
             if "No evaluate function registered" in str(exc):
                 raise NotImplementedError("the ClientApp has no evaluate handler") from exc
@@ -293,6 +291,12 @@ class ClientAppAdapter(NumPyClient):
         )
 
     # -- records --------------------------------------------------------------------------
+
+    def _instruction(self, parameters: NDArrays, config: Mapping[str, Any]) -> RecordDict:
+        """What a Flower strategy sends with a train or evaluate message."""
+        return RecordDict(
+            {"arrays": self._record(parameters), "config": ConfigRecord(_flower_config(config))}
+        )
 
     def _record(self, parameters: NDArrays) -> ArrayRecord:
         if not self._names:  # a legacy app's arrays, or none named yet
