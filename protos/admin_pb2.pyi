@@ -63,7 +63,7 @@ class ExportReportRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("model", "rounds", "min_clients", "max_clients", "fraction", "round_deadline_seconds", "local_epochs", "lr", "secure", "custodian", "strategy", "config_json", "name")
+    __slots__ = ("model", "rounds", "min_clients", "max_clients", "fraction", "round_deadline_seconds", "local_epochs", "lr", "secure", "custodian", "strategy", "config_json", "name", "allow_two_site_secure")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class CreateRunRequest(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_TWO_SITE_SECURE_FIELD_NUMBER: _ClassVar[int]
     model: str
     rounds: int
     min_clients: int
@@ -90,7 +91,8 @@ class CreateRunRequest(_message.Message):
     strategy: str
     config_json: str
     name: str
-    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., min_clients: _Optional[int] = ..., max_clients: _Optional[int] = ..., fraction: _Optional[float] = ..., round_deadline_seconds: _Optional[float] = ..., local_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., custodian: _Optional[str] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    allow_two_site_secure: bool
+    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., min_clients: _Optional[int] = ..., max_clients: _Optional[int] = ..., fraction: _Optional[float] = ..., round_deadline_seconds: _Optional[float] = ..., local_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., custodian: _Optional[str] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., name: _Optional[str] = ..., allow_two_site_secure: _Optional[bool] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ()
@@ -142,7 +144,7 @@ class RoundInfo(_message.Message):
     def __init__(self, number: _Optional[int] = ..., state: _Optional[str] = ..., selected: _Optional[int] = ..., submitted: _Optional[int] = ..., total_weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., opened_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "name", "state", "model", "rounds", "current_round", "min_clients", "secure", "strategy", "config_json", "created_unix", "started_unix", "ended_unix", "failure_reason", "key_fingerprint", "custodian", "round_infos", "final_model_sha256", "audits_received")
+    __slots__ = ("run_id", "name", "state", "model", "rounds", "current_round", "min_clients", "secure", "strategy", "config_json", "created_unix", "started_unix", "ended_unix", "failure_reason", "key_fingerprint", "custodian", "round_infos", "final_model_sha256", "audits_received", "waiting_for", "refusals")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +164,8 @@ class RunInfo(_message.Message):
     ROUND_INFOS_FIELD_NUMBER: _ClassVar[int]
     FINAL_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     AUDITS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     state: _common_pb2.RunState
@@ -181,7 +185,23 @@ class RunInfo(_message.Message):
     round_infos: _containers.RepeatedCompositeFieldContainer[RoundInfo]
     final_model_sha256: str
     audits_received: int
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., min_clients: _Optional[int] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., failure_reason: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., round_infos: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., final_model_sha256: _Optional[str] = ..., audits_received: _Optional[int] = ...) -> None: ...
+    waiting_for: str
+    refusals: _containers.RepeatedCompositeFieldContainer[SiteRefusal]
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., min_clients: _Optional[int] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., failure_reason: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., round_infos: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., final_model_sha256: _Optional[str] = ..., audits_received: _Optional[int] = ..., waiting_for: _Optional[str] = ..., refusals: _Optional[_Iterable[_Union[SiteRefusal, _Mapping]]] = ...) -> None: ...
+
+class SiteRefusal(_message.Message):
+    __slots__ = ("site_name", "round", "code", "reason", "time_unix")
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    site_name: str
+    round: int
+    code: str
+    reason: str
+    time_unix: float
+    def __init__(self, site_name: _Optional[str] = ..., round: _Optional[int] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., time_unix: _Optional[float] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("time_unix", "kind", "message", "run")
@@ -234,10 +254,28 @@ class ListRunsReply(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ...) -> None: ...
 
 class GetAuditLogRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "after_seq", "limit")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    after_seq: int
+    limit: int
+    def __init__(self, run_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeReply(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: int
+    def __init__(self, revoked: _Optional[int] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
     __slots__ = ("seq", "time_unix", "run_id", "kind", "actor", "details_json", "prev_hash", "hash")
@@ -260,7 +298,11 @@ class AuditEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., time_unix: _Optional[float] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., actor: _Optional[str] = ..., details_json: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class AuditLog(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "more", "head_seq")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+    more: bool
+    head_seq: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., more: _Optional[bool] = ..., head_seq: _Optional[int] = ...) -> None: ...

@@ -75,6 +75,16 @@ class AdminStub:
                 request_serializer=protos_dot_admin__pb2.GetAuditLogRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.AuditLog.FromString,
                 _registered_method=True)
+        self.RevokeSite = channel.unary_unary(
+                '/cohort.v1.Admin/RevokeSite',
+                request_serializer=protos_dot_admin__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RevokeReply.FromString,
+                _registered_method=True)
+        self.RevokeOperator = channel.unary_unary(
+                '/cohort.v1.Admin/RevokeOperator',
+                request_serializer=protos_dot_admin__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RevokeReply.FromString,
+                _registered_method=True)
         self.ExportReport = channel.unary_stream(
                 '/cohort.v1.Admin/ExportReport',
                 request_serializer=protos_dot_admin__pb2.ExportReportRequest.SerializeToString,
@@ -144,8 +154,22 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAuditLog(self, request, context):
-        """The whole hash-chained log (a chain can only be checked whole); run_id marks rows.
+        """The hash-chained log, a page at a time (rows after after_seq, at most limit): a client
+        checks the chain across pages; run_id marks rows.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSite(self, request, context):
+        """Revoke a site's node credentials (every node of that site) or an operator's token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -220,6 +244,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetAuditLog,
                     request_deserializer=protos_dot_admin__pb2.GetAuditLogRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.AuditLog.SerializeToString,
+            ),
+            'RevokeSite': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSite,
+                    request_deserializer=protos_dot_admin__pb2.RevokeRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RevokeReply.SerializeToString,
+            ),
+            'RevokeOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperator,
+                    request_deserializer=protos_dot_admin__pb2.RevokeRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RevokeReply.SerializeToString,
             ),
             'ExportReport': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportReport,
@@ -458,6 +492,60 @@ class Admin:
             '/cohort.v1.Admin/GetAuditLog',
             protos_dot_admin__pb2.GetAuditLogRequest.SerializeToString,
             protos_dot_admin__pb2.AuditLog.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Admin/RevokeSite',
+            protos_dot_admin__pb2.RevokeRequest.SerializeToString,
+            protos_dot_admin__pb2.RevokeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Admin/RevokeOperator',
+            protos_dot_admin__pb2.RevokeRequest.SerializeToString,
+            protos_dot_admin__pb2.RevokeReply.FromString,
             options,
             channel_credentials,
             insecure,

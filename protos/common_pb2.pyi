@@ -70,3 +70,11 @@ class EncodingParams(_message.Message):
     public_key: bytes
     key_fingerprint: str
     def __init__(self, clip: _Optional[float] = ..., bits: _Optional[int] = ..., max_weight: _Optional[int] = ..., key_bits: _Optional[int] = ..., key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
+
+class LogHead(_message.Message):
+    __slots__ = ("seq", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...

@@ -30,7 +30,7 @@ class FinalModelRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("site_name", "x25519_public_key", "enrolment_token", "node_token", "agent_version", "capabilities")
+    __slots__ = ("site_name", "x25519_public_key", "enrolment_token", "node_token", "agent_version", "capabilities", "ed25519_public_key", "x25519_signature")
     class CapabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,23 +44,29 @@ class JoinRequest(_message.Message):
     NODE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ED25519_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    X25519_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     site_name: str
     x25519_public_key: bytes
     enrolment_token: str
     node_token: str
     agent_version: str
     capabilities: _containers.ScalarMap[str, str]
-    def __init__(self, site_name: _Optional[str] = ..., x25519_public_key: _Optional[bytes] = ..., enrolment_token: _Optional[str] = ..., node_token: _Optional[str] = ..., agent_version: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    ed25519_public_key: bytes
+    x25519_signature: bytes
+    def __init__(self, site_name: _Optional[str] = ..., x25519_public_key: _Optional[bytes] = ..., enrolment_token: _Optional[str] = ..., node_token: _Optional[str] = ..., agent_version: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., ed25519_public_key: _Optional[bytes] = ..., x25519_signature: _Optional[bytes] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("node_id", "node_token", "heartbeat_interval_seconds")
+    __slots__ = ("node_id", "node_token", "heartbeat_interval_seconds", "log_head")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOG_HEAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_token: str
     heartbeat_interval_seconds: float
-    def __init__(self, node_id: _Optional[str] = ..., node_token: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+    log_head: _common_pb2.LogHead
+    def __init__(self, node_id: _Optional[str] = ..., node_token: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., log_head: _Optional[_Union[_common_pb2.LogHead, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ()
@@ -79,31 +85,63 @@ class PullTaskRequest(_message.Message):
     def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
 
 class AggregateRef(_message.Message):
-    __slots__ = ("round", "sha256", "total_weight", "num_updates", "count")
+    __slots__ = ("round", "sha256", "total_weight", "num_updates", "count", "contributions")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     NUM_UPDATES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     round: int
     sha256: str
     total_weight: int
     num_updates: int
     count: int
-    def __init__(self, round: _Optional[int] = ..., sha256: _Optional[str] = ..., total_weight: _Optional[int] = ..., num_updates: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
+    def __init__(self, round: _Optional[int] = ..., sha256: _Optional[str] = ..., total_weight: _Optional[int] = ..., num_updates: _Optional[int] = ..., count: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
+
+class Contribution(_message.Message):
+    __slots__ = ("node_id", "site_name", "payload_sha256", "weight", "payload_size", "signature")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    site_name: str
+    payload_sha256: str
+    weight: int
+    payload_size: int
+    signature: bytes
+    def __init__(self, node_id: _Optional[str] = ..., site_name: _Optional[str] = ..., payload_sha256: _Optional[str] = ..., weight: _Optional[int] = ..., payload_size: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Participant(_message.Message):
-    __slots__ = ("node_id", "site_name", "x25519_public_key")
+    __slots__ = ("node_id", "site_name", "x25519_public_key", "ed25519_public_key", "x25519_signature")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     X25519_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ED25519_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    X25519_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     site_name: str
     x25519_public_key: bytes
-    def __init__(self, node_id: _Optional[str] = ..., site_name: _Optional[str] = ..., x25519_public_key: _Optional[bytes] = ...) -> None: ...
+    ed25519_public_key: bytes
+    x25519_signature: bytes
+    def __init__(self, node_id: _Optional[str] = ..., site_name: _Optional[str] = ..., x25519_public_key: _Optional[bytes] = ..., ed25519_public_key: _Optional[bytes] = ..., x25519_signature: _Optional[bytes] = ...) -> None: ...
+
+class KeyStatement(_message.Message):
+    __slots__ = ("statement", "signature", "custodian")
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
+    statement: bytes
+    signature: bytes
+    custodian: str
+    def __init__(self, statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., custodian: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "run_id", "round", "model_sha256", "aggregates", "config_json", "secure", "encoding", "sealed_private_key", "deadline_unix", "participants")
+    __slots__ = ("kind", "task_id", "run_id", "round", "model_sha256", "aggregates", "config_json", "secure", "encoding", "sealed_private_key", "deadline_unix", "participants", "key_statement", "log_head", "custodian")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +154,9 @@ class Task(_message.Message):
     SEALED_PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    KEY_STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    LOG_HEAD_FIELD_NUMBER: _ClassVar[int]
+    CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     task_id: str
     run_id: str
@@ -128,7 +169,22 @@ class Task(_message.Message):
     sealed_private_key: bytes
     deadline_unix: float
     participants: _containers.RepeatedCompositeFieldContainer[Participant]
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[str] = ..., aggregates: _Optional[_Iterable[_Union[AggregateRef, _Mapping]]] = ..., config_json: _Optional[str] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., encoding: _Optional[_Union[_common_pb2.EncodingParams, _Mapping]] = ..., sealed_private_key: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ...) -> None: ...
+    key_statement: KeyStatement
+    log_head: _common_pb2.LogHead
+    custodian: str
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[str] = ..., aggregates: _Optional[_Iterable[_Union[AggregateRef, _Mapping]]] = ..., config_json: _Optional[str] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., encoding: _Optional[_Union[_common_pb2.EncodingParams, _Mapping]] = ..., sealed_private_key: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., key_statement: _Optional[_Union[KeyStatement, _Mapping]] = ..., log_head: _Optional[_Union[_common_pb2.LogHead, _Mapping]] = ..., custodian: _Optional[str] = ...) -> None: ...
+
+class TaskRefusal(_message.Message):
+    __slots__ = ("task_id", "run_id", "code", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    run_id: str
+    code: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
     __slots__ = ("run_id", "sha256")
@@ -139,7 +195,7 @@ class FetchModelRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("task_id", "run_id", "round", "num_examples", "weight", "metrics", "payload_size", "payload_sha256", "encoding", "key_id", "base_model_sha256")
+    __slots__ = ("task_id", "run_id", "round", "num_examples", "weight", "metrics", "payload_size", "payload_sha256", "encoding", "key_id", "base_model_sha256", "signature")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +214,7 @@ class UpdateHeader(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     round: int
@@ -169,7 +226,8 @@ class UpdateHeader(_message.Message):
     encoding: str
     key_id: str
     base_model_sha256: str
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _common_pb2.Scalar]] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., encoding: _Optional[str] = ..., key_id: _Optional[str] = ..., base_model_sha256: _Optional[str] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _common_pb2.Scalar]] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., encoding: _Optional[str] = ..., key_id: _Optional[str] = ..., base_model_sha256: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class UpdateMessage(_message.Message):
     __slots__ = ("header", "data")
@@ -180,12 +238,14 @@ class UpdateMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("id", "message")
+    __slots__ = ("id", "message", "log_head")
     ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LOG_HEAD_FIELD_NUMBER: _ClassVar[int]
     id: str
     message: str
-    def __init__(self, id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    log_head: _common_pb2.LogHead
+    def __init__(self, id: _Optional[str] = ..., message: _Optional[str] = ..., log_head: _Optional[_Union[_common_pb2.LogHead, _Mapping]] = ...) -> None: ...
 
 class SealedKey(_message.Message):
     __slots__ = ("node_id", "sealed_private_key")
@@ -196,20 +256,22 @@ class SealedKey(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., sealed_private_key: _Optional[bytes] = ...) -> None: ...
 
 class KeyBundle(_message.Message):
-    __slots__ = ("task_id", "run_id", "public_key", "key_fingerprint", "key_bits", "sealed")
+    __slots__ = ("task_id", "run_id", "public_key", "key_fingerprint", "key_bits", "sealed", "statement")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     KEY_BITS_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     public_key: bytes
     key_fingerprint: str
     key_bits: int
     sealed: _containers.RepeatedCompositeFieldContainer[SealedKey]
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ..., key_bits: _Optional[int] = ..., sealed: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ...) -> None: ...
+    statement: KeyStatement
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ..., key_bits: _Optional[int] = ..., sealed: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ..., statement: _Optional[_Union[KeyStatement, _Mapping]] = ...) -> None: ...
 
 class AuditSubmission(_message.Message):
     __slots__ = ("task_id", "run_id", "summary_json")

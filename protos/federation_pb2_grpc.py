@@ -70,6 +70,11 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.AuditSubmission.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.RefuseTask = channel.unary_unary(
+                '/cohort.v1.Federation/RefuseTask',
+                request_serializer=protos_dot_federation__pb2.TaskRefusal.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
+                _registered_method=True)
         self.GetFinalModel = channel.unary_unary(
                 '/cohort.v1.Federation/GetFinalModel',
                 request_serializer=protos_dot_federation__pb2.FinalModelRequest.SerializeToString,
@@ -129,6 +134,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefuseTask(self, request, context):
+        """A site refuses a task (its policy, a pinned value that changed, an aggregate that does
+        not verify or decode): the reason reaches the operator (`runs show`) and the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetFinalModel(self, request, context):
         """Where a run's final model comes from (for `cohort client export-model`): the same
         references, encoding and sealed key a task carries; secure runs are decrypted here.
@@ -173,6 +186,11 @@ def add_FederationServicer_to_server(servicer, server):
             'SubmitAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitAudit,
                     request_deserializer=protos_dot_federation__pb2.AuditSubmission.FromString,
+                    response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'RefuseTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefuseTask,
+                    request_deserializer=protos_dot_federation__pb2.TaskRefusal.FromString,
                     response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
             ),
             'GetFinalModel': grpc.unary_unary_rpc_method_handler(
@@ -369,6 +387,33 @@ class Federation:
             target,
             '/cohort.v1.Federation/SubmitAudit',
             protos_dot_federation__pb2.AuditSubmission.SerializeToString,
+            protos_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefuseTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/RefuseTask',
+            protos_dot_federation__pb2.TaskRefusal.SerializeToString,
             protos_dot_federation__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
