@@ -59,6 +59,7 @@ class TaskState(enum.StrEnum):
     DELIVERED = "delivered"
     DONE = "done"
     MISSED = "missed"
+    REFUSED = "refused"
     CANCELLED = "cancelled"
 
 
@@ -93,6 +94,13 @@ class Node(Base):
     last_seen: Mapped[float] = mapped_column(Float, default=now)
     # What the scheduler last recorded, so going offline and coming back are audited once.
     online: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The site's Ed25519 identity and its signature binding x25519_public_key to it: relayed
+    # to peers, who trust them only against the fingerprints they pinned themselves.
+    ed25519_public_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    x25519_signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    # 0: never. A revoked or expired node token is refused (UNAUTHENTICATED).
+    token_expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    revoked_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class Run(Base):
@@ -125,6 +133,11 @@ class Run(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
     started_at: Mapped[float] = mapped_column(Float, default=0.0)
     ended_at: Mapped[float] = mapped_column(Float, default=0.0)
+    # Secure runs: the node ids of the run's sites, fixed when the run starts (keys are
+    # sealed to these and no others), and the custodian's signed key statement.
+    participants: Mapped[list[str]] = mapped_column(JSON, default=list)
+    key_statement: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    key_statement_signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
 
     def model_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """``(dtype, shape)`` of each exchanged tensor, as the initial weights declared them."""
@@ -199,6 +212,8 @@ class Update(Base):
     weight: Mapped[int] = mapped_column(BigInteger)
     metrics: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     received_at: Mapped[float] = mapped_column(Float, default=now)
+    # The site's Ed25519 signature over crypto.identity.update_statement(...).
+    signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
 
 
 class ModelVersion(Base):
@@ -236,6 +251,21 @@ class SiteAudit(Base):
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     summary: Mapped[dict[str, object]] = mapped_column(JSON)
     received_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class SiteRefusal(Base):
+    """A task a site refused (its policy, a pin, an aggregate that did not verify), and why."""
+
+    __tablename__ = "site_refusals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    task_id: Mapped[str] = mapped_column(String(36))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    code: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(1000))
+    time: Mapped[float] = mapped_column(Float, default=now)
 
 
 class AuditEvent(Base):
@@ -277,3 +307,6 @@ class Operator(Base):
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    # 0: never.
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    revoked_at: Mapped[float] = mapped_column(Float, default=0.0)
