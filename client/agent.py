@@ -17,6 +17,8 @@ from flwr.client import NumPyClient
 
 import crypto
 from client.custody import SiteIdentity
+from client.peers import PeerStore
+from client.policy import SitePolicy, TaskRefused
 from client.secure import (
     SecureModelState,
     ServerOptimiser,
@@ -55,6 +57,8 @@ class AgentConfig:
     ca_file: Path | None = None
     insecure: bool = True
     enrolment_token: str = ""
+    # The site's own rules; never widened by anything a task says.
+    policy: SitePolicy = field(default_factory=SitePolicy)
 
 
 class SiteAgent:
@@ -72,6 +76,7 @@ class SiteAgent:
         self.client = client
         self.listener = listener or (lambda event, info: None)
         self.identity = SiteIdentity.load_or_create(config.state_dir, config.site_name)
+        self.peers = PeerStore.load(config.state_dir, config.site_name, tofu=config.policy.tofu)
         self.channel = open_channel(
             config.coordinator,
             ca_file=config.ca_file,
@@ -149,7 +154,11 @@ class SiteAgent:
                     stop.wait(min(self.config.poll_seconds, 5.0))
                     continue
                 current = task.task_id
-                self.handle(task)
+                try:
+                    self.handle(task)
+                except TaskRefused as refusal:
+                    given_up.add(current)
+                    self.refuse(task, refusal)
             except (AgentError, ValueError, RuntimeError) as exc:
                 if stop.is_set():
                     break
@@ -181,6 +190,33 @@ class SiteAgent:
                 given_up.add(current)
                 self.listener("rejected", {"code": str(code), "detail": detail})
                 log.warning("coordinator refused: %s %s", code, detail)
+
+    def refuse(self, task: federation_pb2.Task, refusal: TaskRefused) -> None:
+        """Say no to a task: a line in this site's log, and the reason to the operator."""
+        log.warning(
+            "refused %s task of run %s (%s): %s",
+            federation_pb2.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower(),
+            task.run_id,
+            refusal.code,
+            refusal.reason,
+        )
+        self.listener(
+            "refused", {"run_id": task.run_id, "code": refusal.code, "reason": refusal.reason}
+        )
+        try:
+            self.stub.RefuseTask(
+                federation_pb2.TaskRefusal(
+                    task_id=task.task_id,
+                    run_id=task.run_id,
+                    code=refusal.code,
+                    reason=refusal.reason[:1000],
+                ),
+                metadata=self._metadata(),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            # The refusal stands whether or not the coordinator hears of it.
+            log.warning("could not report the refusal: %s", exc)
 
     def close(self) -> None:
         for run_id in list(self._pools):

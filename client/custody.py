@@ -1,4 +1,4 @@
-"""Key custody at a site: its X25519 identity and node credential, kept in its state folder."""
+"""Key custody at a site: its Ed25519 identity, X25519 sealing key and node credential."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import crypto
+from crypto import identity
 
 
 @dataclass
 class SiteIdentity:
-    """The site's long-lived X25519 key pair (sealed run keys are made for it) and node token.
+    """The site's long-lived keys and node token, kept 0600 in its state folder.
 
-    The private key is written with mode 0600 and never sent anywhere; the coordinator
-    only ever holds the public half.
+    - Ed25519 (the identity): signs the X25519 key, key statements and updates. Peers pin
+      its fingerprint out of band, so the coordinator cannot stand in for this site.
+    - X25519 (sealing): run keys are sealed to it.
+
+    Private halves never leave the site; the coordinator only ever holds public halves.
     """
 
     path: Path
@@ -24,6 +28,26 @@ class SiteIdentity:
     x25519_public: bytes
     node_id: str = ""
     node_token: str = ""
+    ed25519_private: bytes = b""
+    ed25519_public: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.ed25519_private:
+            # Identity files written before Ed25519 existed gain one on first load.
+            self.ed25519_private, self.ed25519_public = identity.generate_ed25519()
+            self.save()
+
+    @property
+    def fingerprint(self) -> str:
+        """What peers pin: `cohort client identity` prints it for the other institutions."""
+        return identity.fingerprint(self.ed25519_public)
+
+    def sign(self, message: bytes) -> bytes:
+        return identity.sign(self.ed25519_private, message)
+
+    def x25519_signature(self) -> bytes:
+        """This identity's signature binding the sealing key to the site."""
+        return self.sign(identity.x25519_binding(self.site_name, self.x25519_public))
 
     @classmethod
     def load_or_create(cls, state_dir: Path, site_name: str) -> SiteIdentity:
@@ -39,11 +63,13 @@ class SiteIdentity:
                 bytes.fromhex(raw["x25519_public"]),
                 raw.get("node_id", ""),
                 raw.get("node_token", ""),
+                bytes.fromhex(raw.get("ed25519_private", "")),
+                bytes.fromhex(raw.get("ed25519_public", "")),
             )
         private, public = crypto.generate_x25519()
-        identity = cls(path, site_name, private, public)
-        identity.save()
-        return identity
+        site = cls(path, site_name, private, public)
+        site.save()
+        return site
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +80,8 @@ class SiteIdentity:
                 "x25519_public": self.x25519_public.hex(),
                 "node_id": self.node_id,
                 "node_token": self.node_token,
+                "ed25519_private": self.ed25519_private.hex(),
+                "ed25519_public": self.ed25519_public.hex(),
             }
         )
         tmp = self.path.with_suffix(".tmp")

@@ -60,11 +60,20 @@ class AgentPool:
                 ),
                 trainer,
             )
-            thread = threading.Thread(target=agent.run, args=(self.stop,), daemon=True, name=name)
+            started.append(agent)
+        # The institutions exchanged fingerprints out of band: every site pins every other.
+        for agent in started:
+            for other in self.agents + started:
+                if other is not agent:
+                    agent.peers.pin(other.config.site_name, other.identity.fingerprint)
+                    other.peers.pin(agent.config.site_name, agent.identity.fingerprint)
+        for agent in started:
+            thread = threading.Thread(
+                target=agent.run, args=(self.stop,), daemon=True, name=agent.config.site_name
+            )
             thread.start()
             self.threads.append(thread)
             self.agents.append(agent)
-            started.append(agent)
         return started
 
     def close(self) -> None:
