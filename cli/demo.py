@@ -155,6 +155,14 @@ class RoundProgress:
             )
 
 
+def pin_each_other(agents: list[SiteAgent]) -> None:
+    """The demo's hospitals agreed their fingerprints out of band: each pins every other."""
+    for agent in agents:
+        for other in agents:
+            if other is not agent:
+                agent.peers.pin(other.config.site_name, other.identity.fingerprint)
+
+
 def run_demo(
     settings: DemoSettings,
     console: Console,
@@ -201,7 +209,9 @@ def run_demo(
                 trainer,
                 listener=on_event,
             )
-            thread = threading.Thread(target=agents[name].run, args=(stop,), name=name, daemon=True)
+        pin_each_other(list(agents.values()))
+        for name, agent in agents.items():
+            thread = threading.Thread(target=agent.run, args=(stop,), name=name, daemon=True)
             thread.start()
             threads.append(thread)
         channel = grpc.insecure_channel(address)

@@ -16,6 +16,7 @@ from rich.table import Table
 from cli import admin as admin_cli
 from cli import audit as audit_cli
 from cli import model as model_cli
+from cli import site as site_cli
 from cli.common import console, err_console, fail, friendly_errors, load_config, setup_logging
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.add_typer(client_app, name="client")
 app.add_typer(admin_cli.app, name="admin")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(model_cli.app, name="model")
+site_cli.register(client_app)  # client identity, client peers
 
 
 @app.callback()

@@ -16,6 +16,7 @@ import numpy as np
 from flwr.client import NumPyClient
 
 import crypto
+from client import keys
 from client.custody import SiteIdentity
 from client.peers import PeerStore
 from client.policy import SitePolicy, TaskRefused
@@ -101,6 +102,8 @@ class SiteAgent:
             federation_pb2.JoinRequest(
                 site_name=self.config.site_name,
                 x25519_public_key=self.identity.x25519_public,
+                ed25519_public_key=self.identity.ed25519_public,
+                x25519_signature=self.identity.x25519_signature(),
                 node_token=self.identity.node_token,
                 enrolment_token="" if self.identity.node_token else self.config.enrolment_token,
                 agent_version=AGENT_VERSION,
@@ -260,7 +263,16 @@ class SiteAgent:
         self.listener("initialised", {"run_id": task.run_id, "tensors": len(weights)})
 
     def _keygen(self, task: federation_pb2.Task) -> None:
-        """Custodian: make the run's Paillier key here and seal it to every site."""
+        """Custodian: make the run's Paillier key here, seal it to pinned sites, sign the deal.
+
+        Only participants whose identity this site pinned, and whose sealing key that
+        identity signed, get the key (client/keys.py); fewer than the policy's minimum and
+        the task is refused before any key is made.
+        """
+        recipients, refused = keys.trusted_recipients(task.participants, self.identity, self.peers)
+        for reason in refused:
+            log.warning("run %s: not sealing the key to %s", task.run_id, reason)
+        keys.check_enough(task.run_id, recipients, self.config.policy, refused)
         bits = int(task.encoding.key_bits) or 2048
         started = time.perf_counter()
         public_key, private_key = crypto.generate_keypair(bits, insecure_test_size=bits < 2048)
@@ -274,13 +286,16 @@ class SiteAgent:
             key_fingerprint=fingerprint,
             key_bits=public_key.n.bit_length(),
         )
-        for participant in task.participants:
+        for recipient in recipients:
             sealed = crypto.seal(
-                bytes(participant.x25519_public_key),
-                private_bytes,
-                self._key_context(task.run_id, fingerprint),
+                recipient.x25519_public, private_bytes, self._key_context(task.run_id, fingerprint)
             )
-            bundle.sealed.add(node_id=participant.node_id, sealed_private_key=sealed)
+            bundle.sealed.add(node_id=recipient.node_id, sealed_private_key=sealed)
+        bundle.statement.CopyFrom(
+            keys.deal(
+                task.run_id, fingerprint, self.identity, recipients, self.config.policy, refused
+            )
+        )
         self.stub.SubmitKeys(bundle, metadata=self._metadata(), timeout=60)
         self._run_keys[task.run_id] = (public_key, private_key)
         self.listener(
@@ -289,7 +304,7 @@ class SiteAgent:
                 "run_id": task.run_id,
                 "fingerprint": fingerprint,
                 "seconds": time.perf_counter() - started,
-                "sealed_for": len(task.participants),
+                "sealed_for": len(recipients),
             },
         )
         log.info("run %s key fingerprint %s (compare out of band)", task.run_id, fingerprint)
@@ -309,6 +324,8 @@ class SiteAgent:
         fingerprint = crypto.key_fingerprint(public_key)
         if fingerprint != task.encoding.key_fingerprint:
             raise AgentError("the run's public key does not match its announced fingerprint")
+        # The key is opened only as a trusted, pinned custodian dealt it to this identity.
+        keys.check_statement(task, fingerprint, self.identity, self.peers, self.config.policy)
         try:
             private_bytes = crypto.open_sealed(
                 self.identity.x25519_private,

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crypto import identity
+
+# The coordinator's rule for site names (coordinator/federation.py), repeated: client never
+# imports coordinator.
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class UntrustedPeer(ValueError):
@@ -104,3 +109,60 @@ class PeerStore:
         with os.fdopen(fd, "w") as handle:
             handle.write(body)
         os.replace(tmp, self.path)
+
+
+def load_peers_file(path: Path | str) -> dict[str, str]:
+    """Read ``site name = fingerprint`` pairs from a TOML or JSON file, fingerprints normalised.
+
+    Either a flat table (``hospital-b = "3f2a 9c01 …"``) or one under ``[peers]``
+    (JSON: ``{"peers": {"hospital-b": "…"}}``); ``.json`` files are read as JSON, others
+    as TOML. The file is what the institutions agreed out of band: pin its entries with
+    :meth:`PeerStore.pin`.
+
+    Raises
+    ------
+    ValueError
+        When the file cannot be parsed, is not a table of strings, or holds a bad
+        site name or fingerprint (the message names the entry).
+    """
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read peers file {path}: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"peers file {path} is not valid {path.suffix or 'TOML'}: {exc}") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("peers"), dict):
+        raw = raw["peers"]
+    if not isinstance(raw, dict):
+        raise ValueError(f"peers file {path} must be a table of site name = fingerprint")
+    peers: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            raise ValueError(f"peers file {path}: {name!r} must map to a fingerprint string")
+        check_site_name(name)
+        try:
+            peers[name] = identity.normalise_fingerprint(value)
+        except ValueError as exc:
+            raise ValueError(f"peers file {path}: {name}: {exc}") from exc
+    return peers
+
+
+def check_site_name(name: str) -> str:
+    """A peer's name as the federation spells site names (letters, digits, '.', '_', '-').
+
+    Raises
+    ------
+    ValueError
+        When it is not 1-128 such characters starting with a letter or digit.
+    """
+    if not _SITE_NAME.match(name):
+        raise ValueError(
+            f"site name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter "
+            f"or digit; got {name!r}"
+        )
+    return name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -17,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import crypto
-from coordinator import auditlog
+from coordinator import auditlog, identity
 from coordinator.access import AccessControl, hash_token
 from coordinator.errors import (
     AlreadyExists,
@@ -46,6 +45,7 @@ from coordinator.schema import (
     TaskState,
     Update,
 )
+from crypto import identity as crypto_identity
 from protos import common_pb2, federation_pb2, wire
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -86,13 +86,17 @@ class FederationService:
         key = bytes(request.x25519_public_key)
         if key and len(key) != 32:
             raise InvalidArgument("x25519_public_key must be 32 raw bytes")
+        ed25519 = bytes(request.ed25519_public_key)
+        signature = bytes(request.x25519_signature)
+        identity.check_join_identity(name, ed25519, key, signature)
+        if request.node_token:
+            self._check_rejoin(request.node_token, name, ed25519, key)
         with self.hub.lock, self.hub.db.transaction() as session:
             if request.node_token:
                 node = self._node_for_token(session, request.node_token)
                 if self._site(session, node) != name:
                     raise PermissionDenied("that node token belongs to another site")
-                if key:
-                    node.x25519_public_key = key
+                self._rejoin_keys(session, node, name, ed25519, key, signature)
                 node.capabilities = dict(request.capabilities) or node.capabilities
                 node.last_seen = time.time()
                 auditlog.append(session, "site.rejoined", actor=node.id, details={"site": name})
@@ -103,12 +107,21 @@ class FederationService:
                 institution = Institution(name=name)
                 session.add(institution)
                 session.flush()
+            # Identities this site's other nodes hold: a new one is a key change peers must
+            # approve by pinning it again; until then they refuse it.
+            known = {
+                bytes(n.ed25519_public_key)
+                for n in session.scalars(select(Node).where(Node.institution_id == institution.id))
+                if n.ed25519_public_key
+            }
             token = secrets.token_urlsafe(32)
             node = Node(
                 id=str(uuid.uuid4()),
                 institution_id=institution.id,
                 token_hash=hash_token(token),
                 x25519_public_key=key,
+                ed25519_public_key=ed25519,
+                x25519_signature=signature,
                 agent_version=request.agent_version,
                 capabilities=dict(request.capabilities),
             )
@@ -118,13 +131,78 @@ class FederationService:
                 session,
                 "site.joined",
                 actor=node.id,
-                details={
-                    "site": name,
-                    "x25519_sha256": hashlib.sha256(key).hexdigest() if key else "",
-                },
+                details={"site": name} | identity.identity_details(ed25519, key),
             )
+            if known and ed25519 not in known:
+                auditlog.append(
+                    session,
+                    "site.key_changed",
+                    actor=node.id,
+                    details={
+                        "site": name,
+                        "reason": "a new node enrolled under this site with another identity",
+                        "previous": sorted(crypto_identity.fingerprint(k) for k in known),
+                    }
+                    | identity.identity_details(ed25519, key),
+                )
         self.hub.notify()
         return self._join_reply(node.id, token)
+
+    def _check_rejoin(self, token: str, name: str, ed25519: bytes, key: bytes) -> None:
+        """Refuse (and audit) a rejoin that presents another identity than the node's."""
+        refusal: PermissionDenied | None = None
+        with self.hub.lock, self.hub.db.transaction() as session:
+            node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
+            if node is None:
+                return  # the main transaction answers UNAUTHENTICATED
+            try:
+                identity.check_rejoin_identity(node, ed25519)
+            except PermissionDenied as exc:
+                refusal = exc
+                # Written in its own transaction, so that the row outlives the refused call.
+                auditlog.append(
+                    session,
+                    "site.identity_refused",
+                    actor=node.id,
+                    details={"site": name, "reason": str(exc)}
+                    | identity.identity_details(ed25519, key),
+                )
+        if refusal is not None:
+            raise refusal
+
+    @staticmethod
+    def _rejoin_keys(
+        session: Session, node: Node, name: str, ed25519: bytes, key: bytes, signature: bytes
+    ) -> None:
+        """A rejoin keeps the node's identity; its sealing key changes only signed by it."""
+        if not node.ed25519_public_key and ed25519:
+            # A node that joined before identities existed registers its first one.
+            node.ed25519_public_key = ed25519
+            node.x25519_signature = signature if key else b""
+            auditlog.append(
+                session,
+                "site.key_changed",
+                actor=node.id,
+                details={"site": name, "reason": "first identity registered"}
+                | identity.identity_details(ed25519, key),
+            )
+        if key and key != bytes(node.x25519_public_key):
+            if not node.ed25519_public_key:
+                # Unsigned sealing keys change as before: such a node never joins a secure run.
+                node.x25519_public_key = key
+            else:
+                # check_join_identity verified the signature against this same identity.
+                node.x25519_public_key = key
+                node.x25519_signature = signature
+                auditlog.append(
+                    session,
+                    "site.key_changed",
+                    actor=node.id,
+                    details={"site": name, "reason": "new sealing key signed by the identity"}
+                    | identity.identity_details(ed25519, key),
+                )
+        elif key and signature and bytes(node.x25519_signature) != signature:
+            node.x25519_signature = signature
 
     def _join_reply(self, node_id: str, token: str) -> federation_pb2.JoinReply:
         return federation_pb2.JoinReply(
@@ -249,12 +327,9 @@ class FederationService:
         )
         self._secure_fields(session, run, task.node_id, message)
         if task.kind == TaskKind.KEYGEN:
-            for node in self._keygen_participants(session):
-                message.participants.add(
-                    node_id=node.id,
-                    site_name=self._site(session, node),
-                    x25519_public_key=node.x25519_public_key,
-                )
+            # The custodian deals the key, so the task names it, even before a statement.
+            node = session.get(Node, task.node_id)
+            message.custodian = run.custodian or (self._site(session, node) if node else "")
         if task.kind == TaskKind.TRAIN:
             selected = len(
                 session.scalars(
@@ -293,6 +368,15 @@ class FederationService:
         )
         if sealed is not None:
             message.sealed_private_key = sealed.sealed
+        # Sites trust none of this unless it matches what they pinned (client/keys.py).
+        identity.add_participants(session, run, message)
+        message.custodian = run.custodian
+        if run.key_statement:
+            message.key_statement.statement = run.key_statement
+            message.key_statement.signature = run.key_statement_signature
+            dealing = crypto_identity.KeyDealing.from_bytes(run.key_statement)
+            message.key_statement.custodian = dealing.custodian
+            message.custodian = dealing.custodian
 
     def final_model(self, node_id: str, run_id: str) -> federation_pb2.Task:
         """References to a completed run's final model, for a site that took part."""
@@ -330,14 +414,6 @@ class FederationService:
                 details={"secure": run.secure},
             )
         return message
-
-    def _keygen_participants(self, session: Session) -> list[Node]:
-        cutoff = time.time() - self.hub.limits.offline_after_seconds
-        return [
-            n
-            for n in session.scalars(select(Node).where(Node.last_seen >= cutoff))
-            if n.x25519_public_key
-        ]
 
     @staticmethod
     def _attach_model(
@@ -706,23 +782,34 @@ class FederationService:
             fingerprint = crypto.key_fingerprint(public_key)
             if bundle.key_fingerprint and bundle.key_fingerprint != fingerprint:
                 raise InvalidArgument("key fingerprint does not match the public key")
-            known = {n.id for n in self._keygen_participants(session)} | {node_id}
-            sealed_for = []
+            # Keys go to the run's fixed participants only, never to whoever is online.
+            known = set(run.participants)
+            sealed_for: list[str] = []
             for item in bundle.sealed:
                 if item.node_id in sealed_for:
                     raise InvalidArgument(f"two sealed keys for node {item.node_id!r}")
                 if item.node_id not in known or not item.sealed_private_key:
-                    raise InvalidArgument(f"sealed key for unknown node {item.node_id!r}")
-                session.add(
-                    SealedKey(
-                        run_id=run.id, node_id=item.node_id, sealed=bytes(item.sealed_private_key)
+                    raise InvalidArgument(
+                        f"sealed key for node {item.node_id!r}, not a participant of the run"
                     )
-                )
                 sealed_for.append(item.node_id)
             if len(sealed_for) < run.min_clients:
                 raise InvalidArgument(
                     f"keys sealed for {len(sealed_for)} sites; the run needs {run.min_clients}"
                 )
+            custodian = session.get(Node, node_id)
+            assert custodian is not None
+            dealing = identity.check_key_statement(
+                session, run, custodian, bundle.statement, fingerprint, sealed_for
+            )
+            for item in bundle.sealed:
+                session.add(
+                    SealedKey(
+                        run_id=run.id, node_id=item.node_id, sealed=bytes(item.sealed_private_key)
+                    )
+                )
+            run.key_statement = bytes(bundle.statement.statement)
+            run.key_statement_signature = bytes(bundle.statement.signature)
             run.public_key = bytes(bundle.public_key)
             run.key_id = crypto.key_id(public_key)
             run.key_fingerprint = fingerprint
@@ -737,6 +824,10 @@ class FederationService:
                     "fingerprint": fingerprint,
                     "key_bits": public_key.n.bit_length(),
                     "sealed_for": sorted(sealed_for),
+                    "custodian": dealing.custodian,
+                    "custodian_fingerprint": dealing.custodian_fingerprint,
+                    "recipients": {r.site: r.fingerprint for r in dealing.recipients},
+                    "statement_sha256": wire.sha256_hex(run.key_statement),
                 },
             )
         self.hub.notify()

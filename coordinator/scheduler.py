@@ -18,6 +18,7 @@ import crypto
 from coordinator import auditlog
 from coordinator.aggregation import aggregate_deltas, apply_deltas
 from coordinator.hub import Hub
+from coordinator.identity import choose_participants
 from coordinator.schema import (
     ModelKind,
     ModelVersion,
@@ -138,11 +139,18 @@ class RoundScheduler:
         if run.state == RunState.PENDING:
             if len(online) < run.min_clients:
                 return False
+            details: dict[str, object] = {"online_sites": len(online)}
+            if run.secure == "paillier":
+                # A secure run's sites are fixed now: the key is sealed to these and no
+                # others, and only sites with a signed identity can be among them.
+                chosen = choose_participants(session, run, online)
+                if len(chosen) < run.min_clients:
+                    return False
+                run.participants = [n.id for n in chosen]
+                details["participants"] = {n.id: self._site_name(session, n) for n in chosen}
             run.state = RunState.RUNNING
             run.started_at = now
-            auditlog.append(
-                session, "run.started", run_id=run.id, details={"online_sites": len(online)}
-            )
+            auditlog.append(session, "run.started", run_id=run.id, details=details)
             return True
         if run.secure == "paillier" and not run.public_key:
             return self._setup_task(session, run, TaskKind.KEYGEN, online, now)
@@ -159,6 +167,8 @@ class RoundScheduler:
         return self._check_round(session, run, current, online, now)
 
     def _custodian_candidates(self, session: Session, run: Run, online: list[Node]) -> list[Node]:
+        if run.secure == "paillier":
+            online = [n for n in online if n.id in run.participants]
         if not run.custodian:
             return online
         return [n for n in online if self._site_name(session, n) == run.custodian]

@@ -14,6 +14,7 @@ from test_federation_errors import FakeSite, expect_status
 import crypto
 from client.secure import ServerOptimiser
 from coordinator.schema import Run, SealedKey, Update
+from crypto import identity
 from protos import admin_pb2, common_pb2, federation_pb2, wire
 
 WEIGHTS = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
@@ -26,8 +27,17 @@ class SecureFakeSite(FakeSite):
 
     def __init__(self, stub) -> None:
         private, public = crypto.generate_x25519()
+        # A secure run's sites carry an identity that signs their sealing key.
+        self.ed25519_private, ed25519_public = identity.generate_ed25519()
         reply = stub.Join(
-            federation_pb2.JoinRequest(site_name="custodian", x25519_public_key=public)
+            federation_pb2.JoinRequest(
+                site_name="custodian",
+                x25519_public_key=public,
+                ed25519_public_key=ed25519_public,
+                x25519_signature=identity.sign(
+                    self.ed25519_private, identity.x25519_binding("custodian", public)
+                ),
+            )
         )
         self.stub, self.token, self.node_id = stub, reply.node_token, reply.node_id
         self.x25519_private = private
@@ -52,6 +62,20 @@ class SecureFakeSite(FakeSite):
                     b"test",
                 ),
             )
+        dealing = identity.KeyDealing(
+            run_id=task.run_id,
+            scheme="paillier",
+            key_fingerprint=fingerprint,
+            custodian="custodian",
+            custodian_fingerprint=identity.fingerprint(
+                identity.public_from_private(self.ed25519_private)
+            ),
+            recipients=identity.recipients_of(
+                [(p.site_name, bytes(p.ed25519_public_key)) for p in task.participants]
+            ),
+        )
+        bundle.statement.statement = dealing.to_bytes()
+        bundle.statement.signature = identity.sign(self.ed25519_private, dealing.to_bytes())
         self.stub.SubmitKeys(bundle, metadata=self.metadata)
 
     def ciphertexts(self, weight: int = 10, values: np.ndarray | None = None) -> list[int]:
