@@ -54,6 +54,7 @@ def identity(name: SiteName = "", state_dir: StateDir = Path("cohort-site")) -> 
     console.print(
         f"Others pin it with: cohort client peers add {site.site_name} {site.fingerprint}",
         highlight=False,
+        soft_wrap=True,
     )
 
 

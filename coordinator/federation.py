@@ -134,17 +134,13 @@ class FederationService:
                 details={"site": name} | identity.identity_details(ed25519, key),
             )
             if known and ed25519 not in known:
-                auditlog.append(
-                    session,
-                    "site.key_changed",
-                    actor=node.id,
-                    details={
-                        "site": name,
-                        "reason": "a new node enrolled under this site with another identity",
-                        "previous": sorted(crypto_identity.fingerprint(k) for k in known),
-                    }
-                    | identity.identity_details(ed25519, key),
-                )
+                details: dict[str, object] = {
+                    "site": name,
+                    "reason": "a new node enrolled under this site with another identity",
+                    "previous": sorted(crypto_identity.fingerprint(k) for k in known),
+                }
+                details.update(identity.identity_details(ed25519, key))
+                auditlog.append(session, "site.key_changed", actor=node.id, details=details)
         self.hub.notify()
         return self._join_reply(node.id, token)
 
@@ -175,6 +171,7 @@ class FederationService:
         session: Session, node: Node, name: str, ed25519: bytes, key: bytes, signature: bytes
     ) -> None:
         """A rejoin keeps the node's identity; its sealing key changes only signed by it."""
+        identity.check_rejoin_identity(node, ed25519)  # again, under the lock
         if not node.ed25519_public_key and ed25519:
             # A node that joined before identities existed registers its first one.
             node.ed25519_public_key = ed25519

@@ -671,3 +671,34 @@ def test_peers_file_in_toml_or_json_is_read_and_checked(tmp_path):
         load_peers_file(tmp_path / "badname.json")
     with pytest.raises(ValueError, match="cannot read"):
         load_peers_file(tmp_path / "missing.toml")
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+
+def test_identity_and_peers_commands_pin_add_list_and_remove(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    where = ["--name", "hospital-a", "--state-dir", str(tmp_path)]
+    fp = RawIdentity("hospital-b").fingerprint
+
+    shown = runner.invoke(app, ["client", "identity", *where])
+    added = runner.invoke(app, ["client", "peers", "add", "hospital-b", fp.upper(), *where])
+    listed = runner.invoke(app, ["client", "peers", "list", *where])
+    bad = runner.invoke(app, ["client", "peers", "add", "hospital-c", "1234", *where])
+    removed = runner.invoke(app, ["client", "peers", "remove", "hospital-b", *where])
+    missing = runner.invoke(app, ["client", "peers", "remove", "hospital-b", *where])
+
+    mine = SiteIdentity.load_or_create(tmp_path, "hospital-a").fingerprint
+    assert shown.exit_code == 0
+    assert identity.format_fingerprint(mine) in shown.output
+    assert added.exit_code == 0 and listed.exit_code == 0
+    assert identity.format_fingerprint(fp) in listed.output
+    assert bad.exit_code == 2 and "32 hex digits" in bad.output
+    assert removed.exit_code == 0
+    assert missing.exit_code == 2 and "not pinned" in missing.output
+    assert PeerStore.load(tmp_path, "hospital-a").pins == {}
+    assert (tmp_path / "hospital-a.identity.json").stat().st_mode & 0o077 == 0
