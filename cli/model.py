@@ -204,17 +204,25 @@ def export_site_model(
 
     loaded = plain_model(model, weights)
     if int8:
+        from models.export import save_int8_script
+
+        int8_files: dict[str, str] = {}
+
+        def script_int8(module: torch.nn.Module) -> None:
+            # The INT8 model as TorchScript with the preprocessing: loads without Cohort.
+            digest = save_int8_script(module, out_dir) if schema is not None else None
+            if digest:
+                int8_files["model_int8.ts"] = digest
+
         report = export_int8(
-            loaded, calibration=train_data, evaluation=holdout_data, out_dir=out_dir
+            loaded,
+            calibration=train_data,
+            evaluation=holdout_data,
+            out_dir=out_dir,
+            on_quantized=script_int8,
         )
         report_file = REPORT_FILE
-        if schema is not None:
-            from models.export import save_int8_script
-            from models.quantize import load_int8
-
-            digest = save_int8_script(load_int8(out_dir), out_dir)
-            if digest:
-                meta["export"]["files"] = {**meta["export"]["files"], "model_int8.ts": digest}
+        meta["export"]["files"] = {**meta["export"]["files"], **int8_files}
     else:
         report = _export_fp32(loaded, holdout_data, out_dir)
         report_file = FP32_REPORT_FILE
@@ -344,6 +352,8 @@ def export_run(
         fail(f"no identity for site {name} in {state_dir}: run the agent there first")
     if not data:
         fail("--data is required: this site's rows name the features and classes of the export")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file: the export is a folder (model.ts, weights.pt, model.json)")
     dataset = load_export_data(data, label_column)
     agent = SiteAgent(
         AgentConfig(coordinator, name, state_dir, ca_file=ca, insecure=insecure),

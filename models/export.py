@@ -1,11 +1,14 @@
 """A final model a site can use: TorchScript with its preprocessing, named weights, a manifest.
 
-Why TorchScript and not ONNX: every site already has torch (it trained with it), so
-``torch.jit.load`` needs no new dependency, while ONNX needs ``onnx`` to export and
-``onnxruntime`` to load, neither of which Cohort installs. A traced TorchScript module
-runs the same float32 kernels as the trainer, so its probabilities match the site's to
-about 1e-7, and it carries the preprocessing inside the graph: raw feature rows go in,
-class probabilities come out, with no Cohort code on the path.
+Why TorchScript: every site already has torch (it trained with it), so ``torch.jit.load``
+needs no new dependency, while ONNX needs ``onnx`` to export and ``onnxruntime`` to load,
+neither of which Cohort installs. A traced module runs the same float32 kernels as the
+trainer, so its probabilities match the site's to about 1e-7, and it carries the
+preprocessing inside the graph: raw feature rows go in, class probabilities come out,
+with no Cohort code on the path. torch marks TorchScript deprecated in favour of
+``torch.export``, which exports the fp32 scorer fine but cannot serialise the dynamic
+INT8 Linear layers (their packed weights have no ``__obj_flatten__`` in torch 2.13);
+one format for both keeps the site's instructions to one line.
 
 An export folder holds:
 
@@ -38,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from models.quantize import quiet_torch
 
 FORMAT = "cohort-model/1"
 MANIFEST_FILE = "model.json"
@@ -236,7 +241,7 @@ def trace_scorer(scorer: nn.Module, width: int) -> torch.jit.ScriptModule:
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, width, generator=generator) * 100.0
     check = torch.randn(5, width, generator=generator) * 1000.0
-    with torch.no_grad():
+    with torch.no_grad(), quiet_torch():
         traced = torch.jit.trace(scorer.eval(), example, check_trace=False)
         expected, got = scorer(check), traced(check)
     if not torch.allclose(expected, got, atol=1e-6, rtol=0.0):
@@ -300,9 +305,10 @@ def export_model(
     if scorer is not None:
         traced = trace_scorer(scorer, len(manifest["inputs"]["features"]))
         schema_json = json.dumps(_schema_part(manifest), sort_keys=True)
-        torch.jit.save(
-            traced, str(out_dir / SCRIPT_FILE), _extra_files={SCHEMA_EXTRA_FILE: schema_json}
-        )
+        with quiet_torch():
+            torch.jit.save(
+                traced, str(out_dir / SCRIPT_FILE), _extra_files={SCHEMA_EXTRA_FILE: schema_json}
+            )
         files[SCRIPT_FILE] = file_sha256(out_dir / SCRIPT_FILE)
     manifest["files"] = files
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -353,7 +359,8 @@ def save_int8_script(int8: nn.Module, out_dir: Path) -> str | None:
     traced = trace_scorer(scorer, len(manifest["inputs"]["features"]))
     schema_json = json.dumps(_schema_part(manifest), sort_keys=True)
     path = Path(out_dir) / INT8_SCRIPT_FILE
-    torch.jit.save(traced, str(path), _extra_files={SCHEMA_EXTRA_FILE: schema_json})
+    with quiet_torch():
+        torch.jit.save(traced, str(path), _extra_files={SCHEMA_EXTRA_FILE: schema_json})
     digest = file_sha256(path)
     manifest["files"][INT8_SCRIPT_FILE] = digest
     (Path(out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -494,7 +501,8 @@ def load_model(directory: Path, *, int8: bool = False, verify: bool = True) -> E
         raise ExportError(f"{path} is missing")
     if verify and file_sha256(path) != expected:
         raise ExportError(f"{path} does not match the sha256 in {MANIFEST_FILE}: refusing it")
-    module = torch.jit.load(str(path), map_location="cpu")
+    with quiet_torch():
+        module = torch.jit.load(str(path), map_location="cpu")
     return ExportedModel(directory, manifest, module.eval())
 
 

@@ -9,7 +9,7 @@ import json
 import statistics
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,12 @@ FASTER_AT_LEAST = 1.1
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    # torch.ao.quantization still works but warns on every call that it moves to torchao.
+def quiet_torch() -> Iterator[None]:
+    """Silence torch's deprecation warnings for APIs it still ships and we rely on.
+
+    torch.ao.quantization warns on every call that it moves to torchao, and torch.jit
+    that it yields to torch.export (models/export.py says why the export still uses it).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*", category=UserWarning)
@@ -86,7 +90,7 @@ def quantize_static(model: nn.Module, calibration: Iterable[dict[str, torch.Tens
     batches = iter(calibration)
     first = next(batches)
     float_inputs = [k for k, v in first.items() if v.is_floating_point()]
-    with _quiet():
+    with quiet_torch():
         fused = tq.fuse_modules(model, model.fusion_groups())  # type: ignore[operator]
         wrapped = QuantizedInputs(fused, float_inputs).eval()
         engine = torch.backends.quantized.engine
@@ -121,14 +125,14 @@ def quantize_dynamic(model: nn.Module) -> nn.Module:
         nn.GRU: tq.default_dynamic_qconfig,
         nn.Embedding: tq.float_qparams_weight_only_qconfig,
     }
-    with _quiet():
+    with quiet_torch():
         return tq.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def serialized_size(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``: what a site would store or ship."""
     buffer = io.BytesIO()
-    with _quiet():
+    with quiet_torch():
         torch.save(model.state_dict(), buffer)
     return buffer.tell()
 
@@ -154,13 +158,15 @@ def export_int8(
     out_dir: Path,
     batch_size: int = 64,
     repeats: int = 20,
+    on_quantized: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Quantise a trained model to INT8, save it and report size, latency and accuracy.
 
     Conv nets with ``fusion_groups()`` are quantised statically (weights and activations,
     calibrated on ``calibration``); any other model dynamically (Linear/LSTM weights).
     LoRA adapters are merged first. Both models are timed on the same CPU batch of
-    ``batch_size`` evaluation rows.
+    ``batch_size`` evaluation rows. ``on_quantized`` receives the INT8 module (to save
+    it in another form too) without a reload from disk.
 
     Returns
     -------
@@ -209,6 +215,8 @@ def export_int8(
         },
     }
     _save(fp32, int8, out_dir)
+    if on_quantized is not None:
+        on_quantized(int8)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -234,7 +242,7 @@ def _save(fp32: nn.Module, int8: nn.Module, out_dir: Path) -> None:
     # packed-parameter modules lose their children), so the export is the INT8 state
     # dict plus a weightless skeleton of the float model (parameters on the meta
     # device, a few KB); load_int8 re-quantises the skeleton and loads the state.
-    with _quiet():
+    with quiet_torch():
         torch.save(copy.deepcopy(fp32).to("meta"), out_dir / SKELETON_FILE)
         torch.save(int8.state_dict(), out_dir / MODEL_FILE)
 
@@ -271,7 +279,7 @@ def load_int8(out_dir: Path) -> nn.Module:
         int8 = quantize_static(model, [example])
     else:
         int8 = quantize_dynamic(model)
-    with _quiet():
+    with quiet_torch():
         state = torch.load(out_dir / MODEL_FILE, map_location="cpu", weights_only=True)
         int8.load_state_dict(state)
     return int8.eval()
