@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import breast_cancer_sites, create_run, wait_for_state
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -29,7 +30,9 @@ from models.export import (
     load_model,
     load_module,
 )
+from models.params import set_weights
 from models.quantize import speed_verdict
+from protos import common_pb2
 
 CPU = torch.device("cpu")
 COHORT_PACKAGES = ("coordinator", "client", "crypto", "models", "explain", "cli", "protos")
@@ -312,3 +315,41 @@ def test_a_slower_int8_model_is_called_slower_with_the_jsons_signs():
     assert "-0.17 points" in text and "+0.2" not in text
     assert "0.91x (slower)" in text and "SLOWER" in report["speed_verdict"]
     assert change_cells({**report, "speedup": 1.05})["latency"] == "1.05x (not faster)"
+
+
+@pytest.mark.slow
+def test_a_secure_runs_export_scores_raw_rows_through_the_cli(coordinator, agents, tmp_path):
+    sites = agents.start(coordinator.address, breast_cancer_sites(3), tmp_path)
+    admin = coordinator.admin()
+    run = create_run(admin, secure=True, rounds=2)
+    info = wait_for_state(
+        admin, run.run_id, (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED), 240
+    )
+    assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
+    data = load_sklearn("breast_cancer")
+    csv = save_csv(data, tmp_path / "rows.csv")
+
+    exported = runner.invoke(
+        app,
+        ["client", "export-model", run.run_id, "--out", str(tmp_path / "model"),
+         "--data", "sklearn:breast_cancer", "--name", "site-1",
+         "--state-dir", str(tmp_path / "site-1"), "--coordinator", coordinator.address,
+         "--insecure"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    scored = predict(str(tmp_path / "model"), str(csv), "--json")
+
+    assert exported.exit_code == 0, exported.output
+    assert scored.exit_code == 0, scored.output
+    manifest = json.loads((tmp_path / "model" / MANIFEST_FILE).read_text())
+    provenance = manifest["provenance"]
+    assert provenance["run_id"] == run.run_id and provenance["secure"] is True
+    assert provenance["key_fingerprint"] == info.key_fingerprint != ""
+    assert provenance["final_model_sha256"] == info.final_model_sha256 != ""
+    # The site's own trainer, holding the final weights, on the same raw rows.
+    trainer = sites[1].client
+    set_weights(trainer.model, sites[1].export_model(run.run_id))
+    expected = trainer.predict_proba(log_scale(data.x))
+    rows = json.loads(scored.output)["rows"]
+    got = np.array([[r["malignant"], r["benign"]] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
