@@ -70,7 +70,11 @@ class MissingColumnsError(ExportError):
         self.missing = list(missing)
         shown = ", ".join(repr(m) for m in self.missing[:5])
         more = f" and {len(self.missing) - 5} more" if len(self.missing) > 5 else ""
-        super().__init__(f"missing column {shown}{more}: the model needs it")
+        plural = len(self.missing) > 1
+        super().__init__(
+            f"missing column{'s' if plural else ''} {shown}{more}: "
+            f"the model needs {'them' if plural else 'it'}"
+        )
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,7 @@ def test_predict_writes_class_named_columns(site, tmp_path):
 @pytest.mark.parametrize(
     "damage, words",
     [
-        (lambda f: f.drop(columns=["worst area"]), ["missing column", "'worst area'"]),
+        (lambda f: f.drop(columns=["worst area"]), ["missing column ", "'worst area'", "needs it"]),
         (lambda f: f.assign(**{"mean radius": "big"}), ["'mean radius'", "not numeric"]),
         (lambda f: f.assign(**{"mean area": np.nan}), ["'mean area'", "missing"]),
     ],
