@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -527,8 +526,3 @@ def load_module(directory: Path, *, verify: bool = True) -> nn.Module:
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: an undefined metric is written as null."""
-    return value if math.isfinite(value) else None
