@@ -383,34 +383,44 @@ def _print_event(event: str, info: dict[str, object]) -> None:
 @friendly_errors
 def export_model(
     run_id: Annotated[str, typer.Argument(help="The run whose final model to export.")],
-    out: Annotated[Path, typer.Option(help="Where to write the weights (.npz).")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the export (model.ts, weights.pt, model.json).")
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            envvar="COHORT_DATA",
+            help="This site's data (as for `client run`): names the features and classes",
+        ),
+    ] = "",
+    label_column: Annotated[str, typer.Option(envvar="COHORT_LABEL_COLUMN")] = "label",
     coordinator: Annotated[str, typer.Option(envvar="COHORT_COORDINATOR")] = "127.0.0.1:50051",
     name: Annotated[str, typer.Option(envvar="COHORT_SITE_NAME")] = "",
     state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
     ca: Annotated[Path | None, typer.Option(envvar="COHORT_CA")] = None,
     insecure: Annotated[bool, typer.Option(envvar="COHORT_INSECURE")] = False,
 ) -> None:
-    """Decrypt (secure runs) and save a run's final model here, at the site."""
-    if ca is None and not insecure:
-        fail("TLS is on by default: pass --ca FILE (the federation's ca.pem) or --insecure")
-    import numpy as np
+    """Decrypt (secure runs) and export a run's final model here, at the site.
 
-    from client.agent import AgentConfig, SiteAgent
+    The folder is self-contained: model.ts scores raw rows without Cohort, and
+    model.json names the features, classes, preprocessing, run and hashes. The same
+    export as `cohort model export`, without measuring it (so it takes seconds).
+    """
+    from cli.model import export_run
 
-    if not name:
-        fail("--name is required: the site whose key opens the model")
-    identity = state_dir / f"{name}.identity.json"
-    if not identity.exists():
-        fail(f"no identity for site {name} in {state_dir}: run the agent there first")
-    agent = SiteAgent(
-        AgentConfig(coordinator, name, state_dir, ca_file=ca, insecure=insecure),
-        client=_NoTraining(),
+    report = export_run(
+        run_id,
+        out,
+        data=data,
+        name=name,
+        coordinator=coordinator,
+        state_dir=state_dir,
+        ca=ca,
+        insecure=insecure,
+        label_column=label_column,
     )
-    weights = agent.export_model(run_id)
-    agent.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, *weights)
-    console.print(f"wrote {len(weights)} tensors to {out}")
+    files = ", ".join(report["export"]["files"])
+    console.print(f"wrote {files} and model.json to {out}")
 
 
 class _NoTraining(NumPyClient):

@@ -16,20 +16,36 @@ class DataError(ValueError):
     """Local data that cannot be used as given; the message says what to fix."""
 
 
+# The trainer's ``preprocess`` setting → the step an export names (models/export.py holds
+# its formula and a torch copy inside the exported model). Both are fixed, public and
+# data-independent, so nothing has to be fitted or shared for every site to agree.
+PREPROCESSING_STEPS = {"log": "log_scale", "none": "identity"}
+
+
 @dataclass(frozen=True)
 class TabularData:
-    """Features, integer labels and the feature names, as loaded at a site."""
+    """Features, integer labels and the feature names, as loaded at a site.
+
+    ``class_names`` names label ids ``0, 1, …`` when the source does (scikit-learn's
+    ``target_names``); otherwise a class is named by its label value as written.
+    """
 
     x: np.ndarray
     y: np.ndarray
     feature_names: list[str]
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or len(self.x) != len(self.y):
             raise DataError(f"features {self.x.shape} and labels {self.y.shape} do not line up")
 
     def subset(self, index: np.ndarray) -> TabularData:
-        return TabularData(self.x[index], self.y[index], self.feature_names)
+        return TabularData(self.x[index], self.y[index], self.feature_names, self.class_names)
+
+    def class_names_for(self, num_classes: int) -> list[str]:
+        """A name for each of a model's ``num_classes`` outputs (label id ``i`` → output ``i``)."""
+        names = list(self.class_names or [])
+        return names[:num_classes] + [str(i) for i in range(len(names), num_classes)]
 
     def fingerprint(self) -> str:
         """sha256 of the data as used, so an audit can name exactly what a site trained on."""
@@ -57,6 +73,7 @@ def load_sklearn(name: str) -> TabularData:
         bunch.data.astype(np.float32),
         bunch.target.astype(np.int64),
         [str(f) for f in bunch.feature_names],
+        [str(c) for c in bunch.target_names],
     )
 
 

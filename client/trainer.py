@@ -10,7 +10,8 @@ from flwr.client import NumPyClient
 from flwr.common.typing import Config
 
 import models
-from client.data import TabularData, log_scale, train_holdout_split
+from client.data import PREPROCESSING_STEPS, TabularData, log_scale, train_holdout_split
+from models.export import TabularSchema
 from protos.wire import NDArrays
 
 
@@ -49,6 +50,9 @@ class TabularTrainer(NumPyClient):
             "num_classes": 2,
             **(model_config or {}),
         }
+        # What a raw row must hold and what each output means: exported with the model,
+        # so a site can score raw rows without knowing how this trainer prepared them.
+        self.class_names = data.class_names_for(int(self.model_config["num_classes"]))
         self.seed = seed
         self.device = device or models.select_device()
         self._started_run: str | None = None
@@ -70,6 +74,14 @@ class TabularTrainer(NumPyClient):
     @property
     def num_train(self) -> int:
         return len(self.train_data.y)
+
+    def export_schema(self) -> TabularSchema:
+        """Features in order, class names and the preprocessing step, for an export."""
+        return TabularSchema(
+            tuple(self.feature_names),
+            tuple(self.class_names),
+            PREPROCESSING_STEPS[self.preprocess],
+        )
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
         """The model's weights; freshly initialised when a new run asks for its start point."""

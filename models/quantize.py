@@ -9,7 +9,7 @@ import json
 import statistics
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,17 @@ from models.training import evaluate, logits_of
 MODEL_FILE = "model_int8.pt"
 SKELETON_FILE = "skeleton.pt"
 REPORT_FILE = "int8_report.json"
+# Below this fp32/INT8 time ratio a speed-up is within timing noise: not called faster.
+FASTER_AT_LEAST = 1.1
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    # torch.ao.quantization still works but warns on every call that it moves to torchao.
+def quiet_torch() -> Iterator[None]:
+    """Silence torch's deprecation warnings for APIs it still ships and we rely on.
+
+    torch.ao.quantization warns on every call that it moves to torchao, and torch.jit
+    that it yields to torch.export (models/export.py says why the export still uses it).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*", category=UserWarning)
@@ -58,10 +64,11 @@ class QuantizedInputs(nn.Module):
 
 
 def _float_copy(model: nn.Module) -> nn.Module:
-    from models.params import is_peft_model, unwrap
+    from models.export import is_peft  # never imports peft for a model without adapters
+    from models.params import unwrap
 
     model = copy.deepcopy(unwrap(model)).cpu().eval()
-    if is_peft_model(model):
+    if is_peft(model):
         # Adapters are folded into the base weights: one plain model to quantise.
         model = model.merge_and_unload()  # type: ignore[operator]
     return model.eval()
@@ -83,7 +90,7 @@ def quantize_static(model: nn.Module, calibration: Iterable[dict[str, torch.Tens
     batches = iter(calibration)
     first = next(batches)
     float_inputs = [k for k, v in first.items() if v.is_floating_point()]
-    with _quiet():
+    with quiet_torch():
         fused = tq.fuse_modules(model, model.fusion_groups())  # type: ignore[operator]
         wrapped = QuantizedInputs(fused, float_inputs).eval()
         engine = torch.backends.quantized.engine
@@ -118,14 +125,14 @@ def quantize_dynamic(model: nn.Module) -> nn.Module:
         nn.GRU: tq.default_dynamic_qconfig,
         nn.Embedding: tq.float_qparams_weight_only_qconfig,
     }
-    with _quiet():
+    with quiet_torch():
         return tq.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def serialized_size(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``: what a site would store or ship."""
     buffer = io.BytesIO()
-    with _quiet():
+    with quiet_torch():
         torch.save(model.state_dict(), buffer)
     return buffer.tell()
 
@@ -151,21 +158,26 @@ def export_int8(
     out_dir: Path,
     batch_size: int = 64,
     repeats: int = 20,
+    on_quantized: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Quantise a trained model to INT8, save it and report size, latency and accuracy.
 
     Conv nets with ``fusion_groups()`` are quantised statically (weights and activations,
     calibrated on ``calibration``); any other model dynamically (Linear/LSTM weights).
     LoRA adapters are merged first. Both models are timed on the same CPU batch of
-    ``batch_size`` evaluation rows.
+    ``batch_size`` evaluation rows. ``on_quantized`` receives the INT8 module (to save
+    it in another form too) without a reload from disk.
 
     Returns
     -------
     dict
         ``mode``, ``size_bytes_fp32``, ``size_bytes_int8``, ``size_ratio``,
-        ``latency_ms_fp32``, ``latency_ms_int8``, ``speedup``, ``accuracy_fp32``,
-        ``accuracy_int8``, ``accuracy_delta_points`` (fp32 minus int8, in points), also
-        written to ``out_dir/int8_report.json`` next to ``model_int8.pt``.
+        ``latency_ms_fp32``, ``latency_ms_int8``, ``speedup`` (fp32 time / INT8 time),
+        ``faster`` and ``speed_verdict`` (whether INT8 is really faster, in words),
+        ``accuracy_fp32``, ``accuracy_int8`` and ``accuracy_delta_points`` (INT8 minus
+        fp32, in points: negative when INT8 loses accuracy), also written to
+        ``out_dir/int8_report.json`` next to ``model_int8.pt``. Printed tables show
+        these same numbers; they never recompute them.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,17 +204,37 @@ def export_int8(
         "latency_ms_fp32": 1e3 * lat_fp32,
         "latency_ms_int8": 1e3 * lat_int8,
         "speedup": lat_fp32 / lat_int8,
+        "faster": lat_fp32 / lat_int8 >= FASTER_AT_LEAST,
+        "speed_verdict": speed_verdict(lat_fp32 / lat_int8),
         "latency_batch": int(next(iter(batch.values())).shape[0]),
         "accuracy_fp32": acc_fp32,
         "accuracy_int8": acc_int8,
-        "accuracy_delta_points": 100.0 * (acc_fp32 - acc_int8),
+        "accuracy_delta_points": 100.0 * (acc_int8 - acc_fp32),
         "inputs": {
             k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in example.items()
         },
     }
     _save(fp32, int8, out_dir)
+    if on_quantized is not None:
+        on_quantized(int8)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def speed_verdict(speedup: float) -> str:
+    """Say plainly whether INT8 is worth it for speed (``speedup`` = fp32 time / INT8 time).
+
+    Dynamic quantisation re-quantises activations on every call; for a small MLP that
+    overhead outweighs the cheaper matmuls, so INT8 can be slower than fp32.
+    """
+    if speedup >= FASTER_AT_LEAST:
+        return f"INT8 is {speedup:.2f}x faster than fp32"
+    if speedup >= 1.0:
+        return f"INT8 is not meaningfully faster than fp32 ({speedup:.2f}x, within noise)"
+    return (
+        f"INT8 is SLOWER than fp32 ({speedup:.2f}x): per-call quantisation overhead "
+        "outweighs the cheaper arithmetic for a model this small; deploy fp32 for speed"
+    )
 
 
 def _save(fp32: nn.Module, int8: nn.Module, out_dir: Path) -> None:
@@ -210,7 +242,7 @@ def _save(fp32: nn.Module, int8: nn.Module, out_dir: Path) -> None:
     # packed-parameter modules lose their children), so the export is the INT8 state
     # dict plus a weightless skeleton of the float model (parameters on the meta
     # device, a few KB); load_int8 re-quantises the skeleton and loads the state.
-    with _quiet():
+    with quiet_torch():
         torch.save(copy.deepcopy(fp32).to("meta"), out_dir / SKELETON_FILE)
         torch.save(int8.state_dict(), out_dir / MODEL_FILE)
 
@@ -247,7 +279,7 @@ def load_int8(out_dir: Path) -> nn.Module:
         int8 = quantize_static(model, [example])
     else:
         int8 = quantize_dynamic(model)
-    with _quiet():
+    with quiet_torch():
         state = torch.load(out_dir / MODEL_FILE, map_location="cpu", weights_only=True)
         int8.load_state_dict(state)
     return int8.eval()
