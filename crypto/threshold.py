@@ -125,6 +125,8 @@ class VerificationKeys:
             _check_int(label, value)
             if not 0 < value < n_square:
                 raise ValueError(f"verification key {label} is outside [1, n²)")
+            if math.gcd(value, self.n) != 1:
+                raise ValueError(f"verification key {label} is not a unit mod n²")
 
     @cached_property
     def public_key(self) -> PaillierPublicKey:
@@ -478,20 +480,19 @@ def _partial_is_valid(
     if proof.response >= 1 << (_nonce_bits(keys) + 1):
         return False
     base, power = _batched_statement(keys, partial.index, cts, list(partial.values), context)
-    try:
-        # a = C^z · P^-e and b = v^z · v_i^-e recompute the commitments an honest prover hashed.
-        commitment_base = (
-            gmpy2.powmod(base, proof.response, n_square)
-            * gmpy2.powmod(power, -proof.challenge, n_square)
-            % n_square
-        )
-        commitment_v = (
-            gmpy2.powmod(keys.v, proof.response, n_square)
-            * gmpy2.powmod(keys.party_key(partial.index), -proof.challenge, n_square)
-            % n_square
-        )
-    except ZeroDivisionError:  # a non-invertible value: not a valid partial (and it factors n)
+    if gmpy2.gcd(power, keys.n) != 1:  # a partial sharing a factor with n is not c^{2Δs_i}
         return False
+    # a = C^z · P^-e and b = v^z · v_i^-e recompute the commitments an honest prover hashed.
+    commitment_base = (
+        gmpy2.powmod(base, proof.response, n_square)
+        * gmpy2.powmod(power, -proof.challenge, n_square)
+        % n_square
+    )
+    commitment_v = (
+        gmpy2.powmod(keys.v, proof.response, n_square)
+        * gmpy2.powmod(keys.party_key(partial.index), -proof.challenge, n_square)
+        % n_square
+    )
     expected = _challenge(keys, partial.index, base, power, commitment_base, commitment_v, context)
     return expected == proof.challenge
 
