@@ -27,6 +27,7 @@ from crypto.threshold import (
     key_share_to_bytes,
     lagrange_coefficients,
     make_partial_decryption,
+    multi_power,
     partial_decrypt,
     partial_decryption_from_bytes,
     partial_decryption_to_bytes,
@@ -517,3 +518,41 @@ def test_partial_for_another_key_size_is_rejected(
 
     with pytest.raises(ValueError, match="bytes wide"):
         partial_decryption_from_bytes(data, small_keys)
+
+
+# --- the batching arithmetic -----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.integers(1, 2**200), st.integers(0, 2**128 - 1)), min_size=0, max_size=40
+    ),
+    modulus=st.integers(3, 2**256).map(lambda m: m | 1),
+)
+def test_multi_power_equals_the_product_of_powers(
+    pairs: list[tuple[int, int]], modulus: int
+) -> None:
+    bases, exponents = [b for b, _ in pairs], [e for _, e in pairs]
+    expected = 1
+    for b, e in pairs:
+        expected = expected * pow(b, e, modulus) % modulus
+
+    assert multi_power(bases, exponents, modulus) % modulus == expected % modulus
+
+
+def test_proofs_over_many_ciphertexts_split_across_cores_verify(dealt: Dealt) -> None:
+    # 600 ciphertexts cross the size at which the batched products go to worker processes.
+    public, shares, keys, private = dealt
+    ciphertexts = encrypt(public, list(range(600)))
+    partials = [
+        make_partial_decryption(s, keys, ciphertexts, CONTEXT, workers=2) for s in shares[:2]
+    ]
+
+    verify_partials(keys, ciphertexts, partials, CONTEXT, workers=2)
+    with pytest.raises(InvalidPartialError) as caught:
+        verify_partials(
+            keys, ciphertexts, [tampered(partials[1], 599, keys.n_square)], CONTEXT, workers=2
+        )
+    assert caught.value.parties == (2,)
+    assert combine({p.index: p.values for p in partials}, keys, ciphertexts) == list(range(600))
