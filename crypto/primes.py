@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import secrets
 import threading
 import time
@@ -12,7 +14,7 @@ from functools import cache
 import gmpy2
 import numpy as np
 
-from crypto._parallel import process_pool, worker_count
+from crypto._parallel import worker_count
 
 __all__ = [
     "SafePrimePool",
@@ -167,17 +169,22 @@ class SafePrimePool:
     target
         How many primes to keep ready.
     workers
-        Background processes (``None``: every core). They run at the OS's normal priority;
-        call :meth:`close` when the site gets busy if that matters.
+        Background processes (``None``: every core).
+    niceness
+        Added to the workers' scheduling niceness (Unix), so that training, encryption and
+        decryption at the site win the cores whenever they want them.
     """
 
-    def __init__(self, bits: int, *, target: int = 2, workers: int | None = 1) -> None:
+    def __init__(
+        self, bits: int, *, target: int = 2, workers: int | None = 1, niceness: int = 10
+    ) -> None:
         _check_bits(bits)
         if not isinstance(target, int) or isinstance(target, bool) or target < 1:
             raise ValueError(f"target must be a positive int, got {target!r}")
         self.bits = bits
         self.target = target
         self._workers = worker_count(workers)
+        self._niceness = niceness
         self._ready: deque[int] = deque()
         self._pending: set[Future[int]] = set()
         self._lock = threading.Condition()
@@ -196,7 +203,12 @@ class SafePrimePool:
             if self._closed:
                 raise ValueError("SafePrimePool is closed")
             if self._executor is None:
-                self._executor = process_pool(self._workers)
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self._workers,
+                    mp_context=multiprocessing.get_context(_start_method()),
+                    initializer=_lower_priority,
+                    initargs=(self._niceness,),
+                )
             self._refill_locked()
         return self
 
@@ -265,3 +277,14 @@ class SafePrimePool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _start_method() -> str:
+    # As crypto._parallel.process_pool: never plain fork from a process running gRPC/torch.
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _lower_priority(niceness: int) -> None:
+    """Worker initialiser: run the prime search below the site's real work."""
+    if niceness and hasattr(os, "nice"):
+        os.nice(niceness)

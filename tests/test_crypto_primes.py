@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gmpy2
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from crypto.primes import (
     SafePrimePool,
+    _lower_priority,
     is_safe_prime,
     naive_safe_prime,
     safe_prime,
@@ -140,3 +143,13 @@ def test_sieve_leaves_few_candidates_for_miller_rabin() -> None:
 
     assert 0.005 < kept.size / 100_000 < 0.03
     assert isinstance(kept, np.ndarray)
+
+
+def test_pool_workers_run_below_the_site_priority() -> None:
+    with SafePrimePool(64, target=1, workers=1, niceness=5) as pool:
+        assert pool._executor is not None
+        own = os.nice(0)
+        worker = pool._executor.submit(os.nice, 0).result(timeout=60)
+
+    assert worker == min(own + 5, 19)
+    assert _lower_priority(0) is None  # zero means leave the priority alone
