@@ -263,6 +263,7 @@ def test_partials_from_a_wrong_share_with_a_fresh_proof_fail(
         "other-context",
         "other-ciphertexts",
         "claims-party-3",
+        "two-values-swapped",
     ],
 )
 def test_forged_or_replayed_proofs_fail(
@@ -292,8 +293,12 @@ def test_forged_or_replayed_proofs_fail(
     elif forge == "other-ciphertexts":
         forged = honest
         checked_ciphertexts = encrypt(public, [1] * len(ciphertexts))
-    else:  # party 2 replays its partials as party 3's
+    elif forge == "claims-party-3":  # party 2 replays its partials as party 3's
         forged = dataclasses.replace(honest, index=3)
+    else:  # every value is a correct partial, but of the wrong ciphertext
+        values = list(honest.values)
+        values[2], values[7] = values[7], values[2]
+        forged = dataclasses.replace(honest, values=tuple(values))
 
     with pytest.raises(InvalidPartialError) as caught:
         verify_partials(keys, checked_ciphertexts, [forged], context)
