@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = SafePrimePool(half, target=2, workers=None).start()
     fill_s, _ = timed(lambda: _wait_for(pool, 2))
     prepared_s, _ = timed(
-        lambda: deal(2, 3, args.key_bits, tuple(pool.take(2)), insecure_test_size=insecure)  # type: ignore[arg-type]
+        lambda: deal(2, 3, args.key_bits, pool.take(2), insecure_test_size=insecure)
     )
     pool.close()
     naive_mean = statistics.fmean(naive_runs) + deal_s

@@ -221,7 +221,7 @@ def deal(
     threshold: int,
     parties: int,
     bits: int = MIN_KEY_BITS,
-    primes: tuple[int, int] | None = None,
+    primes: tuple[int, int] | list[int] | None = None,
     *,
     insecure_test_size: bool = False,
 ) -> tuple[PaillierPublicKey, list[KeyShare], VerificationKeys]:
@@ -269,8 +269,8 @@ def deal(
         while q == p:
             q = safe_prime(half)
     else:
-        if not isinstance(primes, tuple) or len(primes) != 2:
-            raise TypeError("primes must be a tuple (p, q)")
+        if not isinstance(primes, tuple | list) or len(primes) != 2:
+            raise TypeError("primes must be a pair (p, q), e.g. SafePrimePool.take(2)")
         p, q = primes
         _check_int("p", p)
         _check_int("q", q)
