@@ -269,7 +269,6 @@ def main() -> None:
     for label, acc in fused.items():
         print(f"{label:<11} {acc:.3f}")
 
-    cnn = int8["image_cnn"]
     summary = {
         "bench": "models",
         "quick": args.quick,
@@ -279,9 +278,11 @@ def main() -> None:
         "targets_met": {
             "lora_fraction_le_1pct": all(v["trainable_fraction"] <= 0.01 for v in lora.values()),
             "lora_acc_ge_97pct_of_full": all(v["lora_over_full"] >= 0.97 for v in lora.values()),
-            "int8_size_ge_3.5x": cnn["size_ratio"] >= 3.5,
-            "int8_speed_ge_1.5x": cnn["speedup"] >= 1.5,
-            "int8_acc_delta_le_1pt": cnn["accuracy_delta_points"] <= 1.0,
+            # Every INT8 model the table reports, not the best one.
+            "int8_size_ge_3.5x": all(v["size_ratio"] >= 3.5 for v in int8.values()),
+            "int8_speed_ge_1.5x": all(v["speedup"] >= 1.5 for v in int8.values()),
+            # accuracy_delta_points is INT8 minus fp32: a loss is negative.
+            "int8_acc_delta_le_1pt": all(v["accuracy_delta_points"] >= -1.0 for v in int8.values()),
         },
         "seconds": time.perf_counter() - started,
     }
