@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import crypto
-from coordinator import auditlog
+from coordinator import auditlog, manifests, refusals
 from coordinator.access import AccessControl, hash_token
 from coordinator.errors import (
     AlreadyExists,
@@ -93,6 +93,9 @@ class FederationService:
                     raise PermissionDenied("that node token belongs to another site")
                 if key:
                     node.x25519_public_key = key
+                # Minimal until S1's identity rules land: the first identity a node shows.
+                if request.ed25519_public_key and not node.ed25519_public_key:
+                    node.ed25519_public_key = bytes(request.ed25519_public_key)[:32]
                 node.capabilities = dict(request.capabilities) or node.capabilities
                 node.last_seen = time.time()
                 auditlog.append(session, "site.rejoined", actor=node.id, details={"site": name})
@@ -109,6 +112,7 @@ class FederationService:
                 institution_id=institution.id,
                 token_hash=hash_token(token),
                 x25519_public_key=key,
+                ed25519_public_key=bytes(request.ed25519_public_key)[:32],
                 agent_version=request.agent_version,
                 capabilities=dict(request.capabilities),
             )
@@ -254,7 +258,11 @@ class FederationService:
                     node_id=node.id,
                     site_name=self._site(session, node),
                     x25519_public_key=node.x25519_public_key,
+                    ed25519_public_key=node.ed25519_public_key or b"",
+                    x25519_signature=node.x25519_signature or b"",
                 )
+        else:
+            manifests.add_participants(session, run, message)
         if task.kind == TaskKind.TRAIN:
             selected = len(
                 session.scalars(
@@ -321,6 +329,7 @@ class FederationService:
                 ),
             )
             self._secure_fields(session, run, node_id, message)
+            manifests.add_participants(session, run, message)
             self._attach_model(session, run, run.rounds + 1, message)
             auditlog.append(
                 session,
@@ -369,6 +378,18 @@ class FederationService:
                 num_updates=version.num_updates,
                 count=version.count,
             )
+            manifests.add_contributions(session, run.id, message.aggregates[-1])
+
+    def refuse(
+        self, node_id: str, refusal: federation_pb2.TaskRefusal
+    ) -> federation_pb2.SubmitReply:
+        """A site said no to one of its tasks (coordinator.refusals says what follows)."""
+        with self.hub.lock, self.hub.db.transaction() as session:
+            node = session.get(Node, node_id)
+            assert node is not None
+            reply = refusals.refuse_task(session, node_id, self._site(session, node), refusal)
+        self.hub.notify()
+        return reply
 
     # -- models --------------------------------------------------------------------------
 
@@ -390,6 +411,8 @@ class FederationService:
                     .where(ModelVersion.run_id == run_id, ModelVersion.blob_sha256 == sha256)
                     .limit(1)
                 )
+                # A secure run's sites recompute each aggregate from the signed updates.
+                or (run.secure == "paillier" and manifests.is_update_blob(session, run_id, sha256))
             )
             if not known:
                 raise NotFound(f"run {run_id} has no model {sha256!r}")
@@ -553,6 +576,7 @@ class FederationService:
         else:
             self._check_tensors(payload, run, quantised=header.encoding == wire.TENSORS_Q8)
             weight = int(header.num_examples)
+        signature = manifests.check_update_signature(session, node_id, run, header, weight)
         sha = self.hub.blobs.put(payload)
         metrics = {k: wire.scalar_from_proto(v) for k, v in header.metrics.items()}
         update = Update(
@@ -566,6 +590,7 @@ class FederationService:
             num_examples=int(header.num_examples),
             weight=weight,
             metrics=metrics,
+            signature=signature,
         )
         session.add(update)
         try:

@@ -14,6 +14,7 @@ from test_federation_errors import FakeSite, expect_status
 import crypto
 from client.secure import ServerOptimiser
 from coordinator.schema import Run, SealedKey, Update
+from crypto import identity
 from protos import admin_pb2, common_pb2, federation_pb2, wire
 
 WEIGHTS = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
@@ -26,8 +27,11 @@ class SecureFakeSite(FakeSite):
 
     def __init__(self, stub) -> None:
         private, public = crypto.generate_x25519()
+        self.ed25519_private, ed25519_public = identity.generate_ed25519()
         reply = stub.Join(
-            federation_pb2.JoinRequest(site_name="custodian", x25519_public_key=public)
+            federation_pb2.JoinRequest(
+                site_name="custodian", x25519_public_key=public, ed25519_public_key=ed25519_public
+            )
         )
         self.stub, self.token, self.node_id = stub, reply.node_token, reply.node_id
         self.x25519_private = private
@@ -78,6 +82,18 @@ class SecureFakeSite(FakeSite):
             encoding=wire.PAILLIER_PACKED,
             key_id=task.encoding.key_id if key_id is None else key_id,
         )
+        header.signature = identity.sign(
+            self.ed25519_private,
+            identity.update_statement(
+                run_id=task.run_id,
+                round_number=task.round,
+                site_name="custodian",
+                payload_sha256=header.payload_sha256,
+                weight=weight,
+                key_id=header.key_id,
+                encoding=header.encoding,
+            ),
+        )
         messages = [
             federation_pb2.UpdateMessage(header=header),
             federation_pb2.UpdateMessage(data=payload),
@@ -96,6 +112,7 @@ def secure_round(coordinator):
             min_clients=1,
             round_deadline_seconds=60,
             secure=common_pb2.SECURE_SCHEME_PAILLIER,
+            allow_two_site_secure=True,
             config_json=json.dumps({"encoding": TEST_ENCODING}),
         )
     )
