@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from cli import policy as policy_cli
 from cli.admin import CaOption, CoordinatorOption, InsecureOption
 from cli.common import console, fail, friendly_errors, parse_json_option
 
@@ -61,6 +62,7 @@ def export_site_model(
     model_config: dict[str, Any] | None = None,
     lora: str | None = None,
     extra: dict[str, Any] | None = None,
+    trusted_specs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Rebuild the run's model, load ``weights`` and export it with a report.
 
@@ -93,7 +95,15 @@ def export_site_model(
         config["lora"] = lora
     if not config.get("model"):
         raise ValueError("the run's config names no model; is this a Cohort run?")
-    trainer = ModelTrainer(data, site_name=site, seed=seed, device=torch.device("cpu"))
+    # The run's model name came from the coordinator: code-importing specs are built only
+    # when this site listed them (--allow-model), as at training time.
+    trainer = ModelTrainer(
+        data,
+        site_name=site,
+        seed=seed,
+        device=torch.device("cpu"),
+        trusted_specs=trusted_specs,
+    )
     model = trainer.ensure_model(config)
     try:
         models.set_weights(model, weights)
@@ -220,12 +230,15 @@ def export(
     ] = None,
     seed: Annotated[int, typer.Option(help="This site's seed (its held-out split).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    allow_model: policy_cli.AllowModel = None,
+    min_aggregate_sites: policy_cli.MinAggregateSites = 3,
 ) -> None:
     """Fetch the final model here (decrypting it in secure runs), rebuild, export, report."""
     from flwr.client import NumPyClient
 
     from client.agent import AgentConfig, SiteAgent
     from client.model_trainer import load_site_dataset
+    from client.policy import TaskRefused, check_model
 
     if not name:
         fail("--name is required: the site whose key opens the model")
@@ -234,15 +247,24 @@ def export(
     if not (state_dir / f"{name}.identity.json").exists():
         fail(f"no identity for site {name} in {state_dir}: run the agent there first")
     overrides = parse_json_option(model_config, "--model-config")
+    policy = policy_cli.build_policy(allow_model, False, min_aggregate_sites, None, False)
     dataset = load_site_dataset(data, label_column)
     agent = SiteAgent(
-        AgentConfig(coordinator, name, state_dir, ca_file=ca, insecure=insecure),
+        AgentConfig(coordinator, name, state_dir, ca_file=ca, insecure=insecure, policy=policy),
         client=NumPyClient(),  # exporting trains nothing
     )
     try:
         weights, run_config = fetch_final_model(agent, run_id)
+    except TaskRefused as refusal:
+        fail(f"refused ({refusal.code}): {refusal.reason}")
     finally:
         agent.close()
+    from models.registry import available_models
+
+    try:
+        check_model(policy, str(run_config.get("model", "")), tuple(available_models()))
+    except TaskRefused as refusal:
+        fail(f"refused ({refusal.code}): {refusal.reason}")
     report = export_site_model(
         weights,
         run_config,
@@ -254,6 +276,7 @@ def export(
         model_config=overrides or None,
         lora=lora,
         extra={"run_id": run_id},
+        trusted_specs=policy.extra_model_specs,
     )
     if as_json:
         print(json.dumps(report, default=str))

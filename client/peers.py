@@ -104,3 +104,36 @@ class PeerStore:
         with os.fdopen(fd, "w") as handle:
             handle.write(body)
         os.replace(tmp, self.path)
+
+
+def load_peers_file(path: Path) -> dict[str, str]:
+    """Read ``name = fingerprint`` pairs from a TOML or JSON file (minimal; S1 owns this).
+
+    TOML: top-level ``name = "fp"`` or a ``[peers]`` table; JSON: an object, or one with
+    a ``"peers"`` object.
+
+    Raises
+    ------
+    ValueError
+        When the file is neither, or a fingerprint is not 32 hex digits.
+    """
+    import tomllib
+
+    text = Path(path).read_text()
+    try:
+        raw: object = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"peers file {path} is not valid TOML/JSON: {exc}") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("peers"), dict):
+        raw = raw["peers"]
+    if not isinstance(raw, dict):
+        raise ValueError(f"peers file {path} must map site names to fingerprints")
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            raise ValueError(f"peers file {path}: {name!r} must map to a fingerprint string")
+        try:
+            out[str(name)] = identity.normalise_fingerprint(value)
+        except ValueError as exc:
+            raise ValueError(f"peers file {path}: {name!r}: {exc}") from exc
+    return out
