@@ -342,3 +342,28 @@ def test_allow_model_sorts_registry_names_from_code_specs():
     assert check_model(SitePolicy(), "image_cnn", builtins) == "image_cnn"
     with pytest.raises(ValueError, match="at least 1"):
         policy_from_options(min_aggregate_sites=0)
+
+
+def test_client_policy_prints_flags_over_the_toml_section(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    config = tmp_path / "cohort.toml"
+    config.write_text(
+        '[client.run]\nallow_model = ["tabular_mlp", "pkg.mod:net"]\nrequire_secure = true\n'
+        "min_aggregate_sites = 4\n"
+    )
+    runner = CliRunner()
+
+    shown = runner.invoke(
+        app, ["--config", str(config), "client", "policy", "--min-aggregate-sites", "5", "--json"]
+    )
+    bad = runner.invoke(app, ["client", "policy", "--allow-model", " "])
+
+    assert shown.exit_code == 0, shown.output
+    policy = json.loads(shown.stdout)
+    assert policy["allowed_models"] == ["tabular_mlp"]
+    assert policy["extra_model_specs"] == ["pkg.mod:net"]
+    assert policy["require_secure"] is True and policy["min_aggregate_sites"] == 5
+    assert bad.exit_code == 2 and "--allow-model" in bad.output
