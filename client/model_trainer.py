@@ -119,12 +119,14 @@ def build_site_model(
         raise ValueError(
             "no model named: pass model= to the trainer or run with a 'model' in the config"
         )
-    config = {**inferred_config(spec.model, data), **spec.config}
+    # ``site:SPEC`` is how a run names a model the sites provide themselves (S3's CreateRun).
+    name = spec.model.removeprefix("site:")
+    config = {**inferred_config(name, data), **spec.config}
     if "trusted_specs" in config:
         raise ValueError("a model_config may not name trusted_specs: the site's policy does")
     with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = models.build_model(spec.model, trusted_specs=tuple(trusted_specs), **config)
+        model = models.build_model(name, trusted_specs=tuple(trusted_specs), **config)
         if spec.lora:
             model = models.apply_lora(model, models.parse_lora_spec(spec.lora))
     return model

@@ -176,7 +176,8 @@ def test_a_model_that_imports_code_is_never_built(fake, sites, tmp_path, model, 
     still_polling(fake)
 
 
-def test_a_code_spec_the_site_listed_is_built(fake, sites):
+@pytest.mark.parametrize("prefix", ["", "site:"])
+def test_a_code_spec_the_site_listed_is_built(fake, sites, prefix):
     spec = f"{__name__}:tiny_factory"
     sites.start(
         "bank-a", trainer=stack_site_with(spec), policy=SitePolicy(extra_model_specs=(spec,))
@@ -186,7 +187,7 @@ def test_a_code_spec_the_site_listed_is_built(fake, sites):
             kind=federation_pb2.TASK_KIND_INIT,
             run_id=RUN,
             secure=PLAIN,
-            config_json=config_json(spec, model_config={"width": 5}),
+            config_json=config_json(prefix + spec, model_config={"width": 5}),
         )
     )
 
