@@ -16,6 +16,7 @@ from rich.table import Table
 from cli import admin as admin_cli
 from cli import audit as audit_cli
 from cli import model as model_cli
+from cli import policy as policy_cli
 from cli import site as site_cli
 from cli.common import console, err_console, fail, friendly_errors, load_config, setup_logging
 
@@ -32,6 +33,7 @@ app.add_typer(admin_cli.app, name="admin")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(model_cli.app, name="model")
 site_cli.register(client_app)  # client identity, client peers
+policy_cli.register(client_app)  # client policy
 
 
 @app.callback()
@@ -256,10 +258,26 @@ def client_run(
         Path | None,
         typer.Option(envvar="COHORT_ENROLMENT_TOKEN_FILE", help="File holding the one-time token"),
     ] = None,
+    allow_model: policy_cli.AllowModel = None,
+    require_secure: policy_cli.RequireSecure = False,
+    min_aggregate_sites: policy_cli.MinAggregateSites = 3,
+    trust_custodian: policy_cli.TrustCustodian = None,
+    tofu: policy_cli.Tofu = False,
+    peers_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COHORT_PEERS_FILE",
+            help="TOML/JSON of name = fingerprint, pinned at start (agreed out of band)",
+        ),
+    ] = None,
 ) -> None:
     """Connect out to the coordinator and work on the tasks it hands this site."""
     if ca is None and not insecure:
         fail("TLS is on by default: pass --ca FILE (the federation's ca.pem) or --insecure")
+    # The site's own rules: nothing the coordinator sends can widen them.
+    policy = policy_cli.build_policy(
+        allow_model, require_secure, min_aggregate_sites, trust_custodian, tofu
+    )
     if enrolment_token_file is not None:
         enrolment_token = enrolment_token_file.read_text().strip()
     from client.agent import AgentConfig, SiteAgent
@@ -267,7 +285,15 @@ def client_run(
     if not name:
         fail("--name is required (this site's name, e.g. hospital-a)")
     client = _site_client(
-        app_ref, data, label_column, model_config, seed, name, initial_model, node_config
+        app_ref,
+        data,
+        label_column,
+        model_config,
+        seed,
+        name,
+        initial_model,
+        node_config,
+        trusted_specs=policy.extra_model_specs,
     )
     agent = SiteAgent(
         AgentConfig(
@@ -278,10 +304,16 @@ def client_run(
             ca_file=ca,
             insecure=insecure,
             enrolment_token=enrolment_token,
+            policy=policy,
         ),
         client,
         listener=_print_event,
     )
+    if peers_file is not None:
+        from client.peers import load_peers_file
+
+        for peer, fingerprint in load_peers_file(peers_file).items():
+            agent.peers.pin(peer, fingerprint)
     err_console.print(f"site {name} → {coordinator} (outbound only); state in {state_dir}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -299,6 +331,7 @@ def _site_client(  # type: ignore[no-untyped-def]
     name: str,
     initial_model: str = "",
     node_config: str = "",
+    trusted_specs: tuple[str, ...] = (),
 ):
     from cli.common import parse_json_option
     from client.apps import load_app
@@ -325,6 +358,7 @@ def _site_client(  # type: ignore[no-untyped-def]
             model_config=parse_json_option(model_config, "--model-config"),
             site_name=name,
             seed=seed,
+            trusted_specs=trusted_specs,
         )
     return TabularTrainer(
         load_tabular(data, label_column),
@@ -374,6 +408,12 @@ def _print_event(event: str, info: dict[str, object]) -> None:
         err_console.print(
             f"run {info['run_id']}: key fingerprint [cyan]{info['fingerprint']}[/] "
             "— compare it with the other sites out of band"
+        )
+    elif event == "refused":
+        err_console.print(
+            f"[bold yellow]refused[/] a task of run {info['run_id']} ({info['code']}): "
+            f"{info['reason']}",
+            highlight=False,
         )
     elif event in ("joined", "audited", "initialised", "rejected", "disconnected"):
         err_console.print(f"{event}: {info}")

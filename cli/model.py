@@ -11,12 +11,14 @@ import typer
 from rich.table import Table
 
 from cli.admin import CaOption, CoordinatorOption, InsecureOption
+from cli import policy as policy_cli
 from cli.common import console, fail, friendly_errors, parse_json_option
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from client.policy import SitePolicy
     from models.export import Provenance
 
 # torch is imported inside the functions: `cohort --help` should not pay for it.
@@ -104,6 +106,7 @@ def export_site_model(
     lora: str | None = None,
     provenance: Provenance | None = None,
     extra: dict[str, Any] | None = None,
+    trusted_specs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Rebuild the run's model, load ``weights``, write the self-contained export.
 
@@ -158,7 +161,9 @@ def export_site_model(
     # (importing peft and transformers, seconds) even for a model that has none.
     train_data, holdout_data = holdout_split(data, 0.2, seed)
     spec = spec_from_config(config, ModelSpec(""))
-    model = build_site_model(spec, train_data)
+    # The run's model name came from the coordinator: code-importing specs are built only
+    # when this site listed them (--allow-model), as at training time.
+    model = build_site_model(spec, train_data, trusted_specs)
     full_config = {**inferred_config(spec.model, train_data), **spec.config}
     schema = None
     if table is not None:
@@ -338,11 +343,19 @@ def export_run(
     seed: int = 0,
     model_config: dict[str, Any] | None = None,
     lora: str | None = None,
+    policy: SitePolicy | None = None,
 ) -> dict[str, Any]:
-    """Fetch a run's final model at this site and export it (both export commands)."""
+    """Fetch a run's final model at this site and export it (both export commands).
+
+    The site's ``policy`` decides, as at training time, what it decrypts and builds.
+    """
     from flwr.client import NumPyClient
 
     from client.agent import AgentConfig, SiteAgent
+    from client.policy import SitePolicy, TaskRefused, check_model
+    from models.registry import available_models
+
+    policy = policy or SitePolicy()
 
     if not name:
         fail("--name is required: the site whose key opens the model")
@@ -356,11 +369,14 @@ def export_run(
         fail(f"--out {out} is a file: the export is a folder (model.ts, weights.pt, model.json)")
     dataset = load_export_data(data, label_column)
     agent = SiteAgent(
-        AgentConfig(coordinator, name, state_dir, ca_file=ca, insecure=insecure),
+        AgentConfig(coordinator, name, state_dir, ca_file=ca, insecure=insecure, policy=policy),
         client=NumPyClient(),  # exporting trains nothing
     )
     try:
         weights, run_config, provenance = fetch_final_model(agent, run_id)
+        check_model(policy, str(run_config.get("model", "")), tuple(available_models()))
+    except TaskRefused as refusal:
+        fail(f"refused ({refusal.code}): {refusal.reason}")
     finally:
         agent.close()
     return export_site_model(
@@ -376,6 +392,7 @@ def export_run(
         lora=lora,
         provenance=provenance,
         extra={"run_id": run_id},
+        trusted_specs=policy.extra_model_specs,
     )
 
 
@@ -408,6 +425,8 @@ def export(
     ] = None,
     seed: Annotated[int, typer.Option(help="This site's seed (its held-out split).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    allow_model: policy_cli.AllowModel = None,
+    min_aggregate_sites: policy_cli.MinAggregateSites = 3,
 ) -> None:
     """Fetch the final model here (decrypting it in secure runs), export it, measure it.
 
@@ -432,6 +451,7 @@ def export(
         seed=seed,
         model_config=overrides or None,
         lora=lora,
+        policy=policy_cli.build_policy(allow_model, False, min_aggregate_sites, None, False),
     )
     if as_json:
         print(json.dumps(report, default=str))

@@ -19,6 +19,7 @@ import crypto
 from client import keys
 from client.custody import SiteIdentity
 from client.peers import PeerStore
+from client.pins import RunPins
 from client.policy import SitePolicy, TaskRefused
 from client.secure import (
     SecureModelState,
@@ -29,6 +30,7 @@ from client.secure import (
     flatten,
 )
 from client.trainer import scalar_config
+from crypto import identity as site_identity
 from protos import common_pb2, federation_pb2, federation_pb2_grpc, wire
 from protos.transport import open_channel
 
@@ -78,6 +80,7 @@ class SiteAgent:
         self.listener = listener or (lambda event, info: None)
         self.identity = SiteIdentity.load_or_create(config.state_dir, config.site_name)
         self.peers = PeerStore.load(config.state_dir, config.site_name, tofu=config.policy.tofu)
+        self.pins = RunPins.load(config.state_dir, config.site_name)
         self.channel = open_channel(
             config.coordinator,
             ca_file=config.ca_file,
@@ -239,6 +242,10 @@ class SiteAgent:
         if handler is None:
             log.warning("ignoring task of unknown kind %s", task.kind)
             return
+        # The site's own policy and its pins of the run decide, before any handler runs.
+        from client.sovereign import admit
+
+        admit(self, task)
         handler(task)
 
     def _config(self, task: federation_pb2.Task) -> dict[str, Any]:
@@ -373,17 +380,23 @@ class SiteAgent:
             state = SecureModelState(flatten(initial), initial, optimiser)
             self._secure_state[task.run_id] = state
         codec = codec_for(task.encoding, public_key)
+        from client.sovereign import checked_aggregate
+
         for aggregate in task.aggregates:
             if aggregate.round <= state.applied_round:
                 continue
-            codec.check_total_weight(int(aggregate.total_weight))
-            mean = decrypt_aggregate(
-                self.fetch(task.run_id, aggregate.sha256),
-                codec,
-                private_key,
-                int(aggregate.total_weight),
-                int(aggregate.count),
-            )
+            payload = checked_aggregate(self, task, aggregate, public_key)
+            try:
+                codec.check_total_weight(int(aggregate.total_weight))
+                mean = decrypt_aggregate(
+                    payload, codec, private_key, int(aggregate.total_weight), int(aggregate.count)
+                )
+            except (OverflowError, ValueError, ArithmeticError) as exc:
+                # Signed by enough sites, yet it does not decode: one of them sent garbage.
+                # A failed task, never a dead agent (every later task carries this round).
+                raise TaskRefused(
+                    "decode", f"the aggregate of round {aggregate.round} does not decode: {exc}"
+                ) from exc
             state.weights = state.optimiser.step(state.weights, mean)
             state.applied_round = aggregate.round
         return state.arrays()
@@ -408,6 +421,8 @@ class SiteAgent:
             needed = codec.num_plaintexts(int(sum(np.prod(w.shape) for w in weights)))
             pool = self._randomness(task.run_id, public_key, private_key, needed)
         fit_started = time.perf_counter()
+        # From here the local weights hold this site's data: no INIT of this run is answered.
+        self.pins.mark_trained(task.run_id)
         new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
         metrics.update({k: v for k, v in fit_metrics.items()})
         trained = time.perf_counter()
@@ -495,6 +510,19 @@ class SiteAgent:
             encoding=encoding,
             key_id=task.encoding.key_id,
             base_model_sha256=str(getattr(self.client, "base_model_hash", "") or ""),
+        )
+        # The site vouches for exactly this update: the coordinator can relay it, not forge,
+        # alter or re-weight it, nor count it for another run or round.
+        header.signature = self.identity.sign(
+            site_identity.update_statement(
+                run_id=task.run_id,
+                round_number=task.round,
+                site_name=self.config.site_name,
+                payload_sha256=header.payload_sha256,
+                weight=weight,
+                key_id=task.encoding.key_id,
+                encoding=encoding,
+            )
         )
 
         def messages() -> Iterator[federation_pb2.UpdateMessage]:

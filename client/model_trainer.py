@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,16 +107,26 @@ def inferred_config(name: str, data: DictDataset) -> dict[str, Any]:
     return {}
 
 
-def build_site_model(spec: ModelSpec, data: DictDataset) -> nn.Module:
-    """Build the spec's model (LoRA applied) from its seed, leaving the global RNG alone."""
+def build_site_model(
+    spec: ModelSpec, data: DictDataset, trusted_specs: Collection[str] = ()
+) -> nn.Module:
+    """Build the spec's model (LoRA applied) from its seed, leaving the global RNG alone.
+
+    ``trusted_specs``: the code-importing specs this site listed; any other such spec is
+    refused by the registry, whatever the run's config says.
+    """
     if not spec.model:
         raise ValueError(
             "no model named: pass model= to the trainer or run with a 'model' in the config"
         )
-    config = {**inferred_config(spec.model, data), **spec.config}
+    # ``site:SPEC`` is how a run names a model the sites provide themselves (S3's CreateRun).
+    name = spec.model.removeprefix("site:")
+    config = {**inferred_config(name, data), **spec.config}
+    if "trusted_specs" in config:
+        raise ValueError("a model_config may not name trusted_specs: the site's policy does")
     with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = models.build_model(spec.model, **config)
+        model = models.build_model(name, trusted_specs=tuple(trusted_specs), **config)
         if spec.lora:
             model = models.apply_lora(model, models.parse_lora_spec(spec.lora))
     return model
@@ -229,6 +239,9 @@ class ModelTrainer(NumPyClient):
         Defaults to CUDA when present.
     audit_nsamples
         GradientExplainer samples per row and class for torch audits.
+    trusted_specs
+        ``hf:``/``module:factory`` specs the site named (``--allow-model``); the registry
+        refuses every other code-importing spec.
     """
 
     def __init__(
@@ -244,7 +257,10 @@ class ModelTrainer(NumPyClient):
         seed: int = 0,
         device: torch.device | None = None,
         audit_nsamples: int = 32,
+        trusted_specs: Collection[str] = (),
     ) -> None:
+        # Code-importing model specs this site listed (its policy); nothing else imports.
+        self.trusted_specs = tuple(trusted_specs)
         self.default_spec = ModelSpec(model, dict(model_config or {}), lora, model_seed)
         self.site_name = site_name
         self.seed = seed
@@ -273,7 +289,7 @@ class ModelTrainer(NumPyClient):
         """Build the model the config asks for, unless it is already the one built."""
         spec = spec_from_config(config, self.spec or self.default_spec)
         if self._model is None or self.spec is None or spec.key() != self.spec.key():
-            model = build_site_model(spec, self.train_data).to(self.device)
+            model = build_site_model(spec, self.train_data, self.trusted_specs).to(self.device)
             self._model, self.spec = model, spec
             self.base_model_hash = models.base_model_hash(model)
             self.trainable_fraction = models.trainable_fraction(model)

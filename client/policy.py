@@ -41,3 +41,105 @@ class SitePolicy:
     trusted_custodians: tuple[str, ...] = ()
     # Trust on first use for peers not pinned yet (records them; refuses a change).
     tofu: bool = False
+
+
+# Spec prefixes that import code at the site: only ever built when the site names them.
+HF_PREFIX = "hf:"
+SITE_PREFIX = "site:"
+
+
+def is_code_spec(spec: str) -> bool:
+    """True for a model spec that imports code (``hf:/dir`` or ``package.module:factory``)."""
+    return spec.startswith(HF_PREFIX) or ":" in spec
+
+
+def bare_spec(spec: str) -> str:
+    """A run's model name without the coordinator's ``site:`` marker of site-provided models."""
+    return spec[len(SITE_PREFIX) :] if spec.startswith(SITE_PREFIX) else spec
+
+
+def check_model(policy: SitePolicy, spec: str, builtins: tuple[str, ...]) -> str:
+    """Return the spec this site may build for a run's model name, or refuse it.
+
+    A built-in registry name is allowed when the policy lists it (or lists no built-ins);
+    anything that imports code is allowed only when the site itself named it exactly.
+
+    Raises
+    ------
+    TaskRefused
+        ``policy``, naming the spec and the flag that would allow it.
+    """
+    name = bare_spec(str(spec))
+    if not name:
+        raise TaskRefused("policy", "the task names no model")
+    if name in policy.extra_model_specs:
+        return name
+    if is_code_spec(name):
+        raise TaskRefused(
+            "policy",
+            f"model {name[:200]!r} imports code at this site and this site did not list it "
+            "(`cohort client run --allow-model SPEC`)",
+        )
+    if name not in builtins:
+        raise TaskRefused("policy", f"model {name[:200]!r} is not a built-in model")
+    if policy.allowed_models and name not in policy.allowed_models:
+        raise TaskRefused(
+            "policy",
+            f"model {name!r} is not among this site's allowed models "
+            f"({', '.join(policy.allowed_models)})",
+        )
+    return name
+
+
+def policy_from_options(
+    *,
+    allow_model: list[str] | tuple[str, ...] = (),
+    require_secure: bool = False,
+    min_aggregate_sites: int = 3,
+    trust_custodian: list[str] | tuple[str, ...] = (),
+    tofu: bool = False,
+) -> SitePolicy:
+    """Build a policy from the site's flags/TOML values, refusing nonsense precisely.
+
+    ``--allow-model`` takes registry names and code specs alike; they are sorted apart
+    here so that naming one built-in does not quietly allow a factory or the reverse.
+
+    Raises
+    ------
+    ValueError
+        For a blank spec or a minimum below 1.
+    """
+    if isinstance(min_aggregate_sites, bool) or not isinstance(min_aggregate_sites, int):
+        raise TypeError("min_aggregate_sites must be an integer")
+    if min_aggregate_sites < 1:
+        raise ValueError(f"--min-aggregate-sites must be at least 1, not {min_aggregate_sites}")
+    builtins: list[str] = []
+    code: list[str] = []
+    for raw in allow_model:
+        spec = bare_spec(str(raw).strip())
+        if not spec:
+            raise ValueError("--allow-model needs a model name or spec, not an empty string")
+        (code if is_code_spec(spec) else builtins).append(spec)
+    custodians = [str(c).strip() for c in trust_custodian]
+    if any(not c for c in custodians):
+        raise ValueError("--trust-custodian needs a site name, not an empty string")
+    return SitePolicy(
+        allowed_models=tuple(dict.fromkeys(builtins)),
+        extra_model_specs=tuple(dict.fromkeys(code)),
+        require_secure=bool(require_secure),
+        min_aggregate_sites=min_aggregate_sites,
+        trusted_custodians=tuple(dict.fromkeys(custodians)),
+        tofu=bool(tofu),
+    )
+
+
+def describe(policy: SitePolicy) -> dict[str, object]:
+    """The effective policy as plain data (`cohort client policy` prints it)."""
+    return {
+        "allowed_models": list(policy.allowed_models) or "every built-in registry model",
+        "extra_model_specs": list(policy.extra_model_specs),
+        "require_secure": policy.require_secure,
+        "min_aggregate_sites": policy.min_aggregate_sites,
+        "trusted_custodians": list(policy.trusted_custodians) or "any pinned peer",
+        "tofu": policy.tofu,
+    }

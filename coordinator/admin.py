@@ -73,6 +73,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
         name=request.name,
         created_by=actor,
         config=config,
+        allow_two_site_secure=request.allow_two_site_secure,
     )
     try:
         spec.validate()
@@ -395,4 +396,7 @@ class AdminService:
                 model_sha256=rnd.model_sha256,
                 bytes_received=int(received[1]),
             )
+        from coordinator import refusals
+
+        refusals.add_refusals(session, run.id, info)
         return info

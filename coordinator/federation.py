@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import crypto
-from coordinator import auditlog, identity
+from coordinator import auditlog, identity, manifests, refusals
 from coordinator.access import AccessControl, hash_token
 from coordinator.errors import (
     AlreadyExists,
@@ -402,6 +402,7 @@ class FederationService:
                 ),
             )
             self._secure_fields(session, run, node_id, message)
+            manifests.add_participants(session, run, message)
             self._attach_model(session, run, run.rounds + 1, message)
             auditlog.append(
                 session,
@@ -442,6 +443,18 @@ class FederationService:
                 num_updates=version.num_updates,
                 count=version.count,
             )
+            manifests.add_contributions(session, run.id, message.aggregates[-1])
+
+    def refuse(
+        self, node_id: str, refusal: federation_pb2.TaskRefusal
+    ) -> federation_pb2.SubmitReply:
+        """A site said no to one of its tasks (coordinator.refusals says what follows)."""
+        with self.hub.lock, self.hub.db.transaction() as session:
+            node = session.get(Node, node_id)
+            assert node is not None
+            reply = refusals.refuse_task(session, node_id, self._site(session, node), refusal)
+        self.hub.notify()
+        return reply
 
     # -- models --------------------------------------------------------------------------
 
@@ -463,6 +476,8 @@ class FederationService:
                     .where(ModelVersion.run_id == run_id, ModelVersion.blob_sha256 == sha256)
                     .limit(1)
                 )
+                # A secure run's sites recompute each aggregate from the signed updates.
+                or (run.secure == "paillier" and manifests.is_update_blob(session, run_id, sha256))
             )
             if not known:
                 raise NotFound(f"run {run_id} has no model {sha256!r}")
@@ -626,6 +641,7 @@ class FederationService:
         else:
             self._check_tensors(payload, run, quantised=header.encoding == wire.TENSORS_Q8)
             weight = int(header.num_examples)
+        signature = manifests.check_update_signature(session, node_id, run, header, weight)
         sha = self.hub.blobs.put(payload)
         metrics = {k: wire.scalar_from_proto(v) for k, v in header.metrics.items()}
         update = Update(
@@ -639,6 +655,7 @@ class FederationService:
             num_examples=int(header.num_examples),
             weight=weight,
             metrics=metrics,
+            signature=signature,
         )
         session.add(update)
         try:

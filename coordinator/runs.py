@@ -24,6 +24,10 @@ DEFAULT_ENCODING: dict[str, float | int] = {
 }
 
 
+# Fewest sites a secure run may aggregate: sites refuse smaller aggregates by default.
+SECURE_MIN_SITES = 3
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything an operator chooses when starting a run."""
@@ -42,6 +46,9 @@ class RunSpec:
     name: str = ""
     created_by: str = ""
     config: dict[str, object] = field(default_factory=dict)
+    # Secure runs below 3 sites let each site subtract its own update from the aggregate
+    # and read the other's: allowed only when the operator says so explicitly.
+    allow_two_site_secure: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""
@@ -84,6 +91,14 @@ class RunSpec:
         quorum = self.quorum
         if not 1 <= quorum <= max(self.min_clients, 1):
             raise ValueError(f"quorum must be between 1 and min_clients, not {quorum}")
+        too_few = self.min_clients < SECURE_MIN_SITES or quorum < SECURE_MIN_SITES
+        if self.secure != "none" and too_few and not self.allow_two_site_secure:
+            raise ValueError(
+                f"a secure run needs min_clients and quorum of at least {SECURE_MIN_SITES} "
+                f"(got {self.min_clients} and {quorum}): with fewer, an aggregate reveals "
+                "a site's update to the others; sites refuse to decrypt it anyway. Pass "
+                "allow_two_site_secure only for tests and demos that accept this"
+            )
         if self.secure == "paillier":
             enc = self.encoding
             if int(enc["key_bits"]) not in KEY_SIZES:

@@ -65,6 +65,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         return self.domain.submit_audit(self._node(context), request)
 
     @maps_domain_errors
+    def RefuseTask(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return self.domain.refuse(self._node(context), request)
+
+    @maps_domain_errors
     def GetFinalModel(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         return self.domain.final_model(self._node(context), request.run_id)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,12 @@ def available_models() -> list[str]:
     return sorted(_BUILTINS)
 
 
-def build_model(name: str, **config: Any) -> nn.Module:
+def build_model(name: str, /, *, trusted_specs: Collection[str] = (), **config: Any) -> nn.Module:
     """Build a model whose forward takes keyword tensors and returns logits.
+
+    Specs that import code (``hf:``, ``module:factory``) are built only when listed in
+    ``trusted_specs``: a run's model name comes from the coordinator, and a site's own
+    configuration, not the run, decides what code it executes.
 
     Parameters
     ----------
@@ -67,15 +71,24 @@ def build_model(name: str, **config: Any) -> nn.Module:
         sequence classifier saved in a local directory (never downloaded: sites are
         often offline); or ``"package.module:factory"`` for a user's own
         ``factory(**config) -> nn.Module``, so existing PyTorch code plugs in unchanged.
+    trusted_specs
+        The code-importing specs the site itself listed (its policy's extra specs).
     **config
         Keyword arguments passed to the model's constructor or factory.
 
     Raises
     ------
     ValueError
-        If the name is unknown, the directory does not exist or the factory does not
-        return an ``nn.Module``.
+        If the name is unknown or not trusted, the directory does not exist, the config
+        asks Hugging Face to run the directory's code, or the factory does not return an
+        ``nn.Module``.
     """
+    imports_code = name not in _BUILTINS and (name.startswith(HF_PREFIX) or ":" in name)
+    if imports_code and name not in trusted_specs:
+        raise ValueError(
+            f"model {name!r} imports code and this site did not list it as trusted "
+            "(`cohort client run --allow-model SPEC`)"
+        )
     if name.startswith(HF_PREFIX):
         return _load_hf(name[len(HF_PREFIX) :], **config)
     if name in _BUILTINS:
@@ -97,8 +110,12 @@ def _load_hf(directory: str, **config: Any) -> nn.Module:
             f"no Hugging Face model at {str(path)!r}: expected a directory with config.json "
             "(save one with model.save_pretrained(dir); models are never downloaded)"
         )
+    # The config comes from the run: it must not turn on the directory's own Python code.
+    if config.get("trust_remote_code"):
+        raise ValueError("trust_remote_code is never honoured from a run's model_config")
+    config = {k: v for k, v in config.items() if k != "trust_remote_code"}
     model: nn.Module = AutoModelForSequenceClassification.from_pretrained(
-        str(path), local_files_only=True, **config
+        str(path), local_files_only=True, trust_remote_code=False, **config
     )
     return model
 

@@ -990,6 +990,7 @@ def secure_run(server: Server) -> admin_pb2.RunInfo:
             min_clients=1,
             round_deadline_seconds=3600,
             secure=common_pb2.SECURE_SCHEME_PAILLIER,
+            allow_two_site_secure=True,
             config_json=json.dumps({"encoding": TEST_ENCODING}),
         )
     )

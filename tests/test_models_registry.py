@@ -65,14 +65,16 @@ def _tiny_factory(width: int = 3) -> nn.Module:
 
 
 def test_user_factory_is_called_with_the_config() -> None:
-    model = build_model(f"{__name__}:_tiny_factory", width=5)
+    model = build_model(
+        f"{__name__}:_tiny_factory", trusted_specs=[f"{__name__}:_tiny_factory"], width=5
+    )
 
     assert isinstance(model, nn.Linear) and model.in_features == 5
 
 
 def test_factory_that_does_not_exist_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="no callable"):
-        build_model(f"{__name__}:missing_factory")
+        build_model(f"{__name__}:missing_factory", trusted_specs=[f"{__name__}:missing_factory"])
 
 
 def test_hf_model_loads_from_a_local_directory_and_trains(tmp_path: Path) -> None:
@@ -93,7 +95,7 @@ def test_hf_model_loads_from_a_local_directory_and_trains(tmp_path: Path) -> Non
     labels = (ids[:, 0] > 30).long()
     data = DictDataset({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, labels)
 
-    model = build_model(f"hf:{tmp_path}")
+    model = build_model(f"hf:{tmp_path}", trusted_specs=[f"hf:{tmp_path}"])
     before = evaluate(model, data, device=CPU)["loss"]
     train(model, data, epochs=5, lr=3e-3, device=CPU)
 
@@ -102,4 +104,14 @@ def test_hf_model_loads_from_a_local_directory_and_trains(tmp_path: Path) -> Non
 
 def test_hf_directory_without_config_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="config.json"):
-        build_model(f"hf:{tmp_path}")
+        build_model(f"hf:{tmp_path}", trusted_specs=[f"hf:{tmp_path}"])
+
+
+def test_a_code_spec_the_site_did_not_list_is_never_imported(tmp_path) -> None:
+    sentinel = tmp_path / "ran"
+    spec = "subprocess:run"
+    with pytest.raises(ValueError, match="did not list it"):
+        build_model(spec, args=["touch", str(sentinel)])
+    with pytest.raises(ValueError, match="did not list it"):
+        build_model(f"hf:{tmp_path}", trusted_specs=["hf:/elsewhere"])
+    assert not sentinel.exists()

@@ -102,6 +102,18 @@ class SecureFakeSite(FakeSite):
             encoding=wire.PAILLIER_PACKED,
             key_id=task.encoding.key_id if key_id is None else key_id,
         )
+        header.signature = identity.sign(
+            self.ed25519_private,
+            identity.update_statement(
+                run_id=task.run_id,
+                round_number=task.round,
+                site_name="custodian",
+                payload_sha256=header.payload_sha256,
+                weight=weight,
+                key_id=header.key_id,
+                encoding=header.encoding,
+            ),
+        )
         messages = [
             federation_pb2.UpdateMessage(header=header),
             federation_pb2.UpdateMessage(data=payload),
@@ -120,6 +132,7 @@ def secure_round(coordinator):
             min_clients=1,
             round_deadline_seconds=60,
             secure=common_pb2.SECURE_SCHEME_PAILLIER,
+            allow_two_site_secure=True,
             config_json=json.dumps({"encoding": TEST_ENCODING}),
         )
     )

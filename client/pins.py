@@ -1,0 +1,164 @@
+"""Run pinning: what a site saw at its first task of a run, and the refusal of any change.
+
+A breached coordinator could otherwise switch a secure run to plaintext after the key is
+dealt, swap the model for one that imports code, add a participant it controls, or ask
+for the site's trained weights again with an INIT task. The first task of a run fixes the
+run's scheme, model spec, participants (site → pinned fingerprint), custodian and key
+fingerprint here, in the site's state folder (0600); a later task that disagrees is
+refused with code ``pin``. Facts not known yet (the key before KEYGEN) are pinned when
+they first appear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.policy import TaskRefused
+
+
+@dataclass
+class RunPin:
+    """The facts of one run as this site first saw them."""
+
+    run_id: str
+    scheme: str
+    model: str
+    model_config: str  # canonical JSON: two configs that build the same model compare equal
+    lora: str
+    participants: dict[str, str] = field(default_factory=dict)  # site → fingerprint
+    custodian: str = ""
+    key_fingerprint: str = ""
+    # Set once this site has trained in the run: its local weights now hold its data, so
+    # an INIT (which sends weights in plaintext) is refused from then on.
+    trained: bool = False
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one task says about its run (built by the agent from the task)."""
+
+    run_id: str
+    scheme: str
+    model: str
+    model_config: Any
+    lora: str
+    participants: dict[str, str]
+    custodian: str
+    key_fingerprint: str
+
+
+def canonical_config(value: Any) -> str:
+    return json.dumps(value if value is not None else {}, sort_keys=True, separators=(",", ":"))
+
+
+class RunPins:
+    """The site's run pins, persisted as ``<site>.runs.json`` in its state folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.runs: dict[str, RunPin] = {}
+        if path.exists():
+            raw = json.loads(path.read_text())
+            self.runs = {k: RunPin(**v) for k, v in raw.get("runs", {}).items()}
+
+    @classmethod
+    def load(cls, state_dir: Path, site_name: str) -> RunPins:
+        return cls(Path(state_dir) / f"{site_name}.runs.json")
+
+    def get(self, run_id: str) -> RunPin | None:
+        return self.runs.get(run_id)
+
+    def check(self, seen: Observed, *, init: bool = False) -> RunPin:
+        """Pin a run at its first task, or refuse a task that disagrees with the pin.
+
+        Raises
+        ------
+        TaskRefused
+            ``pin``: naming the first fact that changed.
+        """
+        with self._lock:
+            pin = self.runs.get(seen.run_id)
+            config = canonical_config(seen.model_config)
+            if pin is None:
+                pin = RunPin(
+                    run_id=seen.run_id,
+                    scheme=seen.scheme,
+                    model=seen.model,
+                    model_config=config,
+                    lora=seen.lora,
+                    participants=dict(seen.participants),
+                    custodian=seen.custodian,
+                    key_fingerprint=seen.key_fingerprint,
+                )
+                self.runs[seen.run_id] = pin
+                self._save()
+                return pin
+            run = seen.run_id
+            if seen.scheme != pin.scheme:
+                raise TaskRefused(
+                    "pin", f"run {run} was pinned {pin.scheme}; a task now says {seen.scheme}"
+                )
+            if (seen.model, config, seen.lora) != (pin.model, pin.model_config, pin.lora):
+                raise TaskRefused(
+                    "pin",
+                    f"run {run} was pinned to model {pin.model!r} ({pin.model_config[:200]}, "
+                    f"lora {pin.lora!r}); a task now asks for {seen.model[:200]!r} "
+                    f"({config[:200]}, lora {seen.lora[:100]!r})",
+                )
+            if init and pin.trained:
+                raise TaskRefused(
+                    "pin",
+                    f"run {run}: an INIT task after this site trained would send its trained "
+                    "weights in plaintext",
+                )
+            changed = False
+            if seen.participants:
+                if not pin.participants:
+                    pin.participants, changed = dict(seen.participants), True
+                elif seen.participants != pin.participants:
+                    added = sorted(set(seen.participants) - set(pin.participants))
+                    moved = sorted(
+                        s
+                        for s in set(seen.participants) & set(pin.participants)
+                        if seen.participants[s] != pin.participants[s]
+                    )
+                    raise TaskRefused(
+                        "pin",
+                        f"run {run}: participants changed since this site pinned them "
+                        f"(added {added[:10]}, identity changed {moved[:10]}, now "
+                        f"{len(seen.participants)} vs {len(pin.participants)} pinned)",
+                    )
+            for name in ("custodian", "key_fingerprint"):
+                new, old = getattr(seen, name), getattr(pin, name)
+                if new and not old:
+                    setattr(pin, name, new)
+                    changed = True
+                elif new and new != old:
+                    raise TaskRefused(
+                        "pin", f"run {run}: {name} was pinned {old!r}; a task now says {new!r}"
+                    )
+            if changed:
+                self._save()
+            return pin
+
+    def mark_trained(self, run_id: str) -> None:
+        with self._lock:
+            pin = self.runs.get(run_id)
+            if pin is not None and not pin.trained:
+                pin.trained = True
+                self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"runs": {k: asdict(v) for k, v in self.runs.items()}}, indent=1)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(body)
+        os.replace(tmp, self.path)

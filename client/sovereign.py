@@ -1,0 +1,156 @@
+"""The site's gate on every task: its policy, its run pins, and checked aggregates.
+
+Kept apart from the agent's transport loop: everything here decides from the site's own
+configuration and state folder (policy, pinned peers, pinned runs), never from the task.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from client.peers import UntrustedPeer
+from client.pins import Observed, RunPin
+from client.policy import TaskRefused, check_model
+from client.verify import Entry, Signer, check_manifest, verify_aggregate
+from crypto import identity
+from protos import common_pb2, federation_pb2, wire
+
+if TYPE_CHECKING:
+    from client.agent import SiteAgent
+
+_BUILDS = (
+    federation_pb2.TASK_KIND_INIT,
+    federation_pb2.TASK_KIND_TRAIN,
+    federation_pb2.TASK_KIND_AUDIT,
+)
+
+
+def scheme_of(task: federation_pb2.Task) -> str:
+    return "paillier" if task.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
+
+
+def _fingerprint(public: bytes) -> str:
+    try:
+        return identity.fingerprint(bytes(public))
+    except ValueError:
+        return ""
+
+
+def observed(task: federation_pb2.Task, config: dict[str, Any]) -> Observed:
+    return Observed(
+        run_id=task.run_id,
+        scheme=scheme_of(task),
+        model=str(config.get("model", "")),
+        model_config=config.get("model_config", {}),
+        lora=str(config.get("lora", "") or ""),
+        participants={p.site_name: _fingerprint(p.ed25519_public_key) for p in task.participants},
+        custodian=task.custodian,
+        key_fingerprint=task.encoding.key_fingerprint,
+    )
+
+
+def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
+    """Refuse a task the site's policy forbids or that disagrees with the run's pin.
+
+    Raises
+    ------
+    TaskRefused
+        ``policy`` or ``pin``, with the reason the operator will read.
+    """
+    policy = agent.config.policy
+    try:
+        config = json.loads(task.config_json or "{}")
+    except ValueError as exc:
+        raise TaskRefused("policy", f"the task's config is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise TaskRefused("policy", "the task's config is not a JSON object")
+    if policy.require_secure and scheme_of(task) != "paillier":
+        raise TaskRefused(
+            "policy", "this site sends updates only under encryption (--require-secure)"
+        )
+    if task.kind in _BUILDS:
+        from models.registry import available_models
+
+        check_model(policy, str(config.get("model", "")), tuple(available_models()))
+    return agent.pins.check(observed(task, config), init=task.kind == federation_pb2.TASK_KIND_INIT)
+
+
+def signers(agent: SiteAgent, task: federation_pb2.Task, pin: RunPin | None) -> dict[str, Signer]:
+    """The run's participants whose identity this site trusts: pinned for the run and as peers.
+
+    The keys come from the task, but a key counts only when its fingerprint is the one
+    pinned for the run and the one this site's people pinned for that site (or this
+    site's own identity).
+    """
+    out: dict[str, Signer] = {}
+    pinned = pin.participants if pin is not None else {}
+    for participant in task.participants:
+        site, public = participant.site_name, bytes(participant.ed25519_public_key)
+        seen = _fingerprint(public)
+        if not seen or pinned.get(site) != seen:
+            continue
+        if site == agent.config.site_name:
+            if seen != agent.identity.fingerprint:
+                continue
+        else:
+            try:
+                agent.peers.check(site, public)
+            except UntrustedPeer:
+                continue
+        out[site] = Signer(site, seen, public)
+    return out
+
+
+def checked_aggregate(
+    agent: SiteAgent,
+    task: federation_pb2.Task,
+    aggregate: federation_pb2.AggregateRef,
+    public_key: Any,
+) -> bytes:
+    """The aggregate's ciphertexts, fetched, once its manifest and product check.
+
+    Raises
+    ------
+    TaskRefused
+        ``verify`` for anything that does not check.
+    """
+    import crypto
+
+    width = crypto.ciphertext_width(public_key)
+    pin = agent.pins.get(task.run_id)
+    entries = [
+        Entry(
+            node_id=c.node_id,
+            site=c.site_name,
+            payload_sha256=c.payload_sha256,
+            weight=int(c.weight),
+            payload_size=int(c.payload_size),
+            signature=bytes(c.signature),
+        )
+        for c in aggregate.contributions
+    ]
+    payload = agent.fetch(task.run_id, aggregate.sha256)
+    if not payload or len(payload) % width:
+        raise TaskRefused(
+            "verify", f"the aggregate of round {aggregate.round} is not whole ciphertexts"
+        )
+    check_manifest(
+        entries,
+        run_id=task.run_id,
+        round_number=int(aggregate.round),
+        total_weight=int(aggregate.total_weight),
+        key_id=task.encoding.key_id,
+        encoding=wire.PAILLIER_PACKED,
+        signers=signers(agent, task, pin),
+        min_sites=agent.config.policy.min_aggregate_sites,
+        payload_size=len(payload),
+    )
+    verify_aggregate(
+        entries,
+        payload,
+        lambda sha: agent.fetch(task.run_id, sha),
+        width=width,
+        n_square=public_key.nsquare,
+    )
+    return payload
