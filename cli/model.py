@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.admin import CaOption, CoordinatorOption, InsecureOption
 from cli import policy as policy_cli
+from cli.admin import CaOption, CoordinatorOption, InsecureOption
 from cli.common import console, fail, friendly_errors, parse_json_option
 
 if TYPE_CHECKING:
