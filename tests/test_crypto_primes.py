@@ -7,7 +7,7 @@ import os
 import gmpy2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crypto.primes import (
@@ -52,7 +52,7 @@ def test_is_safe_prime_rejects_non_int() -> None:
         is_safe_prime(23.0)  # type: ignore[arg-type]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.integers(10**6, 10**12).map(lambda x: x | 1), width=st.integers(1, 3000))
 def test_sieve_keeps_exactly_the_candidates_without_small_factors(start: int, width: int) -> None:
     primes = small_primes(200)

@@ -9,7 +9,7 @@ import math
 import secrets
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from phe import PaillierPrivateKey, PaillierPublicKey
 
@@ -75,7 +75,7 @@ def tampered(partial: PartialDecryption, position: int, n_square: int) -> Partia
 # --- decryption -------------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_t_of_n_shares_decrypt_like_phe(primes: tuple[int, int], data: st.DataObject) -> None:
     parties = data.draw(st.integers(2, 5), label="parties")
@@ -201,7 +201,7 @@ def test_honest_partials_verify(
     verify_partials(keys, ciphertexts, partials, CONTEXT)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(party=st.integers(0, 2), position=st.integers(0, 11))
 def test_one_tampered_value_is_caught_and_its_party_named(
     dealt: Dealt, round_: tuple[list[int], list[PartialDecryption]], party: int, position: int
@@ -481,7 +481,7 @@ def test_truncated_or_oversized_bytes_are_rejected(
             decode(data + extra)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.integers(0, 2), position=st.integers(0, 40), byte=st.integers(0, 255))
 def test_corrupted_header_bytes_raise_value_error_or_decode_cleanly(
     dealt: Dealt,
@@ -528,7 +528,7 @@ def test_partial_for_another_key_size_is_rejected(
 # --- the batching arithmetic -----------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     pairs=st.lists(
         st.tuples(st.integers(1, 2**200), st.integers(0, 2**128 - 1)), min_size=0, max_size=40
