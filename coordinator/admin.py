@@ -269,10 +269,22 @@ class AdminService:
                 ]
             )
 
-    def audit_log(self) -> admin_pb2.AuditLog:
+    def audit_log(self, after_seq: int = 0, limit: int = 0) -> admin_pb2.AuditLog:
+        """One page of the log: rows after ``after_seq``, at most ``limit`` (0: default).
+
+        Pages keep every reply far under gRPC's 4 MiB message limit (rows are bounded to
+        a few KiB by auditlog.append); ``more`` says whether to ask for the next page.
+        """
+        size = limit or auditlog.DEFAULT_PAGE_ROWS
+        if size > auditlog.MAX_PAGE_ROWS:
+            raise InvalidArgument(f"limit must be at most {auditlog.MAX_PAGE_ROWS} rows a page")
         with self.hub.db.transaction() as session:
-            rows = auditlog.all_rows(session)
+            rows = auditlog.page(session, after_seq, size)
+            head_seq, _ = auditlog.head(session)
+        last = rows[-1].seq if rows else after_seq
         return admin_pb2.AuditLog(
+            more=last < head_seq,
+            head_seq=head_seq,
             entries=[
                 admin_pb2.AuditEntry(
                     seq=r.seq,
@@ -285,7 +297,7 @@ class AdminService:
                     hash=r.hash,
                 )
                 for r in rows
-            ]
+            ],
         )
 
     def export_report(self, run_id: str, fmt: str, actor: str) -> bytes:
