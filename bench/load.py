@@ -535,7 +535,7 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
         db_start = db.snapshot()
         run_id = admin.CreateRun(
             admin_pb2.CreateRunRequest(
-                model="load-random-delta",
+                model="site:load-random-delta",  # the load sites send random deltas
                 name=f"load-{opts.clients}-{backend}",
                 rounds=opts.rounds,
                 min_clients=opts.clients,

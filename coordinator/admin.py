@@ -15,10 +15,12 @@ from sqlalchemy.orm import Session
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from coordinator.hub import Hub
+from coordinator.model_names import check_run_model
 from coordinator.runs import RunSpec
 from coordinator.scheduler import cancel_open_tasks
 from coordinator.schema import (
     AuditEvent,
+    Enrolment,
     Institution,
     ModelKind,
     ModelVersion,
@@ -58,9 +60,10 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
         raise InvalidArgument("config_json must be a JSON object")
     if request.secure not in _SECURE_FROM_PROTO:
         raise InvalidArgument(f"unknown secure scheme {request.secure}")
+    # proto3 cannot tell 0 from unset: a run with no rounds is refused, never defaulted.
     spec = RunSpec(
         model=request.model,
-        rounds=request.rounds or 5,
+        rounds=request.rounds,
         min_clients=request.min_clients or 2,
         max_clients=request.max_clients,
         fraction=request.fraction or 1.0,
@@ -76,6 +79,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
     )
     try:
         spec.validate()
+        check_run_model(spec.model)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidArgument(str(exc)) from exc
     return spec
@@ -84,9 +88,30 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
 class AdminService:
     """What operators and auditors may do. Raises a :class:`CohortError` on bad input."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, enrolment_required: bool = False) -> None:
         self.hub = hub
         self.started = time.time()
+        # With auth on, sites exist only once enrolled; with it off any name may join.
+        self.enrolment_required = enrolment_required
+
+    def _check_custodian(self, session: Session, name: str) -> None:
+        """INVALID_ARGUMENT unless ``name`` is a site the federation knows (see __init__)."""
+        from coordinator.federation import SITE_NAME
+
+        if not name:
+            return
+        if not SITE_NAME.fullmatch(name):
+            raise InvalidArgument(f"custodian {name!r} is not a site name")
+        if not self.enrolment_required:
+            return
+        known = session.scalar(select(Institution.id).where(Institution.name == name)) or (
+            session.scalar(select(Enrolment.id).where(Enrolment.site_name == name).limit(1))
+        )
+        if not known:
+            raise InvalidArgument(
+                f"custodian {name!r} is not an enrolled site: enrol it with "
+                f"`cohort admin sites enrol {name}` or name another site"
+            )
 
     def create_run(self, spec: RunSpec) -> admin_pb2.RunInfo:
         run_id = str(uuid.uuid4())
@@ -95,6 +120,7 @@ class AdminService:
         if spec.secure == "paillier":
             config["encoding"] = spec.encoding
         with self.hub.lock, self.hub.db.transaction() as session:
+            self._check_custodian(session, spec.custodian)
             run = Run(
                 id=run_id,
                 name=spec.name,

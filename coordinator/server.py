@@ -144,7 +144,7 @@ class CoordinatorServer:
             FederationServicer(FederationService(self.hub, self.access)), self.server
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(AdminService(self.hub), self.access), self.server
+            AdminServicer(AdminService(self.hub, enrolment_required=auth), self.access), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"

@@ -285,7 +285,7 @@ class InitTask:
 
 def waiting_for_initial_weights(server: Server) -> InitTask:
     site = FakeSite(server.federation)
-    server.admin.CreateRun(admin_pb2.CreateRunRequest(model="m", rounds=1, min_clients=1))
+    server.admin.CreateRun(admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=1))
     return InitTask(server, site, site.pull(federation_pb2.TASK_KIND_INIT))
 
 
@@ -875,7 +875,7 @@ def test_replayed_update_is_already_exists_and_stored_once(fresh_round):
 def test_replayed_initial_weights_are_already_exists(coordinator):
     server = Server.of(coordinator)
     site = FakeSite(server.federation)
-    server.admin.CreateRun(admin_pb2.CreateRunRequest(model="m", rounds=1, min_clients=1))
+    server.admin.CreateRun(admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=1))
     init = site.pull(federation_pb2.TASK_KIND_INIT)
     first = wire.encode_tensors(WEIGHTS)
     site.submit(init, first)
@@ -1834,7 +1834,7 @@ def text_cases(server: Server, site: FakeSite) -> dict[str, Callable[[], object]
 
     def create(**fields: object) -> Callable[[], object]:
         request = admin_pb2.CreateRunRequest(
-            **{"model": "m", "rounds": 1, "min_clients": 9, **fields}
+            **{"model": "tabular_mlp", "rounds": 1, "min_clients": 9, **fields}
         )
         return lambda: admin.CreateRun(request, timeout=TIMEOUT)
 
