@@ -87,8 +87,8 @@ def check_declared_size(run: Run, task: Task, header: federation_pb2.UpdateHeade
         raise InvalidArgument(f"this run's key cannot size an update: {exc}") from exc
     if header.payload_size != expected:
         raise InvalidArgument(
-            f"update declares {header.payload_size} bytes; this run's encrypted updates "
-            f"are exactly {expected} bytes"
+            f"update declares {header.payload_size} bytes; this run's model needs "
+            f"exactly {expected} bytes of ciphertexts"
         )
 
 

@@ -1,4 +1,4 @@
-"""Reports from authenticated facts: a summary is its sender's; bad summaries are listed, not fatal."""
+"""Reports from authenticated facts: a summary is its sender's; bad ones are listed, not fatal."""
 
 from __future__ import annotations
 
