@@ -9,6 +9,7 @@ RESOURCE_EXHAUSTED, which a site's agent treats as "retry later".
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,13 +27,32 @@ MAX_CALLS_PER_ANONYMOUS_ADDRESS = 64
 RESERVED_THREADS = 32
 
 
-def caller_key(metadata: Any, peer: str) -> tuple[str, int]:
-    """Who is calling, for counting: a hash of the bearer token, else the peer's address."""
+def peer_address(peer: str) -> str:
+    """The address part of a gRPC peer string ("ipv4:10.0.0.5:5123" -> "10.0.0.5")."""
+    _, _, rest = peer.partition(":")
+    return rest.rsplit(":", 1)[0].strip("[]") if rest else peer
+
+
+def caller_key(metadata: Any, peer: str) -> tuple[str, int | None]:
+    """Who is calling and their cap: a hash of the bearer token, else the peer's address.
+
+    Anonymous calls from loopback are not capped: a process on the coordinator's own
+    machine (a load test, the demo, a local dashboard) is no remote party to bound.
+    """
     for key, value in metadata or ():
         if key == wire.NODE_TOKEN_HEADER and isinstance(value, str) and value:
             return "token:" + hashlib.sha256(value.encode()).hexdigest()[:32], MAX_CALLS_PER_CALLER
-    address = peer.rsplit(":", 1)[0] if peer else ""
+    address = peer_address(peer)
+    if address == "localhost" or _is_loopback_ip(address):
+        return "peer:" + address, None
     return "peer:" + address, MAX_CALLS_PER_ANONYMOUS_ADDRESS
+
+
+def _is_loopback_ip(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class CallCounter:
@@ -44,10 +64,10 @@ class CallCounter:
         self.by_caller: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def enter(self, caller: str, limit: int, parks: bool) -> str | None:
+    def enter(self, caller: str, limit: int | None, parks: bool) -> str | None:
         """Count a call in; a sentence saying why not when a cap is reached."""
         with self._lock:
-            if self.by_caller.get(caller, 0) >= limit:
+            if limit is not None and self.by_caller.get(caller, 0) >= limit:
                 return f"too many concurrent calls from this caller (at most {limit})"
             if parks and self.parked >= self.max_parked:
                 return "the coordinator is at its limit of waiting calls; retry shortly"

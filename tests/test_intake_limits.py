@@ -136,3 +136,16 @@ def test_one_node_cannot_hold_more_than_its_share_of_server_threads(coordinator)
             poll.cancel()
 
     assert "too many concurrent calls" in detail
+
+
+def test_anonymous_callers_are_capped_per_address_except_on_loopback():
+    from coordinator.call_limits import MAX_CALLS_PER_ANONYMOUS_ADDRESS, caller_key
+
+    token = caller_key(((wire.NODE_TOKEN_HEADER, "Bearer abc"),), "ipv4:10.0.0.5:4000")
+    remote = caller_key((), "ipv4:10.0.0.5:4000")
+    same_host = caller_key((), "ipv4:10.0.0.5:4999")
+    local = caller_key((), "ipv6:[::1]:4000")
+
+    assert token[0].startswith("token:") and token[1] is not None
+    assert remote == same_host == ("peer:10.0.0.5", MAX_CALLS_PER_ANONYMOUS_ADDRESS)
+    assert local == ("peer:::1", None)
