@@ -47,7 +47,7 @@ class AgentPool:
         """One agent thread per trainer; ``config`` overrides AgentConfig fields."""
         started = []
         for index, trainer in enumerate(trainers):
-            name = names[index] if names else f"site-{len(self.agents)}"
+            name = names[index] if names else f"site-{len(self.agents) + index}"
             agent = SiteAgent(
                 AgentConfig(
                     address,
