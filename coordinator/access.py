@@ -60,10 +60,26 @@ class AccessControl:
         return time.time() + ttl if ttl else 0.0
 
     def bootstrap_admin(self, token: str, name: str = "admin") -> None:
-        """Register the first admin from ``cohort admin init``'s token (idempotent)."""
+        """Register the first admin from ``cohort admin init``'s token (idempotent).
+
+        The init token lives beside the coordinator's TLS key, whose holder already owns
+        the coordinator; so while it is not revoked, each start renews it when less than
+        half its lifetime is left, rather than let the federation lock itself out.
+        """
         with self.hub.lock, self.hub.db.transaction() as session:
             digest = hash_token(token)
-            if session.scalar(select(Operator).where(Operator.token_hash == digest)):
+            existing = session.scalar(select(Operator).where(Operator.token_hash == digest))
+            if existing is not None:
+                ttl = self.hub.limits.operator_token_seconds
+                left = existing.expires_at - time.time()
+                if not existing.revoked_at and existing.expires_at and left < ttl / 2:
+                    existing.expires_at = self._operator_expiry()
+                    auditlog.append(
+                        session,
+                        "operator.renewed",
+                        actor="init",
+                        details={"name": existing.name, "expires": existing.expires_at},
+                    )
                 return
             if session.scalar(select(Operator).where(Operator.name == name)):
                 return

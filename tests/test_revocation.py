@@ -177,3 +177,25 @@ def test_cli_revokes_sites_and_operators(auth_coordinator, tmp_path):
     assert operator.exit_code == 0 and "revoked" in operator.output
     assert unknown.exit_code == 2 and "no site 'nobody'" in unknown.output
     expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: heartbeat(channel, token))
+
+
+def test_the_init_admin_is_renewed_at_start_unless_revoked(auth_coordinator):
+    server, _, _ = auth_coordinator
+    with server.hub.db.transaction() as session:
+        session.execute(
+            update(Operator).where(Operator.name == "admin").values(expires_at=time.time() - 1)
+        )
+
+    server.access.bootstrap_admin(ROOT)
+
+    with server.hub.db.transaction() as session:
+        renewed = session.scalar(select(Operator.expires_at).where(Operator.name == "admin"))
+        session.execute(
+            update(Operator).where(Operator.name == "admin").values(revoked_at=time.time())
+        )
+    server.access.bootstrap_admin(ROOT)
+    with server.hub.db.transaction() as session:
+        revoked = session.scalar(select(Operator).where(Operator.name == "admin"))
+    assert renewed > time.time() + 86400
+    assert revoked.revoked_at  # a revoked init token stays revoked
+    assert "operator.renewed" in kinds(server)
