@@ -9,6 +9,7 @@ or hold more than a few streams open at once (issue 11, item 8).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -110,8 +111,6 @@ def receive(
     payload = b"".join(parts)
     if len(payload) != header.payload_size:
         raise InvalidArgument(f"update ended after {len(payload)} of {header.payload_size} bytes")
-    import hashlib
-
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise InvalidArgument("update payload does not match its sha256 (chunk lost or changed)")
     return payload
