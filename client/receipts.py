@@ -9,6 +9,7 @@ shows rows were cut off; a receipt whose hash the log no longer has shows a rewr
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import grpc
 
+log = logging.getLogger(__name__)
 RECEIPTS_SUFFIX = ".receipts.jsonl"
 
 
@@ -55,11 +57,16 @@ class ReceiptBook(
         with self._lock:
             if key == self._last:
                 return
-            self._last = key
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"seq": key[0], "hash": key[1], "time": time.time()})
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(line + "\n")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as out:
+                    out.write(line + "\n")
+            except OSError as exc:
+                # A full disk must not stop the site's work; the gap shows in the file.
+                log.warning("cannot keep a log receipt in %s: %s", self.path, exc)
+                return
+            self._last = key
 
     def _after(self, outcome: Any) -> Any:
         try:

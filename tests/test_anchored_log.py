@@ -246,3 +246,14 @@ def test_interceptor_records_only_heads_that_moved(coordinator, tmp_path):
 
     assert reply.log_head.seq >= 1 and len(reply.log_head.hash) == 64
     assert len(lines) == 1  # nothing was appended after the join
+
+
+def test_a_receipts_file_that_cannot_be_written_does_not_stop_the_site(coordinator, tmp_path):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the state dir should be")
+    book = ReceiptBook(blocked / "r.jsonl")
+    stub = federation_pb2_grpc.FederationStub(book.attach(coordinator.channel()))
+
+    reply = stub.Join(federation_pb2.JoinRequest(site_name="s2", x25519_public_key=b"k" * 32))
+
+    assert reply.node_id
