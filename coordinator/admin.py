@@ -43,6 +43,8 @@ _STATE_TO_PROTO = {
     RunState.FAILED: common_pb2.RUN_STATE_FAILED,
     RunState.STOPPED: common_pb2.RUN_STATE_STOPPED,
 }
+# A reply of the audit log stays well under gRPC's default 4 MiB message limit.
+PAGE_BYTES = 3 << 20
 _SECURE_FROM_PROTO = {
     common_pb2.SECURE_SCHEME_UNSPECIFIED: "none",
     common_pb2.SECURE_SCHEME_NONE: "none",
@@ -307,6 +309,15 @@ class AdminService:
         with self.hub.db.transaction() as session:
             rows = auditlog.page(session, after_seq, size)
             head_seq, _ = auditlog.head(session)
+        # And by bytes: rows are bounded (auditlog.MAX_DETAILS_CHARS) but many large ones
+        # must still fit one reply; at least one row is always returned.
+        budget, kept = PAGE_BYTES, 0
+        for row in rows:
+            budget -= len(row.details) + len(row.actor) + len(row.kind) + 256
+            if kept and budget < 0:
+                break
+            kept += 1
+        rows = rows[:kept]
         last = rows[-1].seq if rows else after_seq
         return admin_pb2.AuditLog(
             more=last < head_seq,

@@ -18,7 +18,11 @@ GENESIS = "0" * 64
 # No string a caller hands in reaches a row longer than this: a site must not be able to
 # write megabytes into the log through an id or a reason (issue 11, item 6).
 MAX_FIELD_CHARS = 512
-MAX_DETAILS_CHARS = 8192
+# Large enough for the coordinator's own rows (a round naming a thousand sites), small
+# enough that a page of rows stays under gRPC's 4 MiB (admin.audit_log pages by bytes too).
+MAX_DETAILS_CHARS = 256 << 10
+MAX_LIST_ITEMS = 10_000
+MAX_KEYS = 1_000
 # Columns' own widths (coordinator.schema.AuditEvent).
 _COLUMN_CHARS = {"run_id": 36, "kind": 64, "actor": 128}
 DEFAULT_PAGE_ROWS = 1000
@@ -57,10 +61,10 @@ def bound_value(value: object, depth: int = 0) -> object:
     if depth >= 4:
         return bound_text(repr(value))
     if isinstance(value, Mapping):
-        items = list(value.items())[:64]
+        items = list(value.items())[:MAX_KEYS]
         return {bound_text(str(k), 64): bound_value(v, depth + 1) for k, v in items}
     if isinstance(value, list | tuple | set | frozenset):
-        return [bound_value(v, depth + 1) for v in list(value)[:256]]
+        return [bound_value(v, depth + 1) for v in list(value)[:MAX_LIST_ITEMS]]
     return bound_text(str(value))
 
 

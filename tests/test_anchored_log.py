@@ -257,3 +257,20 @@ def test_a_receipts_file_that_cannot_be_written_does_not_stop_the_site(coordinat
     reply = stub.Join(federation_pb2.JoinRequest(site_name="s2", x25519_public_key=b"k" * 32))
 
     assert reply.node_id
+
+
+def test_pages_of_large_rows_stay_under_the_message_limit(coordinator):
+    with coordinator.hub.lock, coordinator.hub.db.transaction() as session:
+        for index in range(30):
+            big = [f"{index}-{n:06d}-" + "s" * 480 for n in range(400)]  # ~200 KB a row
+            auditlog.append(session, "round.closed", details={"sites": big})
+
+    code, output = verify(
+        "--coordinator", coordinator.address, "--insecure", "--page-rows", "1000", "--json"
+    )
+    first = coordinator.admin().GetAuditLog(admin_pb2.GetAuditLogRequest(limit=1000))
+
+    assert code == 0, output
+    assert json.loads(output)["rows"] == first.head_seq
+    assert first.more and len(first.entries) < first.head_seq
+    assert first.ByteSize() < 4 << 20
