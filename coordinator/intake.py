@@ -10,6 +10,7 @@ or hold more than a few streams open at once (issue 11, item 8).
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -78,9 +79,35 @@ def secure_payload_size(run: Run) -> int:
     return codec.num_plaintexts(run.value_count()) * crypto.ciphertext_width(public_key)
 
 
+def plaintext_payload_bound(run: Run) -> int:
+    """Most bytes a plaintext update of the run's model can take (protos.wire tensors).
+
+    Every tensor at the widest dtype a site may send (8 bytes a value), its spec in the
+    JSON header, and one more tensor of per-tensor scales for 8-bit updates.
+    """
+    shapes = [shape for _, shape in run.model_shapes()]
+    specs = [{"dtype": "float64", "shape": list(shape)} for shape in shapes]
+    specs.append({"dtype": "float64", "shape": [len(shapes)]})
+    header = len(json.dumps(specs, separators=(",", ":")))
+    return 8 + header + 8 * (run.value_count() + len(shapes))
+
+
 def check_declared_size(run: Run, task: Task, header: federation_pb2.UpdateHeader) -> None:
-    """INVALID_ARGUMENT when a secure TRAIN update declares a size its run cannot produce."""
-    if task.kind != TaskKind.TRAIN or run.secure != "paillier" or not run.public_key:
+    """INVALID_ARGUMENT when a TRAIN update declares a size its run cannot produce.
+
+    Secure runs: exactly the ciphertexts of the model. Plaintext runs: at most the
+    model's tensors at 8 bytes a value, so a stream never buffers more than that.
+    """
+    if task.kind != TaskKind.TRAIN:
+        return
+    if run.secure != "paillier":
+        if run.tensor_specs and header.payload_size > plaintext_payload_bound(run):
+            raise InvalidArgument(
+                f"update declares {header.payload_size} bytes; this run's model needs at most "
+                f"{plaintext_payload_bound(run)}"
+            )
+        return
+    if not run.public_key:
         return
     try:
         expected = secure_payload_size(run)

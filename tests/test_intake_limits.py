@@ -12,7 +12,7 @@ from test_secure_rounds import secure_round as secure_round
 
 import crypto
 from coordinator.call_limits import CallCounter
-from coordinator.intake import secure_payload_size
+from coordinator.intake import plaintext_payload_bound, secure_payload_size
 from coordinator.schema import Run
 from protos import federation_pb2, wire
 
@@ -149,3 +149,18 @@ def test_anonymous_callers_are_capped_per_address_except_on_loopback():
     assert token[0].startswith("token:") and token[1] is not None
     assert remote == same_host == ("peer:10.0.0.5", MAX_CALLS_PER_ANONYMOUS_ADDRESS)
     assert local == ("peer:::1", None)
+
+
+def test_plaintext_update_declaring_more_than_its_model_can_take_is_refused(training_round):  # noqa: F811
+    coordinator, site, run, task = training_round
+    with coordinator.hub.db.transaction() as session:
+        bound = plaintext_payload_bound(session.get(Run, run.run_id))
+
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: header_only(site, task, bound + 1, encoding=wire.TENSORS_FLOAT32),
+    )
+
+    assert f"declares {bound + 1} bytes" in detail and f"at most {bound}" in detail
+    assert len(wire.encode_tensors([w.astype("float64") for w in WEIGHTS])) <= bound
+    site.submit(task, wire.encode_tensors(WEIGHTS))  # an honest update still goes through
