@@ -337,7 +337,8 @@ def test_join_with_random_fields_joins_or_is_refused_for_the_right_reason(
         capabilities=capabilities,
     )
     name = site_name.strip()
-    if not re.fullmatch(SITE_NAME_RULE, name) or len(x25519) not in (0, 32):
+    bad_version = len(agent_version) > 64 or "\x00" in agent_version
+    if not re.fullmatch(SITE_NAME_RULE, name) or len(x25519) not in (0, 32) or bad_version:
         expected = grpc.StatusCode.INVALID_ARGUMENT
     elif not node_token:
         expected = grpc.StatusCode.OK
