@@ -535,7 +535,7 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
         db_start = db.snapshot()
         run_id = admin.CreateRun(
             admin_pb2.CreateRunRequest(
-                model="load-random-delta",
+                model="site:load-random-delta",  # the load sites send random deltas
                 name=f"load-{opts.clients}-{backend}",
                 rounds=opts.rounds,
                 min_clients=opts.clients,
@@ -562,9 +562,17 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
                 admin_pb2.StopRunRequest(run_id=run_id, reason="load bench timeout"), timeout=60
             )
         final = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id), timeout=60)
-        log_entries = list(
-            admin.GetAuditLog(admin_pb2.GetAuditLogRequest(run_id=run_id), timeout=60).entries
-        )
+        log_entries = []
+        while True:  # the log is served a page at a time
+            page = admin.GetAuditLog(
+                admin_pb2.GetAuditLogRequest(
+                    after_seq=log_entries[-1].seq if log_entries else 0, limit=5000
+                ),
+                timeout=60,
+            )
+            log_entries.extend(page.entries)
+            if not page.more or not page.entries:
+                break
     except (grpc.RpcError, RuntimeError) as exc:
         detail = f"{_code(exc)} {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
         note = f"{note}; {detail}" if note else detail

@@ -18,7 +18,7 @@ from protos.transport import open_channel
 app = typer.Typer(help="Operate the federation (runs, models, sites).", no_args_is_help=True)
 runs_app = typer.Typer(help="Start, list, show, watch and stop runs.", no_args_is_help=True)
 models_app = typer.Typer(help="Download models.", no_args_is_help=True)
-sites_app = typer.Typer(help="List the sites that joined.", no_args_is_help=True)
+sites_app = typer.Typer(help="Enrol, list and revoke sites.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
@@ -87,9 +87,14 @@ def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
 @friendly_errors
 def start(
     model: Annotated[
-        str, typer.Option(help="Registry name, hf:/dir or module:factory")
+        str,
+        typer.Option(
+            help="Built-in model (tabular_mlp, image_cnn, text_transformer, audio_encoder, "
+            "multimodal) or site:SPEC for one the sites provide (built only where their "
+            "policy lists SPEC)"
+        ),
     ] = "tabular_mlp",
-    rounds: int = 5,
+    rounds: Annotated[int, typer.Option(help="Training rounds, at least 1")] = 5,
     min_clients: Annotated[int, typer.Option(help="Sites needed to start and per round")] = 2,
     max_clients: Annotated[int, typer.Option(help="0 = no cap")] = 0,
     fraction: float = 1.0,
@@ -119,6 +124,8 @@ def start(
     schemes = {"none": common_pb2.SECURE_SCHEME_NONE, "paillier": common_pb2.SECURE_SCHEME_PAILLIER}
     if secure not in schemes:
         fail(f"--secure must be paillier or none, not {secure!r}")
+    if rounds < 1:
+        fail(f"--rounds must be at least 1, not {rounds}")
     extra = parse_json_option(config, "--config")
     if quorum:
         extra["quorum"] = quorum
@@ -422,6 +429,46 @@ def add_operator(
         admin_pb2.AddOperatorRequest(name=name, role=role), timeout=30
     )
     print(reply.token)
+
+
+@sites_app.command("revoke")
+@friendly_errors
+def revoke_site(
+    site_name: str,
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log")] = "",
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+) -> None:
+    """Revoke every node credential of SITE and its unused enrolment tokens, at once."""
+    reply = Admin(coordinator, ca, token_file, insecure).RevokeSite(
+        admin_pb2.RevokeRequest(name=site_name, reason=reason), timeout=30
+    )
+    console.print(
+        f"revoked {reply.revoked} node credential(s) of {site_name}; it can rejoin only "
+        f"with a new `cohort admin sites enrol {site_name}`"
+    )
+
+
+@operators_app.command("revoke")
+@friendly_errors
+def revoke_operator(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log")] = "",
+    coordinator: CoordinatorOption = "127.0.0.1:50051",
+    ca: CaOption = None,
+    token_file: TokenFileOption = None,
+    insecure: InsecureOption = False,
+) -> None:
+    """Revoke an operator's token at once; their next call is refused."""
+    reply = Admin(coordinator, ca, token_file, insecure).RevokeOperator(
+        admin_pb2.RevokeRequest(name=name, reason=reason), timeout=30
+    )
+    if reply.revoked:
+        console.print(f"operator {name} revoked")
+    else:
+        console.print(f"operator {name} was already revoked")
 
 
 @app.command("metrics")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +13,45 @@ from cli.common import console, fail, friendly_errors
 from protos import admin_pb2, wire
 
 app = typer.Typer(help="Audit log and compliance reports.", no_args_is_help=True)
+
+
+PAGE_ROWS = 1000
+
+
+def _entry_rows(log: admin_pb2.AuditLog) -> list[Any]:
+    from coordinator.schema import AuditEvent
+
+    return [
+        AuditEvent(
+            seq=e.seq,
+            time=e.time_unix,
+            run_id=e.run_id,
+            kind=e.kind,
+            actor=e.actor,
+            details=e.details_json,
+            prev_hash=e.prev_hash,
+            hash=e.hash,
+        )
+        for e in log.entries
+    ]
+
+
+def receipt_files(paths: list[Path]) -> list[Path]:
+    """Each path itself when a file, else the ``*.receipts.jsonl`` files in that folder."""
+    from client.receipts import RECEIPTS_SUFFIX
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(path.glob(f"*{RECEIPTS_SUFFIX}"))
+            if not found:
+                fail(f"{path} holds no *{RECEIPTS_SUFFIX} file (a site's --state-dir does)")
+            files.extend(found)
+        else:
+            fail(f"--receipts {path}: no such file or folder")
+    return files
 
 
 @app.command("verify")
@@ -31,63 +70,101 @@ def verify(
             help="Check the database directly (SQLAlchemy URL) instead of asking the coordinator"
         ),
     ] = "",
+    receipts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--receipts",
+            help="A site's state dir (or receipts file) whose log heads the log must still "
+            "hold; repeat for each site",
+        ),
+    ] = None,
+    page_rows: Annotated[
+        int, typer.Option(min=1, max=5000, help="Rows asked for per page")
+    ] = PAGE_ROWS,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recompute the chain; exit 1 naming the first changed, deleted or reordered row."""
+    """Recompute the chain a page at a time and check the sites' receipts against it.
+
+    Exit 1 naming the first changed, deleted or reordered row, or a receipt the log no
+    longer matches (cut off or rewritten); exit 2 for a run with no rows.
+    """
+    from client.receipts import load_receipts
     from coordinator import auditlog
-    from coordinator.schema import AuditEvent
+
+    held: list[auditlog.Receipt] = []
+    for path in receipt_files(list(receipts or [])):
+        try:
+            lines = load_receipts(path)
+            held.extend(auditlog.Receipt(seq, digest, at, str(path)) for seq, digest, at in lines)
+        except ValueError as exc:
+            fail(str(exc))
+    checker = auditlog.ChainChecker(watch=(r.seq for r in held))
+    run_rows = 0
+
+    def feed(rows: list[Any]) -> bool:
+        nonlocal run_rows
+        run_rows += sum(1 for r in rows if r.run_id == run_id) if run_id else len(rows)
+        return checker.feed(rows)
 
     if db:
         from coordinator.db import Database
 
         database = Database(db)
         with database.transaction() as session:
-            rows = auditlog.all_rows(session)
-            session.expunge_all()
+            after = 0
+            while True:
+                rows = auditlog.page(session, after, page_rows)
+                if not feed(rows) or len(rows) < page_rows:
+                    break
+                after = rows[-1].seq
         database.close()
     else:
-        log = Admin(coordinator, ca, token_file, insecure).GetAuditLog(
-            admin_pb2.GetAuditLogRequest(run_id=run_id), timeout=60
-        )
-        rows = [
-            AuditEvent(
-                seq=e.seq,
-                time=e.time_unix,
-                run_id=e.run_id,
-                kind=e.kind,
-                actor=e.actor,
-                details=e.details_json,
-                prev_hash=e.prev_hash,
-                hash=e.hash,
+        admin = Admin(coordinator, ca, token_file, insecure)
+        after = 0
+        while True:
+            log = admin.GetAuditLog(
+                admin_pb2.GetAuditLogRequest(after_seq=after, limit=page_rows), timeout=60
             )
-            for e in log.entries
-        ]
-    verdict = auditlog.verify_chain(rows)
-    run_rows = sum(1 for r in rows if r.run_id == run_id) if run_id else len(rows)
+            rows = _entry_rows(log)
+            if not feed(rows) or not log.more or not rows:
+                break
+            after = rows[-1].seq
+    verdict = checker.verdict()
+    problems = auditlog.check_receipts(checker, held) if verdict.ok else []
+    if verdict.ok and run_id and run_rows == 0:
+        fail(f"the audit log has no rows for run {run_id!r}: `cohort admin runs list` shows runs")
+    ok = verdict.ok and not problems
     if as_json:
         print(
             json.dumps(
                 {
-                    "ok": verdict.ok,
+                    "ok": ok,
                     "rows": verdict.rows,
                     "run_rows": run_rows,
                     "first_bad_row": verdict.first_bad_seq,
                     "reason": verdict.reason,
                     "head_hash": verdict.head_hash,
+                    "receipts": len(held),
+                    "receipt_problems": problems,
                 }
             )
         )
-    elif verdict.ok:
-        console.print(
-            f"[green]audit log intact[/]: {verdict.rows} rows"
-            + (f" ({run_rows} for run {run_id})" if run_id else "")
-            + f", head {verdict.head_hash[:16]}…"
-        )
-    else:
+    elif not verdict.ok:
         console.print(
             f"[bold red]audit log broken at row {verdict.first_bad_seq}[/]: {verdict.reason}"
         )
-    if not verdict.ok:
+    elif problems:
+        console.print(
+            f"[bold red]audit log does not match {len(problems)} site receipt(s)[/]: {problems[0]}"
+        )
+    else:
+        console.print(
+            f"[green]audit log intact[/]: {verdict.rows} rows"
+            + (f" ({run_rows} for run {run_id})" if run_id else "")
+            + (f", {len(held)} site receipts match" if held else "")
+            + f", head {verdict.head_hash[:16]}…"
+        )
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -165,11 +165,19 @@ def serve(
         bool | None,
         typer.Option(help="Require enrolment tokens and operator roles (default: on with TLS)"),
     ] = None,
+    plaintext_off_loopback: Annotated[
+        bool,
+        typer.Option(
+            "--i-understand-plaintext-off-loopback",
+            help="Serve off loopback without TLS or auth: anyone on the network can read "
+            "tokens and updates and act as an operator",
+        ),
+    ] = False,
 ) -> None:
     """Serve the federation and admin services (plus gRPC health) until interrupted."""
     from coordinator.db import default_database_url
     from coordinator.pki import FederationPki
-    from coordinator.server import CoordinatorServer
+    from coordinator.server import CoordinatorServer, exposure_problem
 
     if tls_dir is None and not insecure:
         fail(
@@ -179,6 +187,12 @@ def serve(
     if tls_dir is not None and insecure:
         fail("--tls-dir and --insecure contradict each other")
     pki = FederationPki(tls_dir) if tls_dir is not None else None
+    auth_on = (pki is not None) if auth is None else auth
+    problem = exposure_problem(host, pki is not None, auth_on)
+    if problem is not None and not plaintext_off_loopback:
+        fail(problem)
+    if problem is not None:
+        err_console.print(f"[bold red]warning[/]: {problem.split(':')[0]}, as asked")
     url = db or default_database_url(data_dir)
     server = CoordinatorServer(
         url,
@@ -186,7 +200,8 @@ def serve(
         host=host,
         port=port,
         tls=pki,
-        auth=(pki is not None) if auth is None else auth,
+        auth=auth_on,
+        allow_exposed=plaintext_off_loopback,
     )
     bound = server.start()
     transport = "TLS" if pki else "plaintext (--insecure)"

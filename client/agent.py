@@ -21,6 +21,7 @@ from client.custody import SiteIdentity
 from client.peers import PeerStore
 from client.pins import RunPins
 from client.policy import SitePolicy, TaskRefused
+from client.receipts import ReceiptBook
 from client.secure import (
     SecureModelState,
     ServerOptimiser,
@@ -87,6 +88,7 @@ class SiteAgent:
             insecure=config.insecure,
             options=config.channel_options,
         )
+        self.channel = ReceiptBook.for_site(config.state_dir, config.site_name).attach(self.channel)
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
         self.node_id = ""
         self._secure_state: dict[str, SecureModelState] = {}

@@ -15,10 +15,12 @@ from sqlalchemy.orm import Session
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from coordinator.hub import Hub
+from coordinator.model_names import check_run_model
 from coordinator.runs import RunSpec
 from coordinator.scheduler import cancel_open_tasks
 from coordinator.schema import (
     AuditEvent,
+    Enrolment,
     Institution,
     ModelKind,
     ModelVersion,
@@ -41,6 +43,8 @@ _STATE_TO_PROTO = {
     RunState.FAILED: common_pb2.RUN_STATE_FAILED,
     RunState.STOPPED: common_pb2.RUN_STATE_STOPPED,
 }
+# A reply of the audit log stays well under gRPC's default 4 MiB message limit.
+PAGE_BYTES = 3 << 20
 _SECURE_FROM_PROTO = {
     common_pb2.SECURE_SCHEME_UNSPECIFIED: "none",
     common_pb2.SECURE_SCHEME_NONE: "none",
@@ -58,9 +62,10 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
         raise InvalidArgument("config_json must be a JSON object")
     if request.secure not in _SECURE_FROM_PROTO:
         raise InvalidArgument(f"unknown secure scheme {request.secure}")
+    # proto3 cannot tell 0 from unset: a run with no rounds is refused, never defaulted.
     spec = RunSpec(
         model=request.model,
-        rounds=request.rounds or 5,
+        rounds=request.rounds,
         min_clients=request.min_clients or 2,
         max_clients=request.max_clients,
         fraction=request.fraction or 1.0,
@@ -77,6 +82,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
     )
     try:
         spec.validate()
+        check_run_model(spec.model)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidArgument(str(exc)) from exc
     return spec
@@ -85,9 +91,30 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
 class AdminService:
     """What operators and auditors may do. Raises a :class:`CohortError` on bad input."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, enrolment_required: bool = False) -> None:
         self.hub = hub
         self.started = time.time()
+        # With auth on, sites exist only once enrolled; with it off any name may join.
+        self.enrolment_required = enrolment_required
+
+    def _check_custodian(self, session: Session, name: str) -> None:
+        """INVALID_ARGUMENT unless ``name`` is a site the federation knows (see __init__)."""
+        from coordinator.federation import SITE_NAME
+
+        if not name:
+            return
+        if not SITE_NAME.fullmatch(name):
+            raise InvalidArgument(f"custodian {name!r} is not a site name")
+        if not self.enrolment_required:
+            return
+        known = session.scalar(select(Institution.id).where(Institution.name == name)) or (
+            session.scalar(select(Enrolment.id).where(Enrolment.site_name == name).limit(1))
+        )
+        if not known:
+            raise InvalidArgument(
+                f"custodian {name!r} is not an enrolled site: enrol it with "
+                f"`cohort admin sites enrol {name}` or name another site"
+            )
 
     def create_run(self, spec: RunSpec) -> admin_pb2.RunInfo:
         run_id = str(uuid.uuid4())
@@ -96,6 +123,7 @@ class AdminService:
         if spec.secure == "paillier":
             config["encoding"] = spec.encoding
         with self.hub.lock, self.hub.db.transaction() as session:
+            self._check_custodian(session, spec.custodian)
             run = Run(
                 id=run_id,
                 name=spec.name,
@@ -270,10 +298,31 @@ class AdminService:
                 ]
             )
 
-    def audit_log(self) -> admin_pb2.AuditLog:
+    def audit_log(self, after_seq: int = 0, limit: int = 0) -> admin_pb2.AuditLog:
+        """One page of the log: rows after ``after_seq``, at most ``limit`` (0: default).
+
+        Pages keep every reply far under gRPC's 4 MiB message limit (rows are bounded to
+        a few KiB by auditlog.append); ``more`` says whether to ask for the next page.
+        """
+        size = limit or auditlog.DEFAULT_PAGE_ROWS
+        if size > auditlog.MAX_PAGE_ROWS:
+            raise InvalidArgument(f"limit must be at most {auditlog.MAX_PAGE_ROWS} rows a page")
         with self.hub.db.transaction() as session:
-            rows = auditlog.all_rows(session)
+            rows = auditlog.page(session, after_seq, size)
+            head_seq, _ = auditlog.head(session)
+        # And by bytes: rows are bounded (auditlog.MAX_DETAILS_CHARS) but many large ones
+        # must still fit one reply; at least one row is always returned.
+        budget, kept = PAGE_BYTES, 0
+        for row in rows:
+            budget -= len(row.details) + len(row.actor) + len(row.kind) + 256
+            if kept and budget < 0:
+                break
+            kept += 1
+        rows = rows[:kept]
+        last = rows[-1].seq if rows else after_seq
         return admin_pb2.AuditLog(
+            more=last < head_seq,
+            head_seq=head_seq,
             entries=[
                 admin_pb2.AuditEntry(
                     seq=r.seq,
@@ -286,7 +335,7 @@ class AdminService:
                     hash=r.hash,
                 )
                 for r in rows
-            ]
+            ],
         )
 
     def export_report(self, run_id: str, fmt: str, actor: str) -> bytes:

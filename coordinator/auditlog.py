@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -14,6 +15,18 @@ from sqlalchemy.orm import Session
 from coordinator.schema import AuditEvent
 
 GENESIS = "0" * 64
+# No string a caller hands in reaches a row longer than this: a site must not be able to
+# write megabytes into the log through an id or a reason (issue 11, item 6).
+MAX_FIELD_CHARS = 512
+# Large enough for the coordinator's own rows (a round naming a thousand sites), small
+# enough that a page of rows stays under gRPC's 4 MiB (admin.audit_log pages by bytes too).
+MAX_DETAILS_CHARS = 256 << 10
+MAX_LIST_ITEMS = 10_000
+MAX_KEYS = 1_000
+# Columns' own widths (coordinator.schema.AuditEvent).
+_COLUMN_CHARS = {"run_id": 36, "kind": 64, "actor": 128}
+DEFAULT_PAGE_ROWS = 1000
+MAX_PAGE_ROWS = 5000
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,39 @@ def canonical_details(details: Mapping[str, object]) -> str:
     return json.dumps(details, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def bound_text(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was when cut."""
+    if len(text) <= limit:
+        return text
+    note = f"…[{len(text)} chars]"
+    return text[: max(limit - len(note), 0)] + note
+
+
+def bound_value(value: object, depth: int = 0) -> object:
+    """A JSON-able copy of ``value`` whose every string is bounded (and nesting shallow)."""
+    if isinstance(value, str):
+        return bound_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= 4:
+        return bound_text(repr(value))
+    if isinstance(value, Mapping):
+        items = list(value.items())[:MAX_KEYS]
+        return {bound_text(str(k), 64): bound_value(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [bound_value(v, depth + 1) for v in list(value)[:MAX_LIST_ITEMS]]
+    return bound_text(str(value))
+
+
+def bounded_details(details: Mapping[str, object]) -> str:
+    """Canonical JSON of ``details`` with bounded strings, never over MAX_DETAILS_CHARS."""
+    text = canonical_details(bound_value(details))  # type: ignore[arg-type]
+    if len(text) <= MAX_DETAILS_CHARS:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return canonical_details({"truncated": True, "chars": len(text), "sha256": digest})
+
+
 def entry_hash(
     prev_hash: str, seq: int, at: float, run_id: str, kind: str, actor: str, details: str
 ) -> str:
@@ -42,30 +88,99 @@ def entry_hash(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def verify_chain(rows: Iterable[AuditEvent]) -> ChainVerdict:
-    """Recompute the chain over rows in ``seq`` order.
+class ChainChecker:
+    """Recompute the chain a page at a time: ``feed`` pages in ``seq`` order, then ``verdict``.
 
     A changed row breaks its own hash; a deleted row leaves a gap in ``seq`` and breaks
     the next row's ``prev_hash``; reordered rows break both. The first row where any of
-    these shows is named.
+    these shows is named. Only the hashes at ``watch`` seqs are kept (the receipts'
+    rows), so memory stays flat however long the log is.
     """
-    prev = GENESIS
-    expected_seq = 1
-    count = 0
-    for row in rows:
-        count += 1
-        if row.seq != expected_seq:
-            return ChainVerdict(False, count, row.seq, f"expected row {expected_seq}", prev)
-        if row.prev_hash != prev:
-            return ChainVerdict(False, count, row.seq, "previous-hash link broken", prev)
-        recomputed = entry_hash(
-            row.prev_hash, row.seq, row.time, row.run_id, row.kind, row.actor, row.details
-        )
-        if recomputed != row.hash:
-            return ChainVerdict(False, count, row.seq, "row content does not match its hash", prev)
-        prev = row.hash
-        expected_seq += 1
-    return ChainVerdict(True, count, None, None, prev)
+
+    def __init__(self, watch: Iterable[int] = ()) -> None:
+        self.prev = GENESIS
+        self.expected_seq = 1
+        self.count = 0
+        self.failure: ChainVerdict | None = None
+        self.watch = set(watch)
+        self.seen: dict[int, str] = {}
+
+    def feed(self, rows: Iterable[AuditEvent]) -> bool:
+        """Check ``rows``; False once the chain is broken (the rest is then ignored)."""
+        if self.failure is not None:
+            return False
+        for row in rows:
+            self.count += 1
+            prev = self.prev
+            problem = None
+            if row.seq != self.expected_seq:
+                problem = f"expected row {self.expected_seq}"
+            elif row.prev_hash != prev:
+                problem = "previous-hash link broken"
+            elif (
+                entry_hash(
+                    row.prev_hash, row.seq, row.time, row.run_id, row.kind, row.actor, row.details
+                )
+                != row.hash
+            ):
+                problem = "row content does not match its hash"
+            if problem is not None:
+                self.failure = ChainVerdict(False, self.count, row.seq, problem, prev)
+                return False
+            if row.seq in self.watch:
+                self.seen[row.seq] = row.hash
+            self.prev = row.hash
+            self.expected_seq += 1
+        return True
+
+    def verdict(self) -> ChainVerdict:
+        if self.failure is not None:
+            return self.failure
+        return ChainVerdict(True, self.count, None, None, self.prev)
+
+    @property
+    def last_seq(self) -> int:
+        return self.expected_seq - 1
+
+
+def verify_chain(rows: Iterable[AuditEvent]) -> ChainVerdict:
+    """Recompute the chain over all ``rows`` in ``seq`` order (see :class:`ChainChecker`)."""
+    checker = ChainChecker()
+    checker.feed(rows)
+    return checker.verdict()
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A log head a site was handed in a reply: row ``seq`` had ``hash`` at ``time``."""
+
+    seq: int
+    hash: str
+    time: float = 0.0
+    source: str = ""
+
+
+def check_receipts(checker: ChainChecker, receipts: Iterable[Receipt]) -> list[str]:
+    """What the receipts prove against a fully fed, intact chain: one sentence per problem.
+
+    A receipt past the log's last row shows rows were cut off the end; a receipt whose
+    hash differs from the row's shows that row (or one before it) was rewritten, even
+    when the whole chain was recomputed consistently afterwards.
+    """
+    problems = []
+    for receipt in receipts:
+        where = f" ({receipt.source})" if receipt.source else ""
+        if receipt.seq > checker.last_seq:
+            problems.append(
+                f"truncated: a site was shown row {receipt.seq}{where}, "
+                f"but the log ends at row {checker.last_seq}"
+            )
+        elif receipt.seq >= 1 and checker.seen.get(receipt.seq) != receipt.hash:
+            problems.append(
+                f"rewritten: row {receipt.seq} no longer has the hash a site was shown"
+                f"{where} ({receipt.hash[:16]}…)"
+            )
+    return problems
 
 
 def append(
@@ -76,13 +191,20 @@ def append(
     actor: str = "",
     details: Mapping[str, object] | None = None,
 ) -> AuditEvent:
-    """Append one row in the caller's transaction (callers serialise appends with a lock)."""
+    """Append one row in the caller's transaction (callers serialise appends with a lock).
+
+    Every string is bounded here, whatever the caller passes: ids and reasons that came
+    from a request cannot make a row large.
+    """
     last = session.execute(
         select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
     ).first()
     seq = (last.seq + 1) if last else 1
     prev = last.hash if last else GENESIS
-    text = canonical_details(details or {})
+    text = bounded_details(details or {})
+    run_id = bound_text(run_id, _COLUMN_CHARS["run_id"])
+    kind = bound_text(kind, _COLUMN_CHARS["kind"])
+    actor = bound_text(actor, _COLUMN_CHARS["actor"])
     at = time.time()
     row = AuditEvent(
         seq=seq,
@@ -103,5 +225,68 @@ def all_rows(session: Session) -> list[AuditEvent]:
     return list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
 
 
+def page(session: Session, after_seq: int = 0, limit: int = DEFAULT_PAGE_ROWS) -> list[AuditEvent]:
+    """At most ``limit`` rows with ``seq > after_seq``, in order."""
+    limit = min(max(int(limit), 1), MAX_PAGE_ROWS)
+    return list(
+        session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.seq > after_seq)
+            .order_by(AuditEvent.seq)
+            .limit(limit)
+        )
+    )
+
+
+def iter_rows(session: Session, page_rows: int = DEFAULT_PAGE_ROWS) -> Iterator[AuditEvent]:
+    """Every row in order, read a page at a time (memory flat in the log's length)."""
+    after = 0
+    while True:
+        rows = page(session, after, page_rows)
+        yield from rows
+        if len(rows) < min(max(page_rows, 1), MAX_PAGE_ROWS):
+            return
+        after = rows[-1].seq
+
+
+def head(session: Session) -> tuple[int, str]:
+    """The last row's (seq, hash); (0, GENESIS) for an empty log."""
+    last = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    return (int(last.seq), str(last.hash)) if last else (0, GENESIS)
+
+
 def count_rows(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+
+
+class RowThrottle:
+    """At most one row per ``(kind, key)`` every ``interval`` seconds; the rest are counted.
+
+    Refusals and failed authentications are written by callers nobody vouches for: without
+    a limit, a loop of bad calls grows the log (and holds its lock) at the caller's pace.
+    The next row that passes says how many were held back.
+    """
+
+    def __init__(self, interval: float = 1.0, max_keys: int = 10_000) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, kind: str, key: str) -> int | None:
+        """None: drop this row. Otherwise the number of rows held back since the last one."""
+        now = time.monotonic()
+        slot = (kind, key[:128])
+        with self._lock:
+            if len(self._last) >= self.max_keys:
+                # Forget old keys rather than grow; the worst case is one extra row per key.
+                self._last.clear()
+                self._held.clear()
+            if now - self._last.get(slot, -self.interval - 1.0) < self.interval:
+                self._held[slot] = self._held.get(slot, 0) + 1
+                return None
+            self._last[slot] = now
+            return self._held.pop(slot, 0)

@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from sqlalchemy import select
@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import crypto
-from coordinator import auditlog, identity, manifests, refusals
-from coordinator.access import AccessControl, hash_token
+from coordinator import auditlog, identity, intake, manifests, refusals
+from coordinator.access import AccessControl, hash_token, node_credential_problem
 from coordinator.errors import (
     AlreadyExists,
     CohortError,
@@ -29,6 +29,7 @@ from coordinator.errors import (
     Unauthenticated,
 )
 from coordinator.hub import Hub
+from coordinator.intake import UpdateIntake
 from coordinator.schema import (
     Institution,
     ModelKind,
@@ -71,6 +72,7 @@ class FederationService:
         self.hub = hub
         self.access = access or AccessControl(hub, enabled=False)
         self._last_refusal_logged = 0.0
+        self.intake = UpdateIntake(hub)
 
     # -- identity ------------------------------------------------------------------------
 
@@ -213,6 +215,9 @@ class FederationService:
         node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
         if node is None:
             raise Unauthenticated("unknown node token: join the federation first")
+        problem = node_credential_problem(node, time.time())
+        if problem is not None:
+            raise Unauthenticated(f"{problem}: ask the operator for `cohort admin sites enrol`")
         return node
 
     @staticmethod
@@ -230,6 +235,9 @@ class FederationService:
                 now = time.time()
                 if now - node.last_seen > 1.0:
                     node.last_seen = now
+                    idle = self.hub.limits.node_token_idle_seconds
+                    # Sliding expiry: a token in use stays good; an abandoned one lapses.
+                    node.token_expires_at = now + idle if idle else 0.0
                 return node.id
         except Unauthenticated as exc:
             # Logged at most once a second: a client without a token must not be able to
@@ -492,23 +500,20 @@ class FederationService:
         if first is None or first.WhichOneof("msg") != "header":
             raise InvalidArgument("the first message of an update must be its header")
         header = first.header
+        # Oversized ids are refused before anything is looked up or logged.
+        intake.check_header_fields(header)
         try:
-            with self.hub.db.transaction() as session:
-                task, run = self._check_header(session, node_id, header)
-                task_kind = task.kind
-            payload = self._receive(header, messages)
-            with self.hub.lock, self.hub.db.transaction() as session:
-                task, run = self._check_header(session, node_id, header)
-                update_id = self._accept(session, node_id, task, run, header, payload)
+            with self.intake.stream(node_id, header.task_id):
+                with self.hub.db.transaction() as session:
+                    task, run = self._check_header(session, node_id, header)
+                    task_kind = task.kind
+                    intake.check_declared_size(run, task, header)
+                payload = intake.receive(header, messages)
+                with self.hub.lock, self.hub.db.transaction() as session:
+                    task, run = self._check_header(session, node_id, header)
+                    update_id = self._accept(session, node_id, task, run, header, payload)
         except CohortError as exc:
-            with self.hub.lock, self.hub.db.transaction() as session:
-                auditlog.append(
-                    session,
-                    "update.rejected",
-                    run_id=header.run_id if len(header.run_id) <= 36 else "",
-                    actor=node_id,
-                    details={"round": header.round, "status": exc.code.name, "reason": str(exc)},
-                )
+            self.intake.log_rejection(node_id, header, exc)
             raise
         self.hub.notify()
         kind = "initial weights" if task_kind == TaskKind.INIT else "update"
@@ -576,31 +581,6 @@ class FederationService:
                 "build the same base model (same model, config, seed and LoRA settings)"
             )
         return task, run
-
-    def _receive(
-        self, header: federation_pb2.UpdateHeader, messages: Iterable[federation_pb2.UpdateMessage]
-    ) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        for message in messages:
-            if message.WhichOneof("msg") != "data":
-                raise InvalidArgument("only one header per update; the rest must be data")
-            size += len(message.data)
-            if size > header.payload_size:
-                raise InvalidArgument(
-                    f"update is longer than the {header.payload_size} bytes its header announced"
-                )
-            parts.append(message.data)
-        payload = b"".join(parts)
-        if len(payload) != header.payload_size:
-            raise InvalidArgument(
-                f"update ended after {len(payload)} of {header.payload_size} bytes"
-            )
-        if wire.sha256_hex(payload) != header.payload_sha256:
-            raise InvalidArgument(
-                "update payload does not match its sha256 (chunk lost or changed)"
-            )
-        return payload
 
     def _accept(
         self,

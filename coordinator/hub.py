@@ -19,6 +19,10 @@ class Limits:
     max_poll_seconds: float = 30.0
     offline_after_seconds: float = 30.0
     heartbeat_interval_seconds: float = 5.0
+    # A node token unused this long expires (each authenticated call pushes it back); an
+    # operator token expires this long after it was issued. 0: never.
+    node_token_idle_seconds: float = 30 * 86400.0
+    operator_token_seconds: float = 90 * 86400.0
 
 
 @dataclass

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from coordinator import auditlog
 from coordinator.hub import Hub
 from coordinator.schema import Institution, Node, Round, RoundState, Run, SiteAudit, Update
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from explain.summary import AttributionSummary
 
 VISIBILITY = {
     "paillier": (
@@ -32,10 +39,47 @@ def code_version() -> str:
         return "cohort (source tree)"
 
 
+def _authenticated_summaries(
+    session: Session, run_id: str
+) -> tuple[list[AttributionSummary], list[dict[str, str]]]:
+    """Each stored audit summary, attributed to the site of the node that sent it.
+
+    Whatever site name a summary's JSON states, the report uses the sender's enrolled
+    name: a site cannot put words in another site's mouth. A summary that no longer
+    parses is listed as rejected with the reason instead of breaking the report.
+    """
+    from explain.summary import AttributionSummary
+
+    names = dict(
+        session.execute(
+            select(Node.id, Institution.name).join(
+                Institution, Node.institution_id == Institution.id
+            )
+        ).all()
+    )
+    summaries: list[AttributionSummary] = []
+    rejected: list[dict[str, str]] = []
+    audits = session.scalars(
+        select(SiteAudit).where(SiteAudit.run_id == run_id).order_by(SiteAudit.id)
+    )
+    for audit in audits:
+        sender = names.get(audit.node_id, f"node {audit.node_id}")
+        data = dict(audit.summary) if isinstance(audit.summary, dict) else {}
+        claimed = data.get("site")
+        data["site"] = sender
+        try:
+            summaries.append(AttributionSummary.from_dict(data))
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            rejected.append({"site": sender, "reason": f"malformed summary: {exc}"[:300]})
+            continue
+        if claimed != sender:
+            log.info("audit summary from %s claimed to be from %r", sender, claimed)
+    return summaries, rejected
+
+
 def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
     """Build and validate the facts document of ``run_id`` (explain.report.build_facts)."""
     from explain.report import build_facts
-    from explain.summary import AttributionSummary
 
     with hub.db.transaction() as session:
         run = session.get(Run, run_id)
@@ -63,11 +107,10 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
             }
             for node, name in nodes
         ]
-        summaries = [
-            AttributionSummary.from_dict(a.summary)
-            for a in session.scalars(select(SiteAudit).where(SiteAudit.run_id == run_id))
-        ]
-        verdict = auditlog.verify_chain(auditlog.all_rows(session))
+        summaries, rejected = _authenticated_summaries(session, run_id)
+        checker = auditlog.ChainChecker()
+        checker.feed(auditlog.iter_rows(session))  # a page at a time, not the whole log
+        verdict = checker.verdict()
         closed = [r for r in rounds if r.state == RoundState.CLOSED]
         encoding = run.config.get("encoding") if run.secure == "paillier" else None
         facts = build_facts(
@@ -105,6 +148,7 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
                 for r in closed
             ],
             summaries=summaries,
+            rejected=rejected,
             audit_log={
                 "verified": verdict.ok,
                 "rows": verdict.rows,

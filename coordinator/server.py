@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from concurrent import futures
 from pathlib import Path
@@ -11,6 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.access import AccessControl
 from coordinator.admin import AdminService
+from coordinator.anchoring import AnchorReplies
+from coordinator.call_limits import CapCalls
 from coordinator.federation import FederationService
 from coordinator.hub import Hub, Limits
 from coordinator.pki import FederationPki
@@ -20,6 +23,38 @@ from protos import admin_pb2_grpc, federation_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = ("cohort.v1.Federation", "cohort.v1.Admin")
+
+
+PLAINTEXT_FLAG = "--i-understand-plaintext-off-loopback"
+
+
+def is_loopback(host: str) -> bool:
+    """True only for addresses no other machine can reach (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a hostname or a wildcard: reachable from elsewhere
+
+
+def exposure_problem(host: str, tls: bool, auth: bool) -> str | None:
+    """Why serving on ``host`` would expose the federation, or None when it would not.
+
+    Off loopback, plaintext gRPC shows every token and update to the network, and no auth
+    lets anyone enrol a site or start a run.
+    """
+    if is_loopback(host):
+        return None
+    missing = [what for what, on in (("TLS", tls), ("authentication", auth)) if not on]
+    if not missing:
+        return None
+    return (
+        f"refusing to serve on {host} without {' and '.join(missing)}: anyone on the network "
+        "could read tokens and updates or act as an operator. Serve with --tls-dir (auth is "
+        f"then on), bind 127.0.0.1, or pass {PLAINTEXT_FLAG} to accept that risk"
+    )
 
 
 class _Undecodable:
@@ -88,7 +123,11 @@ class CoordinatorServer:
         tick_seconds: float = 0.25,
         tls: FederationPki | None = None,
         auth: bool = False,
+        allow_exposed: bool = False,
     ) -> None:
+        problem = exposure_problem(host, tls is not None, auth)
+        if problem is not None and not allow_exposed:
+            raise ValueError(problem)
         self.hub = Hub.open(database_url, Path(data_dir), limits)
         self.access = AccessControl(self.hub, enabled=auth)
         self.tls = tls
@@ -99,13 +138,13 @@ class CoordinatorServer:
         # Long polls park a thread each: size the pool for every site plus admin calls.
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[RefuseUndecodable()],
+            interceptors=[CapCalls(max_workers), RefuseUndecodable(), AnchorReplies(self.hub)],
         )
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationServicer(FederationService(self.hub, self.access)), self.server
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(AdminService(self.hub), self.access), self.server
+            AdminServicer(AdminService(self.hub, enrolment_required=auth), self.access), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"

@@ -123,7 +123,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @maps_domain_errors
     def GetAuditLog(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         self._actor(context, "GetAuditLog")
-        return self.domain.audit_log()
+        return self.domain.audit_log(request.after_seq, request.limit)
+
+    @maps_domain_errors
+    def RevokeSite(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        actor = self._actor(context, "RevokeSite")
+        count = self.access.revoke_site(request.name, request.reason, actor)
+        return admin_pb2.RevokeReply(revoked=count)
+
+    @maps_domain_errors
+    def RevokeOperator(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        actor = self._actor(context, "RevokeOperator")
+        count = self.access.revoke_operator(request.name, request.reason, actor)
+        return admin_pb2.RevokeReply(revoked=count)
 
     @maps_domain_errors
     def ExportReport(self, request, context) -> Iterator[common_pb2.Chunk]:  # type: ignore[no-untyped-def]  # noqa: N802

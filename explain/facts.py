@@ -7,7 +7,7 @@ these TypedDicts give the same structure to the type checker.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 REPORT_VERSION = "1.0"
 
@@ -84,6 +84,11 @@ class RegulationEntry(TypedDict):
     status: RegulationStatus
 
 
+class RejectedSummaryFacts(TypedDict):
+    site: str
+    reason: str
+
+
 class ReportFacts(TypedDict):
     report_version: str
     generated_at: str
@@ -94,3 +99,5 @@ class ReportFacts(TypedDict):
     attribution: AttributionFacts | None
     audit_log: AuditLogFacts
     regulations: list[RegulationEntry]
+    # Summaries a site sent that the attribution leaves out, each with the reason.
+    rejected_summaries: NotRequired[list[RejectedSummaryFacts]]

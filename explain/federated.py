@@ -88,6 +88,60 @@ class SiteComparison:
         }
 
 
+@dataclass(frozen=True)
+class RejectedSummary:
+    """A site's audit summary left out of the report, and why (shown in the report)."""
+
+    site: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"site": self.site, "reason": self.reason}
+
+
+def compatible_summaries(
+    summaries: Sequence[AttributionSummary],
+) -> tuple[list[AttributionSummary], list[RejectedSummary]]:
+    """Split summaries into ones that can be merged and ones that cannot, with reasons.
+
+    A site's second summary is rejected (it would count double). Of the rest, the largest
+    group that agrees on kind, feature names and class names is kept (ties: the group of
+    the earliest summary); every other summary is rejected naming how it differs. So a
+    single site cannot make the federation's report fail by sending other features.
+    """
+    kept_once: list[AttributionSummary] = []
+    rejected: list[RejectedSummary] = []
+    seen: set[str] = set()
+    for summary in summaries:
+        if summary.site in seen:
+            rejected.append(RejectedSummary(summary.site, "a second summary from this site"))
+            continue
+        seen.add(summary.site)
+        kept_once.append(summary)
+    groups: dict[tuple[Any, ...], list[AttributionSummary]] = {}
+    for summary in kept_once:
+        key = (summary.kind, tuple(summary.feature_names), tuple(summary.class_names))
+        groups.setdefault(key, []).append(summary)
+    if not groups:
+        return [], rejected
+    best = max(groups.values(), key=len)  # max keeps the first of equal-sized groups
+    reference = best[0]
+    for summary in kept_once:
+        if summary in best:
+            continue
+        if summary.kind != reference.kind:
+            why = f"a {summary.kind} audit; the others ran {reference.kind}"
+        elif summary.feature_names != reference.feature_names:
+            why = (
+                f"reports {len(summary.feature_names)} features that differ from the "
+                f"{len(reference.feature_names)} the other sites report"
+            )
+        else:
+            why = f"reports classes {summary.class_names}; the others {reference.class_names}"
+        rejected.append(RejectedSummary(summary.site, why))
+    return list(best), rejected
+
+
 def merge_summaries(summaries: Sequence[AttributionSummary]) -> GlobalAttribution:
     """Weighted mean of every statistic, weights being each site's ``row_count``.
 

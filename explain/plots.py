@@ -23,6 +23,15 @@ _BAR_COLOUR = "#2f6f9f"
 _REGION = re.compile(r"region_(\d+)_(\d+)")
 
 
+def literal(text: object) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so no mathtext.
+
+    Feature, metric and site names come from sites; a name like ``$\\foo{$`` would
+    otherwise be parsed as TeX and fail the whole report.
+    """
+    return str(text).replace("$", r"\$")
+
+
 def metrics_chart(metrics: Sequence[Mapping[str, Any]], max_panels: int = 4) -> bytes | None:
     """One small panel per metric against the round number; ``None`` when nothing to plot."""
     names = metric_names(metrics)[:max_panels]
@@ -35,7 +44,7 @@ def metrics_chart(metrics: Sequence[Mapping[str, Any]], max_panels: int = 4) -> 
         xs = [r for r, v in points if v is not None]
         ys = [v for _, v in points if v is not None]
         ax.plot(xs, ys, marker="o", color=_BAR_COLOUR, linewidth=1.8, markersize=4)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(literal(name), fontsize=10)
         ax.set_xlabel("round", fontsize=9)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
@@ -51,7 +60,9 @@ def importance_chart(global_attribution: Mapping[str, Any], top: int = 15) -> by
     order = np.argsort(-values, kind="stable")[:top][::-1]
     fig = Figure(figsize=(7.5, 0.32 * len(order) + 1.2), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    ax.barh([names[i] for i in order], values[order], color=_BAR_COLOUR)
+    # Positions, then labels: barh with names as categories would also merge duplicates.
+    ax.barh(range(len(order)), values[order], color=_BAR_COLOUR)
+    ax.set_yticks(range(len(order)), [literal(names[i]) for i in order])
     ax.set_xlabel("mean |SHAP value| (class probability)", fontsize=9)
     ax.set_title(
         f"Global feature importance: {global_attribution['row_count']} rows, "
@@ -121,7 +132,9 @@ def site_heatmap(attribution: Mapping[str, Any], top: int = 12) -> bytes:
     )
     ax = fig.add_subplot()
     image = ax.imshow(matrix, aspect="auto", cmap="Blues", vmin=0.0)
-    ax.set_xticks(range(len(features)), features, rotation=40, ha="right", fontsize=8)
+    ax.set_xticks(
+        range(len(features)), [literal(f) for f in features], rotation=40, ha="right", fontsize=8
+    )
     labels, colours = [], []
     for s in sites:
         c = comparisons.get(s["site"])
@@ -131,7 +144,7 @@ def site_heatmap(attribution: Mapping[str, Any], top: int = 12) -> bytes:
             else f" (\u03c1={c['rank_correlation']:.2f})"
         )
         flagged = c is not None and c["flagged"]
-        labels.append(f"{'FLAGGED ' if flagged else ''}{s['site']}{rho}")
+        labels.append(literal(f"{'FLAGGED ' if flagged else ''}{s['site']}{rho}"))
         colours.append(_FLAG_COLOUR if flagged else "black")
     ax.set_yticks(range(len(sites)), labels, fontsize=8)
     for tick, colour in zip(ax.get_yticklabels(), colours, strict=True):

@@ -19,7 +19,7 @@ from typing import Any, cast
 import jsonschema
 
 from explain.facts import REPORT_VERSION, ReportFacts
-from explain.federated import compare_sites, merge_summaries
+from explain.federated import compare_sites, compatible_summaries, merge_summaries
 from explain.regulations import map_regulations
 from explain.report_html import render_html
 from explain.report_pdf import render_pdf
@@ -51,6 +51,7 @@ def build_facts(
     audit_log: Mapping[str, Any],
     threshold: float = 0.5,
     generated_at: datetime | None = None,
+    rejected: Sequence[Mapping[str, str]] = (),
 ) -> ReportFacts:
     """Assemble and validate the facts document of a run.
 
@@ -69,6 +70,10 @@ def build_facts(
         As in the schema; copied, not mutated. Metrics are sorted by round.
     summaries
         One per auditing site; empty when no audit ran (``attribution`` is then null).
+        Summaries that cannot be merged with the others (a site's second one, other
+        features, classes or kind) are moved to ``rejected_summaries`` with the reason.
+    rejected
+        Summaries the caller already rejected (e.g. malformed): ``{"site", "reason"}``.
     threshold
         Rank-correlation threshold below which a site is flagged
         (see :func:`explain.federated.compare_sites`).
@@ -103,9 +108,22 @@ def build_facts(
             ({**m, "metrics": dict(m.get("metrics", {}))} for m in metrics),
             key=lambda m: m.get("round", 0),
         ),
-        "attribution": _attribution(summaries, threshold),
         "audit_log": dict(audit_log),
     }
+    known_sites = {site.get("name") for site in sites}
+    usable, left_out = compatible_summaries([s for s in summaries if s.site in known_sites])
+    facts["attribution"] = _attribution(usable, threshold)
+    refused = (
+        [{"site": str(r["site"]), "reason": str(r["reason"])} for r in rejected]
+        + [
+            {"site": s.site, "reason": "this site is not among the run's sites"}
+            for s in summaries
+            if s.site not in known_sites
+        ]
+        + [r.to_dict() for r in left_out]
+    )
+    if refused:  # only present when something was left out: other reports stay as they were
+        facts["rejected_summaries"] = refused
     facts["regulations"] = map_regulations(facts)
     validate_facts(facts)
     return cast(ReportFacts, facts)

@@ -138,9 +138,17 @@ def _metrics(facts: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def _rejected(facts: Mapping[str, Any]) -> str:
+    rejected = facts.get("rejected_summaries") or []
+    if not rejected:
+        return ""
+    table = (["Site", "Why its summary was left out"], [[r["site"], r["reason"]] for r in rejected])
+    return "<h3>Rejected audit summaries</h3>" + _table(table)
+
+
 def _explanations(facts: Mapping[str, Any]) -> str:
     attribution = facts["attribution"]
-    parts = [f"<p>{escape(nv.explanation_intro(facts))}</p>"]
+    parts = [f"<p>{escape(nv.explanation_intro(facts))}</p>", _rejected(facts)]
     if not attribution:
         return "".join(parts)
     parts += [

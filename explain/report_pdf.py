@@ -108,6 +108,13 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
 def _explanations(facts: Mapping[str, Any], styles: dict[str, ParagraphStyle]) -> list[Flowable]:
     attribution = facts["attribution"]
     out: list[Flowable] = [Paragraph(escape(nv.explanation_intro(facts)), styles["body"])]
+    rejected = facts.get("rejected_summaries") or []
+    if rejected:
+        table = (
+            ["Site", "Why its summary was left out"],
+            [[r["site"], r["reason"]] for r in rejected],
+        )
+        out += _titled("Rejected audit summaries", _table(table, styles, widths=[0.3, 0.7]), styles)
     if not attribution:
         return out
     out += _titled(

@@ -246,7 +246,9 @@ def test_oversized_update_is_resource_exhausted(tmp_path):
     )
     try:
         site = FakeSite(running.federation())
-        running.admin().CreateRun(admin_pb2.CreateRunRequest(model="m", rounds=1, min_clients=1))
+        running.admin().CreateRun(
+            admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=1)
+        )
         init = site.pull(federation_pb2.TASK_KIND_INIT)
 
         expect_status(
@@ -273,17 +275,20 @@ def test_rejections_are_written_to_the_audit_log(training_round):
     [
         (admin_pb2.CreateRunRequest(model="", rounds=1), grpc.StatusCode.INVALID_ARGUMENT),
         (
-            admin_pb2.CreateRunRequest(model="m", rounds=1, fraction=2.0),
+            admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, fraction=2.0),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (
             admin_pb2.CreateRunRequest(
-                model="m", rounds=1, strategy="median", secure=common_pb2.SECURE_SCHEME_PAILLIER
+                model="tabular_mlp",
+                rounds=1,
+                strategy="median",
+                secure=common_pb2.SECURE_SCHEME_PAILLIER,
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (
-            admin_pb2.CreateRunRequest(model="m", rounds=1, config_json="{nope"),
+            admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, config_json="{nope"),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
     ],

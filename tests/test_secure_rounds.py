@@ -265,7 +265,10 @@ def test_robust_strategy_is_refused_for_secure_runs(coordinator):
         grpc.StatusCode.INVALID_ARGUMENT,
         lambda: coordinator.admin().CreateRun(
             admin_pb2.CreateRunRequest(
-                model="m", rounds=1, strategy="krum", secure=common_pb2.SECURE_SCHEME_PAILLIER
+                model="tabular_mlp",
+                rounds=1,
+                strategy="krum",
+                secure=common_pb2.SECURE_SCHEME_PAILLIER,
             )
         ),
     )

@@ -1,0 +1,101 @@
+"""Receipts of the coordinator's audit-log head, kept at the site (issue 11, item 6).
+
+Every unary reply from the coordinator carries the log's head (seq, hash). A client
+interceptor on the agent's channel appends each new head to ``<state>/<site>.receipts.jsonl``.
+An auditor later runs `cohort audit verify --receipts DIR`: a receipt past the log's end
+shows rows were cut off; a receipt whose hash the log no longer has shows a rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+RECEIPTS_SUFFIX = ".receipts.jsonl"
+
+
+def receipts_path(state_dir: Path, site_name: str) -> Path:
+    return Path(state_dir) / f"{site_name}{RECEIPTS_SUFFIX}"
+
+
+class ReceiptBook(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+):
+    """Append each new (seq, hash) a reply carries to the site's receipts file.
+
+    Only a head that moved is written, so a site polling every few seconds adds a line
+    per change of the log, not per call. Replies without a head (an old coordinator, or
+    a message that has none) are passed through untouched.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._last: tuple[int, str] | None = None
+
+    @classmethod
+    def for_site(cls, state_dir: Path, site_name: str) -> ReceiptBook:
+        return cls(receipts_path(state_dir, site_name))
+
+    def attach(self, channel: grpc.Channel) -> grpc.Channel:
+        """``channel`` with this book recording every reply's log head."""
+        return grpc.intercept_channel(channel, self)
+
+    def record(self, reply: Any) -> None:
+        head = getattr(reply, "log_head", None)
+        if head is None or not head.seq or not head.hash:
+            return
+        key = (int(head.seq), str(head.hash))
+        with self._lock:
+            if key == self._last:
+                return
+            line = json.dumps({"seq": key[0], "hash": key[1], "time": time.time()})
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as out:
+                    out.write(line + "\n")
+            except OSError as exc:
+                # A full disk must not stop the site's work; the gap shows in the file.
+                log.warning("cannot keep a log receipt in %s: %s", self.path, exc)
+                return
+            self._last = key
+
+    def _after(self, outcome: Any) -> Any:
+        try:
+            reply = outcome.result()
+        except grpc.RpcError:
+            return outcome  # a failed call carries no head; the caller sees the error
+        self.record(reply)
+        return outcome
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return self._after(continuation(client_call_details, request))
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return self._after(continuation(client_call_details, request_iterator))
+
+
+def load_receipts(path: Path) -> list[tuple[int, str, float]]:
+    """(seq, hash, time) of each line of a receipts file; ValueError naming a bad line."""
+    out = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            seq, digest = int(item["seq"]), str(item["hash"])
+            at = float(item.get("time", 0.0))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number} is not a receipt line: {exc}") from exc
+        if seq < 1 or len(digest) != 64:
+            raise ValueError(f"{path}:{number} is not a receipt (seq {seq}, hash {digest!r})")
+        out.append((seq, digest, at))
+    return out

@@ -1,0 +1,72 @@
+"""Anchor the audit log at the sites: every unary reply to a site carries the log's head.
+
+Sites keep these (seq, hash) receipts (client.receipts); `cohort audit verify --receipts`
+then proves that no row a site was shown was later changed, removed or cut off. Done in
+one server interceptor so every Federation reply that has a ``log_head`` field gets one,
+whichever domain function made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from coordinator import auditlog
+from coordinator.hub import Hub
+from protos import common_pb2
+
+FEDERATION_PREFIX = "/cohort.v1.Federation/"
+
+
+def current_head(hub: Hub) -> common_pb2.LogHead:
+    """The committed head of the log now (rows still in another transaction are not in it)."""
+    with hub.db.transaction() as session:
+        seq, digest = auditlog.head(session)
+    return common_pb2.LogHead(seq=seq, hash=digest)
+
+
+def stamp(hub: Hub, reply: Any) -> Any:
+    """Set ``reply.log_head`` where the message has that field; return the reply."""
+    if reply is not None and "log_head" in reply.DESCRIPTOR.fields_by_name:
+        reply.log_head.CopyFrom(current_head(hub))
+    return reply
+
+
+class AnchorReplies(grpc.ServerInterceptor):
+    """Stamp the log head on each unary Federation reply (Join, PullTask, Submit*, …)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if (
+            handler is None
+            or handler.response_streaming
+            or not handler_call_details.method.startswith(FEDERATION_PREFIX)
+        ):
+            return handler
+        hub = self.hub
+        if handler.request_streaming:
+            inner: Callable[..., Any] = handler.stream_unary
+
+            def stream_unary(requests, context):  # type: ignore[no-untyped-def]
+                return stamp(hub, inner(requests, context))
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        unary: Callable[..., Any] = handler.unary_unary
+
+        def unary_unary(request, context):  # type: ignore[no-untyped-def]
+            return stamp(hub, unary(request, context))
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,201 @@
+"""Node and operator tokens expire and can be revoked; revoked and expired tokens are refused."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from sqlalchemy import select, update
+from test_federation_errors import expect_status
+from typer.testing import CliRunner
+
+from cli.main import app
+from coordinator.schema import AuditEvent, Node, Operator
+from coordinator.server import CoordinatorServer
+from protos import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc, wire
+
+runner = CliRunner()
+ROOT = "root-token-for-tests"
+
+
+@pytest.fixture
+def auth_coordinator(tmp_path):
+    """Auth on, on loopback (plaintext is allowed there): enrolment and roles enforced."""
+    server = CoordinatorServer(
+        f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "data", port=0, auth=True, tick_seconds=0.05
+    )
+    server.access.bootstrap_admin(ROOT)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield server, port, channel
+    channel.close()
+    server.stop(grace=0.2)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return ((wire.NODE_TOKEN_HEADER, f"Bearer {token}"),)
+
+
+def joined_site(channel: grpc.Channel, name: str = "clinic") -> tuple[str, str]:
+    admin = admin_pb2_grpc.AdminStub(channel)
+    enrolment = admin.EnrolSite(admin_pb2.EnrolSiteRequest(site_name=name), metadata=bearer(ROOT))
+    reply = federation_pb2_grpc.FederationStub(channel).Join(
+        federation_pb2.JoinRequest(
+            site_name=name, x25519_public_key=b"k" * 32, enrolment_token=enrolment.token
+        )
+    )
+    return reply.node_id, reply.node_token
+
+
+def heartbeat(channel: grpc.Channel, token: str) -> object:
+    return federation_pb2_grpc.FederationStub(channel).Heartbeat(
+        federation_pb2.HeartbeatRequest(), metadata=bearer(token)
+    )
+
+
+def kinds(server: CoordinatorServer) -> list[str]:
+    with server.hub.db.transaction() as session:
+        return list(session.scalars(select(AuditEvent.kind)))
+
+
+def test_revoked_site_is_refused_at_once_and_cannot_rejoin(auth_coordinator):
+    server, _, channel = auth_coordinator
+    _, token = joined_site(channel)
+    heartbeat(channel, token)
+
+    reply = admin_pb2_grpc.AdminStub(channel).RevokeSite(
+        admin_pb2.RevokeRequest(name="clinic", reason="laptop stolen"), metadata=bearer(ROOT)
+    )
+
+    assert reply.revoked == 1
+    detail = expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: heartbeat(channel, token))
+    assert "revoked" in detail
+    expect_status(
+        grpc.StatusCode.UNAUTHENTICATED,
+        lambda: federation_pb2_grpc.FederationStub(channel).Join(
+            federation_pb2.JoinRequest(site_name="clinic", node_token=token)
+        ),
+    )
+    assert "site.revoked" in kinds(server)
+
+
+def test_expired_node_token_is_refused(auth_coordinator):
+    server, _, channel = auth_coordinator
+    node_id, token = joined_site(channel)
+    with server.hub.db.transaction() as session:
+        session.execute(
+            update(Node).where(Node.id == node_id).values(token_expires_at=time.time() - 1)
+        )
+
+    detail = expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: heartbeat(channel, token))
+
+    assert "expired" in detail
+
+
+def test_a_node_token_in_use_has_a_sliding_expiry(auth_coordinator):
+    server, _, channel = auth_coordinator
+    node_id, token = joined_site(channel)
+    with server.hub.db.transaction() as session:
+        session.execute(update(Node).where(Node.id == node_id).values(last_seen=0.0))
+
+    heartbeat(channel, token)
+
+    with server.hub.db.transaction() as session:
+        expires = session.get(Node, node_id).token_expires_at
+    idle = server.hub.limits.node_token_idle_seconds
+    assert time.time() + idle - 60 < expires <= time.time() + idle
+
+
+def test_revoked_operator_is_refused(auth_coordinator):
+    server, _, channel = auth_coordinator
+    admin = admin_pb2_grpc.AdminStub(channel)
+    token = admin.AddOperator(
+        admin_pb2.AddOperatorRequest(name="eve", role="auditor"), metadata=bearer(ROOT)
+    ).token
+    admin.ListRuns(admin_pb2.ListRunsRequest(), metadata=bearer(token))
+
+    admin.RevokeOperator(admin_pb2.RevokeRequest(name="eve"), metadata=bearer(ROOT))
+
+    detail = expect_status(
+        grpc.StatusCode.UNAUTHENTICATED,
+        lambda: admin.ListRuns(admin_pb2.ListRunsRequest(), metadata=bearer(token)),
+    )
+    assert "revoked" in detail
+    assert "operator.revoked" in kinds(server)
+
+
+def test_expired_operator_token_is_refused(auth_coordinator):
+    server, _, channel = auth_coordinator
+    admin = admin_pb2_grpc.AdminStub(channel)
+    token = admin.AddOperator(
+        admin_pb2.AddOperatorRequest(name="ann", role="auditor"), metadata=bearer(ROOT)
+    ).token
+    with server.hub.db.transaction() as session:
+        expires = session.scalar(select(Operator.expires_at).where(Operator.name == "ann"))
+        session.execute(
+            update(Operator).where(Operator.name == "ann").values(expires_at=time.time() - 1)
+        )
+
+    detail = expect_status(
+        grpc.StatusCode.UNAUTHENTICATED,
+        lambda: admin.ListRuns(admin_pb2.ListRunsRequest(), metadata=bearer(token)),
+    )
+
+    assert expires > time.time() + 86400  # issued with a finite lifetime
+    assert "expired" in detail
+
+
+def test_an_auditor_may_not_revoke(auth_coordinator):
+    _, _, channel = auth_coordinator
+    admin = admin_pb2_grpc.AdminStub(channel)
+    token = admin.AddOperator(
+        admin_pb2.AddOperatorRequest(name="aud", role="auditor"), metadata=bearer(ROOT)
+    ).token
+
+    expect_status(
+        grpc.StatusCode.PERMISSION_DENIED,
+        lambda: admin.RevokeSite(admin_pb2.RevokeRequest(name="x"), metadata=bearer(token)),
+    )
+
+
+def test_cli_revokes_sites_and_operators(auth_coordinator, tmp_path):
+    _, port, channel = auth_coordinator
+    _, token = joined_site(channel, "lab")
+    admin_pb2_grpc.AdminStub(channel).AddOperator(
+        admin_pb2.AddOperatorRequest(name="bob", role="admin"), metadata=bearer(ROOT)
+    )
+    token_file = tmp_path / "root.token"
+    token_file.write_text(ROOT)
+    common = ["--coordinator", f"127.0.0.1:{port}", "--insecure", "--token-file", str(token_file)]
+
+    site = runner.invoke(app, ["admin", "sites", "revoke", "lab", *common])
+    operator = runner.invoke(app, ["admin", "operators", "revoke", "bob", *common])
+    unknown = runner.invoke(app, ["admin", "sites", "revoke", "nobody", *common])
+
+    assert site.exit_code == 0 and "revoked 1" in site.output
+    assert operator.exit_code == 0 and "revoked" in operator.output
+    assert unknown.exit_code == 2 and "no site 'nobody'" in unknown.output
+    expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: heartbeat(channel, token))
+
+
+def test_the_init_admin_is_renewed_at_start_unless_revoked(auth_coordinator):
+    server, _, _ = auth_coordinator
+    with server.hub.db.transaction() as session:
+        session.execute(
+            update(Operator).where(Operator.name == "admin").values(expires_at=time.time() - 1)
+        )
+
+    server.access.bootstrap_admin(ROOT)
+
+    with server.hub.db.transaction() as session:
+        renewed = session.scalar(select(Operator.expires_at).where(Operator.name == "admin"))
+        session.execute(
+            update(Operator).where(Operator.name == "admin").values(revoked_at=time.time())
+        )
+    server.access.bootstrap_admin(ROOT)
+    with server.hub.db.transaction() as session:
+        revoked = session.scalar(select(Operator).where(Operator.name == "admin"))
+    assert renewed > time.time() + 86400
+    assert revoked.revoked_at  # a revoked init token stays revoked
+    assert "operator.renewed" in kinds(server)
