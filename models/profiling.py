@@ -179,12 +179,11 @@ def profile_predictor(
 def serving_defaults(profile: Profile) -> tuple[int, float]:
     """Max batch size and max wait (ms) for the batcher from a profile.
 
-    Waiting about half the chosen batch's p50 lets a batch fill while the previous one
-    runs, without adding more than that to a lone request's latency; clamped to
-    [0.5, 10] ms.
+    The wait is one single-row call's p50 (clamped to [0.1, 10] ms): topping a batch up
+    for longer than one lone call takes would cost callers more than it saves.
     """
-    p50 = profile.timing(profile.chosen_batch_size).p50_ms
-    return profile.chosen_batch_size, float(min(10.0, max(0.5, p50 / 2)))
+    single = min(profile.timings, key=lambda t: t.batch_size).p50_ms
+    return profile.chosen_batch_size, float(min(10.0, max(0.1, single)))
 
 
 def synthetic_inputs(

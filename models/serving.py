@@ -190,7 +190,9 @@ class DynamicBatcher:
     max_batch_size
         Most rows per model call (a single larger request still runs, alone).
     max_wait_ms
-        How long the worker waits after a batch's first request for more to join.
+        How long the worker waits after a batch's first request for more to join; it
+        waits only when the previous batch held more than one row (callers are
+        concurrent), so a lone caller never pays it.
     max_queue
         Requests that may wait; one more is refused with :class:`QueueFull`.
     timeout_s
@@ -223,6 +225,7 @@ class DynamicBatcher:
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._last_rows = 0
 
     @property
     def queue_depth(self) -> int:
@@ -294,7 +297,11 @@ class DynamicBatcher:
             if first is None:
                 break
             batch, rows = [first], first.rows
-            deadline = time.monotonic() + self.max_wait_s
+            # Wait for company only when the last batch had some: a lone caller is answered
+            # at once, while under load requests that arrive during a model call form the
+            # next batch and the wait tops it up.
+            wait = self.max_wait_s if self._last_rows > 1 else 0.0
+            deadline = time.monotonic() + wait
             while rows < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 try:
@@ -313,6 +320,7 @@ class DynamicBatcher:
                     break
                 batch.append(item)
                 rows += item.rows
+            self._last_rows = rows
             self._execute(batch)
         if carry is not None and carry.future.set_running_or_notify_cancel():
             carry.future.set_exception(QueueFull("the service is shutting down"))

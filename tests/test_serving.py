@@ -380,7 +380,7 @@ def test_serving_defaults_come_from_the_profile():
         BatchTiming(32, 4, 5, 6, 4, 8e3, 1, 30),
     )
     profile = Profile("fp32", "cpu", 2, timings, 32, 50.0, True, "")
-    assert serving_defaults(profile) == (32, 2.0)
+    assert serving_defaults(profile) == (32, 0.2)
 
 
 def test_serve_refuses_half_a_tls_pair(site, tmp_path):
