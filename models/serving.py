@@ -162,8 +162,46 @@ def rows_of(inputs: Inputs) -> int:
 class _Request:
     inputs: Inputs
     rows: int
-    future: Future[np.ndarray]
     deadline: float
+    future: Future[np.ndarray] | None = None  # a thread waits on it (predict_sync, submit)
+    loop: asyncio.AbstractEventLoop | None = None  # or a coroutine on this loop waits on
+    waiter: asyncio.Future[np.ndarray] | None = None  # this one (predict_async)
+
+    def abandoned(self) -> bool:
+        """True when the caller gave up; otherwise the request is marked running."""
+        if self.future is not None:
+            return not self.future.set_running_or_notify_cancel()
+        return self.waiter is not None and self.waiter.cancelled()
+
+
+Outcome = tuple[_Request, np.ndarray | None, BaseException | None]
+
+
+def _settle(items: list[tuple[asyncio.Future[np.ndarray], Any, BaseException | None]]) -> None:
+    # On the event loop: one call settles a whole batch's waiters (one wake-up, not N).
+    for waiter, value, error in items:
+        if waiter.done():
+            continue  # timed out meanwhile
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(value)
+
+
+def deliver(outcomes: list[Outcome]) -> None:
+    """Hand each request its answer or error, in its caller's thread or event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    for request, value, error in outcomes:
+        if request.future is not None:
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(value)  # type: ignore[arg-type]
+        elif request.loop is not None and request.waiter is not None:
+            by_loop.setdefault(request.loop, []).append((request.waiter, value, error))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+            loop.call_soon_threadsafe(_settle, items)
 
 
 @dataclass
@@ -251,29 +289,36 @@ class DynamicBatcher:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and item.future.set_running_or_notify_cancel():
-                item.future.set_exception(QueueFull("the service is shutting down"))
+            if item is not None and not item.abandoned():
+                deliver([(item, None, QueueFull("the service is shutting down"))])
 
     def submit(self, inputs: Inputs) -> Future[np.ndarray]:
         """Queue one request (any number of rows); raise :class:`QueueFull` when full."""
+        future: Future[np.ndarray] = Future()
+        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), future=future))
+        return future
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.timeout_s
+
+    def _enqueue(self, request: _Request) -> None:
         if self._thread is None or self._stopping.is_set():
             raise QueueFull("the batcher is not running")
-        request = _Request(inputs, rows_of(inputs), Future(), time.monotonic() + self.timeout_s)
         try:
             self._queue.put_nowait(request)
         except queue.Full:
             raise QueueFull(
                 f"{self._queue.maxsize} requests are already waiting: retry shortly"
             ) from None
-        return request.future
 
     async def predict_async(self, inputs: Inputs) -> np.ndarray:
         """Submit and await the answer, at most ``timeout_s``."""
-        future = self.submit(inputs)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[np.ndarray] = loop.create_future()
+        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), loop=loop, waiter=waiter))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+            return await asyncio.wait_for(waiter, self.timeout_s)
         except TimeoutError:
-            future.cancel()
             raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
 
     def predict_sync(self, inputs: Inputs) -> np.ndarray:
@@ -322,40 +367,46 @@ class DynamicBatcher:
                 rows += item.rows
             self._last_rows = rows
             self._execute(batch)
-        if carry is not None and carry.future.set_running_or_notify_cancel():
-            carry.future.set_exception(QueueFull("the service is shutting down"))
+        if carry is not None and not carry.abandoned():
+            deliver([(carry, None, QueueFull("the service is shutting down"))])
 
     def _execute(self, batch: list[_Request]) -> None:
         now = time.monotonic()
-        live = []
+        live: list[_Request] = []
+        outcomes: list[Outcome] = []
         for request in batch:
             # A caller that gave up (cancelled) or whose deadline passed is not scored.
-            if not request.future.set_running_or_notify_cancel():
+            if request.abandoned():
                 self.stats.expired += 1
             elif request.deadline < now:
                 self.stats.expired += 1
-                request.future.set_exception(RequestTimeout("the request expired in the queue"))
+                outcomes.append((request, None, RequestTimeout("the request expired in the queue")))
             else:
                 live.append(request)
-        if not live:
-            return
-        started = time.perf_counter()
+        if live:
+            started = time.perf_counter()
+            outcomes += self._score(live)
+            self._record(live, started)
+        deliver(outcomes)
+
+    def _score(self, live: list[_Request]) -> list[Outcome]:
         try:
             out = self.predict(concat_inputs([r.inputs for r in live]))
         except Exception:
             # One malformed request must not fail its neighbours: score each alone.
+            alone: list[Outcome] = []
             for request in live:
                 try:
-                    request.future.set_result(self.predict(request.inputs))
+                    alone.append((request, self.predict(request.inputs), None))
                 except Exception as exc:
-                    request.future.set_exception(exc)
-            self._record(live, started)
-            return
+                    alone.append((request, None, exc))
+            return alone
+        outcomes: list[Outcome] = []
         offset = 0
         for request in live:
-            request.future.set_result(out[offset : offset + request.rows])
+            outcomes.append((request, out[offset : offset + request.rows], None))
             offset += request.rows
-        self._record(live, started)
+        return outcomes
 
     def _record(self, live: list[_Request], started: float) -> None:
         rows = sum(r.rows for r in live)
