@@ -388,3 +388,81 @@ def test_serve_refuses_half_a_tls_pair(site, tmp_path):
     cert.write_text("x")
     result = runner.invoke(cli_app, ["model", "serve", str(site["dir"]), "--tls-cert", str(cert)])
     assert result.exit_code == 2 and "--tls-key" in result.output
+
+
+@pytest.fixture(scope="module")
+def multimodal(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small multimodal export (named inputs: token ids, mask, image, vitals)."""
+    from models import build_model, get_weights
+    from models.clinic import make_clinic_multimodal
+
+    torch.manual_seed(0)
+    data = make_clinic_multimodal(8, seed=1, with_vitals=True)
+    config = {
+        "vocab_size": data.tokenizer.vocab_size,
+        "dim": 16,
+        "heads": 2,
+        "layers": 1,
+        "image_widths": (4, 8),
+        "tabular_features": int(data.inputs["tabular"].shape[1]),
+    }
+    model = build_model("multimodal", **config).eval()
+    out = tmp_path_factory.mktemp("multimodal") / "model"
+    export_model(
+        get_weights(model),
+        model,
+        model_name="multimodal",
+        model_config=config,
+        schema=None,
+        provenance=Provenance(run_id="run-mm"),
+        out_dir=out,
+    )
+    return {"dir": out, "inputs": {k: v.numpy() for k, v in data.inputs.items()}}
+
+
+def test_a_named_input_model_is_served_batched_and_refuses_csv_and_explain(multimodal):
+    predictor = load_predictor(multimodal["dir"])
+    assert predictor.kind == "named" and "input_ids" in predictor.required_inputs
+    inputs = multimodal["inputs"]
+    config = ServeConfig(max_batch_size=8, max_wait_ms=50.0, background=None)
+    with ServerThread(create_app(predictor, config)) as running:
+
+        def body(i: int) -> dict:
+            return {"inputs": {k: v[i : i + 1].tolist() for k, v in inputs.items()}}
+
+        async def many() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+                return await asyncio.gather(
+                    *(client.post("/predict", json=body(i)) for i in range(8))
+                )
+
+        replies = asyncio.run(many())
+        assert all(r.status_code == 200 for r in replies), replies[0].text
+        got = np.array([r.json()["probabilities"][0] for r in replies])
+        expected = np.concatenate(
+            [predictor({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(8)]
+        )
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        # Text only: the optional modalities are skipped, as the model allows.
+        text = {"inputs": {k: inputs[k][:2].tolist() for k in ("input_ids", "attention_mask")}}
+        assert httpx.post(f"{running.url}/predict", json=text).status_code == 200
+        bad = [
+            ({"inputs": {"image": inputs["image"][:1].tolist()}}, 422, "input_ids"),
+            ({"inputs": {**body(0)["inputs"], "genome": [[1]]}}, 422, "genome"),
+            ({"inputs": {**body(0)["inputs"], "input_ids": [[0.5, 1]]}}, 422, "integers"),
+            ({"inputs": {**body(0)["inputs"], "image": [[1.0, 2.0]]}}, 400, "cannot score"),
+            ({"rows": [{"a": 1}]}, 422, "inputs"),
+        ]
+        for payload, status, words in bad:
+            reply = httpx.post(f"{running.url}/predict", json=payload)
+            assert reply.status_code == status, (payload.keys(), reply.text)
+            assert words in reply.json()["detail"]
+        csv_reply = httpx.post(
+            f"{running.url}/predict", content="a\n1\n", headers={"Content-Type": "text/csv"}
+        )
+        assert csv_reply.status_code == 415
+        explain = httpx.post(f"{running.url}/explain", json=body(0))
+        assert explain.status_code == 400 and "tabular models only" in explain.json()["detail"]
+        card = httpx.get(f"{running.url}/model").json()
+        assert card["run_id"] == "run-mm" and card["kind"] == "named"
+        assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
