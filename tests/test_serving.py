@@ -466,3 +466,67 @@ def test_a_named_input_model_is_served_batched_and_refuses_csv_and_explain(multi
         card = httpx.get(f"{running.url}/model").json()
         assert card["run_id"] == "run-mm" and card["kind"] == "named"
         assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+
+
+def test_the_serve_command_speaks_https_and_wants_the_token(site, tmp_path):
+    import os
+    import socket
+    import ssl
+    import subprocess
+    import sys
+
+    from coordinator.pki import create_federation
+
+    pki = create_federation(tmp_path / "pki", ["127.0.0.1", "localhost"])
+    trust = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "model",
+        "serve",
+        str(site["dir"]),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--max-batch-size",
+        "8",
+        "--max-wait-ms",
+        "1",
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+    ]
+    env = {**os.environ, "COHORT_SERVE_TOKEN": TOKEN, "PYTHONPATH": os.getcwd()}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                if httpx.get(f"{url}/healthz", verify=trust).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.3)
+        row = {"rows": [row_json(site, 0)]}
+        assert httpx.post(f"{url}/predict", json=row, verify=trust).status_code == 401
+        reply = httpx.post(f"{url}/predict", json=row, headers=AUTH, verify=trust)
+        assert reply.status_code == 200
+        assert (
+            httpx.get(f"{url}/model", headers=AUTH, verify=trust).json()["batching"][
+                "max_batch_size"
+            ]
+            == 8
+        )
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not answered
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        server.terminate()
+        server.wait(10)
