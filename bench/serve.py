@@ -152,7 +152,7 @@ def bench_model(name: str, predictor: Predictor, make: Any, seconds: float) -> d
         min_seconds=0.2,
     )
     chosen, wait_ms = serving_defaults(profile)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for clients in CLIENTS:
         base = measure(predictor, make, clients, 1, 0.0, seconds)
         batched = measure(predictor, make, clients, chosen, wait_ms, seconds)
