@@ -11,11 +11,8 @@ rows by feature name, a CSV body with a header row, or named inputs), ``POST /ex
 from __future__ import annotations
 
 import asyncio
-import csv
 import hmac
-import io
 import json
-import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -34,25 +31,18 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, ValidationError
+from pydantic import ValidationError
 
 from models.serving import DynamicBatcher, Inputs, Predictor, QueueFull, RequestTimeout
-
-Number = StrictFloat | StrictInt
-
-
-class RowsBody(BaseModel):
-    """Tabular rows as JSON objects keyed by the training feature names."""
-
-    model_config = ConfigDict(extra="forbid")
-    rows: list[dict[str, Number]]
-
-
-class NamedBody(BaseModel):
-    """Named inputs of a non-tabular model: each a nested list with rows first."""
-
-    model_config = ConfigDict(extra="forbid")
-    inputs: dict[str, list[Any]]
+from models.serving_inputs import (
+    NamedBody,
+    RowsBody,
+    bad_request,
+    parse_csv,
+    parse_named,
+    parse_rows,
+    read_body,
+)
 
 
 @dataclass
@@ -106,114 +96,6 @@ class Metrics:
     def on_batch(self, rows: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
         self.model_seconds.observe(seconds)
-
-
-def _bad(status: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message)
-
-
-def parse_rows(rows: list[dict[str, Any]], features: tuple[str, ...]) -> np.ndarray:
-    """JSON rows (any key order) as a float32 matrix in the model's feature order.
-
-    Raises HTTP 422 naming the first missing, unknown or non-finite field.
-    """
-    wanted = set(features)
-    out = np.empty((len(rows), len(features)), dtype=np.float32)
-    for i, row in enumerate(rows):
-        missing = [f for f in features if f not in row]
-        if missing:
-            raise _bad(422, f"rows[{i}] lacks feature {missing[0]!r} ({len(missing)} missing)")
-        unknown = [k for k in row if k not in wanted]
-        if unknown:
-            raise _bad(422, f"rows[{i}] has unknown field {unknown[0]!r}: not a model feature")
-        for j, name in enumerate(features):
-            value = float(row[name])
-            if not math.isfinite(value):
-                raise _bad(422, f"rows[{i}].{name} is not a finite number")
-            out[i, j] = value
-    return out
-
-
-def parse_csv(text: str, features: tuple[str, ...]) -> np.ndarray:
-    """A CSV body with a header row: columns matched by name, extra columns ignored."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        raise _bad(400, "the CSV body is empty: send a header row and data rows")
-    header = [h.strip() for h in header]
-    missing = [f for f in features if f not in header]
-    if missing:
-        raise _bad(422, f"the CSV lacks column {missing[0]!r} ({len(missing)} missing)")
-    if len(set(header)) != len(header):
-        raise _bad(422, "the CSV header names a column twice")
-    index = [header.index(f) for f in features]
-    rows = []
-    for line, record in enumerate(reader, start=2):
-        if not record:
-            continue
-        if len(record) != len(header):
-            raise _bad(422, f"CSV line {line} has {len(record)} fields, the header {len(header)}")
-        values = []
-        for name, j in zip(features, index, strict=True):
-            try:
-                value = float(record[j])
-            except ValueError:
-                raise _bad(
-                    422, f"CSV line {line}: {name} = {record[j]!r} is not a number"
-                ) from None
-            if not math.isfinite(value):
-                raise _bad(422, f"CSV line {line}: {name} is not a finite number")
-            values.append(value)
-        rows.append(values)
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(features))
-
-
-def parse_named(
-    inputs: dict[str, list[Any]], names: tuple[str, ...], required: tuple[str, ...]
-) -> Inputs:
-    """Named nested lists as arrays; required inputs present, none unknown, same rows.
-
-    Token ids and masks (``*_ids``, ``*_mask``) are int64, as the model's embedding
-    needs; every other input is float32, as in training.
-    """
-    missing = [n for n in required if n not in inputs]
-    if missing:
-        raise _bad(422, f"inputs lacks {missing[0]!r}; the model takes {', '.join(names)}")
-    unknown = [k for k in inputs if k not in names]
-    if unknown:
-        raise _bad(
-            422, f"inputs has unknown input {unknown[0]!r}; the model takes {', '.join(names)}"
-        )
-    out: Inputs = {}
-    for name, value in inputs.items():
-        try:
-            array = np.asarray(value)
-        except ValueError:
-            raise _bad(422, f"inputs.{name} is ragged: rows must share one shape") from None
-        if array.dtype.kind not in "biuf" or array.ndim < 1:
-            raise _bad(422, f"inputs.{name} must be a numeric array with rows first")
-        if not np.isfinite(array.astype(float)).all():
-            raise _bad(422, f"inputs.{name} holds a value that is not a finite number")
-        integral = name.endswith(("_ids", "_mask"))
-        if integral and array.dtype.kind == "f" and not (array == np.round(array)).all():
-            raise _bad(422, f"inputs.{name} must hold integers")
-        out[name] = array.astype(np.int64 if integral else np.float32)
-    if len({len(a) for a in out.values()}) != 1:
-        raise _bad(422, "every input must have the same number of rows")
-    return out
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _bad(413, f"the body is {declared} bytes; the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise _bad(413, f"the body passes the {limit}-byte limit")
-    return bytes(body)
 
 
 def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
@@ -271,25 +153,25 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if kind == "text/csv":
             if predictor.kind != "tabular":
-                raise _bad(415, 'CSV bodies are for tabular models; send JSON {"inputs": …}')
+                raise bad_request(415, 'CSV bodies are for tabular models; send JSON {"inputs": …}')
             try:
                 x = parse_csv(body.decode("utf-8"), predictor.feature_names)
             except UnicodeDecodeError:
-                raise _bad(400, "the CSV body is not UTF-8") from None
+                raise bad_request(400, "the CSV body is not UTF-8") from None
             inputs = {"x": x}
         elif kind in ("application/json", ""):
             try:
                 payload = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _bad(400, f"the body is not valid JSON: {exc}") from None
+                raise bad_request(400, f"the body is not valid JSON: {exc}") from None
             inputs = _validated(payload)
         else:
-            raise _bad(415, f"content type {kind!r}: send application/json or text/csv")
+            raise bad_request(415, f"content type {kind!r}: send application/json or text/csv")
         rows = len(next(iter(inputs.values())))
         if rows == 0:
-            raise _bad(422, "no rows to score")
+            raise bad_request(422, "no rows to score")
         if rows > config.max_rows:
-            raise _bad(413, f"{rows} rows in one request; the limit is {config.max_rows}")
+            raise bad_request(413, f"{rows} rows in one request; the limit is {config.max_rows}")
         return inputs
 
     def _validated(payload: Any) -> Inputs:
@@ -301,7 +183,7 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
                 f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
                 for e in exc.errors()[:3]
             ]
-            raise _bad(422, "; ".join(problems)) from None
+            raise bad_request(422, "; ".join(problems)) from None
         if isinstance(body, RowsBody):
             return {"x": parse_rows(body.rows, predictor.feature_names)}
         return parse_named(body.inputs, predictor.input_names, predictor.required_inputs)
@@ -322,10 +204,10 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         except QueueFull as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
         except RequestTimeout as exc:
-            raise _bad(504, str(exc)) from None
+            raise bad_request(504, str(exc)) from None
         except (RuntimeError, ValueError, TypeError) as exc:
             # The model refused these inputs (shape, dtype): the caller's error, stated.
-            raise _bad(
+            raise bad_request(
                 400, f"the model cannot score these inputs: {str(exc).splitlines()[0]}"
             ) from None
         return answer(out)
@@ -333,16 +215,16 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
     @app.post("/explain", dependencies=[Depends(authorised)])
     async def explain(request: Request) -> dict[str, Any]:
         if predictor.kind != "tabular":
-            raise _bad(
+            raise bad_request(
                 400,
                 "explanations are served for tabular models only; this one takes "
                 f"named inputs ({', '.join(predictor.input_names)})",
             )
         if config.background is None:
-            raise _bad(400, "no background rows: start the service with --background CSV")
+            raise bad_request(400, "no background rows: start the service with --background CSV")
         inputs = await inputs_of(request)
         if len(inputs["x"]) != 1:
-            raise _bad(422, "explain takes exactly one row")
+            raise bad_request(422, "explain takes exactly one row")
         return await asyncio.to_thread(_shap_one, predictor, inputs["x"], config)
 
     @app.get("/model", dependencies=[Depends(authorised)])
