@@ -522,3 +522,6 @@ def score_csv(model_dir: Path, data: Path, *, int8: bool = False) -> Any:
     result = pd.DataFrame(probabilities, columns=classes)
     result["predicted"] = [classes[i] for i in probabilities.argmax(axis=1)]
     return result
+
+
+__import__("cli.serve").serve.register(app)  # `model profile` and `model serve` (cli/serve.py)

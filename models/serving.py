@@ -1,0 +1,417 @@
+"""Run an exported model for many callers: a loaded predictor and a dynamic batcher.
+
+A predictor turns named input arrays (leading dimension = rows) into class probabilities
+under ``torch.inference_mode`` (bf16 autocast on CUDA). The :class:`DynamicBatcher`
+gathers concurrent requests into one model call: up to ``max_batch_size`` rows, waiting at
+most ``max_wait_ms`` after the first request for others to join. One worker thread runs the
+model (torch releases the GIL inside its kernels, so the event loop stays responsive); the
+queue is bounded, so an overloaded service refuses at once (:class:`QueueFull`, HTTP 503)
+instead of letting requests wait forever, and each request has a deadline
+(:class:`RequestTimeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.device import autocast_context
+from models.export import (
+    INT8_SCRIPT_FILE,
+    ExportError,
+    TabularScorer,
+    load_model,
+    load_module,
+    read_manifest,
+)
+
+Inputs = dict[str, np.ndarray]
+TABULAR_INPUT = "x"  # the one input of a tabular scorer: raw rows [n, features]
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue is full: the caller should retry later (HTTP 503)."""
+
+
+class RequestTimeout(TimeoutError):
+    """A request was not answered within its deadline (HTTP 504)."""
+
+
+@dataclass
+class Predictor:
+    """An export loaded for scoring: named arrays in, probabilities ``[rows, classes]`` out."""
+
+    kind: str  # "tabular" (raw rows through model.ts) or "named" (the registry model)
+    module: nn.Module
+    device: torch.device
+    input_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...] = ()
+    manifest: dict[str, Any] = field(default_factory=dict)
+    int8: bool = False
+    required_inputs: tuple[str, ...] = ()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        tensors = {
+            k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device, non_blocking=True)
+            for k, v in inputs.items()
+        }
+        with torch.inference_mode(), autocast_context(self.device):
+            if self.kind == "tabular":
+                out = self.module(tensors[TABULAR_INPUT])
+            else:
+                out = torch.softmax(_logits(self.module(**tensors)).float(), dim=-1)
+        return out.float().cpu().numpy()
+
+
+def _logits(output: Any) -> torch.Tensor:
+    from models.training import logits_of
+
+    return logits_of(output)
+
+
+def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") -> Predictor:
+    """Load an export folder for serving or profiling.
+
+    Tabular exports run their TorchScript scorer (``model_int8.ts`` with ``int8``, or, when
+    the export has none, the float weights quantised here with dynamic INT8 Linear layers).
+    Other exports rebuild the registry model from ``weights.pt`` and take its named inputs.
+
+    Raises
+    ------
+    ExportError
+        If the folder holds no usable export, or INT8 is asked for on CUDA (PyTorch's
+        INT8 kernels are CPU kernels).
+    """
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda asked for, but this machine has no CUDA device")
+    if int8 and target.type != "cpu":
+        raise ExportError("INT8 models run on the CPU only: drop --int8 or use --device cpu")
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    classes = tuple(manifest.get("outputs", {}).get("classes", ()))
+    if manifest.get("inputs", {}).get("kind") == "tabular":
+        features = tuple(manifest["inputs"]["features"])
+        module: nn.Module
+        if int8 and INT8_SCRIPT_FILE not in manifest.get("files", {}):
+            from models.quantize import quantize_dynamic
+
+            module = TabularScorer(
+                quantize_dynamic(load_module(directory)), manifest["preprocessing"][0]["name"]
+            ).eval()
+        else:
+            module = load_model(directory, int8=int8).module
+        return Predictor(
+            "tabular",
+            module.to(target),
+            target,
+            (TABULAR_INPUT,),
+            classes,
+            features,
+            manifest,
+            int8,
+        )
+    module = load_module(directory)
+    if int8:
+        from models.quantize import quantize_dynamic
+
+        module = quantize_dynamic(module)
+    params = [
+        p
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    names = tuple(p.name for p in params)
+    required = tuple(p.name for p in params if p.default is p.empty)
+    if not classes:
+        classes = tuple(
+            str(i) for i in range(int(manifest["model"]["config"].get("num_classes", 2)))
+        )
+    return Predictor(
+        "named", module.to(target).eval(), target, names, classes, (), manifest, int8, required
+    )
+
+
+def concat_inputs(parts: list[Inputs]) -> Inputs:
+    """Stack requests' inputs along rows, input by input."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+
+def rows_of(inputs: Inputs) -> int:
+    return int(next(iter(inputs.values())).shape[0])
+
+
+@dataclass
+class _Request:
+    inputs: Inputs
+    rows: int
+    deadline: float
+    future: Future[np.ndarray] | None = None  # a thread waits on it (predict_sync, submit)
+    loop: asyncio.AbstractEventLoop | None = None  # or a coroutine on this loop waits on
+    waiter: asyncio.Future[np.ndarray] | None = None  # this one (predict_async)
+
+    def abandoned(self) -> bool:
+        """True when the caller gave up; otherwise the request is marked running."""
+        if self.future is not None:
+            return not self.future.set_running_or_notify_cancel()
+        return self.waiter is not None and self.waiter.cancelled()
+
+
+Outcome = tuple[_Request, np.ndarray | None, BaseException | None]
+
+
+def _settle(items: list[tuple[asyncio.Future[np.ndarray], Any, BaseException | None]]) -> None:
+    # On the event loop: one call settles a whole batch's waiters (one wake-up, not N).
+    for waiter, value, error in items:
+        if waiter.done():
+            continue  # timed out meanwhile
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(value)
+
+
+def deliver(outcomes: list[Outcome]) -> None:
+    """Hand each request its answer or error, in its caller's thread or event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    for request, value, error in outcomes:
+        if request.future is not None:
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(value)  # type: ignore[arg-type]
+        elif request.loop is not None and request.waiter is not None:
+            by_loop.setdefault(request.loop, []).append((request.waiter, value, error))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+            loop.call_soon_threadsafe(_settle, items)
+
+
+@dataclass
+class BatcherStats:
+    """What the worker did: batches run and how many rows each held."""
+
+    batches: int = 0
+    requests: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    expired: int = 0
+
+    @property
+    def max_batch_seen(self) -> int:
+        return max(self.batch_sizes, default=0)
+
+
+class DynamicBatcher:
+    """Gather concurrent requests into batches for one model worker.
+
+    Parameters
+    ----------
+    predict
+        Named arrays of ``n`` rows in, ``[n, classes]`` out; called on the worker thread only.
+    max_batch_size
+        Most rows per model call (a single larger request still runs, alone).
+    max_wait_ms
+        How long the worker waits after a batch's first request for more to join; it
+        waits only when the previous batch held more than one row (callers are
+        concurrent), so a lone caller never pays it.
+    max_queue
+        Requests that may wait; one more is refused with :class:`QueueFull`.
+    timeout_s
+        Deadline of each request from submission; past it the caller gets
+        :class:`RequestTimeout` and the worker skips the request.
+    on_batch
+        Called after each model call with (rows, seconds): metrics.
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[Inputs], np.ndarray],
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 1024,
+        timeout_s: float = 10.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_wait_ms < 0 or timeout_s <= 0 or max_queue < 1:
+            raise ValueError("max_wait_ms must be >= 0, timeout_s > 0 and max_queue >= 1")
+        self.predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1e3
+        self.timeout_s = timeout_s
+        self.on_batch = on_batch
+        self.stats = BatcherStats()
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._last_rows = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> DynamicBatcher:
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="cohort-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker; requests still queued are failed, never left waiting."""
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and not item.abandoned():
+                deliver([(item, None, QueueFull("the service is shutting down"))])
+
+    def submit(self, inputs: Inputs) -> Future[np.ndarray]:
+        """Queue one request (any number of rows); raise :class:`QueueFull` when full."""
+        future: Future[np.ndarray] = Future()
+        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), future=future))
+        return future
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.timeout_s
+
+    def _enqueue(self, request: _Request) -> None:
+        if self._thread is None or self._stopping.is_set():
+            raise QueueFull("the batcher is not running")
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise QueueFull(
+                f"{self._queue.maxsize} requests are already waiting: retry shortly"
+            ) from None
+
+    async def predict_async(self, inputs: Inputs) -> np.ndarray:
+        """Submit and await the answer, at most ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[np.ndarray] = loop.create_future()
+        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), loop=loop, waiter=waiter))
+        try:
+            return await asyncio.wait_for(waiter, self.timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
+
+    def predict_sync(self, inputs: Inputs) -> np.ndarray:
+        future = self.submit(inputs)
+        try:
+            return future.result(self.timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
+
+    def _run(self) -> None:
+        carry: _Request | None = None
+        while not self._stopping.is_set():
+            first = carry
+            carry = None
+            if first is None:
+                try:
+                    first = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            if first is None:
+                break
+            batch, rows = [first], first.rows
+            # Wait for company only when the last batch had some: a lone caller is answered
+            # at once, while under load requests that arrive during a model call form the
+            # next batch and the wait tops it up.
+            wait = self.max_wait_s if self._last_rows > 1 else 0.0
+            deadline = time.monotonic() + wait
+            while rows < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else (self._queue.get_nowait())
+                    )
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stopping.set()
+                    break
+                if rows + item.rows > self.max_batch_size:
+                    carry = item  # it opens the next batch rather than overflow this one
+                    break
+                batch.append(item)
+                rows += item.rows
+            self._last_rows = rows
+            self._execute(batch)
+        if carry is not None and not carry.abandoned():
+            deliver([(carry, None, QueueFull("the service is shutting down"))])
+
+    def _execute(self, batch: list[_Request]) -> None:
+        now = time.monotonic()
+        live: list[_Request] = []
+        outcomes: list[Outcome] = []
+        for request in batch:
+            # A caller that gave up (cancelled) or whose deadline passed is not scored.
+            if request.abandoned():
+                self.stats.expired += 1
+            elif request.deadline < now:
+                self.stats.expired += 1
+                outcomes.append((request, None, RequestTimeout("the request expired in the queue")))
+            else:
+                live.append(request)
+        if live:
+            started = time.perf_counter()
+            outcomes += self._score(live)
+            self._record(live, started)
+        deliver(outcomes)
+
+    def _score(self, live: list[_Request]) -> list[Outcome]:
+        try:
+            out = self.predict(concat_inputs([r.inputs for r in live]))
+        except Exception:
+            # One malformed request must not fail its neighbours: score each alone.
+            alone: list[Outcome] = []
+            for request in live:
+                try:
+                    alone.append((request, self.predict(request.inputs), None))
+                except Exception as exc:
+                    alone.append((request, None, exc))
+            return alone
+        outcomes: list[Outcome] = []
+        offset = 0
+        for request in live:
+            outcomes.append((request, out[offset : offset + request.rows], None))
+            offset += request.rows
+        return outcomes
+
+    def _record(self, live: list[_Request], started: float) -> None:
+        rows = sum(r.rows for r in live)
+        self.stats.batches += 1
+        self.stats.requests += len(live)
+        self.stats.batch_sizes[rows] += 1
+        if self.on_batch is not None:
+            self.on_batch(rows, time.perf_counter() - started)
