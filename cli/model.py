@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from cli import policy as policy_cli
+from cli import serve as serve_cli
 from cli.admin import CaOption, CoordinatorOption, InsecureOption
 from cli.common import console, fail, friendly_errors, parse_json_option
 
@@ -524,4 +525,4 @@ def score_csv(model_dir: Path, data: Path, *, int8: bool = False) -> Any:
     return result
 
 
-__import__("cli.serve").serve.register(app)  # `model profile` and `model serve` (cli/serve.py)
+serve_cli.register(app)  # `model profile` and `model serve`
