@@ -373,7 +373,10 @@ class RoundScheduler:
         current.model_sha256 = sha
         current.total_weight = total_weight
         current.num_updates = len(updates)
-        current.metrics = weighted_metrics(updates)
+        # Examples as the sites reported them: secure runs weigh by capped, encoded weights.
+        current.metrics = weighted_metrics(updates) | {
+            "examples": float(sum(int(u.num_examples) for u in updates))
+        }
         auditlog.append(
             session,
             "round.closed",
