@@ -360,6 +360,11 @@ def client_run(
     summary = data_summary(client)
     if summary is not None:
         err_console.print(summary, highlight=False, markup=False)
+    if hasattr(client, "predict_proba") and hasattr(client, "holdout_data"):
+        from client.audit import warm_explainer
+
+        # While the site waits and trains: its audit then starts without compiling.
+        threading.Thread(target=warm_explainer, name="warm-explainer", daemon=True).start()
     stop = threading.Event()
 
     def on_signal(number: int, _frame: object) -> None:
