@@ -82,6 +82,9 @@ def test_run_completes_once_audits_are_in_or_past_their_deadline(coordinator, ag
                 admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run.run_id, format="json"))
             )
         )
+        html = wire.join_chunks(
+            admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run.run_id, format="html"))
+        ).decode()
     finally:
         release.set()
 
@@ -104,6 +107,7 @@ def test_run_completes_once_audits_are_in_or_past_their_deadline(coordinator, ag
     sites = {s["site"]: s for s in report["attribution"]["sites"]}
     assert set(sites) == {"bank-a", "bank-b"}
     assert "accuracy" in sites["bank-a"]["holdout_metrics"]
+    assert "Final model on each site&#x27;s held-out rows" in html or "held-out rows" in html
 
 
 def test_waiting_for_names_the_sites_a_pending_run_lacks(coordinator):
