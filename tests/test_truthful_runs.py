@@ -274,3 +274,48 @@ def test_agent_events_are_one_plain_line():
     assert event_line("reconnected", {"coordinator": "c:1"}) == "reconnected to c:1"
     assert event_line("shutting_down", {}) == "shutting down"
     assert "{" not in event_line("joined", {"node_id": "n1", "site": "a"})
+
+
+def _summary_dict(**extra: object) -> dict:
+    return {
+        "site": "a",
+        "kind": "tabular",
+        "feature_names": ["x"],
+        "class_names": ["no", "yes"],
+        "mean_abs": [0.1],
+        "mean_signed": {"no": [0.0], "yes": [0.0]},
+        "row_count": 3,
+        "base_value": [0.5, 0.5],
+        "noise_scale": 0.0,
+        "explainer": "test",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"accuracy": float("nan")},
+        {"accuracy": "high"},
+        {"accuracy": True},
+        {"": 1.0},
+        {"x" * 65: 1.0},
+        {f"m{i}": 1.0 for i in range(33)},
+        [1.0],
+    ],
+    ids=["nan", "text", "bool", "empty-name", "long-name", "too-many", "not-an-object"],
+)
+def test_holdout_metrics_a_site_sends_are_checked(metrics):
+    from explain.summary import AttributionSummary
+
+    with pytest.raises(ValueError, match="holdout"):
+        AttributionSummary.from_dict(_summary_dict(holdout_metrics=metrics))
+
+
+def test_a_summary_without_holdout_metrics_still_parses():
+    from explain.summary import AttributionSummary
+
+    summary = AttributionSummary.from_dict(_summary_dict())
+
+    assert summary.holdout_metrics == {}
+    assert AttributionSummary.from_dict(summary.to_dict()) == summary
