@@ -94,7 +94,8 @@ class AttributionSummary:
             "base_value": list(self.base_value),
             "noise_scale": self.noise_scale,
             "explainer": self.explainer,
-            "holdout_metrics": dict(self.holdout_metrics),
+            # Only when measured: a summary without them releases nothing more than before.
+            **({"holdout_metrics": dict(self.holdout_metrics)} if self.holdout_metrics else {}),
         }
 
     @classmethod
