@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from google.protobuf.json_format import MessageToDict
+from rich.markup import escape
 from rich.table import Table
 
 from cli.common import console, err_console, fail, friendly_errors, parse_json_option
@@ -215,7 +216,7 @@ def print_run(run: admin_pb2.RunInfo) -> None:
     if run.failure_reason:
         console.print(f"[red]reason:[/] {run.failure_reason}")
     if run.waiting_for:
-        console.print(f"[yellow]waiting for:[/] {run.waiting_for}", highlight=False)
+        console.print(f"[yellow]waiting for:[/] {escape(run.waiting_for)}", highlight=False)
     secure = run.secure == common_pb2.SECURE_SCHEME_PAILLIER
     table = Table()
     # Secure runs weigh updates by capped, encoded weights (e.g. 4095): show examples.
@@ -259,12 +260,12 @@ def print_sites(run: admin_pb2.RunInfo) -> None:
         accuracy = metrics.pop("accuracy", None)
         loss = metrics.pop("loss", None)
         table.add_row(
-            site.site_name,
+            escape(site.site_name),
             site.audit,
             "" if rows is None else str(int(rows)),
             "" if accuracy is None else f"{accuracy:.3f}",
             "" if loss is None else f"{loss:.4f}",
-            ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())),
+            escape(", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))),
         )
     console.print(table)
 
@@ -277,7 +278,13 @@ def print_refusals(run: admin_pb2.RunInfo) -> None:
     for column in ("site", "round", "code", "reason"):
         table.add_column(column)
     for refusal in run.refusals:
-        table.add_row(refusal.site_name, str(refusal.round), refusal.code, refusal.reason)
+        # A site's own words: shown as text, never read as console markup.
+        table.add_row(
+            escape(refusal.site_name),
+            str(refusal.round),
+            escape(refusal.code),
+            escape(refusal.reason),
+        )
     console.print(table)
 
 
