@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from google.protobuf.json_format import MessageToDict
+from rich.markup import escape
 from rich.table import Table
 
 from cli.common import console, err_console, fail, friendly_errors, parse_json_option
@@ -97,10 +99,12 @@ def start(
     rounds: Annotated[int, typer.Option(help="Training rounds, at least 1")] = 5,
     min_clients: Annotated[int, typer.Option(help="Sites needed to start and per round")] = 2,
     max_clients: Annotated[int, typer.Option(help="0 = no cap")] = 0,
-    fraction: float = 1.0,
+    fraction: Annotated[float, typer.Option(help="Share of online sites asked each round")] = 1.0,
     deadline: Annotated[float, typer.Option(help="Seconds a round waits for its sites")] = 300.0,
-    local_epochs: int = 1,
-    lr: float = 0.01,
+    local_epochs: Annotated[
+        int, typer.Option(help="Passes over its data a site makes a round")
+    ] = 1,
+    lr: Annotated[float, typer.Option(help="Local learning rate")] = 0.01,
     secure: Annotated[str, typer.Option(help="paillier or none")] = "none",
     custodian: Annotated[str, typer.Option(help="Site that makes the run's key")] = "",
     strategy: Annotated[
@@ -113,7 +117,14 @@ def start(
         int, typer.Option(help="Updates that close a round at its deadline; 0 = min-clients")
     ] = 0,
     config: Annotated[str, typer.Option(help="Extra trainer config as JSON")] = "",
-    name: str = "",
+    name: Annotated[str, typer.Option(help="A name for the run, shown in lists")] = "",
+    allow_two_site_secure: Annotated[
+        bool,
+        typer.Option(
+            help="Let a secure run have 2 sites a round: each then learns the other's update "
+            "from the decrypted mean"
+        ),
+    ] = False,
     coordinator: CoordinatorOption = "127.0.0.1:50051",
     ca: CaOption = None,
     token_file: TokenFileOption = None,
@@ -144,6 +155,7 @@ def start(
             strategy=strategy,
             config_json=json.dumps(extra),
             name=name,
+            allow_two_site_secure=allow_two_site_secure,
         ),
         timeout=30,
     )
@@ -203,8 +215,12 @@ def print_run(run: admin_pb2.RunInfo) -> None:
         )
     if run.failure_reason:
         console.print(f"[red]reason:[/] {run.failure_reason}")
+    if run.waiting_for:
+        console.print(f"[yellow]waiting for:[/] {escape(run.waiting_for)}", highlight=False)
+    secure = run.secure == common_pb2.SECURE_SCHEME_PAILLIER
     table = Table()
-    for column in ("round", "state", "sites", "weight", "bytes", "metrics"):
+    # Secure runs weigh updates by capped, encoded weights (e.g. 4095): show examples.
+    for column in ("round", "state", "sites", "examples", "bytes", "metrics"):
         table.add_column(column)
     for info in run.round_infos:
         metrics = ", ".join(
@@ -216,9 +232,58 @@ def print_run(run: admin_pb2.RunInfo) -> None:
             str(info.number),
             info.state,
             f"{info.submitted}/{info.selected}",
-            str(info.total_weight),
+            _examples(info, secure),
             str(info.bytes_received),
             metrics,
+        )
+    console.print(table)
+    print_sites(run)
+    print_refusals(run)
+
+
+def _examples(info: admin_pb2.RoundInfo, secure: bool) -> str:
+    if "examples" in info.metrics:
+        return str(int(info.metrics["examples"]))
+    return "—" if secure else str(info.total_weight)
+
+
+def print_sites(run: admin_pb2.RunInfo) -> None:
+    """Per site: its audit, and the final model on the site's own held-out rows."""
+    if not run.site_results:
+        return
+    table = Table(title="final model on each site's held-out rows")
+    for column in ("site", "audit", "rows", "accuracy", "loss", "other"):
+        table.add_column(column)
+    for site in run.site_results:
+        metrics = dict(site.holdout_metrics)
+        rows = metrics.pop("examples", None)
+        accuracy = metrics.pop("accuracy", None)
+        loss = metrics.pop("loss", None)
+        table.add_row(
+            escape(site.site_name),
+            site.audit,
+            "" if rows is None else str(int(rows)),
+            "" if accuracy is None else f"{accuracy:.3f}",
+            "" if loss is None else f"{loss:.4f}",
+            escape(", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))),
+        )
+    console.print(table)
+
+
+def print_refusals(run: admin_pb2.RunInfo) -> None:
+    """What sites refused, and why, in their own words."""
+    if not run.refusals:
+        return
+    table = Table(title="refusals")
+    for column in ("site", "round", "code", "reason"):
+        table.add_column(column)
+    for refusal in run.refusals:
+        # A site's own words: shown as text, never read as console markup.
+        table.add_row(
+            escape(refusal.site_name),
+            str(refusal.round),
+            escape(refusal.code),
+            escape(refusal.reason),
         )
     console.print(table)
 
@@ -266,11 +331,18 @@ def watch(
         return
     first = next(events)
     last = first.run
+    waiting = ""
     with RoundProgress(err_console, first.run.rounds) as progress:
-        progress.update(first.run)
-        for event in events:
+        for event in itertools.chain([first], events):
             progress.update(event.run)
             last = event.run
+            # Printed when what it waits for changes, not as its deadline counts down.
+            now_waiting = event.run.waiting_for.split(" (deadline")[0]
+            if now_waiting and now_waiting != waiting:
+                waiting = now_waiting
+                progress.progress.console.print(
+                    f"waiting for: {event.run.waiting_for}", highlight=False
+                )
     print_run(last)
 
 
@@ -278,7 +350,7 @@ def watch(
 @friendly_errors
 def stop(
     run_id: str,
-    reason: str = "",
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log")] = "",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
     ca: CaOption = None,
     token_file: TokenFileOption = None,

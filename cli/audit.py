@@ -81,7 +81,7 @@ def verify(
     page_rows: Annotated[
         int, typer.Option(min=1, max=5000, help="Rows asked for per page")
     ] = PAGE_ROWS,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Recompute the chain a page at a time and check the sites' receipts against it.
 

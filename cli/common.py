@@ -59,6 +59,11 @@ def friendly_errors(command: F) -> F:
             code = exc.code() if hasattr(exc, "code") else None
             detail = exc.details() if hasattr(exc, "details") else str(exc)
             if code == grpc.StatusCode.UNAVAILABLE:
+                from protos.transport import transport_mismatch
+
+                mismatch = transport_mismatch(detail or "")
+                if mismatch is not None:
+                    fail(mismatch)
                 fail(
                     f"cannot reach the coordinator ({detail}); is `cohort coordinator serve` "
                     "running at that address?"

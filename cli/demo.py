@@ -153,6 +153,19 @@ class RoundProgress:
                 completed=info.submitted,
                 note=note,
             )
+        if run.site_results:
+            # The audit phase: a run completes once each site's audit is in (or given up).
+            settled = sum(1 for r in run.site_results if r.audit != "waiting")
+            if -1 not in self.tasks:
+                self.tasks[-1] = self.progress.add_task(
+                    "audits", total=len(run.site_results), note=""
+                )
+            self.progress.update(
+                self.tasks[-1],
+                total=len(run.site_results),
+                completed=settled,
+                note=", ".join(f"{r.site_name} {r.audit}" for r in run.site_results),
+            )
 
 
 def pin_each_other(agents: list[SiteAgent]) -> None:

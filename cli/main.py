@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -43,11 +44,13 @@ def root(
         Path | None,
         typer.Option(
             envvar="COHORT_CONFIG",
-            help="TOML file of defaults ([client.run], [admin.runs.start]…); "
+            help="TOML file of defaults (\\[client.run], \\[admin.runs.start], …); "
             "./cohort.toml when present.",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(envvar="COHORT_LOG_LEVEL")] = "WARNING",
+    log_level: Annotated[
+        str, typer.Option(envvar="COHORT_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    ] = "WARNING",
     log_format: Annotated[
         str, typer.Option(envvar="COHORT_LOG_FORMAT", help="text or json")
     ] = "text",
@@ -61,12 +64,17 @@ def root(
 @app.command()
 @friendly_errors
 def demo(
-    rounds: Annotated[int, typer.Option(min=1, max=100)] = 5,
-    local_epochs: Annotated[int, typer.Option(min=1, max=100)] = 5,
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="Training rounds.")] = 5,
+    local_epochs: Annotated[
+        int, typer.Option(min=1, max=100, help="Passes over its data each site makes a round.")
+    ] = 5,
     plaintext: Annotated[bool, typer.Option(help="Turn secure aggregation off.")] = False,
     key_bits: Annotated[int, typer.Option(help="Paillier key size.")] = 2048,
-    data_dir: Annotated[Path, typer.Option(envvar="COHORT_DATA_DIR")] = Path("cohort-data"),
-    seed: int = 0,
+    data_dir: Annotated[
+        Path,
+        typer.Option(envvar="COHORT_DATA_DIR", help="Folder for the database, models and report."),
+    ] = Path("cohort-data"),
+    seed: Annotated[int, typer.Option(help="Seed for data splits and training.")] = 0,
     report: Annotated[bool, typer.Option(help="Run SHAP audits and write the report.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     scenario: Annotated[
@@ -146,9 +154,17 @@ def serve(
             envvar="COHORT_DATABASE_URL", help="SQLAlchemy URL; default SQLite in data dir"
         ),
     ] = None,
-    data_dir: Annotated[Path, typer.Option(envvar="COHORT_DATA_DIR")] = Path("cohort-data"),
-    host: Annotated[str, typer.Option(envvar="COHORT_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="COHORT_PORT", min=0, max=65535)] = 50051,
+    data_dir: Annotated[
+        Path,
+        typer.Option(envvar="COHORT_DATA_DIR", help="Folder for the database and model blobs."),
+    ] = Path("cohort-data"),
+    host: Annotated[
+        str, typer.Option(envvar="COHORT_HOST", help="Address to listen on (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(envvar="COHORT_PORT", min=0, max=65535, help="Port to listen on (0: any)."),
+    ] = 50051,
     tls_dir: Annotated[
         Path | None,
         typer.Option(
@@ -226,12 +242,16 @@ def _redact(url: str) -> str:
 @client_app.command("run")
 @friendly_errors
 def client_run(
-    coordinator: Annotated[str, typer.Option(envvar="COHORT_COORDINATOR")] = "127.0.0.1:50051",
+    coordinator: Annotated[
+        str, typer.Option(envvar="COHORT_COORDINATOR", help="HOST:PORT of the coordinator.")
+    ] = "127.0.0.1:50051",
     name: Annotated[str, typer.Option(envvar="COHORT_SITE_NAME", help="This site's name.")] = "",
     data: Annotated[
         str, typer.Option(envvar="COHORT_DATA", help="CSV/Parquet/.npz/.npy file or sklearn:NAME")
     ] = "",
-    label_column: Annotated[str, typer.Option(envvar="COHORT_LABEL_COLUMN")] = "label",
+    label_column: Annotated[
+        str, typer.Option(envvar="COHORT_LABEL_COLUMN", help="The column holding the label.")
+    ] = "label",
     app_ref: Annotated[
         str,
         typer.Option(
@@ -257,9 +277,14 @@ def client_run(
             "'partition-id=0 num-partitions=3'",
         ),
     ] = "",
-    state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="COHORT_STATE_DIR", help="This site's keys and pins (as for `client run`)."
+        ),
+    ] = Path("cohort-site"),
     model_config: Annotated[str, typer.Option(help="JSON for the built-in model")] = "",
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the data split and training.")] = 0,
     ca: Annotated[
         Path | None, typer.Option(envvar="COHORT_CA", help="Federation CA (ca.pem)")
     ] = None,
@@ -330,11 +355,39 @@ def client_run(
         for peer, fingerprint in load_peers_file(peers_file).items():
             agent.peers.pin(peer, fingerprint)
     err_console.print(f"site {name} → {coordinator} (outbound only); state in {state_dir}")
+    from cli.events import data_summary
+
+    summary = data_summary(client)
+    if summary is not None:
+        err_console.print(summary, highlight=False, markup=False)
+    if hasattr(client, "predict_proba") and hasattr(client, "holdout_data"):
+        from client.audit import warm_explainer
+
+        # While the site waits and trains: its audit then starts without compiling.
+        threading.Thread(target=warm_explainer, name="warm-explainer", daemon=True).start()
     stop = threading.Event()
+
+    def on_signal(number: int, _frame: object) -> None:
+        if stop.is_set():
+            # A second signal: the operator wants out now, whatever is still closing.
+            os._exit(128 + number)
+        err_console.print(
+            f"{signal.Signals(number).name}: stopping (any task in progress is abandoned)",
+            highlight=False,
+        )
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     agent.run(stop)
-    agent.close()
+    _close_within(agent, seconds=5.0)
+
+
+def _close_within(agent: Any, seconds: float) -> None:
+    """Close the agent, but never let a pool still busy with an abandoned task hold the exit."""
+    closer = threading.Thread(target=agent.close, name="agent-close", daemon=True)
+    closer.start()
+    closer.join(seconds)
 
 
 def _site_client(  # type: ignore[no-untyped-def]
@@ -417,21 +470,17 @@ def _named_inputs(data: str) -> bool:
 
 
 def _print_event(event: str, info: dict[str, object]) -> None:
-    if event == "trained":
-        err_console.print(f"round {info['round']}: update sent ({info['bytes']} bytes)")
-    elif event in ("key", "keygen"):
+    from cli.events import event_line
+
+    if event in ("key", "keygen"):
         err_console.print(
             f"run {info['run_id']}: key fingerprint [cyan]{info['fingerprint']}[/] "
             "— compare it with the other sites out of band"
         )
-    elif event == "refused":
-        err_console.print(
-            f"[bold yellow]refused[/] a task of run {info['run_id']} ({info['code']}): "
-            f"{info['reason']}",
-            highlight=False,
-        )
-    elif event in ("joined", "audited", "initialised", "rejected", "disconnected"):
-        err_console.print(f"{event}: {info}")
+        return
+    line = event_line(event, info)
+    if line is not None:
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @client_app.command("export-model")
@@ -448,12 +497,27 @@ def export_model(
             help="This site's data (as for `client run`): names the features and classes",
         ),
     ] = "",
-    label_column: Annotated[str, typer.Option(envvar="COHORT_LABEL_COLUMN")] = "label",
-    coordinator: Annotated[str, typer.Option(envvar="COHORT_COORDINATOR")] = "127.0.0.1:50051",
-    name: Annotated[str, typer.Option(envvar="COHORT_SITE_NAME")] = "",
-    state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
-    ca: Annotated[Path | None, typer.Option(envvar="COHORT_CA")] = None,
-    insecure: Annotated[bool, typer.Option(envvar="COHORT_INSECURE")] = False,
+    label_column: Annotated[
+        str, typer.Option(envvar="COHORT_LABEL_COLUMN", help="The column holding the label.")
+    ] = "label",
+    coordinator: Annotated[
+        str, typer.Option(envvar="COHORT_COORDINATOR", help="HOST:PORT of the coordinator.")
+    ] = "127.0.0.1:50051",
+    name: Annotated[
+        str, typer.Option(envvar="COHORT_SITE_NAME", help="This site's name (as for `client run`).")
+    ] = "",
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="COHORT_STATE_DIR", help="This site's keys and pins (as for `client run`)."
+        ),
+    ] = Path("cohort-site"),
+    ca: Annotated[
+        Path | None, typer.Option(envvar="COHORT_CA", help="Federation CA (ca.pem).")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(envvar="COHORT_INSECURE", help="Plaintext transport (no TLS).")
+    ] = False,
 ) -> None:
     """Decrypt (secure runs) and export a run's final model here, at the site.
 

@@ -40,6 +40,25 @@ AGENT_VERSION = "cohort-agent/0.1"
 
 # Events the agent reports to whoever runs it (CLI progress, demo table, tests).
 Listener = Callable[[str, dict[str, Any]], None]
+# Codes after which the agent backs off and calls again rather than giving a task up; a
+# coordinator at its call cap (RESOURCE_EXHAUSTED) is busy, not refusing.
+_TRANSIENT = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+
+
+def _kind_name(task: federation_pb2.Task) -> str:
+    return federation_pb2.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()
+
+
+def _code_name(code: grpc.StatusCode | None) -> str:
+    return code.name if code is not None else "UNKNOWN"
 
 
 class AgentError(RuntimeError):
@@ -91,6 +110,7 @@ class SiteAgent:
         self.channel = ReceiptBook.for_site(config.state_dir, config.site_name).attach(self.channel)
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
         self.node_id = ""
+        self.heartbeat_interval = 5.0
         self._secure_state: dict[str, SecureModelState] = {}
         self._run_keys: dict[str, tuple[Any, Any]] = {}
         self._models: dict[str, list[np.ndarray]] = {}
@@ -118,7 +138,9 @@ class SiteAgent:
         )
         self.identity.remember_node(reply.node_id, reply.node_token)
         self.node_id = reply.node_id
-        self.listener("joined", {"node_id": reply.node_id})
+        if reply.heartbeat_interval_seconds > 0:
+            self.heartbeat_interval = float(reply.heartbeat_interval_seconds)
+        self.listener("joined", {"node_id": reply.node_id, "site": self.config.site_name})
         log.info("%s joined as node %s", self.config.site_name, reply.node_id)
         return reply.node_id
 
@@ -138,11 +160,14 @@ class SiteAgent:
 
         A task this site cannot do (it failed here, or the coordinator refused its result)
         is given up: the agent does not retry it, and the coordinator's deadline leaves the
-        site out of that round; the next task is taken as usual.
+        site out of that round; the next task is taken as usual. ``stop`` is heeded within
+        a fraction of a second, whatever the agent is doing: a long poll is cancelled and a
+        task still running (training, an audit) is abandoned, not waited for.
         """
         stop = stop or threading.Event()
         backoff = 0.5
         joined = False
+        disconnected = False
         given_up: set[str] = set()
         current = ""
         while not stop.is_set():
@@ -150,12 +175,13 @@ class SiteAgent:
                 if not joined:
                     self.join()
                     joined = True
-                task = self.stub.PullTask(
-                    federation_pb2.PullTaskRequest(wait_seconds=self.config.poll_seconds),
-                    metadata=self._metadata(),
-                    timeout=self.config.poll_seconds + 30,
-                )
+                task = self._pull(stop)
+                if task is None:
+                    break
                 backoff = 0.5
+                if disconnected:
+                    disconnected = False
+                    self.listener("reconnected", {"coordinator": self.config.coordinator})
                 if task.kind == federation_pb2.TASK_KIND_NONE:
                     continue
                 if task.task_id in given_up:
@@ -163,7 +189,11 @@ class SiteAgent:
                     continue
                 current = task.task_id
                 try:
-                    self.handle(task)
+                    if not self._work(task, stop):
+                        self.listener(
+                            "abandoned", {"run_id": task.run_id, "kind": _kind_name(task)}
+                        )
+                        break
                 except TaskRefused as refusal:
                     given_up.add(current)
                     self.refuse(task, refusal)
@@ -175,41 +205,102 @@ class SiteAgent:
                 given_up.add(current)
                 self.listener("task_failed", {"error": str(exc)})
             except grpc.RpcError as exc:
+                if stop.is_set():
+                    break
                 code = exc.code() if hasattr(exc, "code") else None
                 if code == grpc.StatusCode.UNAUTHENTICATED and joined:
                     log.warning("coordinator no longer knows this node; joining again")
                     self.identity.forget_node()
                     joined = False
                     continue
-                if code in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    grpc.StatusCode.CANCELLED,
-                    grpc.StatusCode.INTERNAL,
-                    grpc.StatusCode.UNKNOWN,
-                ):
-                    self.listener("disconnected", {"code": str(code), "retry_in": backoff})
+                if code in _TRANSIENT:
+                    detail = exc.details() if hasattr(exc, "details") else ""
+                    disconnected = True
+                    self.listener(
+                        "disconnected",
+                        {"code": _code_name(code), "detail": detail or "", "retry_in": backoff},
+                    )
                     stop.wait(backoff)
                     backoff = min(backoff * 2, self.config.max_backoff_seconds)
                     continue
                 # The coordinator refused this task's result: give the task up, go on.
                 detail = exc.details() if hasattr(exc, "details") else str(exc)
                 given_up.add(current)
-                self.listener("rejected", {"code": str(code), "detail": detail})
+                self.listener("rejected", {"code": _code_name(code), "detail": detail})
                 log.warning("coordinator refused: %s %s", code, detail)
+        self.listener("shutting_down", {"site": self.config.site_name})
+
+    def _pull(self, stop: threading.Event) -> federation_pb2.Task | None:
+        """One long poll, cancelled when ``stop`` is set (then None)."""
+        call = self.stub.PullTask.future(
+            federation_pb2.PullTaskRequest(wait_seconds=self.config.poll_seconds),
+            metadata=self._metadata(),
+            timeout=self.config.poll_seconds + 30,
+        )
+        while not call.done():
+            if stop.wait(0.1):
+                call.cancel()
+                return None
+        return call.result()
+
+    def _work(self, task: federation_pb2.Task, stop: threading.Event) -> bool:
+        """Do ``task`` in a worker thread; heartbeat meanwhile; False when stopped first.
+
+        The worker is a daemon: a site asked to stop does not wait for a long training or
+        audit to end (its result would be of no use to a coordinator it is leaving), and the
+        heartbeats keep a busy site from showing as offline while it works.
+        """
+        outcome: list[BaseException | None] = []
+
+        def work() -> None:
+            try:
+                self.handle(task)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the polling thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=work, name=f"task-{_kind_name(task)}", daemon=True)
+        worker.start()
+        beat = time.monotonic()
+        while worker.is_alive():
+            worker.join(0.1)
+            if stop.is_set() and worker.is_alive():
+                return False
+            if time.monotonic() - beat >= self.heartbeat_interval:
+                beat = time.monotonic()
+                self.heartbeat()
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+        return True
+
+    def heartbeat(self) -> None:
+        """Tell the coordinator this site is alive while a task keeps it from polling."""
+        try:
+            self.stub.Heartbeat(
+                federation_pb2.HeartbeatRequest(), metadata=self._metadata(), timeout=5
+            )
+        except grpc.RpcError as exc:
+            # A missed beat is only a missed beat: the task goes on, the next poll says more.
+            log.debug("heartbeat failed: %s", exc)
 
     def refuse(self, task: federation_pb2.Task, refusal: TaskRefused) -> None:
         """Say no to a task: a line in this site's log, and the reason to the operator."""
         log.warning(
             "refused %s task of run %s (%s): %s",
-            federation_pb2.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower(),
+            _kind_name(task),
             task.run_id,
             refusal.code,
             refusal.reason,
         )
         self.listener(
-            "refused", {"run_id": task.run_id, "code": refusal.code, "reason": refusal.reason}
+            "refused",
+            {
+                "run_id": task.run_id,
+                "kind": _kind_name(task),
+                "round": task.round,
+                "code": refusal.code,
+                "reason": refusal.reason,
+            },
         )
         try:
             self.stub.RefuseTask(
@@ -536,20 +627,33 @@ class SiteAgent:
         self.stub.SubmitUpdate(messages(), metadata=self._metadata(), timeout=600)
 
     def _audit(self, task: federation_pb2.Task) -> None:
-        """SHAP audit of the final model on held-out rows; only the summary leaves."""
+        """SHAP audit of the final model on held-out rows, with the model's score on them.
+
+        Only the summary leaves: aggregate attributions and the held-out metrics. A site
+        that cannot audit says so (a refusal the run shows), so the run need not wait for
+        its audit deadline.
+        """
+        from dataclasses import replace
+
         from client.audit import run_site_audit
 
         weights = self.global_model(task)
-        summary = run_site_audit(
-            self.client,
-            weights,
-            site=self.config.site_name,
-            rows=self.config.audit_rows,
-            seed=self.config.seed,
-        )
+        try:
+            summary = run_site_audit(
+                self.client,
+                weights,
+                site=self.config.site_name,
+                rows=self.config.audit_rows,
+                seed=self.config.seed,
+            )
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise TaskRefused("error", f"the audit failed at this site: {exc}") from exc
         if summary is None:
             self.listener("audit_skipped", {"run_id": task.run_id})
-            return
+            raise TaskRefused("error", "this site's client offers no audit hook")
+        holdout = self._holdout_metrics(weights, task)
+        if holdout:
+            summary = replace(summary, holdout_metrics=holdout)
         self.stub.SubmitAudit(
             federation_pb2.AuditSubmission(
                 task_id=task.task_id, run_id=task.run_id, summary_json=summary.to_json()
@@ -557,7 +661,29 @@ class SiteAgent:
             metadata=self._metadata(),
             timeout=60,
         )
-        self.listener("audited", {"run_id": task.run_id, "rows": summary.row_count})
+        self.listener(
+            "audited", {"run_id": task.run_id, "rows": summary.row_count, "holdout": holdout}
+        )
+
+    def _holdout_metrics(
+        self, weights: list[np.ndarray], task: federation_pb2.Task
+    ) -> dict[str, float]:
+        """The final model scored by the client's own ``evaluate`` on its held-out rows."""
+        try:
+            loss, examples, metrics = self.client.evaluate(
+                weights, scalar_config(self._config(task))
+            )
+        except NotImplementedError:
+            return {}
+        numbers = {
+            str(k): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+        }
+        if np.isfinite(loss):
+            numbers["loss"] = float(loss)
+        numbers["examples"] = float(examples)
+        return dict(list(numbers.items())[:32])
 
     def export_model(self, run_id: str) -> list[np.ndarray]:
         """Final weights of a run, decrypted here for secure runs (`cohort client export-model`)."""

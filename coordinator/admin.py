@@ -378,8 +378,7 @@ class AdminService:
             raise NotFound(f"no run {run_id!r}")
         return run
 
-    @staticmethod
-    def _info(session: Session, run: Run, brief: bool = False) -> admin_pb2.RunInfo:
+    def _info(self, session: Session, run: Run, brief: bool = False) -> admin_pb2.RunInfo:
         info = admin_pb2.RunInfo(
             run_id=run.id,
             name=run.name,
@@ -446,6 +445,11 @@ class AdminService:
                 bytes_received=int(received[1]),
             )
         from coordinator import refusals
+        from coordinator.waiting import site_results, waiting_for
 
         refusals.add_refusals(session, run.id, info)
+        now = time.time()
+        info.waiting_for = waiting_for(session, run, now, self.hub.limits.offline_after_seconds)
+        for site, audit, metrics in site_results(session, run, now):
+            info.site_results.add(site_name=site, audit=audit, holdout_metrics=metrics)
         return info

@@ -344,8 +344,11 @@ class FederationService:
                 ).all()
             )
             config["weight_cap"] = weight_cap(run, selected)
-        if task.kind in (TaskKind.TRAIN, TaskKind.AUDIT):
+        if task.kind == TaskKind.TRAIN:
             self._attach_model(session, run, task.round, message)
+        elif task.kind == TaskKind.AUDIT:
+            # The audit explains and scores the final model: every round's aggregate.
+            self._attach_model(session, run, run.rounds + 1, message)
         message.config_json = json.dumps(config, default=str)
         return message
 
@@ -385,11 +388,13 @@ class FederationService:
 
     def final_model(self, node_id: str, run_id: str) -> federation_pb2.Task:
         """References to a completed run's final model, for a site that took part."""
-        with self.hub.db.transaction() as session:
+        # Under the hub lock: the "model.exported" row takes the next audit sequence number.
+        with self.hub.lock, self.hub.db.transaction() as session:
             run = session.get(Run, run_id)
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
-            if run.state != RunState.COMPLETED:
+            trained = run.state == RunState.RUNNING and bool(run.final_model_sha256)
+            if run.state != RunState.COMPLETED and not trained:
                 raise FailedPrecondition(f"run {run_id} is {run.state.value}, not completed")
             involved = session.scalar(
                 select(Task.id).where(Task.run_id == run_id, Task.node_id == node_id).limit(1)

@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 
 MAX_ROUND_ATTEMPTS = 3
 SETUP_ATTEMPTS = 3
+# How long a run waits for its sites' SHAP audits once training ends (run config key
+# "audit_deadline_seconds"); after it the run completes and names the sites whose are missing.
+AUDIT_DEADLINE_SECONDS = 600.0
+
+
+def audit_deadline(run: Run) -> float:
+    """The run's stated audit deadline in seconds (config ``audit_deadline_seconds``)."""
+    value = run.config.get("audit_deadline_seconds", AUDIT_DEADLINE_SECONDS)
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return AUDIT_DEADLINE_SECONDS
+    return seconds if np.isfinite(seconds) and seconds > 0 else AUDIT_DEADLINE_SECONDS
 
 
 def online_nodes(session: Session, hub: Hub, now: float) -> list[Node]:
@@ -156,12 +169,15 @@ class RoundScheduler:
             return self._setup_task(session, run, TaskKind.KEYGEN, online, now)
         if not run.initial_model_sha256:
             return self._setup_task(session, run, TaskKind.INIT, online, now)
+        if run.final_model_sha256:
+            # Trained; the run is RUNNING in its audit phase until its audits are in.
+            return self._check_audits(session, run, now)
         current = session.scalar(
             select(Round).where(Round.run_id == run.id, Round.number == run.current_round)
         )
         if current is None or current.state == RoundState.CLOSED:
             if run.current_round >= run.rounds:
-                self._complete(session, run, now)
+                self._finish_training(session, run, now)
                 return True
             return self._open_round(session, run, run.current_round + 1, online, now)
         return self._check_round(session, run, current, online, now)
@@ -172,6 +188,11 @@ class RoundScheduler:
         if not run.custodian:
             return online
         return [n for n in online if self._site_name(session, n) == run.custodian]
+
+    @classmethod
+    def _node_name(cls, session: Session, node_id: str) -> str:
+        node = session.get(Node, node_id)
+        return (cls._site_name(session, node) if node is not None else "") or node_id
 
     @staticmethod
     def _site_name(session: Session, node: Node) -> str:
@@ -352,7 +373,10 @@ class RoundScheduler:
         current.model_sha256 = sha
         current.total_weight = total_weight
         current.num_updates = len(updates)
-        current.metrics = weighted_metrics(updates)
+        # Examples as the sites reported them: secure runs weigh by capped, encoded weights.
+        current.metrics = weighted_metrics(updates) | {
+            "examples": float(sum(int(u.num_examples) for u in updates))
+        }
         auditlog.append(
             session,
             "round.closed",
@@ -367,7 +391,7 @@ class RoundScheduler:
             },
         )
         if current.number >= run.rounds:
-            self._complete(session, run, now)
+            self._finish_training(session, run, now)
 
     def _aggregate_plaintext(
         self, session: Session, run: Run, number: int, updates: list[Update]
@@ -410,35 +434,73 @@ class RoundScheduler:
 
     # -- ends ----------------------------------------------------------------------------
 
-    def _complete(self, session: Session, run: Run, now: float) -> None:
+    def _finish_training(self, session: Session, run: Run, now: float) -> None:
+        """The last round closed: fix the final model and ask each trained site to audit it.
+
+        The run stays RUNNING (its audit phase, shown in ``waiting_for``) until every
+        audit is in, refused, or past the run's audit deadline; then it completes.
+        """
         last = session.scalar(
             select(ModelVersion)
             .where(ModelVersion.run_id == run.id)
             .order_by(ModelVersion.round.desc())
             .limit(1)
         )
-        run.state = RunState.COMPLETED
-        run.ended_at = now
         run.final_model_sha256 = last.blob_sha256 if last else run.initial_model_sha256
         participants = sorted(
             set(session.scalars(select(Update.node_id).where(Update.run_id == run.id)))
         )
-        if run.config.get("audit", True):
+        audited = bool(run.config.get("audit", True)) and bool(participants)
+        deadline = now + audit_deadline(run)
+        if audited:
             for node_id in participants:
-                session.add(
-                    new_task(
-                        run,
-                        node_id,
-                        TaskKind.AUDIT,
-                        run.rounds,
-                        now + max(run.round_deadline, 600.0),
-                    )
-                )
+                session.add(new_task(run, node_id, TaskKind.AUDIT, run.rounds, deadline))
+        auditlog.append(
+            session,
+            "run.trained",
+            run_id=run.id,
+            details={
+                "rounds": run.current_round,
+                "final_model_sha256": run.final_model_sha256,
+                "audits_requested": len(participants) if audited else 0,
+                "audit_deadline_unix": deadline if audited else None,
+            },
+        )
+        if not audited:
+            self._complete(session, run, now)
+
+    def _check_audits(self, session: Session, run: Run, now: float) -> bool:
+        """Complete the run once no audit task is live (in, refused, or past its deadline)."""
+        tasks = list(
+            session.scalars(select(Task).where(Task.run_id == run.id, Task.kind == TaskKind.AUDIT))
+        )
+        live = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
+        if any(now < t.deadline for t in live):
+            return False
+        mark_missed(session, run, live, kind=TaskKind.AUDIT.value)
+        self._complete(session, run, now)
+        return True
+
+    def _complete(self, session: Session, run: Run, now: float) -> None:
+        run.state = RunState.COMPLETED
+        run.ended_at = now
+        tasks = list(
+            session.scalars(select(Task).where(Task.run_id == run.id, Task.kind == TaskKind.AUDIT))
+        )
+        received = sorted(t.node_id for t in tasks if t.state == TaskState.DONE)
+        missing = sorted(
+            self._node_name(session, t.node_id) for t in tasks if t.state != TaskState.DONE
+        )
         auditlog.append(
             session,
             "run.completed",
             run_id=run.id,
-            details={"rounds": run.current_round, "final_model_sha256": run.final_model_sha256},
+            details={
+                "rounds": run.current_round,
+                "final_model_sha256": run.final_model_sha256,
+                "audits_received": len(received),
+                "audits_missing": missing,
+            },
         )
 
     def _fail(self, session: Session, run: Run, now: float, reason: str) -> None:

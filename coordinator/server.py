@@ -161,6 +161,7 @@ class CoordinatorServer:
         self.scheduler.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._log_lifecycle("coordinator.started", port=self.port)
         log.info("coordinator listening on port %d", self.port)
         return self.port
 
@@ -170,7 +171,27 @@ class CoordinatorServer:
         self.scheduler.stop()
         self.hub.notify()
         self.server.stop(grace).wait()
+        # After the last call has drained, so it is the process's last row.
+        self._log_lifecycle("coordinator.stopped")
         self.hub.db.close()
+
+    def _log_lifecycle(self, kind: str, **details: object) -> None:
+        """Starts and stops in the audit log: a crash shows as a start with no stop before it."""
+        from coordinator import auditlog
+        from coordinator.report import code_version
+
+        facts = {
+            "version": code_version(),
+            "db": self.hub.db.engine.dialect.name,
+            "tls": self.tls is not None,
+            "auth": self.access.enabled,
+            **details,
+        }
+        try:
+            with self.hub.lock, self.hub.db.transaction() as session:
+                auditlog.append(session, kind, details=facts)
+        except Exception:  # noqa: BLE001 - a log row must not stop a start or a stop
+            log.exception("could not write %s to the audit log", kind)
 
     def wait(self) -> None:
         self.server.wait_for_termination()

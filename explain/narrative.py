@@ -117,6 +117,33 @@ def sites_table(facts: Mapping[str, Any]) -> Table:
     return header, rows
 
 
+HOLDOUT_TITLE = "Final model on each site's held-out rows"
+
+
+def holdout_table(facts: Mapping[str, Any]) -> Table | None:
+    """Per audited site, the final model scored on its own held-out rows; None without any."""
+    attribution = facts.get("attribution") or {}
+    sites = [s for s in attribution.get("sites", []) if s.get("holdout_metrics")]
+    if not sites:
+        return None
+    names = sorted(
+        {k for s in sites for k in s["holdout_metrics"] if k != "examples"},
+        key=lambda k: (k not in ("accuracy", "loss"), k),
+    )
+    header = ["Site", "Held-out rows", *names]
+    rows = [
+        [
+            s["site"],
+            fmt(int(s["holdout_metrics"]["examples"]))
+            if "examples" in s["holdout_metrics"]
+            else NONE,
+            *(fmt(s["holdout_metrics"].get(n)) for n in names),
+        ]
+        for s in sites
+    ]
+    return header, rows
+
+
 def privacy_pairs(facts: Mapping[str, Any]) -> Pairs:
     p = facts["privacy"]
     return [

@@ -135,6 +135,9 @@ def _metrics(facts: Mapping[str, Any]) -> str:
     chart = metrics_chart(facts["metrics"])
     parts = [_img(chart, "Training metrics per round")] if chart else []
     parts.append(_table(nv.metrics_table(facts)))
+    holdout = nv.holdout_table(facts)
+    if holdout is not None:
+        parts.append(f"<h3>{escape(nv.HOLDOUT_TITLE)}</h3>" + _table(holdout))
     return "".join(parts)
 
 

@@ -80,6 +80,11 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
         [
             *([_image(chart)] if chart else []),
             _table(nv.metrics_table(facts), styles),
+            *(
+                _titled(nv.HOLDOUT_TITLE, _table(holdout, styles), styles)
+                if (holdout := nv.holdout_table(facts)) is not None
+                else []
+            ),
         ],
     )
     story += _section("explanations", styles, _explanations(facts, styles))

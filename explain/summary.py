@@ -24,6 +24,9 @@ _FIELDS = (
     "noise_scale",
     "explainer",
 )
+# Optional: older sites send summaries without it.
+_OPTIONAL = ("holdout_metrics",)
+MAX_HOLDOUT_METRICS = 32
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class AttributionSummary:
     base_value: list[float]
     noise_scale: float = 0.0
     explainer: str = field(default="")
+    # The final model scored on the same held-out rows (accuracy, loss, …): the site's own
+    # view of how well the federated model serves it. Aggregates only, like the rest.
+    holdout_metrics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -88,6 +94,8 @@ class AttributionSummary:
             "base_value": list(self.base_value),
             "noise_scale": self.noise_scale,
             "explainer": self.explainer,
+            # Only when measured: a summary without them releases nothing more than before.
+            **({"holdout_metrics": dict(self.holdout_metrics)} if self.holdout_metrics else {}),
         }
 
     @classmethod
@@ -104,7 +112,7 @@ class AttributionSummary:
         if not isinstance(data, Mapping):
             raise ValueError(f"attribution summary must be an object, got {type(data).__name__}")
         missing = [name for name in _FIELDS if name not in data]
-        unknown = sorted(set(data) - set(_FIELDS))
+        unknown = sorted(set(data) - set(_FIELDS) - set(_OPTIONAL))
         if missing or unknown:
             raise ValueError(f"attribution summary: missing fields {missing}, unknown {unknown}")
         signed = data["mean_signed"]
@@ -124,6 +132,7 @@ class AttributionSummary:
             base_value=_float_list(data["base_value"], "base_value"),
             noise_scale=_float(data["noise_scale"], "noise_scale"),
             explainer=_str(data["explainer"], "explainer"),
+            holdout_metrics=_metrics(data.get("holdout_metrics", {})),
         )
 
     def to_json(self) -> str:
@@ -218,6 +227,27 @@ def _validate(s: AttributionSummary) -> None:
         raise ValueError(f"attribution summary: noise_scale must be >= 0, got {s.noise_scale}")
     if not isinstance(s.explainer, str):
         raise ValueError("attribution summary: explainer must be a string")
+    _metrics(s.holdout_metrics)
+
+
+def _metrics(value: object) -> dict[str, float]:
+    """Held-out metrics as sent: at most a few, short names, finite numbers."""
+    if not isinstance(value, Mapping):
+        raise ValueError("attribution summary: holdout_metrics must be an object of numbers")
+    if len(value) > MAX_HOLDOUT_METRICS:
+        raise ValueError(
+            f"attribution summary: holdout_metrics has {len(value)} entries, "
+            f"at most {MAX_HOLDOUT_METRICS}"
+        )
+    metrics: dict[str, float] = {}
+    for name, number in value.items():
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise ValueError(f"attribution summary: holdout metric name {name!r} is not a name")
+        checked = _float(number, f"holdout_metrics[{name!r}]")
+        if not math.isfinite(checked):
+            raise ValueError(f"attribution summary: holdout_metrics[{name!r}] is not finite")
+        metrics[name] = checked
+    return metrics
 
 
 def _check_vector(values: Sequence[float], length: int, name: str) -> None:

@@ -144,7 +144,7 @@ class RoundInfo(_message.Message):
     def __init__(self, number: _Optional[int] = ..., state: _Optional[str] = ..., selected: _Optional[int] = ..., submitted: _Optional[int] = ..., total_weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., opened_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "name", "state", "model", "rounds", "current_round", "min_clients", "secure", "strategy", "config_json", "created_unix", "started_unix", "ended_unix", "failure_reason", "key_fingerprint", "custodian", "round_infos", "final_model_sha256", "audits_received", "waiting_for", "refusals")
+    __slots__ = ("run_id", "name", "state", "model", "rounds", "current_round", "min_clients", "secure", "strategy", "config_json", "created_unix", "started_unix", "ended_unix", "failure_reason", "key_fingerprint", "custodian", "round_infos", "final_model_sha256", "audits_received", "waiting_for", "refusals", "site_results")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class RunInfo(_message.Message):
     AUDITS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    SITE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     state: _common_pb2.RunState
@@ -187,7 +188,25 @@ class RunInfo(_message.Message):
     audits_received: int
     waiting_for: str
     refusals: _containers.RepeatedCompositeFieldContainer[SiteRefusal]
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., min_clients: _Optional[int] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., failure_reason: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., round_infos: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., final_model_sha256: _Optional[str] = ..., audits_received: _Optional[int] = ..., waiting_for: _Optional[str] = ..., refusals: _Optional[_Iterable[_Union[SiteRefusal, _Mapping]]] = ...) -> None: ...
+    site_results: _containers.RepeatedCompositeFieldContainer[SiteResult]
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., min_clients: _Optional[int] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., failure_reason: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., round_infos: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., final_model_sha256: _Optional[str] = ..., audits_received: _Optional[int] = ..., waiting_for: _Optional[str] = ..., refusals: _Optional[_Iterable[_Union[SiteRefusal, _Mapping]]] = ..., site_results: _Optional[_Iterable[_Union[SiteResult, _Mapping]]] = ...) -> None: ...
+
+class SiteResult(_message.Message):
+    __slots__ = ("site_name", "audit", "holdout_metrics")
+    class HoldoutMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_METRICS_FIELD_NUMBER: _ClassVar[int]
+    site_name: str
+    audit: str
+    holdout_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, site_name: _Optional[str] = ..., audit: _Optional[str] = ..., holdout_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SiteRefusal(_message.Message):
     __slots__ = ("site_name", "round", "code", "reason", "time_unix")

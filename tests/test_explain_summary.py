@@ -52,6 +52,15 @@ def test_summary_json_holds_no_more_than_the_declared_fields() -> None:
     }
 
 
+def test_held_out_metrics_are_the_only_optional_field_a_summary_may_add() -> None:
+    from dataclasses import replace
+
+    payload = json.loads(replace(_summary(), holdout_metrics={"accuracy": 0.9}).to_json())
+
+    assert set(payload) - {"holdout_metrics"} == set(json.loads(_summary().to_json()))
+    assert payload["holdout_metrics"] == {"accuracy": 0.9}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
