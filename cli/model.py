@@ -414,10 +414,15 @@ def export(
         bool, typer.Option("--int8/--fp32", help="Quantise to INT8, or keep fp32.")
     ] = False,
     coordinator: CoordinatorOption = "127.0.0.1:50051",
-    state_dir: Annotated[Path, typer.Option(envvar="COHORT_STATE_DIR")] = Path("cohort-site"),
+    state_dir: Annotated[
+        Path,
+        typer.Option(envvar="COHORT_STATE_DIR", help="The agent's state folder (its identity)."),
+    ] = Path("cohort-site"),
     ca: CaOption = None,
     insecure: InsecureOption = False,
-    label_column: Annotated[str, typer.Option(envvar="COHORT_LABEL_COLUMN")] = "label",
+    label_column: Annotated[
+        str, typer.Option(envvar="COHORT_LABEL_COLUMN", help="The label column of --data.")
+    ] = "label",
     model_config: Annotated[
         str, typer.Option(help="JSON model kwargs, when the run's config lacks them")
     ] = "",
