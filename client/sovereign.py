@@ -56,7 +56,7 @@ def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
     Raises
     ------
     TaskRefused
-        ``policy`` or ``pin``, with the reason the operator will read.
+        ``policy``, ``pin``, ``model`` or ``schema``, with the reason the operator will read.
     """
     policy = agent.config.policy
     try:
@@ -73,7 +73,14 @@ def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
         from models.registry import available_models
 
         check_model(policy, str(config.get("model", "")), tuple(available_models()))
-    return agent.pins.check(observed(task, config), init=task.kind == federation_pb2.TASK_KIND_INIT)
+    pin = agent.pins.check(observed(task, config), init=task.kind == federation_pb2.TASK_KIND_INIT)
+    if task.kind in _BUILDS:
+        # The trainer's say: can it build the run's model on data that fits the run's
+        # schema? (TabularTrainer.accept_task; a user's NumPyClient may offer the same.)
+        accept = getattr(agent.client, "accept_task", None)
+        if callable(accept):
+            accept(config)
+    return pin
 
 
 def signers(agent: SiteAgent, task: federation_pb2.Task, pin: RunPin | None) -> dict[str, Signer]:
