@@ -12,6 +12,7 @@ from flwr.common.typing import Config
 import models
 from client.data import PREPROCESSING_STEPS, TabularData, log_scale, train_holdout_split
 from client.data_schema import pinned_order, schema_of, tabular_model
+from client.model_trainer import GLOBAL_RNG_LOCK
 from client.policy import TaskRefused
 from models.export import TabularSchema
 from protos.wire import NDArrays
@@ -122,8 +123,11 @@ class TabularTrainer(NumPyClient):
             self.class_names = self.source.class_names_for(int(wanted["num_classes"]))
 
     def _build_model(self) -> None:
-        torch.manual_seed(self.seed)
-        self.model = models.build_model(self.model_name, **self.model_config)
+        # Sites sharing a process (demo, tests) take turns with torch's global generator,
+        # so that a site's initialisation depends on its seed alone.
+        with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model = models.build_model(self.model_name, **self.model_config)
         self.model.to(self.device)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
@@ -158,7 +162,12 @@ class TabularTrainer(NumPyClient):
     ) -> tuple[NDArrays, int, dict[str, Any]]:
         models.set_weights(self.model, parameters)
         self.rounds_trained += 1
-        metrics = models.train(
+        with GLOBAL_RNG_LOCK:  # dropout and data order draw from torch's global generator
+            metrics = self._train(config)
+        return models.get_weights(self.model), self.num_train, metrics
+
+    def _train(self, config: dict[str, Any]) -> dict[str, Any]:
+        return models.train(
             self.model,
             models.TabularDataset(self.train_data.x, self.train_data.y),
             epochs=int(config.get("local_epochs", 1)),
@@ -168,20 +177,23 @@ class TabularTrainer(NumPyClient):
             seed=self.seed + 1000 * int(config.get("round", self.rounds_trained)),
             proximal_mu=float(config.get("proximal_mu", 0.0)),
         )
-        return models.get_weights(self.model), self.num_train, metrics
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
         models.set_weights(self.model, parameters)
-        result = models.evaluate(
+        with GLOBAL_RNG_LOCK:
+            result = self._evaluate()
+        loss = float(result.pop("loss"))
+        result.pop("num_examples", None)
+        return loss, len(self.holdout_data.y), {k: float(v) for k, v in result.items()}
+
+    def _evaluate(self) -> dict[str, Any]:
+        return models.evaluate(
             self.model,
             models.TabularDataset(self.holdout_data.x, self.holdout_data.y),
             device=self.device,
         )
-        loss = float(result.pop("loss"))
-        result.pop("num_examples", None)
-        return loss, len(self.holdout_data.y), {k: float(v) for k, v in result.items()}
 
     # The audit uses these: held-out rows never leave the site, only their summary does.
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
