@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import grpc
 import numpy as np
@@ -16,7 +17,7 @@ from client.data import TabularData, dirichlet_split, load_sklearn
 from client.data_schema import schema_of
 from client.policy import TaskRefused
 from client.trainer import TabularTrainer
-from coordinator.schema import AuditEvent, Run, RunSite, Task
+from coordinator.schema import AuditEvent, Node, Run, RunSite, Task
 from protos import admin_pb2, common_pb2, data_schema, wire
 
 DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_STOPPED)
@@ -199,8 +200,12 @@ def test_report_of_a_finished_run_stays_the_same_after_a_site_rejoins_with_other
     def stamp(data: bytes, facts: dict) -> bytes:  # type: ignore[type-arg]
         return data.replace(facts["generated_at"].encode(), b"<generated>")
 
+    def stamp_html(data: bytes) -> bytes:
+        return re.sub(rb"generated \d{4}-\d\d-\d\dT[\d:.]+Z", b"generated <when>", data)
+
     assert stamp(before_json, first) == stamp(after_json, second)
-    assert stamp(before_html, first) == stamp(after_html, second)
+    assert stamp_html(before_html) == stamp_html(after_html)
+    assert stamp_html(before_html) != before_html  # the stamp was found and blanked
     site_a = next(s for s in second["sites"] if s["name"] == "bank-a")
     assert site_a["row_count"] == len(tables[0].y)
     assert site_a["data_fingerprint"] == tables[0].fingerprint()
@@ -213,6 +218,8 @@ def test_report_of_a_finished_run_stays_the_same_after_a_site_rejoins_with_other
         provenance = session.scalars(
             select(AuditEvent).where(AuditEvent.kind == "site.provenance")
         ).all()
+        now_reported = session.get(Node, site_a["node_id"]).capabilities
+    assert now_reported["data_fingerprint"] != site_a["data_fingerprint"]  # it did change
     assert sorted(r.site_name for r in frozen) == names
     assert len(provenance) == 3
     hashes: dict[str, list[str]] = {}
