@@ -74,8 +74,11 @@ class DataSchema:
 
 def _sorted_classes(classes: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     def key(item: tuple[str, str]) -> tuple[int, str]:
-        label = item[0]
-        return (int(label), "") if label.lstrip("-").isdigit() else (1 << 62, label)
+        # Label ids in numeric order; any other text after them, in text order.
+        try:
+            return (int(item[0]), "")
+        except ValueError:
+            return (1 << 62, item[0])
 
     return tuple(sorted(((str(k), str(v)) for k, v in classes.items()), key=key))
 

@@ -228,3 +228,21 @@ def test_report_of_a_finished_run_stays_the_same_after_a_site_rejoins_with_other
         hashes.setdefault(details["format"], []).append(details["facts_sha256"])
     assert set(hashes) == {"json", "html"}
     assert all(len(v) == 2 and len(set(v)) == 1 for v in hashes.values())
+
+
+def test_export_at_a_site_with_reversed_columns_reads_the_runs_column_order(tmp_path):
+    from cli.model import export_site_model
+
+    table = site_tables()[0]
+    trainer = TabularTrainer(table, seed=0)
+    pinned = schema_of(table).to_dict()
+    config = {"model": "tabular_mlp", "schema": pinned, "run_id": "r1"}
+    weights = trainer.get_parameters({})
+
+    report = export_site_model(
+        weights, config, reversed_columns(table), tmp_path / "out", int8=False, measure=False
+    )
+    manifest = json.loads((tmp_path / "out" / "model.json").read_text())
+
+    assert report["export"]["files"]
+    assert manifest["inputs"]["features"] == table.feature_names
