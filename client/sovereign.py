@@ -47,7 +47,20 @@ def observed(task: federation_pb2.Task, config: dict[str, Any]) -> Observed:
         participants={p.site_name: _fingerprint(p.ed25519_public_key) for p in task.participants},
         custodian=task.custodian,
         key_fingerprint=task.encoding.key_fingerprint,
+        schema=_schema_fingerprint(config.get("schema")),
     )
+
+
+def _schema_fingerprint(value: object) -> str:
+    """sha256 of the task's pinned data schema; "" when it pins none or it does not read."""
+    if value in (None, "", {}):
+        return ""
+    from protos.data_schema import from_dict
+
+    try:
+        return from_dict(value).fingerprint()
+    except ValueError:
+        return "unreadable"
 
 
 def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:

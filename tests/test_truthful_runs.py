@@ -246,3 +246,21 @@ def test_export_at_a_site_with_reversed_columns_reads_the_runs_column_order(tmp_
 
     assert report["export"]["files"]
     assert manifest["inputs"]["features"] == table.feature_names
+
+
+def test_site_refuses_a_run_whose_schema_changes_after_it_pinned_it(tmp_path):
+    from client.pins import Observed, RunPins
+
+    pins = RunPins.load(tmp_path, "bank-a")
+
+    def seen(schema: str) -> Observed:
+        return Observed("r1", "none", "tabular_mlp", {}, "", {}, "", "", schema)
+
+    pins.check(seen("a" * 64))
+    pins.check(seen("a" * 64))
+    with pytest.raises(TaskRefused) as refused:
+        pins.check(seen("b" * 64))
+
+    assert refused.value.code == "pin"
+    assert "schema was pinned" in refused.value.reason
+    assert RunPins.load(tmp_path, "bank-a").get("r1").schema == "a" * 64  # kept on disk
