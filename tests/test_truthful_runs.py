@@ -264,3 +264,24 @@ def test_site_refuses_a_run_whose_schema_changes_after_it_pinned_it(tmp_path):
     assert refused.value.code == "pin"
     assert "schema was pinned" in refused.value.reason
     assert RunPins.load(tmp_path, "bank-a").get("r1").schema == "a" * 64  # kept on disk
+
+
+def test_named_input_site_refuses_a_model_its_inputs_do_not_fit():
+    import torch
+
+    from client.model_trainer import ModelTrainer
+    from models.datasets import DictDataset
+
+    rng = np.random.default_rng(0)
+    images = DictDataset(
+        {"image": torch.from_numpy(rng.normal(size=(40, 1, 16, 16)).astype(np.float32))},
+        np.array([0, 1] * 20),
+    )
+    site = ModelTrainer(images, site_name="clinic-a", device=torch.device("cpu"))
+
+    with pytest.raises(TaskRefused) as refused:
+        site.accept_task({"model": "tabular_mlp", "model_config": {"in_features": 4}})
+    site.accept_task({"model": "image_cnn"})
+
+    assert refused.value.code == "model"
+    assert "'tabular_mlp' does not build on this site's data" in refused.value.reason
