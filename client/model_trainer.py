@@ -273,7 +273,6 @@ class ModelTrainer(NumPyClient):
         self._model: nn.Module | None = None
         self._started_run: str | None = None
         self.base_model_hash = ""
-        self._checked_spec = ""
         self.trainable_fraction = 1.0
         self.rounds_trained = 0
 
@@ -300,9 +299,9 @@ class ModelTrainer(NumPyClient):
     def accept_task(self, config: Mapping[str, Any]) -> None:
         """Build the run's model now, or refuse the task (code ``model``) before training.
 
-        A model that does not build on this site's inputs (another modality, a
-        constructor argument it does not take) is a refusal the operator reads, not a
-        failed task. Built once per model spec; later tasks reuse it.
+        A model that does not build here (a constructor argument it does not take, a
+        spec that does not load) is a refusal the operator reads, not a failed task.
+        Built once per model spec; later tasks reuse it.
         """
         from client.policy import TaskRefused
 
@@ -310,11 +309,6 @@ class ModelTrainer(NumPyClient):
         settings.setdefault("lora", "")  # as the agent's Flower config has it
         try:
             self.ensure_model(settings)
-            if self.spec is not None and self._checked_spec != self.spec.key():
-                # One held-in row through the model: another modality fails here, not
-                # half-way through a round.
-                self.predict_proba({k: v[:1] for k, v in self.train_data.inputs.items()})
-                self._checked_spec = self.spec.key()
         except (TypeError, ValueError, KeyError, ImportError, OSError, RuntimeError) as exc:
             self._model, self.spec = None, None  # a model that does not fit is not kept
             name = str(config.get("model", ""))[:200]

@@ -266,7 +266,7 @@ def test_site_refuses_a_run_whose_schema_changes_after_it_pinned_it(tmp_path):
     assert RunPins.load(tmp_path, "bank-a").get("r1").schema == "a" * 64  # kept on disk
 
 
-def test_named_input_site_refuses_a_model_its_inputs_do_not_fit():
+def test_named_input_site_refuses_a_model_that_does_not_build_with_the_runs_settings():
     import torch
 
     from client.model_trainer import ModelTrainer
@@ -280,8 +280,9 @@ def test_named_input_site_refuses_a_model_its_inputs_do_not_fit():
     site = ModelTrainer(images, site_name="clinic-a", device=torch.device("cpu"))
 
     with pytest.raises(TaskRefused) as refused:
-        site.accept_task({"model": "tabular_mlp", "model_config": {"in_features": 4}})
+        site.accept_task({"model": "image_cnn", "model_config": {"in_features": 4}})
     site.accept_task({"model": "image_cnn"})
 
     assert refused.value.code == "model"
-    assert "'tabular_mlp' does not build on this site's data" in refused.value.reason
+    assert "'image_cnn' does not build on this site's data" in refused.value.reason
+    assert "in_features" in refused.value.reason
