@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from conftest import start_coordinator
 from helpers import create_run, wait_for, wait_for_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from client.agent import AgentConfig, SiteAgent
@@ -17,7 +19,7 @@ from client.data import TabularData, dirichlet_split, load_sklearn
 from client.data_schema import schema_of
 from client.policy import TaskRefused
 from client.trainer import TabularTrainer
-from coordinator.schema import AuditEvent, Node, Run, RunSite, Task
+from coordinator.schema import AuditEvent, Node, Run, RunSite, SiteRefusal, Task
 from protos import admin_pb2, common_pb2, data_schema, wire
 
 DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_STOPPED)
@@ -286,3 +288,60 @@ def test_named_input_site_refuses_a_model_that_does_not_build_with_the_runs_sett
     assert refused.value.code == "model"
     assert "'image_cnn' does not build on this site's data" in refused.value.reason
     assert "in_features" in refused.value.reason
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        JSONISH.map(json.dumps),
+        st.fixed_dictionaries(
+            {"columns": st.lists(st.dictionaries(st.sampled_from(["name", "type"]), JSONISH))},
+            optional={"classes": JSONISH},
+        ).map(json.dumps),
+    )
+)
+def test_any_reported_schema_reads_or_is_refused_with_a_value_error(text):
+    try:
+        schema = data_schema.from_json(text)
+    except ValueError:
+        return
+    assert data_schema.from_json(schema.canonical()) == schema  # canonical form round-trips
+
+
+def test_a_site_reporting_garbage_is_left_out_and_recorded_without_claims(coordinator):
+    from coordinator import provenance
+    from coordinator.schema import Institution
+
+    with coordinator.hub.db.transaction() as session:
+        session.add(Institution(id=7, name="mallory"))
+        session.add(
+            Node(
+                id="n-mallory",
+                institution_id=7,
+                token_hash="t" * 64,
+                capabilities={"schema": "{not json", "rows": "lots", "data_fingerprint": "x" * 500},
+            )
+        )
+        run = Run(id="r-1", model="tabular_mlp", rounds=1, min_clients=1, round_deadline=5.0)
+        run.data_schema = data_schema.DataSchema((("a", "float"),)).canonical()
+        session.add(run)
+        session.flush()
+        node = session.get(Node, "n-mallory")
+
+        kept = provenance.admissible(session, run, [node], 0.0)
+        provenance.record(session, run, node.id)
+        frozen = provenance.frozen_sites(session, run.id)[node.id]
+        [row] = session.scalars(select(SiteRefusal)).all()
+
+    assert kept == []
+    assert row.code == "schema" and "mallory" in row.reason and "does not read" in row.reason
+    assert frozen.rows == 0 and len(frozen.data_fingerprint) == 64
+    assert frozen.schema_fingerprint == ""
