@@ -110,6 +110,14 @@ class TabularTrainer(NumPyClient):
             **self.site_model_config,
             **run_config,
         }
+        classes = int(wanted["num_classes"])
+        low, high = int(self.source.y.min(initial=0)), int(self.source.y.max(initial=0))
+        if low < 0 or high >= classes:
+            raise TaskRefused(
+                "schema",
+                f"this site's labels run from {low} to {high}; the run's model has "
+                f"{classes} classes (0 to {classes - 1})",
+            )
         if name != self.model_name or wanted != self.model_config:
             previous = (self.model_name, self.model_config)
             self.model_name, self.model_config = name, wanted

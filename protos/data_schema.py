@@ -5,8 +5,10 @@ Sites report their schema when they join (``Join`` capabilities ``schema`` and
 ``schema``). Both sides compare with :func:`differences`, so the coordinator excludes a
 site for exactly the reasons the site itself would refuse: columns are matched by name
 (order is free: a site reorders its columns to the pinned order), every pinned column
-must exist with the same type and no other column may be present, and the site's label
-classes must be among the pinned ones (a site may lack a class: non-IID data is normal).
+must exist with the same type and no other column may be present, and a label id the
+site shares with the run must name the same class. A site may lack a class or hold one
+the first site lacked (non-IID data is normal); the model's class count, which the run
+fixes, bounds the labels (the trainer refuses labels beyond it).
 """
 
 from __future__ import annotations
@@ -162,15 +164,13 @@ def differences(pinned: DataSchema, seen: DataSchema) -> list[str]:
     if typed:
         problems.append(f"column types differ ({_listed(typed, 5)})")
     pinned_classes = dict(pinned.classes)
-    if pinned_classes:
-        strange = [
-            f"{label}={name}" for label, name in seen.classes if pinned_classes.get(label) != name
-        ]
-        if strange:
-            problems.append(
-                f"label classes {_listed(strange, 5)} are not among the run's "
-                f"({_listed([f'{k}={v}' for k, v in pinned.classes], 5)})"
-            )
+    clashing = [
+        f"label {label} is {name!r}, not {pinned_classes[label]!r}"
+        for label, name in seen.classes
+        if label in pinned_classes and pinned_classes[label] != name
+    ]
+    if clashing:
+        problems.append(f"label classes differ ({_listed(clashing, 5)})")
     return problems
 
 

@@ -345,3 +345,23 @@ def test_a_site_reporting_garbage_is_left_out_and_recorded_without_claims(coordi
     assert row.code == "schema" and "mallory" in row.reason and "does not read" in row.reason
     assert frozen.rows == 0 and len(frozen.data_fingerprint) == 64
     assert frozen.schema_fingerprint == ""
+
+
+def test_label_classes_may_be_missing_at_a_site_but_never_renamed_or_out_of_range():
+    pinned = data_schema.DataSchema((("a", "float"),), (("0", "repaid"), ("1", "default")))
+    lacking = data_schema.DataSchema((("a", "float"),), (("1", "default"),))
+    renamed = data_schema.DataSchema((("a", "float"),), (("0", "default"), ("1", "repaid")))
+    table = TabularData(
+        np.ones((20, 1), np.float32), np.array([0, 1, 2, 1] * 5), ["a"], column_types=["float"]
+    )
+
+    assert data_schema.differences(pinned, lacking) == []
+    assert data_schema.differences(pinned, renamed) == [
+        "label classes differ (label 0 is 'default', not 'repaid', "
+        "label 1 is 'repaid', not 'default')"
+    ]
+    with pytest.raises(TaskRefused, match="model has 2 classes"):
+        TabularTrainer(table, seed=0).accept_task({"model": "tabular_mlp"})
+    TabularTrainer(table, seed=0).accept_task(
+        {"model": "tabular_mlp", "model_config": {"num_classes": 3}}
+    )
