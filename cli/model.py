@@ -153,6 +153,17 @@ def export_site_model(
     if not config.get("model"):
         raise ValueError("the run's config names no model; is this a Cohort run?")
     table = data if isinstance(data, TabularData) else None
+    if table is not None and config.get("schema"):
+        # The model reads the run's pinned column order, whatever this file's order is.
+        from client.data_schema import pinned_order, schema_of
+        from client.policy import TaskRefused
+
+        try:
+            order = pinned_order(config["schema"], schema_of(table))
+        except TaskRefused as exc:
+            raise ValueError(exc.reason) from exc
+        if order is not None:
+            table = table.columns(order)
     if table is not None:
         # The same rows the site trained on: log_scale'd, as TabularTrainer prepares them.
         data = models.TabularDataset(

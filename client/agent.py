@@ -145,14 +145,17 @@ class SiteAgent:
         return reply.node_id
 
     def _capabilities(self) -> dict[str, str]:
-        """What the report may name about this site's data: a fingerprint and a row count."""
+        """What the report may name about this site's data: fingerprints, rows and schema."""
         import torch
+
+        from client.data_schema import capabilities
 
         caps = {"device": "cuda" if torch.cuda.is_available() else "cpu"}
         for attribute, key in (("data_fingerprint", "data_fingerprint"), ("num_rows", "rows")):
             value = getattr(self.client, attribute, None)
             if value is not None:
                 caps[key] = str(value)
+        caps.update(capabilities(self.client))
         return caps
 
     def run(self, stop: threading.Event | None = None) -> None:

@@ -34,13 +34,29 @@ class TabularData:
     y: np.ndarray
     feature_names: list[str]
     class_names: list[str] | None = None
+    # Each feature column's type as the source held it ("integer", "float", "boolean"),
+    # for the schema the run agrees on (protos.data_schema); None means all "float".
+    column_types: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or len(self.x) != len(self.y):
             raise DataError(f"features {self.x.shape} and labels {self.y.shape} do not line up")
 
     def subset(self, index: np.ndarray) -> TabularData:
-        return TabularData(self.x[index], self.y[index], self.feature_names, self.class_names)
+        return TabularData(
+            self.x[index], self.y[index], self.feature_names, self.class_names, self.column_types
+        )
+
+    def columns(self, order: list[int]) -> TabularData:
+        """The same rows with the feature columns taken in ``order`` (indices into these)."""
+        types = [self.column_types[i] for i in order] if self.column_types else None
+        return TabularData(
+            self.x[:, order],
+            self.y,
+            [self.feature_names[i] for i in order],
+            self.class_names,
+            types,
+        )
 
     def class_names_for(self, num_classes: int) -> list[str]:
         """A name for each of a model's ``num_classes`` outputs (label id ``i`` → output ``i``)."""
@@ -133,8 +149,20 @@ def frame_to_tabular(frame: pd.DataFrame, label_column: str, where: str) -> Tabu
     if not pd.api.types.is_integer_dtype(labels):
         raise DataError(f"{where}: label column {label_column!r} must hold integer class ids")
     return TabularData(
-        features.to_numpy(np.float32), labels.to_numpy(np.int64), [str(c) for c in features.columns]
+        features.to_numpy(np.float32),
+        labels.to_numpy(np.int64),
+        [str(c) for c in features.columns],
+        column_types=[column_type(features[c].dtype) for c in features.columns],
     )
+
+
+def column_type(dtype: object) -> str:
+    """A column's type as a data schema names it: integer, float or boolean."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "integer"
+    return "float"
 
 
 def save_csv(data: TabularData, path: Path, label_column: str = "label") -> Path:

@@ -296,6 +296,26 @@ class ModelTrainer(NumPyClient):
             self.rounds_trained = 0
         return self._model
 
+    def accept_task(self, config: Mapping[str, Any]) -> None:
+        """Build the run's model now, or refuse the task (code ``model``) before training.
+
+        A model that does not build here (a constructor argument it does not take, a
+        spec that does not load) is a refusal the operator reads, not a failed task.
+        Built once per model spec; later tasks reuse it.
+        """
+        from client.policy import TaskRefused
+
+        settings = dict(config)
+        settings.setdefault("lora", "")  # as the agent's Flower config has it
+        try:
+            self.ensure_model(settings)
+        except (TypeError, ValueError, KeyError, ImportError, OSError, RuntimeError) as exc:
+            self._model, self.spec = None, None  # a model that does not fit is not kept
+            name = str(config.get("model", ""))[:200]
+            raise TaskRefused(
+                "model", f"model {name!r} does not build on this site's data: {exc}"[:900]
+            ) from exc
+
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
         """The model's weights; rebuilt fresh when a new run asks for its start point."""
         run_id = config.get("run_id")

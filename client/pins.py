@@ -33,6 +33,9 @@ class RunPin:
     participants: dict[str, str] = field(default_factory=dict)  # site → fingerprint
     custodian: str = ""
     key_fingerprint: str = ""
+    # sha256 of the run's pinned data schema (protos.data_schema): columns never change
+    # under a run this site trains in.
+    schema: str = ""
     # Set once this site has trained in the run: its local weights now hold its data, so
     # an INIT (which sends weights in plaintext) is refused from then on.
     trained: bool = False
@@ -50,6 +53,7 @@ class Observed:
     participants: dict[str, str]
     custodian: str
     key_fingerprint: str
+    schema: str = ""
 
 
 def canonical_config(value: Any) -> str:
@@ -95,6 +99,7 @@ class RunPins:
                     participants=dict(seen.participants),
                     custodian=seen.custodian,
                     key_fingerprint=seen.key_fingerprint,
+                    schema=seen.schema,
                 )
                 self.runs[seen.run_id] = pin
                 self._save()
@@ -134,7 +139,7 @@ class RunPins:
                         f"(added {added[:10]}, identity changed {moved[:10]}, now "
                         f"{len(seen.participants)} vs {len(pin.participants)} pinned)",
                     )
-            for name in ("custodian", "key_fingerprint"):
+            for name in ("custodian", "key_fingerprint", "schema"):
                 new, old = getattr(seen, name), getattr(pin, name)
                 if new and not old:
                     setattr(pin, name, new)

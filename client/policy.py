@@ -15,7 +15,9 @@ class TaskRefused(Exception):
 
     Codes: ``policy`` (the site's rules forbid it), ``pin`` (the run changed something this
     site pinned), ``verify`` (a signature, manifest or product did not check),
-    ``decode`` (an aggregate did not decode), ``budget`` (privacy budget), ``error``.
+    ``decode`` (an aggregate did not decode), ``budget`` (privacy budget), ``model`` (its
+    trainer cannot build the run's model), ``schema`` (its data differs from the run's
+    schema), ``error``.
     """
 
     def __init__(self, code: str, reason: str) -> None:

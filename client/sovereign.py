@@ -47,7 +47,20 @@ def observed(task: federation_pb2.Task, config: dict[str, Any]) -> Observed:
         participants={p.site_name: _fingerprint(p.ed25519_public_key) for p in task.participants},
         custodian=task.custodian,
         key_fingerprint=task.encoding.key_fingerprint,
+        schema=_schema_fingerprint(config.get("schema")),
     )
+
+
+def _schema_fingerprint(value: object) -> str:
+    """sha256 of the task's pinned data schema; "" when it pins none or it does not read."""
+    if value in (None, "", {}):
+        return ""
+    from protos.data_schema import from_dict
+
+    try:
+        return from_dict(value).fingerprint()
+    except ValueError:
+        return "unreadable"
 
 
 def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
@@ -56,7 +69,7 @@ def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
     Raises
     ------
     TaskRefused
-        ``policy`` or ``pin``, with the reason the operator will read.
+        ``policy``, ``pin``, ``model`` or ``schema``, with the reason the operator will read.
     """
     policy = agent.config.policy
     try:
@@ -73,7 +86,14 @@ def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
         from models.registry import available_models
 
         check_model(policy, str(config.get("model", "")), tuple(available_models()))
-    return agent.pins.check(observed(task, config), init=task.kind == federation_pb2.TASK_KIND_INIT)
+    pin = agent.pins.check(observed(task, config), init=task.kind == federation_pb2.TASK_KIND_INIT)
+    if task.kind in _BUILDS:
+        # The trainer's say: can it build the run's model on data that fits the run's
+        # schema? (TabularTrainer.accept_task; a user's NumPyClient may offer the same.)
+        accept = getattr(agent.client, "accept_task", None)
+        if callable(accept):
+            accept(config)
+    return pin
 
 
 def signers(agent: SiteAgent, task: federation_pb2.Task, pin: RunPin | None) -> dict[str, Signer]:

@@ -11,6 +11,9 @@ from flwr.common.typing import Config
 
 import models
 from client.data import PREPROCESSING_STEPS, TabularData, log_scale, train_holdout_split
+from client.data_schema import pinned_order, schema_of, tabular_model
+from client.model_trainer import GLOBAL_RNG_LOCK
+from client.policy import TaskRefused
 from models.export import TabularSchema
 from protos.wire import NDArrays
 
@@ -39,29 +42,100 @@ class TabularTrainer(NumPyClient):
         device: torch.device | None = None,
     ) -> None:
         self.preprocess = preprocess
-        prepared = TabularData(self._prepare(data.x), data.y, data.feature_names)
-        self.train_data, self.holdout_data = train_holdout_split(prepared, holdout, seed)
-        self.feature_names = data.feature_names
+        self._prepare(data.x[:1])  # an unknown preprocessing fails here, not at a task
+        # The rows as loaded, in this site's column order; tasks arrange them (accept_task).
+        self.source = data
+        self.holdout = holdout
+        self.seed = seed
+        # What the run agrees on: columns, types, classes (never values).
+        self.data_schema = schema_of(data)
         self.data_fingerprint = data.fingerprint()
         self.num_rows = len(data.y)
-        self.model_name = model
+        self._order: list[int] = []
+        self._arrange(list(range(len(data.feature_names))))
+        try:
+            self.model_name = tabular_model(model)
+        except TaskRefused as exc:
+            raise ValueError(exc.reason) from exc
+        self.site_model_config = dict(model_config or {})
         self.model_config = {
             "in_features": data.x.shape[1],
             "num_classes": 2,
-            **(model_config or {}),
+            **self.site_model_config,
         }
         # What a raw row must hold and what each output means: exported with the model,
         # so a site can score raw rows without knowing how this trainer prepared them.
         self.class_names = data.class_names_for(int(self.model_config["num_classes"]))
-        self.seed = seed
         self.device = device or models.select_device()
         self._started_run: str | None = None
         self._build_model()
         self.rounds_trained = 0
 
+    def _arrange(self, order: list[int]) -> None:
+        """Take the feature columns in ``order`` (the run's pinned order) and split the rows.
+
+        The split depends on the labels only, so every order holds out the same rows.
+        """
+        arranged = self.source.columns(order)
+        prepared = TabularData(self._prepare(arranged.x), arranged.y, arranged.feature_names)
+        self.train_data, self.holdout_data = train_holdout_split(prepared, self.holdout, self.seed)
+        self.feature_names = arranged.feature_names
+        self._order = list(order)
+
+    def accept_task(self, config: dict[str, Any]) -> None:
+        """Get ready for a task of the run ``config`` describes, or refuse it (before training).
+
+        Builds the model the run names (a tabular registry model, with the run's
+        ``model_config`` over this site's own) and takes the columns in the run's pinned
+        schema order (matched by name).
+
+        Raises
+        ------
+        TaskRefused
+            ``model`` for a model a table cannot train or that does not build with the
+            run's settings; ``schema`` for data that differs from the run's schema.
+        """
+        name = tabular_model(str(config.get("model") or self.model_name))
+        run_config = config.get("model_config") or {}
+        if not isinstance(run_config, dict):
+            raise TaskRefused("model", "the run's model_config is not a JSON object")
+        order = pinned_order(config.get("schema"), self.data_schema)
+        if order is None:
+            order = list(range(len(self.source.feature_names)))
+        if order != self._order:
+            self._arrange(order)
+        wanted = {
+            "in_features": len(order),
+            "num_classes": 2,
+            **self.site_model_config,
+            **run_config,
+        }
+        classes = int(wanted["num_classes"])
+        low, high = int(self.source.y.min(initial=0)), int(self.source.y.max(initial=0))
+        if low < 0 or high >= classes:
+            raise TaskRefused(
+                "schema",
+                f"this site's labels run from {low} to {high}; the run's model has "
+                f"{classes} classes (0 to {classes - 1})",
+            )
+        if name != self.model_name or wanted != self.model_config:
+            previous = (self.model_name, self.model_config)
+            self.model_name, self.model_config = name, wanted
+            try:
+                self._build_model()
+            except (TypeError, ValueError) as exc:
+                self.model_name, self.model_config = previous
+                raise TaskRefused(
+                    "model", f"model {name!r} does not build with the run's settings: {exc}"
+                ) from exc
+            self.class_names = self.source.class_names_for(int(wanted["num_classes"]))
+
     def _build_model(self) -> None:
-        torch.manual_seed(self.seed)
-        self.model = models.build_model(self.model_name, **self.model_config)
+        # Sites sharing a process (demo, tests) take turns with torch's global generator,
+        # so that a site's initialisation depends on its seed alone.
+        with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model = models.build_model(self.model_name, **self.model_config)
         self.model.to(self.device)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
@@ -96,7 +170,12 @@ class TabularTrainer(NumPyClient):
     ) -> tuple[NDArrays, int, dict[str, Any]]:
         models.set_weights(self.model, parameters)
         self.rounds_trained += 1
-        metrics = models.train(
+        with GLOBAL_RNG_LOCK:  # dropout and data order draw from torch's global generator
+            metrics = self._train(config)
+        return models.get_weights(self.model), self.num_train, metrics
+
+    def _train(self, config: dict[str, Any]) -> dict[str, Any]:
+        return models.train(
             self.model,
             models.TabularDataset(self.train_data.x, self.train_data.y),
             epochs=int(config.get("local_epochs", 1)),
@@ -106,20 +185,23 @@ class TabularTrainer(NumPyClient):
             seed=self.seed + 1000 * int(config.get("round", self.rounds_trained)),
             proximal_mu=float(config.get("proximal_mu", 0.0)),
         )
-        return models.get_weights(self.model), self.num_train, metrics
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
         models.set_weights(self.model, parameters)
-        result = models.evaluate(
+        with GLOBAL_RNG_LOCK:
+            result = self._evaluate()
+        loss = float(result.pop("loss"))
+        result.pop("num_examples", None)
+        return loss, len(self.holdout_data.y), {k: float(v) for k, v in result.items()}
+
+    def _evaluate(self) -> dict[str, Any]:
+        return models.evaluate(
             self.model,
             models.TabularDataset(self.holdout_data.x, self.holdout_data.y),
             device=self.device,
         )
-        loss = float(result.pop("loss"))
-        result.pop("num_examples", None)
-        return loss, len(self.holdout_data.y), {k: float(v) for k, v in result.items()}
 
     # The audit uses these: held-out rows never leave the site, only their summary does.
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from coordinator.hub import Hub
 from coordinator.model_names import check_run_model
+from coordinator.provenance import operator_schema
 from coordinator.runs import RunSpec
 from coordinator.scheduler import cancel_open_tasks
 from coordinator.schema import (
@@ -35,6 +37,8 @@ from coordinator.schema import (
     Update,
 )
 from protos import admin_pb2, common_pb2
+
+log = logging.getLogger(__name__)
 
 _STATE_TO_PROTO = {
     RunState.PENDING: common_pb2.RUN_STATE_PENDING,
@@ -83,6 +87,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
     try:
         spec.validate()
         check_run_model(spec.model)
+        operator_schema(spec.config)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidArgument(str(exc)) from exc
     return spec
@@ -138,6 +143,7 @@ class AdminService:
                 config=config,
                 custodian=spec.custodian,
                 created_by=spec.created_by,
+                data_schema=operator_schema(spec.config),
             )
             session.add(run)
             session.flush()
@@ -343,7 +349,7 @@ class AdminService:
         import tempfile
         from pathlib import Path
 
-        from coordinator.report import report_facts
+        from coordinator.report import facts_sha256, report_facts
         from explain.report import FORMATS, write_report
 
         if fmt not in FORMATS:
@@ -351,6 +357,10 @@ class AdminService:
         with self.hub.db.transaction() as session:
             self._run(session, run_id)
         facts = report_facts(self.hub, run_id)
+        # Equal for every build of a finished run's report (its generation time aside).
+        facts_hash = facts_sha256(facts)
+        if facts["run"]["state"] in ("completed", "failed", "stopped"):
+            log.info("report of finished run %s: facts sha256 %s", run_id, facts_hash)
         with tempfile.TemporaryDirectory() as tmp:
             path = write_report(facts, fmt, Path(tmp) / f"report.{fmt}")
             data = path.read_bytes()
@@ -363,6 +373,8 @@ class AdminService:
                 details={
                     "format": fmt,
                     "sha256": hashlib.sha256(data).hexdigest(),
+                    "facts_sha256": facts_hash,
+                    "run_state": facts["run"]["state"],
                     "audit_log_verified": facts["audit_log"]["verified"],
                 },
             )

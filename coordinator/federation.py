@@ -318,6 +318,9 @@ class FederationService:
             "strategy": run.strategy,
             "rounds": run.rounds,
         }
+        if run.data_schema:
+            # The pinned schema: sites take their columns in its order, by name.
+            config["schema"] = json.loads(run.data_schema)
         message = federation_pb2.Task(
             kind=_KIND_TO_PROTO[task.kind],
             task_id=task.id,
@@ -406,7 +409,10 @@ class FederationService:
                 run_id=run.id,
                 round=run.rounds + 1,
                 config_json=json.dumps(
-                    run.config | {"model": run.model, "strategy": run.strategy}, default=str
+                    run.config
+                    | {"model": run.model, "strategy": run.strategy}
+                    | ({"schema": json.loads(run.data_schema)} if run.data_schema else {}),
+                    default=str,
                 ),
                 secure=(
                     common_pb2.SECURE_SCHEME_PAILLIER

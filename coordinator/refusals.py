@@ -19,7 +19,7 @@ from coordinator.errors import FailedPrecondition, InvalidArgument
 from coordinator.schema import Node, Run, RunState, SiteRefusal, Task, TaskKind, TaskState
 from protos import admin_pb2, federation_pb2
 
-CODES = ("policy", "pin", "verify", "decode", "budget", "error")
+CODES = ("policy", "pin", "verify", "decode", "budget", "model", "schema", "error")
 MAX_REASON = 1000
 # Audit rows per node and minute for refusals; the SiteRefusal rows are bounded anyway
 # (one per task the coordinator itself created).
@@ -136,3 +136,23 @@ def add_refusals(session: Session, run_id: str, info: admin_pb2.RunInfo) -> None
             reason=row.reason,
             time_unix=row.time,
         )
+
+
+def latest_reasons(session: Session, run_id: str, limit: int = 3) -> str:
+    """ "; refused: SITE (CODE): REASON, …" for a failure message; "" when none refused."""
+    rows = session.scalars(
+        select(SiteRefusal)
+        .where(SiteRefusal.run_id == run_id)
+        .order_by(SiteRefusal.time.desc(), SiteRefusal.id.desc())
+        .limit(limit)
+    ).all()
+    if not rows:
+        return ""
+    from coordinator.manifests import site_name
+
+    named = []
+    for row in reversed(rows):
+        node = session.get(Node, row.node_id)
+        site = site_name(session, node) if node is not None else row.node_id
+        named.append(f"{site} ({row.code}): {row.reason[:200]}")
+    return "; refused: " + "; ".join(named)

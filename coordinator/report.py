@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +14,17 @@ from sqlalchemy.orm import Session
 
 from coordinator import auditlog
 from coordinator.hub import Hub
-from coordinator.schema import Institution, Node, Round, RoundState, Run, SiteAudit, Update
+from coordinator.provenance import frozen_sites
+from coordinator.schema import (
+    AuditEvent,
+    Institution,
+    Node,
+    Round,
+    RoundState,
+    Run,
+    SiteAudit,
+    Update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +89,74 @@ def _authenticated_summaries(
     return summaries, rejected
 
 
+# Rows that use a finished run without changing it: a report of the run does not move
+# its audit-log anchor for them (a report built twice must say the same).
+_READS = ("report.produced", "model.exported", "model.downloaded")
+
+
+def _frozen_sites(
+    session: Session, run_id: str, participation: dict[str, list[int]]
+) -> list[dict[str, Any]]:
+    """Each contributing site as recorded when it first took part, never as it is now."""
+    frozen = frozen_sites(session, run_id)
+    names = dict(
+        session.execute(
+            select(Node.id, Institution.name)
+            .join(Institution, Node.institution_id == Institution.id)
+            .where(Node.id.in_(list(participation)))
+        ).all()
+    )
+    sites: list[dict[str, Any]] = []
+    for node_id in participation:
+        row = frozen.get(node_id)
+        sites.append(
+            {
+                "name": row.site_name if row else names.get(node_id, f"node {node_id}"),
+                "node_id": node_id,
+                # No provenance (a run from before it was recorded): nothing is claimed.
+                "data_fingerprint": (row.data_fingerprint or None) if row else None,
+                "row_count": int(row.rows) if row else 0,
+                "schema_fingerprint": (row.schema_fingerprint or None) if row else None,
+                "code_version": (row.agent_version or None) if row else None,
+                "rounds_participated": sorted(participation[node_id]),
+            }
+        )
+    return sorted(sites, key=lambda site: (site["name"], site["node_id"]))
+
+
+def _log_verdict(session: Session, run: Run) -> auditlog.ChainVerdict:
+    """The audit chain, checked up to the run's own last row once the run has ended.
+
+    A finished run's report anchors the log at that row, so rows appended later (other
+    runs, re-joins, this report being produced) do not change the report; `cohort audit
+    verify` checks the whole log. A running run's report checks the whole log.
+    """
+    checker = auditlog.ChainChecker()
+    if not run.state.ended:
+        checker.feed(auditlog.iter_rows(session))  # a page at a time, not the whole log
+        return checker.verdict()
+    anchor = session.scalar(
+        select(AuditEvent.seq)
+        .where(AuditEvent.run_id == run.id, AuditEvent.kind.not_in(_READS))
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    limit = int(anchor or 0)
+    for row in auditlog.iter_rows(session):
+        if row.seq > limit:
+            break
+        if not checker.feed([row]):
+            break
+    return checker.verdict()
+
+
+def facts_sha256(facts: Mapping[str, Any]) -> str:
+    """sha256 of the facts without their generation time: equal for equal reports."""
+    body = {k: v for k, v in facts.items() if k != "generated_at"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
     """Build and validate the facts document of ``run_id`` (explain.report.build_facts)."""
     from explain.report import build_facts
@@ -92,25 +172,9 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
         participation: dict[str, list[int]] = {}
         for update in updates:
             participation.setdefault(update.node_id, []).append(update.round)
-        nodes = session.execute(
-            select(Node, Institution.name)
-            .join(Institution, Node.institution_id == Institution.id)
-            .where(Node.id.in_(list(participation)))
-        ).all()
-        sites = [
-            {
-                "name": name,
-                "node_id": node.id,
-                "data_fingerprint": (node.capabilities or {}).get("data_fingerprint"),
-                "row_count": int((node.capabilities or {}).get("rows", 0) or 0),
-                "rounds_participated": sorted(participation[node.id]),
-            }
-            for node, name in nodes
-        ]
+        sites = _frozen_sites(session, run_id, participation)
         summaries, rejected = _authenticated_summaries(session, run_id)
-        checker = auditlog.ChainChecker()
-        checker.feed(auditlog.iter_rows(session))  # a page at a time, not the whole log
-        verdict = checker.verdict()
+        verdict = _log_verdict(session, run)
         closed = [r for r in rounds if r.state == RoundState.CLOSED]
         encoding = run.config.get("encoding") if run.secure == "paillier" else None
         facts = build_facts(

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import crypto
-from coordinator import auditlog
+from coordinator import auditlog, provenance, refusals
 from coordinator.aggregation import aggregate_deltas, apply_deltas
 from coordinator.hub import Hub
 from coordinator.identity import choose_participants
@@ -149,6 +149,16 @@ class RoundScheduler:
 
     def _advance(self, session: Session, run: Run, now: float) -> bool:
         online = online_nodes(session, self.hub, now)
+        if run.state == RunState.PENDING and len(online) >= run.min_clients:
+            # Schema agreement before anything is dealt: pinned now, misfits left out.
+            provenance.pin_schema(session, run, online)
+        # Sites whose data does not fit the run, or that refused its model, take no part.
+        online = provenance.admissible(session, run, online, now)
+        if len(online) < run.min_clients:
+            hopeless = provenance.impossible(session, run)
+            if hopeless is not None:
+                self._fail(session, run, now, hopeless)
+                return True
         if run.state == RunState.PENDING:
             if len(online) < run.min_clients:
                 return False
@@ -212,7 +222,13 @@ class RoundScheduler:
         mark_missed(session, run, live, kind=kind.value)
         if len(tasks) >= SETUP_ATTEMPTS:
             what = "generate the run's keys" if kind == TaskKind.KEYGEN else "send initial weights"
-            self._fail(session, run, now, f"no site could {what} after {len(tasks)} attempts")
+            self._fail(
+                session,
+                run,
+                now,
+                f"no site could {what} after {len(tasks)} attempts"
+                + refusals.latest_reasons(session, run.id),
+            )
             return True
         candidates = self._custodian_candidates(session, run, online)
         if kind == TaskKind.INIT and run.secure == "paillier":
@@ -231,6 +247,7 @@ class RoundScheduler:
         tried = {t.node_id for t in tasks}
         fresh = [n for n in candidates if n.id not in tried] or candidates
         node = fresh[0]
+        provenance.record(session, run, node.id, now)
         session.add(new_task(run, node.id, kind, 0, now + run.round_deadline))
         auditlog.append(
             session, "task.assigned", run_id=run.id, actor=node.id, details={"kind": kind.value}
@@ -262,6 +279,7 @@ class RoundScheduler:
             Round(run_id=run.id, number=number, deadline=now + run.round_deadline, opened_at=now)
         )
         for node_id in chosen:
+            provenance.record(session, run, node_id, now)
             session.add(new_task(run, node_id, TaskKind.TRAIN, number, now + run.round_deadline))
         run.current_round = number
         run.round_attempts = 1
@@ -315,7 +333,8 @@ class RoundScheduler:
                 run,
                 now,
                 f"round {current.number} got {len(updates)} of the {quorum} updates it "
-                f"needs in {run.round_attempts} attempts",
+                f"needs in {run.round_attempts} attempts"
+                + refusals.latest_reasons(session, run.id),
             )
             return True
         submitted = {u.node_id for u in updates}
@@ -334,6 +353,7 @@ class RoundScheduler:
         run.round_attempts += 1
         current.deadline = now + run.round_deadline
         for node_id in eligible:
+            provenance.record(session, run, node_id, now)
             session.add(new_task(run, node_id, TaskKind.TRAIN, current.number, current.deadline))
         auditlog.append(
             session,

@@ -138,6 +138,9 @@ class Run(Base):
     participants: Mapped[list[str]] = mapped_column(JSON, default=list)
     key_statement: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     key_statement_signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    # The data schema every site must match (protos.data_schema, canonical JSON): the
+    # operator's, or the first participant's, pinned before round 1. "" until pinned.
+    data_schema: Mapped[str] = mapped_column(Text, default="")
 
     def model_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """``(dtype, shape)`` of each exchanged tensor, as the initial weights declared them."""
@@ -266,6 +269,28 @@ class SiteRefusal(Base):
     code: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(String(1000))
     time: Mapped[float] = mapped_column(Float, default=now)
+
+
+class RunSite(Base):
+    """A site's provenance in one run, frozen when it first took part (reports read this).
+
+    Copied from what the site reported at that time (rows, data and schema fingerprints,
+    agent version), so a site that later re-joins with other data cannot change what a
+    finished run's report says it trained on.
+    """
+
+    __tablename__ = "run_sites"
+    __table_args__ = (UniqueConstraint("run_id", "node_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    site_name: Mapped[str] = mapped_column(String(128))
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    data_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    schema_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    recorded_at: Mapped[float] = mapped_column(Float, default=now)
 
 
 class AuditEvent(Base):

@@ -37,6 +37,9 @@ class SiteFacts(TypedDict):
     data_fingerprint: str | None
     row_count: int
     rounds_participated: list[int]
+    # Frozen when the site first took part (coordinator.provenance): schema and agent.
+    schema_fingerprint: NotRequired[str | None]
+    code_version: NotRequired[str | None]
 
 
 class PrivacyFacts(TypedDict):

@@ -104,6 +104,8 @@ def config_text(facts: Mapping[str, Any]) -> str:
 
 def sites_table(facts: Mapping[str, Any]) -> Table:
     header = ["Site", "Node id", "Rows", "Rounds participated", "Data fingerprint"]
+    if any("schema_fingerprint" in s for s in facts["sites"]):
+        header += ["Schema fingerprint", "Agent"]
     rows = [
         [
             s["name"],
@@ -112,6 +114,11 @@ def sites_table(facts: Mapping[str, Any]) -> Table:
             fmt_rounds(s["rounds_participated"]),
             fmt(s["data_fingerprint"]),
         ]
+        + (
+            [fmt(s.get("schema_fingerprint")), fmt(s.get("code_version"))]
+            if len(header) > 5
+            else []
+        )
         for s in facts["sites"]
     ]
     return header, rows

@@ -1,321 +1,367 @@
-"""Runs say what is true: audits are part of the run, stops are prompt, the log is ordered."""
+"""Runs that say what is true: the run's model, one data schema, provenance that stays put."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections import Counter
-from pathlib import Path
+import re
 
 import grpc
+import numpy as np
 import pytest
-from helpers import breast_cancer_sites, create_run, wait_for, wait_for_state
+from conftest import start_coordinator
+from helpers import create_run, wait_for, wait_for_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
-from coordinator.schema import AuditEvent, Task, TaskKind, TaskState
-from protos import admin_pb2, common_pb2, federation_pb2, wire
+from client.agent import AgentConfig, SiteAgent
+from client.data import TabularData, dirichlet_split, load_sklearn
+from client.data_schema import schema_of
+from client.policy import TaskRefused
+from client.trainer import TabularTrainer
+from coordinator.schema import AuditEvent, Node, Run, RunSite, SiteRefusal, Task
+from protos import admin_pb2, common_pb2, data_schema, wire
 
 DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_STOPPED)
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def _quick_audit(trainer, release: threading.Event | None = None):  # type: ignore[no-untyped-def]
-    """A real trainer with a fast audit hook (SHAP itself is tested in test_explain_*).
+def site_tables(count: int = 3) -> list[TabularData]:
+    data = load_sklearn("breast_cancer")
+    return [data.subset(index) for index in dirichlet_split(data.y, count, 1.0, 0, min_rows=40)]
 
-    With ``release`` the audit hangs until it is set: that site's audit misses the deadline.
-    """
-    from explain.summary import AttributionSummary
 
-    def audit(weights, config):  # type: ignore[no-untyped-def]
-        if release is not None:
-            release.wait(60)
-            return None
-        features = list(trainer.feature_names)
-        return AttributionSummary(
-            site="ignored",
-            kind="tabular",
-            feature_names=features,
-            class_names=["class_0", "class_1"],
-            mean_abs=[0.01] * len(features),
-            mean_signed={"class_0": [0.0] * len(features), "class_1": [0.0] * len(features)},
-            row_count=len(trainer.holdout_data.y),
-            base_value=[0.5, 0.5],
+def reversed_columns(data: TabularData) -> TabularData:
+    order = list(range(len(data.feature_names)))[::-1]
+    return data.columns(order)
+
+
+def without(data: TabularData, names: list[str]) -> TabularData:
+    return data.columns([i for i, n in enumerate(data.feature_names) if n not in names])
+
+
+def start_in_order(agents, coordinator, trainers, names, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Start the sites one at a time, each joined before the next: the first pins the schema."""
+    admin = coordinator.admin()
+    for count, (trainer, name) in enumerate(zip(trainers, names, strict=True), start=1):
+        agents.start(coordinator.address, [trainer], tmp_path, names=[name])
+        wait_for(
+            lambda count=count: len(admin.ListNodes(admin_pb2.ListNodesRequest()).nodes) >= count,
+            30,
+            f"{name} to join",
         )
 
-    trainer.audit = audit
-    return trainer
 
-
-def _events(coordinator, kind: str) -> list[dict]:
-    with coordinator.hub.db.transaction() as session:
-        rows = session.scalars(select(AuditEvent).where(AuditEvent.kind == kind)).all()
-        return [json.loads(r.details) for r in rows]
-
-
-def test_run_completes_once_audits_are_in_or_past_their_deadline(coordinator, agents, tmp_path):
-    release = threading.Event()
-    trainers = breast_cancer_sites(3)
-    trainers = [_quick_audit(t) for t in trainers[:2]] + [_quick_audit(trainers[2], release)]
-    agents.start(
-        coordinator.address, trainers, tmp_path, names=["bank-a", "bank-b", "bank-c"], audit_rows=20
+def final_weights(admin, run_id: str) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    return wire.decode_tensors(
+        wire.join_chunks(admin.DownloadModel(admin_pb2.DownloadModelRequest(run_id=run_id)))
     )
+
+
+def trained_model(coordinator, agents, tables, tmp_path) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    trainers = [TabularTrainer(table, seed=0) for table in tables]
+    start_in_order(agents, coordinator, trainers, ["bank-a", "bank-b", "bank-c"], tmp_path)
     admin = coordinator.admin()
+    run = create_run(admin, rounds=2)
+    info = wait_for_state(admin, run.run_id, DONE)
+    assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
+    return final_weights(admin, run.run_id)
+
+
+def test_site_with_its_columns_in_reverse_order_trains_the_same_model(
+    coordinator, agents, tmp_path
+):
+    tables = site_tables()
+    in_order = trained_model(coordinator, agents, tables, tmp_path / "first")
+    other = start_coordinator(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other-data")
     try:
-        run = create_run(admin, rounds=1, audit=True, audit_deadline_seconds=10)
-        seen: list[admin_pb2.RunInfo] = []
+        flipped = [tables[0], tables[1], reversed_columns(tables[2])]
+        assert flipped[2].feature_names[0] == tables[2].feature_names[-1]
 
-        def auditing() -> bool:
-            info = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-            seen.append(info)
-            return info.waiting_for.startswith("audits:") or info.state in DONE
+        reordered = trained_model(other, agents, flipped, tmp_path / "second")
+    finally:
+        for channel in other.channels:
+            channel.close()
+        agents.stop.set()
+        other.server.stop(grace=0.5)
 
-        wait_for(auditing, 120, "the audit phase")
-        during = seen[-1]
-        info = wait_for_state(admin, run.run_id, DONE, timeout=120)
-        report = json.loads(
-            wire.join_chunks(
-                admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run.run_id, format="json"))
+    assert len(reordered) == len(in_order)
+    for mine, theirs in zip(reordered, in_order, strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-4)
+
+
+def test_site_with_missing_columns_is_left_out_by_name_before_round_1(
+    coordinator, agents, tmp_path
+):
+    tables = site_tables(4)
+    dropped = tables[3].feature_names[-2:]
+    tables[3] = without(tables[3], dropped)
+    trainers = [TabularTrainer(table, seed=i) for i, table in enumerate(tables)]
+    names = ["bank-a", "bank-b", "bank-c", "bank-d"]
+    start_in_order(agents, coordinator, trainers, names, tmp_path)
+    admin = coordinator.admin()
+
+    run = create_run(admin, rounds=1, min_clients=3)
+    info = wait_for_state(admin, run.run_id, DONE)
+
+    assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
+    assert [r.selected for r in info.round_infos] == [3]
+    refusal = next(r for r in info.refusals if r.code == "schema")
+    assert refusal.site_name == "bank-d"
+    assert f"missing columns {dropped[0]}, {dropped[1]}" in refusal.reason
+    bank_d = agents.agents[3].node_id
+    with coordinator.hub.db.transaction() as session:
+        assert not session.scalars(select(Task).where(Task.node_id == bank_d)).all()
+        excluded = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "site.excluded")
+        ).all()
+    assert [json.loads(e.details)["site"] for e in excluded] == ["bank-d"]
+
+
+def test_site_refuses_data_that_differs_from_the_pinned_schema_naming_columns():
+    table = site_tables()[0]
+    pinned = schema_of(table).to_dict()
+    short = TabularTrainer(without(table, ["mean area"]), seed=0)
+    flipped = TabularTrainer(reversed_columns(table), seed=0)
+
+    with pytest.raises(TaskRefused) as refused:
+        short.accept_task({"model": "tabular_mlp", "schema": pinned})
+    flipped.accept_task({"model": "tabular_mlp", "schema": pinned})
+
+    assert refused.value.code == "schema"
+    assert "missing columns mean area" in refused.value.reason
+    assert flipped.feature_names == table.feature_names
+    assert flipped.model_config["in_features"] == len(table.feature_names)
+
+
+def test_operator_schema_is_checked_when_the_run_is_created(coordinator):
+    admin = coordinator.admin()
+
+    with pytest.raises(grpc.RpcError) as bad:
+        create_run(admin, schema={"columns": [{"name": "x", "type": "text"}]})
+    good = create_run(admin, schema={"columns": ["b", "a"], "classes": ["no", "yes"]})
+
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "type 'text'" in bad.value.details()
+    with coordinator.hub.db.transaction() as session:
+        pinned = data_schema.from_json(session.get(Run, good.run_id).data_schema)
+    assert pinned.names == ["b", "a"]
+
+
+def test_model_a_table_cannot_train_is_refused_with_a_reason(coordinator, agents, tmp_path):
+    trainers = [TabularTrainer(table, seed=0) for table in site_tables()]
+    agents.start(coordinator.address, trainers, tmp_path)
+    admin = coordinator.admin()
+    wait_for(lambda: len(admin.ListNodes(admin_pb2.ListNodesRequest()).nodes) == 3, 30, "joins")
+
+    run = admin.CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="image_cnn", rounds=1, min_clients=3, config_json=json.dumps({"audit": False})
+        )
+    )
+    info = wait_for_state(admin, run.run_id, DONE, timeout=60)
+
+    assert info.state == common_pb2.RUN_STATE_FAILED
+    assert "image_cnn" in info.failure_reason
+    refusal = next(r for r in info.refusals if r.code == "model")
+    assert "cannot build model 'image_cnn'" in refusal.reason
+    assert not [r for r in info.round_infos if r.submitted]
+
+
+def test_report_of_a_finished_run_stays_the_same_after_a_site_rejoins_with_other_data(
+    coordinator, agents, tmp_path
+):
+    tables = site_tables()
+    trainers = [TabularTrainer(table, seed=i) for i, table in enumerate(tables)]
+    names = ["bank-a", "bank-b", "bank-c"]
+    agents.start(coordinator.address, trainers, tmp_path, names=names)
+    admin = coordinator.admin()
+    run = create_run(admin, rounds=1)
+    assert wait_for_state(admin, run.run_id, DONE).state == common_pb2.RUN_STATE_COMPLETED
+
+    def report(fmt: str) -> bytes:
+        return wire.join_chunks(
+            admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run.run_id, format=fmt))
+        )
+
+    before_json, before_html = report("json"), report("html")
+    # bank-a comes back on another file: same identity, other rows and fingerprint.
+    other = TabularTrainer(site_tables(2)[1], seed=9)
+    rejoined = SiteAgent(
+        AgentConfig(coordinator.address, "bank-a", tmp_path / "bank-a", poll_seconds=1.0), other
+    )
+    try:
+        rejoined.join()
+    finally:
+        rejoined.close()
+    after_json, after_html = report("json"), report("html")
+
+    first, second = json.loads(before_json), json.loads(after_json)
+    for text in (before_json, after_json, before_html, after_html):
+        assert text  # both formats were built
+
+    def stamp(data: bytes, facts: dict) -> bytes:  # type: ignore[type-arg]
+        return data.replace(facts["generated_at"].encode(), b"<generated>")
+
+    def stamp_html(data: bytes) -> bytes:
+        return re.sub(rb"generated \d{4}-\d\d-\d\dT[\d:.]+Z", b"generated <when>", data)
+
+    assert stamp(before_json, first) == stamp(after_json, second)
+    assert stamp_html(before_html) == stamp_html(after_html)
+    assert stamp_html(before_html) != before_html  # the stamp was found and blanked
+    site_a = next(s for s in second["sites"] if s["name"] == "bank-a")
+    assert site_a["row_count"] == len(tables[0].y)
+    assert site_a["data_fingerprint"] == tables[0].fingerprint()
+    assert site_a["schema_fingerprint"] == schema_of(tables[0]).fingerprint()
+    with coordinator.hub.db.transaction() as session:
+        frozen = session.scalars(select(RunSite).where(RunSite.run_id == run.run_id)).all()
+        produced = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "report.produced")
+        ).all()
+        provenance = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "site.provenance")
+        ).all()
+        now_reported = session.get(Node, site_a["node_id"]).capabilities
+    assert now_reported["data_fingerprint"] != site_a["data_fingerprint"]  # it did change
+    assert sorted(r.site_name for r in frozen) == names
+    assert len(provenance) == 3
+    hashes: dict[str, list[str]] = {}
+    for row in produced:
+        details = json.loads(row.details)
+        hashes.setdefault(details["format"], []).append(details["facts_sha256"])
+    assert set(hashes) == {"json", "html"}
+    assert all(len(v) == 2 and len(set(v)) == 1 for v in hashes.values())
+
+
+def test_export_at_a_site_with_reversed_columns_reads_the_runs_column_order(tmp_path):
+    from cli.model import export_site_model
+
+    table = site_tables()[0]
+    trainer = TabularTrainer(table, seed=0)
+    pinned = schema_of(table).to_dict()
+    config = {"model": "tabular_mlp", "schema": pinned, "run_id": "r1"}
+    weights = trainer.get_parameters({})
+
+    report = export_site_model(
+        weights, config, reversed_columns(table), tmp_path / "out", int8=False, measure=False
+    )
+    manifest = json.loads((tmp_path / "out" / "model.json").read_text())
+
+    assert report["export"]["files"]
+    assert manifest["inputs"]["features"] == table.feature_names
+
+
+def test_site_refuses_a_run_whose_schema_changes_after_it_pinned_it(tmp_path):
+    from client.pins import Observed, RunPins
+
+    pins = RunPins.load(tmp_path, "bank-a")
+
+    def seen(schema: str) -> Observed:
+        return Observed("r1", "none", "tabular_mlp", {}, "", {}, "", "", schema)
+
+    pins.check(seen("a" * 64))
+    pins.check(seen("a" * 64))
+    with pytest.raises(TaskRefused) as refused:
+        pins.check(seen("b" * 64))
+
+    assert refused.value.code == "pin"
+    assert "schema was pinned" in refused.value.reason
+    assert RunPins.load(tmp_path, "bank-a").get("r1").schema == "a" * 64  # kept on disk
+
+
+def test_named_input_site_refuses_a_model_that_does_not_build_with_the_runs_settings():
+    import torch
+
+    from client.model_trainer import ModelTrainer
+    from models.datasets import DictDataset
+
+    rng = np.random.default_rng(0)
+    images = DictDataset(
+        {"image": torch.from_numpy(rng.normal(size=(40, 1, 16, 16)).astype(np.float32))},
+        np.array([0, 1] * 20),
+    )
+    site = ModelTrainer(images, site_name="clinic-a", device=torch.device("cpu"))
+
+    with pytest.raises(TaskRefused) as refused:
+        site.accept_task({"model": "image_cnn", "model_config": {"in_features": 4}})
+    site.accept_task({"model": "image_cnn"})
+
+    assert refused.value.code == "model"
+    assert "'image_cnn' does not build on this site's data" in refused.value.reason
+    assert "in_features" in refused.value.reason
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        JSONISH.map(json.dumps),
+        st.fixed_dictionaries(
+            {"columns": st.lists(st.dictionaries(st.sampled_from(["name", "type"]), JSONISH))},
+            optional={"classes": JSONISH},
+        ).map(json.dumps),
+    )
+)
+def test_any_reported_schema_reads_or_is_refused_with_a_value_error(text):
+    try:
+        schema = data_schema.from_json(text)
+    except ValueError:
+        return
+    assert data_schema.from_json(schema.canonical()) == schema  # canonical form round-trips
+
+
+def test_a_site_reporting_garbage_is_left_out_and_recorded_without_claims(coordinator):
+    from coordinator import provenance
+    from coordinator.schema import Institution
+
+    with coordinator.hub.db.transaction() as session:
+        session.add(Institution(id=7, name="mallory"))
+        session.add(
+            Node(
+                id="n-mallory",
+                institution_id=7,
+                token_hash="t" * 64,
+                capabilities={"schema": "{not json", "rows": "lots", "data_fingerprint": "x" * 500},
             )
         )
-        html = wire.join_chunks(
-            admin.ExportReport(admin_pb2.ExportReportRequest(run_id=run.run_id, format="html"))
-        ).decode()
-    finally:
-        release.set()
+        run = Run(id="r-1", model="tabular_mlp", rounds=1, min_clients=1, round_deadline=5.0)
+        run.data_schema = data_schema.DataSchema((("a", "float"),)).canonical()
+        session.add(run)
+        session.flush()
+        node = session.get(Node, "n-mallory")
 
-    # The audit phase is part of the run: RUNNING, saying whose audits it waits for.
-    assert during.state == common_pb2.RUN_STATE_RUNNING
-    assert during.final_model_sha256
-    assert "bank-c" in during.waiting_for
-    assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
-    # Completed after the deadline, naming the site whose audit is missing.
-    completed = _events(coordinator, "run.completed")[-1]
-    assert completed["audits_missing"] == ["bank-c"]
-    assert completed["audits_received"] == 2
-    results = {r.site_name: r for r in info.site_results}
-    assert results["bank-c"].audit == "missing"
-    for site in ("bank-a", "bank-b"):
-        assert results[site].audit == "in"
-        assert 0.0 <= results[site].holdout_metrics["accuracy"] <= 1.0
-        assert results[site].holdout_metrics["examples"] > 0
-    # A report made right after completion has the audits, each with its held-out score.
-    sites = {s["site"]: s for s in report["attribution"]["sites"]}
-    assert set(sites) == {"bank-a", "bank-b"}
-    assert "accuracy" in sites["bank-a"]["holdout_metrics"]
-    assert "Final model on each site&#x27;s held-out rows" in html or "held-out rows" in html
+        kept = provenance.admissible(session, run, [node], 0.0)
+        provenance.record(session, run, node.id)
+        frozen = provenance.frozen_sites(session, run.id)[node.id]
+        [row] = session.scalars(select(SiteRefusal)).all()
+
+    assert kept == []
+    assert row.code == "schema" and "mallory" in row.reason and "does not read" in row.reason
+    assert frozen.rows == 0 and len(frozen.data_fingerprint) == 64
+    assert frozen.schema_fingerprint == ""
 
 
-def test_waiting_for_names_the_sites_a_pending_run_lacks(coordinator):
-    admin = coordinator.admin()
-    run = create_run(admin, rounds=1, min_clients=3)
-
-    info = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-
-    assert info.state == common_pb2.RUN_STATE_PENDING
-    assert info.waiting_for == "sites: 0 of 3 online"
-
-
-def test_sigterm_during_an_audit_stops_the_site_within_ten_seconds(coordinator, tmp_path):
-    admin = coordinator.admin()
-    run = create_run(admin, rounds=1, min_clients=1, audit=True)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    site = subprocess.Popen(
-        [
-            sys.executable, "-m", "cli.main", "client", "run",
-            "--app", "slow_audit_app:client_fn", "--name", "clinic",
-            "--coordinator", coordinator.address, "--insecure",
-            "--state-dir", str(tmp_path / "clinic"),
-        ],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-
-        def auditing() -> bool:
-            with coordinator.hub.db.transaction() as session:
-                return (
-                    session.scalar(
-                        select(Task.id).where(
-                            Task.run_id == run.run_id,
-                            Task.kind == TaskKind.AUDIT,
-                            Task.state == TaskState.DELIVERED,
-                        )
-                    )
-                    is not None
-                )
-
-        wait_for(auditing, 120, "the site to take its audit task")
-        time.sleep(1.0)  # well inside the (hour-long) audit
-
-        started = time.monotonic()
-        site.send_signal(signal.SIGTERM)
-        _, stderr = site.communicate(timeout=10)
-        took = time.monotonic() - started
-    finally:
-        if site.poll() is None:
-            site.kill()
-            site.communicate()
-
-    assert took < 10
-    assert "SIGTERM: stopping" in stderr
-    assert "the audit task in progress was abandoned" in stderr
-    assert "shutting down" in stderr
-    assert "Traceback" not in stderr
-
-
-def test_exports_while_a_run_closes_leave_no_duplicate_audit_seq(coordinator, agents, tmp_path):
-    """Sites export one run's model in many threads while another run trains and closes."""
-    admin = coordinator.admin()
-    pool = agents.start(coordinator.address, breast_cancer_sites(3), tmp_path)
-    first = create_run(admin, rounds=1)
-    assert wait_for_state(admin, first.run_id, DONE).state == common_pb2.RUN_STATE_COMPLETED
-    second = create_run(admin, rounds=2)
-    stubs = [(a.stub, a._metadata()) for a in pool]
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def export(stub, metadata) -> None:  # type: ignore[no-untyped-def]
-        while not stop.is_set():
-            try:
-                stub.GetFinalModel(
-                    federation_pb2.FinalModelRequest(run_id=first.run_id),
-                    metadata=metadata,
-                    timeout=30,
-                )
-            except grpc.RpcError as exc:  # any failure here is the bug under test
-                errors.append(exc)
-                return
-
-    threads = [
-        threading.Thread(target=export, args=stubs[i % len(stubs)], daemon=True) for i in range(12)
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        info = wait_for_state(admin, second.run_id, DONE)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-
-    assert info.state == common_pb2.RUN_STATE_COMPLETED, info.failure_reason
-    assert not errors, errors[:1]
-    with coordinator.hub.db.transaction() as session:
-        rows = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
-        kinds = Counter(r.kind for r in rows)
-        seqs = [r.seq for r in rows]
-        from coordinator import auditlog
-
-        assert auditlog.verify_chain(rows).ok
-    assert seqs == list(range(1, len(seqs) + 1))
-    assert kinds["model.exported"] >= 12
-    assert kinds["run.completed"] == 2
-    assert kinds["coordinator.started"] == 1
-
-
-def test_coordinator_start_and_stop_are_in_the_log(tmp_path):
-    from conftest import start_coordinator
-
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    running = start_coordinator(url, tmp_path / "d")
-    running.server.stop(grace=0.2)
-    running = start_coordinator(url, tmp_path / "d")
-    try:
-        with running.hub.db.transaction() as session:
-            rows = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
-            kinds = [r.kind for r in rows]
-            started = json.loads(rows[0].details)
-    finally:
-        running.server.stop(grace=0.2)
-
-    assert kinds == ["coordinator.started", "coordinator.stopped", "coordinator.started"]
-    assert started["db"] == "sqlite"
-    assert started["version"].startswith("cohort")
-
-
-@pytest.mark.parametrize(
-    ("detail", "expected"),
-    [
-        (
-            "failed to connect to all addresses; last error: UNAVAILABLE: "
-            "ipv4:127.0.0.1:1: Socket closed",
-            "serves TLS",
-        ),
-        (
-            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls "
-            "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL "
-            "routines:OPENSSL_internal:WRONG_VERSION_NUMBER",
-            "answers in plaintext",
-        ),
-        ("failed to connect to all addresses; last error: Connection refused", None),
-    ],
-    ids=["plaintext-to-tls", "tls-to-plaintext", "down"],
-)
-def test_transport_mismatch_is_named(detail, expected):
-    from protos.transport import transport_mismatch
-
-    said = transport_mismatch(detail)
-
-    assert (said is None) if expected is None else (expected in said)
-
-
-def test_agent_events_are_one_plain_line():
-    from cli.events import event_line
-
-    line = event_line(
-        "disconnected", {"code": "UNAVAILABLE", "detail": "Connection refused", "retry_in": 16.0}
+def test_label_classes_may_be_missing_at_a_site_but_never_renamed_or_out_of_range():
+    pinned = data_schema.DataSchema((("a", "float"),), (("0", "repaid"), ("1", "default")))
+    lacking = data_schema.DataSchema((("a", "float"),), (("1", "default"),))
+    renamed = data_schema.DataSchema((("a", "float"),), (("0", "default"), ("1", "repaid")))
+    table = TabularData(
+        np.ones((20, 1), np.float32), np.array([0, 1, 2, 1] * 5), ["a"], column_types=["float"]
     )
 
-    assert line == "disconnected (Connection refused); retrying in 16 s"
-    assert event_line("reconnected", {"coordinator": "c:1"}) == "reconnected to c:1"
-    assert event_line("shutting_down", {}) == "shutting down"
-    assert "{" not in event_line("joined", {"node_id": "n1", "site": "a"})
-
-
-def _summary_dict(**extra: object) -> dict:
-    return {
-        "site": "a",
-        "kind": "tabular",
-        "feature_names": ["x"],
-        "class_names": ["no", "yes"],
-        "mean_abs": [0.1],
-        "mean_signed": {"no": [0.0], "yes": [0.0]},
-        "row_count": 3,
-        "base_value": [0.5, 0.5],
-        "noise_scale": 0.0,
-        "explainer": "test",
-        **extra,
-    }
-
-
-@pytest.mark.parametrize(
-    "metrics",
-    [
-        {"accuracy": float("nan")},
-        {"accuracy": "high"},
-        {"accuracy": True},
-        {"": 1.0},
-        {"x" * 65: 1.0},
-        {f"m{i}": 1.0 for i in range(33)},
-        [1.0],
-    ],
-    ids=["nan", "text", "bool", "empty-name", "long-name", "too-many", "not-an-object"],
-)
-def test_holdout_metrics_a_site_sends_are_checked(metrics):
-    from explain.summary import AttributionSummary
-
-    with pytest.raises(ValueError, match="holdout"):
-        AttributionSummary.from_dict(_summary_dict(holdout_metrics=metrics))
-
-
-def test_a_summary_without_holdout_metrics_still_parses():
-    from explain.summary import AttributionSummary
-
-    summary = AttributionSummary.from_dict(_summary_dict())
-
-    assert summary.holdout_metrics == {}
-    assert AttributionSummary.from_dict(summary.to_dict()) == summary
+    assert data_schema.differences(pinned, lacking) == []
+    assert data_schema.differences(pinned, renamed) == [
+        "label classes differ (label 0 is 'default', not 'repaid', "
+        "label 1 is 'repaid', not 'default')"
+    ]
+    with pytest.raises(TaskRefused, match="model has 2 classes"):
+        TabularTrainer(table, seed=0).accept_task({"model": "tabular_mlp"})
+    TabularTrainer(table, seed=0).accept_task(
+        {"model": "tabular_mlp", "model_config": {"num_classes": 3}}
+    )
