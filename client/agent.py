@@ -406,7 +406,7 @@ class SiteAgent:
                     "decode", f"the aggregate of round {aggregate.round} does not decode: {exc}"
                 ) from exc
             state.weights = state.optimiser.step(state.weights, mean)
-            state.carry_bounds(mean)  # every site derives the next round's clip bounds alike
+            state.carry_bounds(mean, codec)  # every site derives the next round's clip bounds alike
             state.applied_round = aggregate.round
         return state.arrays()
 

@@ -161,6 +161,21 @@ class SecureModelState:
             return None
         return expand_bounds(self.tensor_bounds(), self.sizes)
 
-    def carry_bounds(self, mean: np.ndarray) -> None:
-        """After decoding an aggregate: the next round's bounds from its mean update."""
+    def carry_bounds(self, mean: np.ndarray, codec: crypto.SlotCodec) -> None:
+        """After applying an aggregate: carry the clip bounds forward from its mean update.
+
+        A per-tensor codec has ~127 levels per tensor, so a tensor that must stay positive
+        (a normaliser's running variance, initialised to ones, whose features may span
+        1e-4 to 5) can be rounded a hair below zero, and a negative variance makes NaNs.
+        Tensors whose every initial value is positive are therefore kept non-negative;
+        every site does the same to the same values, so the global models stay equal.
+        """
+        if not codec.per_tensor:
+            return
         self.bounds = next_bounds(self.tensor_bounds(), mean, self.sizes)
+        start = 0
+        for ref, size in zip(self.like, self.sizes, strict=True):
+            if size and bool(np.all(np.asarray(ref) > 0)):
+                part = self.weights[start : start + size]
+                np.maximum(part, 0.0, out=part)
+            start += size

@@ -32,7 +32,7 @@ PER_TENSOR = 0.0
 # round's from the previous round's decrypted mean update, which every site decodes
 # identically. Only exact float64 operations (abs, max, multiply by constants) are used,
 # so every site gets bit-identical bounds on any platform.
-INITIAL_SCALE = 1.0
+INITIAL_SCALE = 2.0
 """Round one: a tensor's bound is its initial largest magnitude (updates rarely exceed it)."""
 ZERO_TENSOR_BOUND = 8.0
 """Round one, a tensor that starts at zero (normaliser means, LoRA B, some biases) has no

@@ -23,6 +23,7 @@ from coordinator.runs import DEFAULT_ENCODING, RunSpec
 from crypto.codec import (
     GROWTH,
     HEADROOM,
+    INITIAL_SCALE,
     MIN_BOUND,
     PER_TENSOR,
     ZERO_TENSOR_BOUND,
@@ -124,7 +125,12 @@ def test_overflow_is_still_refused_per_tensor() -> None:
 def test_initial_bounds_follow_the_public_model() -> None:
     tensors = [np.array([[0.5, -0.25]]), np.zeros(4), np.array([-3.0]), np.zeros(0)]
     bounds = initial_bounds(tensors)
-    assert bounds.tolist() == [0.5, ZERO_TENSOR_BOUND, 3.0, ZERO_TENSOR_BOUND]
+    assert bounds.tolist() == [
+        INITIAL_SCALE * 0.5,
+        ZERO_TENSOR_BOUND,
+        INITIAL_SCALE * 3.0,
+        ZERO_TENSOR_BOUND,
+    ]
     with pytest.raises(ValueError, match="non-finite"):
         initial_bounds([np.array([np.nan])])
 
@@ -189,7 +195,7 @@ def test_every_site_derives_the_same_bounds_from_the_same_aggregates(small_key) 
             clip = state.clip_for(codec)
             mean = decrypt_aggregate(payload, codec, private_key, 30, state.weights.size, clip)
             state.weights = state.optimiser.step(state.weights, mean)
-            state.carry_bounds(mean)
+            state.carry_bounds(mean, codec)
         history.append(states[0].tensor_bounds().copy())
         for state in states[1:]:
             assert state.tensor_bounds().tobytes() == states[0].tensor_bounds().tobytes()
@@ -200,7 +206,7 @@ def test_every_site_derives_the_same_bounds_from_the_same_aggregates(small_key) 
     assert HEADROOM * 8.0 < history[1][1] < HEADROOM * 10.0
     # A different aggregate gives different bounds: they really come from the data.
     other = SecureModelState(flatten(initial), initial, ServerOptimiser())
-    other.carry_bounds(np.zeros(other.weights.size))
+    other.carry_bounds(np.zeros(other.weights.size), codec)
     assert other.tensor_bounds().tobytes() != history[0].tobytes()
 
 
