@@ -130,9 +130,9 @@ class SecureModelState:
     """A site's copy of the global model of a secure run and how far it has applied.
 
     ``like`` is the run's initial model (public, the same at every site). For a
-    per-tensor codec, ``bounds`` are the clip bounds of the next aggregate to encode or
-    decode: from the initial model at first, then carried forward from each decrypted
-    mean update (:meth:`carry_bounds`). Every site applies the same aggregates in the
+    per-tensor codec, ``bounds`` are the per-value clip bounds of the next aggregate to
+    encode or decode: per tensor from the initial model at first, then from each
+    decrypted mean update (:meth:`carry_bounds`). Every site applies the same aggregates in the
     same order, so every site holds the same bounds without exchanging them.
     """
 
@@ -149,17 +149,15 @@ class SecureModelState:
     def sizes(self) -> list[int]:
         return [int(np.prod(ref.shape)) for ref in self.like]
 
-    def tensor_bounds(self) -> np.ndarray:
-        """Per-tensor bounds for the current round (initialised from ``like``)."""
+    def value_bounds(self) -> np.ndarray:
+        """Per-value bounds for the current round (``like``'s per-tensor scale at first)."""
         if self.bounds is None:
-            self.bounds = initial_bounds(self.like)
+            self.bounds = expand_bounds(initial_bounds(self.like), self.sizes)
         return self.bounds
 
     def clip_for(self, codec: crypto.SlotCodec) -> np.ndarray | None:
         """Per-value bounds for ``codec`` (None when the codec clips every value alike)."""
-        if not codec.per_tensor:
-            return None
-        return expand_bounds(self.tensor_bounds(), self.sizes)
+        return self.value_bounds() if codec.per_tensor else None
 
     def carry_bounds(self, mean: np.ndarray, codec: crypto.SlotCodec) -> None:
         """After applying an aggregate: carry the clip bounds forward from its mean update.
@@ -172,7 +170,7 @@ class SecureModelState:
         """
         if not codec.per_tensor:
             return
-        self.bounds = next_bounds(self.tensor_bounds(), mean, self.sizes)
+        self.bounds = next_bounds(mean, self.sizes)
         start = 0
         for ref, size in zip(self.like, self.sizes, strict=True):
             if size and bool(np.all(np.asarray(ref) > 0)):
