@@ -263,7 +263,9 @@ def test_secure_run_at_the_default_encoding_learns_and_reports_clipping(
     assert (stored["clip"], stored["bits"]) == (PER_TENSOR, 8)
     for round_info in info.round_infos:
         assert "clipped_fraction" in round_info.metrics
-        assert 0.0 <= round_info.metrics["clipped_fraction"] < 0.05
+        # Later rounds clip the values on which sites disagree (bounds follow the mean):
+        # some per cent, reported; never most of an update.
+        assert 0.0 <= round_info.metrics["clipped_fraction"] < 0.25
     finals = [site.export_model(run.run_id) for site in sites]
     for final in finals[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(final, finals[0], strict=True))
