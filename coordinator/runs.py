@@ -16,10 +16,10 @@ KEY_SIZES = (1024, 2048, 3072)
 # either starves some tensors (a tabular model's input normaliser moves its running means
 # by ~8 in round one) or wastes bits on the rest, which is why the old default needed clip
 # 16 at 20 bits (32-bit slots, 63 per 2048-bit plaintext, ~2x fp32). Each site derives
-# each tensor's bound from the public initial model, then from the previous round's
-# decrypted mean update, so no bound travels. 8 bits plus 12 bits of weight headroom
-# (up to 2^12 total weight) pack 102 slots of 20 bits: ~1.25x fp32 on the wire. An
-# explicit positive clip (e.g. {"clip": 16, "bits": 20}) still clips every value there.
+# round one's bounds per tensor from the public initial model, later ones per value from
+# the previous round's decrypted mean update, so no bound travels. 8 bits plus 12 bits
+# of weight headroom (up to 2^12 total weight) pack 102 slots of 20 bits: ~1.25x fp32 on
+# the wire. An explicit positive clip (e.g. {"clip": 16, "bits": 20}) still clips every value there.
 DEFAULT_ENCODING: dict[str, float | int] = {
     "clip": 0.0,
     "bits": 8,
