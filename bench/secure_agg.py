@@ -9,6 +9,17 @@ the recomputed ciphertext product, client/verify.py) for 3 and 10 sites, at the 
 size (66 ciphertexts) and at 300 000 values, as a fraction of decrypting that aggregate.
 It ends with its own JSON object (``verify_fraction_of_decrypt``: the worst case; goal
 ≤ 0.10).
+
+``--defaults`` runs the section on the encoding a user gets without asking (per-tensor
+clip bounds, 8-bit values, 20-bit slots; coordinator/runs.py DEFAULT_ENCODING): real
+Paillier payload bytes per update over float32 for the tabular demo model, the
+multimodal scenario's exchanged (LoRA) tensors and a CNN of Flower's quickstart-pytorch
+shape, then the tabular demo's federated test accuracy next to the old default (clip 16,
+20 bits), seeds 0-2. Accuracy runs the demo's sites, data split, trainers, rounds and
+test set in one process with the codec's plaintext sums (exactly what Paillier's
+homomorphic sum decrypts to) instead of gRPC. It ends with its own JSON object
+(``expansion_vs_fp32_defaults``: the worst of the three models; goal ≤ 1.3). The main
+section's JSON carries the same key, computed from the codec's ciphertext count.
 """
 
 from __future__ import annotations
@@ -67,6 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=3, help="--verify: best of this many timings"
     )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="only bytes and accuracy at the default (per-tensor, 8-bit) encoding",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="--defaults: tabular accuracy over this many seeds"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.values = 20_000
@@ -85,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.verify:
         verification_section(args)
+        return
+    if args.defaults:
+        defaults_section(args)
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     public_key, private_key = generate_keypair(
@@ -206,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         "expansion_vs_fp32": expansion,
         "max_abs_error": max_error,
         "error_bound_step": codec.step,
+        "expansion_vs_fp32_defaults": _repo_packages_first()
+        or max(_default_expansion(public_key, count) for count in _default_model_sizes().values()),
     }
     _print_tables(args, codec, rows, figures)
     print(json.dumps(figures))
@@ -413,6 +437,221 @@ def crypto_ints(payload: bytes, width: int) -> list[int]:
     from crypto import ciphertexts_from_bytes
 
     return ciphertexts_from_bytes(payload, width)
+
+
+# -- defaults: what a user gets without choosing an encoding --------------------------------
+
+OLD_DEFAULT = {"clip": 16.0, "bits": 20}
+"""The secure default before per-tensor clipping (one clip for every tensor)."""
+
+
+def quickstart_cnn():  # type: ignore[no-untyped-def]
+    """Flower's quickstart-pytorch CNN (CIFAR-10): 62,006 parameters."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+
+
+def _default_model_tensors(with_multimodal: bool = True) -> dict[str, list[np.ndarray]]:
+    """The exchanged tensors of the three models, as a site would send them."""
+    import tempfile
+    from pathlib import Path
+
+    import models
+    from cli.demo import DemoSettings
+    from cli.scenarios import MultimodalScenario
+
+    tensors = {
+        "tabular demo (tabular_mlp)": models.get_weights(
+            models.build_model("tabular_mlp", in_features=30)
+        ),
+        "quickstart-pytorch CNN": [
+            p.detach().numpy().astype(np.float64) for p in quickstart_cnn().state_dict().values()
+        ],
+    }
+    if with_multimodal:
+        with tempfile.TemporaryDirectory() as workdir:
+            scenario = MultimodalScenario(
+                DemoSettings(scenario="multimodal", data_dir=Path(workdir)), Path(workdir)
+            )
+            first = next(iter(scenario.trainers.values()))
+            tensors["multimodal LoRA (exchanged)"] = first.get_parameters({})
+    return tensors
+
+
+def _default_model_sizes() -> dict[str, int]:
+    """Value counts of the three models (the multimodal one as the demo reports it)."""
+    return {name: int(sum(t.size for t in ts)) for name, ts in _default_model_tensors().items()}
+
+
+def _default_codec(public_key) -> SlotCodec:  # type: ignore[no-untyped-def]
+    from coordinator.runs import DEFAULT_ENCODING
+
+    return SlotCodec.for_public_key(
+        public_key,
+        clip=float(DEFAULT_ENCODING["clip"]),
+        bits=int(DEFAULT_ENCODING["bits"]),
+        max_weight=int(DEFAULT_ENCODING["max_weight"]),
+    )
+
+
+def _default_expansion(public_key, count: int) -> float:  # type: ignore[no-untyped-def]
+    return (
+        _default_codec(public_key).num_plaintexts(count)
+        * ciphertext_width(public_key)
+        / (4 * count)
+    )
+
+
+def _emulated_tabular_accuracy(encoding: dict[str, float], seed: int) -> dict[str, float]:
+    """The tabular demo's run (sites, split, trainers, rounds, test set) in one process.
+
+    Each site's update is encoded as the agent encodes it; the codec's plaintext sums are
+    what Paillier's homomorphic sum decrypts to, so decoding them is the aggregate.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from cli.demo import DemoSettings
+    from cli.scenarios import TabularScenario
+    from client.secure import SecureModelState, ServerOptimiser, clip_metrics, flatten
+
+    settings = DemoSettings(seed=seed)
+    with tempfile.TemporaryDirectory() as workdir:
+        scenario = TabularScenario(settings, Path(workdir))
+    trainers = list(scenario.trainers.values())
+    initial = trainers[0].get_parameters({})
+    state = SecureModelState(flatten(initial), initial, ServerOptimiser())
+    codec = SlotCodec(
+        clip=float(encoding["clip"]), bits=int(encoding["bits"]), max_weight=4096, key_bits=2048
+    )
+    cap = 4096 // len(trainers)  # coordinator/federation.py weight_cap
+    config = {"local_epochs": settings.local_epochs, "lr": scenario.default_lr}
+    rng = np.random.default_rng(seed)
+    clipped: list[float] = []
+    for _ in range(settings.rounds):
+        weights = state.arrays()
+        clip = state.clip_for(codec)
+        sums: list[int] | None = None
+        total = 0
+        for trainer in trainers:
+            new, examples, _ = trainer.fit([w.copy() for w in weights], config)
+            delta = flatten(new) - state.weights
+            weight = max(1, min(int(examples), cap))
+            clipped.append(clip_metrics(delta, codec, clip)["clipped_fraction"])
+            packed = codec.encode(delta, weight, rng, clip)
+            sums = packed if sums is None else [a + b for a, b in zip(sums, packed, strict=True)]
+            total += weight
+        assert sums is not None
+        mean = codec.decode(sums, total, state.weights.size, clip)
+        state.weights = state.optimiser.step(state.weights, mean)
+        state.carry_bounds(mean, codec)
+    scores = scenario.evaluate(state.arrays())
+    return {**scores, "clipped_fraction_max": max(clipped)}
+
+
+def _repo_packages_first() -> None:
+    """``python bench/secure_agg.py`` puts bench/ first on sys.path, whose models.py is a
+    benchmark script: the repository's ``models`` package must win."""
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    sys.path.insert(0, str(here.parent))
+    if "models" in sys.modules and not hasattr(sys.modules["models"], "build_model"):
+        del sys.modules["models"]
+
+
+def defaults_section(args: argparse.Namespace) -> None:
+    """Bytes per update at the default encoding, and the tabular demo's accuracy."""
+    _repo_packages_first()
+    from client.secure import SecureModelState, ServerOptimiser, encrypt_update, flatten
+    from coordinator.runs import DEFAULT_ENCODING
+
+    public_key, private_key = generate_keypair(2048)
+    codec = _default_codec(public_key)
+    old = SlotCodec.for_public_key(public_key, max_weight=4096, **OLD_DEFAULT)  # type: ignore[arg-type]
+    rng = np.random.default_rng(args.seed)
+    byte_rows = []
+    for name, tensors in _default_model_tensors().items():
+        state = SecureModelState(flatten(tensors), tensors, ServerOptimiser())
+        # A real update's size does not depend on its values: encrypt small noise.
+        delta = rng.normal(0.0, 1e-3, state.weights.size)
+        payload = encrypt_update(
+            delta, 100, codec, public_key, private_key, rng, clip=state.clip_for(codec)
+        )
+        fp32 = 4 * state.weights.size
+        old_bytes = old.num_plaintexts(state.weights.size) * ciphertext_width(public_key)
+        byte_rows.append(
+            {
+                "model": name,
+                "values": int(state.weights.size),
+                "tensors": len(tensors),
+                "fp32_bytes": fp32,
+                "default_bytes": len(payload),
+                "default_expansion": len(payload) / fp32,
+                "old_default_bytes": old_bytes,
+                "old_default_expansion": old_bytes / fp32,
+            }
+        )
+    accuracy_rows = []
+    for seed in range(args.seeds):
+        per_tensor = _emulated_tabular_accuracy(DEFAULT_ENCODING, seed)  # type: ignore[arg-type]
+        global_clip = _emulated_tabular_accuracy(OLD_DEFAULT, seed)
+        accuracy_rows.append({"seed": seed, "default": per_tensor, "old_default": global_clip})
+    mean_default = float(np.mean([r["default"]["accuracy"] for r in accuracy_rows]))
+    mean_old = float(np.mean([r["old_default"]["accuracy"] for r in accuracy_rows]))
+    worst = max(r["default_expansion"] for r in byte_rows)
+    print(
+        f"\ndefault encoding: clip {DEFAULT_ENCODING['clip']} (per tensor), "
+        f"{codec.bits} bits, {codec.slot_bits}-bit slots, {codec.slots_per_plaintext} per "
+        f"2048-bit plaintext; old default: clip 16, 20 bits, {old.slot_bits}-bit slots, "
+        f"{old.slots_per_plaintext} per plaintext\n"
+    )
+    print("model | values | tensors | fp32 bytes | default bytes | x fp32 | old bytes | x fp32")
+    print("--- | ---: | ---: | ---: | ---: | ---: | ---: | ---:")
+    for r in byte_rows:
+        print(
+            f"{r['model']} | {r['values']:,} | {r['tensors']} | {r['fp32_bytes']:,} | "
+            f"{r['default_bytes']:,} | {r['default_expansion']:.3f} | "
+            f"{r['old_default_bytes']:,} | {r['old_default_expansion']:.3f}"
+        )
+    print("\ntabular demo (5 rounds x 5 epochs, 3 hospitals), federated test accuracy\n")
+    print("seed | default acc | default AUC | max clipped | old default acc | old AUC")
+    print("---: | ---: | ---: | ---: | ---: | ---:")
+    for r in accuracy_rows:
+        d, o = r["default"], r["old_default"]
+        print(
+            f"{r['seed']} | {d['accuracy']:.4f} | {d['roc_auc']:.4f} | "
+            f"{d['clipped_fraction_max']:.4f} | {o['accuracy']:.4f} | {o['roc_auc']:.4f}"
+        )
+    print(f"mean | {mean_default:.4f} | | | {mean_old:.4f} |")
+    figures = {
+        "encoding": dict(DEFAULT_ENCODING),
+        "models": byte_rows,
+        "tabular_accuracy": accuracy_rows,
+        "tabular_accuracy_default_mean": mean_default,
+        "tabular_accuracy_old_default_mean": mean_old,
+        "accuracy_points_vs_old_default": 100 * (mean_default - mean_old),
+        "multimodal_accuracy": "not measured (bytes only)",
+        "expansion_vs_fp32_defaults": worst,
+        "expansion_goal": 1.3,
+    }
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from client.receipts import ReceiptBook
 from client.secure import (
     SecureModelState,
     ServerOptimiser,
+    clip_metrics,
     codec_for,
     decrypt_aggregate,
     encrypt_update,
@@ -485,7 +486,12 @@ class SiteAgent:
             try:
                 codec.check_total_weight(int(aggregate.total_weight))
                 mean = decrypt_aggregate(
-                    payload, codec, private_key, int(aggregate.total_weight), int(aggregate.count)
+                    payload,
+                    codec,
+                    private_key,
+                    int(aggregate.total_weight),
+                    int(aggregate.count),
+                    clip=state.clip_for(codec),
                 )
             except (OverflowError, ValueError, ArithmeticError) as exc:
                 # Signed by enough sites, yet it does not decode: one of them sent garbage.
@@ -494,6 +500,7 @@ class SiteAgent:
                     "decode", f"the aggregate of round {aggregate.round} does not decode: {exc}"
                 ) from exc
             state.weights = state.optimiser.step(state.weights, mean)
+            state.carry_bounds(mean, codec)  # every site derives the next round's clip bounds alike
             state.applied_round = aggregate.round
         return state.arrays()
 
@@ -528,8 +535,10 @@ class SiteAgent:
         ]
         if secure:
             weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
+            clip = self._secure_state[task.run_id].clip_for(codec)
+            metrics.update(clip_metrics(flatten(deltas), codec, clip))
             payload = encrypt_update(
-                flatten(deltas), weight, codec, public_key, private_key, self.rng, pool=pool
+                flatten(deltas), weight, codec, public_key, private_key, self.rng, pool, clip
             )
             encoding = wire.PAILLIER_PACKED
             if task.round < int(config.get("rounds", 0)):

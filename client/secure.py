@@ -9,6 +9,7 @@ import numpy as np
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 import crypto
+from crypto.codec import expand_bounds, initial_bounds, next_bounds
 from protos import common_pb2
 from protos.wire import NDArrays
 
@@ -52,9 +53,13 @@ def encrypt_update(
     private_key: PaillierPrivateKey,
     rng: np.random.Generator,
     pool: crypto.RandomnessPool | None = None,
+    clip: np.ndarray | None = None,
 ) -> bytes:
-    """Quantise, weight, pack and encrypt a flat update; returns the wire payload."""
-    plaintexts = codec.encode(delta, weight, rng)
+    """Quantise, weight, pack and encrypt a flat update; returns the wire payload.
+
+    ``clip``: per-value bounds (:meth:`SecureModelState.clip_for`) for a per-tensor codec.
+    """
+    plaintexts = codec.encode(delta, weight, rng, clip)
     ciphertexts = crypto.encrypt_packed(public_key, plaintexts, private_key=private_key, pool=pool)
     return crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
 
@@ -65,11 +70,25 @@ def decrypt_aggregate(
     private_key: PaillierPrivateKey,
     total_weight: int,
     count: int,
+    clip: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The weighted mean update hidden in an encrypted aggregate."""
+    """The weighted mean update hidden in an encrypted aggregate (``clip``: as encoded)."""
     width = crypto.ciphertext_width(private_key.public_key)
     sums = crypto.decrypt_packed(private_key, crypto.ciphertexts_from_bytes(payload, width))
-    return codec.decode(sums, total_weight, count)
+    return codec.decode(sums, total_weight, count, clip)
+
+
+def clip_metrics(
+    delta: np.ndarray, codec: crypto.SlotCodec, clip: np.ndarray | None = None
+) -> dict[str, float]:
+    """How many values of an update the codec clips, for the update's plaintext metrics.
+
+    The coordinator averages numeric metrics per round, so an operator sees when bounds
+    bite. These two numbers are all that clipping reveals about a site's update.
+    """
+    flat = np.ravel(delta)
+    clipped = codec.clipped(flat, clip)
+    return {"clipped_values": clipped, "clipped_fraction": clipped / max(flat.size, 1)}
 
 
 @dataclass
@@ -108,12 +127,53 @@ class ServerOptimiser:
 
 @dataclass
 class SecureModelState:
-    """A site's copy of the global model of a secure run and how far it has applied."""
+    """A site's copy of the global model of a secure run and how far it has applied.
+
+    ``like`` is the run's initial model (public, the same at every site). For a
+    per-tensor codec, ``bounds`` are the per-value clip bounds of the next aggregate to
+    encode or decode: per tensor from the initial model at first, then from each
+    decrypted mean update (:meth:`carry_bounds`). Every site applies the same aggregates in the
+    same order, so every site holds the same bounds without exchanging them.
+    """
 
     weights: np.ndarray
     like: NDArrays
     optimiser: ServerOptimiser
     applied_round: int = 0
+    bounds: np.ndarray | None = field(default=None, repr=False)
 
     def arrays(self) -> NDArrays:
         return unflatten(self.weights, self.like)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(np.prod(ref.shape)) for ref in self.like]
+
+    def value_bounds(self) -> np.ndarray:
+        """Per-value bounds for the current round (``like``'s per-tensor scale at first)."""
+        if self.bounds is None:
+            self.bounds = expand_bounds(initial_bounds(self.like), self.sizes)
+        return self.bounds
+
+    def clip_for(self, codec: crypto.SlotCodec) -> np.ndarray | None:
+        """Per-value bounds for ``codec`` (None when the codec clips every value alike)."""
+        return self.value_bounds() if codec.per_tensor else None
+
+    def carry_bounds(self, mean: np.ndarray, codec: crypto.SlotCodec) -> None:
+        """After applying an aggregate: carry the clip bounds forward from its mean update.
+
+        A per-tensor codec has ~127 levels per tensor, so a tensor that must stay positive
+        (a normaliser's running variance, initialised to ones, whose features may span
+        1e-4 to 5) can be rounded a hair below zero, and a negative variance makes NaNs.
+        Tensors whose every initial value is positive are therefore kept non-negative;
+        every site does the same to the same values, so the global models stay equal.
+        """
+        if not codec.per_tensor:
+            return
+        self.bounds = next_bounds(mean, self.sizes)
+        start = 0
+        for ref, size in zip(self.like, self.sizes, strict=True):
+            if size and bool(np.all(np.asarray(ref) > 0)):
+                part = self.weights[start : start + size]
+                np.maximum(part, 0.0, out=part)
+            start += size

@@ -6,7 +6,18 @@ import math
 
 import numpy as np
 
-__all__ = ["MAX_QUANTISE_BITS", "MIN_QUANTISE_BITS", "dequantise", "quantise", "quantise_step"]
+__all__ = [
+    "MAX_QUANTISE_BITS",
+    "MIN_QUANTISE_BITS",
+    "Clip",
+    "count_clipped",
+    "dequantise",
+    "quantise",
+    "quantise_step",
+]
+
+Clip = float | np.ndarray
+"""One bound for every value, or one bound per value (an array the shape of the values)."""
 
 MIN_QUANTISE_BITS = 2
 """With one bit the symmetric range ``[-(2^0 - 1), 2^0 - 1]`` would be ``{0}``."""
@@ -15,17 +26,16 @@ MAX_QUANTISE_BITS = 32
 """Keeps offset values and their weighted sums comfortably inside 64-bit integers."""
 
 
-def quantise_step(clip: float, bits: int) -> float:
+def quantise_step(clip: Clip, bits: int) -> Clip:
     """Return the value of one quantisation level, ``clip / (2^(bits-1) - 1)``.
 
     It bounds the error of :func:`quantise` followed by :func:`dequantise` for one value,
     and therefore also of any weighted mean of such values.
     """
-    _check_clip_and_bits(clip, bits)
-    return clip / _max_level(bits)
+    return _check_clip_and_bits(clip, bits) / _max_level(bits)
 
 
-def quantise(values: np.ndarray, clip: float, bits: int, rng: np.random.Generator) -> np.ndarray:
+def quantise(values: np.ndarray, clip: Clip, bits: int, rng: np.random.Generator) -> np.ndarray:
     """Clip ``values`` to ``[-clip, clip]`` and map them to ints in ``[-L, L]``, ``L = 2^(b-1)-1``.
 
     Rounding is stochastic: ``x`` between levels ``k`` and ``k + 1`` becomes ``k + 1`` with
@@ -41,7 +51,8 @@ def quantise(values: np.ndarray, clip: float, bits: int, rng: np.random.Generato
         Real values of any shape; must be finite. A NaN or infinity usually means training
         diverged, and is refused rather than silently clipped.
     clip
-        Positive clipping bound ``C``.
+        Positive clipping bound ``C``: a number, or an array of per-value bounds with the
+        shape of ``values`` (per-tensor clipping, expanded by the caller).
     bits
         Width of the signed result, 2 to 32.
     rng
@@ -59,7 +70,7 @@ def quantise(values: np.ndarray, clip: float, bits: int, rng: np.random.Generato
     ValueError
         If ``clip`` or ``bits`` is out of range or ``values`` holds a non-finite number.
     """
-    _check_clip_and_bits(clip, bits)
+    clip = _check_clip_and_bits(clip, bits)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     array = np.asarray(values)
@@ -69,6 +80,7 @@ def quantise(values: np.ndarray, clip: float, bits: int, rng: np.random.Generato
     if not np.all(np.isfinite(array)):
         bad = int(np.flatnonzero(~np.isfinite(array.ravel()))[0])
         raise ValueError(f"values must be finite; flat index {bad} is {array.ravel()[bad]}")
+    _check_shape(clip, array.shape)
     levels = _max_level(bits)
     scaled = np.clip(array, -clip, clip) * (levels / clip)
     floor = np.floor(scaled)
@@ -77,7 +89,7 @@ def quantise(values: np.ndarray, clip: float, bits: int, rng: np.random.Generato
     return np.clip(rounded, -levels, levels).astype(np.int64)
 
 
-def dequantise(q: np.ndarray, clip: float, bits: int) -> np.ndarray:
+def dequantise(q: np.ndarray, clip: Clip, bits: int) -> np.ndarray:
     """Map integers from :func:`quantise` back to floats: ``q * clip / (2^(bits-1) - 1)``.
 
     Also accepts sums of quantised values (they dequantise to sums of floats), which is
@@ -91,25 +103,55 @@ def dequantise(q: np.ndarray, clip: float, bits: int) -> np.ndarray:
     ValueError
         If ``clip`` or ``bits`` is out of range.
     """
-    _check_clip_and_bits(clip, bits)
+    clip = _check_clip_and_bits(clip, bits)
     array = np.asarray(q)
     if array.dtype.kind not in "iu":
         raise TypeError(f"quantised values must be integers, got dtype {array.dtype}")
+    _check_shape(clip, array.shape)
     return array.astype(np.float64) * (clip / _max_level(bits))
+
+
+def count_clipped(values: np.ndarray, clip: Clip) -> int:
+    """How many of ``values`` lie outside ``[-clip, clip]``: what :func:`quantise` would cut.
+
+    Reported with each update so an operator sees when bounds are too tight.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    bound = _check_clip(clip)
+    _check_shape(bound, array.shape)
+    return int(np.count_nonzero(np.abs(array) > bound))
 
 
 def _max_level(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def _check_clip_and_bits(clip: float, bits: int) -> None:
+def _check_shape(clip: Clip, shape: tuple[int, ...]) -> None:
+    if isinstance(clip, np.ndarray) and clip.shape != shape:
+        raise ValueError(f"per-value clip bounds have shape {clip.shape}, the values {shape}")
+
+
+def _check_clip(clip: Clip) -> Clip:
+    """Validate a scalar or per-value bound; arrays come back as float64."""
+    if isinstance(clip, np.ndarray):
+        if clip.dtype.kind not in "iuf":
+            raise TypeError(f"clip bounds must be real numbers, got dtype {clip.dtype}")
+        bounds = clip.astype(np.float64, copy=False)
+        if bounds.size and not (np.all(np.isfinite(bounds)) and np.all(bounds > 0)):
+            raise ValueError("every clip bound must be a positive finite number")
+        return bounds
+    if not isinstance(clip, int | float | np.floating | np.integer) or isinstance(clip, bool):
+        raise TypeError(f"clip must be a real number, got {type(clip).__name__}")
+    if not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be a positive finite number, got {clip}")
+    return clip
+
+
+def _check_clip_and_bits(clip: Clip, bits: int) -> Clip:
     if not isinstance(bits, int | np.integer) or isinstance(bits, bool):
         raise TypeError(f"bits must be an int, got {type(bits).__name__}")
     if not MIN_QUANTISE_BITS <= bits <= MAX_QUANTISE_BITS:
         raise ValueError(
             f"bits must be between {MIN_QUANTISE_BITS} and {MAX_QUANTISE_BITS}, got {bits}"
         )
-    if not isinstance(clip, int | float | np.floating | np.integer) or isinstance(clip, bool):
-        raise TypeError(f"clip must be a real number, got {type(clip).__name__}")
-    if not (math.isfinite(clip) and clip > 0):
-        raise ValueError(f"clip must be a positive finite number, got {clip}")
+    return _check_clip(clip)

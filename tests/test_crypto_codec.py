@@ -162,13 +162,23 @@ def test_codec_with_max_weight_one_uses_bits_wide_slots_that_hold_the_maximum() 
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"clip": 0.0, "bits": 8, "max_weight": 10, "key_bits": 2048},
+        {"clip": -1.0, "bits": 8, "max_weight": 10, "key_bits": 2048},
+        {"clip": float("nan"), "bits": 8, "max_weight": 10, "key_bits": 2048},
+        {"clip": 0.0, "bits": 1, "max_weight": 10, "key_bits": 2048},
         {"clip": 1.0, "bits": 1, "max_weight": 10, "key_bits": 2048},
         {"clip": 1.0, "bits": 8, "max_weight": 0, "key_bits": 2048},
         {"clip": 1.0, "bits": 32, "max_weight": 2**32, "key_bits": 2048},
         {"clip": 1.0, "bits": 8, "max_weight": 4096, "key_bits": 20},
     ],
-    ids=["zero-clip", "one-bit", "zero-max-weight", "slot-over-63-bits", "key-below-one-slot"],
+    ids=[
+        "negative-clip",
+        "nan-clip",
+        "per-tensor-one-bit",
+        "one-bit",
+        "zero-max-weight",
+        "slot-over-63-bits",
+        "key-below-one-slot",
+    ],
 )
 def test_codec_rejects_impossible_parameters(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
