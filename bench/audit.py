@@ -20,16 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.datasets import load_breast_cancer, load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+import numpy as np
+import torch
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
-from explain.site_audit import audit_tabular, audit_torch  # noqa: E402
-from explain.summary import AttributionSummary  # noqa: E402
-from models import DictDataset, TabularDataset, build_model, predict_proba, train  # noqa: E402
-from models.datasets import make_clinic_multimodal  # noqa: E402
+from explain.site_audit import audit_tabular, audit_torch
+from explain.summary import AttributionSummary
+from models import DictDataset, TabularDataset, build_model, predict_proba, train
+from models.datasets import make_clinic_multimodal
 
 CPU = torch.device("cpu")
 

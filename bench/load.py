@@ -61,7 +61,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protos import (  # noqa: E402
+from protos import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,
@@ -167,7 +167,7 @@ class LoadSite:
         try:
             if self._join(stop):
                 self._loop(stop)
-        except Exception as exc:  # noqa: BLE001 - a site's crash is a figure, not a bench crash
+        except Exception as exc:
             self.record["errors"].append(f"{type(exc).__name__}: {exc}")
         finally:
             self.joined.set()
@@ -374,7 +374,7 @@ def postgres_reason(admin_url: str) -> str | None:
 
         with psycopg.connect(_plain(admin_url), connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:
         return f"PostgreSQL not reachable at {admin_url}: {str(exc).strip().splitlines()[0]}"
 
 

@@ -30,15 +30,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from models import DictDataset, build_model, evaluate, train  # noqa: E402
-from models.clinic import ClinicDataset, make_clinic_multimodal  # noqa: E402
-from models.datasets import load_digits_images  # noqa: E402
-from models.lora import apply_lora, parse_lora_spec, trainable_fraction  # noqa: E402
-from models.quantize import export_int8  # noqa: E402
+from models import DictDataset, build_model, evaluate, train
+from models.clinic import ClinicDataset, make_clinic_multimodal
+from models.datasets import load_digits_images
+from models.lora import apply_lora, parse_lora_spec, trainable_fraction
+from models.quantize import export_int8
 
 CPU = torch.device("cpu")
 TEXT_INPUTS = ["input_ids", "attention_mask"]

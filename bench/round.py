@@ -32,12 +32,12 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli.demo import DemoSettings, evaluate_weights, prepare_sites, run_demo  # noqa: E402
-from cli.scenarios import TabularScenario  # noqa: E402
-from client.data import load_tabular  # noqa: E402
-from client.trainer import TabularTrainer  # noqa: E402
-from crypto import shutdown_shared_pools  # noqa: E402
-from protos import wire  # noqa: E402
+from cli.demo import DemoSettings, evaluate_weights, prepare_sites, run_demo
+from cli.scenarios import TabularScenario
+from client.data import load_tabular
+from client.trainer import TabularTrainer
+from crypto import shutdown_shared_pools
+from protos import wire
 
 
 def cohort(settings: DemoSettings) -> dict[str, float]:

@@ -31,19 +31,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
 
-from models.export import Provenance, export_model  # noqa: E402
-from models.profiling import (  # noqa: E402
+from models.export import Provenance, export_model
+from models.profiling import (
     example_inputs,
     profile_predictor,
     serving_defaults,
     synthetic_inputs,
 )
-from models.serving import DynamicBatcher, Predictor, load_predictor  # noqa: E402
+from models.serving import DynamicBatcher, Predictor, load_predictor
 
 CLIENTS = (1, 8, 64)
 SWEEP = (1, 4, 16, 32, 64, 128)

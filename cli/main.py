@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from flwr.client import NumPyClient
 from rich.table import Table
 
 from cli import admin as admin_cli
@@ -390,7 +389,7 @@ def _close_within(agent: Any, seconds: float) -> None:
     closer.join(seconds)
 
 
-def _site_client(  # type: ignore[no-untyped-def]
+def _site_client(
     app_ref: str,
     data: str,
     label_column: str,
@@ -540,10 +539,6 @@ def export_model(
     )
     files = ", ".join(report["export"]["files"])
     console.print(f"wrote {files} and model.json to {out}")
-
-
-class _NoTraining(NumPyClient):
-    """export-model trains nothing; the agent only needs a place-holder client."""
 
 
 def main() -> None:

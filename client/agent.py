@@ -260,7 +260,7 @@ class SiteAgent:
             try:
                 self.handle(task)
                 outcome.append(None)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the polling thread
+            except BaseException as exc:
                 outcome.append(exc)
 
         worker = threading.Thread(target=work, name=f"task-{_kind_name(task)}", daemon=True)

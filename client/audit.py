@@ -74,5 +74,5 @@ def warm_explainer() -> None:
 
     try:
         audit_tabular(proba, rows, rows[:1], ["a", "b", "c"], max_rows=1, max_background=4)
-    except Exception:  # noqa: BLE001 - a warm-up that fails only leaves the audit slower
+    except Exception:
         log.debug("explainer warm-up failed", exc_info=True)

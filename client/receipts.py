@@ -76,10 +76,10 @@ class ReceiptBook(
         self.record(reply)
         return outcome
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(self, continuation, client_call_details, request):
         return self._after(continuation(client_call_details, request))
 
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
         return self._after(continuation(client_call_details, request_iterator))
 
 

@@ -173,7 +173,7 @@ class SecureModelState:
         self.bounds = next_bounds(mean, self.sizes)
         start = 0
         for ref, size in zip(self.like, self.sizes, strict=True):
-            if size and bool(np.all(np.asarray(ref) > 0)):
+            if size and bool(np.all(np.asarray(ref, dtype=np.float64) > 0)):
                 part = self.weights[start : start + size]
                 np.maximum(part, 0.0, out=part)
             start += size

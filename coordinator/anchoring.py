@@ -40,7 +40,7 @@ class AnchorReplies(grpc.ServerInterceptor):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if (
             handler is None
@@ -52,7 +52,7 @@ class AnchorReplies(grpc.ServerInterceptor):
         if handler.request_streaming:
             inner: Callable[..., Any] = handler.stream_unary
 
-            def stream_unary(requests, context):  # type: ignore[no-untyped-def]
+            def stream_unary(requests, context):
                 return stamp(hub, inner(requests, context))
 
             return grpc.stream_unary_rpc_method_handler(
@@ -62,7 +62,7 @@ class AnchorReplies(grpc.ServerInterceptor):
             )
         unary: Callable[..., Any] = handler.unary_unary
 
-        def unary_unary(request, context):  # type: ignore[no-untyped-def]
+        def unary_unary(request, context):
             return stamp(hub, unary(request, context))
 
         return grpc.unary_unary_rpc_method_handler(

@@ -93,7 +93,7 @@ class CapCalls(grpc.ServerInterceptor):
     def __init__(self, max_workers: int) -> None:
         self.counter = CallCounter(max(max_workers - RESERVED_THREADS, 1))
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return handler
@@ -116,7 +116,7 @@ class CapCalls(grpc.ServerInterceptor):
 
         if handler.response_streaming:
 
-            def streaming(request, context) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+            def streaming(request, context) -> Iterator[Any]:
                 caller = admit(context)
                 try:
                     yield from behavior(request, context)
@@ -126,7 +126,7 @@ class CapCalls(grpc.ServerInterceptor):
             wrapped: Callable[..., Any] = streaming
         else:
 
-            def unary(request, context):  # type: ignore[no-untyped-def]
+            def unary(request, context):
                 caller = admit(context)
                 try:
                     return behavior(request, context)

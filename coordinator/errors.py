@@ -69,7 +69,7 @@ def maps_domain_errors(method: F) -> F:
         def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 yield from method(self, request, context)
-            except Exception as exc:  # noqa: BLE001 - mapped to a status, see _abort
+            except Exception as exc:
                 if _is_abort(exc, context):
                     raise
                 _abort(context, exc)
@@ -80,7 +80,7 @@ def maps_domain_errors(method: F) -> F:
     def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, see _abort
+        except Exception as exc:
             if _is_abort(exc, context):
                 raise
             _abort(context, exc)

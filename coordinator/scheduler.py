@@ -106,7 +106,7 @@ class RoundScheduler:
         while not self._stop.is_set():
             try:
                 self.advance_all()
-            except Exception:  # noqa: BLE001 - the scheduler must outlive one bad run
+            except Exception:
                 log.exception("scheduler tick failed")
             # Wake on any change (an accepted update closes its round at once) or the tick.
             self.hub.wait(self.tick_seconds)

@@ -61,19 +61,19 @@ class _Undecodable:
     """Stands in for a request whose bytes did not parse."""
 
 
-def _refusing(behavior, streaming):  # type: ignore[no-untyped-def]
-    def check(request, context):  # type: ignore[no-untyped-def]
+def _refusing(behavior, streaming):
+    def check(request, context):
         if isinstance(request, _Undecodable):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request does not parse as protobuf")
         return request
 
     if streaming:
 
-        def wrapped(requests, context):  # type: ignore[no-untyped-def]
+        def wrapped(requests, context):
             return behavior((check(r, context) for r in requests), context)
     else:
 
-        def wrapped(request, context):  # type: ignore[no-untyped-def]
+        def wrapped(request, context):
             return behavior(check(request, context), context)
 
     return wrapped
@@ -82,16 +82,16 @@ def _refusing(behavior, streaming):  # type: ignore[no-untyped-def]
 class RefuseUndecodable(grpc.ServerInterceptor):
     """Answer unparseable request bytes with INVALID_ARGUMENT, not grpcio's INTERNAL."""
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
         parse = handler.request_deserializer
 
-        def deserialize(data: bytes):  # type: ignore[no-untyped-def]
+        def deserialize(data: bytes):
             try:
                 return parse(data)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return _Undecodable()
 
         kind = (
@@ -190,7 +190,7 @@ class CoordinatorServer:
         try:
             with self.hub.lock, self.hub.db.transaction() as session:
                 auditlog.append(session, kind, details=facts)
-        except Exception:  # noqa: BLE001 - a log row must not stop a start or a stop
+        except Exception:
             log.exception("could not write %s to the audit log", kind)
 
     def wait(self) -> None:

@@ -199,7 +199,7 @@ class SlotCodec:
         """
         if self.per_tensor:
             raise ValueError("a per-tensor codec has one step per tensor: bound / offset")
-        return quantise_step(self.clip, self.bits)
+        return float(quantise_step(self.clip, self.bits))
 
     def bounds_for(self, clip: Clip | None, count: int) -> Clip:
         """The clip to use for ``count`` values: ``clip`` given iff the codec is per-tensor.

@@ -65,7 +65,8 @@ def generate_keypair(
             f"key size {bits} is not accepted: use {MIN_KEY_BITS}, 3072 or another multiple "
             f"of 256 up to {MAX_KEY_BITS}"
         )
-    return generate_paillier_keypair(n_length=bits)
+    public_key, private_key = generate_paillier_keypair(n_length=bits)
+    return public_key, private_key
 
 
 def public_key_to_bytes(public_key: PaillierPublicKey) -> bytes:

@@ -65,7 +65,7 @@ def is_safe_prime(p: int) -> bool:
 
 def _pocklington(p: gmpy2.mpz) -> bool:
     """For ``p = 2q + 1``, ``q`` prime: ``p`` is prime iff ``2^(p-1) ≡ 1`` and ``3 ∤ p``."""
-    return p % 3 != 0 and gmpy2.powmod(2, p - 1, p) == 1
+    return bool(p % 3 != 0 and gmpy2.powmod(2, p - 1, p) == 1)
 
 
 def _check_bits(bits: int) -> None:

@@ -86,7 +86,8 @@ def quantise(values: np.ndarray, clip: Clip, bits: int, rng: np.random.Generator
     floor = np.floor(scaled)
     rounded = floor + (rng.random(scaled.shape) < (scaled - floor))
     # Float error in the scaling may land a hair outside [-L, L]; the true value cannot.
-    return np.clip(rounded, -levels, levels).astype(np.int64)
+    clipped: np.ndarray = np.clip(rounded, -levels, levels).astype(np.int64)
+    return clipped
 
 
 def dequantise(q: np.ndarray, clip: Clip, bits: int) -> np.ndarray:
@@ -123,7 +124,7 @@ def count_clipped(values: np.ndarray, clip: Clip) -> int:
 
 
 def _max_level(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
+    return int(2 ** (bits - 1) - 1)
 
 
 def _check_shape(clip: Clip, shape: tuple[int, ...]) -> None:

@@ -11,7 +11,7 @@ __all__ = ["ciphertext_width", "ciphertexts_from_bytes", "ciphertexts_to_bytes"]
 
 def ciphertext_width(public_key: PaillierPublicKey) -> int:
     """Bytes needed for any ciphertext of ``public_key``: ``ceil(bits(n²) / 8)``."""
-    return (public_key.nsquare.bit_length() + 7) // 8
+    return int((public_key.nsquare.bit_length() + 7) // 8)
 
 
 def ciphertexts_to_bytes(cts: Sequence[int], n_square_bytes: int) -> bytes:

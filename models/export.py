@@ -249,7 +249,7 @@ def trace_scorer(scorer: nn.Module, width: int) -> torch.jit.ScriptModule:
         expected, got = scorer(check), traced(check)
     if not torch.allclose(expected, got, atol=1e-6, rtol=0.0):
         raise ExportError("the traced model disagrees with the model: its forward branches on data")
-    return traced  # type: ignore[no-any-return]
+    return traced
 
 
 def export_model(

@@ -94,7 +94,7 @@ def quantize_static(model: nn.Module, calibration: Iterable[dict[str, torch.Tens
         fused = tq.fuse_modules(model, model.fusion_groups())  # type: ignore[operator]
         wrapped = QuantizedInputs(fused, float_inputs).eval()
         engine = torch.backends.quantized.engine
-        wrapped.qconfig = tq.get_default_qconfig(engine)  # type: ignore[assignment]
+        wrapped.qconfig = tq.get_default_qconfig(engine)
         tq.prepare(wrapped, inplace=True)
         with torch.no_grad():
             for inputs in itertools.chain([first], batches):

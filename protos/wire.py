@@ -168,7 +168,7 @@ def update_quantisation(config: Mapping[str, object]) -> int | None:
         return None
     if not isinstance(spec, Mapping):
         raise ValueError('update_quantisation must be an object like {"clip": 0.1, "bits": 8}')
-    bits = int(spec.get("bits", 8))  # type: ignore[call-overload]
+    bits = int(spec.get("bits", 8))
     if not 2 <= bits <= 8:
         raise ValueError("update_quantisation needs 2 <= bits <= 8")
     return bits

@@ -30,7 +30,7 @@ def _postgres_reason() -> str | None:
         url = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(url, connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:
         return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}"
 
 

@@ -129,16 +129,16 @@ class FakeCoordinator(federation_pb2_grpc.FederationServicer):
 
     # -- the protos ------------------------------------------------------------------------
 
-    def Join(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def Join(self, request, context):  # type: ignore[no-untyped-def]
         self._record(lambda seen: seen.joins.append(request))
         return federation_pb2.JoinReply(
             node_id=f"node-{request.site_name}", node_token=f"token-{request.site_name}"
         )
 
-    def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
         return federation_pb2.HeartbeatReply(server_time_unix=time.time())
 
-    def PullTask(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def PullTask(self, request, context):  # type: ignore[no-untyped-def]
         def polled(seen: Recorded) -> None:
             seen.polls += 1
 
@@ -148,32 +148,32 @@ class FakeCoordinator(federation_pb2_grpc.FederationServicer):
         except queue.Empty:
             return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
 
-    def FetchModel(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def FetchModel(self, request, context):  # type: ignore[no-untyped-def]
         payload = self.blobs.get(request.sha256)
         if payload is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.sha256}")
         yield from wire.chunk_stream(payload)
 
-    def SubmitUpdate(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def SubmitUpdate(self, request_iterator, context):  # type: ignore[no-untyped-def]
         messages = list(request_iterator)
         header = messages[0].header
         payload = b"".join(m.data for m in messages[1:])
         self._record(lambda seen: seen.updates.append((header, payload)))
         return federation_pb2.SubmitReply(id="u", message="update accepted")
 
-    def SubmitKeys(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def SubmitKeys(self, request, context):  # type: ignore[no-untyped-def]
         self._record(lambda seen: seen.key_bundles.append(request))
         return federation_pb2.SubmitReply(id="k", message="keys accepted")
 
-    def SubmitAudit(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def SubmitAudit(self, request, context):  # type: ignore[no-untyped-def]
         self._record(lambda seen: seen.audits.append(request))
         return federation_pb2.SubmitReply(id="a", message="audit accepted")
 
-    def RefuseTask(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def RefuseTask(self, request, context):  # type: ignore[no-untyped-def]
         self._record(lambda seen: seen.refusals.append(request))
         return federation_pb2.SubmitReply(id=request.task_id, message="refusal recorded")
 
-    def GetFinalModel(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def GetFinalModel(self, request, context):  # type: ignore[no-untyped-def]
         context.abort(grpc.StatusCode.NOT_FOUND, "scripted coordinators keep no final models")
 
 

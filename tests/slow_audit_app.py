@@ -8,7 +8,7 @@ from flower_app import SklearnClient
 
 
 class SlowAuditClient(SklearnClient):
-    def audit(self, parameters, config):  # noqa: ARG002 - the agent's audit hook
+    def audit(self, parameters, config):
         time.sleep(3600)  # not interruptible: the agent has to abandon it, not wait
 
 

@@ -219,7 +219,7 @@ def test_every_string_a_row_holds_is_bounded(coordinator):
     assert sizes[3] <= auditlog.MAX_DETAILS_CHARS
 
 
-def test_repeated_rejections_are_rate_limited(training_round):  # noqa: F811
+def test_repeated_rejections_are_rate_limited(training_round):
     coordinator, site, _, task = training_round
 
     for _ in range(20):

@@ -38,8 +38,11 @@ class Processes:
     def start(self, name: str, *args: str) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.running[name] = subprocess.Popen(
-            [*COHORT, *args], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [*COHORT, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
     def kill(self, name: str) -> None:
         process = self.running.pop(name)
@@ -66,17 +69,39 @@ def processes(tmp_path):
 @pytest.mark.slow
 def test_coordinator_and_site_killed_mid_run_resume_without_loss(processes, tmp_path):
     data = load_sklearn("breast_cancer")
-    files = [save_csv(data.subset(index), tmp_path / f"site-{i}.csv")
-             for i, index in enumerate(dirichlet_split(data.y, 3, 1.0, 0, min_rows=40))]
+    files = [
+        save_csv(data.subset(index), tmp_path / f"site-{i}.csv")
+        for i, index in enumerate(dirichlet_split(data.y, 3, 1.0, 0, min_rows=40))
+    ]
     port = free_port()
     address = f"127.0.0.1:{port}"
     db_url = f"sqlite:///{tmp_path / 'coordinator.db'}"
-    serve = ["coordinator", "serve", "--insecure", "--port", str(port), "--db", db_url,
-             "--data-dir", str(tmp_path / "data")]
+    serve = [
+        "coordinator",
+        "serve",
+        "--insecure",
+        "--port",
+        str(port),
+        "--db",
+        db_url,
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
 
     def site(i: int) -> list[str]:
-        return ["client", "run", "--insecure", "--coordinator", address, "--name", f"site-{i}",
-                "--data", str(files[i]), "--state-dir", str(tmp_path / f"state-{i}")]
+        return [
+            "client",
+            "run",
+            "--insecure",
+            "--coordinator",
+            address,
+            "--name",
+            f"site-{i}",
+            "--data",
+            str(files[i]),
+            "--state-dir",
+            str(tmp_path / f"state-{i}"),
+        ]
 
     processes.start("coordinator", *serve)
     for i in range(3):
@@ -84,9 +109,17 @@ def test_coordinator_and_site_killed_mid_run_resume_without_loss(processes, tmp_
     channel = grpc.insecure_channel(address)
     admin = admin_pb2_grpc.AdminStub(channel)
     wait_for(lambda: _ready(admin), 60, "the coordinator")
-    run = admin.CreateRun(admin_pb2.CreateRunRequest(
-        model="tabular_mlp", rounds=4, min_clients=3, local_epochs=20, lr=0.005,
-        round_deadline_seconds=120, config_json='{"audit": false}'))
+    run = admin.CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=4,
+            min_clients=3,
+            local_epochs=20,
+            lr=0.005,
+            round_deadline_seconds=120,
+            config_json='{"audit": false}',
+        )
+    )
 
     def round_with_updates(number: int, count: int) -> bool:
         info = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id), timeout=5)
@@ -113,10 +146,12 @@ def test_coordinator_and_site_killed_mid_run_resume_without_loss(processes, tmp_
     database = Database(db_url)
     with database.transaction() as session:
         updates = session.scalar(select(func.count()).select_from(Update))
-        accepted = session.scalar(select(func.count()).select_from(AuditEvent).where(
-            AuditEvent.kind == "update.accepted"))
-        rejoined = session.scalar(select(func.count()).select_from(AuditEvent).where(
-            AuditEvent.kind == "site.rejoined"))
+        accepted = session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "update.accepted")
+        )
+        rejoined = session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "site.rejoined")
+        )
         chain = auditlog.verify_chain(auditlog.all_rows(session))
     database.close()
     assert updates == accepted == 12  # none lost, none counted twice

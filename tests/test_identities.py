@@ -185,21 +185,21 @@ class FakeCoordinator(federation_pb2_grpc.FederationServicer):
         self.refusals: list[federation_pb2.TaskRefusal] = []
         self.answered = threading.Event()
 
-    def Join(self, request, context):  # noqa: N802
+    def Join(self, request, context):
         return federation_pb2.JoinReply(node_id=f"node-{request.site_name}", node_token="t")
 
-    def PullTask(self, request, context):  # noqa: N802
+    def PullTask(self, request, context):
         try:
             return self.tasks.get(timeout=0.2)
         except queue.Empty:
             return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
 
-    def SubmitKeys(self, request, context):  # noqa: N802
+    def SubmitKeys(self, request, context):
         self.bundles.append(request)
         self.answered.set()
         return federation_pb2.SubmitReply(id="k")
 
-    def RefuseTask(self, request, context):  # noqa: N802
+    def RefuseTask(self, request, context):
         self.refusals.append(request)
         self.answered.set()
         return federation_pb2.SubmitReply(id="r")

@@ -33,7 +33,7 @@ def header_only(site, task, size: int, **fields: object):  # type: ignore[no-unt
     )
 
 
-def test_secure_update_of_the_wrong_declared_size_is_refused_from_its_header(secure_round):  # noqa: F811
+def test_secure_update_of_the_wrong_declared_size_is_refused_from_its_header(secure_round):
     coordinator, site, run, task = secure_round
     width = crypto.ciphertext_width(site.public_key)
     with coordinator.hub.db.transaction() as session:
@@ -57,7 +57,7 @@ def test_secure_update_of_the_wrong_declared_size_is_refused_from_its_header(sec
     site.send(task, site.ciphertexts())  # the right size is still accepted
 
 
-def test_a_second_stream_for_a_task_is_refused_while_the_first_is_open(training_round):  # noqa: F811
+def test_a_second_stream_for_a_task_is_refused_while_the_first_is_open(training_round):
     coordinator, site, _, task = training_round
     payload = wire.encode_tensors(WEIGHTS)
     release = threading.Event()
@@ -151,7 +151,7 @@ def test_anonymous_callers_are_capped_per_address_except_on_loopback():
     assert local == ("peer:::1", None)
 
 
-def test_plaintext_update_declaring_more_than_its_model_can_take_is_refused(training_round):  # noqa: F811
+def test_plaintext_update_declaring_more_than_its_model_can_take_is_refused(training_round):
     coordinator, site, run, task = training_round
     with coordinator.hub.db.transaction() as session:
         bound = plaintext_payload_bound(session.get(Run, run.run_id))
