@@ -319,7 +319,7 @@ def watch(
     as_json: JsonOption = False,
 ) -> None:
     """Live progress until the run ends."""
-    from cli.demo import RoundProgress
+    from cli.progress import RoundProgress
 
     events = Admin(coordinator, ca, token_file, insecure).WatchRun(
         admin_pb2.GetRunRequest(run_id=run_id)
