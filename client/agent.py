@@ -66,6 +66,37 @@ class AgentError(RuntimeError):
     """The agent cannot go on (rejected credentials, a key that will not open)."""
 
 
+class _StopGuard(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+):
+    """Refuses new calls once the agent is closing.
+
+    A task abandoned on stop keeps running in its daemon thread; its next call must not
+    reach a channel that is being closed (gRPC's C core does not survive that race).
+    """
+
+    def __init__(self, closing: threading.Event) -> None:
+        self.closing = closing
+
+    def _check(self) -> None:
+        if self.closing.is_set():
+            raise AgentError("the agent is stopping")
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        self._check()
+        return continuation(client_call_details, request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        self._check()
+        return continuation(client_call_details, request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        self._check()
+        return continuation(client_call_details, request_iterator)
+
+
 @dataclass
 class AgentConfig:
     coordinator: str
@@ -83,6 +114,9 @@ class AgentConfig:
     enrolment_token: str = ""
     # The site's own rules; never widened by anything a task says.
     policy: SitePolicy = field(default_factory=SitePolicy)
+    # Largest model or aggregate this site downloads: a coordinator announcing more is
+    # refused before the bytes are held in memory.
+    max_download_bytes: int = 1 << 30
 
 
 class SiteAgent:
@@ -109,6 +143,10 @@ class SiteAgent:
             options=config.channel_options,
         )
         self.channel = ReceiptBook.for_site(config.state_dir, config.site_name).attach(self.channel)
+        self._closing = threading.Event()
+        self._trained_any = False
+        self._worker: threading.Thread | None = None
+        self.channel = grpc.intercept_channel(self.channel, _StopGuard(self._closing))
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
         self.node_id = ""
         self.heartbeat_interval = 5.0
@@ -201,13 +239,6 @@ class SiteAgent:
                 except TaskRefused as refusal:
                     given_up.add(current)
                     self.refuse(task, refusal)
-            except (AgentError, ValueError, RuntimeError) as exc:
-                if stop.is_set():
-                    break
-                # One task that cannot be done must not take the site off the federation.
-                log.exception("task failed")
-                given_up.add(current)
-                self.listener("task_failed", {"error": str(exc)})
             except grpc.RpcError as exc:
                 if stop.is_set():
                     break
@@ -232,6 +263,14 @@ class SiteAgent:
                 given_up.add(current)
                 self.listener("rejected", {"code": _code_name(code), "detail": detail})
                 log.warning("coordinator refused: %s %s", code, detail)
+            except Exception as exc:  # whatever a task raised, the site stays up
+                if stop.is_set():
+                    break
+                # One task that cannot be done (a bad config value, a client's own error)
+                # must not take the site off the federation.
+                log.exception("task failed")
+                given_up.add(current)
+                self.listener("task_failed", {"error": str(exc)})
         self.listener("shutting_down", {"site": self.config.site_name})
 
     def _pull(self, stop: threading.Event) -> federation_pb2.Task | None:
@@ -264,6 +303,7 @@ class SiteAgent:
                 outcome.append(exc)
 
         worker = threading.Thread(target=work, name=f"task-{_kind_name(task)}", daemon=True)
+        self._worker = worker
         worker.start()
         beat = time.monotonic()
         while worker.is_alive():
@@ -321,7 +361,20 @@ class SiteAgent:
             # The refusal stands whether or not the coordinator hears of it.
             log.warning("could not report the refusal: %s", exc)
 
-    def close(self) -> None:
+    def close(self, wait_seconds: float = 10.0) -> None:
+        """Stop making calls, let an abandoned task end, then close the channel.
+
+        A task still running after ``wait_seconds`` keeps the channel (and its randomness
+        pools) open: closing them under it could crash the process, and a daemon thread
+        ends with the process anyway.
+        """
+        self._closing.set()
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            worker.join(wait_seconds)
+            if worker.is_alive():
+                log.warning("a %s task is still running; leaving its channel open", worker.name)
+                return
         for run_id in list(self._pools):
             self._close_randomness(run_id)
         self.channel.close()
@@ -355,6 +408,14 @@ class SiteAgent:
         return config
 
     def _init(self, task: federation_pb2.Task) -> None:
+        # INIT is sent in plaintext. Cohort's trainers always return fresh weights; any other
+        # client may return what it last trained, so after training it is not asked.
+        if self._trained_any and not getattr(self.client, "fresh_start_points", False):
+            raise TaskRefused(
+                "policy",
+                "this site's client has trained since the agent started and may return "
+                "trained weights: it sends initial weights only from a fresh start",
+            )
         weights = self.client.get_parameters(scalar_config(self._config(task)))
         self._submit(
             task,
@@ -452,7 +513,7 @@ class SiteAgent:
             metadata=self._metadata(),
             timeout=300,
         )
-        return wire.join_chunks(chunks)
+        return wire.join_chunks(chunks, max_size=self.config.max_download_bytes)
 
     def _tensors(self, run_id: str, sha256: str) -> list[np.ndarray]:
         if sha256 not in self._models:
@@ -526,6 +587,7 @@ class SiteAgent:
         fit_started = time.perf_counter()
         # From here the local weights hold this site's data: no INIT of this run is answered.
         self.pins.mark_trained(task.run_id)
+        self._trained_any = True
         new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
         metrics.update({k: v for k, v in fit_metrics.items()})
         trained = time.perf_counter()

@@ -244,6 +244,9 @@ class ModelTrainer(NumPyClient):
         refuses every other code-importing spec.
     """
 
+    # get_parameters never returns trained weights: the agent may ask for INIT any time.
+    fresh_start_points = True
+
     def __init__(
         self,
         data: DictDataset,
@@ -317,11 +320,15 @@ class ModelTrainer(NumPyClient):
             ) from exc
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
-        """The model's weights; rebuilt fresh when a new run asks for its start point."""
+        """A start point: always rebuilt fresh from the spec's seed, never trained weights.
+
+        The coordinator asks for this (INIT) in plaintext; returning the current model
+        would hand it whatever this site last trained, in any run.
+        """
         run_id = config.get("run_id")
-        if run_id is not None and run_id != self._started_run:
+        if run_id is not None:
             self._started_run = str(run_id)
-            self._model = None
+        self._model = None
         return models.get_weights(self.ensure_model(config))
 
     def fit(

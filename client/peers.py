@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crypto import identity
+from protos.wire import SITE_NAME
 
 # The coordinator's rule for site names (coordinator/federation.py), repeated: client never
 # imports coordinator.
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class UntrustedPeer(ValueError):
@@ -160,7 +159,7 @@ def check_site_name(name: str) -> str:
     ValueError
         When it is not 1-128 such characters starting with a letter or digit.
     """
-    if not _SITE_NAME.match(name):
+    if not SITE_NAME.match(name):
         raise ValueError(
             f"site name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter "
             f"or digit; got {name!r}"

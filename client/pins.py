@@ -36,6 +36,10 @@ class RunPin:
     # sha256 of the run's pinned data schema (protos.data_schema): columns never change
     # under a run this site trains in.
     schema: str = ""
+    # Secure runs: sha256 of the initial model every aggregate is applied to. Swapping it
+    # mid-run would let a coordinator choose the weights (and so the clip bounds) a site
+    # trains from.
+    initial_model: str = ""
     # Set once this site has trained in the run: its local weights now hold its data, so
     # an INIT (which sends weights in plaintext) is refused from then on.
     trained: bool = False
@@ -54,6 +58,7 @@ class Observed:
     custodian: str
     key_fingerprint: str
     schema: str = ""
+    initial_model: str = ""
 
 
 def canonical_config(value: Any) -> str:
@@ -100,6 +105,7 @@ class RunPins:
                     custodian=seen.custodian,
                     key_fingerprint=seen.key_fingerprint,
                     schema=seen.schema,
+                    initial_model=seen.initial_model,
                 )
                 self.runs[seen.run_id] = pin
                 self._save()
@@ -139,7 +145,7 @@ class RunPins:
                         f"(added {added[:10]}, identity changed {moved[:10]}, now "
                         f"{len(seen.participants)} vs {len(pin.participants)} pinned)",
                     )
-            for name in ("custodian", "key_fingerprint", "schema"):
+            for name in ("custodian", "key_fingerprint", "schema", "initial_model"):
                 new, old = getattr(seen, name), getattr(pin, name)
                 if new and not old:
                     setattr(pin, name, new)

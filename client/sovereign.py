@@ -48,6 +48,9 @@ def observed(task: federation_pb2.Task, config: dict[str, Any]) -> Observed:
         custodian=task.custodian,
         key_fingerprint=task.encoding.key_fingerprint,
         schema=_schema_fingerprint(config.get("schema")),
+        # In secure runs model_sha256 is the run's initial model on every task; in
+        # plaintext runs it is the latest global model and changes each round.
+        initial_model=task.model_sha256 if scheme_of(task) == "paillier" else "",
     )
 
 

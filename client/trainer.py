@@ -30,6 +30,9 @@ class TabularTrainer(NumPyClient):
     a user's own ``NumPyClient`` the same way.
     """
 
+    # get_parameters never returns trained weights: the agent may ask for INIT any time.
+    fresh_start_points = True
+
     def __init__(
         self,
         data: TabularData,
@@ -158,11 +161,15 @@ class TabularTrainer(NumPyClient):
         )
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
-        """The model's weights; freshly initialised when a new run asks for its start point."""
+        """A start point: always freshly initialised from the seed, never trained weights.
+
+        The coordinator asks for this (INIT) in plaintext; returning the current model
+        would hand it whatever this site last trained, in any run.
+        """
         run_id = config.get("run_id")
-        if run_id is not None and run_id != self._started_run:
+        if run_id is not None:
             self._started_run = str(run_id)
-            self._build_model()
+        self._build_model()
         return models.get_weights(self.model)
 
     def fit(

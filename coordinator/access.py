@@ -143,7 +143,7 @@ class AccessControl:
 
     def enrol_site(self, site_name: str, ttl_seconds: float, actor: str) -> tuple[str, float]:
         """A one-time token for ``site_name``, stored only as its sha256, expiring."""
-        from coordinator.federation import SITE_NAME
+        from protos.wire import SITE_NAME
 
         if not SITE_NAME.fullmatch(site_name):
             raise InvalidArgument(f"{site_name!r} is not a site name Join would accept")

@@ -104,7 +104,7 @@ class AdminService:
 
     def _check_custodian(self, session: Session, name: str) -> None:
         """INVALID_ARGUMENT unless ``name`` is a site the federation knows (see __init__)."""
-        from coordinator.federation import SITE_NAME
+        from protos.wire import SITE_NAME
 
         if not name:
             return

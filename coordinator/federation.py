@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 import time
 import uuid
@@ -49,7 +48,7 @@ from coordinator.schema import (
 from crypto import identity as crypto_identity
 from protos import common_pb2, federation_pb2, wire
 
-SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SITE_NAME = wire.SITE_NAME
 _LIVE = (TaskState.PENDING, TaskState.DELIVERED)
 _KIND_TO_PROTO = {
     TaskKind.INIT: federation_pb2.TASK_KIND_INIT,

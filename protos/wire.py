@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ TENSORS_FLOAT32 = "tensors/float32"
 TENSORS_Q8 = "tensors/q8"
 PAILLIER_PACKED = "paillier/packed"
 NODE_TOKEN_HEADER = "authorization"
+# How the federation spells a site: checked by the coordinator at join and by sites pinning peers.
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _MAGIC = b"CHT1"
 _ALLOWED_DTYPES = {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8"}

@@ -304,6 +304,42 @@ def test_an_init_after_training_is_refused(fake, sites):
     assert len(fake.seen.updates) == 1
 
 
+def test_an_init_for_another_run_after_training_sends_fresh_weights_only(fake, sites):
+    # INIT run B, train run A, INIT run B again: the last INIT must not be A's trained model.
+    sites.start()
+    init_b = federation_pb2.Task(
+        kind=federation_pb2.TASK_KIND_INIT, run_id="run-b", secure=PLAIN, config_json=config_json()
+    )
+    fake.give(init_b)
+    fake.wait_for(lambda seen: len(seen.updates) == 1)
+    fake.give(plaintext_train(fake))
+    fake.wait_for(lambda seen: len(seen.updates) == 2)
+    fake.give(
+        federation_pb2.Task(
+            kind=federation_pb2.TASK_KIND_INIT,
+            run_id="run-b",
+            task_id="init-b-again",
+            secure=PLAIN,
+            config_json=config_json(),
+        )
+    )
+
+    fake.wait_for(lambda seen: len(seen.updates) == 3 or seen.refusals)
+
+    first, _, last = (wire.decode_tensors(payload) for _, payload in fake.seen.updates[:3])
+    assert all(np.array_equal(a, b) for a, b in zip(first, last, strict=True))
+
+
+def test_a_config_value_of_the_wrong_type_fails_the_task_not_the_agent(fake, sites):
+    sites.start()
+    fake.give(plaintext_train(fake, update_quantisation={"bits": None}))
+
+    still_polling(fake)
+
+    assert sites.alive()
+    assert fake.seen.updates == []
+
+
 def test_a_changed_model_is_refused_within_a_run(fake, sites):
     sites.start()
     fake.give(plaintext_train(fake))
