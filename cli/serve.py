@@ -297,8 +297,12 @@ def serve(
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             fail(f"no file at {path}")
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        console.print("[yellow]warning:[/] listening beyond this machine without --token")
+    if host not in ("127.0.0.1", "localhost", "::1") and not (token and tls_cert):
+        # Scores of patients or applicants leave the site only to callers it authenticated.
+        fail(
+            f"--host {host} serves beyond this machine: pass --token and --tls-cert/--tls-key, "
+            "or keep the default 127.0.0.1 behind your own proxy"
+        )
     predictor = load_predictor(model_dir, int8=int8, device=resolve_device(device))
     rows = None
     if background is not None and predictor.kind == "tabular":

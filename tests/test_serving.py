@@ -530,3 +530,12 @@ def test_the_serve_command_speaks_https_and_wants_the_token(site, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_serving_beyond_this_machine_needs_a_token_and_tls(tmp_path):
+    result = runner.invoke(
+        cli_app, ["model", "serve", str(tmp_path), "--host", "0.0.0.0", "--token", "t"]
+    )
+
+    assert result.exit_code == 2
+    assert "--tls-cert" in result.output
