@@ -54,6 +54,16 @@ class ReceiptBook(
         if head is None or not head.seq or not head.hash:
             return
         key = (int(head.seq), str(head.hash))
+        if len(key[1]) != 64 or any(ch not in "0123456789abcdef" for ch in key[1]):
+            # Not a sha256: keeping it would only fill the disk and spoil the file.
+            log.warning("the coordinator sent a malformed log head %r; not kept", key[1][:80])
+            return
+        if self._last is not None and key[0] < self._last[0]:
+            log.warning(
+                "the coordinator's log head went back from row %d to %d: keep these receipts",
+                self._last[0],
+                key[0],
+            )
         with self._lock:
             if key == self._last:
                 return
@@ -69,11 +79,16 @@ class ReceiptBook(
             self._last = key
 
     def _after(self, outcome: Any) -> Any:
-        try:
-            reply = outcome.result()
-        except grpc.RpcError:
-            return outcome  # a failed call carries no head; the caller sees the error
-        self.record(reply)
+        # A callback, not outcome.result(): a call made with .future() (the agent's
+        # cancellable long poll) must stay non-blocking.
+        def done(call: Any) -> None:
+            try:
+                reply = call.result()
+            except (grpc.RpcError, grpc.FutureCancelledError):
+                return  # a failed call carries no head; the caller sees the error
+            self.record(reply)
+
+        outcome.add_done_callback(done)
         return outcome
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
