@@ -32,6 +32,7 @@ from coordinator.schema import (
     TaskState,
     Update,
 )
+from coordinator.waiting import waiting_for
 from protos import wire
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,28 @@ SETUP_ATTEMPTS = 3
 # How long a run waits for its sites' SHAP audits once training ends (run config key
 # "audit_deadline_seconds"); after it the run completes and names the sites whose are missing.
 AUDIT_DEADLINE_SECONDS = 600.0
+# How long a pending run waits for enough sites before it gives up with a reason (run
+# config key "start_deadline_seconds").
+START_DEADLINE_SECONDS = 24 * 3600.0
+
+
+def _config_seconds(run: Run, key: str, default: float) -> float:
+    value = run.config.get(key, default)
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return seconds if np.isfinite(seconds) and seconds > 0 else default
 
 
 def audit_deadline(run: Run) -> float:
     """The run's stated audit deadline in seconds (config ``audit_deadline_seconds``)."""
-    value = run.config.get("audit_deadline_seconds", AUDIT_DEADLINE_SECONDS)
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return AUDIT_DEADLINE_SECONDS
-    return seconds if np.isfinite(seconds) and seconds > 0 else AUDIT_DEADLINE_SECONDS
+    return _config_seconds(run, "audit_deadline_seconds", AUDIT_DEADLINE_SECONDS)
+
+
+def start_deadline(run: Run) -> float:
+    """How long the run may stay pending (config ``start_deadline_seconds``, default 1 day)."""
+    return _config_seconds(run, "start_deadline_seconds", START_DEADLINE_SECONDS)
 
 
 def online_nodes(session: Session, hub: Hub, now: float) -> list[Node]:
@@ -160,6 +173,15 @@ class RoundScheduler:
                 self._fail(session, run, now, hopeless)
                 return True
         if run.state == RunState.PENDING:
+            if now - run.created_at > start_deadline(run):
+                self._fail(
+                    session,
+                    run,
+                    now,
+                    f"gave up after {start_deadline(run):.0f} s pending (start_deadline_seconds): "
+                    + waiting_for(session, run, now, self.hub.limits.offline_after_seconds),
+                )
+                return True
             if len(online) < run.min_clients:
                 return False
             details: dict[str, object] = {"online_sites": len(online)}

@@ -120,6 +120,16 @@ def test_waiting_for_names_the_sites_a_pending_run_lacks(coordinator):
     assert info.waiting_for == "sites: 0 of 3 online"
 
 
+def test_a_pending_run_gives_up_after_its_start_deadline_saying_why(coordinator):
+    admin = coordinator.admin()
+    run = create_run(admin, rounds=1, min_clients=3, start_deadline_seconds=1)
+
+    info = wait_for_state(admin, run.run_id, (common_pb2.RUN_STATE_FAILED,), timeout=30)
+
+    assert "gave up after 1 s pending" in info.failure_reason
+    assert "sites: 0 of 3 online" in info.failure_reason
+
+
 def test_sigterm_during_an_audit_stops_the_site_within_ten_seconds(coordinator, tmp_path):
     admin = coordinator.admin()
     run = create_run(admin, rounds=1, min_clients=1, audit=True)
