@@ -23,6 +23,7 @@ from cli.scenarios import (
     train_alone,
 )
 from client.agent import AgentConfig, SiteAgent
+from client.policy import SitePolicy
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2, admin_pb2_grpc, common_pb2, wire
 
@@ -165,6 +166,8 @@ def run_demo(
                     poll_seconds=5.0,
                     encrypt_workers=settings.encrypt_workers,
                     seed=settings.seed,
+                    # The demo's operator owns the sites too: its --key-bits is theirs.
+                    policy=SitePolicy(min_key_bits=min(settings.key_bits, 2048)),
                 ),
                 trainer,
                 listener=on_event,

@@ -439,6 +439,12 @@ class SiteAgent:
             log.warning("run %s: not sealing the key to %s", task.run_id, reason)
         keys.check_enough(task.run_id, recipients, self.config.policy, refused)
         bits = int(task.encoding.key_bits) or 2048
+        if bits < self.config.policy.min_key_bits:
+            raise TaskRefused(
+                "policy",
+                f"the run asks for a {bits}-bit key; this site deals keys of at least "
+                f"{self.config.policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
+            )
         started = time.perf_counter()
         public_key, private_key = crypto.generate_keypair(bits, insecure_test_size=bits < 2048)
         private_bytes = crypto.private_key_to_bytes(private_key)
@@ -486,6 +492,12 @@ class SiteAgent:
         if not task.sealed_private_key:
             raise AgentError(f"no sealed key for this site in run {task.run_id}")
         public_key = crypto.public_key_from_bytes(bytes(task.encoding.public_key))
+        if public_key.n.bit_length() < self.config.policy.min_key_bits - 1:
+            raise TaskRefused(
+                "policy",
+                f"the run's key has {public_key.n.bit_length()} bits; this site accepts keys of "
+                f"at least {self.config.policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
+            )
         fingerprint = crypto.key_fingerprint(public_key)
         if fingerprint != task.encoding.key_fingerprint:
             raise AgentError("the run's public key does not match its announced fingerprint")

@@ -7,7 +7,8 @@ names them, and a site decrypts only aggregates that enough pinned peers signed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 
 class TaskRefused(Exception):
@@ -43,6 +44,21 @@ class SitePolicy:
     trusted_custodians: tuple[str, ...] = ()
     # Trust on first use for peers not pinned yet (records them; refuses a change).
     tofu: bool = False
+    # Smallest Paillier key this site deals or accepts: a coordinator may not talk it into
+    # a weak key. From COHORT_MIN_KEY_BITS (the test suite uses 1024-bit keys for speed).
+    min_key_bits: int = field(default_factory=lambda: default_min_key_bits())
+
+
+def default_min_key_bits() -> int:
+    """2048, or the site's own ``COHORT_MIN_KEY_BITS`` (at least 1024)."""
+    raw = os.environ.get("COHORT_MIN_KEY_BITS", "2048")
+    try:
+        bits = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"COHORT_MIN_KEY_BITS must be a number of bits, not {raw!r}") from exc
+    if bits < 1024:
+        raise ValueError(f"COHORT_MIN_KEY_BITS must be at least 1024, not {bits}")
+    return bits
 
 
 # Spec prefixes that import code at the site: only ever built when the site names them.
@@ -144,4 +160,5 @@ def describe(policy: SitePolicy) -> dict[str, object]:
         "min_aggregate_sites": policy.min_aggregate_sites,
         "trusted_custodians": list(policy.trusted_custodians) or "any pinned peer",
         "tofu": policy.tofu,
+        "min_key_bits": policy.min_key_bits,
     }

@@ -236,16 +236,56 @@ def test_the_custodian_never_seals_the_key_to_an_unpinned_participant(fake, site
     task.participants.append(
         participant("hospital-a", agent.identity.ed25519_public, agent.identity.x25519_public)
     )
-    for peer in peers:
+    # The honest peers' sealing keys carry their identities' signatures; mallory's carries
+    # mallory's own, valid signature: only the pin tells them apart.
+    for peer in (*peers, mallory):
         _, x25519 = crypto.generate_x25519()
-        task.participants.append(participant(peer.name, peer.public, x25519))
-    task.participants.append(participant("mallory", mallory.public, mallory_x25519))
+        if peer is mallory:
+            x25519 = mallory_x25519
+        entry = participant(peer.name, peer.public, x25519)
+        entry.x25519_signature = identity.sign(
+            peer.private, identity.x25519_binding(peer.name, x25519)
+        )
+        task.participants.append(entry)
     fake.give(task)
 
     fake.wait_for(lambda seen: seen.refusals or seen.key_bundles, timeout=60)
 
-    sealed_to = {s.node_id for b in fake.seen.key_bundles for s in b.sealed}
-    assert "node-mallory" not in sealed_to
+    # The key was dealt (three pinned sites remain), and never to mallory.
+    [bundle] = fake.seen.key_bundles
+    sealed_to = {s.node_id for s in bundle.sealed}
+    assert sealed_to == {"node-hospital-a", "node-hospital-b", "node-hospital-c"}
+
+
+def test_a_site_never_deals_or_accepts_a_key_below_its_minimum_size(fake, sites):
+    peers = (Peer.make("hospital-b"), Peer.make("hospital-c"))
+    sites.start("hospital-a", peers=peers, policy=SitePolicy(min_key_bits=2048))
+    task = federation_pb2.Task(
+        kind=federation_pb2.TASK_KIND_KEYGEN,
+        run_id=RUN,
+        secure=SECURE,
+        custodian="hospital-a",
+        encoding=RunKey.make(TEST_ENCODING).params(),
+        config_json=config_json(),
+    )
+    task.encoding.key_bits = 1024  # the coordinator asks for a weak key
+    agent = sites.started[-1][0]
+    task.participants.append(
+        participant("hospital-a", agent.identity.ed25519_public, agent.identity.x25519_public)
+    )
+    for peer in peers:
+        _, x25519 = crypto.generate_x25519()
+        entry = participant(peer.name, peer.public, x25519)
+        entry.x25519_signature = identity.sign(
+            peer.private, identity.x25519_binding(peer.name, x25519)
+        )
+        task.participants.append(entry)
+
+    fake.give(task)
+
+    [refusal] = refused(fake)
+    assert refusal.code == "policy" and "1024-bit key" in refusal.reason
+    assert fake.seen.key_bundles == []
 
 
 def test_a_key_the_coordinator_made_itself_is_never_used(fake, sites):
