@@ -53,18 +53,14 @@ def fetch_final_model(
         node the scheduler could pick for a round.
     """
     from models.export import Provenance
-    from protos import common_pb2, federation_pb2
+    from protos import common_pb2
 
     if not agent.identity.node_token:
         raise ValueError(
             f"site {agent.config.site_name} has not joined the federation from "
             f"{agent.config.state_dir}: use the agent's --state-dir"
         )
-    task = agent.stub.GetFinalModel(
-        federation_pb2.FinalModelRequest(run_id=run_id),
-        metadata=agent._metadata(),
-        timeout=60,
-    )
+    task = agent.final_model_task(run_id)
     secure = task.secure == common_pb2.SECURE_SCHEME_PAILLIER
     final_sha = task.aggregates[-1].sha256 if secure and task.aggregates else task.model_sha256
     provenance = Provenance(

@@ -771,15 +771,33 @@ class SiteAgent:
         numbers["examples"] = float(examples)
         return dict(list(numbers.items())[:32])
 
-    def export_model(self, run_id: str) -> list[np.ndarray]:
-        """Final weights of a run, decrypted here for secure runs (`cohort client export-model`)."""
+    def final_model_task(self, run_id: str) -> federation_pb2.Task:
+        """Where a run's final model comes from, checked against this site's run pins.
+
+        What a site exports or serves must be the run it took part in: the same scheme,
+        model, sites, key and initial model as it pinned while training.
+
+        Raises
+        ------
+        AgentError
+            If this site never joined from this state folder.
+        TaskRefused
+            If the reply disagrees with the site's policy or the run's pins.
+        """
         if not self.identity.node_token:
             # Joining here would make a new node that the scheduler could pick for a round.
             raise AgentError(
                 f"site {self.config.site_name} has not joined the federation from "
                 f"{self.config.state_dir}: use the agent's --state-dir"
             )
+        from client.sovereign import admit
+
         task = self.stub.GetFinalModel(
             federation_pb2.FinalModelRequest(run_id=run_id), metadata=self._metadata(), timeout=60
         )
-        return self.global_model(task)
+        admit(self, task)
+        return task
+
+    def export_model(self, run_id: str) -> list[np.ndarray]:
+        """Final weights of a run, decrypted here for secure runs (`cohort client export-model`)."""
+        return self.global_model(self.final_model_task(run_id))
