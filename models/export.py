@@ -198,15 +198,10 @@ def plain_model(model: nn.Module, weights: Sequence[np.ndarray]) -> nn.Module:
 def _set_plain_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
     # models.params.set_weights for a model without adapters (every floating-point
     # state entry, in order), minus its peft check, which would import peft.
+    from models.params import check_shapes
+
     state = {k: v for k, v in model.state_dict().items() if torch.is_floating_point(v)}
-    if len(weights) != len(state):
-        raise ValueError(f"expected {len(state)} weight arrays, got {len(weights)}")
-    for (name, tensor), array in zip(state.items(), weights, strict=True):
-        if tuple(np.shape(array)) != tuple(tensor.shape):
-            raise ValueError(
-                f"weight {name!r} has shape {tuple(tensor.shape)} but the array given has "
-                f"shape {tuple(np.shape(array))}"
-            )
+    check_shapes(state, weights)
     with torch.no_grad():
         for tensor, array in zip(state.values(), weights, strict=True):
             tensor.copy_(torch.as_tensor(np.asarray(array)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +78,24 @@ def get_weights(model: nn.Module) -> NDArrays:
     return out
 
 
+def check_shapes(state: Mapping[str, torch.Tensor], weights: Sequence[np.ndarray]) -> None:
+    """Refuse weights whose count or any shape differs from ``state``'s, naming the first.
+
+    Raises
+    ------
+    ValueError
+        On the first mismatch: a silent partial load would train (or serve) garbage.
+    """
+    if len(weights) != len(state):
+        raise ValueError(f"expected {len(state)} weight arrays, got {len(weights)}")
+    for (name, tensor), array in zip(state.items(), weights, strict=True):
+        if tuple(np.shape(array)) != tuple(tensor.shape):
+            raise ValueError(
+                f"weight {name!r} has shape {tuple(tensor.shape)} but the array given has "
+                f"shape {tuple(np.shape(array))}"
+            )
+
+
 def set_weights(model: nn.Module, weights: NDArrays) -> None:
     """Load exchanged tensors produced by :func:`get_weights` into ``model``.
 
@@ -88,14 +107,7 @@ def set_weights(model: nn.Module, weights: NDArrays) -> None:
     """
     model = unwrap(model)
     state = exchanged_state(model)
-    if len(weights) != len(state):
-        raise ValueError(f"expected {len(state)} weight arrays, got {len(weights)}")
-    for (name, tensor), array in zip(state.items(), weights, strict=True):
-        if tuple(np.shape(array)) != tuple(tensor.shape):
-            raise ValueError(
-                f"weight {name!r} has shape {tuple(tensor.shape)} but the array given has "
-                f"shape {tuple(np.shape(array))}"
-            )
+    check_shapes(state, weights)
     if is_peft_model(model):
         from peft import set_peft_model_state_dict
 
