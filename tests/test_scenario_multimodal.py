@@ -21,7 +21,7 @@ def test_unknown_scenario_names_the_known_ones(tmp_path: Path) -> None:
         build_scenario(DemoSettings(scenario="video"), tmp_path)
 
 
-def test_multimodal_run_carries_model_lora_and_a_tight_encoding(tmp_path: Path) -> None:
+def test_multimodal_run_carries_model_lora_and_the_default_encoding(tmp_path: Path) -> None:
     settings = DemoSettings(scenario="multimodal", key_bits=1024, seed=3)
     scenario = MultimodalScenario(settings, tmp_path)
 
@@ -31,7 +31,8 @@ def test_multimodal_run_carries_model_lora_and_a_tight_encoding(tmp_path: Path) 
     assert request.model == "multimodal" and request.custodian == CLINICS[0]
     assert config["model_config"] == scenario.model_config and config["lora"] == scenario.lora
     assert config["seed"] == 3 and "freeze_a=true" in config["lora"]
-    assert config["encoding"] == {"clip": 4.0, "bits": 18, "max_weight": 4096, "key_bits": 1024}
+    # The run's default encoding (per-value bounds, 8 bits): only the slot layout is set.
+    assert config["encoding"] == {"max_weight": 4096, "key_bits": 1024}
     assert sorted(p.name for p in (tmp_path / "sites").iterdir()) == [
         f"{name}.npz" for name in CLINICS
     ]
