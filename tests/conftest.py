@@ -21,6 +21,9 @@ from coordinator.hub import Limits
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2_grpc, federation_pb2_grpc
 
+# The fuzz tests share their running coordinators (one per module) through this plugin.
+pytest_plugins = ["fuzzing"]
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "COHORT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
