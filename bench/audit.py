@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from explain.site_audit import audit_tabular, audit_torch
 from explain.summary import AttributionSummary
 from models import DictDataset, TabularDataset, build_model, predict_proba, train
-from models.datasets import make_clinic_multimodal
+from models.clinic import make_clinic_multimodal
 
 CPU = torch.device("cpu")
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from cli.progress import RoundProgress
 from cli.scenarios import (
     SCENARIOS,
+    DemoSettings,
     Scenario,
     build_scenario,
     evaluate_weights,
@@ -39,30 +40,6 @@ __all__ = [
     "run_demo",
     "train_alone",
 ]
-
-
-@dataclass
-class DemoSettings:
-    """What `cohort demo` runs; ``scenario`` names an entry of :data:`SCENARIOS`.
-
-    ``lr`` and ``alpha`` (Dirichlet label skew across sites) default to the scenario's
-    own values: LoRA adapters want a different rate than a full MLP, and a task that
-    needs two modalities cannot be learnt at a site that sees only one class.
-    """
-
-    rounds: int = 5
-    local_epochs: int = 5
-    lr: float | None = None
-    secure: bool = True
-    key_bits: int = 2048
-    alpha: float | None = None
-    seed: int = 0
-    data_dir: Path = Path("cohort-data")
-    round_deadline: float = 120.0
-    report: bool = True
-    encrypt_workers: int | None = None
-    audit_wait_seconds: float = 120.0
-    scenario: str = "tabular"
 
 
 @dataclass

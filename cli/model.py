@@ -137,7 +137,8 @@ def export_site_model(
         inferred_config,
         spec_from_config,
     )
-    from models.export import ExportError, Provenance, TabularSchema, export_model, is_peft
+    from models.export import ExportError, Provenance, TabularSchema, export_model
+    from models.params import is_peft_model
     from models.quantize import REPORT_FILE, export_int8
 
     config = dict(run_config)
@@ -204,7 +205,7 @@ def export_site_model(
         "model": spec.model,
         "model_config": spec.config,
         "lora": spec.lora,
-        "base_model_hash": models.base_model_hash(model) if is_peft(model) else "",
+        "base_model_hash": models.base_model_hash(model) if is_peft_model(model) else "",
         "holdout_rows": len(holdout_data),
         "calibration_rows": len(train_data),
         "export": {"dir": str(out_dir), "files": manifest["files"]},

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +31,33 @@ from client.trainer import TabularTrainer
 from models.clinic import clinic_tokenizer
 from models.datasets import DictDataset
 
-if TYPE_CHECKING:
-    from cli.demo import DemoSettings
-
 Scores = dict[str, float]
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
 CLINICS = ("clinic-a", "clinic-b", "clinic-c")
+
+
+@dataclass
+class DemoSettings:
+    """What `cohort demo` runs; ``scenario`` names an entry of :data:`SCENARIOS`.
+
+    ``lr`` and ``alpha`` (Dirichlet label skew across sites) default to the scenario's
+    own values: LoRA adapters want a different rate than a full MLP, and a task that
+    needs two modalities cannot be learnt at a site that sees only one class.
+    """
+
+    rounds: int = 5
+    local_epochs: int = 5
+    lr: float | None = None
+    secure: bool = True
+    key_bits: int = 2048
+    alpha: float | None = None
+    seed: int = 0
+    data_dir: Path = Path("cohort-data")
+    round_deadline: float = 120.0
+    report: bool = True
+    encrypt_workers: int | None = None
+    audit_wait_seconds: float = 120.0
+    scenario: str = "tabular"
 
 
 class Scenario(ABC):

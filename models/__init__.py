@@ -1,12 +1,12 @@
 """Cohort model stack: registry, local training, exchanged parameters, LoRA and INT8."""
 
+from models.clinic import make_clinic_multimodal
 from models.datasets import (
     DictDataset,
     TabularDataset,
     TextDataset,
     load_digits_images,
     make_audio_tones,
-    make_clinic_multimodal,
     make_credit_default,
 )
 from models.device import autocast_context, select_device

@@ -197,29 +197,3 @@ def make_credit_default(n: int, seed: int) -> TabularDataset:
     dataset = TabularDataset((x - mean) / std, y, feature_names=list(CREDIT_FEATURES))
     dataset.raw = x.astype(np.float32)
     return dataset
-
-
-def make_clinic_multimodal(
-    n: int,
-    seed: int,
-    *,
-    image_size: int = 16,
-    max_len: int = 24,
-    with_vitals: bool = False,
-    label_noise: float = 0.4,
-) -> DictDataset:
-    """Synthetic multimodal clinic cases (scan + note [+ vitals]); see :mod:`models.clinic`.
-
-    Returns a ``ClinicDataset`` with inputs ``image``, ``input_ids``, ``attention_mask``
-    (+ ``tabular``) and attributes ``notes``, ``tokenizer``, ``feature_names``.
-    """
-    from models.clinic import make_clinic_multimodal as generate
-
-    return generate(
-        n,
-        seed,
-        image_size=image_size,
-        max_len=max_len,
-        with_vitals=with_vitals,
-        label_noise=label_noise,
-    )

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,25 +166,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def is_peft(model: nn.Module) -> bool:
-    """True for a peft model, without importing peft when nothing has.
-
-    Importing peft pulls in transformers: about 6 s of a 10 s export of a tabular MLP.
-    A PeftModel cannot exist before peft is imported, so its absence answers the question.
-    """
-    from models.params import unwrap
-
-    peft = sys.modules.get("peft")
-    return peft is not None and isinstance(unwrap(model), peft.PeftModel)
-
-
 def plain_model(model: nn.Module, weights: Sequence[np.ndarray]) -> nn.Module:
     """A CPU eval-mode copy of ``model`` holding ``weights``, LoRA adapters merged."""
-    from models.params import set_weights, unwrap
+    from models.params import is_peft_model, set_weights, unwrap
 
     plain = copy.deepcopy(unwrap(model)).cpu()
     try:
-        if is_peft(plain):
+        if is_peft_model(plain):
             set_weights(plain, list(weights))
             plain = plain.merge_and_unload()  # type: ignore[operator]
         else:

@@ -64,11 +64,13 @@ class QuantizedInputs(nn.Module):
 
 
 def _float_copy(model: nn.Module) -> nn.Module:
-    from models.export import is_peft  # never imports peft for a model without adapters
-    from models.params import unwrap
+    from models.params import (
+        is_peft_model,  # never imports peft for a model without adapters
+        unwrap,
+    )
 
     model = copy.deepcopy(unwrap(model)).cpu().eval()
-    if is_peft(model):
+    if is_peft_model(model):
         # Adapters are folded into the base weights: one plain model to quantise.
         model = model.merge_and_unload()  # type: ignore[operator]
     return model.eval()

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from models import distributed
+import models.distributed as distributed
 from models.device import autocast_context, move_inputs, select_device
 
 Example = tuple[dict[str, torch.Tensor], torch.Tensor]
