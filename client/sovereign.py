@@ -7,17 +7,44 @@ configuration and state folder (policy, pinned peers, pinned runs), never from t
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from client.peers import UntrustedPeer
-from client.pins import Observed, RunPin
-from client.policy import TaskRefused, check_model
+from client.custody import SiteIdentity
+from client.peers import PeerStore, UntrustedPeer
+from client.pins import Observed, RunPin, RunPins
+from client.policy import SitePolicy, TaskRefused, check_model
 from client.verify import Entry, Signer, check_manifest, verify_aggregate
 from crypto import identity
 from protos import common_pb2, federation_pb2, wire
 
-if TYPE_CHECKING:
-    from client.agent import SiteAgent
+
+class _SiteConfig(Protocol):
+    @property
+    def site_name(self) -> str: ...
+
+    @property
+    def policy(self) -> SitePolicy: ...
+
+
+class Site(Protocol):
+    """What the gate reads of the site agent: its own configuration and state, and a fetch."""
+
+    @property
+    def config(self) -> _SiteConfig: ...
+
+    @property
+    def client(self) -> object: ...
+
+    @property
+    def identity(self) -> SiteIdentity: ...
+
+    @property
+    def peers(self) -> PeerStore: ...
+
+    @property
+    def pins(self) -> RunPins: ...
+
+    def fetch(self, run_id: str, sha256: str) -> bytes: ...
 
 _BUILDS = (
     federation_pb2.TASK_KIND_INIT,
@@ -66,7 +93,7 @@ def _schema_fingerprint(value: object) -> str:
         return "unreadable"
 
 
-def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
+def admit(agent: Site, task: federation_pb2.Task) -> RunPin:
     """Refuse a task the site's policy forbids or that disagrees with the run's pin.
 
     Raises
@@ -99,7 +126,7 @@ def admit(agent: SiteAgent, task: federation_pb2.Task) -> RunPin:
     return pin
 
 
-def signers(agent: SiteAgent, task: federation_pb2.Task, pin: RunPin | None) -> dict[str, Signer]:
+def signers(agent: Site, task: federation_pb2.Task, pin: RunPin | None) -> dict[str, Signer]:
     """The run's participants whose identity this site trusts: pinned for the run and as peers.
 
     The keys come from the task, but a key counts only when its fingerprint is the one
@@ -126,7 +153,7 @@ def signers(agent: SiteAgent, task: federation_pb2.Task, pin: RunPin | None) -> 
 
 
 def checked_aggregate(
-    agent: SiteAgent,
+    agent: Site,
     task: federation_pb2.Task,
     aggregate: federation_pb2.AggregateRef,
     public_key: Any,

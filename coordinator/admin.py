@@ -18,8 +18,8 @@ from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from coordinator.hub import Hub
 from coordinator.model_names import check_run_model
 from coordinator.provenance import operator_schema
+from coordinator.queries import cancel_open_tasks
 from coordinator.runs import RunSpec
-from coordinator.scheduler import cancel_open_tasks
 from coordinator.schema import (
     AuditEvent,
     Enrolment,

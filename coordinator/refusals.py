@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument
+from coordinator.manifests import site_name
+from coordinator.queries import cancel_open_tasks
 from coordinator.schema import Node, Run, RunState, SiteRefusal, Task, TaskKind, TaskState
 from protos import admin_pb2, federation_pb2
 
@@ -108,8 +110,7 @@ def refuse_task(
 
 
 def fail_run(session: Session, run: Run, now: float, reason: str) -> None:
-    from coordinator.scheduler import cancel_open_tasks
-
+    """End ``run`` as failed with ``reason``; its open tasks are cancelled and the log says why."""
     run.state = RunState.FAILED
     run.ended_at = now
     run.failure_reason = reason
@@ -125,8 +126,6 @@ def add_refusals(session: Session, run_id: str, info: admin_pb2.RunInfo) -> None
         .order_by(SiteRefusal.time.desc(), SiteRefusal.id.desc())
         .limit(100)
     ).all()
-    from coordinator.manifests import site_name
-
     for row in reversed(rows):
         node = session.get(Node, row.node_id)
         info.refusals.add(
@@ -148,8 +147,6 @@ def latest_reasons(session: Session, run_id: str, limit: int = 3) -> str:
     ).all()
     if not rows:
         return ""
-    from coordinator.manifests import site_name
-
     named = []
     for row in reversed(rows):
         node = session.get(Node, row.node_id)

@@ -19,6 +19,7 @@ from coordinator import auditlog, provenance, refusals
 from coordinator.aggregation import aggregate_deltas, apply_deltas
 from coordinator.hub import Hub
 from coordinator.identity import choose_participants
+from coordinator.queries import cancel_open_tasks
 from coordinator.schema import (
     ModelKind,
     ModelVersion,
@@ -570,12 +571,3 @@ def mark_missed(session: Session, run: Run, tasks: Sequence[Task], **details: ob
     for task in tasks:
         task.state = TaskState.MISSED
         auditlog.append(session, "task.missed", run_id=run.id, actor=task.node_id, details=details)
-
-
-def cancel_open_tasks(session: Session, run_id: str) -> None:
-    for task in session.scalars(
-        select(Task).where(
-            Task.run_id == run_id, Task.state.in_([TaskState.PENDING, TaskState.DELIVERED])
-        )
-    ):
-        task.state = TaskState.CANCELLED

@@ -1,0 +1,18 @@
+"""Reads and writes of run and task rows that several coordinator modules share."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coordinator.schema import Task, TaskState
+
+
+def cancel_open_tasks(session: Session, run_id: str) -> None:
+    """Cancel the run's tasks no site has finished: a stopped or failed run hands out nothing."""
+    for task in session.scalars(
+        select(Task).where(
+            Task.run_id == run_id, Task.state.in_([TaskState.PENDING, TaskState.DELIVERED])
+        )
+    ):
+        task.state = TaskState.CANCELLED
