@@ -8,7 +8,7 @@ whichever domain function made it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -40,7 +40,11 @@ class AnchorReplies(grpc.ServerInterceptor):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if (
             handler is None
@@ -52,7 +56,7 @@ class AnchorReplies(grpc.ServerInterceptor):
         if handler.request_streaming:
             inner: Callable[..., Any] = handler.stream_unary
 
-            def stream_unary(requests, context):
+            def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
                 return stamp(hub, inner(requests, context))
 
             return grpc.stream_unary_rpc_method_handler(
@@ -62,7 +66,7 @@ class AnchorReplies(grpc.ServerInterceptor):
             )
         unary: Callable[..., Any] = handler.unary_unary
 
-        def unary_unary(request, context):
+        def unary_unary(request: object, context: grpc.ServicerContext) -> Any:
             return stamp(hub, unary(request, context))
 
         return grpc.unary_unary_rpc_method_handler(

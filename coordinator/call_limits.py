@@ -93,7 +93,11 @@ class CapCalls(grpc.ServerInterceptor):
     def __init__(self, max_workers: int) -> None:
         self.counter = CallCounter(max(max_workers - RESERVED_THREADS, 1))
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return handler
@@ -116,7 +120,7 @@ class CapCalls(grpc.ServerInterceptor):
 
         if handler.response_streaming:
 
-            def streaming(request, context) -> Iterator[Any]:
+            def streaming(request: object, context: grpc.ServicerContext) -> Iterator[Any]:
                 caller = admit(context)
                 try:
                     yield from behavior(request, context)
@@ -126,7 +130,7 @@ class CapCalls(grpc.ServerInterceptor):
             wrapped: Callable[..., Any] = streaming
         else:
 
-            def unary(request, context):
+            def unary(request: object, context: grpc.ServicerContext) -> Any:
                 caller = admit(context)
                 try:
                     return behavior(request, context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 from coordinator.aggregation import STRATEGIES, check_strategy
 
@@ -123,7 +124,7 @@ class RunSpec:
     @property
     def quorum(self) -> int:
         """Updates needed to close a round at its deadline (default: every required site)."""
-        return int(self.config.get("quorum", self.min_clients))  # type: ignore[call-overload]
+        return int(cast("int | float | str", self.config.get("quorum", self.min_clients)))
 
     @property
     def encoding(self) -> dict[str, float | int]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -61,34 +63,38 @@ class _Undecodable:
     """Stands in for a request whose bytes did not parse."""
 
 
-def _refusing(behavior, streaming):
-    def check(request, context):
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _refusing(behavior: Behavior, streaming: bool) -> Behavior:
+    def check(request: object, context: grpc.ServicerContext) -> object:
         if isinstance(request, _Undecodable):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request does not parse as protobuf")
         return request
 
-    if streaming:
+    def checked_stream(requests: Iterator[object], context: grpc.ServicerContext) -> Any:
+        return behavior((check(r, context) for r in requests), context)
 
-        def wrapped(requests, context):
-            return behavior((check(r, context) for r in requests), context)
-    else:
+    def checked(request: object, context: grpc.ServicerContext) -> Any:
+        return behavior(check(request, context), context)
 
-        def wrapped(request, context):
-            return behavior(check(request, context), context)
-
-    return wrapped
+    return checked_stream if streaming else checked
 
 
 class RefuseUndecodable(grpc.ServerInterceptor):
     """Answer unparseable request bytes with INVALID_ARGUMENT, not grpcio's INTERNAL."""
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
         parse = handler.request_deserializer
 
-        def deserialize(data: bytes):
+        def deserialize(data: bytes) -> object:
             try:
                 return parse(data)
             except Exception:

@@ -36,40 +36,60 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         return self.domain.authenticate(bearer_token(context))
 
     @maps_domain_errors
-    def Join(self, request, context):
+    def Join(
+        self, request: federation_pb2.JoinRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.JoinReply:
         return self.domain.join(request)
 
     @maps_domain_errors
-    def Heartbeat(self, request, context):
+    def Heartbeat(
+        self, request: federation_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.HeartbeatReply:
         return self.domain.heartbeat(self._node(context))
 
     @maps_domain_errors
-    def PullTask(self, request, context):
+    def PullTask(
+        self, request: federation_pb2.PullTaskRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.Task:
         return self.domain.pull_task(self._node(context), request.wait_seconds, context.is_active)
 
     @maps_domain_errors
-    def FetchModel(self, request, context):
+    def FetchModel(
+        self, request: federation_pb2.FetchModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Chunk]:
         payload = self.domain.fetch_model(self._node(context), request.run_id, request.sha256)
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
-    def SubmitUpdate(self, request_iterator, context):
+    def SubmitUpdate(
+        self,
+        request_iterator: Iterator[federation_pb2.UpdateMessage],
+        context: grpc.ServicerContext,
+    ) -> federation_pb2.SubmitReply:
         return self.domain.submit_update(self._node(context), iter(request_iterator))
 
     @maps_domain_errors
-    def SubmitKeys(self, request, context):
+    def SubmitKeys(
+        self, request: federation_pb2.KeyBundle, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitReply:
         return self.domain.submit_keys(self._node(context), request)
 
     @maps_domain_errors
-    def SubmitAudit(self, request, context):
+    def SubmitAudit(
+        self, request: federation_pb2.AuditSubmission, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitReply:
         return self.domain.submit_audit(self._node(context), request)
 
     @maps_domain_errors
-    def RefuseTask(self, request, context):
+    def RefuseTask(
+        self, request: federation_pb2.TaskRefusal, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitReply:
         return self.domain.refuse(self._node(context), request)
 
     @maps_domain_errors
-    def GetFinalModel(self, request, context):
+    def GetFinalModel(
+        self, request: federation_pb2.FinalModelRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.Task:
         return self.domain.final_model(self._node(context), request.run_id)
 
 
@@ -85,71 +105,97 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return actor_of(context) if name == "operator" else name
 
     @maps_domain_errors
-    def CreateRun(self, request, context):
+    def CreateRun(
+        self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RunInfo:
         actor = self._actor(context, "CreateRun")
         return self.domain.create_run(spec_from_request(request, actor))
 
     @maps_domain_errors
-    def ListRuns(self, request, context):
+    def ListRuns(
+        self, request: admin_pb2.ListRunsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListRunsReply:
         self._actor(context, "ListRuns")
         return self.domain.list_runs()
 
     @maps_domain_errors
-    def GetRun(self, request, context):
+    def GetRun(
+        self, request: admin_pb2.GetRunRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RunInfo:
         self._actor(context, "GetRun")
         return self.domain.get_run(request.run_id)
 
     @maps_domain_errors
-    def StopRun(self, request, context):
+    def StopRun(
+        self, request: admin_pb2.StopRunRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RunInfo:
         actor = self._actor(context, "StopRun")
         return self.domain.stop_run(request.run_id, request.reason, actor)
 
     @maps_domain_errors
-    def WatchRun(self, request, context) -> Iterator[admin_pb2.RunEvent]:
+    def WatchRun(
+        self, request: admin_pb2.GetRunRequest, context: grpc.ServicerContext
+    ) -> Iterator[admin_pb2.RunEvent]:
         self._actor(context, "WatchRun")
         yield from self.domain.watch_run(request.run_id, context.is_active)
 
     @maps_domain_errors
-    def DownloadModel(self, request, context) -> Iterator[common_pb2.Chunk]:
+    def DownloadModel(
+        self, request: admin_pb2.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Chunk]:
         actor = self._actor(context, "DownloadModel")
         payload = self.domain.model_payload(request.run_id, request.round, actor)
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
-    def ListNodes(self, request, context):
+    def ListNodes(
+        self, request: admin_pb2.ListNodesRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListNodesReply:
         self._actor(context, "ListNodes")
         return self.domain.list_nodes()
 
     @maps_domain_errors
-    def GetAuditLog(self, request, context):
+    def GetAuditLog(
+        self, request: admin_pb2.GetAuditLogRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.AuditLog:
         self._actor(context, "GetAuditLog")
         return self.domain.audit_log(request.after_seq, request.limit)
 
     @maps_domain_errors
-    def RevokeSite(self, request, context):
+    def RevokeSite(
+        self, request: admin_pb2.RevokeRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeReply:
         actor = self._actor(context, "RevokeSite")
         count = self.access.revoke_site(request.name, request.reason, actor)
         return admin_pb2.RevokeReply(revoked=count)
 
     @maps_domain_errors
-    def RevokeOperator(self, request, context):
+    def RevokeOperator(
+        self, request: admin_pb2.RevokeRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeReply:
         actor = self._actor(context, "RevokeOperator")
         count = self.access.revoke_operator(request.name, request.reason, actor)
         return admin_pb2.RevokeReply(revoked=count)
 
     @maps_domain_errors
-    def ExportReport(self, request, context) -> Iterator[common_pb2.Chunk]:
+    def ExportReport(
+        self, request: admin_pb2.ExportReportRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Chunk]:
         actor = self._actor(context, "ExportReport")
         payload = self.domain.export_report(request.run_id, request.format, actor)
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
-    def GetMetrics(self, request, context):
+    def GetMetrics(
+        self, request: admin_pb2.GetMetricsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.MetricsReply:
         self._actor(context, "GetMetrics")
         return self.domain.metrics()
 
     @maps_domain_errors
-    def EnrolSite(self, request, context):
+    def EnrolSite(
+        self, request: admin_pb2.EnrolSiteRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.EnrolSiteReply:
         actor = self._actor(context, "EnrolSite")
         token, expires = self.access.enrol_site(
             request.site_name, request.ttl_seconds or 86400, actor
@@ -157,7 +203,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return admin_pb2.EnrolSiteReply(token=token, expires_unix=expires)
 
     @maps_domain_errors
-    def AddOperator(self, request, context):
+    def AddOperator(
+        self, request: admin_pb2.AddOperatorRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.AddOperatorReply:
         actor = self._actor(context, "AddOperator")
         return admin_pb2.AddOperatorReply(
             token=self.access.add_operator(request.name, request.role, actor)
