@@ -178,17 +178,64 @@ def report(
     ca: CaOption = None,
     token_file: TokenFileOption = None,
     insecure: InsecureOption = False,
+    db: Annotated[
+        str,
+        typer.Option(
+            help="Build the report from this database (SQLAlchemy URL, e.g. a backup) with "
+            "no coordinator running"
+        ),
+    ] = "",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A coordinator's data folder (its cohort.db is the database unless --db "
+            "names one): build the report offline"
+        ),
+    ] = None,
 ) -> None:
-    """Write a run's compliance report: provenance, privacy, metrics, SHAP, log, regulations."""
+    """Write a run's compliance report: provenance, privacy, metrics, SHAP, log, regulations.
+
+    With --db or --data-dir the report is built from the database directly, exactly as
+    the coordinator builds it (only its generation time differs), and nothing is written
+    to that database: a compliance officer can work from a backup.
+    """
     if fmt not in ("html", "pdf", "json"):
         fail(f"--format must be html, pdf or json, not {fmt!r}")
-    payload = wire.join_chunks(
-        Admin(coordinator, ca, token_file, insecure).ExportReport(
-            admin_pb2.ExportReportRequest(run_id=run_id, format=fmt), timeout=300
+    if db or data_dir is not None:
+        payload = offline_report(run_id, fmt, db, data_dir)
+    else:
+        payload = wire.join_chunks(
+            Admin(coordinator, ca, token_file, insecure).ExportReport(
+                admin_pb2.ExportReportRequest(run_id=run_id, format=fmt), timeout=300
+            )
         )
-    )
     if out.is_dir():
         out = out / f"cohort-report-{run_id}.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(payload)
-    console.print(f"wrote {fmt} report ({len(payload)} bytes) to {out}")
+    console.print(f"wrote {fmt} report ({len(payload)} bytes) to {out}", soft_wrap=True)
+
+
+def offline_report(run_id: str, fmt: str, db: str, data_dir: Path | None) -> bytes:
+    """The report of ``run_id`` rendered from the database alone (no coordinator)."""
+    import tempfile
+
+    from coordinator.db import Database
+    from coordinator.report import facts_from_database
+    from explain.report import write_report
+
+    url = db or f"sqlite:///{(data_dir or Path('.')) / 'cohort.db'}"
+    if url.startswith("sqlite") and ":memory:" not in url:
+        # Opening a missing SQLite file would create an empty database: say so instead.
+        path = Path(url.split("///", 1)[-1])
+        if not path.is_file():
+            fail(f"no database at {path} (--db sqlite:///PATH or --data-dir DIR)")
+    database = Database(url)
+    try:
+        facts = facts_from_database(database, run_id)
+    except KeyError:
+        fail(f"the database has no run {run_id!r}")
+    finally:
+        database.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_report(facts, fmt, Path(tmp) / f"report.{fmt}").read_bytes()

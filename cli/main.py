@@ -84,7 +84,7 @@ def demo(
     ] = "tabular",
 ) -> None:
     """Three sites train over real gRPC on 127.0.0.1 (breast cancer, or clinics with LoRA)."""
-    from cli.demo import DemoSettings, run_demo
+    from cli.demo import DemoSettings, check_commands, run_demo
     from cli.scenarios import SCENARIOS
 
     if key_bits not in (1024, 2048, 3072):
@@ -139,7 +139,11 @@ def demo(
         f"{result.bytes_received / 1024:.0f} KiB of updates received"
     )
     if result.report_path:
-        out.print(f"compliance report: [bold]{result.report_path}[/]")
+        out.print(f"compliance report: [bold]{result.report_path}[/]", soft_wrap=True)
+    out.print("check it without the coordinator:")
+    for line in check_commands(result.run_id, Path(result.data_dir)):
+        # One line each, never wrapped: a path cut in two cannot be pasted.
+        out.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
     if as_json:
         print(json.dumps(result.summary()))
 
