@@ -566,3 +566,13 @@ def metrics(
     for key, value in values.items():
         table.add_row(key, f"{value:g}")
     console.print(table)
+
+
+def _register_dashboard() -> None:
+    """`cohort admin dashboard` (its web stack is imported only when it runs)."""
+    from cli.dashboard import dashboard
+
+    app.command("dashboard")(dashboard)
+
+
+_register_dashboard()

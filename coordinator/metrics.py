@@ -85,14 +85,12 @@ class DatabaseCollector(Collector):
 
             # Every state and code, zero included: a panel shows 0, not "no data".
             by_run_state = dict(
-                session.execute(select(Run.state, func.count()).group_by(Run.state)).tuples().all()
+                session.execute(select(Run.state, func.count()).group_by(Run.state)).all()
             )
             for run_state in RunState:
                 runs.add_metric([run_state.value], float(by_run_state.get(run_state, 0)))
             by_round_state = dict(
-                session.execute(select(Round.state, func.count()).group_by(Round.state))
-                .tuples()
-                .all()
+                session.execute(select(Round.state, func.count()).group_by(Round.state)).all()
             )
             for round_state in RoundState:
                 rounds.add_metric([round_state.value], float(by_round_state.get(round_state, 0)))
@@ -117,9 +115,9 @@ class DatabaseCollector(Collector):
             ).items():
                 rejected.add_metric([reason], times)
             by_code = dict(
-                session.execute(select(SiteRefusal.code, func.count()).group_by(SiteRefusal.code))
-                .tuples()
-                .all()
+                session.execute(
+                    select(SiteRefusal.code, func.count()).group_by(SiteRefusal.code)
+                ).all()
             )
             for code in dict.fromkeys((*REFUSAL_CODES, *by_code)):
                 refusals.add_metric([code], float(by_code.get(code, 0)))

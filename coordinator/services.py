@@ -116,6 +116,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
+    def DashboardWhoAmI(self, request, context):
+        name = self._actor(context, "DashboardWhoAmI")
+        return admin_pb2.DashboardWhoAmIReply(
+            name=name, role=self.access.role_of(bearer_token(context))
+        )
+
+    @maps_domain_errors
     def ListNodes(self, request, context):
         self._actor(context, "ListNodes")
         return self.domain.list_nodes()
