@@ -260,7 +260,7 @@ def create_app(session: Session) -> FastAPI:
 
     @app.get("/api/events")
     async def events(request: Request) -> StreamingResponse:
-        return _sse(request, lambda: _overview(session), session.poll_seconds * 2)
+        return _sse(request, lambda: _overview(session), session.poll_seconds)
 
     @app.get("/api/runs/{run_id}/events")
     async def run_events(run_id: str, request: Request) -> StreamingResponse:

@@ -93,6 +93,7 @@ def test_watch_a_real_run_live_then_an_auditor_cannot_act(federation, tmp_path):
             refusal.wait_for(timeout=60_000)
             assert "gamma" in refusal.inner_text() and "policy" in refusal.inner_text()
             page.locator("#run-facts").filter(has_text="completed").wait_for(timeout=120_000)
+            page.locator("#run-list").filter(has_text="completed").wait_for()
             assert page.evaluate("window.__sameDocument") is True
             page.locator("#audit-state.ok").wait_for()
             shot(page, tmp_path, "03-completed")

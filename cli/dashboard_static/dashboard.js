@@ -4,6 +4,7 @@
 const COLOURS = ["#0a5bb5", "#b35900", "#116329", "#8250df", "#a40e26", "#1b7c83"];
 let session = { role: "", csrf: "", operator: "" };
 let selected = null;
+let siteOf = {};  // node id -> site name, for the audit log's actors
 let runStream = null;
 
 const $ = (id) => document.getElementById(id);
@@ -66,15 +67,19 @@ function renderOverview(data) {
   const sites = $("sites").tBodies[0];
   sites.replaceChildren();
   for (const node of data.nodes) {
+    siteOf[node.node_id] = node.site_name;
+    const print = node.x25519_fingerprint || "";
+    const cell = el("td", { class: "mono" }, print ? print.slice(0, 16) + "…" : "—");
+    cell.title = print;
     sites.append(el("tr", {},
       el("td", { class: "name" }, node.site_name),
       el("td", { class: node.online ? "ok" : "bad" }, node.online ? "online" : "offline"),
-      el("td", { class: "num" }, ago(node.last_seen_unix, data.now)),
-      el("td", { class: "mono" }, node.x25519_fingerprint || "—")));
+      el("td", { class: "num" }, ago(node.last_seen_unix, data.now)), cell));
   }
   const counters = $("counters");
   counters.replaceChildren();
   for (const [key, value] of Object.entries(data.metrics)) {
+    if (key.startsWith("cohort_")) continue;  // the same numbers under Prometheus names
     counters.append(el("dt", {}, key.replaceAll("_", " ")), el("dd", { class: "num" }, fmt(value)));
   }
   refreshAudit();
@@ -110,6 +115,15 @@ function facts(target, pairs) {
   }
 }
 
+// The per-round figures worth a column: model quality first; timings and counts stay in
+// the report's appendix (and in each row's tooltip).
+function pickMetrics(rounds) {
+  const names = [...new Set(rounds.flatMap((r) => Object.keys(r.metrics || {})))]
+    .filter((n) => !/(_seconds|examples)$/.test(n));
+  const rank = (n) => (n.startsWith("eval_") ? 0 : n.startsWith("train_") ? 1 : 2);
+  return names.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)).slice(0, 3);
+}
+
 function renderRun(run) {
   $("run-h").textContent = `Run ${run.name || run.run_id}`;
   $("run-body").hidden = false;
@@ -125,25 +139,44 @@ function renderRun(run) {
   ]);
   const ended = ["completed", "failed", "stopped"].includes(run.state);
   $("stop").hidden = session.role !== "admin" || ended;
+  const rounds = run.round_infos || [];
+  const shown = pickMetrics(rounds);
+  const head = $("rounds").tHead.rows[0];
+  head.replaceChildren(...["Round", "State", "Selected", "Submitted", "Refused", "Late",
+    "Seconds", ...shown.map((n) => n.replace(/^eval_/, "").replaceAll("_", " "))]
+    .map((t) => el("th", { scope: "col" }, t)));
+  const refusedIn = {};
+  for (const r of run.refusals || []) refusedIn[r.round] = (refusedIn[r.round] || 0) + 1;
   const body = $("rounds").tBodies[0];
   body.replaceChildren();
-  for (const r of run.round_infos || []) {
-    const submitted = r.submitted || 0, chosen = r.selected || 0;
-    const late = r.state === "closed" ? Math.max(0, chosen - submitted) : 0;
+  for (const r of rounds) {
+    const submitted = r.submitted || 0, chosen = r.selected || 0, refused = refusedIn[r.number] || 0;
+    // Late: selected, neither submitted nor refused by the time the round closed.
+    const late = r.state === "closed" ? Math.max(0, chosen - submitted - refused) : 0;
     const seconds = r.closed_unix ? r.closed_unix - r.opened_unix : null;
-    const metrics = Object.entries(r.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(", ");
-    body.append(el("tr", { "data-round": r.number },
+    const row = el("tr", { "data-round": r.number },
       el("td", { class: "num" }, r.number), el("td", {}, r.state),
       el("td", { class: "num" }, chosen), el("td", { class: "num" }, submitted),
-      el("td", { class: "num" }, late), el("td", { class: "num" }, seconds === null ? "—" : fmt(seconds)),
-      el("td", {}, metrics || "—")));
+      el("td", { class: "num" }, refused), el("td", { class: "num" }, late),
+      el("td", { class: "num" }, seconds === null ? "—" : fmt(seconds)),
+      ...shown.map((n) => el("td", { class: "num" }, n in (r.metrics || {}) ? fmt(r.metrics[n]) : "—")));
+    row.title = Object.entries(r.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(", ");
+    body.append(row);
   }
-  drawChart(run.round_infos || []);
+  drawChart(rounds, shown);
   const refusals = $("refusals");
   refusals.replaceChildren();
+  // One line per site, code and reason, listing the rounds it applied to.
+  const grouped = new Map();
   for (const r of run.refusals || []) {
+    const key = JSON.stringify([r.site_name, r.code, r.reason]);
+    if (!grouped.has(key)) grouped.set(key, { ...r, rounds: [] });
+    grouped.get(key).rounds.push(r.round);
+  }
+  for (const r of grouped.values()) {
+    const which = r.rounds.length === 1 ? `round ${r.rounds[0]}` : `rounds ${r.rounds.join(", ")}`;
     refusals.append(el("li", { class: "refusal" },
-      el("span", { class: "name" }, r.site_name), ` refused round ${r.round}: `,
+      el("span", { class: "name" }, r.site_name), ` refused ${which}: `,
       el("span", { class: "code" }, r.code), ` — ${r.reason}`));
   }
   if (!refusals.children.length) refusals.append(el("li", {}, "none"));
@@ -167,17 +200,15 @@ function renderRun(run) {
   facts($("privacy"), extra.map(([k, v]) => [k.replaceAll("_", " "), v]));
 }
 
-function drawChart(rounds) {
+function drawChart(rounds, names) {
   const figure = $("chart");
   const closed = rounds.filter((r) => r.metrics && Object.keys(r.metrics).length);
-  const names = [...new Set(closed.flatMap((r) => Object.keys(r.metrics)))]
-    .filter((n) => !/_seconds$/.test(n)).slice(0, 6);
   figure.replaceChildren();
   if (!closed.length || !names.length) {
     figure.append(el("p", {}, "No round has closed with metrics yet."));
     return;
   }
-  const W = 560, H = 180, L = 44, B = 22, T = 8, R = 12;
+  const W = 340, H = 170, L = 50, B = 20, T = 8, R = 10;
   const xs = closed.map((r) => r.number);
   const values = closed.flatMap((r) => names.map((n) => r.metrics[n]).filter((v) => v !== undefined));
   let lo = Math.min(...values), hi = Math.max(...values);
@@ -230,8 +261,10 @@ async function refreshAudit() {
     const body = $("audit").tBodies[0];
     body.replaceChildren();
     for (const row of log.recent) {
+      const actor = siteOf[row.actor] || row.actor || "—";
       const tr = el("tr", {}, el("td", { class: "num" }, row.seq), el("td", {}, row.kind),
-        el("td", { class: "name" }, row.actor || "—"), el("td", { class: "num" }, when(row.time_unix)));
+        el("td", { class: "name" }, actor.length > 14 ? actor.slice(0, 12) + "…" : actor),
+        el("td", { class: "num" }, when(row.time_unix).slice(11, 19)));
       tr.title = row.details;
       body.append(tr);
     }
