@@ -82,6 +82,11 @@ def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
     data["secure"] = "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
     data["config"] = json.loads(run.config_json or "{}")
     data.pop("config_json", None)
+    # Protobuf's JSON mapping writes 64-bit integers as strings; these are counts, numbers.
+    for info in data.get("round_infos", []):
+        for key in ("total_weight", "bytes_received"):
+            if key in info:
+                info[key] = int(info[key])
     return data
 
 
@@ -118,6 +123,12 @@ def start(
     ] = 0,
     config: Annotated[str, typer.Option(help="Extra trainer config as JSON")] = "",
     name: Annotated[str, typer.Option(help="A name for the run, shown in lists")] = "",
+    intended_use: Annotated[
+        str, typer.Option(help="What the model is for, in the report's model card")
+    ] = "",
+    limitations: Annotated[
+        str, typer.Option(help="Known limitations, in the report's model card")
+    ] = "",
     allow_two_site_secure: Annotated[
         bool,
         typer.Option(
@@ -138,6 +149,12 @@ def start(
     if rounds < 1:
         fail(f"--rounds must be at least 1, not {rounds}")
     extra = parse_json_option(config, "--config")
+    card = {k: v for k, v in (("intended_use", intended_use), ("limitations", limitations)) if v}
+    if card:
+        if any(len(v) > 2000 for v in card.values()):
+            fail("--intended-use and --limitations take at most 2000 characters each")
+        # In the run's config: hashed into config_sha256 and the run.created audit row.
+        extra["model_card"] = {**extra.get("model_card", {}), **card}
     if quorum:
         extra["quorum"] = quorum
     run = Admin(coordinator, ca, token_file, insecure).CreateRun(

@@ -215,7 +215,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
                 {
                     "round": r.number,
                     "num_updates": r.num_updates,
-                    "total_weight": float(r.total_weight),
+                    "total_weight": int(r.total_weight),
                     "metrics": dict(r.metrics or {}),
                 }
                 for r in closed
