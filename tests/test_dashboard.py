@@ -112,6 +112,10 @@ def test_watch_a_real_run_live_then_an_auditor_cannot_act(federation, tmp_path):
             auditor.goto(f"{abase}/login?token={audit_session.token}")
             auditor.get_by_text("aud (auditor)").wait_for()
             auditor.locator("#run-facts").filter(has_text="completed").wait_for()
+            # Read-only, not less informed: the same rounds, refusal and custody facts.
+            auditor.locator('#rounds tr[data-round="3"]').wait_for()
+            assert "gamma" in auditor.locator("#refusals").inner_text()
+            assert "plaintext" in auditor.locator("#custody").inner_text()
             assert auditor.locator("#start-form").count() == 0
             assert auditor.locator("#stop").count() == 0
             assert auditor.get_by_role("button", name="Start run").count() == 0

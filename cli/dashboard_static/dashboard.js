@@ -138,7 +138,8 @@ function renderRun(run) {
     ["Audits in", run.audits_received],
   ]);
   const ended = ["completed", "failed", "stopped"].includes(run.state);
-  $("stop").hidden = session.role !== "admin" || ended;
+  const stop = $("stop");  // absent from an auditor's page
+  if (stop) stop.hidden = session.role !== "admin" || ended;
   const rounds = run.round_infos || [];
   const shown = pickMetrics(rounds);
   const head = $("rounds").tHead.rows[0];
