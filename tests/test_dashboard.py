@@ -167,6 +167,19 @@ def test_the_dashboards_own_http_keeps_others_out(federation):
             # DNS rebinding: a page served as evil.example that resolves to 127.0.0.1.
             rebound = c.get("/api/overview", headers={"Host": f"evil.example:{ui.port}"})
             assert rebound.status_code == 421
+            # An admin's stop goes through (CSRF header present); a second one is refused
+            # by the coordinator (the run has ended) with its reason.
+            waiting = c.post(
+                "/api/runs",
+                json={"model": "tabular_mlp", "rounds": 1, "min_clients": 9},
+                headers=csrf,
+            )
+            assert waiting.status_code == 200, waiting.text
+            run_id = waiting.json()["run_id"]
+            stopped = c.post(f"/api/runs/{run_id}/stop", json={"reason": "test"}, headers=csrf)
+            assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+            again = c.post(f"/api/runs/{run_id}/stop", json={}, headers=csrf)
+            assert again.status_code == 409 and "already ended" in again.json()["detail"]
             page = c.get("/")
             assert "script-src 'self'" in page.headers["content-security-policy"]
             assert page.headers["x-frame-options"] == "DENY"
