@@ -18,6 +18,7 @@ from cli.admin import Admin
 from cli.dashboard import start_dashboard
 from client.policy import SitePolicy
 from coordinator.server import CoordinatorServer
+from protos import admin_pb2
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
@@ -184,5 +185,42 @@ def test_the_dashboards_own_http_keeps_others_out(federation):
             assert "script-src 'self'" in page.headers["content-security-policy"]
             assert page.headers["x-frame-options"] == "DENY"
         assert httpx.get(f"{base}/static/dashboard.css").status_code == 200
+    finally:
+        ui.stop()
+
+
+def test_keyboard_alone_selects_a_run_and_reaches_the_controls(federation, tmp_path):
+    server, address, tokens = federation
+    admin = Admin(address, None, tokens["admin"], True)
+    for name in ("first", "second"):
+        admin.CreateRun(
+            admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=9, name=name),
+            timeout=10,
+        )
+    ui, session = start_dashboard(admin)
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"http://127.0.0.1:{ui.port}/login?token={session.token}")
+            page.locator('[data-run][aria-current="true"]').wait_for()
+            page.keyboard.press("Tab")
+            active = "document.activeElement.textContent.trim()"
+            assert page.evaluate(active) == "Skip to the selected run"
+            for _ in range(6):  # on through the run list, by keyboard only
+                page.keyboard.press("Tab")
+                if page.evaluate(active).startswith("first"):
+                    break
+            assert page.evaluate(active).startswith("first")
+            page.keyboard.press("Enter")
+            page.locator("#run-h").filter(has_text="Run first").wait_for()
+            # Every form control has a label a screen reader announces.
+            unlabelled = page.evaluate(
+                "[...document.querySelectorAll('input, select')]"
+                ".filter((e) => !e.labels || !e.labels.length).length"
+            )
+            assert unlabelled == 0
+            shot(page, tmp_path, "06-keyboard")
+            browser.close()
     finally:
         ui.stop()
