@@ -214,6 +214,9 @@ def test_keyboard_alone_selects_a_run_and_reaches_the_controls(federation, tmp_p
             assert page.evaluate(active).startswith("first")
             page.keyboard.press("Enter")
             page.locator("#run-h").filter(has_text="Run first").wait_for()
+            # Live refreshes (every second) must not steal the keyboard user's place.
+            page.wait_for_timeout(2500)
+            assert page.evaluate(active).startswith("first")
             # Every form control has a label a screen reader announces.
             unlabelled = page.evaluate(
                 "[...document.querySelectorAll('input, select')]"

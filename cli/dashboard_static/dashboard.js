@@ -51,17 +51,27 @@ async function api(path, options = {}) {
   return body;
 }
 
+let listedRuns = "";
 function renderOverview(data) {
-  const list = $("run-list");
-  list.replaceChildren();
-  for (const run of data.runs) {
-    const button = el("button", { type: "button", "data-run": run.run_id,
-      "aria-current": String(run.run_id === selected) },
-      run.name || run.run_id.slice(0, 8),
-      el("span", { class: `state state-${run.state}` },
-        `${run.state} · round ${run.current_round}/${run.rounds}`));
-    button.addEventListener("click", () => selectRun(run.run_id));
-    list.append(el("li", {}, button));
+  // Re-draw the run list only when it changed, and keep keyboard focus on the same run:
+  // a list rebuilt every second would throw a keyboard user back to the top.
+  const listed = JSON.stringify(data.runs.map((r) => [r.run_id, r.name, r.state, r.current_round, r.rounds]));
+  if (listed !== listedRuns) {
+    listedRuns = listed;
+    const list = $("run-list");
+    const focusedRun = document.activeElement && document.activeElement.dataset
+      ? document.activeElement.dataset.run : undefined;
+    list.replaceChildren();
+    for (const run of data.runs) {
+      const button = el("button", { type: "button", "data-run": run.run_id,
+        "aria-current": String(run.run_id === selected) },
+        run.name || run.run_id.slice(0, 8),
+        el("span", { class: `state state-${run.state}` },
+          `${run.state} · round ${run.current_round}/${run.rounds}`));
+      button.addEventListener("click", () => selectRun(run.run_id));
+      list.append(el("li", {}, button));
+      if (run.run_id === focusedRun) button.focus();
+    }
   }
   if (!selected && data.runs.length) selectRun(data.runs[0].run_id);
   const sites = $("sites").tBodies[0];
