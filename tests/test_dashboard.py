@@ -82,7 +82,7 @@ def test_watch_a_real_run_live_then_an_auditor_cannot_act(federation, tmp_path):
             page.get_by_label("Sites per round").fill("2")
             page.get_by_label("Name").fill("dashboard-e2e")
             page.get_by_role("button", name="Start run").click()
-            page.get_by_text("started ").wait_for()
+            page.locator("#start-status").filter(has_text="started").wait_for()
             page.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
 
             for number in (1, 2, 3):
