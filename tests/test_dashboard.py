@@ -227,3 +227,16 @@ def test_keyboard_alone_selects_a_run_and_reaches_the_controls(federation, tmp_p
             browser.close()
     finally:
         ui.stop()
+
+
+def test_the_dashboard_stays_import_light():
+    """`cohort admin` (dashboard included) loads no torch, Flower or site-agent code."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, cli.admin, cli.dashboard, cli.dashboard_app, coordinator.metrics; "
+        "print(sorted(m for m in ('torch', 'flwr', 'client', 'shap') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
