@@ -6,16 +6,25 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from google.protobuf.json_format import MessageToDict
 from rich.markup import escape
 from rich.table import Table
 
+from cli.admin_link import (
+    Admin,
+    CaOption,
+    CoordinatorOption,
+    InsecureOption,
+    JsonOption,
+    TokenFileOption,
+    run_dict,
+    state_name,
+)
 from cli.common import console, err_console, fail, friendly_errors, parse_json_option
-from protos import admin_pb2, admin_pb2_grpc, common_pb2, wire
-from protos.transport import open_channel
+from protos import admin_pb2, common_pb2, wire
 
 app = typer.Typer(help="Operate the federation (runs, models, sites).", no_args_is_help=True)
 runs_app = typer.Typer(help="Start, list, show, watch and stop runs.", no_args_is_help=True)
@@ -24,66 +33,6 @@ sites_app = typer.Typer(help="Enrol, list and revoke sites.", no_args_is_help=Tr
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
-
-CoordinatorOption = Annotated[
-    str,
-    typer.Option("--coordinator", envvar="COHORT_COORDINATOR", help="HOST:PORT of the coordinator"),
-]
-CaOption = Annotated[
-    Path | None,
-    typer.Option("--ca", envvar="COHORT_CA", help="Federation CA (ca.pem from `admin init`)"),
-]
-TokenFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--token-file",
-        envvar="COHORT_ADMIN_TOKEN_FILE",
-        help="File holding this operator's bearer token",
-    ),
-]
-InsecureOption = Annotated[
-    bool,
-    typer.Option("--insecure", envvar="COHORT_INSECURE", help="Plaintext transport (no TLS)"),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-class Admin:
-    """An admin stub plus the metadata every call carries (bearer token, user name)."""
-
-    def __init__(
-        self, coordinator: str, ca: Path | None, token_file: Path | None, insecure: bool
-    ) -> None:
-        self.stub = admin_pb2_grpc.AdminStub(
-            open_channel(coordinator, ca_file=ca, insecure=insecure)
-        )
-        metadata = [("x-cohort-user", "cli")]
-        token = os.environ.get("COHORT_ADMIN_TOKEN", "")
-        if token_file is not None:
-            token = token_file.read_text().strip()
-        if token:
-            metadata.append(("authorization", f"Bearer {token}"))
-        self.metadata = tuple(metadata)
-
-    def __getattr__(self, rpc: str) -> Any:
-        method = getattr(self.stub, rpc)
-        return lambda request, **kw: method(request, metadata=self.metadata, **kw)
-
-
-def state_name(state: int) -> str:
-    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_").lower()
-
-
-def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
-    data = MessageToDict(
-        run, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    data["state"] = state_name(run.state)
-    data["secure"] = "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
-    data["config"] = json.loads(run.config_json or "{}")
-    data.pop("config_json", None)
-    return data
-
 
 @runs_app.command("start")
 @friendly_errors
@@ -118,6 +67,12 @@ def start(
     ] = 0,
     config: Annotated[str, typer.Option(help="Extra trainer config as JSON")] = "",
     name: Annotated[str, typer.Option(help="A name for the run, shown in lists")] = "",
+    intended_use: Annotated[
+        str, typer.Option(help="What the model is for, in the report's model card")
+    ] = "",
+    limitations: Annotated[
+        str, typer.Option(help="Known limitations, in the report's model card")
+    ] = "",
     allow_two_site_secure: Annotated[
         bool,
         typer.Option(
@@ -138,6 +93,12 @@ def start(
     if rounds < 1:
         fail(f"--rounds must be at least 1, not {rounds}")
     extra = parse_json_option(config, "--config")
+    card = {k: v for k, v in (("intended_use", intended_use), ("limitations", limitations)) if v}
+    if card:
+        if any(len(v) > 2000 for v in card.values()):
+            fail("--intended-use and --limitations take at most 2000 characters each")
+        # In the run's config: hashed into config_sha256 and the run.created audit row.
+        extra["model_card"] = {**extra.get("model_card", {}), **card}
     if quorum:
         extra["quorum"] = quorum
     run = Admin(coordinator, ca, token_file, insecure).CreateRun(
@@ -566,3 +527,13 @@ def metrics(
     for key, value in values.items():
         table.add_row(key, f"{value:g}")
     console.print(table)
+
+
+def _register_dashboard() -> None:
+    """`cohort admin dashboard` (its web stack is imported only when it runs)."""
+    from cli.dashboard import dashboard
+
+    app.command("dashboard")(dashboard)
+
+
+_register_dashboard()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -221,6 +222,21 @@ def run_demo(
         for agent in agents.values():
             agent.close()
         server.stop(grace=1.0)
+
+
+def check_commands(run_id: str, data_dir: Path) -> list[str]:
+    """The commands that verify the demo's audit log and rebuild its report as PDF offline.
+
+    Paths are absolute and shell-quoted so a user can paste them from any folder; the
+    caller prints each on one line (no console wrapping) so a copied path is whole.
+    """
+    folder = Path(data_dir).resolve()
+    db = shlex.quote(f"sqlite:///{folder / 'cohort.db'}")
+    pdf = shlex.quote(str(folder / f"report-{run_id}.pdf"))
+    return [
+        f"cohort audit verify {run_id} --db {db}",
+        f"cohort audit report {run_id} --db {db} --format pdf --out {pdf}",
+    ]
 
 
 def _create_run_request(settings: DemoSettings, scenario: Scenario) -> admin_pb2.CreateRunRequest:

@@ -84,7 +84,7 @@ def demo(
     ] = "tabular",
 ) -> None:
     """Three sites train over real gRPC on 127.0.0.1 (breast cancer, or clinics with LoRA)."""
-    from cli.demo import DemoSettings, run_demo
+    from cli.demo import DemoSettings, check_commands, run_demo
     from cli.scenarios import SCENARIOS
 
     if key_bits not in (1024, 2048, 3072):
@@ -139,7 +139,11 @@ def demo(
         f"{result.bytes_received / 1024:.0f} KiB of updates received"
     )
     if result.report_path:
-        out.print(f"compliance report: [bold]{result.report_path}[/]")
+        out.print(f"compliance report: [bold]{result.report_path}[/]", soft_wrap=True)
+    out.print("check it without the coordinator:")
+    for line in check_commands(result.run_id, Path(result.data_dir)):
+        # One line each, never wrapped: a path cut in two cannot be pasted.
+        out.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
     if as_json:
         print(json.dumps(result.summary()))
 
@@ -188,6 +192,25 @@ def serve(
             "tokens and updates and act as an operator",
         ),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="COHORT_METRICS_PORT",
+            min=0,
+            max=65535,
+            help="Serve Prometheus /metrics on this port (off unless given; TLS with --tls-dir)",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(envvar="COHORT_METRICS_HOST", help="Address /metrics listens on")
+    ] = "127.0.0.1",
+    metrics_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COHORT_METRICS_TOKEN_FILE",
+            help="File with the bearer token a scraper must send (needed off loopback)",
+        ),
+    ] = None,
 ) -> None:
     """Serve the federation and admin services (plus gRPC health) until interrupted."""
     from coordinator.db import default_database_url
@@ -208,6 +231,12 @@ def serve(
         fail(problem)
     if problem is not None:
         err_console.print(f"[bold red]warning[/]: {problem.split(':')[0]}, as asked")
+    metrics_token = metrics_token_file.read_text().strip() if metrics_token_file else ""
+    if metrics_port is not None and not metrics_token and not _loopback(metrics_host):
+        fail(
+            f"/metrics on {metrics_host} would be readable by anyone on the network: "
+            "pass --metrics-token-file FILE (and --tls-dir) or keep --metrics-host 127.0.0.1"
+        )
     url = db or default_database_url(data_dir)
     server = CoordinatorServer(
         url,
@@ -217,6 +246,9 @@ def serve(
         tls=pki,
         auth=auth_on,
         allow_exposed=plaintext_off_loopback,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        metrics_token=metrics_token,
     )
     bound = server.start()
     transport = "TLS" if pki else "plaintext (--insecure)"
@@ -224,12 +256,29 @@ def serve(
         f"coordinator on {host}:{bound} ({transport}, auth "
         f"{'on' if server.access.enabled else 'off'}), database {_redact(url)}, "
         f"data {data_dir}"
+        + (
+            f", metrics on {metrics_host}:{server.metrics_port}/metrics"
+            if metrics_port is not None
+            else ""
+        ),
+        soft_wrap=True,
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
     server.stop()
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _redact(url: str) -> str:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cli import policy as policy_cli
 from cli import serve as serve_cli
-from cli.admin import CaOption, CoordinatorOption, InsecureOption
+from cli.admin_link import CaOption, CoordinatorOption, InsecureOption
 from cli.common import console, fail, friendly_errors, parse_json_option
 
 if TYPE_CHECKING:

@@ -15,7 +15,16 @@ from coordinator.schema import Enrolment, Institution, Node, Operator
 
 ROLES = ("admin", "auditor")
 READ_ONLY = frozenset(
-    {"ListRuns", "GetRun", "WatchRun", "ListNodes", "GetAuditLog", "ExportReport", "GetMetrics"}
+    {
+        "ListRuns",
+        "GetRun",
+        "WatchRun",
+        "ListNodes",
+        "GetAuditLog",
+        "ExportReport",
+        "GetMetrics",
+        "DashboardWhoAmI",
+    }
 )
 # The one table of permissions: admins may do everything, auditors only read.
 PERMISSIONS: dict[str, frozenset[str] | None] = {"admin": None, "auditor": READ_ONLY}
@@ -118,6 +127,16 @@ class AccessControl:
             self._refuse("auth.denied", name, rpc, f"role {role} may not call {rpc}")
             raise PermissionDenied(f"operator {name} ({role}) may not call {rpc}")
         return name
+
+    def role_of(self, token: str | None) -> str:
+        """The role of an operator token already authorised (admin when auth is off)."""
+        if not self.enabled:
+            return "admin"
+        with self.hub.db.transaction() as session:
+            role = session.scalar(
+                select(Operator.role).where(Operator.token_hash == hash_token(token or ""))
+            )
+        return str(role or "")
 
     def add_operator(self, name: str, role: str, actor: str) -> str:
         if role not in ROLES:

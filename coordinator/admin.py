@@ -8,7 +8,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -16,12 +15,12 @@ from sqlalchemy.orm import Session
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from coordinator.hub import Hub
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.model_names import check_run_model
 from coordinator.provenance import operator_schema
 from coordinator.queries import cancel_open_tasks
 from coordinator.runs import RunSpec
 from coordinator.schema import (
-    AuditEvent,
     Enrolment,
     Institution,
     ModelKind,
@@ -96,9 +95,12 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
 class AdminService:
     """What operators and auditors may do. Raises a :class:`CohortError` on bad input."""
 
-    def __init__(self, hub: Hub, enrolment_required: bool = False) -> None:
+    def __init__(
+        self, hub: Hub, enrolment_required: bool = False, metrics: CoordinatorMetrics | None = None
+    ) -> None:
         self.hub = hub
         self.started = time.time()
+        self.registry = metrics or CoordinatorMetrics(hub)
         # With auth on, sites exist only once enrolled; with it off any name may join.
         self.enrolment_required = enrolment_required
 
@@ -256,30 +258,8 @@ class AdminService:
         return self.hub.blobs.get(sha)
 
     def metrics(self) -> admin_pb2.MetricsReply:
-        """Counters an operator or a monitoring system polls (cohort admin metrics)."""
-        cutoff = time.time() - self.hub.limits.offline_after_seconds
-        values: dict[str, float] = {"uptime_seconds": time.time() - self.started}
-        with self.hub.db.transaction() as session:
-
-            def number(query: Any) -> float:
-                return float(session.scalar(query) or 0)
-
-            for state, count in session.execute(
-                select(Run.state, func.count()).group_by(Run.state)
-            ):
-                values[f"runs_{state.value}"] = float(count)
-            values["sites_total"] = number(select(func.count()).select_from(Node))
-            values["sites_online"] = number(
-                select(func.count()).select_from(Node).where(Node.last_seen >= cutoff)
-            )
-            values["updates_accepted"] = number(select(func.count()).select_from(Update))
-            values["update_bytes_received"] = number(select(func.sum(Update.size)))
-            for kind in ("update.rejected", "auth.unauthenticated", "auth.denied"):
-                values[kind.replace(".", "_")] = number(
-                    select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == kind)
-                )
-            values["audit_log_rows"] = float(auditlog.count_rows(session))
-        return admin_pb2.MetricsReply(values=values)
+        """The registry /metrics exposes, flattened (see coordinator.metrics)."""
+        return admin_pb2.MetricsReply(values=self.registry.values())
 
     def list_nodes(self) -> admin_pb2.ListNodesReply:
         cutoff = time.time() - self.hub.limits.offline_after_seconds

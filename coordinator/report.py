@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog
+from coordinator.db import Database
 from coordinator.hub import Hub
 from coordinator.provenance import frozen_sites
 from coordinator.schema import (
@@ -159,9 +160,17 @@ def facts_sha256(facts: Mapping[str, Any]) -> str:
 
 def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
     """Build and validate the facts document of ``run_id`` (explain.report.build_facts)."""
+    return facts_from_database(hub.db, run_id)
+
+
+def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
+    """The facts of ``run_id`` from the database alone: the coordinator's report and
+    ``cohort audit report --db`` (a backup, no coordinator running) both come from here,
+    so the two can only differ in their generation time. Reads; writes nothing.
+    """
     from explain.report import build_facts
 
-    with hub.db.transaction() as session:
+    with db.transaction() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise KeyError(run_id)
@@ -206,7 +215,7 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
                 {
                     "round": r.number,
                     "num_updates": r.num_updates,
-                    "total_weight": float(r.total_weight),
+                    "total_weight": int(r.total_weight),
                     "metrics": dict(r.metrics or {}),
                 }
                 for r in closed

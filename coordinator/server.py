@@ -18,6 +18,7 @@ from coordinator.anchoring import AnchorReplies
 from coordinator.call_limits import CapCalls
 from coordinator.federation import FederationService
 from coordinator.hub import Hub, Limits
+from coordinator.metrics import CoordinatorMetrics, LatencyInterceptor, MetricsEndpoint
 from coordinator.pki import FederationPki
 from coordinator.scheduler import RoundScheduler
 from coordinator.services import AdminServicer, FederationServicer
@@ -130,6 +131,9 @@ class CoordinatorServer:
         tls: FederationPki | None = None,
         auth: bool = False,
         allow_exposed: bool = False,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_token: str = "",
     ) -> None:
         problem = exposure_problem(host, tls is not None, auth)
         if problem is not None and not allow_exposed:
@@ -141,16 +145,39 @@ class CoordinatorServer:
             self.access.bootstrap_admin(tls.admin_token.read_text().strip())
         self.scheduler = RoundScheduler(self.hub, tick_seconds=tick_seconds)
         self.health = health.HealthServicer()
+        self.metrics = CoordinatorMetrics(self.hub)
+        # Off by default; TLS with the coordinator's own certificate when it has one.
+        self.metrics_endpoint = (
+            MetricsEndpoint(
+                self.metrics,
+                host=metrics_host,
+                port=metrics_port,
+                token=metrics_token,
+                certfile=tls.server_cert if tls is not None else None,
+                keyfile=tls.server_key if tls is not None else None,
+            )
+            if metrics_port is not None
+            else None
+        )
+        self.metrics_port = 0
         # Long polls park a thread each: size the pool for every site plus admin calls.
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[CapCalls(max_workers), RefuseUndecodable(), AnchorReplies(self.hub)],
+            interceptors=[
+                LatencyInterceptor(self.metrics.rpc_seconds),
+                CapCalls(max_workers),
+                RefuseUndecodable(),
+                AnchorReplies(self.hub),
+            ],
         )
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationServicer(FederationService(self.hub, self.access)), self.server
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(AdminService(self.hub, enrolment_required=auth), self.access), self.server
+            AdminServicer(
+                AdminService(self.hub, enrolment_required=auth, metrics=self.metrics), self.access
+            ),
+            self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"
@@ -164,6 +191,8 @@ class CoordinatorServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         self.server.start()
+        if self.metrics_endpoint is not None:
+            self.metrics_port = self.metrics_endpoint.start()
         self.scheduler.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -177,6 +206,8 @@ class CoordinatorServer:
         self.scheduler.stop()
         self.hub.notify()
         self.server.stop(grace).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         # After the last call has drained, so it is the process's last row.
         self._log_lifecycle("coordinator.stopped")
         self.hub.db.close()

@@ -148,6 +148,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
+    def DashboardWhoAmI(
+        self, request: admin_pb2.DashboardWhoAmIRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DashboardWhoAmIReply:
+        name = self._actor(context, "DashboardWhoAmI")
+        return admin_pb2.DashboardWhoAmIReply(
+            name=name, role=self.access.role_of(bearer_token(context))
+        )
+
+    @maps_domain_errors
     def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListNodesReply:

@@ -17,13 +17,15 @@
 #                             that remote sites dial)
 #   COHORT_SITE_UID           owner of the files written for sites (default 10001, the
 #                             image's `cohort` user)
-#   COHORT_PKI_DIR, COHORT_OPERATOR_DIR, COHORT_SITES_DIR
-#                             the three folders (default /pki, /operator, /sites)
+#   COHORT_PKI_DIR, COHORT_OPERATOR_DIR, COHORT_SITES_DIR, COHORT_MONITORING_DIR
+#                             the folders (default /pki, /operator, /sites, /monitoring;
+#                             the last only when it exists: ca.pem and metrics.token)
 set -eu
 
 PKI=${COHORT_PKI_DIR:-/pki}
 OPERATOR=${COHORT_OPERATOR_DIR:-/operator}
 SITES=${COHORT_SITES_DIR:-/sites}
+MONITORING=${COHORT_MONITORING_DIR:-/monitoring}
 COORDINATOR=${COHORT_COORDINATOR:-coordinator:50051}
 HOSTNAMES=${COHORT_TLS_HOSTNAMES:-coordinator localhost}
 SITE_UID=${COHORT_SITE_UID:-10001}
@@ -52,6 +54,15 @@ init() {
     # token only; the CA key and the server key stay in the coordinator's volume.
     put "$PKI/ca.pem" "$OPERATOR/ca.pem" 0444
     put "$PKI/admin.token" "$OPERATOR/admin.token" 0400
+    # The bearer token Prometheus sends to the coordinator's /metrics (read-only counts;
+    # no operator right). Made once; the monitoring profile's volume gets it and ca.pem.
+    if [ ! -f "$PKI/metrics.token" ]; then
+        (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > "$PKI/metrics.token")
+    fi
+    if [ -d "$MONITORING" ]; then
+        put "$PKI/ca.pem" "$MONITORING/ca.pem" 0444
+        put "$PKI/metrics.token" "$MONITORING/metrics.token" 0444
+    fi
 }
 
 enrol() {

@@ -55,7 +55,7 @@ class PrivacyFacts(TypedDict):
 class RoundMetrics(TypedDict):
     round: int
     num_updates: int
-    total_weight: float
+    total_weight: int
     metrics: dict[str, float | None]
 
 

@@ -12,12 +12,14 @@ from typing import Any
 
 SECTIONS: list[tuple[str, str]] = [
     ("run", "Run"),
+    ("model-card", "Intended use and limitations"),
     ("sites", "Participating sites"),
     ("privacy", "Privacy and secure aggregation"),
     ("metrics", "Training metrics"),
     ("explanations", "Model explanations (SHAP)"),
     ("audit-log", "Audit log integrity"),
     ("regulations", "Regulatory mapping"),
+    ("appendix", "Appendix"),
 ]
 
 Table = tuple[list[str], list[list[str]]]
@@ -167,19 +169,96 @@ def privacy_pairs(facts: Mapping[str, Any]) -> Pairs:
     ]
 
 
+# Metrics that time the software rather than measure the model: an appendix, not the story.
+TIMING_SUFFIX = "_seconds"
+# Columns a metrics table holds besides "Round": more and a 1280 px page or an A4 column
+# has to break words ("Roun d", "0.645 3"); further metrics go to a second table.
+METRIC_COLUMNS = 6
+TIMINGS_TITLE = "Appendix: engineering timings per round (seconds)"
+
+
+def label(name: str) -> str:
+    """A metric name as a header that wraps between words: ``eval_roc_auc`` -> ``eval roc auc``."""
+    return name.replace("_", " ")
+
+
+def metrics_tables(facts: Mapping[str, Any]) -> list[Table]:
+    """The per-round model metrics as tables of at most :data:`METRIC_COLUMNS` columns.
+
+    Updates and total weight come first; engineering timings (``*_seconds``) are left
+    out here and shown by :func:`timings_table` in the appendix.
+    """
+    names = [n for n in metric_names(facts["metrics"]) if not n.endswith(TIMING_SUFFIX)]
+    columns: list[tuple[str, Any]] = [
+        ("Updates", lambda m: str(m["num_updates"])),
+        ("Total weight", lambda m: fmt(m["total_weight"])),
+        *((label(n), lambda m, n=n: fmt(m["metrics"].get(n))) for n in names),
+    ]
+    tables: list[Table] = []
+    for start in range(0, len(columns), METRIC_COLUMNS):
+        chunk = columns[start : start + METRIC_COLUMNS]
+        header = ["Round", *(title for title, _ in chunk)]
+        rows = [[str(m["round"]), *(cell(m) for _, cell in chunk)] for m in facts["metrics"]]
+        tables.append((header, rows))
+    return tables
+
+
 def metrics_table(facts: Mapping[str, Any]) -> Table:
-    names = metric_names(facts["metrics"])
-    header = ["Round", "Updates", "Total weight", *names]
+    """The first of :func:`metrics_tables` (kept for callers that show one table)."""
+    return metrics_tables(facts)[0]
+
+
+def timings_table(facts: Mapping[str, Any]) -> Table | None:
+    """``*_seconds`` metrics per round (encode, model, train), or None when none were sent."""
+    names = [n for n in metric_names(facts["metrics"]) if n.endswith(TIMING_SUFFIX)]
+    if not names:
+        return None
+    header = ["Round", *(label(n.removesuffix(TIMING_SUFFIX)) for n in names)]
     rows = [
-        [
-            str(m["round"]),
-            str(m["num_updates"]),
-            fmt(m["total_weight"]),
-            *(fmt(m["metrics"].get(n)) for n in names),
-        ]
+        [str(m["round"]), *(fmt_seconds(m["metrics"].get(n)) for n in names)]
         for m in facts["metrics"]
     ]
     return header, rows
+
+
+def fmt_seconds(value: Any) -> str:
+    """Seconds to what a reader compares: 3 significant digits, ms below a second."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return fmt(value)
+    if value < 1:
+        return f"{value * 1000:.3g} ms"
+    return f"{value:.3g} s"
+
+
+MODEL_CARD_TITLE = dict(SECTIONS)["model-card"]
+# Operator-supplied text in the run's configuration (`cohort admin runs start
+# --intended-use/--limitations`), shown as written: the report states, it does not judge.
+MODEL_CARD_KEYS = (
+    ("intended_use", "Intended use"),
+    ("limitations", "Limitations"),
+    ("out_of_scope_use", "Out-of-scope use"),
+    ("contact", "Contact"),
+)
+
+
+def model_card_pairs(facts: Mapping[str, Any]) -> Pairs:
+    """The model card: the operator's statements, then what the run itself establishes."""
+    run = facts["run"]
+    config = run.get("config") or {}
+    card = config.get("model_card") if isinstance(config.get("model_card"), Mapping) else {}
+    pairs: Pairs = []
+    for key, title in MODEL_CARD_KEYS:
+        text = card.get(key) if isinstance(card, Mapping) else None
+        pairs.append((title, str(text) if text else "not stated by the operator"))
+    rows = sum(int(s.get("row_count") or 0) for s in facts["sites"])
+    pairs += [
+        (
+            "Trained on",
+            f"{len(facts['sites'])} sites, {rows:,} rows in all (see Participating sites)",
+        ),
+        ("Model", f"{run['model']}, {run['rounds_completed']} of {run['rounds_planned']} rounds"),
+    ]
+    return pairs
 
 
 def metric_names(metrics: Sequence[Mapping[str, Any]]) -> list[str]:

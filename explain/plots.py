@@ -34,7 +34,8 @@ def literal(text: object) -> str:
 
 def metrics_chart(metrics: Sequence[Mapping[str, Any]], max_panels: int = 4) -> bytes | None:
     """One small panel per metric against the round number; ``None`` when nothing to plot."""
-    names = metric_names(metrics)[:max_panels]
+    # Engineering timings (*_seconds) are in the appendix table, not plotted beside the model.
+    names = [n for n in metric_names(metrics) if not n.endswith("_seconds")][:max_panels]
     if not names:
         return None
     fig = Figure(figsize=(3.1 * len(names), 2.8), dpi=DPI, layout="constrained")

@@ -48,6 +48,10 @@ img.chart { max-width: 100%; display: block; margin: 10px 0; }
 pre { background: #f6f8fa; padding: 10px 12px; border-radius: 6px; font-size: 12px;
       overflow-x: auto; }
 p.note { color: #5b6577; font-size: 12px; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.numbers th { word-break: normal; overflow-wrap: normal; hyphens: none; }
+table.numbers td.num { white-space: nowrap; font-variant-numeric: tabular-nums; }
+td.name { white-space: nowrap; }
 """
 
 _MONO_KEYS = {"Configuration sha256", "Final model sha256", "Head hash", "Public-key fingerprints"}
@@ -69,12 +73,14 @@ def render_html(facts: Mapping[str, Any]) -> str:
             _pairs(nv.run_pairs(facts)) + "<h3>Configuration</h3>"
             f"<pre>{escape(nv.config_text(facts))}</pre>",
         ),
-        _section("sites", _table(nv.sites_table(facts), mono_columns={4})),
+        _section("model-card", _pairs(nv.model_card_pairs(facts))),
+        _section("sites", _table(nv.sites_table(facts), mono_columns={4}, name_columns={0})),
         _section("privacy", _pairs(nv.privacy_pairs(facts))),
         _section("metrics", _metrics(facts)),
         _section("explanations", _explanations(facts)),
         _section("audit-log", _pairs(nv.audit_pairs(facts))),
         _section("regulations", _regulations(facts)),
+        _section("appendix", _appendix(facts)),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -107,23 +113,39 @@ def _pairs(pairs: nv.Pairs) -> str:
 
 
 def _table(
-    table: nv.Table, *, mono_columns: set[int] | None = None, row_classes: list[str] | None = None
+    table: nv.Table,
+    *,
+    mono_columns: set[int] | None = None,
+    row_classes: list[str] | None = None,
+    name_columns: set[int] | None = None,
+    numeric: bool = False,
 ) -> str:
+    """A table in a horizontally scrolling box: a wide one never widens the page."""
     header, rows = table
     if not rows:
         return '<p class="note">None recorded.</p>'
     mono = mono_columns or set()
+    names = name_columns or set()
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
         css = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(_td(cell, j in mono) for j, cell in enumerate(row))
+        cells = "".join(
+            _td(cell, j in mono, "name" if j in names else "num" if numeric else "")
+            for j, cell in enumerate(row)
+        )
         body.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    kind = ' class="numbers"' if numeric else ""
+    return (
+        f'<div class="scroll"><table{kind}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
-def _td(text: str, mono: bool = False) -> str:
-    return f'<td class="mono">{escape(text)}</td>' if mono else f"<td>{escape(text)}</td>"
+def _td(text: str, mono: bool = False, css: str = "") -> str:
+    classes = " ".join(c for c in ("mono" if mono else "", css) if c)
+    attr = f' class="{classes}"' if classes else ""
+    return f"<td{attr}>{escape(text)}</td>"
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -134,11 +156,18 @@ def _img(png: bytes, alt: str) -> str:
 def _metrics(facts: Mapping[str, Any]) -> str:
     chart = metrics_chart(facts["metrics"])
     parts = [_img(chart, "Training metrics per round")] if chart else []
-    parts.append(_table(nv.metrics_table(facts)))
+    parts += [_table(table, numeric=True) for table in nv.metrics_tables(facts)]
     holdout = nv.holdout_table(facts)
     if holdout is not None:
         parts.append(f"<h3>{escape(nv.HOLDOUT_TITLE)}</h3>" + _table(holdout))
     return "".join(parts)
+
+
+def _appendix(facts: Mapping[str, Any]) -> str:
+    timings = nv.timings_table(facts)
+    if timings is None:
+        return '<p class="note">No engineering timings were reported.</p>'
+    return f"<h3>{escape(nv.TIMINGS_TITLE)}</h3>" + _table(timings, numeric=True)
 
 
 def _rejected(facts: Mapping[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -67,10 +68,11 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
             *_titled("Configuration", Preformatted(nv.config_text(facts), styles["code"]), styles),
         ],
     )
+    story += _section("model-card", styles, [_pairs(nv.model_card_pairs(facts), styles)])
     story += _section(
         "sites",
         styles,
-        [_table(nv.sites_table(facts), styles, widths=[0.16, 0.14, 0.08, 0.22, 0.40])],
+        [_table(nv.sites_table(facts), styles, widths=_site_widths(nv.sites_table(facts)))],
     )
     story += _section("privacy", styles, [_pairs(nv.privacy_pairs(facts), styles)])
     chart = metrics_chart(facts["metrics"])
@@ -79,7 +81,10 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
         styles,
         [
             *([_image(chart)] if chart else []),
-            _table(nv.metrics_table(facts), styles),
+            *(
+                _table(table, styles, widths=_number_widths(table))
+                for table in nv.metrics_tables(facts)
+            ),
             *(
                 _titled(nv.HOLDOUT_TITLE, _table(holdout, styles), styles)
                 if (holdout := nv.holdout_table(facts)) is not None
@@ -96,6 +101,14 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
     )
     story.append(Spacer(1, 2 * mm))
     story.append(Paragraph(escape(DISCLAIMER), styles["muted"]))
+    timings = nv.timings_table(facts)
+    story += _section(
+        "appendix",
+        styles,
+        _titled(nv.TIMINGS_TITLE, _table(timings, styles, widths=_number_widths(timings)), styles)
+        if timings is not None
+        else [Paragraph("No engineering timings were reported.", styles["muted"])],
+    )
 
     doc = SimpleDocTemplate(
         str(path),
@@ -217,9 +230,31 @@ def _image(png: bytes) -> Flowable:
     return Image(io.BytesIO(png), width=width * scale, height=height * scale)
 
 
+def _number_widths(table: nv.Table) -> list[float]:
+    """A narrow Round column, the rest equal: at most 7 columns, so no word is split."""
+    header, _ = table
+    rest = (1.0 - 0.1) / max(1, len(header) - 1)
+    return [0.1] + [rest] * (len(header) - 1)
+
+
+def _site_widths(table: nv.Table) -> list[float]:
+    """The site-name column as wide as its longest name (up to 35%), so no name is split;
+    the other columns (fingerprints, which may break anywhere) share the rest."""
+    header, rows = table
+    rest = [0.16, 0.08, 0.18, 0.40] if len(header) == 5 else [0.13, 0.07, 0.13, 0.19, 0.19, 0.14]
+    longest = max(pdfmetrics.stringWidth(row[0], _font()[0], 7.8) for row in rows) if rows else 0
+    first = min(0.35, max(0.14, (longest + 14) / _PAGE_WIDTH))
+    scale = (1.0 - first) / sum(rest)
+    return [first, *(w * scale for w in rest)]
+
+
+_HASHLIKE = re.compile(r"[0-9A-Fa-f:.\-]{25,}")
+
+
 def _cell(text: str, styles: dict[str, ParagraphStyle]) -> Paragraph:
-    # Hashes and fingerprints have no spaces to wrap at; let those break anywhere.
-    style = styles["wrap"] if len(text) > 24 and " " not in text else styles["cell"]
+    # Hashes and fingerprints have no spaces to wrap at: those alone may break anywhere.
+    # Names and numbers never do (a site name or "0.6453" split in two misreads).
+    style = styles["wrap"] if _HASHLIKE.fullmatch(text) else styles["cell"]
     return Paragraph(escape(text), style)
 
 

@@ -105,6 +105,11 @@ class AdminStub:
                 request_serializer=protos_dot_admin__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.MetricsReply.FromString,
                 _registered_method=True)
+        self.DashboardWhoAmI = channel.unary_unary(
+                '/cohort.v1.Admin/DashboardWhoAmI',
+                request_serializer=protos_dot_admin__pb2.DashboardWhoAmIRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DashboardWhoAmIReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -202,6 +207,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DashboardWhoAmI(self, request, context):
+        """The caller's own operator name and role, so a client (the dashboard) can hide what
+        the role may not do; the coordinator still refuses those calls itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +287,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=protos_dot_admin__pb2.GetMetricsRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.MetricsReply.SerializeToString,
+            ),
+            'DashboardWhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.DashboardWhoAmI,
+                    request_deserializer=protos_dot_admin__pb2.DashboardWhoAmIRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DashboardWhoAmIReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -654,6 +672,33 @@ class Admin:
             '/cohort.v1.Admin/GetMetrics',
             protos_dot_admin__pb2.GetMetricsRequest.SerializeToString,
             protos_dot_admin__pb2.MetricsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DashboardWhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Admin/DashboardWhoAmI',
+            protos_dot_admin__pb2.DashboardWhoAmIRequest.SerializeToString,
+            protos_dot_admin__pb2.DashboardWhoAmIReply.FromString,
             options,
             channel_credentials,
             insecure,

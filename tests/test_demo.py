@@ -45,3 +45,11 @@ def test_demo_beats_the_majority_baseline_by_a_wide_margin(tmp_path):
     report = Path(figures["report_path"])
     assert report.exists() and "<html" in report.read_text().lower()
     assert np.isfinite(figures["federated_roc_auc"])
+    # The closing commands, each whole on its own line (no path broken by wrapping).
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    db = f"sqlite:///{report.parent.resolve() / 'cohort.db'}"
+    assert f"cohort audit verify {figures['run_id']} --db {db}" in lines
+    assert any(
+        line.startswith(f"cohort audit report {figures['run_id']} --db {db} --format pdf")
+        for line in lines
+    )

@@ -328,6 +328,9 @@ def admin_calls(admin, metadata) -> dict[str, Callable[[], object]]:
             "GetMetrics": lambda: admin.GetMetrics(
                 admin_pb2.GetMetricsRequest(), metadata=metadata, timeout=TIMEOUT
             ),
+            "DashboardWhoAmI": lambda: admin.DashboardWhoAmI(
+                admin_pb2.DashboardWhoAmIRequest(), metadata=metadata, timeout=TIMEOUT
+            ),
             "EnrolSite": lambda: admin.EnrolSite(
                 admin_pb2.EnrolSiteRequest(site_name="site-x", ttl_seconds=3600),
                 metadata=metadata,

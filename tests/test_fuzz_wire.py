@@ -53,6 +53,7 @@ RAW_METHODS = {
     "/cohort.v1.Admin/GetAuditLog": "unary",
     "/cohort.v1.Admin/ExportReport": "stream",
     "/cohort.v1.Admin/GetMetrics": "unary",
+    "/cohort.v1.Admin/DashboardWhoAmI": "unary",
     "/cohort.v1.Admin/EnrolSite": "unary",
     "/cohort.v1.Admin/AddOperator": "unary",
 }
