@@ -72,6 +72,18 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     def GetFinalModel(self, request, context):
         return self.domain.final_model(self._node(context), request.run_id)
 
+    @maps_domain_errors
+    def SubmitPartials(self, request, context):
+        return self.domain.submit_partials(self._node(context), request)
+
+    @maps_domain_errors
+    def FetchPartials(self, request, context):
+        return self.domain.fetch_partials(self._node(context), request)
+
+    @maps_domain_errors
+    def ReportPartial(self, request, context):
+        return self.domain.report_partial(self._node(context), request)
+
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     """Every call first passes the role check (coordinator.access) with its RPC name."""
