@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -166,6 +167,13 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     for a, b in zip(finals[0], finals[1], strict=True):
         np.testing.assert_array_equal(a, b)
     _scan_for_secrets(coordinator, run.run_id)
+    with coordinator.hub.db.transaction() as session:
+        final = session.scalars(
+            select(ThresholdPartial.site_name).where(
+                ThresholdPartial.run_id == run.run_id, ThresholdPartial.round == 2
+            )
+        ).all()
+    assert sorted(final) == ["site-0", "site-1"]
     shown = runner.invoke(
         app,
         ["admin", "runs", "show", run.run_id, "--coordinator", coordinator.address, "--insecure"],
@@ -179,19 +187,19 @@ def test_three_of_five_names_a_wrong_partial_and_completes(
 ):
     sites = agents.start(coordinator.address, breast_cancer_sites(5), tmp_path)
     liar = sites[4].config.site_name
-    honest = site_threshold.compute_partial
+    honest = site_threshold.publish
 
-    def lying(key, ciphertexts, context, workers):
-        partial = honest(key, ciphertexts, context, workers)
-        if (
-            key.statement.holder(liar) is not None
-            and key.share.index == key.statement.holder(liar).index
-        ):
-            wrong = (partial.values[0] * 2 % key.verification_keys.n_square,) + partial.values[1:]
-            return tp.PartialDecryption(partial.index, wrong, partial.proof)
-        return partial
+    def lying(agent, run, round_number, aggregate_sha256, partial, key):
+        # site-4 publishes a wrong first value under an honest proof; it keeps the truth.
+        if agent.identity.site_name == liar:
+            n_square = key.verification_keys.n_square
+            wrong = (partial.values[0] * 2 % n_square, *partial.values[1:])
+            partial = tp.PartialDecryption(partial.index, wrong, partial.proof)
+        else:
+            time.sleep(2.0)  # the liar publishes first, so the honest sites judge its partial
+        honest(agent, run, round_number, aggregate_sha256, partial, key)
 
-    monkeypatch.setattr(site_threshold, "compute_partial", lying)
+    monkeypatch.setattr(site_threshold, "publish", lying)
     admin = coordinator.admin()
     run = start_run(coordinator, threshold=3, sites=5, rounds=2)
 
