@@ -246,3 +246,23 @@ def custody_info(session: Session, run: Run) -> admin_pb2.ThresholdCustody | Non
         erasure=statement.erasure,
         statement_sha256=wire.sha256_hex(row.statement),
     )
+
+
+def report_custody(session: Session, run: Run) -> dict[str, object] | None:
+    """The report's ``privacy.key_custody``: the dealing as the custodian signed it."""
+    info = custody_info(session, run)
+    if info is None:
+        return None
+    holders = []
+    for holder in info.holders:
+        index, site, fingerprint = holder.split(":", 2)
+        holders.append({"index": int(index), "site": site, "fingerprint": fingerprint})
+    return {
+        "threshold": info.threshold,
+        "parties": info.parties,
+        "holders": holders,
+        "key_fingerprint": info.key_fingerprint,
+        "custodian": info.custodian,
+        "erasure": info.erasure,
+        "statement_sha256": info.statement_sha256,
+    }

@@ -157,6 +157,7 @@ def privacy_pairs(facts: Mapping[str, Any]) -> Pairs:
         ("Secure aggregation", p["secure_aggregation"]),
         ("Key size (bits)", fmt(p["key_bits"])),
         ("Key custodian", fmt(p["key_custodian"])),
+        *custody_pairs(p.get("key_custody")),
         ("Public-key fingerprints", fmt(p["key_fingerprints"])),
         ("What the coordinator could see", p["coordinator_visibility"]),
         ("Update quantisation", fmt(p["update_quantisation"])),
@@ -164,6 +165,22 @@ def privacy_pairs(facts: Mapping[str, Any]) -> Pairs:
             "Differential privacy",
             fmt(p["differential_privacy"]) if p["differential_privacy"] else "not applied",
         ),
+    ]
+
+
+def custody_pairs(custody: Mapping[str, Any] | None) -> Pairs:
+    """Threshold runs: who must join to decrypt, and what the dealer says it erased."""
+    if not custody:
+        return []
+    holders = ", ".join(f"{h['site']} ({h['fingerprint']})" for h in custody["holders"])
+    return [
+        (
+            "Key custody",
+            f"threshold: {custody['threshold']} of {custody['parties']} share holders must "
+            f"join to decrypt; no site holds the key. Dealt by {custody['custodian']}",
+        ),
+        ("Share holders", holders),
+        ("Dealer's signed erasure statement", custody["erasure"]),
     ]
 
 

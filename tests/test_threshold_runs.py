@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from client import threshold as site_threshold
+from coordinator.report import report_facts
 from coordinator.schema import AuditEvent, SealedKey, ThresholdKey, ThresholdPartial
 from crypto import threshold as tp
+from explain.report_html import render_html
 from protos import admin_pb2, common_pb2
 
 DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED)
@@ -179,6 +181,12 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
         ["admin", "runs", "show", run.run_id, "--coordinator", coordinator.address, "--insecure"],
     )
     assert "2 of 3 share holders" in shown.output, shown.output
+    facts = report_facts(coordinator.hub, run.run_id)
+    reported = facts["privacy"]["key_custody"]
+    assert (reported["threshold"], reported["parties"]) == (2, 3)
+    assert reported["erasure"] == custody.erasure
+    html = render_html(facts)
+    assert "2 of 3 share holders must join to decrypt" in html
 
 
 @pytest.mark.slow
