@@ -63,6 +63,8 @@ class DemoSettings:
     encrypt_workers: int | None = None
     audit_wait_seconds: float = 120.0
     scenario: str = "tabular"
+    # Secure runs: t-of-n threshold decryption (0: the first site is the key's custodian).
+    threshold: int = 0
 
 
 @dataclass
@@ -269,6 +271,7 @@ def _create_run_request(settings: DemoSettings, scenario: Scenario) -> admin_pb2
         ),
         custodian=sites[0] if settings.secure else "",
         config_json=json.dumps(config),
+        threshold=settings.threshold if settings.secure else 0,
     )
 
 
