@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from client.agent import SiteAgent
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 0.2
+POLL_SECONDS = 2.0
+"""Longest single wait for partials at the coordinator (it answers as soon as one arrives)."""
 
 
 @dataclass(frozen=True)
@@ -271,10 +272,12 @@ def decrypt(
 ) -> list[int]:
     """The plaintext sums of one round's aggregate, from any ``t`` verified partials.
 
-    Publishes this site's partials, then polls the coordinator until ``t`` partials
-    (its own included) open under the group key, carry their holder's pinned signature and
-    pass the proof of correct decryption. Every partial that fails is reported, naming its
-    site (ReportPartial), and left out.
+    First looks at what is already published: a site that comes late finds ``t`` good
+    partials and needs none of its own (so the round costs ``t`` sites' partials, not
+    ``N``). Otherwise it publishes its own and long-polls the coordinator until ``t``
+    partials (its own included) open under the group key, carry their holder's pinned
+    signature and pass the proof of correct decryption. Every partial that fails is
+    reported, naming its site (ReportPartial), and left out.
 
     Raises
     ------
@@ -284,22 +287,23 @@ def decrypt(
     """
     run, me = task.run_id, agent.identity.site_name
     context = f"cohort/threshold/{run}/{round_number}/{aggregate_sha256}".encode()
-    own = compute_partial(key, ciphertexts, context, agent.config.encrypt_workers)
-    publish(agent, run, round_number, aggregate_sha256, own, key)
-    good: dict[int, tuple[int, ...]] = {own.index: own.values}
-    judged: set[str] = {me}
+    threshold = key.verification_keys.threshold
+    good: dict[int, tuple[int, ...]] = {}
+    judged: set[str] = set()
     bad: dict[str, str] = {}
     deadline = task.deadline_unix or time.time() + 600
-    threshold = key.verification_keys.threshold
-    while len(good) < threshold:
+
+    def absorb(wait: float, at_least: int) -> int:
         reply = agent.stub.FetchPartials(
-            federation_pb2.PartialFetchRequest(run_id=run, round=round_number),
+            federation_pb2.PartialFetchRequest(
+                run_id=run, round=round_number, wait_seconds=wait, at_least=at_least
+            ),
             metadata=agent._metadata(),
-            timeout=60,
+            timeout=wait + 60,
         )
         for envelope in reply.partials:
             site = envelope.site_name
-            if site in judged:
+            if site in judged or len(good) >= threshold:
                 continue
             judged.add(site)
             try:
@@ -311,10 +315,16 @@ def decrypt(
                 report(agent, run, round_number, site, str(exc))
                 continue
             good[partial.index] = partial.values
-            if len(good) >= threshold:
-                break
-        if len(good) >= threshold:
-            break
+        return len(reply.partials)
+
+    seen = absorb(0.0, 0)
+    if len(good) < threshold and me not in judged:
+        own = compute_partial(key, ciphertexts, context, agent.config.encrypt_workers)
+        publish(agent, run, round_number, aggregate_sha256, own, key)
+        good[own.index] = own.values
+        judged.add(me)
+        seen += 1
+    while len(good) < threshold:
         if time.time() >= deadline or agent._closing.is_set():
             named = "; ".join(f"{s}: {r}" for s, r in sorted(bad.items())) or "none refused"
             raise TaskRefused(
@@ -322,7 +332,8 @@ def decrypt(
                 f"round {round_number}: {len(good)} of the {threshold} verified partials it "
                 f"needs arrived by the deadline (refused partials: {named})",
             )
-        time.sleep(POLL_SECONDS)
+        # Long poll for one more partial than already seen (the coordinator wakes on each).
+        seen = absorb(min(POLL_SECONDS, max(deadline - time.time(), 0.0)), seen + 1)
     return tp.combine(good, key.verification_keys, ciphertexts)
 
 

@@ -851,10 +851,24 @@ class FederationService:
         return reply
 
     def fetch_partials(
-        self, node_id: str, request: federation_pb2.PartialFetchRequest
+        self,
+        node_id: str,
+        request: federation_pb2.PartialFetchRequest,
+        is_active: Callable[[], bool] = lambda: True,
     ) -> federation_pb2.PartialFetchReply:
-        with self.hub.db.transaction() as session:
-            return threshold.fetch(session, node_id, request)
+        """Long poll: the round's sealed partials once ``at_least`` are in, or at the wait's end."""
+        if math.isnan(request.wait_seconds):
+            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+        until = time.monotonic() + min(max(request.wait_seconds, 0.0), 10.0)
+        while True:
+            with self.hub.db.transaction() as session:
+                reply = threshold.fetch(session, node_id, request)
+            if len(reply.partials) >= request.at_least or self.hub.closing.is_set():
+                return reply
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not is_active():
+                return reply
+            self.hub.wait(min(remaining, 0.5))
 
     def report_partial(
         self, node_id: str, complaint: federation_pb2.PartialComplaint

@@ -78,7 +78,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
 
     @maps_domain_errors
     def FetchPartials(self, request, context):
-        return self.domain.fetch_partials(self._node(context), request)
+        return self.domain.fetch_partials(self._node(context), request, context.is_active)
 
     @maps_domain_errors
     def ReportPartial(self, request, context):

@@ -199,12 +199,16 @@ class PartialSubmission(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., sealed: _Optional[bytes] = ...) -> None: ...
 
 class PartialFetchRequest(_message.Message):
-    __slots__ = ("run_id", "round")
+    __slots__ = ("run_id", "round", "wait_seconds", "at_least")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    wait_seconds: float
+    at_least: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., at_least: _Optional[int] = ...) -> None: ...
 
 class PartialEnvelope(_message.Message):
     __slots__ = ("site_name", "node_id", "sealed")

@@ -397,6 +397,21 @@ def site_calls(plain: OpenRound, metadata) -> dict[str, Callable[[], object]]:
             metadata=metadata,
             timeout=TIMEOUT,
         ),
+        "SubmitPartials": lambda: stub.SubmitPartials(
+            federation_pb2.PartialSubmission(run_id=task.run_id, round=1, sealed=b"x"),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
+        "FetchPartials": lambda: stub.FetchPartials(
+            federation_pb2.PartialFetchRequest(run_id=task.run_id, round=1),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
+        "ReportPartial": lambda: stub.ReportPartial(
+            federation_pb2.PartialComplaint(run_id=task.run_id, round=1, accused_site="x"),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
     }
 
 
@@ -1741,6 +1756,9 @@ RAW_METHODS = {
     "/cohort.v1.Federation/SubmitKeys": "unary",
     "/cohort.v1.Federation/SubmitAudit": "unary",
     "/cohort.v1.Federation/GetFinalModel": "unary",
+    "/cohort.v1.Federation/SubmitPartials": "unary",
+    "/cohort.v1.Federation/FetchPartials": "unary",
+    "/cohort.v1.Federation/ReportPartial": "unary",
     "/cohort.v1.Admin/CreateRun": "unary",
     "/cohort.v1.Admin/ListRuns": "unary",
     "/cohort.v1.Admin/GetRun": "unary",

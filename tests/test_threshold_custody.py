@@ -65,6 +65,8 @@ class Stub:
                 if rnd == request.round
             ]
         self.relay.tamper(request.round, envelopes)
+        if len(envelopes) < request.at_least:
+            time.sleep(min(request.wait_seconds, 0.05))  # a long poll that saw nothing new
         return federation_pb2.PartialFetchReply(partials=envelopes, threshold=2)
 
     def ReportPartial(self, request, metadata=(), timeout=None):
@@ -298,8 +300,9 @@ def test_swapped_partials_do_not_open_and_both_sites_are_named(dealt):
     keys_ = open_all(dealt)
 
     def swap(round_number, envelopes):
-        if len(envelopes) == 3:
-            envelopes[1].sealed, envelopes[2].sealed = envelopes[2].sealed, envelopes[1].sealed
+        by_site = {e.site_name: e for e in envelopes}
+        b, c = by_site["site-b"], by_site["site-c"]
+        b.sealed, c.sealed = c.sealed, b.sealed
 
     cts = encrypt(keys_[0], [5])
     decrypt_at(dealt, [1, 2], cts, keys_)  # b and c publish; their partials are now relayed
