@@ -365,3 +365,66 @@ def test_partial_statement_binds_every_field():
     for name, other in (("run_id", "x"), ("round_number", 2), ("site", "t"), ("partial", b"q")):
         assert custody.partial_statement(**(base | {name: other})) != signed  # type: ignore[arg-type]
     assert identity  # the statements are signed with crypto.identity (Ed25519)
+
+
+# -- the coordinator's check of a dealing ---------------------------------------------------
+
+
+class Session:
+    def __init__(self) -> None:
+        self.added: list[object] = []
+
+    def add(self, row: object) -> None:
+        self.added.append(row)
+
+
+def register(dealt: Dealt, *, threshold: int = 2, signer: Site | None = None, bundle=None):
+    from coordinator import threshold as coord_threshold
+    from coordinator.schema import Node, Run
+
+    bundle = bundle if bundle is not None else dealt.bundle
+    custodian = signer or dealt.sites[0]
+    run = Run(id=RUN, config={"threshold": threshold} if threshold else {})
+    node = Node(id=NAMES[0], ed25519_public_key=custodian.identity.ed25519_public)
+    dealing = identity.KeyDealing.from_bytes(bytes(bundle.statement.statement))
+    n = tp.verification_keys_from_bytes(bytes(dealt.bundle.threshold_dealing.verification_keys)).n
+    session = Session()
+    details = coord_threshold.register(session, run, node, bundle, dealing, n)  # type: ignore[arg-type]
+    return details, session.added
+
+
+def test_the_coordinator_records_holders_and_erasure_as_signed(dealt):
+    details, added = register(dealt)
+
+    assert details["threshold"] == 2 and details["parties"] == 3
+    assert set(details["holders"]) == set(NAMES)  # type: ignore[arg-type]
+    assert details["erasure"] == custody.ERASURE
+    assert len(added) == 1
+
+
+@pytest.mark.parametrize(
+    "threshold, words", [(0, "not a threshold run"), (3, "needs a 3-of-n threshold dealing")]
+)
+def test_the_coordinator_refuses_a_dealing_the_run_did_not_ask_for(dealt, threshold, words):
+    from coordinator.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match=words):
+        register(dealt, threshold=threshold)
+
+
+def test_the_coordinator_refuses_a_threshold_run_dealt_a_whole_key(dealt):
+    from coordinator.errors import InvalidArgument
+
+    bundle = federation_pb2.KeyBundle()
+    bundle.CopyFrom(dealt.bundle)
+    bundle.ClearField("threshold_dealing")
+
+    with pytest.raises(InvalidArgument, match="needs a 2-of-n threshold dealing"):
+        register(dealt, bundle=bundle)
+
+
+def test_the_coordinator_refuses_a_statement_another_site_signed(dealt):
+    from coordinator.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="signature does not verify"):
+        register(dealt, signer=dealt.sites[1])
