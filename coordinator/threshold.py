@@ -153,6 +153,8 @@ def submit(
     """Store one site's sealed partial of a round's aggregate (once per site and round)."""
     run, site = _holder(session, node_id, request.run_id)
     version = _aggregate(session, run, int(request.round))
+    if request.part not in (0, 1):
+        raise InvalidArgument("part is 0 (the site's blocks) or 1 (the whole vector)")
     limit = 2 * int(version.size) + MAX_PARTIAL_OVERHEAD  # values are n²-wide, as the aggregate
     if not request.sealed or len(request.sealed) > limit:
         raise ResourceExhausted(f"a sealed partial is 1 to {limit} bytes here")
@@ -161,16 +163,18 @@ def submit(
             ThresholdPartial.run_id == run.id,
             ThresholdPartial.round == int(request.round),
             ThresholdPartial.node_id == node_id,
+            ThresholdPartial.part == int(request.part),
         )
     )
     if exists is not None:
-        raise AlreadyExists(f"{site} already published its partial of round {request.round}")
+        raise AlreadyExists(f"{site} already published that partial of round {request.round}")
     session.add(
         ThresholdPartial(
             run_id=run.id,
             round=int(request.round),
             node_id=node_id,
             site_name=site,
+            part=int(request.part),
             sealed=bytes(request.sealed),
             created_at=time.time(),
         )
@@ -183,6 +187,7 @@ def submit(
         details={
             "round": int(request.round),
             "site": site,
+            "part": int(request.part),
             "sealed_sha256": wire.sha256_hex(bytes(request.sealed)),
         },
     )
@@ -200,7 +205,9 @@ def fetch(
         .where(ThresholdPartial.run_id == run.id, ThresholdPartial.round == int(request.round))
         .order_by(ThresholdPartial.created_at)
     ):
-        reply.partials.add(site_name=row.site_name, node_id=row.node_id, sealed=row.sealed)
+        reply.partials.add(
+            site_name=row.site_name, node_id=row.node_id, sealed=row.sealed, part=row.part
+        )
     return reply
 
 

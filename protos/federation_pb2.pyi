@@ -189,14 +189,16 @@ class ThresholdDealing(_message.Message):
     def __init__(self, verification_keys: _Optional[bytes] = ..., statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PartialSubmission(_message.Message):
-    __slots__ = ("run_id", "round", "sealed")
+    __slots__ = ("run_id", "round", "sealed", "part")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     sealed: bytes
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+    part: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., sealed: _Optional[bytes] = ..., part: _Optional[int] = ...) -> None: ...
 
 class PartialFetchRequest(_message.Message):
     __slots__ = ("run_id", "round", "wait_seconds", "at_least")
@@ -211,14 +213,16 @@ class PartialFetchRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., at_least: _Optional[int] = ...) -> None: ...
 
 class PartialEnvelope(_message.Message):
-    __slots__ = ("site_name", "node_id", "sealed")
+    __slots__ = ("site_name", "node_id", "sealed", "part")
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     site_name: str
     node_id: str
     sealed: bytes
-    def __init__(self, site_name: _Optional[str] = ..., node_id: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+    part: int
+    def __init__(self, site_name: _Optional[str] = ..., node_id: _Optional[str] = ..., sealed: _Optional[bytes] = ..., part: _Optional[int] = ...) -> None: ...
 
 class PartialFetchReply(_message.Message):
     __slots__ = ("partials", "threshold")

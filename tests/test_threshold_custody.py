@@ -39,7 +39,7 @@ class Exists(grpc.RpcError):
 class Relay:
     """Stands in for the coordinator: stores sealed partials per (round, site)."""
 
-    partials: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    partials: dict[tuple[int, str, int], bytes] = field(default_factory=dict)
     complaints: list[tuple[str, str, str]] = field(default_factory=list)
     tamper: Callable[[int, list[federation_pb2.PartialEnvelope]], None] = lambda r, e: None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -51,7 +51,7 @@ class Stub:
 
     def SubmitPartials(self, request, metadata=(), timeout=None):
         with self.relay.lock:
-            key = (request.round, self.site)
+            key = (request.round, self.site, request.part)
             if key in self.relay.partials:
                 raise Exists()
             self.relay.partials[key] = bytes(request.sealed)
@@ -60,8 +60,10 @@ class Stub:
     def FetchPartials(self, request, metadata=(), timeout=None):
         with self.relay.lock:
             envelopes = [
-                federation_pb2.PartialEnvelope(site_name=site, node_id=site, sealed=sealed)
-                for (rnd, site), sealed in sorted(self.relay.partials.items())
+                federation_pb2.PartialEnvelope(
+                    site_name=site, node_id=site, sealed=sealed, part=part
+                )
+                for (rnd, site, part), sealed in sorted(self.relay.partials.items())
                 if rnd == request.round
             ]
         self.relay.tamper(request.round, envelopes)
@@ -115,7 +117,7 @@ class Dealt:
             custodian=NAMES[0],
             threshold=2,
             threshold_dealing=self.bundle.threshold_dealing,
-            deadline_unix=time.time() + 3,
+            deadline_unix=time.time() + 6,
         )
         for name, value in changes.items():
             if isinstance(value, bytes | int | str):
@@ -153,6 +155,12 @@ def dealt(tmp_path_factory: pytest.TempPathFactory) -> Dealt:
     recipients, refused = keys.trusted_recipients(participants, custodian.identity, custodian.peers)
     bundle = site_threshold.deal(custodian, keygen, recipients, refused)  # type: ignore[arg-type]
     return Dealt(sites, relay, bundle, participants)
+
+
+@pytest.fixture(autouse=True)
+def quick_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sites wait this long for the others' blocks before decrypting the whole vector.
+    monkeypatch.setattr(site_threshold, "SPREAD_WAIT_SECONDS", 0.3)
 
 
 def fresh(dealt: Dealt) -> Relay:
@@ -277,13 +285,13 @@ def test_a_wrong_partial_is_named_and_the_others_decrypt(dealt, monkeypatch):
     values = [7, 8, 9]
     honest = site_threshold.publish
 
-    def lying(agent, run, round_number, aggregate_sha256, partial, key):
+    def lying(agent, run, round_number, aggregate_sha256, partial, key, part=0):
         if agent.identity.site_name == "site-c":
             bad = (partial.values[0] * 3 % key.verification_keys.n_square, *partial.values[1:])
             partial = tp.PartialDecryption(partial.index, bad, partial.proof)
         else:  # the liar publishes first, site-a next: site-a must judge the liar's partial
             time.sleep(0.5 if agent.identity.site_name == "site-a" else 1.0)
-        honest(agent, run, round_number, aggregate_sha256, partial, key)
+        honest(agent, run, round_number, aggregate_sha256, partial, key, part=part)
 
     monkeypatch.setattr(site_threshold, "publish", lying)
     results = decrypt_at(dealt, [0, 1, 2], encrypt(keys_[0], values), keys_)
@@ -300,9 +308,10 @@ def test_swapped_partials_do_not_open_and_both_sites_are_named(dealt):
     keys_ = open_all(dealt)
 
     def swap(round_number, envelopes):
-        by_site = {e.site_name: e for e in envelopes}
-        b, c = by_site["site-b"], by_site["site-c"]
-        b.sealed, c.sealed = c.sealed, b.sealed
+        for part in (0, 1):
+            by_site = {e.site_name: e for e in envelopes if e.part == part}
+            b, c = by_site["site-b"], by_site["site-c"]
+            b.sealed, c.sealed = c.sealed, b.sealed
 
     cts = encrypt(keys_[0], [5])
     decrypt_at(dealt, [1, 2], cts, keys_)  # b and c publish; their partials are now relayed
@@ -311,7 +320,7 @@ def test_swapped_partials_do_not_open_and_both_sites_are_named(dealt):
     result = decrypt_at(dealt, [0], cts, keys_)[0]
 
     assert isinstance(result, TaskRefused)
-    assert "1 of the 2 verified partials" in result.reason
+    assert "lack the 2 verified partials" in result.reason
     assert "site-b: sealed partial does not open" in result.reason
     assert "site-c: sealed partial does not open" in result.reason
 
@@ -322,7 +331,9 @@ def test_a_partial_replayed_from_another_round_does_not_open(dealt):
     cts = encrypt(keys_[0], [5])
     decrypt_at(dealt, [1, 2], cts, keys_, round_number=1)
     # The relay hands round 1's partials out as round 2's.
-    relay.partials.update({(2, s): p for (r, s), p in list(relay.partials.items()) if r == 1})
+    relay.partials.update(
+        {(2, s, part): p for (r, s, part), p in list(relay.partials.items()) if r == 1}
+    )
 
     result = decrypt_at(dealt, [0], cts, keys_, round_number=2)[0]
 
@@ -336,19 +347,20 @@ def test_a_share_holder_cannot_publish_in_anothers_name(dealt):
     cts = encrypt(keys_[0], [5])
     # site-c knows the group key and seals its own partial under site-b's name.
     c = dealt.sites[2]
-    context = f"cohort/threshold/{RUN}/2/{'ab' * 32}".encode()
+    label = "ab" * 32 + "/all"
+    context = f"cohort/threshold/{RUN}/2/{label}".encode()
     partial = site_threshold.compute_partial(keys_[2], cts, context, 1)
     data = tp.partial_decryption_to_bytes(partial, keys_[2].verification_keys)
-    relay.partials[(2, "site-b")] = custody.seal_partial(
+    relay.partials[(2, "site-b", 1)] = custody.seal_partial(
         keys_[2].group_key,
         run_id=RUN,
         round_number=2,
         site="site-b",
-        aggregate_sha256="ab" * 32,
+        aggregate_sha256=label,
         partial=data,
         signature=c.identity.sign(
             custody.partial_statement(
-                run_id=RUN, round_number=2, site="site-b", aggregate_sha256="ab" * 32, partial=data
+                run_id=RUN, round_number=2, site="site-b", aggregate_sha256=label, partial=data
             )
         ),
     )
@@ -428,3 +440,20 @@ def test_the_coordinator_refuses_a_statement_another_site_signed(dealt):
 
     with pytest.raises(InvalidArgument, match="signature does not verify"):
         register(dealt, signer=dealt.sites[1])
+
+
+@pytest.mark.parametrize("threshold, parties", [(2, 2), (2, 3), (3, 5), (4, 7), (5, 5)])
+@pytest.mark.parametrize("count", [1, 2, 66, 301])
+def test_spread_work_gives_every_value_exactly_t_parties(threshold, parties, count):
+    slices = site_threshold.block_slices(count, parties)
+    holders = {b: [] for b in slices}  # type: ignore[var-annotated]
+    for index in range(1, parties + 1):
+        for block in site_threshold.blocks_of(index, parties, threshold):
+            holders[block].append(index)
+
+    assert sorted(k for span in slices.values() for k in span) == list(range(count))
+    assert all(len(set(h)) == threshold for h in holders.values())
+    assert all(
+        len(site_threshold.blocks_of(i, parties, threshold)) == threshold
+        for i in range(1, parties + 1)
+    )

@@ -175,7 +175,7 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
                 ThresholdPartial.run_id == run.run_id, ThresholdPartial.round == 2
             )
         ).all()
-    assert sorted(final) == ["site-0", "site-1"]
+    assert sorted(set(final)) == ["site-0", "site-1"]
     shown = runner.invoke(
         app,
         ["admin", "runs", "show", run.run_id, "--coordinator", coordinator.address, "--insecure"],
@@ -197,7 +197,7 @@ def test_three_of_five_names_a_wrong_partial_and_completes(
     liar = sites[4].config.site_name
     honest = site_threshold.publish
 
-    def lying(agent, run, round_number, aggregate_sha256, partial, key):
+    def lying(agent, run, round_number, aggregate_sha256, partial, key, part=0):
         # site-4 publishes a wrong first value under an honest proof; it keeps the truth.
         if agent.identity.site_name == liar:
             n_square = key.verification_keys.n_square
@@ -205,7 +205,7 @@ def test_three_of_five_names_a_wrong_partial_and_completes(
             partial = tp.PartialDecryption(partial.index, wrong, partial.proof)
         else:
             time.sleep(2.0)  # the liar publishes first, so the honest sites judge its partial
-        honest(agent, run, round_number, aggregate_sha256, partial, key)
+        honest(agent, run, round_number, aggregate_sha256, partial, key, part=part)
 
     monkeypatch.setattr(site_threshold, "publish", lying)
     admin = coordinator.admin()

@@ -35,12 +35,13 @@ def upgrade() -> None:
         sa.Column("round", sa.Integer(), nullable=False),
         sa.Column("node_id", sa.String(length=36), nullable=False),
         sa.Column("site_name", sa.String(length=128), nullable=False),
+        sa.Column("part", sa.Integer(), nullable=False),
         sa.Column("sealed", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(["node_id"], ["nodes.id"]),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"]),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("run_id", "round", "node_id"),
+        sa.UniqueConstraint("run_id", "round", "node_id", "part"),
     )
     with op.batch_alter_table("threshold_partials", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_threshold_partials_run_id"), ["run_id"], unique=False)
