@@ -626,12 +626,12 @@ class SiteAgent:
         self, task: federation_pb2.Task, aggregate: federation_pb2.AggregateRef, payload: bytes
     ) -> list[int]:
         """A t-of-n run's plaintext sums of a checked aggregate, from t verified partials."""
-        from client import threshold
+        from client import threshold_partials
 
         key = self._threshold_keys[task.run_id]
         width = crypto.ciphertext_width(key.public_key)
         ciphertexts = crypto.ciphertexts_from_bytes(payload, width)
-        return threshold.decrypt(
+        return threshold_partials.decrypt(
             self, task, key, int(aggregate.round), aggregate.sha256, ciphertexts
         )
 

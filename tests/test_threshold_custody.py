@@ -18,6 +18,7 @@ import pytest
 
 from client import keys
 from client import threshold as site_threshold
+from client import threshold_partials as partials_mod
 from client.custody import SiteIdentity
 from client.peers import PeerStore
 from client.policy import SitePolicy, TaskRefused
@@ -160,7 +161,7 @@ def dealt(tmp_path_factory: pytest.TempPathFactory) -> Dealt:
 @pytest.fixture(autouse=True)
 def quick_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     # Sites wait this long for the others' blocks before decrypting the whole vector.
-    monkeypatch.setattr(site_threshold, "SPREAD_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(partials_mod, "SPREAD_WAIT_SECONDS", 0.3)
 
 
 def fresh(dealt: Dealt) -> Relay:
@@ -255,7 +256,7 @@ def decrypt_at(dealt: Dealt, which: list[int], cts: list[int], keys_, round_numb
     def one(i: int) -> None:
         site = dealt.sites[i]
         try:
-            results[i] = site_threshold.decrypt(
+            results[i] = partials_mod.decrypt(
                 site, dealt.task(site), keys_[i], round_number, "ab" * 32, cts
             )  # type: ignore[arg-type]
         except TaskRefused as exc:
@@ -283,7 +284,7 @@ def test_a_wrong_partial_is_named_and_the_others_decrypt(dealt, monkeypatch):
     relay = fresh(dealt)
     keys_ = open_all(dealt)
     values = [7, 8, 9]
-    honest = site_threshold.publish
+    honest = partials_mod.publish
 
     def lying(agent, run, round_number, aggregate_sha256, partial, key, part=0):
         if agent.identity.site_name == "site-c":
@@ -293,7 +294,7 @@ def test_a_wrong_partial_is_named_and_the_others_decrypt(dealt, monkeypatch):
             time.sleep(0.5 if agent.identity.site_name == "site-a" else 1.0)
         honest(agent, run, round_number, aggregate_sha256, partial, key, part=part)
 
-    monkeypatch.setattr(site_threshold, "publish", lying)
+    monkeypatch.setattr(partials_mod, "publish", lying)
     results = decrypt_at(dealt, [0, 1, 2], encrypt(keys_[0], values), keys_)
 
     assert results[0] == values and results[1] == values
@@ -349,7 +350,7 @@ def test_a_share_holder_cannot_publish_in_anothers_name(dealt):
     c = dealt.sites[2]
     label = "ab" * 32 + "/all"
     context = f"cohort/threshold/{RUN}/2/{label}".encode()
-    partial = site_threshold.compute_partial(keys_[2], cts, context, 1)
+    partial = partials_mod.compute_partial(keys_[2], cts, context, 1)
     data = tp.partial_decryption_to_bytes(partial, keys_[2].verification_keys)
     relay.partials[(2, "site-b", 1)] = custody.seal_partial(
         keys_[2].group_key,
@@ -445,15 +446,15 @@ def test_the_coordinator_refuses_a_statement_another_site_signed(dealt):
 @pytest.mark.parametrize("threshold, parties", [(2, 2), (2, 3), (3, 5), (4, 7), (5, 5)])
 @pytest.mark.parametrize("count", [1, 2, 66, 301])
 def test_spread_work_gives_every_value_exactly_t_parties(threshold, parties, count):
-    slices = site_threshold.block_slices(count, parties)
+    slices = partials_mod.block_slices(count, parties)
     holders = {b: [] for b in slices}  # type: ignore[var-annotated]
     for index in range(1, parties + 1):
-        for block in site_threshold.blocks_of(index, parties, threshold):
+        for block in partials_mod.blocks_of(index, parties, threshold):
             holders[block].append(index)
 
     assert sorted(k for span in slices.values() for k in span) == list(range(count))
     assert all(len(set(h)) == threshold for h in holders.values())
     assert all(
-        len(site_threshold.blocks_of(i, parties, threshold)) == threshold
+        len(partials_mod.blocks_of(i, parties, threshold)) == threshold
         for i in range(1, parties + 1)
     )

@@ -15,7 +15,7 @@ from test_federation_errors import expect_status
 from typer.testing import CliRunner
 
 from cli.main import app
-from client import threshold as site_threshold
+from client import threshold_partials as partials_mod
 from coordinator.report import report_facts
 from coordinator.schema import AuditEvent, SealedKey, ThresholdKey, ThresholdPartial
 from crypto import threshold as tp
@@ -195,7 +195,7 @@ def test_three_of_five_names_a_wrong_partial_and_completes(
 ):
     sites = agents.start(coordinator.address, breast_cancer_sites(5), tmp_path)
     liar = sites[4].config.site_name
-    honest = site_threshold.publish
+    honest = partials_mod.publish
 
     def lying(agent, run, round_number, aggregate_sha256, partial, key, part=0):
         # site-4 publishes a wrong first value under an honest proof; it keeps the truth.
@@ -207,7 +207,7 @@ def test_three_of_five_names_a_wrong_partial_and_completes(
             time.sleep(2.0)  # the liar publishes first, so the honest sites judge its partial
         honest(agent, run, round_number, aggregate_sha256, partial, key, part=part)
 
-    monkeypatch.setattr(site_threshold, "publish", lying)
+    monkeypatch.setattr(partials_mod, "publish", lying)
     admin = coordinator.admin()
     run = start_run(coordinator, threshold=3, sites=5, rounds=2)
 
