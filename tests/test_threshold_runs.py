@@ -108,9 +108,15 @@ def test_cli_threshold_start_and_refusal(coordinator):
 # -- end to end ----------------------------------------------------------------------------
 
 
-def _scan_for_secrets(coordinator, run_id: str) -> None:
+def _scan_for_secrets(coordinator, run_id: str, sites) -> None:
     """Neither a share nor a partial may sit at the coordinator in the clear."""
     hub = coordinator.hub
+    files = [*coordinator.data_dir.parent.glob("coordinator.db*"), *hub.blobs.root.rglob("*")]
+    stored = b"".join(p.read_bytes() for p in files if p.is_file())
+    for site in sites:
+        share = site._threshold_keys[run_id].share.share
+        for encoding in (share.to_bytes((share.bit_length() + 7) // 8, "big"), str(share).encode()):
+            assert encoding not in stored, f"{site.config.site_name}'s share is stored in the clear"
     with hub.db.transaction() as session:
         rows = list(session.scalars(select(SealedKey).where(SealedKey.run_id == run_id)))
         partials = list(
@@ -168,7 +174,7 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     finals = export_all(sites[:2], run.run_id)
     for a, b in zip(finals[0], finals[1], strict=True):
         np.testing.assert_array_equal(a, b)
-    _scan_for_secrets(coordinator, run.run_id)
+    _scan_for_secrets(coordinator, run.run_id, sites)
     with coordinator.hub.db.transaction() as session:
         final = session.scalars(
             select(ThresholdPartial.site_name).where(
