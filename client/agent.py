@@ -537,7 +537,13 @@ class SiteAgent:
         if fingerprint != task.encoding.key_fingerprint:
             raise AgentError("the run's public key does not match its announced fingerprint")
         # The key is opened only as a trusted, pinned custodian dealt it to this identity.
-        keys.check_statement(task, fingerprint, self.identity, self.peers, self.config.policy)
+        dealing = keys.check_statement(
+            task, fingerprint, self.identity, self.peers, self.config.policy
+        )
+        if dealing.threshold:  # a coordinator that drops the task's threshold
+            raise TaskRefused(
+                "verify", f"run {task.run_id}'s key was dealt {dealing.threshold}-of-n shares"
+            )
         try:
             private_bytes = crypto.open_sealed(
                 self.identity.x25519_private,

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from client import threshold_partials as partials_mod
+from client.policy import TaskRefused
 from coordinator.report import report_facts
 from coordinator.schema import AuditEvent, SealedKey, ThresholdKey, ThresholdPartial
 from crypto import threshold as tp
@@ -193,6 +194,12 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     assert reported["erasure"] == custody.erasure
     html = render_html(facts)
     assert "2 of 3 share holders must join to decrypt" in html
+    # A coordinator that drops the threshold from a task gets no single-key decryption.
+    task = sites[0].final_model_task(run.run_id)
+    task.threshold = 0
+    sites[0]._run_keys.pop(run.run_id)
+    with pytest.raises(TaskRefused, match="dealt 2-of-n shares"):
+        sites[0].run_keys(task)
 
 
 @pytest.mark.slow
