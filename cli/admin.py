@@ -80,6 +80,13 @@ def start(
             "from the decrypted mean"
         ),
     ] = False,
+    threshold: Annotated[
+        int,
+        typer.Option(
+            help="Secure runs: t of the run's sites must join to decrypt; no site holds the "
+            "whole key (0: single custodian, every site holds the key)"
+        ),
+    ] = 0,
     coordinator: CoordinatorOption = "127.0.0.1:50051",
     ca: CaOption = None,
     token_file: TokenFileOption = None,
@@ -92,6 +99,8 @@ def start(
         fail(f"--secure must be paillier or none, not {secure!r}")
     if rounds < 1:
         fail(f"--rounds must be at least 1, not {rounds}")
+    if threshold < 0:
+        fail(f"--threshold must be 0 (single custodian) or at least 2, not {threshold}")
     extra = parse_json_option(config, "--config")
     card = {k: v for k, v in (("intended_use", intended_use), ("limitations", limitations)) if v}
     if card:
@@ -117,6 +126,7 @@ def start(
             config_json=json.dumps(extra),
             name=name,
             allow_two_site_secure=allow_two_site_secure,
+            threshold=threshold,
         ),
         timeout=30,
     )
@@ -174,6 +184,7 @@ def print_run(run: admin_pb2.RunInfo) -> None:
             f"[cyan]{run.key_fingerprint or '(not yet generated)'}[/] "
             f"— compare with each site out of band"
         )
+        print_custody(run)
     if run.failure_reason:
         console.print(f"[red]reason:[/] {run.failure_reason}")
     if run.waiting_for:
@@ -200,6 +211,27 @@ def print_run(run: admin_pb2.RunInfo) -> None:
     console.print(table)
     print_sites(run)
     print_refusals(run)
+
+
+def print_custody(run: admin_pb2.RunInfo) -> None:
+    """Threshold runs: t of N, the share holders and the custodian's erasure statement."""
+    custody = run.threshold_custody
+    if not custody.threshold:
+        threshold = json.loads(run.config_json or "{}").get("threshold")
+        custody_line = f"{threshold} of the run's sites (not yet dealt)" if threshold else ""
+        if custody_line:
+            console.print(f"custody: threshold, {custody_line}", highlight=False)
+        return
+    console.print(
+        f"custody: threshold, {custody.threshold} of {custody.parties} share holders must "
+        f"join to decrypt; dealt by {escape(custody.custodian)} "
+        f"(statement sha256 {custody.statement_sha256[:16]}…)",
+        highlight=False,
+    )
+    for holder in custody.holders:
+        index, site, fingerprint = holder.split(":", 2)
+        console.print(f"  share {index}: {escape(site)} ({fingerprint})", highlight=False)
+    console.print(f"  erasure (signed): {escape(custody.erasure)}", highlight=False)
 
 
 def _examples(info: admin_pb2.RoundInfo, secure: bool) -> str:

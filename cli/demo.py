@@ -262,6 +262,7 @@ def _create_run_request(settings: DemoSettings, scenario: Scenario) -> admin_pb2
         ),
         custodian=sites[0] if settings.secure else "",
         config_json=json.dumps(config),
+        threshold=settings.threshold if settings.secure else 0,
     )
 
 

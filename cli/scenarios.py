@@ -58,6 +58,8 @@ class DemoSettings:
     encrypt_workers: int | None = None
     audit_wait_seconds: float = 120.0
     scenario: str = "tabular"
+    # Secure runs: t-of-n threshold decryption (0: the first site is the key's custodian).
+    threshold: int = 0
 
 
 class Scenario(ABC):

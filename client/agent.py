@@ -152,6 +152,7 @@ class SiteAgent:
         self.heartbeat_interval = 5.0
         self._secure_state: dict[str, SecureModelState] = {}
         self._run_keys: dict[str, tuple[Any, Any]] = {}
+        self._threshold_keys: dict[str, Any] = {}  # run → client.threshold.ThresholdKey
         self._models: dict[str, list[np.ndarray]] = {}
         self._pools: dict[str, crypto.RandomnessPool] = {}
         self.rng = np.random.default_rng()
@@ -437,6 +438,9 @@ class SiteAgent:
         recipients, refused = keys.trusted_recipients(task.participants, self.identity, self.peers)
         for reason in refused:
             log.warning("run %s: not sealing the key to %s", task.run_id, reason)
+        if task.threshold:
+            self._deal_threshold(task, recipients, refused)
+            return
         keys.check_enough(task.run_id, recipients, self.config.policy, refused)
         bits = int(task.encoding.key_bits) or 2048
         if bits < self.config.policy.min_key_bits:
@@ -480,6 +484,26 @@ class SiteAgent:
         )
         log.info("run %s key fingerprint %s (compare out of band)", task.run_id, fingerprint)
 
+    def _deal_threshold(
+        self, task: federation_pb2.Task, recipients: list[keys.Recipient], refused: list[str]
+    ) -> None:
+        """Custodian of a t-of-n run: deal the shares and erase the key (client/threshold.py)."""
+        from client import threshold
+
+        started = time.perf_counter()
+        bundle = threshold.deal(self, task, recipients, refused)
+        self.stub.SubmitKeys(bundle, metadata=self._metadata(), timeout=60)
+        self.listener(
+            "keygen",
+            {
+                "run_id": task.run_id,
+                "fingerprint": bundle.key_fingerprint,
+                "seconds": time.perf_counter() - started,
+                "sealed_for": len(bundle.sealed),
+                "threshold": task.threshold,
+            },
+        )
+
     @staticmethod
     def _key_context(run_id: str, fingerprint: str) -> bytes:
         # Binds a sealed key to its run and public key: a blob replayed for another run fails.
@@ -488,6 +512,17 @@ class SiteAgent:
     def run_keys(self, task: federation_pb2.Task) -> tuple[Any, Any]:
         """Open (once) the run's private key sealed to this site, and check it is the run's."""
         if task.run_id in self._run_keys:
+            return self._run_keys[task.run_id]
+        if task.threshold:
+            # t-of-n: this site holds a share, never the private key (client/threshold.py).
+            from client import threshold
+
+            key = threshold.open_key(self, task)
+            self._threshold_keys[task.run_id] = key
+            self._run_keys[task.run_id] = (key.public_key, None)
+            self.listener(
+                "key", {"run_id": task.run_id, "fingerprint": task.encoding.key_fingerprint}
+            )
             return self._run_keys[task.run_id]
         if not task.sealed_private_key:
             raise AgentError(f"no sealed key for this site in run {task.run_id}")
@@ -502,7 +537,13 @@ class SiteAgent:
         if fingerprint != task.encoding.key_fingerprint:
             raise AgentError("the run's public key does not match its announced fingerprint")
         # The key is opened only as a trusted, pinned custodian dealt it to this identity.
-        keys.check_statement(task, fingerprint, self.identity, self.peers, self.config.policy)
+        dealing = keys.check_statement(
+            task, fingerprint, self.identity, self.peers, self.config.policy
+        )
+        if dealing.threshold:  # a coordinator that drops the task's threshold
+            raise TaskRefused(
+                "verify", f"run {task.run_id}'s key was dealt {dealing.threshold}-of-n shares"
+            )
         try:
             private_bytes = crypto.open_sealed(
                 self.identity.x25519_private,
@@ -556,15 +597,25 @@ class SiteAgent:
             if aggregate.round <= state.applied_round:
                 continue
             payload = checked_aggregate(self, task, aggregate, public_key)
+            sums = self._threshold_sums(task, aggregate, payload) if private_key is None else None
             try:
                 codec.check_total_weight(int(aggregate.total_weight))
-                mean = decrypt_aggregate(
-                    payload,
-                    codec,
-                    private_key,
-                    int(aggregate.total_weight),
-                    int(aggregate.count),
-                    clip=state.clip_for(codec),
+                mean = (
+                    decrypt_aggregate(
+                        payload,
+                        codec,
+                        private_key,
+                        int(aggregate.total_weight),
+                        int(aggregate.count),
+                        clip=state.clip_for(codec),
+                    )
+                    if sums is None
+                    else codec.decode(
+                        sums,
+                        int(aggregate.total_weight),
+                        int(aggregate.count),
+                        state.clip_for(codec),
+                    )
                 )
             except (OverflowError, ValueError, ArithmeticError) as exc:
                 # Signed by enough sites, yet it does not decode: one of them sent garbage.
@@ -576,6 +627,19 @@ class SiteAgent:
             state.carry_bounds(mean, codec)  # every site derives the next round's clip bounds alike
             state.applied_round = aggregate.round
         return state.arrays()
+
+    def _threshold_sums(
+        self, task: federation_pb2.Task, aggregate: federation_pb2.AggregateRef, payload: bytes
+    ) -> list[int]:
+        """A t-of-n run's plaintext sums of a checked aggregate, from t verified partials."""
+        from client import threshold_partials
+
+        key = self._threshold_keys[task.run_id]
+        width = crypto.ciphertext_width(key.public_key)
+        ciphertexts = crypto.ciphertexts_from_bytes(payload, width)
+        return threshold_partials.decrypt(
+            self, task, key, int(aggregate.round), aggregate.sha256, ciphertexts
+        )
 
     def _train(self, task: federation_pb2.Task) -> None:
         config = self._config(task)

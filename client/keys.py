@@ -109,8 +109,13 @@ def deal(
     recipients: Sequence[Recipient],
     policy: SitePolicy,
     refused: Sequence[str],
+    *,
+    threshold: int = 0,
 ) -> federation_pb2.KeyStatement:
-    """The custodian's signed statement of what it dealt (see :func:`check_enough`)."""
+    """The custodian's signed statement of what it dealt (see :func:`check_enough`).
+
+    ``threshold``: t for a t-of-n key (recipients then hold shares), 0 for a whole key.
+    """
     check_enough(run_id, recipients, policy, refused)
     dealing = identity.KeyDealing(
         run_id=run_id,
@@ -119,6 +124,7 @@ def deal(
         custodian=me.site_name,
         custodian_fingerprint=me.fingerprint,
         recipients=tuple(identity.Recipient(r.site, r.fingerprint) for r in recipients),
+        threshold=threshold,
     )
     raw = dealing.to_bytes()
     return federation_pb2.KeyStatement(

@@ -82,6 +82,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
         created_by=actor,
         config=config,
         allow_two_site_secure=request.allow_two_site_secure,
+        threshold=request.threshold,
     )
     try:
         spec.validate()
@@ -129,6 +130,8 @@ class AdminService:
         config.update(local_epochs=spec.local_epochs, lr=spec.lr)
         if spec.secure == "paillier":
             config["encoding"] = spec.encoding
+        if spec.threshold:
+            config["threshold"] = spec.threshold
         with self.hub.lock, self.hub.db.transaction() as session:
             self._check_custodian(session, spec.custodian)
             run = Run(
@@ -396,6 +399,11 @@ class AdminService:
         )
         if brief:
             return info
+        from coordinator.threshold import custody_info
+
+        custody = custody_info(session, run)
+        if custody is not None:
+            info.threshold_custody.CopyFrom(custody)
         info.audits_received = int(
             session.scalar(
                 select(func.count()).select_from(SiteAudit).where(SiteAudit.run_id == run.id)

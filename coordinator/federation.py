@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import crypto
-from coordinator import auditlog, identity, intake, manifests, refusals
+from coordinator import auditlog, identity, intake, manifests, refusals, threshold
 from coordinator.access import AccessControl, hash_token, node_credential_problem
 from coordinator.errors import (
     AlreadyExists,
@@ -387,6 +387,7 @@ class FederationService:
             dealing = crypto_identity.KeyDealing.from_bytes(run.key_statement)
             message.key_statement.custodian = dealing.custodian
             message.custodian = dealing.custodian
+        threshold.attach(session, run, message)
 
     def final_model(self, node_id: str, run_id: str) -> federation_pb2.Task:
         """References to a completed run's final model, for a site that took part."""
@@ -806,6 +807,7 @@ class FederationService:
             dealing = identity.check_key_statement(
                 session, run, custodian, bundle.statement, fingerprint, sealed_for
             )
+            custody = threshold.register(session, run, custodian, bundle, dealing, public_key.n)
             for item in bundle.sealed:
                 session.add(
                     SealedKey(
@@ -832,10 +834,47 @@ class FederationService:
                     "custodian_fingerprint": dealing.custodian_fingerprint,
                     "recipients": {r.site: r.fingerprint for r in dealing.recipients},
                     "statement_sha256": wire.sha256_hex(run.key_statement),
-                },
+                }
+                | custody,
             )
         self.hub.notify()
         return federation_pb2.SubmitReply(id=run.key_id, message="key registered")
+
+    # -- threshold runs (coordinator/threshold.py) ------------------------------------------
+
+    def submit_partials(
+        self, node_id: str, request: federation_pb2.PartialSubmission
+    ) -> federation_pb2.SubmitReply:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            reply = threshold.submit(session, node_id, request)
+        self.hub.notify()
+        return reply
+
+    def fetch_partials(
+        self,
+        node_id: str,
+        request: federation_pb2.PartialFetchRequest,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> federation_pb2.PartialFetchReply:
+        """Long poll: the round's sealed partials once ``at_least`` are in, or at the wait's end."""
+        if math.isnan(request.wait_seconds):
+            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+        until = time.monotonic() + min(max(request.wait_seconds, 0.0), 10.0)
+        while True:
+            with self.hub.db.transaction() as session:
+                reply = threshold.fetch(session, node_id, request)
+            if len(reply.partials) >= request.at_least or self.hub.closing.is_set():
+                return reply
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not is_active():
+                return reply
+            self.hub.wait(min(remaining, 0.5))
+
+    def report_partial(
+        self, node_id: str, complaint: federation_pb2.PartialComplaint
+    ) -> federation_pb2.SubmitReply:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            return threshold.complain(session, node_id, complaint)
 
     def submit_audit(
         self, node_id: str, submission: federation_pb2.AuditSubmission

@@ -26,6 +26,7 @@ from coordinator.schema import (
     SiteAudit,
     Update,
 )
+from coordinator.threshold import report_custody
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
                 "coordinator_visibility": VISIBILITY[run.secure],
                 "update_quantisation": encoding if isinstance(encoding, dict) else "float32",
                 "differential_privacy": None,
+                "key_custody": report_custody(session, run),
             },
             metrics=[
                 {

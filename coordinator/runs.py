@@ -33,6 +33,34 @@ DEFAULT_ENCODING: dict[str, float | int] = {
 SECURE_MIN_SITES = 3
 
 
+def check_threshold(threshold: int, secure: str, min_clients: int, sites: object) -> None:
+    """2 <= t <= N, where N (the run's fixed participants) is at least ``min_clients``.
+
+    A secure run fixes its N sites when it starts: every online site with an identity (or
+    those of ``config["sites"]``), at least ``min_clients`` of them. So ``t <= min_clients``
+    (and ``<=`` the named sites) guarantees ``t <= N`` before anyone is online.
+    """
+    if not threshold:
+        return
+    if secure != "paillier":
+        raise ValueError("threshold is for secure runs (--secure paillier) only")
+    if threshold < 2:
+        raise ValueError(
+            f"threshold must be at least 2 (1 would let any one site decrypt), not {threshold}"
+        )
+    if threshold > min_clients:
+        raise ValueError(
+            f"threshold {threshold} exceeds min_clients {min_clients}: a run may start with "
+            f"only {min_clients} sites, and t of N needs t <= N"
+        )
+    if isinstance(sites, list) and threshold > len(sites):
+        raise ValueError(f"threshold {threshold} exceeds the {len(sites)} sites the run names")
+    from crypto.threshold import MAX_PARTIES
+
+    if threshold > MAX_PARTIES:
+        raise ValueError(f"threshold must be at most {MAX_PARTIES}, not {threshold}")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything an operator chooses when starting a run."""
@@ -54,6 +82,8 @@ class RunSpec:
     # Secure runs below 3 sites let each site subtract its own update from the aggregate
     # and read the other's: allowed only when the operator says so explicitly.
     allow_two_site_secure: bool = False
+    # Secure runs: t-of-N threshold decryption (0: every site holds the whole key).
+    threshold: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""
@@ -120,6 +150,9 @@ class RunSpec:
                 )
             if int(enc["max_weight"]) < self.min_clients:
                 raise ValueError("max_weight must allow at least one unit of weight per site")
+        if "threshold" in self.config:
+            raise ValueError("threshold is set by CreateRunRequest.threshold, not in config_json")
+        check_threshold(self.threshold, self.secure, self.min_clients, self.config.get("sites"))
 
     @property
     def quorum(self) -> int:

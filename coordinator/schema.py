@@ -335,3 +335,37 @@ class Operator(Base):
     # 0: never.
     expires_at: Mapped[float] = mapped_column(Float, default=0.0)
     revoked_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ThresholdKey(Base):
+    """A threshold run's public custody: verification keys and the custodian's statement.
+
+    Nothing secret: the shares sit sealed in ``sealed_keys`` (one per holder), and the
+    custodian erased the whole key after dealing.
+    """
+
+    __tablename__ = "threshold_keys"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    threshold: Mapped[int] = mapped_column(Integer)
+    parties: Mapped[int] = mapped_column(Integer)
+    verification_keys: Mapped[bytes] = mapped_column(LargeBinary)
+    statement: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ThresholdPartial(Base):
+    """One site's partial decryption of one round, sealed under the run's group key."""
+
+    __tablename__ = "threshold_partials"
+    __table_args__ = (UniqueConstraint("run_id", "round", "node_id", "part"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    site_name: Mapped[str] = mapped_column(String(128))
+    # 0: the site's blocks of the spread work; 1: the whole vector (client/threshold.py).
+    part: Mapped[int] = mapped_column(Integer, default=0)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float, default=now)

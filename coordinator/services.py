@@ -92,6 +92,24 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     ) -> federation_pb2.Task:
         return self.domain.final_model(self._node(context), request.run_id)
 
+    @maps_domain_errors
+    def SubmitPartials(
+        self, request: federation_pb2.PartialSubmission, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitReply:
+        return self.domain.submit_partials(self._node(context), request)
+
+    @maps_domain_errors
+    def FetchPartials(
+        self, request: federation_pb2.PartialFetchRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.PartialFetchReply:
+        return self.domain.fetch_partials(self._node(context), request, context.is_active)
+
+    @maps_domain_errors
+    def ReportPartial(
+        self, request: federation_pb2.PartialComplaint, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitReply:
+        return self.domain.report_partial(self._node(context), request)
+
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     """Every call first passes the role check (coordinator.access) with its RPC name."""

@@ -50,6 +50,8 @@ class PrivacyFacts(TypedDict):
     coordinator_visibility: str
     update_quantisation: dict[str, Any] | str | None
     differential_privacy: dict[str, Any] | str | None
+    # Threshold runs: t of N, the share holders and the custodian's signed erasure.
+    key_custody: NotRequired[dict[str, Any] | None]
 
 
 class RoundMetrics(TypedDict):

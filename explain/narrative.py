@@ -159,6 +159,7 @@ def privacy_pairs(facts: Mapping[str, Any]) -> Pairs:
         ("Secure aggregation", p["secure_aggregation"]),
         ("Key size (bits)", fmt(p["key_bits"])),
         ("Key custodian", fmt(p["key_custodian"])),
+        *custody_pairs(p.get("key_custody")),
         ("Public-key fingerprints", fmt(p["key_fingerprints"])),
         ("What the coordinator could see", p["coordinator_visibility"]),
         ("Update quantisation", fmt(p["update_quantisation"])),
@@ -201,6 +202,22 @@ def metrics_tables(facts: Mapping[str, Any]) -> list[Table]:
         rows = [[str(m["round"]), *(cell(m) for _, cell in chunk)] for m in facts["metrics"]]
         tables.append((header, rows))
     return tables
+
+
+def custody_pairs(custody: Mapping[str, Any] | None) -> Pairs:
+    """Threshold runs: who must join to decrypt, and what the dealer says it erased."""
+    if not custody:
+        return []
+    holders = ", ".join(f"{h['site']} ({h['fingerprint']})" for h in custody["holders"])
+    return [
+        (
+            "Key custody",
+            f"threshold: {custody['threshold']} of {custody['parties']} share holders must "
+            f"join to decrypt; no site holds the key. Dealt by {custody['custodian']}",
+        ),
+        ("Share holders", holders),
+        ("Dealer's signed erasure statement", custody["erasure"]),
+    ]
 
 
 def metrics_table(facts: Mapping[str, Any]) -> Table:

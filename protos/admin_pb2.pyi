@@ -75,7 +75,7 @@ class ExportReportRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("model", "rounds", "min_clients", "max_clients", "fraction", "round_deadline_seconds", "local_epochs", "lr", "secure", "custodian", "strategy", "config_json", "name", "allow_two_site_secure")
+    __slots__ = ("model", "rounds", "min_clients", "max_clients", "fraction", "round_deadline_seconds", "local_epochs", "lr", "secure", "custodian", "strategy", "config_json", "name", "allow_two_site_secure", "threshold")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class CreateRunRequest(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALLOW_TWO_SITE_SECURE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     model: str
     rounds: int
     min_clients: int
@@ -104,7 +105,8 @@ class CreateRunRequest(_message.Message):
     config_json: str
     name: str
     allow_two_site_secure: bool
-    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., min_clients: _Optional[int] = ..., max_clients: _Optional[int] = ..., fraction: _Optional[float] = ..., round_deadline_seconds: _Optional[float] = ..., local_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., custodian: _Optional[str] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., name: _Optional[str] = ..., allow_two_site_secure: _Optional[bool] = ...) -> None: ...
+    threshold: int
+    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., min_clients: _Optional[int] = ..., max_clients: _Optional[int] = ..., fraction: _Optional[float] = ..., round_deadline_seconds: _Optional[float] = ..., local_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., custodian: _Optional[str] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., name: _Optional[str] = ..., allow_two_site_secure: _Optional[bool] = ..., threshold: _Optional[int] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ()
@@ -156,7 +158,7 @@ class RoundInfo(_message.Message):
     def __init__(self, number: _Optional[int] = ..., state: _Optional[str] = ..., selected: _Optional[int] = ..., submitted: _Optional[int] = ..., total_weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., opened_unix: _Optional[float] = ..., closed_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "name", "state", "model", "rounds", "current_round", "min_clients", "secure", "strategy", "config_json", "created_unix", "started_unix", "ended_unix", "failure_reason", "key_fingerprint", "custodian", "round_infos", "final_model_sha256", "audits_received", "waiting_for", "refusals", "site_results")
+    __slots__ = ("run_id", "name", "state", "model", "rounds", "current_round", "min_clients", "secure", "strategy", "config_json", "created_unix", "started_unix", "ended_unix", "failure_reason", "key_fingerprint", "custodian", "round_infos", "final_model_sha256", "audits_received", "waiting_for", "refusals", "site_results", "threshold_custody")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +181,7 @@ class RunInfo(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_FIELD_NUMBER: _ClassVar[int]
     SITE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_CUSTODY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     state: _common_pb2.RunState
@@ -201,7 +204,26 @@ class RunInfo(_message.Message):
     waiting_for: str
     refusals: _containers.RepeatedCompositeFieldContainer[SiteRefusal]
     site_results: _containers.RepeatedCompositeFieldContainer[SiteResult]
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., min_clients: _Optional[int] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., failure_reason: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., round_infos: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., final_model_sha256: _Optional[str] = ..., audits_received: _Optional[int] = ..., waiting_for: _Optional[str] = ..., refusals: _Optional[_Iterable[_Union[SiteRefusal, _Mapping]]] = ..., site_results: _Optional[_Iterable[_Union[SiteResult, _Mapping]]] = ...) -> None: ...
+    threshold_custody: ThresholdCustody
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., min_clients: _Optional[int] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., failure_reason: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., round_infos: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., final_model_sha256: _Optional[str] = ..., audits_received: _Optional[int] = ..., waiting_for: _Optional[str] = ..., refusals: _Optional[_Iterable[_Union[SiteRefusal, _Mapping]]] = ..., site_results: _Optional[_Iterable[_Union[SiteResult, _Mapping]]] = ..., threshold_custody: _Optional[_Union[ThresholdCustody, _Mapping]] = ...) -> None: ...
+
+class ThresholdCustody(_message.Message):
+    __slots__ = ("threshold", "parties", "holders", "key_fingerprint", "custodian", "erasure", "statement_sha256")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    threshold: int
+    parties: int
+    holders: _containers.RepeatedScalarFieldContainer[str]
+    key_fingerprint: str
+    custodian: str
+    erasure: str
+    statement_sha256: str
+    def __init__(self, threshold: _Optional[int] = ..., parties: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., erasure: _Optional[str] = ..., statement_sha256: _Optional[str] = ...) -> None: ...
 
 class SiteResult(_message.Message):
     __slots__ = ("site_name", "audit", "holdout_metrics")

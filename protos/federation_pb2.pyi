@@ -141,7 +141,7 @@ class KeyStatement(_message.Message):
     def __init__(self, statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., custodian: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "run_id", "round", "model_sha256", "aggregates", "config_json", "secure", "encoding", "sealed_private_key", "deadline_unix", "participants", "key_statement", "log_head", "custodian")
+    __slots__ = ("kind", "task_id", "run_id", "round", "model_sha256", "aggregates", "config_json", "secure", "encoding", "sealed_private_key", "deadline_unix", "participants", "key_statement", "log_head", "custodian", "threshold", "threshold_dealing")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,8 @@ class Task(_message.Message):
     KEY_STATEMENT_FIELD_NUMBER: _ClassVar[int]
     LOG_HEAD_FIELD_NUMBER: _ClassVar[int]
     CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_DEALING_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     task_id: str
     run_id: str
@@ -172,7 +174,75 @@ class Task(_message.Message):
     key_statement: KeyStatement
     log_head: _common_pb2.LogHead
     custodian: str
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[str] = ..., aggregates: _Optional[_Iterable[_Union[AggregateRef, _Mapping]]] = ..., config_json: _Optional[str] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., encoding: _Optional[_Union[_common_pb2.EncodingParams, _Mapping]] = ..., sealed_private_key: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., key_statement: _Optional[_Union[KeyStatement, _Mapping]] = ..., log_head: _Optional[_Union[_common_pb2.LogHead, _Mapping]] = ..., custodian: _Optional[str] = ...) -> None: ...
+    threshold: int
+    threshold_dealing: ThresholdDealing
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[str] = ..., aggregates: _Optional[_Iterable[_Union[AggregateRef, _Mapping]]] = ..., config_json: _Optional[str] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., encoding: _Optional[_Union[_common_pb2.EncodingParams, _Mapping]] = ..., sealed_private_key: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., key_statement: _Optional[_Union[KeyStatement, _Mapping]] = ..., log_head: _Optional[_Union[_common_pb2.LogHead, _Mapping]] = ..., custodian: _Optional[str] = ..., threshold: _Optional[int] = ..., threshold_dealing: _Optional[_Union[ThresholdDealing, _Mapping]] = ...) -> None: ...
+
+class ThresholdDealing(_message.Message):
+    __slots__ = ("verification_keys", "statement", "signature")
+    VERIFICATION_KEYS_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    verification_keys: bytes
+    statement: bytes
+    signature: bytes
+    def __init__(self, verification_keys: _Optional[bytes] = ..., statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class PartialSubmission(_message.Message):
+    __slots__ = ("run_id", "round", "sealed", "part")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    sealed: bytes
+    part: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., sealed: _Optional[bytes] = ..., part: _Optional[int] = ...) -> None: ...
+
+class PartialFetchRequest(_message.Message):
+    __slots__ = ("run_id", "round", "wait_seconds", "at_least")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    wait_seconds: float
+    at_least: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., at_least: _Optional[int] = ...) -> None: ...
+
+class PartialEnvelope(_message.Message):
+    __slots__ = ("site_name", "node_id", "sealed", "part")
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    site_name: str
+    node_id: str
+    sealed: bytes
+    part: int
+    def __init__(self, site_name: _Optional[str] = ..., node_id: _Optional[str] = ..., sealed: _Optional[bytes] = ..., part: _Optional[int] = ...) -> None: ...
+
+class PartialFetchReply(_message.Message):
+    __slots__ = ("partials", "threshold")
+    PARTIALS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    partials: _containers.RepeatedCompositeFieldContainer[PartialEnvelope]
+    threshold: int
+    def __init__(self, partials: _Optional[_Iterable[_Union[PartialEnvelope, _Mapping]]] = ..., threshold: _Optional[int] = ...) -> None: ...
+
+class PartialComplaint(_message.Message):
+    __slots__ = ("run_id", "round", "accused_site", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ACCUSED_SITE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    accused_site: str
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., accused_site: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TaskRefusal(_message.Message):
     __slots__ = ("task_id", "run_id", "code", "reason")
@@ -256,7 +326,7 @@ class SealedKey(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., sealed_private_key: _Optional[bytes] = ...) -> None: ...
 
 class KeyBundle(_message.Message):
-    __slots__ = ("task_id", "run_id", "public_key", "key_fingerprint", "key_bits", "sealed", "statement")
+    __slots__ = ("task_id", "run_id", "public_key", "key_fingerprint", "key_bits", "sealed", "statement", "threshold_dealing")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +334,7 @@ class KeyBundle(_message.Message):
     KEY_BITS_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
     STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_DEALING_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     public_key: bytes
@@ -271,7 +342,8 @@ class KeyBundle(_message.Message):
     key_bits: int
     sealed: _containers.RepeatedCompositeFieldContainer[SealedKey]
     statement: KeyStatement
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ..., key_bits: _Optional[int] = ..., sealed: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ..., statement: _Optional[_Union[KeyStatement, _Mapping]] = ...) -> None: ...
+    threshold_dealing: ThresholdDealing
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ..., key_bits: _Optional[int] = ..., sealed: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ..., statement: _Optional[_Union[KeyStatement, _Mapping]] = ..., threshold_dealing: _Optional[_Union[ThresholdDealing, _Mapping]] = ...) -> None: ...
 
 class AuditSubmission(_message.Message):
     __slots__ = ("task_id", "run_id", "summary_json")

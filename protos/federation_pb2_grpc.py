@@ -80,6 +80,21 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.FinalModelRequest.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.Task.FromString,
                 _registered_method=True)
+        self.SubmitPartials = channel.unary_unary(
+                '/cohort.v1.Federation/SubmitPartials',
+                request_serializer=protos_dot_federation__pb2.PartialSubmission.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
+                _registered_method=True)
+        self.FetchPartials = channel.unary_unary(
+                '/cohort.v1.Federation/FetchPartials',
+                request_serializer=protos_dot_federation__pb2.PartialFetchRequest.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.PartialFetchReply.FromString,
+                _registered_method=True)
+        self.ReportPartial = channel.unary_unary(
+                '/cohort.v1.Federation/ReportPartial',
+                request_serializer=protos_dot_federation__pb2.PartialComplaint.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -150,6 +165,28 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitPartials(self, request, context):
+        """Threshold runs: a site's partial decryption of one round's aggregate, encrypted under
+        the run's group key (the coordinator relays it and cannot read it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchPartials(self, request, context):
+        """Threshold runs: the sealed partials published so far for one round's aggregate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportPartial(self, request, context):
+        """Threshold runs: a site names another whose partial failed its check.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +234,21 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetFinalModel,
                     request_deserializer=protos_dot_federation__pb2.FinalModelRequest.FromString,
                     response_serializer=protos_dot_federation__pb2.Task.SerializeToString,
+            ),
+            'SubmitPartials': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitPartials,
+                    request_deserializer=protos_dot_federation__pb2.PartialSubmission.FromString,
+                    response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'FetchPartials': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchPartials,
+                    request_deserializer=protos_dot_federation__pb2.PartialFetchRequest.FromString,
+                    response_serializer=protos_dot_federation__pb2.PartialFetchReply.SerializeToString,
+            ),
+            'ReportPartial': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPartial,
+                    request_deserializer=protos_dot_federation__pb2.PartialComplaint.FromString,
+                    response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +494,87 @@ class Federation:
             '/cohort.v1.Federation/GetFinalModel',
             protos_dot_federation__pb2.FinalModelRequest.SerializeToString,
             protos_dot_federation__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitPartials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/SubmitPartials',
+            protos_dot_federation__pb2.PartialSubmission.SerializeToString,
+            protos_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPartials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/FetchPartials',
+            protos_dot_federation__pb2.PartialFetchRequest.SerializeToString,
+            protos_dot_federation__pb2.PartialFetchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPartial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/ReportPartial',
+            protos_dot_federation__pb2.PartialComplaint.SerializeToString,
+            protos_dot_federation__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
             insecure,

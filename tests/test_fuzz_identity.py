@@ -113,6 +113,21 @@ def site_calls(plain: OpenRound, metadata) -> dict[str, Callable[[], object]]:
             metadata=metadata,
             timeout=TIMEOUT,
         ),
+        "SubmitPartials": lambda: stub.SubmitPartials(
+            federation_pb2.PartialSubmission(run_id=task.run_id, round=1, sealed=b"x"),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
+        "FetchPartials": lambda: stub.FetchPartials(
+            federation_pb2.PartialFetchRequest(run_id=task.run_id, round=1),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
+        "ReportPartial": lambda: stub.ReportPartial(
+            federation_pb2.PartialComplaint(run_id=task.run_id, round=1, accused_site="x"),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
     }
 
 
