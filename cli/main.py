@@ -302,6 +302,8 @@ def client_run(
     min_aggregate_sites: policy_cli.MinAggregateSites = 3,
     trust_custodian: policy_cli.TrustCustodian = None,
     tofu: policy_cli.Tofu = False,
+    privacy_budget: policy_cli.PrivacyBudget = None,
+    privacy_delta: policy_cli.PrivacyDelta = 1e-5,
     peers_file: Annotated[
         Path | None,
         typer.Option(
@@ -315,7 +317,13 @@ def client_run(
         fail("TLS is on by default: pass --ca FILE (the federation's ca.pem) or --insecure")
     # The site's own rules: nothing the coordinator sends can widen them.
     policy = policy_cli.build_policy(
-        allow_model, require_secure, min_aggregate_sites, trust_custodian, tofu
+        allow_model,
+        require_secure,
+        min_aggregate_sites,
+        trust_custodian,
+        tofu,
+        privacy_budget,
+        privacy_delta,
     )
     if enrolment_token_file is not None:
         enrolment_token = enrolment_token_file.read_text().strip()

@@ -72,6 +72,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     def GetFinalModel(self, request, context):
         return self.domain.final_model(self._node(context), request.run_id)
 
+    @maps_domain_errors
+    def LedgerSubmit(self, request, context):
+        return self.domain.ledger_entry(self._node(context), request)
+
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     """Every call first passes the role check (coordinator.access) with its RPC name."""
