@@ -15,6 +15,7 @@ from rich.table import Table
 
 from cli import admin as admin_cli
 from cli import audit as audit_cli
+from cli import ledger as ledger_cli
 from cli import model as model_cli
 from cli import policy as policy_cli
 from cli import site as site_cli
@@ -34,6 +35,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(model_cli.app, name="model")
 site_cli.register(client_app)  # client identity, client peers
 policy_cli.register(client_app)  # client policy
+ledger_cli.register(client_app)  # client ledger
 
 
 @app.callback()

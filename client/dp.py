@@ -211,7 +211,9 @@ def train_private(
             expected_batch_size=expected,
             generator=torch.Generator(device=device).manual_seed(seed + 1),
         )
-        optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=schedule.sample_rate))
+        optimizer.attach_step_hook(
+            accountant.get_optimizer_hook_fn(sample_rate=schedule.sample_rate)
+        )
         private.train()
         for module in frozen:
             module.eval()

@@ -70,9 +70,7 @@ class PrivacyGuard:
                 )
             return None
         if plan.mode != "record":
-            raise TaskRefused(
-                "policy", f"privacy mode {plan.mode!r} is not available at this site"
-            )
+            raise TaskRefused("policy", f"privacy mode {plan.mode!r} is not available at this site")
         if not hasattr(client, "fit_private"):
             raise TaskRefused("model", "this site's client cannot train with record-level DP")
         dataset = _dataset(client)
@@ -85,9 +83,7 @@ class PrivacyGuard:
         delta = self.policy.privacy_delta
         before = self.ledger.spent(dataset, delta)
         remaining = max(1, schedule.rounds - len(mine))
-        projected = compose(
-            self.ledger.events(dataset) + [schedule.event(remaining)], delta
-        )
+        projected = compose(self.ledger.events(dataset) + [schedule.event(remaining)], delta)
         if budget is not None and projected > budget:
             raise TaskRefused(
                 "budget",
@@ -139,7 +135,9 @@ class PrivacyGuard:
         if mine:
             first = mine[0].statement
             if first.get("plan") != json_plan(plan):
-                raise TaskRefused("pin", "the run's privacy plan changed since this site's first round")
+                raise TaskRefused(
+                    "pin", "the run's privacy plan changed since this site's first round"
+                )
             event = first["event"]
             return RecordSchedule(
                 float(event["sample_rate"]),
@@ -152,7 +150,9 @@ class PrivacyGuard:
             epochs = int(config.get("local_epochs", 1))
             batch = int(config.get("batch_size", 32))
         except (TypeError, ValueError) as exc:
-            raise TaskRefused("error", f"the run's rounds/epochs/batch size do not read: {exc}") from exc
+            raise TaskRefused(
+                "error", f"the run's rounds/epochs/batch size do not read: {exc}"
+            ) from exc
         return schedule_for(plan, int(client.num_train), batch, epochs, rounds)
 
     def _accountant(self, run_id: str, plan: PrivacyPlan, mine: list[Entry]) -> Any:

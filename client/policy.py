@@ -177,8 +177,6 @@ def describe(policy: SitePolicy) -> dict[str, object]:
         "trusted_custodians": list(policy.trusted_custodians) or "any pinned peer",
         "tofu": policy.tofu,
         "min_key_bits": policy.min_key_bits,
-        "privacy_budget": (
-            "none" if policy.privacy_budget is None else policy.privacy_budget
-        ),
+        "privacy_budget": ("none" if policy.privacy_budget is None else policy.privacy_budget),
         "privacy_delta": policy.privacy_delta,
     }

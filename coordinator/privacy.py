@@ -39,7 +39,9 @@ def plan_from_proto(plan: common_pb2.PrivacyPlan, secure: str) -> dict[str, Any]
     """
     if not plan.mode:
         if plan.epsilon or plan.delta or plan.noise_multiplier or plan.max_grad_norm:
-            raise InvalidArgument("privacy.mode must be 'record' or 'site' when DP settings are given")
+            raise InvalidArgument(
+                "privacy.mode must be 'record' or 'site' when DP settings are given"
+            )
         return None
     if plan.mode not in MODES:
         raise InvalidArgument(f"privacy.mode must be one of {', '.join(MODES)}, not {plan.mode!r}")
@@ -135,12 +137,17 @@ def record_entry(
     run = session.get(Run, entry.run_id)
     if run is None:
         raise NotFound(f"no run {entry.run_id!r}")
-    if session.query(Task.id).filter(Task.run_id == run.id, Task.node_id == node_id).first() is None:
+    if (
+        session.query(Task.id).filter(Task.run_id == run.id, Task.node_id == node_id).first()
+        is None
+    ):
         raise PermissionDenied("this site has no task in that run")
     node = session.get(Node, node_id)
     assert node is not None
     try:
-        identity.verify(bytes(node.ed25519_public_key), bytes(entry.statement), bytes(entry.signature))
+        identity.verify(
+            bytes(node.ed25519_public_key), bytes(entry.statement), bytes(entry.signature)
+        )
     except ValueError as exc:
         raise PermissionDenied(f"the ledger entry's signature does not verify: {exc}") from exc
     row = auditlog.append(
@@ -151,3 +158,56 @@ def record_entry(
         details={"site": site, "statement": statement, "signature": bytes(entry.signature).hex()},
     )
     return federation_pb2.SubmitReply(id=str(row.seq), message="ledger entry recorded")
+
+
+def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """The run's ledger entries as stored, each re-verified against its site's identity key.
+
+    ``verified`` is False (with ``problem``) for an entry whose statement or signature was
+    changed after the site sent it, or whose site's key is not the one on record: the
+    report shows such an entry as unverified rather than trusting the coordinator's copy.
+    """
+    from sqlalchemy import select
+
+    from coordinator.schema import AuditEvent, Institution
+
+    keys: dict[str, tuple[str, bytes]] = {}
+    for node, name in session.execute(
+        select(Node, Institution.name).join(Institution, Node.institution_id == Institution.id)
+    ):
+        keys[node.id] = (name, bytes(node.ed25519_public_key or b""))
+    rows = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.run_id == run_id, AuditEvent.kind == "privacy.spent")
+        .order_by(AuditEvent.seq)
+    )
+    entries = []
+    for row in rows:
+        details = json.loads(row.details)
+        statement = details.get("statement") or {}
+        site = str(details.get("site", ""))
+        problem = ""
+        try:
+            signature = bytes.fromhex(str(details.get("signature", "")))
+            if statement.get("site") != site:
+                raise ValueError("the statement names another site")
+            name, key = keys.get(row.actor, ("", b""))
+            if name != site or not key:
+                raise ValueError(f"no identity key on record for site {site!r}")
+            identity.verify(key, canonical(statement), signature)
+        except ValueError as exc:
+            problem = str(exc)
+        entries.append(
+            {
+                "site": site,
+                "statement": statement,
+                "verified": not problem,
+                "problem": problem,
+                "key_fingerprint": (
+                    identity.fingerprint(keys[row.actor][1])
+                    if keys.get(row.actor, ("", b""))[1]
+                    else ""
+                ),
+            }
+        )
+    return entries
