@@ -84,6 +84,11 @@ def demo(
             help="tabular (breast cancer, MLP) or multimodal (clinic scans + notes, LoRA)"
         ),
     ] = "tabular",
+    dp: Annotated[
+        bool, typer.Option("--dp", help="Record-level DP (DP-SGD, Opacus) at every site.")
+    ] = False,
+    epsilon: Annotated[float, typer.Option(help="With --dp: the run's target epsilon.")] = 8.0,
+    delta: Annotated[float, typer.Option(help="With --dp: the run's delta.")] = 1e-5,
 ) -> None:
     """Three sites train over real gRPC on 127.0.0.1 (breast cancer, or clinics with LoRA)."""
     from cli.demo import DemoSettings, run_demo
@@ -102,8 +107,12 @@ def demo(
         data_dir=data_dir,
         seed=seed,
         report=report,
+        dp_epsilon=epsilon if dp else None,
+        dp_delta=delta,
     )
     mode = f"Paillier {key_bits}-bit" if settings.secure else "plaintext"
+    if dp:
+        mode += f", DP-SGD ε={epsilon:g} δ={delta:g}"
     err_console.print(
         f"[bold]Cohort demo[/] ({scenario}): 3 sites, {rounds} rounds, {mode} aggregation"
     )
@@ -135,7 +144,12 @@ def demo(
             f"{scores['roc_auc']:.3f}",
         )
     out = err_console if as_json else console
-    out.print(table)
+    if result.privacy:
+        from rich.columns import Columns
+
+        out.print(Columns([table, privacy_table(result.privacy)]))
+    else:
+        out.print(table)
     out.print(
         f"run {result.run_id} in {result.seconds:.1f} s; "
         f"{result.bytes_received / 1024:.0f} KiB of updates received"
@@ -144,6 +158,23 @@ def demo(
         out.print(f"compliance report: [bold]{result.report_path}[/]")
     if as_json:
         print(json.dumps(result.summary()))
+
+
+def privacy_table(privacy: dict[str, dict[str, Any]]) -> Table:
+    """What each site's own ledger says the run spent (beside the accuracy table)."""
+    table = Table(title="privacy spent (each site's signed ledger)")
+    for column in ("site", "ε (run)", "δ", "σ", "accountant", "ledger ε"):
+        table.add_column(column, justify="right" if column != "site" else "left")
+    for name, spend in privacy.items():
+        table.add_row(
+            name,
+            f"{spend['epsilon']:.2f}",
+            f"{spend['delta']:g}",
+            f"{spend['noise_multiplier']:.2f}",
+            spend["accountant"],
+            f"{spend['ledger_epsilon']:.2f}",
+        )
+    return table
 
 
 @coordinator_app.command("serve")
