@@ -70,13 +70,11 @@ def plan_from_proto(plan: common_pb2.PrivacyPlan, secure: str) -> dict[str, Any]
     if clip > 1e3:
         raise InvalidArgument(f"privacy.max_grad_norm must be in (0, 1000], not {clip}")
     if plan.mode == "site":
-        if secure != "paillier":
-            raise InvalidArgument(
-                "privacy.mode 'site' adds noise shares inside the encrypted sum: it needs "
-                "secure=paillier"
-            )
-        if plan.noise_multiplier:
-            raise InvalidArgument("privacy.mode 'site' takes an epsilon, not a noise_multiplier")
+        # Not built yet (distributed discrete Gaussian noise shares inside the encrypted
+        # sum): refused here rather than accepted and refused by every site.
+        raise InvalidArgument(
+            "privacy.mode 'site' is not implemented in this version: use 'record'"
+        )
     return {
         "mode": plan.mode,
         "epsilon": float(plan.epsilon),
@@ -211,3 +209,57 @@ def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
             }
         )
     return entries
+
+
+def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
+    """The report's ``differential_privacy``: the plan and, per site, what its ledger says.
+
+    Per site: mechanism, the run's ε at the run's δ (its last entry), accountant, noise,
+    and its ledger's ε before the run and after (at the site's own δ, all its runs on that
+    dataset composed), with its budget. Only entries whose signature verifies against the
+    site's key on record count; others are listed as unverified, never used.
+    """
+    plan = run.config.get(PRIVACY_KEY)
+    if not isinstance(plan, dict):
+        return None
+    entries = ledger_entries(session, run.id)
+    sites: dict[str, dict[str, Any]] = {}
+    unverified = []
+    for entry in entries:
+        if not entry["verified"]:
+            unverified.append({"site": entry["site"], "problem": entry["problem"]})
+            continue
+        statement = entry["statement"]
+        site = sites.setdefault(
+            entry["site"],
+            {
+                "site": entry["site"],
+                "mechanism": statement.get("mechanism"),
+                "accountant": statement.get("accountant"),
+                "noise_multiplier": statement.get("event", {}).get("noise_multiplier"),
+                "sample_rate": statement.get("event", {}).get("sample_rate"),
+                "delta": statement.get("run_delta"),
+                "ledger_delta": statement.get("ledger_delta"),
+                "budget": statement.get("budget"),
+                "ledger_epsilon_before": statement.get("ledger_epsilon_before"),
+                "key_fingerprint": entry["key_fingerprint"],
+                "rounds_charged": 0,
+            },
+        )
+        site["rounds_charged"] += 1
+        site["epsilon"] = statement.get("run_epsilon")
+        site["ledger_epsilon_after"] = statement.get("ledger_epsilon_after")
+    return {
+        "mode": plan.get("mode"),
+        "target_epsilon": plan.get("epsilon") or None,
+        "delta": plan.get("delta"),
+        "noise_multiplier": plan.get("noise_multiplier") or None,
+        "max_grad_norm": plan.get("max_grad_norm"),
+        "accountant": plan.get("accountant"),
+        "sites": sorted(sites.values(), key=lambda s: s["site"]),
+        "unverified_entries": unverified,
+        "not_covered": (
+            "held-out evaluation metrics and SHAP audit summaries are computed without DP "
+            "noise and are not charged to the ledgers"
+        ),
+    }

@@ -159,6 +159,7 @@ def facts_sha256(facts: Mapping[str, Any]) -> str:
 
 def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
     """Build and validate the facts document of ``run_id`` (explain.report.build_facts)."""
+    from coordinator.privacy import privacy_facts
     from explain.report import build_facts
 
     with hub.db.transaction() as session:
@@ -200,7 +201,7 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
                 "key_fingerprints": [run.key_fingerprint] if run.key_fingerprint else [],
                 "coordinator_visibility": VISIBILITY[run.secure],
                 "update_quantisation": encoding if isinstance(encoding, dict) else "float32",
-                "differential_privacy": None,
+                "differential_privacy": privacy_facts(session, run),
             },
             metrics=[
                 {

@@ -72,7 +72,9 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
         styles,
         [_table(nv.sites_table(facts), styles, widths=[0.16, 0.14, 0.08, 0.22, 0.40])],
     )
-    story += _section("privacy", styles, [_pairs(nv.privacy_pairs(facts), styles)])
+    story += _section(
+        "privacy", styles, [_pairs(nv.privacy_pairs(facts), styles), *_dp(facts, styles)]
+    )
     chart = metrics_chart(facts["metrics"])
     story += _section(
         "metrics",
@@ -108,6 +110,16 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
         author="Cohort",
     )
     doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
+
+
+def _dp(facts: Mapping[str, Any], styles: dict[str, ParagraphStyle]) -> list[Flowable]:
+    """Differential privacy per site (explain.privacy_section), when the run had DP."""
+    from explain.privacy_section import dp_table
+
+    table = dp_table(facts)
+    return (
+        _titled("Differential privacy per site", _table(table, styles), styles) if table[1] else []
+    )
 
 
 def _explanations(facts: Mapping[str, Any], styles: dict[str, ParagraphStyle]) -> list[Flowable]:

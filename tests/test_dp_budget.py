@@ -116,6 +116,21 @@ def test_a_site_at_its_budget_refuses_the_next_run_which_goes_on_without_it(
     tampered = [c for c in copies if not c["verified"]]
     assert len(tampered) == 1 and "does not verify" in tampered[0]["problem"]
 
+    # The report uses only verified entries, says one failed, and cites the spend per site.
+    from coordinator.report import report_facts
+    from explain.report import render_html
+
+    facts = report_facts(coordinator.server.hub, first.run_id)
+    dp = facts["privacy"]["differential_privacy"]
+    assert [s["site"] for s in dp["sites"]] == ["a", "b", "c"]
+    assert len(dp["unverified_entries"]) == 1
+    careful_row = next(s for s in dp["sites"] if s["site"] == "c")
+    assert careful_row["budget"] == BUDGET and careful_row["ledger_epsilon_after"] > 0
+    assert 0.01 not in [s["epsilon"] for s in dp["sites"]]
+    dpia = next(r for r in facts["regulations"] if r["article"] == "Art. 35")
+    assert "c: DP-SGD" in dpia["evidence"] and "budget of 2.5" in dpia["evidence"]
+    assert "Differential privacy per site" in render_html(facts)
+
 
 def test_a_changed_local_ledger_does_not_load(tmp_path):
     from client.custody import SiteIdentity
@@ -154,7 +169,7 @@ def test_a_changed_local_ledger_does_not_load(tmp_path):
             "privacy.accountant",
         ),
         ({"mode": "record", "epsilon": float("nan"), "delta": 1e-5}, "privacy.epsilon"),
-        ({"mode": "site", "epsilon": 3.0, "delta": 1e-5}, "secure=paillier"),
+        ({"mode": "site", "epsilon": 3.0, "delta": 1e-5}, "not implemented"),
     ],
 )
 def test_a_bad_privacy_plan_is_invalid_argument_naming_the_field(coordinator, plan, field):
