@@ -128,8 +128,8 @@ def start(
     dp: Annotated[
         str,
         typer.Option(
-            help="Differential privacy: record (DP-SGD at each site) or site (noised, "
-            "clipped updates inside the encrypted sum); empty = none"
+            help="Differential privacy: record (DP-SGD at each site, Opacus); empty = none "
+            "('site', noise inside the encrypted sum, is not implemented yet)"
         ),
     ] = "",
     epsilon: Annotated[float, typer.Option(help="DP: target epsilon for the whole run")] = 0.0,

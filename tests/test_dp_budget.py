@@ -196,3 +196,24 @@ def test_config_json_cannot_smuggle_a_privacy_plan(coordinator):
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "privacy" in caught.value.details()
+
+
+def test_cohort_client_ledger_prints_the_spend_and_refuses_a_changed_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from client.custody import SiteIdentity
+
+    site = SiteIdentity.load_or_create(tmp_path, "a")
+    book = Ledger.for_site(tmp_path, "a", site)
+    event = {"kind": "poisson_gaussian", "sample_rate": 0.1, "noise_multiplier": 1.0, "steps": 50}
+    book.charge({"run_id": "r", "round": 1, "dataset": "d", "event": event})
+    args = ["client", "ledger", "--name", "a", "--state-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--json", "--privacy-budget", "8"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout.strip().splitlines()[-1])["datasets"]
+    assert row["epsilon_spent"] == pytest.approx(compose([event], DELTA))
+    assert row["remaining"] == pytest.approx(8 - row["epsilon_spent"])
+    book.path.write_text(book.path.read_text().replace('"steps": 50', '"steps": 5'))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "does not verify" in result.output
