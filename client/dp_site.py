@@ -61,6 +61,10 @@ class PrivacyGuard:
         """
         plan = PrivacyPlan.from_proto(task.privacy) if task.HasField("privacy") else None
         budget = self.policy.privacy_budget
+        if plan is None and any(e.run_id == task.run_id for e in self.ledger.entries):
+            raise TaskRefused(
+                "pin", "the run started with differential privacy; this task has none"
+            )
         if plan is None:
             if budget is not None:
                 raise TaskRefused(
