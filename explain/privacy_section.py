@@ -52,11 +52,10 @@ def describe(dp: object) -> str:
 
 
 def dp_table(facts: Mapping[str, Any]) -> Table:
-    """Per site: mechanism, ε and δ of the run, accountant, σ, budget before and after."""
+    """Per site: ε and δ of the run, accountant, σ, rounds, ledger ε before/after, budget."""
     dp = facts["privacy"].get("differential_privacy")
     header = [
         "Site",
-        "Mechanism",
         "ε (run)",
         "δ (run)",
         "Accountant",
@@ -65,14 +64,12 @@ def dp_table(facts: Mapping[str, Any]) -> Table:
         "Ledger ε before",
         "Ledger ε after",
         "Budget",
-        "Identity key",
     ]
     if not isinstance(dp, Mapping):
         return header, []
     rows = [
         [
             str(site["site"]),
-            str(site.get("mechanism") or "-"),
             _num(site.get("epsilon")),
             _num(site.get("delta")),
             str(site.get("accountant") or "-"),
@@ -81,8 +78,24 @@ def dp_table(facts: Mapping[str, Any]) -> Table:
             _num(site.get("ledger_epsilon_before")),
             _num(site.get("ledger_epsilon_after")),
             "none" if site.get("budget") is None else _num(site.get("budget")),
-            str(site.get("key_fingerprint") or "-"),
         ]
         for site in dp.get("sites") or []
     ]
     return header, rows
+
+
+def dp_notes(facts: Mapping[str, Any]) -> list[str]:
+    """The mechanism per site and the identity key each site's entries verified against."""
+    dp = facts["privacy"].get("differential_privacy")
+    if not isinstance(dp, Mapping):
+        return []
+    notes = [
+        f"{site['site']}: {site.get('mechanism') or '-'}; ledger entries signed by identity "
+        f"key {site.get('key_fingerprint') or '-'} (compare with `cohort client identity`)"
+        for site in dp.get("sites") or []
+    ]
+    notes += [
+        f"{bad['site']}: a ledger entry did NOT verify ({bad['problem']}) and is not used"
+        for bad in dp.get("unverified_entries") or []
+    ]
+    return notes

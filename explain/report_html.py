@@ -85,12 +85,13 @@ def render_html(facts: Mapping[str, Any]) -> str:
 
 def _dp(facts: Mapping[str, Any]) -> str:
     """Differential privacy per site, from the sites' verified ledger entries (if any)."""
-    from explain.privacy_section import dp_table
+    from explain.privacy_section import dp_notes, dp_table
 
     table = dp_table(facts)
     if not table[1]:
         return ""
-    return "<h3>Differential privacy per site</h3>" + _table(table, mono_columns={10})
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in dp_notes(facts))
+    return "<h3>Differential privacy per site</h3>" + _table(table) + notes
 
 
 def _nav() -> str:

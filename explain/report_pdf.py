@@ -114,12 +114,13 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
 
 def _dp(facts: Mapping[str, Any], styles: dict[str, ParagraphStyle]) -> list[Flowable]:
     """Differential privacy per site (explain.privacy_section), when the run had DP."""
-    from explain.privacy_section import dp_table
+    from explain.privacy_section import dp_notes, dp_table
 
     table = dp_table(facts)
-    return (
-        _titled("Differential privacy per site", _table(table, styles), styles) if table[1] else []
-    )
+    if not table[1]:
+        return []
+    notes = [Paragraph(escape(n), styles["muted"]) for n in dp_notes(facts)]
+    return [*_titled("Differential privacy per site", _table(table, styles), styles), *notes]
 
 
 def _explanations(facts: Mapping[str, Any], styles: dict[str, ParagraphStyle]) -> list[Flowable]:
