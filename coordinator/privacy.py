@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog
-from coordinator.errors import InvalidArgument, NotFound, PermissionDenied
+from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from coordinator.schema import Node, Run, Task
 from crypto import identity
 from protos import common_pb2, federation_pb2
@@ -140,6 +140,25 @@ def record_entry(
         is None
     ):
         raise PermissionDenied("this site has no task in that run")
+    from sqlalchemy import func, select
+
+    from coordinator.schema import AuditEvent
+
+    held = session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(
+            AuditEvent.run_id == run.id,
+            AuditEvent.kind == "privacy.spent",
+            AuditEvent.actor == node_id,
+        )
+    )
+    # A site charges once per round (a redelivered task may charge again): a bound keeps a
+    # site from flooding the audit log with valid but pointless entries.
+    if int(held or 0) >= 2 * run.rounds + 2:
+        raise FailedPrecondition(
+            f"this site already sent {held} ledger entries for run {run.id} ({run.rounds} rounds)"
+        )
     node = session.get(Node, node_id)
     assert node is not None
     try:
