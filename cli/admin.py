@@ -87,6 +87,22 @@ def start(
             "whole key (0: single custodian, every site holds the key)"
         ),
     ] = 0,
+    dp: Annotated[
+        str,
+        typer.Option(
+            help="Differential privacy: record (DP-SGD at each site, Opacus); empty = none "
+            "('site', noise inside the encrypted sum, is not implemented yet)"
+        ),
+    ] = "",
+    epsilon: Annotated[float, typer.Option(help="DP: target epsilon for the whole run")] = 0.0,
+    delta: Annotated[float, typer.Option(help="DP: target delta")] = 1e-5,
+    noise_multiplier: Annotated[
+        float, typer.Option(help="DP record mode: a fixed noise multiplier instead of --epsilon")
+    ] = 0.0,
+    max_grad_norm: Annotated[
+        float, typer.Option(help="DP: per-sample (record) or per-update (site) L2 clip")
+    ] = 1.0,
+    dp_accountant: Annotated[str, typer.Option(help="DP record mode: rdp or prv")] = "rdp",
     coordinator: CoordinatorOption = "127.0.0.1:50051",
     ca: CaOption = None,
     token_file: TokenFileOption = None,
@@ -127,6 +143,18 @@ def start(
             name=name,
             allow_two_site_secure=allow_two_site_secure,
             threshold=threshold,
+            privacy=(
+                common_pb2.PrivacyPlan(
+                    mode=dp,
+                    epsilon=epsilon,
+                    delta=delta,
+                    noise_multiplier=noise_multiplier,
+                    max_grad_norm=max_grad_norm,
+                    accountant=dp_accountant,
+                )
+                if dp
+                else None
+            ),
         ),
         timeout=30,
     )

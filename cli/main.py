@@ -15,6 +15,7 @@ from rich.table import Table
 
 from cli import admin as admin_cli
 from cli import audit as audit_cli
+from cli import ledger as ledger_cli
 from cli import model as model_cli
 from cli import policy as policy_cli
 from cli import site as site_cli
@@ -34,6 +35,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(model_cli.app, name="model")
 site_cli.register(client_app)  # client identity, client peers
 policy_cli.register(client_app)  # client policy
+ledger_cli.register(client_app)  # client ledger
 
 
 @app.callback()
@@ -82,6 +84,11 @@ def demo(
             help="tabular (breast cancer, MLP) or multimodal (clinic scans + notes, LoRA)"
         ),
     ] = "tabular",
+    dp: Annotated[
+        bool, typer.Option("--dp", help="Record-level DP (DP-SGD, Opacus) at every site.")
+    ] = False,
+    epsilon: Annotated[float, typer.Option(help="With --dp: the run's target epsilon.")] = 8.0,
+    delta: Annotated[float, typer.Option(help="With --dp: the run's delta.")] = 1e-5,
 ) -> None:
     """Three sites train over real gRPC on 127.0.0.1 (breast cancer, or clinics with LoRA)."""
     from cli.demo import DemoSettings, check_commands, run_demo
@@ -100,8 +107,12 @@ def demo(
         data_dir=data_dir,
         seed=seed,
         report=report,
+        dp_epsilon=epsilon if dp else None,
+        dp_delta=delta,
     )
     mode = f"Paillier {key_bits}-bit" if settings.secure else "plaintext"
+    if dp:
+        mode += f", DP-SGD ε={epsilon:g} δ={delta:g}"
     err_console.print(
         f"[bold]Cohort demo[/] ({scenario}): 3 sites, {rounds} rounds, {mode} aggregation"
     )
@@ -133,7 +144,12 @@ def demo(
             f"{scores['roc_auc']:.3f}",
         )
     out = err_console if as_json else console
-    out.print(table)
+    if result.privacy:
+        from rich.columns import Columns
+
+        out.print(Columns([table, privacy_table(result.privacy)]))
+    else:
+        out.print(table)
     out.print(
         f"run {result.run_id} in {result.seconds:.1f} s; "
         f"{result.bytes_received / 1024:.0f} KiB of updates received"
@@ -146,6 +162,23 @@ def demo(
         out.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
     if as_json:
         print(json.dumps(result.summary()))
+
+
+def privacy_table(privacy: dict[str, dict[str, Any]]) -> Table:
+    """What each site's own ledger says the run spent (beside the accuracy table)."""
+    table = Table(title="privacy spent (each site's signed ledger)")
+    for column in ("site", "ε (run)", "δ", "σ", "accountant", "ledger ε"):
+        table.add_column(column, justify="right" if column != "site" else "left")
+    for name, spend in privacy.items():
+        table.add_row(
+            name,
+            f"{spend['epsilon']:.2f}",
+            f"{spend['delta']:g}",
+            f"{spend['noise_multiplier']:.2f}",
+            spend["accountant"],
+            f"{spend['ledger_epsilon']:.2f}",
+        )
+    return table
 
 
 @coordinator_app.command("serve")
@@ -351,6 +384,8 @@ def client_run(
     min_aggregate_sites: policy_cli.MinAggregateSites = 3,
     trust_custodian: policy_cli.TrustCustodian = None,
     tofu: policy_cli.Tofu = False,
+    privacy_budget: policy_cli.PrivacyBudget = None,
+    privacy_delta: policy_cli.PrivacyDelta = 1e-5,
     peers_file: Annotated[
         Path | None,
         typer.Option(
@@ -364,7 +399,13 @@ def client_run(
         fail("TLS is on by default: pass --ca FILE (the federation's ca.pem) or --insecure")
     # The site's own rules: nothing the coordinator sends can widen them.
     policy = policy_cli.build_policy(
-        allow_model, require_secure, min_aggregate_sites, trust_custodian, tofu
+        allow_model,
+        require_secure,
+        min_aggregate_sites,
+        trust_custodian,
+        tofu,
+        privacy_budget,
+        privacy_delta,
     )
     if enrolment_token_file is not None:
         enrolment_token = enrolment_token_file.read_text().strip()

@@ -58,6 +58,23 @@ Tofu = Annotated[
         help="Trust on first use: pin peers not pinned yet as first seen; refuse any change.",
     ),
 ]
+PrivacyBudget = Annotated[
+    float | None,
+    typer.Option(
+        "--privacy-budget",
+        envvar="COHORT_PRIVACY_BUDGET",
+        help="Most epsilon this site spends on its data across all runs (its ledger); "
+        "runs that would exceed it, or that have no DP, are refused.",
+    ),
+]
+PrivacyDelta = Annotated[
+    float,
+    typer.Option(
+        "--delta",
+        envvar="COHORT_PRIVACY_DELTA",
+        help="The delta at which this site's ledger counts epsilon.",
+    ),
+]
 
 
 def build_policy(
@@ -66,6 +83,8 @@ def build_policy(
     min_aggregate_sites: int,
     trust_custodian: list[str] | None,
     tofu: bool,
+    privacy_budget: float | None = None,
+    privacy_delta: float = 1e-5,
 ) -> Any:
     """The SitePolicy of these option values (ValueError → one-line CLI error)."""
     from client.policy import policy_from_options
@@ -76,10 +95,20 @@ def build_policy(
         min_aggregate_sites=min_aggregate_sites,
         trust_custodian=tuple(trust_custodian or ()),
         tofu=tofu,
+        privacy_budget=privacy_budget,
+        privacy_delta=privacy_delta,
     )
 
 
-_POLICY_KEYS = ("allow_model", "require_secure", "min_aggregate_sites", "trust_custodian", "tofu")
+_POLICY_KEYS = (
+    "allow_model",
+    "require_secure",
+    "min_aggregate_sites",
+    "trust_custodian",
+    "tofu",
+    "privacy_budget",
+    "privacy_delta",
+)
 
 
 def _run_section(ctx: typer.Context) -> dict[str, Any]:
@@ -96,6 +125,8 @@ def policy_command(
     min_aggregate_sites: MinAggregateSites = 3,
     trust_custodian: TrustCustodian = None,
     tofu: Tofu = False,
+    privacy_budget: PrivacyBudget = None,
+    privacy_delta: PrivacyDelta = 1e-5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the policy `cohort client run` would apply with these flags and ``[client.run]``."""
@@ -105,6 +136,8 @@ def policy_command(
         "min_aggregate_sites": min_aggregate_sites,
         "trust_custodian": trust_custodian,
         "tofu": tofu,
+        "privacy_budget": privacy_budget,
+        "privacy_delta": privacy_delta,
     }
     section = _run_section(ctx)
     for key in _POLICY_KEYS:

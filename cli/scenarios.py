@@ -60,6 +60,10 @@ class DemoSettings:
     scenario: str = "tabular"
     # Secure runs: t-of-n threshold decryption (0: the first site is the key's custodian).
     threshold: int = 0
+    # Record-level DP (DP-SGD at every site) for the whole run; None: no DP.
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
 
 
 class Scenario(ABC):

@@ -136,6 +136,12 @@ class SiteAgent:
         self.identity = SiteIdentity.load_or_create(config.state_dir, config.site_name)
         self.peers = PeerStore.load(config.state_dir, config.site_name, tofu=config.policy.tofu)
         self.pins = RunPins.load(config.state_dir, config.site_name)
+        from client.dp_site import PrivacyGuard
+
+        # The site's privacy ledger (its own budget, never the coordinator's say).
+        self.privacy = PrivacyGuard(
+            config.state_dir, config.site_name, self.identity, config.policy
+        )
         self.channel = open_channel(
             config.coordinator,
             ca_file=config.ca_file,
@@ -643,6 +649,10 @@ class SiteAgent:
 
     def _train(self, task: federation_pb2.Task) -> None:
         config = self._config(task)
+        # Budget first: a refused round touches none of this site's data.
+        privacy = self.privacy.before_round(task, config, self.client)
+        if privacy is not None:
+            self._submit_ledger(task.run_id, privacy.entry)
         started = time.perf_counter()
         weights = self.global_model(task)
         fetched = time.perf_counter()
@@ -664,7 +674,12 @@ class SiteAgent:
         # From here the local weights hold this site's data: no INIT of this run is answered.
         self.pins.mark_trained(task.run_id)
         self._trained_any = True
-        new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
+        if privacy is not None:
+            fit_private = self.client.fit_private  # type: ignore[attr-defined]
+            new_weights, num_examples, fit_metrics = fit_private(weights, flower_config, privacy)
+            fit_metrics = {**fit_metrics, **self.privacy.after_round(privacy)}
+        else:
+            new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
         metrics.update({k: v for k, v in fit_metrics.items()})
         trained = time.perf_counter()
         deltas = [
@@ -708,6 +723,19 @@ class SiteAgent:
             "trained",
             {"run_id": task.run_id, "round": task.round, "bytes": len(payload), "metrics": metrics},
         )
+
+    def _submit_ledger(self, run_id: str, entry: Any) -> None:
+        """Send the coordinator a copy of a signed ledger entry (the report verifies it)."""
+        from client.ledger import canonical
+
+        self.stub.LedgerSubmit(
+            federation_pb2.LedgerEntry(
+                run_id=run_id, statement=canonical(entry.statement), signature=entry.signature
+            ),
+            metadata=self._metadata(),
+            timeout=30,
+        )
+        self.listener("privacy", {"run_id": run_id, "statement": entry.statement})
 
     def _randomness(
         self, run_id: str, public_key: Any, private_key: Any, needed: int

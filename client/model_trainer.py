@@ -351,6 +351,30 @@ class ModelTrainer(NumPyClient):
         metrics["trainable_fraction"] = self.trainable_fraction
         return models.get_weights(model), self.num_train, metrics
 
+    def fit_private(
+        self, parameters: NDArrays, config: dict[str, Any], privacy: Any
+    ) -> tuple[NDArrays, int, dict[str, Any]]:
+        """``fit`` with DP-SGD under the run's accountant (client/dp.py); LoRA trains adapters."""
+        from client.dp import train_private
+
+        model = self.ensure_model(config)
+        models.set_weights(model, parameters)
+        self.rounds_trained += 1
+        with GLOBAL_RNG_LOCK:
+            metrics = train_private(
+                model,
+                self.train_data,
+                privacy.schedule,
+                privacy.accountant,
+                max_grad_norm=privacy.plan.max_grad_norm,
+                epochs=int(config.get("local_epochs", 1)),
+                lr=float(config.get("lr", 0.005)),
+                seed=self.seed + 1000 * int(config.get("round", self.rounds_trained)),
+                device=self.device,
+            )
+        metrics["trainable_fraction"] = self.trainable_fraction
+        return models.get_weights(model), self.num_train, metrics
+
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:

@@ -47,6 +47,11 @@ class SitePolicy:
     # Smallest Paillier key this site deals or accepts: a coordinator may not talk it into
     # a weak key. From COHORT_MIN_KEY_BITS (the test suite uses 1024-bit keys for speed).
     min_key_bits: int = field(default_factory=lambda: default_min_key_bits())
+    # Privacy budget: the most ε (at ``privacy_delta``) this site spends on one dataset,
+    # across every run and federation (client/ledger.py). None: no budget, and runs
+    # without DP are taken; with a budget, a run without DP is refused (unbounded ε).
+    privacy_budget: float | None = None
+    privacy_delta: float = 1e-5
 
 
 def default_min_key_bits() -> int:
@@ -116,6 +121,8 @@ def policy_from_options(
     min_aggregate_sites: int = 3,
     trust_custodian: list[str] | tuple[str, ...] = (),
     tofu: bool = False,
+    privacy_budget: float | None = None,
+    privacy_delta: float = 1e-5,
 ) -> SitePolicy:
     """Build a policy from the site's flags/TOML values, refusing nonsense precisely.
 
@@ -125,8 +132,15 @@ def policy_from_options(
     Raises
     ------
     ValueError
-        For a blank spec or a minimum below 1.
+        For a blank spec, a minimum below 1, or a budget or delta out of range.
     """
+    if privacy_budget is not None:
+        privacy_budget = float(privacy_budget)
+        if not 0.0 < privacy_budget < float("inf"):
+            raise ValueError(f"--privacy-budget must be a positive epsilon, not {privacy_budget}")
+    privacy_delta = float(privacy_delta)
+    if not 0.0 < privacy_delta < 1e-2:
+        raise ValueError(f"--delta must be in (0, 0.01), not {privacy_delta}")
     if isinstance(min_aggregate_sites, bool) or not isinstance(min_aggregate_sites, int):
         raise TypeError("min_aggregate_sites must be an integer")
     if min_aggregate_sites < 1:
@@ -148,6 +162,8 @@ def policy_from_options(
         min_aggregate_sites=min_aggregate_sites,
         trusted_custodians=tuple(dict.fromkeys(custodians)),
         tofu=bool(tofu),
+        privacy_budget=privacy_budget,
+        privacy_delta=privacy_delta,
     )
 
 
@@ -161,4 +177,6 @@ def describe(policy: SitePolicy) -> dict[str, object]:
         "trusted_custodians": list(policy.trusted_custodians) or "any pinned peer",
         "tofu": policy.tofu,
         "min_key_bits": policy.min_key_bits,
+        "privacy_budget": ("none" if policy.privacy_budget is None else policy.privacy_budget),
+        "privacy_delta": policy.privacy_delta,
     }

@@ -181,6 +181,28 @@ class TabularTrainer(NumPyClient):
             metrics = self._train(config)
         return models.get_weights(self.model), self.num_train, metrics
 
+    def fit_private(
+        self, parameters: NDArrays, config: dict[str, Any], privacy: Any
+    ) -> tuple[NDArrays, int, dict[str, Any]]:
+        """``fit`` with DP-SGD under the run's accountant (client/dp.py)."""
+        from client.dp import train_private
+
+        models.set_weights(self.model, parameters)
+        self.rounds_trained += 1
+        with GLOBAL_RNG_LOCK:
+            metrics = train_private(
+                self.model,
+                models.TabularDataset(self.train_data.x, self.train_data.y),
+                privacy.schedule,
+                privacy.accountant,
+                max_grad_norm=privacy.plan.max_grad_norm,
+                epochs=int(config.get("local_epochs", 1)),
+                lr=float(config.get("lr", 0.01)),
+                seed=self.seed + 1000 * int(config.get("round", self.rounds_trained)),
+                device=self.device,
+            )
+        return models.get_weights(self.model), self.num_train, metrics
+
     def _train(self, config: dict[str, Any]) -> dict[str, Any]:
         return models.train(
             self.model,

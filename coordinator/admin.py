@@ -65,6 +65,13 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
         raise InvalidArgument("config_json must be a JSON object")
     if request.secure not in _SECURE_FROM_PROTO:
         raise InvalidArgument(f"unknown secure scheme {request.secure}")
+    from coordinator.privacy import PRIVACY_KEY, plan_from_proto
+
+    if PRIVACY_KEY in config:
+        raise InvalidArgument("config_json may not set privacy: use the run's privacy plan")
+    plan = plan_from_proto(request.privacy, _SECURE_FROM_PROTO[request.secure])
+    if plan is not None:
+        config[PRIVACY_KEY] = plan
     # proto3 cannot tell 0 from unset: a run with no rounds is refused, never defaulted.
     spec = RunSpec(
         model=request.model,

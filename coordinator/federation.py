@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import crypto
-from coordinator import auditlog, identity, intake, manifests, refusals, threshold
+from coordinator import auditlog, identity, intake, manifests, privacy, refusals, threshold
 from coordinator.access import AccessControl, hash_token, node_credential_problem
 from coordinator.errors import (
     AlreadyExists,
@@ -333,6 +333,9 @@ class FederationService:
             ),
         )
         self._secure_fields(session, run, task.node_id, message)
+        plan = privacy.plan_to_proto(run.config)
+        if plan is not None:
+            message.privacy.CopyFrom(plan)
         if task.kind == TaskKind.KEYGEN:
             # The custodian deals the key, so the task names it, even before a statement.
             node = session.get(Node, task.node_id)
@@ -474,6 +477,15 @@ class FederationService:
             reply = refusals.refuse_task(session, node_id, self._site(session, node), refusal)
         self.hub.notify()
         return reply
+
+    def ledger_entry(
+        self, node_id: str, entry: federation_pb2.LedgerEntry
+    ) -> federation_pb2.SubmitReply:
+        """A site's signed privacy-ledger entry for a run (coordinator.privacy checks it)."""
+        with self.hub.lock, self.hub.db.transaction() as session:
+            node = session.get(Node, node_id)
+            assert node is not None
+            return privacy.record_entry(session, node_id, self._site(session, node), entry)
 
     # -- models --------------------------------------------------------------------------
 

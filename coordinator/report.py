@@ -169,6 +169,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
     ``cohort audit report --db`` (a backup, no coordinator running) both come from here,
     so the two can only differ in their generation time. Reads; writes nothing.
     """
+    from coordinator.privacy import privacy_facts
     from explain.report import build_facts
 
     with db.transaction() as session:
@@ -210,7 +211,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
                 "key_fingerprints": [run.key_fingerprint] if run.key_fingerprint else [],
                 "coordinator_visibility": VISIBILITY[run.secure],
                 "update_quantisation": encoding if isinstance(encoding, dict) else "float32",
-                "differential_privacy": None,
+                "differential_privacy": privacy_facts(session, run),
                 "key_custody": report_custody(session, run),
             },
             metrics=[

@@ -110,6 +110,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     ) -> federation_pb2.SubmitReply:
         return self.domain.report_partial(self._node(context), request)
 
+    @maps_domain_errors
+    def LedgerSubmit(
+        self, request: federation_pb2.LedgerEntry, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitReply:
+        return self.domain.ledger_entry(self._node(context), request)
+
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     """Every call first passes the role check (coordinator.access) with its RPC name."""

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from explain import privacy_section
+
 SECTIONS: list[tuple[str, str]] = [
     ("run", "Run"),
     ("model-card", "Intended use and limitations"),
@@ -165,7 +167,7 @@ def privacy_pairs(facts: Mapping[str, Any]) -> Pairs:
         ("Update quantisation", fmt(p["update_quantisation"])),
         (
             "Differential privacy",
-            fmt(p["differential_privacy"]) if p["differential_privacy"] else "not applied",
+            privacy_section.describe(p["differential_privacy"]),
         ),
     ]
 

@@ -19,18 +19,44 @@ DISCLAIMER = (
 )
 
 
+# Where each mapped text comes from, as checked with a search of stored public pages on
+# 2 December 2026. Where no primary (official) text was found, the entry says so rather
+# than citing one.
+AI_ACT = "Regulation (EU) 2024/1689 (OJ L, 12.7.2024)"
+AI_ACT_DATES = (
+    "Dates: for stand-alone (Annex III) high-risk systems these obligations apply from "
+    "2 December 2027 (Annex I products: 2 August 2028) under the Digital Omnibus on AI, "
+    "which the Council approved on 29 June 2026 as law firms report; no Official Journal "
+    "text of that amending regulation was found to cite, so until it is published the "
+    "original date of 2 August 2026 is the one in force."
+)
+MRM = "SR 26-2 / OCC 2026-13"
+MRM_SOURCE = (
+    "Source: OCC Bulletin 2026-13, 'Model Risk Management: Revised Guidance' (occ.gov, 17 April "
+    "2026), issued with the Federal Reserve (SR 26-2) and the FDIC; it rescinds OCC Bulletin "
+    "2011-12, and SR 26-2 supersedes SR 11-7. The Federal Reserve's own page was not in the "
+    "searched sources (its letter was read as republished). The agencies state the guidance "
+    "is most relevant to banking organisations over $30 billion in assets."
+)
+
+
 def map_regulations(facts: Mapping[str, Any]) -> list[RegulationEntry]:
     """Return the regulation entries for a facts document (its ``regulations`` excluded).
 
     Covered: GDPR Art. 22 (automated decisions: meaningful information about the logic),
-    GDPR Art. 35 (data protection impact assessment: safeguards), EU AI Act Art. 12
-    (record-keeping) and the US supervisory guidance SR 11-7 on model risk management
-    (documentation; validation and ongoing monitoring).
+    GDPR Art. 35 (DPIA: safeguards, with the run's differential-privacy spend per site),
+    EU AI Act Art. 10 (data governance), Art. 11 with Annex IV (technical documentation),
+    Art. 12 (record-keeping) and Art. 19 (keeping the logs), and the US interagency
+    model-risk guidance that replaced SR 11-7 in April 2026 (SR 26-2 / OCC Bulletin
+    2026-13: development and documentation; validation and monitoring).
     """
     return [
         _gdpr_22(facts),
         _gdpr_35(facts),
+        _ai_act_10(facts),
+        _ai_act_11(facts),
         _ai_act_12(facts),
+        _ai_act_19(facts),
         _sr_11_7_documentation(facts),
         _sr_11_7_monitoring(facts),
     ]
@@ -87,7 +113,7 @@ def _gdpr_35(facts: Mapping[str, Any]) -> RegulationEntry:
             "plaintext, which the assessment must justify."
         )
         status = "gap"
-    parts.append(f"Differential privacy: {_describe(privacy['differential_privacy'])}.")
+    parts.append(_dp_evidence(privacy["differential_privacy"]))
     if noise is not None:
         parts.append(f"Attribution summaries carry Gaussian noise of scale {noise:g}.")
     return _entry("GDPR", "Art. 35", requirement, " ".join(parts), status)
@@ -113,7 +139,95 @@ def _ai_act_12(facts: Mapping[str, Any]) -> RegulationEntry:
             f"{log['reason']}. Records after that row cannot be relied on."
         )
         status = "gap"
-    return _entry("EU AI Act", "Art. 12", requirement, evidence, status)
+    return _entry(
+        "EU AI Act", "Art. 12", f"{requirement} ({AI_ACT}.) {AI_ACT_DATES}", evidence, status
+    )
+
+
+def _dp_evidence(dp: object) -> str:
+    """GDPR Art. 35 cites each site's mechanism, ε, δ, accountant and budget before/after."""
+    if not isinstance(dp, Mapping):
+        return (
+            "Differential privacy: not applied; the model and its aggregates carry no bound "
+            "on what they reveal about one record."
+        )
+    sites = dp.get("sites") or []
+    per_site = "; ".join(
+        f"{s['site']}: {s.get('mechanism')}, ε {s.get('epsilon', 0):.3g} at δ {s.get('delta'):g} "
+        f"({s.get('accountant')} accountant), ledger ε {s.get('ledger_epsilon_before', 0):.3g} "
+        f"before and {s.get('ledger_epsilon_after', 0):.3g} after at δ {s.get('ledger_delta'):g}"
+        + (
+            f" of a budget of {s['budget']:g}"
+            if s.get("budget") is not None
+            else " (no budget set)"
+        )
+        for s in sites
+    )
+    text = (
+        f"Differential privacy ({dp.get('mode')}-level), from each site's signed ledger: "
+        f"{per_site or 'no verified entries'}."
+    )
+    if dp.get("unverified_entries"):
+        bad = len(dp["unverified_entries"])
+        text += f" {bad} ledger entr(ies) failed signature checks and are not relied on."
+    if dp.get("not_covered"):
+        text += f" Not covered by these numbers: {dp['not_covered']}."
+    return text
+
+
+def _ai_act_10(facts: Mapping[str, Any]) -> RegulationEntry:
+    sites = facts["sites"]
+    requirement = (
+        "Training, validation and testing data sets of high-risk systems are subject to data "
+        "governance and management practices (design choices, data collection and origin, "
+        "preparation, assumptions, examination for biases, data gaps) and are relevant, "
+        f"representative and as free of errors as possible. ({AI_ACT}, Art. 10.) {AI_ACT_DATES}"
+    )
+    printed = [s for s in sites if s.get("data_fingerprint")]
+    evidence = (
+        f"{len(printed)} of {len(sites)} site(s) recorded a sha256 fingerprint of the data they "
+        "trained on, with row counts and (where pinned) the data schema; see 'Sites'. Cross-site "
+        "comparison of explanations flags sites whose data behaves differently. Collection, "
+        "origin, labelling and bias examination of each site's data are the sites' own records "
+        "and are not evidenced here."
+    )
+    return _entry("EU AI Act", "Art. 10", requirement, evidence, "evidenced" if printed else "gap")
+
+
+def _ai_act_11(facts: Mapping[str, Any]) -> RegulationEntry:
+    run = facts["run"]
+    requirement = (
+        "Technical documentation drawn up before the system is placed on the market, with at "
+        "least the Annex IV contents: general description and intended purpose, development "
+        "process and design choices, training data and methods, monitoring and control, risk "
+        f"management system, changes, standards applied, declaration of conformity. ({AI_ACT}, "
+        f"Art. 11 and Annex IV.) {AI_ACT_DATES}"
+    )
+    evidence = (
+        f"This report documents the development process: model '{run['model']}', configuration "
+        f"sha256 {run['config_sha256']}, code version {run['code_version'] or 'unrecorded'}, "
+        f"{run['rounds_completed']} of {run['rounds_planned']} rounds, the sites and their data "
+        "fingerprints, privacy safeguards and the explanation audit. Intended purpose, the risk "
+        "management system (Art. 9), standards applied and the declaration of conformity are "
+        "the provider's documents and are not in this report."
+    )
+    return _entry("EU AI Act", "Art. 11, Annex IV", requirement, evidence, "gap")
+
+
+def _ai_act_19(facts: Mapping[str, Any]) -> RegulationEntry:
+    log = facts["audit_log"]
+    requirement = (
+        "Providers keep the logs automatically generated under Art. 12(1), to the extent under "
+        "their control, for a period appropriate to the intended purpose and of at least six "
+        f"months unless other Union or national law provides otherwise. ({AI_ACT}, Art. 19.) "
+        f"{AI_ACT_DATES}"
+    )
+    evidence = (
+        f"The coordinator's hash-chained log holds {log['rows']} rows and never deletes one "
+        "(a removed row breaks the chain); how long the database is kept is the operator's "
+        "retention setting, which this report cannot evidence."
+    )
+    return _entry("EU AI Act", "Art. 19", requirement, evidence, "gap")
 
 
 def _sr_11_7_documentation(facts: Mapping[str, Any]) -> RegulationEntry:
@@ -131,9 +245,9 @@ def _sr_11_7_documentation(facts: Mapping[str, Any]) -> RegulationEntry:
     )
     complete = run["model_sha256"] is not None and bool(facts["metrics"])
     return _entry(
-        "SR 11-7",
-        "Sec. VI (documentation)",
-        requirement,
+        MRM,
+        "Model development and use (documentation)",
+        f"{requirement} {MRM_SOURCE}",
         evidence,
         "evidenced" if complete else "gap",
     )
@@ -149,7 +263,9 @@ def _sr_11_7_monitoring(facts: Mapping[str, Any]) -> RegulationEntry:
         evidence = (
             "No cross-site comparison of explanations is available (fewer than two site audits)."
         )
-        return _entry("SR 11-7", "Sec. V (validation)", requirement, evidence, "gap")
+        return _entry(
+            MRM, "Validation and monitoring", f"{requirement} {MRM_SOURCE}", evidence, "gap"
+        )
     comparisons = attribution["comparisons"]
     flagged = [c["site"] for c in comparisons if c["flagged"]]
     finding = (
@@ -162,7 +278,9 @@ def _sr_11_7_monitoring(facts: Mapping[str, Any]) -> RegulationEntry:
         f"other sites' (Spearman rank correlation, threshold {attribution['threshold']:g}); "
         f"{finding}. Per-round metrics are listed under 'Training metrics'."
     )
-    return _entry("SR 11-7", "Sec. V (validation)", requirement, evidence, "evidenced")
+    return _entry(
+        MRM, "Validation and monitoring", f"{requirement} {MRM_SOURCE}", evidence, "evidenced"
+    )
 
 
 def _entry(

@@ -75,7 +75,7 @@ def render_html(facts: Mapping[str, Any]) -> str:
         ),
         _section("model-card", _pairs(nv.model_card_pairs(facts))),
         _section("sites", _table(nv.sites_table(facts), mono_columns={4}, name_columns={0})),
-        _section("privacy", _pairs(nv.privacy_pairs(facts))),
+        _section("privacy", _pairs(nv.privacy_pairs(facts)) + _dp(facts)),
         _section("metrics", _metrics(facts)),
         _section("explanations", _explanations(facts)),
         _section("audit-log", _pairs(nv.audit_pairs(facts))),
@@ -87,6 +87,17 @@ def render_html(facts: Mapping[str, Any]) -> str:
         f"<title>Cohort report {escape(run['id'])}</title>"
         f"<style>{_CSS}</style></head><body><main>{''.join(body)}</main></body></html>\n"
     )
+
+
+def _dp(facts: Mapping[str, Any]) -> str:
+    """Differential privacy per site, from the sites' verified ledger entries (if any)."""
+    from explain.privacy_section import dp_notes, dp_table
+
+    table = dp_table(facts)
+    if not table[1]:
+        return ""
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in dp_notes(facts))
+    return "<h3>Differential privacy per site</h3>" + _table(table) + notes
 
 
 def _nav() -> str:

@@ -74,7 +74,9 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
         styles,
         [_table(nv.sites_table(facts), styles, widths=_site_widths(nv.sites_table(facts)))],
     )
-    story += _section("privacy", styles, [_pairs(nv.privacy_pairs(facts), styles)])
+    story += _section(
+        "privacy", styles, [_pairs(nv.privacy_pairs(facts), styles), *_dp(facts, styles)]
+    )
     chart = metrics_chart(facts["metrics"])
     story += _section(
         "metrics",
@@ -121,6 +123,17 @@ def render_pdf(facts: Mapping[str, Any], path: Path) -> None:
         author="Cohort",
     )
     doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
+
+
+def _dp(facts: Mapping[str, Any], styles: dict[str, ParagraphStyle]) -> list[Flowable]:
+    """Differential privacy per site (explain.privacy_section), when the run had DP."""
+    from explain.privacy_section import dp_notes, dp_table
+
+    table = dp_table(facts)
+    if not table[1]:
+        return []
+    notes = [Paragraph(escape(n), styles["muted"]) for n in dp_notes(facts)]
+    return [*_titled("Differential privacy per site", _table(table, styles), styles), *notes]
 
 
 def _explanations(facts: Mapping[str, Any], styles: dict[str, ParagraphStyle]) -> list[Flowable]:

@@ -75,7 +75,7 @@ class ExportReportRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("model", "rounds", "min_clients", "max_clients", "fraction", "round_deadline_seconds", "local_epochs", "lr", "secure", "custodian", "strategy", "config_json", "name", "allow_two_site_secure", "threshold")
+    __slots__ = ("model", "rounds", "min_clients", "max_clients", "fraction", "round_deadline_seconds", "local_epochs", "lr", "secure", "custodian", "strategy", "config_json", "name", "allow_two_site_secure", "threshold", "privacy")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class CreateRunRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALLOW_TWO_SITE_SECURE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     model: str
     rounds: int
     min_clients: int
@@ -106,7 +107,8 @@ class CreateRunRequest(_message.Message):
     name: str
     allow_two_site_secure: bool
     threshold: int
-    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., min_clients: _Optional[int] = ..., max_clients: _Optional[int] = ..., fraction: _Optional[float] = ..., round_deadline_seconds: _Optional[float] = ..., local_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., custodian: _Optional[str] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., name: _Optional[str] = ..., allow_two_site_secure: _Optional[bool] = ..., threshold: _Optional[int] = ...) -> None: ...
+    privacy: _common_pb2.PrivacyPlan
+    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., min_clients: _Optional[int] = ..., max_clients: _Optional[int] = ..., fraction: _Optional[float] = ..., round_deadline_seconds: _Optional[float] = ..., local_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., custodian: _Optional[str] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., name: _Optional[str] = ..., allow_two_site_secure: _Optional[bool] = ..., threshold: _Optional[int] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyPlan, _Mapping]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ()

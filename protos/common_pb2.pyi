@@ -78,3 +78,19 @@ class LogHead(_message.Message):
     seq: int
     hash: str
     def __init__(self, seq: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class PrivacyPlan(_message.Message):
+    __slots__ = ("mode", "epsilon", "delta", "noise_multiplier", "max_grad_norm", "accountant")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    accountant: str
+    def __init__(self, mode: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., accountant: _Optional[str] = ...) -> None: ...

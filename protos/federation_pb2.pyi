@@ -23,6 +23,16 @@ TASK_KIND_TRAIN: TaskKind
 TASK_KIND_KEYGEN: TaskKind
 TASK_KIND_AUDIT: TaskKind
 
+class LedgerEntry(_message.Message):
+    __slots__ = ("run_id", "statement", "signature")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    statement: bytes
+    signature: bytes
+    def __init__(self, run_id: _Optional[str] = ..., statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class FinalModelRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -141,7 +151,7 @@ class KeyStatement(_message.Message):
     def __init__(self, statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., custodian: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "task_id", "run_id", "round", "model_sha256", "aggregates", "config_json", "secure", "encoding", "sealed_private_key", "deadline_unix", "participants", "key_statement", "log_head", "custodian", "threshold", "threshold_dealing")
+    __slots__ = ("kind", "task_id", "run_id", "round", "model_sha256", "aggregates", "config_json", "secure", "encoding", "sealed_private_key", "deadline_unix", "participants", "key_statement", "log_head", "custodian", "privacy", "threshold", "threshold_dealing")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +167,7 @@ class Task(_message.Message):
     KEY_STATEMENT_FIELD_NUMBER: _ClassVar[int]
     LOG_HEAD_FIELD_NUMBER: _ClassVar[int]
     CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_DEALING_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
@@ -174,9 +185,10 @@ class Task(_message.Message):
     key_statement: KeyStatement
     log_head: _common_pb2.LogHead
     custodian: str
+    privacy: _common_pb2.PrivacyPlan
     threshold: int
     threshold_dealing: ThresholdDealing
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[str] = ..., aggregates: _Optional[_Iterable[_Union[AggregateRef, _Mapping]]] = ..., config_json: _Optional[str] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., encoding: _Optional[_Union[_common_pb2.EncodingParams, _Mapping]] = ..., sealed_private_key: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., key_statement: _Optional[_Union[KeyStatement, _Mapping]] = ..., log_head: _Optional[_Union[_common_pb2.LogHead, _Mapping]] = ..., custodian: _Optional[str] = ..., threshold: _Optional[int] = ..., threshold_dealing: _Optional[_Union[ThresholdDealing, _Mapping]] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., model_sha256: _Optional[str] = ..., aggregates: _Optional[_Iterable[_Union[AggregateRef, _Mapping]]] = ..., config_json: _Optional[str] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., encoding: _Optional[_Union[_common_pb2.EncodingParams, _Mapping]] = ..., sealed_private_key: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., key_statement: _Optional[_Union[KeyStatement, _Mapping]] = ..., log_head: _Optional[_Union[_common_pb2.LogHead, _Mapping]] = ..., custodian: _Optional[str] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyPlan, _Mapping]] = ..., threshold: _Optional[int] = ..., threshold_dealing: _Optional[_Union[ThresholdDealing, _Mapping]] = ...) -> None: ...
 
 class ThresholdDealing(_message.Message):
     __slots__ = ("verification_keys", "statement", "signature")

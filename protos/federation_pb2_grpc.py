@@ -95,6 +95,11 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.PartialComplaint.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.LedgerSubmit = channel.unary_unary(
+                '/cohort.v1.Federation/LedgerSubmit',
+                request_serializer=protos_dot_federation__pb2.LedgerEntry.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -187,6 +192,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LedgerSubmit(self, request, context):
+        """A site's signed privacy-ledger entry (what it spent in a run): stored for the report,
+        which checks the signature against the site's pinned identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +261,11 @@ def add_FederationServicer_to_server(servicer, server):
             'ReportPartial': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportPartial,
                     request_deserializer=protos_dot_federation__pb2.PartialComplaint.FromString,
+                    response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'LedgerSubmit': grpc.unary_unary_rpc_method_handler(
+                    servicer.LedgerSubmit,
+                    request_deserializer=protos_dot_federation__pb2.LedgerEntry.FromString,
                     response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
             ),
     }
@@ -574,6 +592,33 @@ class Federation:
             target,
             '/cohort.v1.Federation/ReportPartial',
             protos_dot_federation__pb2.PartialComplaint.SerializeToString,
+            protos_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LedgerSubmit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/LedgerSubmit',
+            protos_dot_federation__pb2.LedgerEntry.SerializeToString,
             protos_dot_federation__pb2.SubmitReply.FromString,
             options,
             channel_credentials,

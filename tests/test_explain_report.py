@@ -131,8 +131,18 @@ def test_built_facts_validate_and_carry_the_derived_sections(facts: dict[str, An
     assert facts["attribution"]["global"]["row_count"] == 520
     articles = {(r["regulation"], r["article"]) for r in facts["regulations"]}
     assert {("GDPR", "Art. 22"), ("GDPR", "Art. 35"), ("EU AI Act", "Art. 12")} <= articles
-    assert any(r["regulation"] == "SR 11-7" for r in facts["regulations"])
-    assert all(r["status"] == "evidenced" for r in facts["regulations"])
+    # SR 11-7 was rescinded in April 2026; its successor is mapped, citing its source.
+    assert not any(r["regulation"] == "SR 11-7" for r in facts["regulations"])
+    mrm = [r for r in facts["regulations"] if r["regulation"] == "SR 26-2 / OCC 2026-13"]
+    assert mrm and all("OCC Bulletin 2026-13" in r["requirement"] for r in mrm)
+    assert {
+        ("EU AI Act", "Art. 10"),
+        ("EU AI Act", "Art. 11, Annex IV"),
+        ("EU AI Act", "Art. 19"),
+    } <= articles
+    # What the report cannot evidence (intended purpose, retention) is a gap, said plainly.
+    gaps = {(r["regulation"], r["article"]) for r in facts["regulations"] if r["status"] == "gap"}
+    assert gaps == {("EU AI Act", "Art. 11, Annex IV"), ("EU AI Act", "Art. 19")}
 
 
 def test_json_rendering_round_trips_and_validates(facts: dict[str, Any]) -> None:

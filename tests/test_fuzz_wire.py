@@ -46,6 +46,7 @@ RAW_METHODS = {
     "/cohort.v1.Federation/SubmitPartials": "unary",
     "/cohort.v1.Federation/FetchPartials": "unary",
     "/cohort.v1.Federation/ReportPartial": "unary",
+    "/cohort.v1.Federation/LedgerSubmit": "unary",
     "/cohort.v1.Admin/CreateRun": "unary",
     "/cohort.v1.Admin/ListRuns": "unary",
     "/cohort.v1.Admin/GetRun": "unary",

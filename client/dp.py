@@ -1,0 +1,252 @@
+"""Record-level differential privacy at a site: DP-SGD with Opacus, one accountant per run.
+
+DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016) clips each
+example's gradient to ``max_grad_norm`` and adds Gaussian noise of standard deviation
+``noise_multiplier * max_grad_norm`` to every summed batch gradient; batches are drawn by
+Poisson sampling (Opacus's ``DPDataLoader``), which the subsampled-Gaussian accountants
+assume (Mironov et al., "Rényi Differential Privacy of the Sampled Gaussian Mechanism",
+2019; Gopi et al., "Numerical Composition of Differential Privacy" (PRV), NeurIPS 2021).
+
+Each site derives its own noise from the run's plan and its own data size, once, at the
+run's first round, and keeps that noise and ONE accountant for every round of the run
+(Flower's Opacus example builds a new engine per round, so its ε covers one round). The
+noise multiplier is pinned in the site's ledger: a coordinator cannot lower it mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from client.policy import TaskRefused
+from protos import common_pb2
+
+MECHANISM_RECORD = "DP-SGD (Opacus): per-example clipping, Poisson-subsampled Gaussian noise"
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The run's DP plan as the task carries it (coordinator/privacy.py validated it)."""
+
+    mode: str
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    accountant: str
+
+    @classmethod
+    def from_proto(cls, plan: common_pb2.PrivacyPlan) -> PrivacyPlan | None:
+        if not plan.mode:
+            return None
+        result = cls(
+            mode=plan.mode,
+            epsilon=float(plan.epsilon),
+            delta=float(plan.delta),
+            noise_multiplier=float(plan.noise_multiplier),
+            max_grad_norm=float(plan.max_grad_norm or 1.0),
+            accountant=plan.accountant or "rdp",
+        )
+        result.check()
+        return result
+
+    def check(self) -> None:
+        """A site checks the plan itself: the coordinator's validation is not trusted."""
+        ok = (
+            self.mode in ("record", "site")
+            and 0 < self.delta < 1
+            and self.accountant in ("rdp", "prv")
+            and math.isfinite(self.max_grad_norm)
+            and self.max_grad_norm > 0
+            and (self.epsilon > 0) != (self.noise_multiplier > 0)
+            and all(math.isfinite(v) for v in (self.epsilon, self.noise_multiplier))
+        )
+        if not ok:
+            raise TaskRefused("policy", f"the run's privacy plan does not make sense: {self}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RecordSchedule:
+    """What one site will do under a record-level plan: fixed for the whole run."""
+
+    sample_rate: float
+    steps_per_round: int
+    noise_multiplier: float
+    rounds: int
+
+    def event(self, rounds: int | None = None) -> dict[str, Any]:
+        """The ledger's description of ``rounds`` rounds (all of the run by default)."""
+        count = self.rounds if rounds is None else rounds
+        return {
+            "kind": "poisson_gaussian",
+            "sample_rate": self.sample_rate,
+            "noise_multiplier": self.noise_multiplier,
+            "steps": self.steps_per_round * count,
+        }
+
+
+def record_schedule(
+    plan: PrivacyPlan, n_train: int, batch_size: int, epochs: int, rounds: int
+) -> RecordSchedule:
+    """Sample rate, steps and noise from the run's plan and this site's own data size.
+
+    The sample rate is one over the number of batches an epoch would have (Opacus's
+    ``DPDataLoader.from_data_loader``); the noise is the smallest multiplier that meets
+    the run's (ε, δ) after every round (``get_noise_multiplier``), or the plan's own.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if n_train < 1 or batch_size < 1 or epochs < 1 or rounds < 1:
+        raise TaskRefused("error", "record-level DP needs training rows, a batch size and rounds")
+    batches = math.ceil(n_train / batch_size)
+    sample_rate = 1.0 / batches
+    steps = epochs * batches
+    sigma = plan.noise_multiplier
+    if not sigma:
+        sigma = float(
+            get_noise_multiplier(
+                target_epsilon=plan.epsilon,
+                target_delta=plan.delta,
+                sample_rate=sample_rate,
+                steps=steps * rounds,
+                accountant=plan.accountant,
+                epsilon_tolerance=0.01,
+            )
+        )
+    return RecordSchedule(sample_rate, steps, float(sigma), rounds)
+
+
+def make_accountant(name: str, history: list[tuple[float, float, int]] | None = None) -> Any:
+    """Opacus's RDP or PRV accountant, restored from the run's ledger entries after a restart."""
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(mechanism=name)
+    accountant.history = list(history or [])
+    return accountant
+
+
+def check_private_model(model: nn.Module) -> None:
+    """Refuse a model Opacus cannot train privately, naming the layer.
+
+    Frozen BatchNorm layers (no trainable parameters, e.g. the tabular model's input
+    normaliser) are fine: they run in eval mode as a fixed function (see ``train_private``).
+    Every trainable layer goes through Opacus's ``ModuleValidator`` one at a time, so the
+    error names the offending layer, not just its type.
+    """
+    from opacus.validators import ModuleValidator
+
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        errors = validator(module) if validator is not None else []
+        if errors:
+            raise TaskRefused(
+                "model",
+                f"record-level DP cannot train layer {name or '(root)'!r} "
+                f"({type(module).__name__}): {errors[0]}"[:900],
+            )
+
+
+def _frozen_norms(model: nn.Module) -> list[nn.Module]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters())
+    ]
+
+
+def train_private(
+    model: nn.Module,
+    dataset: Any,
+    schedule: RecordSchedule,
+    accountant: Any,
+    *,
+    max_grad_norm: float,
+    epochs: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """One round of DP-SGD on ``model`` (in place), charging ``accountant``.
+
+    Batch statistics mix examples, which breaks per-example clipping, and a BatchNorm's
+    running statistics would leave the site un-noised inside the update: so frozen
+    BatchNorm layers run in eval mode and their statistics do not move.
+    """
+    from opacus import GradSampleModule
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers import DPOptimizer
+
+    from models.training import logits_of, move_inputs
+
+    check_private_model(model)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TaskRefused("model", "the model has no trainable parameters")
+    generator = torch.Generator().manual_seed(seed)
+    loader = DPDataLoader(dataset, sample_rate=schedule.sample_rate, generator=generator)
+    expected = max(1, round(schedule.sample_rate * len(dataset)))
+    frozen = _frozen_norms(model)
+    private = GradSampleModule(model)
+    try:
+        optimizer = DPOptimizer(
+            torch.optim.AdamW(params, lr=lr),
+            noise_multiplier=schedule.noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected,
+            generator=torch.Generator(device=device).manual_seed(seed + 1),
+        )
+        optimizer.attach_step_hook(
+            accountant.get_optimizer_hook_fn(sample_rate=schedule.sample_rate)
+        )
+        private.train()
+        for module in frozen:
+            module.eval()
+        loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # Opacus's hooks fire on modules whose inputs need no gradient (the first layer).
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            torch.manual_seed(seed)
+            for _ in range(epochs):
+                for inputs, labels in loader:
+                    if labels.shape[0] == 0:
+                        continue  # counted by no accountant: the ledger reserved it anyway
+                    inputs = move_inputs(inputs, device)
+                    labels = labels.to(device)
+                    logits = logits_of(private(**inputs))
+                    loss = F.cross_entropy(logits.float(), labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+                    loss_sum += float(loss.detach()) * labels.shape[0]
+                    correct += int((logits.argmax(dim=-1) == labels).sum())
+                    seen += int(labels.shape[0])
+    finally:
+        private._close()
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "dp_steps": float(steps),
+    }
+
+
+def plan_key(plan: PrivacyPlan | Mapping[str, Any]) -> str:
+    """Canonical JSON of a plan: two tasks of a run must carry the same one."""
+    data = plan.as_dict() if isinstance(plan, PrivacyPlan) else dict(plan)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))

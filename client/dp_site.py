@@ -1,0 +1,195 @@
+"""The site's privacy gate: projects a run's spend against its budget, charges the ledger.
+
+Before every training round (the run's first included) the site composes what its ledger
+already holds for the dataset with what the rest of this run plans to spend, at the
+site's own δ, and refuses (code ``budget``) when that would pass its budget; nothing of
+its data is touched after a refusal. Otherwise the round is charged to the ledger first
+(write-ahead), then trained with DP-SGD under the run's single accountant.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.dp import MECHANISM_RECORD, PrivacyPlan, RecordSchedule, make_accountant, plan_key
+from client.dp import record_schedule as schedule_for
+from client.ledger import Entry, Ledger, compose
+from client.policy import SitePolicy, TaskRefused
+from protos import federation_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundPrivacy:
+    """What a DP trainer needs for one round: the plan, the pinned schedule, the accountant."""
+
+    plan: PrivacyPlan
+    schedule: RecordSchedule
+    accountant: Any
+    entry: Entry
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _dataset(client: Any) -> str:
+    value = getattr(client, "data_fingerprint", None)
+    return str(value) if value else "unfingerprinted-client"
+
+
+class PrivacyGuard:
+    """One per agent: the ledger and the runs' accountants (kept across rounds)."""
+
+    def __init__(self, state_dir: Path, site: str, site_identity: Any, policy: SitePolicy) -> None:
+        self.ledger = Ledger.for_site(state_dir, site, site_identity)
+        self.policy = policy
+        self._accountants: dict[str, Any] = {}
+
+    def before_round(
+        self, task: federation_pb2.Task, config: dict[str, Any], client: Any
+    ) -> RoundPrivacy | None:
+        """Refuse, or charge this round and return its DP settings (None: a run without DP).
+
+        Raises
+        ------
+        TaskRefused
+            ``budget`` when the projection passes the budget (or the run has no DP and
+            the site keeps a budget); ``pin`` when the plan changed mid-run; ``model``
+            when this site's client cannot train privately.
+        """
+        plan = PrivacyPlan.from_proto(task.privacy) if task.HasField("privacy") else None
+        budget = self.policy.privacy_budget
+        if plan is None and any(e.run_id == task.run_id for e in self.ledger.entries):
+            raise TaskRefused(
+                "pin", "the run started with differential privacy; this task has none"
+            )
+        if plan is None:
+            if budget is not None:
+                raise TaskRefused(
+                    "budget",
+                    f"this site keeps a privacy budget (epsilon {budget:g}) and the run has no "
+                    "differential privacy: training would spend an unbounded epsilon",
+                )
+            return None
+        if plan.mode != "record":
+            raise TaskRefused("policy", f"privacy mode {plan.mode!r} is not available at this site")
+        if not hasattr(client, "fit_private"):
+            raise TaskRefused("model", "this site's client cannot train with record-level DP")
+        dataset = _dataset(client)
+        mine = self.ledger.run_entries(task.run_id, dataset)
+        schedule = self._schedule(task, plan, config, client, mine)
+        if task.round > schedule.rounds:
+            raise TaskRefused(
+                "pin", f"round {task.round} is past the {schedule.rounds} rounds this site planned"
+            )
+        delta = self.policy.privacy_delta
+        before = self.ledger.spent(dataset, delta)
+        remaining = max(1, schedule.rounds - len(mine))
+        projected = compose(self.ledger.events(dataset) + [schedule.event(remaining)], delta)
+        if budget is not None and projected > budget:
+            raise TaskRefused(
+                "budget",
+                f"the run would bring this site's spend on dataset {dataset[:12]} to epsilon "
+                f"{projected:.3f} (at delta {delta:g}), past its budget of {budget:g} "
+                f"(spent so far: {before:.3f})",
+            )
+        accountant = self._accountant(task.run_id, plan, mine)
+        after_run = self._epsilon_after(accountant, schedule, plan)
+        after = compose(self.ledger.events(dataset) + [schedule.event(1)], delta)
+        entry = self.ledger.charge(
+            {
+                "run_id": task.run_id,
+                "round": task.round,
+                "dataset": dataset,
+                "mechanism": MECHANISM_RECORD,
+                "accountant": plan.accountant,
+                "plan": json_plan(plan),
+                "rounds": schedule.rounds,
+                "event": schedule.event(1),
+                "run_epsilon": after_run,
+                "run_delta": plan.delta,
+                "ledger_delta": delta,
+                "ledger_epsilon_before": before,
+                "ledger_epsilon_after": after,
+                "budget": budget,
+            }
+        )
+        metrics = {
+            "dp_epsilon": after_run,
+            "dp_delta": plan.delta,
+            "dp_noise_multiplier": schedule.noise_multiplier,
+            "dp_sample_rate": schedule.sample_rate,
+            "ledger_epsilon": after,
+        }
+        if budget is not None:
+            metrics["privacy_budget_left"] = budget - after
+        return RoundPrivacy(plan, schedule, accountant, entry, metrics)
+
+    def _schedule(
+        self,
+        task: federation_pb2.Task,
+        plan: PrivacyPlan,
+        config: dict[str, Any],
+        client: Any,
+        mine: list[Entry],
+    ) -> RecordSchedule:
+        """The run's schedule: computed at its first round, read back from the ledger after."""
+        if mine:
+            first = mine[0].statement
+            if first.get("plan") != json_plan(plan):
+                raise TaskRefused(
+                    "pin", "the run's privacy plan changed since this site's first round"
+                )
+            event = first["event"]
+            return RecordSchedule(
+                float(event["sample_rate"]),
+                int(event["steps"]),
+                float(event["noise_multiplier"]),
+                int(first["rounds"]),
+            )
+        try:
+            rounds = int(config.get("rounds", 0))
+            epochs = int(config.get("local_epochs", 1))
+            batch = int(config.get("batch_size", 32))
+        except (TypeError, ValueError) as exc:
+            raise TaskRefused(
+                "error", f"the run's rounds/epochs/batch size do not read: {exc}"
+            ) from exc
+        return schedule_for(plan, int(client.num_train), batch, epochs, rounds)
+
+    def _accountant(self, run_id: str, plan: PrivacyPlan, mine: list[Entry]) -> Any:
+        """The run's one accountant; after a restart, rebuilt from the run's ledger entries."""
+        if run_id not in self._accountants:
+            history = [
+                (
+                    float(e.statement["event"]["noise_multiplier"]),
+                    float(e.statement["event"]["sample_rate"]),
+                    int(e.statement["event"]["steps"]),
+                )
+                for e in mine
+            ]
+            self._accountants[run_id] = make_accountant(plan.accountant, history)
+        return self._accountants[run_id]
+
+    @staticmethod
+    def _epsilon_after(accountant: Any, schedule: RecordSchedule, plan: PrivacyPlan) -> float:
+        """The run's ε at its δ once this round's steps are taken (what the hook will count)."""
+        probe = make_accountant(
+            plan.accountant,
+            list(accountant.history)
+            + [(schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)],
+        )
+        return float(probe.get_epsilon(delta=plan.delta))
+
+    def after_round(self, privacy: RoundPrivacy) -> dict[str, float]:
+        """Metrics for the update: the ε the run's accountant actually counted."""
+        counted = float(privacy.accountant.get_epsilon(delta=privacy.plan.delta))
+        return {**privacy.metrics, "dp_epsilon": counted}
+
+
+def json_plan(plan: PrivacyPlan) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(plan_key(plan)))

@@ -1,0 +1,95 @@
+"""The site's privacy gate against a hostile coordinator: what a task may not change mid-run."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.custody import SiteIdentity
+from client.dp_site import PrivacyGuard
+from client.policy import SitePolicy, TaskRefused
+from protos import common_pb2, federation_pb2
+
+
+class Site:
+    """What the gate reads of a site's client: its row count and data fingerprint."""
+
+    num_train = 200
+    data_fingerprint = "f" * 64
+
+    def fit_private(self, *args: object) -> None:  # pragma: no cover - never trained here
+        raise AssertionError
+
+
+def task(round_number: int, epsilon: float | None = 4.0, run: str = "run-1") -> federation_pb2.Task:
+    message = federation_pb2.Task(run_id=run, round=round_number, task_id=f"t{round_number}")
+    if epsilon is not None:
+        message.privacy.CopyFrom(
+            common_pb2.PrivacyPlan(mode="record", epsilon=epsilon, delta=1e-5, max_grad_norm=1.0)
+        )
+    return message
+
+
+CONFIG = {"rounds": 3, "local_epochs": 1, "batch_size": 20}
+
+
+@pytest.fixture
+def guard(tmp_path) -> PrivacyGuard:
+    identity = SiteIdentity.load_or_create(tmp_path, "a")
+    return PrivacyGuard(tmp_path, "a", identity, SitePolicy(privacy_budget=10.0))
+
+
+def test_the_first_round_charges_the_ledger_before_any_data_is_used(guard):
+    privacy = guard.before_round(task(1), CONFIG, Site())
+    assert privacy is not None and len(guard.ledger.entries) == 1
+    assert privacy.metrics["dp_epsilon"] < 4.0 < 10.0
+    assert (
+        guard.ledger.entries[0].statement["event"]["noise_multiplier"]
+        == privacy.schedule.noise_multiplier
+    )
+
+
+@pytest.mark.parametrize(
+    ("hostile", "code"),
+    [
+        (lambda: task(2, epsilon=50.0), "pin"),  # a looser plan mid-run
+        (lambda: task(2, epsilon=None), "pin"),  # DP dropped mid-run
+        (lambda: task(4), "pin"),  # rounds past the plan this site pinned
+    ],
+    ids=["looser-plan", "dp-dropped", "extra-round"],
+)
+def test_a_coordinator_cannot_change_a_runs_privacy_mid_run(guard, hostile, code):
+    guard.before_round(task(1), CONFIG, Site())
+    with pytest.raises(TaskRefused) as caught:
+        guard.before_round(hostile(), {**CONFIG, "rounds": 10}, Site())
+    assert caught.value.code == code
+    assert len(guard.ledger.entries) == 1  # nothing charged for a refused round
+
+
+def test_more_rounds_in_the_config_do_not_lower_the_pinned_noise(guard):
+    first = guard.before_round(task(1), CONFIG, Site())
+    second = guard.before_round(task(2), {**CONFIG, "rounds": 1000}, Site())
+    assert first is not None and second is not None
+    assert second.schedule == first.schedule
+
+
+def test_a_site_with_a_budget_refuses_a_run_without_dp(guard):
+    with pytest.raises(TaskRefused) as caught:
+        guard.before_round(task(1, epsilon=None), CONFIG, Site())
+    assert caught.value.code == "budget" and "no differential privacy" in caught.value.reason
+
+
+def test_a_run_over_the_budget_is_refused_with_the_projection(guard):
+    with pytest.raises(TaskRefused) as caught:
+        guard.before_round(task(1, epsilon=12.0), CONFIG, Site())
+    assert caught.value.code == "budget" and "past its budget of 10" in caught.value.reason
+    assert not guard.ledger.entries
+
+
+def test_a_client_without_a_private_trainer_is_refused(guard):
+    class Plain:
+        num_train = 100
+        data_fingerprint = "e" * 64
+
+    with pytest.raises(TaskRefused) as caught:
+        guard.before_round(task(1), CONFIG, Plain())
+    assert caught.value.code == "model"
