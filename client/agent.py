@@ -280,10 +280,16 @@ class SiteAgent:
             metadata=self._metadata(),
             timeout=self.config.poll_seconds + 30,
         )
-        while not call.done():
-            if stop.wait(0.1):
+        # Woken the moment the reply lands (a task opens a round for every site at once):
+        # sleeping between checks would add its interval to every round.
+        answered = threading.Event()
+        call.add_done_callback(lambda _call: answered.set())
+        while not answered.wait(0.1):
+            if stop.is_set():
                 call.cancel()
                 return None
+        if stop.is_set():
+            return None
         return call.result()
 
     def _work(self, task: federation_pb2.Task, stop: threading.Event) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,10 +21,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def is_peft_model(model: nn.Module) -> bool:
-    """True when ``model`` carries peft adapters (then only the adapters are exchanged)."""
-    from peft import PeftModel
+    """True when ``model`` carries peft adapters (then only the adapters are exchanged).
 
-    return isinstance(unwrap(model), PeftModel)
+    A ``PeftModel`` exists only once peft is imported; until then no model can be one,
+    and importing peft (it pulls in transformers: seconds of CPU) just to learn that would
+    cost every plain model's first round.
+    """
+    peft = sys.modules.get("peft")
+    if peft is None:
+        return False
+    return isinstance(unwrap(model), peft.PeftModel)
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
