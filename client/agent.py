@@ -16,7 +16,7 @@ import numpy as np
 from flwr.client import NumPyClient
 
 import crypto
-from client import keys
+from client import keys, prewarm
 from client.custody import SiteIdentity
 from client.peers import PeerStore
 from client.pins import RunPins
@@ -217,6 +217,7 @@ class SiteAgent:
                 if not joined:
                     self.join()
                     joined = True
+                    prewarm.warm_training()  # while the site waits for its first task
                 task = self._pull(stop)
                 if task is None:
                     break
@@ -475,6 +476,7 @@ class SiteAgent:
         )
         self.stub.SubmitKeys(bundle, metadata=self._metadata(), timeout=60)
         self._run_keys[task.run_id] = (public_key, private_key)
+        prewarm.warm_crypto(self.config.encrypt_workers)
         self.listener(
             "keygen",
             {
@@ -521,6 +523,7 @@ class SiteAgent:
             ) from exc
         private_key = crypto.private_key_from_bytes(private_bytes, public_key)
         self._run_keys[task.run_id] = (public_key, private_key)
+        prewarm.warm_crypto(self.config.encrypt_workers)  # ready by the first aggregate
         self.listener("key", {"run_id": task.run_id, "fingerprint": fingerprint})
         log.info("run %s key fingerprint %s (compare out of band)", task.run_id, fingerprint)
         return public_key, private_key
