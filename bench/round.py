@@ -185,7 +185,7 @@ def main() -> None:
         audit=False,
         key_bits=args.key_bits,
     )
-    prewarm._training()  # the one-time torch import, before either system is timed
+    prewarm.training_imports()  # the one-time torch import, before either system is timed
     with TemporaryDirectory() as tmp:
         plain = cohort(DemoSettings(secure=False, data_dir=Path(tmp), **common))
         secure = cohort(DemoSettings(secure=True, data_dir=Path(tmp), **common))

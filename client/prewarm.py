@@ -35,7 +35,8 @@ def _once(name: str, work: object) -> None:
     threading.Thread(target=run, name=f"prewarm-{name}", daemon=True).start()
 
 
-def _training() -> None:
+def training_imports() -> None:
+    """Make and step one torch optimiser (its first construction imports torch._dynamo)."""
     import torch
 
     # An optimiser's first construction and step import torch._dynamo lazily.
@@ -47,7 +48,7 @@ def _training() -> None:
 
 def warm_training() -> None:
     """Import what the first local training step needs (once per process, in the background)."""
-    _once("training", _training)
+    _once("training", training_imports)
 
 
 def warm_crypto(workers: int | None) -> None:
