@@ -1,4 +1,4 @@
-"""`cohort simulate` vs Flower's own simulation (``flwr.simulation.run_simulation``), same partitions.
+"""`cohort simulate` vs Flower's own simulation (``flwr.simulation.run_simulation``) on one split.
 
 Both systems get the same rows: the synthetic tabular set (or --dataset), split by the
 same flwr-datasets partitioner into the same N partitions, the same tabular MLP trainer,

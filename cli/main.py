@@ -161,7 +161,9 @@ def simulate(
     rows_per_site: Annotated[
         int, typer.Option(help="Rows per site of the synthetic set (its size follows).")
     ] = 50,
-    partition: Annotated[str, typer.Option(help="dirichlet, label (by label) or iid")] = "dirichlet",
+    partition: Annotated[
+        str, typer.Option(help="dirichlet, label (by label) or iid")
+    ] = "dirichlet",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (label skew).")] = 0.5,
     labels_per_site: Annotated[int, typer.Option(help="Labels per site (--partition label).")] = 2,
     secure: Annotated[

@@ -135,11 +135,10 @@ class SiteHost:
         encrypt_workers: int | None = 1,
     ) -> None:
         logging.getLogger("client").setLevel(logging.ERROR)
+        from client import prewarm
         from client.agent import AgentConfig, SiteAgent
         from client.policy import SitePolicy
         from client.trainer import TabularTrainer
-
-        from client import prewarm
 
         prewarm.training_imports()  # the process's one-time torch import, before any round
         self._stop = threading.Event()
@@ -147,9 +146,7 @@ class SiteHost:
         self.events: dict[str, int] = {}
         for offset, spec in enumerate(sites):
             # Ray hands arrays over read-only; torch wants to own writable ones.
-            data = TabularData(
-                np.array(spec.x), np.array(spec.y), list(feature_names), class_names
-            )
+            data = TabularData(np.array(spec.x), np.array(spec.y), list(feature_names), class_names)
             trainer = TabularTrainer(data, seed=seed + offset)
             self.agents[spec.name] = SiteAgent(
                 AgentConfig(
