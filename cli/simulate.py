@@ -191,7 +191,8 @@ def run_simulation(settings: SimulateSettings, console: Console) -> SimulateResu
     serving: list[Any] = []
     try:
         mark = time.perf_counter()
-        remote_host = ray.remote(num_cpus=1, max_concurrency=2)(SiteHost)
+        # Two threads per actor: ``serve`` sweeps while ``stop`` and ``export`` can still land.
+        remote_host: Any = ray.remote(SiteHost).options(num_cpus=1, max_concurrency=2)
         chunks = np.array_split(np.arange(len(specs)), min(settings.workers, len(specs)))
         hosts = [
             remote_host.remote(
