@@ -1,4 +1,4 @@
-"""`cohort simulate`: partitions, flag checks, and small runs on a local Ray against a real coordinator."""
+"""`cohort simulate`: partitions, flag checks, small runs on a local Ray against a coordinator."""
 
 from __future__ import annotations
 
