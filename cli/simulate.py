@@ -249,16 +249,26 @@ def run_simulation(settings: SimulateSettings, console: Console) -> SimulateResu
             ),
             metadata=(("x-cohort-user", "simulate"),),
         )
+        # Polled once a second rather than watched: a watch is redrawn at every accepted
+        # update, which with a thousand sites costs the coordinator more than the updates.
         shown = 0
-        for event in admin.WatchRun(admin_pb2.GetRunRequest(run_id=run.run_id)):
-            closed = [r for r in event.run.round_infos if r.closed_unix > 0]
+        ended = (
+            common_pb2.RUN_STATE_COMPLETED,
+            common_pb2.RUN_STATE_FAILED,
+            common_pb2.RUN_STATE_STOPPED,
+        )
+        while True:
+            final = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+            closed = [r for r in final.round_infos if r.closed_unix > 0]
             for r in closed[shown:]:
                 console.print(
                     f"round {r.number}: {r.submitted} updates in "
                     f"{r.closed_unix - r.opened_unix:.2f} s"
                 )
             shown = max(shown, len(closed))
-        final = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+            if final.state in ended:
+                break
+            time.sleep(1.0)
         state = common_pb2.RunState.Name(final.state).removeprefix("RUN_STATE_").lower()
         if state != "completed":
             raise RuntimeError(f"simulated run {state}: {final.failure_reason}")

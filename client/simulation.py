@@ -140,6 +140,11 @@ class SiteHost:
         from client.policy import SitePolicy
         from client.trainer import TabularTrainer
 
+        import torch
+
+        # A host is one Ray worker on one CPU training tiny models one after another:
+        # torch's intra-op threads would only fight each other (and the other hosts).
+        torch.set_num_threads(1)
         prewarm.training_imports()  # the process's one-time torch import, before any round
         self._stop = threading.Event()
         self.agents: dict[str, SiteAgent] = {}
