@@ -17,7 +17,7 @@ which Flower has no counterpart to, is off here (bench/audit.py times it). Befor
 system is timed the process makes one torch optimiser: its first construction imports
 ``torch._dynamo`` (seconds), a one-time process cost whichever system ran first would pay
 (Cohort's agent pays it in the background while waiting for its first task,
-client/prewarm.py).
+client/prewarm.py). Both systems train with one torch thread per site.
 
 Prints a table, then one JSON line of the figures.
 """
@@ -35,23 +35,28 @@ import threading
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import TYPE_CHECKING
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli.demo import DemoSettings, evaluate_weights, prepare_sites, run_demo
-from cli.scenarios import TabularScenario
-from client import prewarm
-from client.data import load_tabular
-from client.trainer import TabularTrainer
-from crypto import shutdown_shared_pools
-from protos import wire
+if TYPE_CHECKING:
+    from cli.demo import DemoSettings
+
+# Torch, gRPC and the project are imported inside the functions: Paillier's worker
+# processes come from a fork server that first imports this main module, and a heavy one
+# would put seconds of imports into the first secure round, which `cohort demo` (whose
+# main module is the light CLI) does not pay.
 
 
 def cohort(settings: DemoSettings) -> dict[str, float]:
+    from cli.demo import run_demo
+    from client.data import load_tabular
+    from client.trainer import TabularTrainer
+    from protos import wire
+
     result = run_demo(settings, Console(stderr=True, quiet=True))
     rounds = result.rounds
     uploads = [r["bytes"] for r in rounds]
@@ -93,11 +98,17 @@ def free_port() -> int:
 def flower(settings: DemoSettings) -> dict[str, float]:
     """The same three sites under Flower's own gRPC server and FedAvg."""
     import flwr
+    import numpy as np
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.client.app import start_client
     from flwr.compat.server.app import start_server
     from flwr.server import ServerConfig
     from flwr.server.strategy import FedAvg
+
+    from cli.demo import evaluate_weights, prepare_sites
+    from cli.scenarios import TabularScenario
+    from client.data import load_tabular
+    from client.trainer import TabularTrainer
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     with TemporaryDirectory() as tmp:
@@ -173,6 +184,11 @@ def flower(settings: DemoSettings) -> dict[str, float]:
 
 
 def main() -> None:
+    import torch
+
+    from cli.demo import DemoSettings
+    from client import prewarm
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=5)
@@ -186,6 +202,9 @@ def main() -> None:
         key_bits=args.key_bits,
     )
     prewarm.training_imports()  # the one-time torch import, before either system is timed
+    # Three sites share this process and two cores under both systems: one intra-op thread
+    # each (a batch of 32 rows gains nothing from more, and more fight each other).
+    torch.set_num_threads(1)
     with TemporaryDirectory() as tmp:
         plain = cohort(DemoSettings(secure=False, data_dir=Path(tmp), **common))
         secure = cohort(DemoSettings(secure=True, data_dir=Path(tmp), **common))
@@ -259,6 +278,8 @@ def main() -> None:
 if __name__ == "__main__":
     main()
     sys.stdout.flush()
+    from crypto import shutdown_shared_pools
+
     shutdown_shared_pools()  # os._exit skips the atexit hook that would stop the workers
     # Flower's compat clients block forever on a stream their finished server never closes,
     # and their threads keep the interpreter from exiting: leave without waiting for them.

@@ -217,7 +217,9 @@ class SiteAgent:
                 if not joined:
                     self.join()
                     joined = True
-                    prewarm.warm_training()  # while the site waits for its first task
+                    # While the site waits for its first task: one-time process costs.
+                    prewarm.warm_training()
+                    prewarm.warm_forkserver()
                 task = self._pull(stop)
                 if task is None:
                     break

@@ -63,3 +63,21 @@ def warm_crypto(workers: int | None) -> None:
             future.result()
 
     _once(f"crypto-{workers}", start)
+
+
+def warm_forkserver() -> None:
+    """Start multiprocessing's fork server, from which every Paillier worker is forked.
+
+    Its start imports the program's main module (preloaded so that workers need not), which
+    in a process that imports torch at the top costs seconds: paid here, while the site
+    waits, rather than inside the first secure round's encryption.
+    """
+
+    def start() -> None:
+        import multiprocessing
+        from multiprocessing import forkserver
+
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            forkserver.ensure_running()
+
+    _once("forkserver", start)

@@ -135,12 +135,12 @@ class SiteHost:
         encrypt_workers: int | None = 1,
     ) -> None:
         logging.getLogger("client").setLevel(logging.ERROR)
+        import torch
+
         from client import prewarm
         from client.agent import AgentConfig, SiteAgent
         from client.policy import SitePolicy
         from client.trainer import TabularTrainer
-
-        import torch
 
         # A host is one Ray worker on one CPU training tiny models one after another:
         # torch's intra-op threads would only fight each other (and the other hosts).
