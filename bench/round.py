@@ -185,6 +185,7 @@ def flower(settings: DemoSettings) -> dict[str, float]:
 
 def main() -> None:
     import torch
+    from flwr import __version__ as flwr_version
 
     from cli.demo import DemoSettings
     from client import prewarm
@@ -224,7 +225,7 @@ def main() -> None:
     ):
         table.add_column(column, justify="right" if column != "system" else "left")
     rows = [
-        ("Flower 1.42 start_server (FedAvg)", baseline),
+        (f"Flower {flwr_version} start_server (FedAvg)", baseline),
         ("Cohort plaintext (FedAvg)", plain),
         (f"Cohort Paillier {args.key_bits}-bit", secure),
     ]
