@@ -137,6 +137,7 @@ def run_demo(
     scenario = build_scenario(settings, workdir)
     site_names = list(scenario.sites)
     timings = {"setup": time.perf_counter() - started}
+    run_started = time.perf_counter()
     server = CoordinatorServer(
         f"sqlite:///{workdir / 'cohort.db'}", workdir / "coordinator", port=0, tick_seconds=0.1
     )
@@ -181,6 +182,8 @@ def run_demo(
         timings["federated"] = time.perf_counter() - mark
         # The final model is decrypted by a site, never by the coordinator.
         weights = agents[site_names[0]].export_model(run.run_id)
+        # Coordinator up to the final model in a site's hands: what a run costs end to end.
+        timings["run"] = time.perf_counter() - run_started
         federated = scenario.evaluate(weights)
         mark = time.perf_counter()
         report_path = None
@@ -270,6 +273,8 @@ def spend_of(agent: SiteAgent, run_id: str) -> dict[str, Any]:
 def _create_run_request(settings: DemoSettings, scenario: Scenario) -> admin_pb2.CreateRunRequest:
     """The run every site trains: the scenario's model, LoRA and encoding in config_json."""
     config = scenario.run_config()
+    if not settings.audit:
+        config["audit"] = False
     if settings.secure:
         config["encoding"] = {
             **scenario.encoding,

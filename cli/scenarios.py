@@ -64,6 +64,9 @@ class DemoSettings:
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    # The sites' SHAP audit of the final model (the run completes once it is in). A
+    # benchmark against a system without one turns it off and times it on its own.
+    audit: bool = True
 
 
 class Scenario(ABC):

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.client import NumPyClient
 
 import crypto
-from client import keys
+from client import keys, prewarm
 from client.custody import SiteIdentity
 from client.peers import PeerStore
 from client.pins import RunPins
@@ -224,6 +224,9 @@ class SiteAgent:
                 if not joined:
                     self.join()
                     joined = True
+                    # While the site waits for its first task: one-time process costs.
+                    prewarm.warm_training()
+                    prewarm.warm_forkserver()
                 task = self._pull(stop)
                 if task is None:
                     break
@@ -287,10 +290,16 @@ class SiteAgent:
             metadata=self._metadata(),
             timeout=self.config.poll_seconds + 30,
         )
-        while not call.done():
-            if stop.wait(0.1):
+        # Woken the moment the reply lands (a task opens a round for every site at once):
+        # sleeping between checks would add its interval to every round.
+        answered = threading.Event()
+        call.add_done_callback(lambda _call: answered.set())
+        while not answered.wait(0.1):
+            if stop.is_set():
                 call.cancel()
                 return None
+        if stop.is_set():
+            return None
         return call.result()
 
     def _work(self, task: federation_pb2.Task, stop: threading.Event) -> bool:
@@ -479,6 +488,7 @@ class SiteAgent:
         )
         self.stub.SubmitKeys(bundle, metadata=self._metadata(), timeout=60)
         self._run_keys[task.run_id] = (public_key, private_key)
+        prewarm.warm_crypto(self.config.encrypt_workers)
         self.listener(
             "keygen",
             {
@@ -562,6 +572,7 @@ class SiteAgent:
             ) from exc
         private_key = crypto.private_key_from_bytes(private_bytes, public_key)
         self._run_keys[task.run_id] = (public_key, private_key)
+        prewarm.warm_crypto(self.config.encrypt_workers)  # ready by the first aggregate
         self.listener("key", {"run_id": task.run_id, "fingerprint": fingerprint})
         log.info("run %s key fingerprint %s (compare out of band)", task.run_id, fingerprint)
         return public_key, private_key

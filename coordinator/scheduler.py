@@ -117,15 +117,26 @@ class RoundScheduler:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        streak = 0
         while not self._stop.is_set():
             try:
-                self.advance_all()
+                moved = self.advance_all()
             except Exception:
                 log.exception("scheduler tick failed")
+                moved = False
+            streak = streak + 1 if moved else 0
+            if moved and streak < 100:
+                # One step leads to the next (a closed round opens the next one): take it
+                # now rather than a tick later. Each step is a state change, so this ends;
+                # the cap only keeps a step that reports a change it did not make from
+                # spinning.
+                continue
+            streak = 0
             # Wake on any change (an accepted update closes its round at once) or the tick.
             self.hub.wait(self.tick_seconds)
 
-    def advance_all(self, now: float | None = None) -> None:
+    def advance_all(self, now: float | None = None) -> bool:
+        """One pass over every active run; True when any run or site changed state."""
         now = time.time() if now is None else now
         with self.hub.lock:
             with self.hub.db.transaction() as session:
@@ -140,6 +151,7 @@ class RoundScheduler:
                         moved |= self._advance(session, run, now)
         if moved:
             self.hub.notify()
+        return moved
 
     def _mark_presence(self, now: float) -> bool:
         """Audit each site going offline (no poll or heartbeat lately) and coming back."""
