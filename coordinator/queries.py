@@ -7,12 +7,15 @@ from sqlalchemy.orm import Session
 
 from coordinator.schema import Task, TaskState
 
+LIVE = (TaskState.PENDING, TaskState.DELIVERED)
+"""States of a task a site may still act on."""
+
 
 def cancel_open_tasks(session: Session, run_id: str) -> None:
     """Cancel the run's tasks no site has finished: a stopped or failed run hands out nothing."""
     for task in session.scalars(
         select(Task).where(
-            Task.run_id == run_id, Task.state.in_([TaskState.PENDING, TaskState.DELIVERED])
+            Task.run_id == run_id, Task.state.in_(LIVE)
         )
     ):
         task.state = TaskState.CANCELLED

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument
 from coordinator.manifests import site_name
-from coordinator.queries import cancel_open_tasks
+from coordinator.queries import LIVE, cancel_open_tasks
 from coordinator.schema import Node, Run, RunState, SiteRefusal, Task, TaskKind, TaskState
 from protos import admin_pb2, federation_pb2
 
@@ -27,7 +27,6 @@ MAX_REASON = 1000
 # (one per task the coordinator itself created).
 AUDIT_RATE = 20
 _WINDOW_SECONDS = 60.0
-_LIVE = (TaskState.PENDING, TaskState.DELIVERED)
 _FATAL = ("verify", "decode")
 
 
@@ -58,7 +57,7 @@ def refuse_task(
         raise FailedPrecondition(f"no task {refusal.task_id!r} for this node")
     if refusal.run_id and refusal.run_id != task.run_id:
         raise InvalidArgument("run_id does not match the task's run")
-    if task.state not in _LIVE:
+    if task.state not in LIVE:
         raise FailedPrecondition(f"task {task.id} is {task.state.value}, not open")
     reason = clean_reason(refusal.reason) or "(no reason given)"
     now = time.time()

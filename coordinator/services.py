@@ -33,31 +33,33 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         self.domain = domain
 
     def _node(self, context: grpc.ServicerContext) -> str:
-        return self.domain.authenticate(bearer_token(context))
+        return self.domain.sites.authenticate(bearer_token(context))
 
     @maps_domain_errors
     def Join(
         self, request: federation_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> federation_pb2.JoinReply:
-        return self.domain.join(request)
+        return self.domain.sites.join(request)
 
     @maps_domain_errors
     def Heartbeat(
         self, request: federation_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> federation_pb2.HeartbeatReply:
-        return self.domain.heartbeat(self._node(context))
+        return self.domain.sites.heartbeat(self._node(context))
 
     @maps_domain_errors
     def PullTask(
         self, request: federation_pb2.PullTaskRequest, context: grpc.ServicerContext
     ) -> federation_pb2.Task:
-        return self.domain.pull_task(self._node(context), request.wait_seconds, context.is_active)
+        return self.domain.tasks.pull_task(
+            self._node(context), request.wait_seconds, context.is_active
+        )
 
     @maps_domain_errors
     def FetchModel(
         self, request: federation_pb2.FetchModelRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.Chunk]:
-        payload = self.domain.fetch_model(self._node(context), request.run_id, request.sha256)
+        payload = self.domain.tasks.fetch_model(self._node(context), request.run_id, request.sha256)
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
@@ -72,49 +74,49 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     def SubmitKeys(
         self, request: federation_pb2.KeyBundle, context: grpc.ServicerContext
     ) -> federation_pb2.SubmitReply:
-        return self.domain.submit_keys(self._node(context), request)
+        return self.domain.keys.submit_keys(self._node(context), request)
 
     @maps_domain_errors
     def SubmitAudit(
         self, request: federation_pb2.AuditSubmission, context: grpc.ServicerContext
     ) -> federation_pb2.SubmitReply:
-        return self.domain.submit_audit(self._node(context), request)
+        return self.domain.statements.submit_audit(self._node(context), request)
 
     @maps_domain_errors
     def RefuseTask(
         self, request: federation_pb2.TaskRefusal, context: grpc.ServicerContext
     ) -> federation_pb2.SubmitReply:
-        return self.domain.refuse(self._node(context), request)
+        return self.domain.statements.refuse(self._node(context), request)
 
     @maps_domain_errors
     def GetFinalModel(
         self, request: federation_pb2.FinalModelRequest, context: grpc.ServicerContext
     ) -> federation_pb2.Task:
-        return self.domain.final_model(self._node(context), request.run_id)
+        return self.domain.tasks.final_model(self._node(context), request.run_id)
 
     @maps_domain_errors
     def SubmitPartials(
         self, request: federation_pb2.PartialSubmission, context: grpc.ServicerContext
     ) -> federation_pb2.SubmitReply:
-        return self.domain.submit_partials(self._node(context), request)
+        return self.domain.keys.submit_partials(self._node(context), request)
 
     @maps_domain_errors
     def FetchPartials(
         self, request: federation_pb2.PartialFetchRequest, context: grpc.ServicerContext
     ) -> federation_pb2.PartialFetchReply:
-        return self.domain.fetch_partials(self._node(context), request, context.is_active)
+        return self.domain.keys.fetch_partials(self._node(context), request, context.is_active)
 
     @maps_domain_errors
     def ReportPartial(
         self, request: federation_pb2.PartialComplaint, context: grpc.ServicerContext
     ) -> federation_pb2.SubmitReply:
-        return self.domain.report_partial(self._node(context), request)
+        return self.domain.keys.report_partial(self._node(context), request)
 
     @maps_domain_errors
     def LedgerSubmit(
         self, request: federation_pb2.LedgerEntry, context: grpc.ServicerContext
     ) -> federation_pb2.SubmitReply:
-        return self.domain.ledger_entry(self._node(context), request)
+        return self.domain.statements.ledger_entry(self._node(context), request)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):

@@ -1,0 +1,289 @@
+"""Task hand-out: long polls, the task a site receives, final models and model blobs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coordinator import auditlog, identity, manifests, privacy, threshold
+from coordinator.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from coordinator.hub import Hub
+from coordinator.manifests import site_name
+from coordinator.queries import LIVE
+from coordinator.schema import (
+    ModelVersion,
+    Node,
+    Run,
+    RunState,
+    SealedKey,
+    Task,
+    TaskKind,
+    TaskState,
+)
+from crypto import identity as crypto_identity
+from protos import common_pb2, federation_pb2
+
+_KIND_TO_PROTO = {
+    TaskKind.INIT: federation_pb2.TASK_KIND_INIT,
+    TaskKind.TRAIN: federation_pb2.TASK_KIND_TRAIN,
+    TaskKind.KEYGEN: federation_pb2.TASK_KIND_KEYGEN,
+    TaskKind.AUDIT: federation_pb2.TASK_KIND_AUDIT,
+}
+
+
+def weight_cap(run: Run, selected: int) -> int:
+    """Largest weight one site may use so that the round's Σw can never pass max_weight."""
+    max_weight = int(run.encoding()["max_weight"])
+    return max(1, max_weight // max(selected, run.min_clients, 1))
+
+
+class TaskHandout:
+    """What a site is asked to do, and the models it may fetch for it."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def pull_task(
+        self, node_id: str, wait_seconds: float, is_active: Callable[[], bool] = lambda: True
+    ) -> federation_pb2.Task:
+        """Long poll: the node's oldest live task, or NONE once ``wait_seconds`` pass.
+
+        Gives up early when the caller has gone or the coordinator is stopping, so an
+        abandoned poll does not hold a server thread for its whole wait.
+        """
+        if math.isnan(wait_seconds):
+            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+        wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
+        until = time.monotonic() + wait
+        touched = time.monotonic()
+        while True:
+            with self.hub.lock, self.hub.db.transaction() as session:
+                task = self._next_task(session, node_id)
+                if task is not None:
+                    message = self._task_message(session, task)
+                    if task.state == TaskState.PENDING:
+                        task.state = TaskState.DELIVERED
+                        task.delivered_at = time.time()
+                    return message
+            remaining = until - time.monotonic()
+            if remaining <= 0 or self.hub.closing.is_set() or not is_active():
+                return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
+            self.hub.wait(min(remaining, 1.0))
+            if time.monotonic() - touched > 5.0:
+                # A parked poll is a sign of life; written now and then, not at every wake-up.
+                touched = time.monotonic()
+                with self.hub.db.transaction() as session:
+                    node = session.get(Node, node_id)
+                    if node is not None:
+                        node.last_seen = time.time()
+
+    @staticmethod
+    def _next_task(session: Session, node_id: str) -> Task | None:
+        now = time.time()
+        for task in session.scalars(
+            select(Task)
+            .where(Task.node_id == node_id, Task.state.in_(LIVE))
+            .order_by(Task.created_at)
+        ):
+            run = session.get(Run, task.run_id)
+            if run is None or now >= task.deadline:
+                continue
+            if task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED:
+                return task
+            if run.state == RunState.RUNNING:
+                return task
+        return None
+
+    def _task_message(self, session: Session, task: Task) -> federation_pb2.Task:
+        run = session.get(Run, task.run_id)
+        assert run is not None
+        config = run.config | {
+            "model": run.model,
+            "local_epochs": run.config.get("local_epochs", 1),
+            "strategy": run.strategy,
+            "rounds": run.rounds,
+        }
+        if run.data_schema:
+            # The pinned schema: sites take their columns in its order, by name.
+            config["schema"] = json.loads(run.data_schema)
+        message = federation_pb2.Task(
+            kind=_KIND_TO_PROTO[task.kind],
+            task_id=task.id,
+            run_id=run.id,
+            round=task.round,
+            deadline_unix=task.deadline,
+            secure=(
+                common_pb2.SECURE_SCHEME_PAILLIER
+                if run.secure == "paillier"
+                else common_pb2.SECURE_SCHEME_NONE
+            ),
+        )
+        self._secure_fields(session, run, task.node_id, message)
+        plan = privacy.plan_to_proto(run.config)
+        if plan is not None:
+            message.privacy.CopyFrom(plan)
+        if task.kind == TaskKind.KEYGEN:
+            # The custodian deals the key, so the task names it, even before a statement.
+            node = session.get(Node, task.node_id)
+            message.custodian = run.custodian or (site_name(session, node) if node else "")
+        if task.kind == TaskKind.TRAIN:
+            selected = len(
+                session.scalars(
+                    select(Task.id).where(
+                        Task.run_id == run.id, Task.round == task.round, Task.kind == TaskKind.TRAIN
+                    )
+                ).all()
+            )
+            config["weight_cap"] = weight_cap(run, selected)
+        if task.kind == TaskKind.TRAIN:
+            self._attach_model(session, run, task.round, message)
+        elif task.kind == TaskKind.AUDIT:
+            # The audit explains and scores the final model: every round's aggregate.
+            self._attach_model(session, run, run.rounds + 1, message)
+        message.config_json = json.dumps(config, default=str)
+        return message
+
+    @staticmethod
+    def _secure_fields(
+        session: Session, run: Run, node_id: str, message: federation_pb2.Task
+    ) -> None:
+        """Encoding, public key and this node's sealed private key, for secure runs."""
+        if run.secure != "paillier":
+            return
+        enc = run.encoding()
+        message.encoding.CopyFrom(
+            common_pb2.EncodingParams(
+                clip=float(enc["clip"]),
+                bits=int(enc["bits"]),
+                max_weight=int(enc["max_weight"]),
+                key_bits=int(enc["key_bits"]),
+                key_id=run.key_id,
+                public_key=run.public_key,
+                key_fingerprint=run.key_fingerprint,
+            )
+        )
+        sealed = session.scalar(
+            select(SealedKey).where(SealedKey.run_id == run.id, SealedKey.node_id == node_id)
+        )
+        if sealed is not None:
+            message.sealed_private_key = sealed.sealed
+        # Sites trust none of this unless it matches what they pinned (client/keys.py).
+        identity.add_participants(session, run, message)
+        message.custodian = run.custodian
+        if run.key_statement:
+            message.key_statement.statement = run.key_statement
+            message.key_statement.signature = run.key_statement_signature
+            dealing = crypto_identity.KeyDealing.from_bytes(run.key_statement)
+            message.key_statement.custodian = dealing.custodian
+            message.custodian = dealing.custodian
+        threshold.attach(session, run, message)
+
+    def final_model(self, node_id: str, run_id: str) -> federation_pb2.Task:
+        """References to a completed run's final model, for a site that took part."""
+        # Under the hub lock: the "model.exported" row takes the next audit sequence number.
+        with self.hub.lock, self.hub.db.transaction() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            trained = run.state == RunState.RUNNING and bool(run.final_model_sha256)
+            if run.state != RunState.COMPLETED and not trained:
+                raise FailedPrecondition(f"run {run_id} is {run.state.value}, not completed")
+            involved = session.scalar(
+                select(Task.id).where(Task.run_id == run_id, Task.node_id == node_id).limit(1)
+            )
+            if involved is None:
+                raise PermissionDenied("this site took no part in that run")
+            message = federation_pb2.Task(
+                kind=federation_pb2.TASK_KIND_NONE,
+                run_id=run.id,
+                round=run.rounds + 1,
+                config_json=json.dumps(
+                    run.config
+                    | {"model": run.model, "strategy": run.strategy}
+                    | ({"schema": json.loads(run.data_schema)} if run.data_schema else {}),
+                    default=str,
+                ),
+                secure=(
+                    common_pb2.SECURE_SCHEME_PAILLIER
+                    if run.secure == "paillier"
+                    else common_pb2.SECURE_SCHEME_NONE
+                ),
+            )
+            self._secure_fields(session, run, node_id, message)
+            manifests.add_participants(session, run, message)
+            self._attach_model(session, run, run.rounds + 1, message)
+            auditlog.append(
+                session,
+                "model.exported",
+                run_id=run.id,
+                actor=node_id,
+                details={"secure": run.secure},
+            )
+        return message
+
+    @staticmethod
+    def _attach_model(
+        session: Session, run: Run, round_number: int, message: federation_pb2.Task
+    ) -> None:
+        """Plaintext: the latest global model. Secure: the initial model plus every aggregate."""
+        versions = list(
+            session.scalars(
+                select(ModelVersion)
+                .where(
+                    ModelVersion.run_id == run.id,
+                    ModelVersion.round < round_number,
+                    ModelVersion.round >= 1,
+                )
+                .order_by(ModelVersion.round)
+            )
+        )
+        if run.secure != "paillier":
+            message.model_sha256 = (
+                versions[-1].blob_sha256 if versions else (run.initial_model_sha256)
+            )
+            return
+        message.model_sha256 = run.initial_model_sha256
+        for version in versions:
+            message.aggregates.add(
+                round=version.round,
+                sha256=version.blob_sha256,
+                total_weight=version.total_weight,
+                num_updates=version.num_updates,
+                count=version.count,
+            )
+            manifests.add_contributions(session, run.id, message.aggregates[-1])
+
+    def fetch_model(self, node_id: str, run_id: str, sha256: str) -> bytes:
+        """A model blob of a run this node takes part in (never another run's)."""
+        with self.hub.db.transaction() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            involved = session.scalar(
+                select(Task.id).where(Task.run_id == run_id, Task.node_id == node_id).limit(1)
+            )
+            if involved is None:
+                raise PermissionDenied("this node has no task in that run")
+            known = bool(sha256) and (
+                sha256 == run.initial_model_sha256
+                or session.scalar(
+                    select(ModelVersion.id)
+                    .where(ModelVersion.run_id == run_id, ModelVersion.blob_sha256 == sha256)
+                    .limit(1)
+                )
+                # A secure run's sites recompute each aggregate from the signed updates.
+                or (run.secure == "paillier" and manifests.is_update_blob(session, run_id, sha256))
+            )
+            if not known:
+                raise NotFound(f"run {run_id} has no model {sha256!r}")
+        return self.hub.blobs.get(sha256)

@@ -1,0 +1,145 @@
+"""Run keys at the coordinator: a custodian's sealed key bundle, and relayed threshold partials."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import crypto
+from coordinator import auditlog, identity, threshold
+from coordinator.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+)
+from coordinator.hub import Hub
+from coordinator.queries import LIVE
+from coordinator.schema import (
+    Node,
+    Run,
+    SealedKey,
+    Task,
+    TaskKind,
+    TaskState,
+)
+from protos import federation_pb2, wire
+
+
+class KeyRelay:
+    """Registers a run's key (never a private key in the clear) and relays partials."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def submit_keys(
+        self, node_id: str, bundle: federation_pb2.KeyBundle
+    ) -> federation_pb2.SubmitReply:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            task = session.get(Task, bundle.task_id)
+            if task is None or task.node_id != node_id or task.kind != TaskKind.KEYGEN:
+                raise FailedPrecondition("this node holds no key-generation task by that id")
+            if task.state not in LIVE or bundle.run_id != task.run_id:
+                raise FailedPrecondition("that key-generation task is no longer open")
+            run = session.get(Run, task.run_id)
+            assert run is not None
+            if run.public_key:
+                raise AlreadyExists("this run already has its key")
+            try:
+                public_key = crypto.public_key_from_bytes(bytes(bundle.public_key))
+            except ValueError as exc:
+                raise InvalidArgument(f"unreadable public key: {exc}") from exc
+            want_bits = int(run.encoding()["key_bits"])
+            if public_key.n.bit_length() < want_bits - 1:
+                raise InvalidArgument(
+                    f"key has {public_key.n.bit_length()} bits; the run asks for {want_bits}"
+                )
+            fingerprint = crypto.key_fingerprint(public_key)
+            if bundle.key_fingerprint and bundle.key_fingerprint != fingerprint:
+                raise InvalidArgument("key fingerprint does not match the public key")
+            # Keys go to the run's fixed participants only, never to whoever is online.
+            known = set(run.participants)
+            sealed_for: list[str] = []
+            for item in bundle.sealed:
+                if item.node_id in sealed_for:
+                    raise InvalidArgument(f"two sealed keys for node {item.node_id!r}")
+                if item.node_id not in known or not item.sealed_private_key:
+                    raise InvalidArgument(
+                        f"sealed key for node {item.node_id!r}, not a participant of the run"
+                    )
+                sealed_for.append(item.node_id)
+            if len(sealed_for) < run.min_clients:
+                raise InvalidArgument(
+                    f"keys sealed for {len(sealed_for)} sites; the run needs {run.min_clients}"
+                )
+            custodian = session.get(Node, node_id)
+            assert custodian is not None
+            dealing = identity.check_key_statement(
+                session, run, custodian, bundle.statement, fingerprint, sealed_for
+            )
+            custody = threshold.register(session, run, custodian, bundle, dealing, public_key.n)
+            for item in bundle.sealed:
+                session.add(
+                    SealedKey(
+                        run_id=run.id, node_id=item.node_id, sealed=bytes(item.sealed_private_key)
+                    )
+                )
+            run.key_statement = bytes(bundle.statement.statement)
+            run.key_statement_signature = bytes(bundle.statement.signature)
+            run.public_key = bytes(bundle.public_key)
+            run.key_id = crypto.key_id(public_key)
+            run.key_fingerprint = fingerprint
+            task.state = TaskState.DONE
+            auditlog.append(
+                session,
+                "key.registered",
+                run_id=run.id,
+                actor=node_id,
+                details={
+                    "key_id": run.key_id,
+                    "fingerprint": fingerprint,
+                    "key_bits": public_key.n.bit_length(),
+                    "sealed_for": sorted(sealed_for),
+                    "custodian": dealing.custodian,
+                    "custodian_fingerprint": dealing.custodian_fingerprint,
+                    "recipients": {r.site: r.fingerprint for r in dealing.recipients},
+                    "statement_sha256": wire.sha256_hex(run.key_statement),
+                }
+                | custody,
+            )
+        self.hub.notify()
+        return federation_pb2.SubmitReply(id=run.key_id, message="key registered")
+
+    def submit_partials(
+        self, node_id: str, request: federation_pb2.PartialSubmission
+    ) -> federation_pb2.SubmitReply:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            reply = threshold.submit(session, node_id, request)
+        self.hub.notify()
+        return reply
+
+    def fetch_partials(
+        self,
+        node_id: str,
+        request: federation_pb2.PartialFetchRequest,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> federation_pb2.PartialFetchReply:
+        """Long poll: the round's sealed partials once ``at_least`` are in, or at the wait's end."""
+        if math.isnan(request.wait_seconds):
+            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+        until = time.monotonic() + min(max(request.wait_seconds, 0.0), 10.0)
+        while True:
+            with self.hub.db.transaction() as session:
+                reply = threshold.fetch(session, node_id, request)
+            if len(reply.partials) >= request.at_least or self.hub.closing.is_set():
+                return reply
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not is_active():
+                return reply
+            self.hub.wait(min(remaining, 0.5))
+
+    def report_partial(
+        self, node_id: str, complaint: federation_pb2.PartialComplaint
+    ) -> federation_pb2.SubmitReply:
+        with self.hub.lock, self.hub.db.transaction() as session:
+            return threshold.complain(session, node_id, complaint)
