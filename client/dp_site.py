@@ -84,6 +84,19 @@ class PrivacyGuard:
             raise TaskRefused(
                 "pin", f"round {task.round} is past the {schedule.rounds} rounds this site planned"
             )
+        charged = [int(e.statement.get("round", 0)) for e in mine]
+        if charged and task.round <= max(charged):
+            # Each round is charged (and trained) once: a coordinator that re-issues a round,
+            # or an older one, would otherwise spend the site's budget again and again.
+            raise TaskRefused(
+                "pin",
+                f"round {task.round} of this run was already charged to this site's privacy "
+                f"ledger (rounds charged: up to {max(charged)}); a round is trained once",
+            )
+        if len(mine) >= schedule.rounds:
+            raise TaskRefused(
+                "pin", f"this site already trained the {schedule.rounds} rounds its plan allows"
+            )
         delta = self.policy.privacy_delta
         before = self.ledger.spent(dataset, delta)
         remaining = max(1, schedule.rounds - len(mine))
@@ -107,6 +120,8 @@ class PrivacyGuard:
                 "accountant": plan.accountant,
                 "plan": json_plan(plan),
                 "rounds": schedule.rounds,
+                "local_epochs": _training_shape(config)[0],
+                "batch_size": _training_shape(config)[1],
                 "event": schedule.event(1),
                 "run_epsilon": after_run,
                 "run_delta": plan.delta,
@@ -142,6 +157,15 @@ class PrivacyGuard:
                 raise TaskRefused(
                     "pin", "the run's privacy plan changed since this site's first round"
                 )
+            # The ledger charged the steps of the first round's epochs and batch size; a task
+            # asking for more epochs (or smaller batches) would take steps nobody charged.
+            pinned = (first.get("local_epochs"), first.get("batch_size"))
+            if pinned != _training_shape(config):
+                raise TaskRefused(
+                    "pin",
+                    f"the run's local epochs / batch size {_training_shape(config)} differ from "
+                    f"the {pinned} this site charged its privacy ledger for",
+                )
             event = first["event"]
             return RecordSchedule(
                 float(event["sample_rate"]),
@@ -151,12 +175,9 @@ class PrivacyGuard:
             )
         try:
             rounds = int(config.get("rounds", 0))
-            epochs = int(config.get("local_epochs", 1))
-            batch = int(config.get("batch_size", 32))
         except (TypeError, ValueError) as exc:
-            raise TaskRefused(
-                "error", f"the run's rounds/epochs/batch size do not read: {exc}"
-            ) from exc
+            raise TaskRefused("error", f"the run's rounds do not read: {exc}") from exc
+        epochs, batch = _training_shape(config)
         return schedule_for(plan, int(client.num_train), batch, epochs, rounds)
 
     def _accountant(self, run_id: str, plan: PrivacyPlan, mine: list[Entry]) -> Any:
@@ -187,6 +208,14 @@ class PrivacyGuard:
         """Metrics for the update: the ε the run's accountant actually counted."""
         counted = float(privacy.accountant.get_epsilon(delta=privacy.plan.delta))
         return {**privacy.metrics, "dp_epsilon": counted}
+
+
+def _training_shape(config: dict[str, Any]) -> tuple[int, int]:
+    """(local epochs, batch size) a task asks for: what sets the DP steps of a round."""
+    try:
+        return int(config.get("local_epochs", 1)), int(config.get("batch_size", 32))
+    except (TypeError, ValueError) as exc:
+        raise TaskRefused("error", f"the run's epochs/batch size do not read: {exc}") from exc
 
 
 def json_plan(plan: PrivacyPlan) -> dict[str, Any]:

@@ -54,8 +54,9 @@ def test_the_first_round_charges_the_ledger_before_any_data_is_used(guard):
         (lambda: task(2, epsilon=50.0), "pin"),  # a looser plan mid-run
         (lambda: task(2, epsilon=None), "pin"),  # DP dropped mid-run
         (lambda: task(4), "pin"),  # rounds past the plan this site pinned
+        (lambda: task(1), "pin"),  # the same round re-issued (another task, same round)
     ],
-    ids=["looser-plan", "dp-dropped", "extra-round"],
+    ids=["looser-plan", "dp-dropped", "extra-round", "round-replayed"],
 )
 def test_a_coordinator_cannot_change_a_runs_privacy_mid_run(guard, hostile, code):
     guard.before_round(task(1), CONFIG, Site())
@@ -63,6 +64,31 @@ def test_a_coordinator_cannot_change_a_runs_privacy_mid_run(guard, hostile, code
         guard.before_round(hostile(), {**CONFIG, "rounds": 10}, Site())
     assert caught.value.code == code
     assert len(guard.ledger.entries) == 1  # nothing charged for a refused round
+
+
+def test_a_round_is_charged_once_however_often_it_is_reissued(guard):
+    """A hostile coordinator re-issuing round 1 could spend the budget without training."""
+    guard.before_round(task(1), CONFIG, Site())
+    for _ in range(5):
+        with pytest.raises(TaskRefused) as caught:
+            guard.before_round(task(1), CONFIG, Site())
+        assert caught.value.code == "pin" and "already charged" in caught.value.reason
+    guard.before_round(task(2), CONFIG, Site())
+    with pytest.raises(TaskRefused):
+        guard.before_round(task(1), CONFIG, Site())  # nor an older round after a newer one
+    assert [e.statement["round"] for e in guard.ledger.entries] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "hostile", [{"local_epochs": 30}, {"batch_size": 2}], ids=["more-epochs", "smaller-batches"]
+)
+def test_a_task_cannot_take_more_steps_than_the_ledger_charged(guard, hostile):
+    """The ledger charges the first round's steps; more epochs would be uncharged spend."""
+    guard.before_round(task(1), CONFIG, Site())
+    with pytest.raises(TaskRefused) as caught:
+        guard.before_round(task(2), {**CONFIG, **hostile}, Site())
+    assert caught.value.code == "pin" and "charged its privacy ledger" in caught.value.reason
+    assert len(guard.ledger.entries) == 1
 
 
 def test_more_rounds_in_the_config_do_not_lower_the_pinned_noise(guard):
