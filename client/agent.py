@@ -6,9 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -20,7 +18,7 @@ from client import keys, prewarm
 from client.custody import SiteIdentity
 from client.peers import PeerStore
 from client.pins import RunPins
-from client.policy import SitePolicy, TaskRefused
+from client.policy import TaskRefused
 from client.receipts import ReceiptBook
 from client.secure import (
     SecureModelState,
@@ -31,6 +29,7 @@ from client.secure import (
     encrypt_update,
     flatten,
 )
+from client.site import AgentConfig, Listener
 from client.trainer import scalar_config
 from crypto import identity as site_identity
 from protos import common_pb2, federation_pb2, federation_pb2_grpc, wire
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 AGENT_VERSION = "cohort-agent/0.1"
 
 # Events the agent reports to whoever runs it (CLI progress, demo table, tests).
-Listener = Callable[[str, dict[str, Any]], None]
 # Codes after which the agent backs off and calls again rather than giving a task up; a
 # coordinator at its call cap (RESOURCE_EXHAUSTED) is busy, not refusing.
 _TRANSIENT = (
@@ -95,28 +93,6 @@ class _StopGuard(
     def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
         self._check()
         return continuation(client_call_details, request_iterator)
-
-
-@dataclass
-class AgentConfig:
-    coordinator: str
-    site_name: str
-    state_dir: Path
-    poll_seconds: float = 10.0
-    encrypt_workers: int | None = None
-    max_backoff_seconds: float = 30.0
-    audit_rows: int = 200
-    seed: int = 0
-    channel_options: list[tuple[str, Any]] = field(default_factory=list)
-    # TLS against the federation CA; in-process demos and tests run on loopback in plaintext.
-    ca_file: Path | None = None
-    insecure: bool = True
-    enrolment_token: str = ""
-    # The site's own rules; never widened by anything a task says.
-    policy: SitePolicy = field(default_factory=SitePolicy)
-    # Largest model or aggregate this site downloads: a coordinator announcing more is
-    # refused before the bytes are held in memory.
-    max_download_bytes: int = 1 << 30
 
 
 class SiteAgent:

@@ -7,44 +7,15 @@ configuration and state folder (policy, pinned peers, pinned runs), never from t
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
-from client.custody import SiteIdentity
-from client.peers import PeerStore, UntrustedPeer
-from client.pins import Observed, RunPin, RunPins
-from client.policy import SitePolicy, TaskRefused, check_model
+from client.peers import UntrustedPeer
+from client.pins import Observed, RunPin
+from client.policy import TaskRefused, check_model
+from client.site import Site
 from client.verify import Entry, Signer, check_manifest, verify_aggregate
 from crypto import identity
 from protos import common_pb2, federation_pb2, wire
-
-
-class _SiteConfig(Protocol):
-    @property
-    def site_name(self) -> str: ...
-
-    @property
-    def policy(self) -> SitePolicy: ...
-
-
-class Site(Protocol):
-    """What the gate reads of the site agent: its own configuration and state, and a fetch."""
-
-    @property
-    def config(self) -> _SiteConfig: ...
-
-    @property
-    def client(self) -> object: ...
-
-    @property
-    def identity(self) -> SiteIdentity: ...
-
-    @property
-    def peers(self) -> PeerStore: ...
-
-    @property
-    def pins(self) -> RunPins: ...
-
-    def fetch(self, run_id: str, sha256: str) -> bytes: ...
 
 _BUILDS = (
     federation_pb2.TASK_KIND_INIT,

@@ -1,0 +1,77 @@
+"""What a site agent is to the modules that serve it: its configuration and its handle.
+
+The agent (client/agent.py) owns the loop; the gate (client/sovereign.py) and the
+threshold steps (client/threshold*.py) read it through :class:`Site`, so none of them
+imports the agent.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from client.custody import SiteIdentity
+from client.peers import PeerStore
+from client.pins import RunPins
+from client.policy import SitePolicy
+from protos import federation_pb2_grpc
+
+Listener = Callable[[str, dict[str, Any]], None]
+"""Receives the agent's events ("joined", "task", "refused", …) with their details."""
+
+
+@dataclass
+class AgentConfig:
+    coordinator: str
+    site_name: str
+    state_dir: Path
+    poll_seconds: float = 10.0
+    encrypt_workers: int | None = None
+    max_backoff_seconds: float = 30.0
+    audit_rows: int = 200
+    seed: int = 0
+    channel_options: list[tuple[str, Any]] = field(default_factory=list)
+    # TLS against the federation CA; in-process demos and tests run on loopback in plaintext.
+    ca_file: Path | None = None
+    insecure: bool = True
+    enrolment_token: str = ""
+    # The site's own rules; never widened by anything a task says.
+    policy: SitePolicy = field(default_factory=SitePolicy)
+    # Largest model or aggregate this site downloads: a coordinator announcing more is
+    # refused before the bytes are held in memory.
+    max_download_bytes: int = 1 << 30
+
+
+class Site(Protocol):
+    """What the gate and the threshold steps read of the agent, and the calls they make."""
+
+    @property
+    def config(self) -> AgentConfig: ...
+
+    @property
+    def client(self) -> object: ...
+
+    @property
+    def identity(self) -> SiteIdentity: ...
+
+    @property
+    def peers(self) -> PeerStore: ...
+
+    @property
+    def pins(self) -> RunPins: ...
+
+    @property
+    def stub(self) -> federation_pb2_grpc.FederationStub: ...
+
+    @property
+    def listener(self) -> Listener: ...
+
+    @property
+    def _closing(self) -> threading.Event: ...
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]: ...
+
+    def fetch(self, run_id: str, sha256: str) -> bytes: ...
