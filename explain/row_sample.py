@@ -29,7 +29,9 @@ def sample_index(population: int, size: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(population, size=size, replace=False))
 
 
-def mean_abs_halfwidth(values: np.ndarray, population: int, level: float = CONFIDENCE) -> np.ndarray:
+def mean_abs_halfwidth(
+    values: np.ndarray, population: int, level: float = CONFIDENCE
+) -> np.ndarray:
     """Half-width, per feature, of the ``level`` interval of ``mean_abs`` over ``population``.
 
     ``values`` are the sample's attributions ``[n, F, C]``; each row contributes

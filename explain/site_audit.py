@@ -256,8 +256,7 @@ def audit_torch(
         explainer=(
             f"shap {shap.__version__} GradientExplainer "
             f"(nsamples={nsamples}, background={next(iter(refs.values())).shape[0]}, "
-            f"inputs={','.join(keys)}); "
-            + describe_sample(row_count, population, halfwidth)
+            f"inputs={','.join(keys)}); " + describe_sample(row_count, population, halfwidth)
         ),
     )
     return add_noise(summary, noise_scale, seed)
