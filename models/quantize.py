@@ -150,6 +150,53 @@ def cpu_latency(model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int 
     return statistics.median(timings)
 
 
+QUANTIZED_KINDS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM, nn.GRU)
+
+
+@torch.no_grad()
+def quantizable_share(
+    model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 10
+) -> float:
+    """Fraction of an fp32 forward pass spent inside layers INT8 kernels replace.
+
+    Linear, convolution and recurrent layers are what torch.ao quantises; attention
+    (``scaled_dot_product_attention``), normalisation, activations, embeddings lookups
+    and a spectrogram stay in float. By Amdahl's law INT8 cannot be faster than
+    ``1 / (1 - share)`` even with free matmuls, which is the measured reason a model
+    misses a speed-up target. Timed with forward hooks, median over ``repeats`` passes.
+    """
+    model.eval()
+    spent: list[float] = []
+    started: dict[int, float] = {}
+
+    def before(module: nn.Module, args: Any) -> None:
+        started[id(module)] = time.perf_counter()
+
+    def after(module: nn.Module, args: Any, out: Any) -> None:
+        spent.append(time.perf_counter() - started.pop(id(module)))
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, QUANTIZED_KINDS):
+            handles += [
+                module.register_forward_pre_hook(before),
+                module.register_forward_hook(after),
+            ]
+    shares = []
+    try:
+        for i in range(repeats + 2):
+            spent.clear()
+            start = time.perf_counter()
+            model(**inputs)
+            total = time.perf_counter() - start
+            if i >= 2:
+                shares.append(sum(spent) / total)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return statistics.median(shares)
+
+
 def export_int8(
     model: nn.Module,
     *,
@@ -174,6 +221,8 @@ def export_int8(
         ``mode``, ``size_bytes_fp32``, ``size_bytes_int8``, ``size_ratio``,
         ``latency_ms_fp32``, ``latency_ms_int8``, ``speedup`` (fp32 time / INT8 time),
         ``faster`` and ``speed_verdict`` (whether INT8 is really faster, in words),
+        ``quantizable_share`` and ``speedup_bound`` (the fp32 time spent in layers INT8
+        replaces, and the Amdahl bound it sets; see :func:`quantizable_share`),
         ``accuracy_fp32``, ``accuracy_int8`` and ``accuracy_delta_points`` (INT8 minus
         fp32, in points: negative when INT8 loses accuracy), also written to
         ``out_dir/int8_report.json`` next to ``model_int8.pt``. Printed tables show
@@ -195,6 +244,7 @@ def export_int8(
     acc_int8 = evaluate(int8, evaluation, device=cpu)["accuracy"]
     size_fp32, size_int8 = serialized_size(fp32), serialized_size(int8)
     lat_fp32, lat_int8 = cpu_latency(fp32, batch, repeats), cpu_latency(int8, batch, repeats)
+    share = quantizable_share(fp32, batch)
     report: dict[str, Any] = {
         "mode": "static" if static else "dynamic",
         "engine": torch.backends.quantized.engine,
@@ -206,6 +256,8 @@ def export_int8(
         "speedup": lat_fp32 / lat_int8,
         "faster": lat_fp32 / lat_int8 >= FASTER_AT_LEAST,
         "speed_verdict": speed_verdict(lat_fp32 / lat_int8),
+        "quantizable_share": share,
+        "speedup_bound": 1.0 / max(1.0 - share, 1e-9),
         "latency_batch": int(next(iter(batch.values())).shape[0]),
         "accuracy_fp32": acc_fp32,
         "accuracy_int8": acc_int8,

@@ -12,7 +12,7 @@ from models import build_model, predict_proba, train
 from models.clinic import make_clinic_multimodal
 from models.datasets import load_digits_images
 from models.lora import apply_lora, parse_lora_spec
-from models.quantize import export_int8, load_int8, load_report
+from models.quantize import export_int8, load_int8, load_report, quantizable_share
 
 CPU = torch.device("cpu")
 
@@ -47,6 +47,8 @@ def test_lora_text_model_is_merged_and_quantised_dynamically(tmp_path: Path) -> 
     loaded = load_int8(tmp_path)
 
     assert report["mode"] == "dynamic"
+    assert 0.0 < report["quantizable_share"] < 1.0
+    assert report["speedup_bound"] == pytest.approx(1 / (1 - report["quantizable_share"]))
     inputs = {k: v[:16] for k, v in data.inputs.items()}
     expected = predict_proba(model, inputs, device=CPU)
     np.testing.assert_allclose(predict_proba(loaded, inputs, device=CPU), expected, atol=0.05)
@@ -55,3 +57,22 @@ def test_lora_text_model_is_merged_and_quantised_dynamically(tmp_path: Path) -> 
 def test_loading_a_missing_export_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="export_int8"):
         load_int8(tmp_path)
+
+
+class _NormOnly(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+def test_quantizable_share_counts_only_layers_int8_replaces() -> None:
+    """A model with no Linear/conv layer leaves INT8 nothing to speed up: share 0, bound 1x."""
+    x = {"x": torch.randn(4, 8)}
+    assert quantizable_share(_NormOnly(), x, repeats=2) == 0.0
+
+    mlp = build_model("tabular_mlp", in_features=8, input_norm=False)
+    share = quantizable_share(mlp, x, repeats=2)
+    assert 0.0 < share < 1.0
