@@ -259,6 +259,10 @@ def main() -> None:
             f"{r['lr']['full']:>6.0e}/{r['lr']['lora']:<6.0e}"
         )
 
+    # One thread per forward pass, as a server runs one request per core; on a shared
+    # machine it also keeps two threads from fighting other processes for the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         fine_tuned = {
             name: lambda out, r=lora[name]: export_int8(
@@ -274,7 +278,11 @@ def main() -> None:
             "multimodal": fine_tuned["multimodal"],
         }
         int8 = {name: run(Path(tmp) / name) for name, run in runs.items()}
-    print("\nINT8 vs fp32 (CPU, batch 64, median latency; targets: >= 1.5x, <= 1 point lost)")
+    torch.set_num_threads(threads)
+    print(
+        "\nINT8 vs fp32 (CPU, 1 thread, batch 64, median latency timed in turns; "
+        f"load average {os.getloadavg()[0]:.1f}; targets: >= 1.5x, <= 1 point lost)"
+    )
     print(
         f"{'model':<17} {'mode':<8} {'fp32 KB':>8} {'int8 KB':>8} {'smaller':>8} "
         f"{'fp32 ms':>8} {'int8 ms':>8} {'faster':>7} {'acc fp32':>9} {'acc int8':>9} "

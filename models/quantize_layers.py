@@ -95,7 +95,7 @@ def quantize_static_layers(
         model.qconfig = None  # type: ignore[assignment]
         for module in model.modules():
             if isinstance(module, StaticLayer):
-                module.qconfig = qconfig  # type: ignore[assignment]
+                module.qconfig = qconfig
         tq.prepare(model.eval(), inplace=True)
         with torch.no_grad():
             for inputs in calibration:
