@@ -212,7 +212,8 @@ def predict_proba(
     chunks = []
     for start in range(0, n, batch_size):
         batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
-        with autocast_context(device):
+        # No autograd graph: a SHAP audit calls this with ~60,000 rows per explained row.
+        with autocast_context(device), torch.no_grad():
             logits = logits_of(model(**move_inputs(batch, device)))
         chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
     model.train(was_training)

@@ -267,7 +267,8 @@ def test_int8_export_rebuilds_the_lora_model_and_reports_the_cost(tmp_path: Path
 
     report = export_site_model(weights, run_config, data, tmp_path, site="clinic-a")
 
-    assert report["mode"] == "dynamic" and report["base_model_hash"] == site.base_model_hash
+    assert report["mode"] in ("static_layers", "dynamic")
+    assert report["base_model_hash"] == site.base_model_hash
     assert report["size_ratio"] > 1.0 and report["latency_ms_int8"] > 0
     assert abs(report["accuracy_delta_points"]) <= 10.0
     assert report["holdout_rows"] == 20

@@ -13,6 +13,7 @@ from models.clinic import make_clinic_multimodal
 from models.datasets import load_digits_images
 from models.lora import apply_lora, parse_lora_spec
 from models.quantize import export_int8, load_int8, load_report
+from models.quantize_layers import StaticLayer, quantizable_share, quantize_static_layers
 
 CPU = torch.device("cpu")
 
@@ -46,7 +47,11 @@ def test_lora_text_model_is_merged_and_quantised_dynamically(tmp_path: Path) -> 
     report = export_int8(model, calibration=data, evaluation=data, out_dir=tmp_path, repeats=2)
     loaded = load_int8(tmp_path)
 
-    assert report["mode"] == "dynamic"
+    assert report["mode"] in ("static_layers", "dynamic")
+    assert set(report["candidates_ms"]) == {"static_layers", "dynamic"}
+    assert report["latency_ms_int8"] == report["candidates_ms"][report["mode"]]
+    assert 0.0 < report["quantizable_share"] < 1.0
+    assert report["speedup_bound"] == pytest.approx(1 / (1 - report["quantizable_share"]))
     inputs = {k: v[:16] for k, v in data.inputs.items()}
     expected = predict_proba(model, inputs, device=CPU)
     np.testing.assert_allclose(predict_proba(loaded, inputs, device=CPU), expected, atol=0.05)
@@ -55,3 +60,44 @@ def test_lora_text_model_is_merged_and_quantised_dynamically(tmp_path: Path) -> 
 def test_loading_a_missing_export_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="export_int8"):
         load_int8(tmp_path)
+
+
+class _NormOnly(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+def test_quantizable_share_counts_only_layers_int8_replaces() -> None:
+    """A model with no Linear/conv layer leaves INT8 nothing to speed up: share 0, bound 1x."""
+    x = {"x": torch.randn(4, 8)}
+    assert quantizable_share(_NormOnly(), x, repeats=2) == 0.0
+
+    mlp = build_model("tabular_mlp", in_features=8, input_norm=False)
+    share = quantizable_share(mlp, x, repeats=2)
+    assert 0.0 < share < 1.0
+
+
+def test_static_layers_quantise_every_linear_and_conv_stack_and_stay_close() -> None:
+    """Audio encoder: its conv-BN-ReLU stack is fused and INT8, its Linear head too."""
+    torch.manual_seed(0)
+    model = build_model("audio_encoder", num_classes=3).eval()
+    audio = {"audio": torch.randn(16, 2000)}
+    with torch.no_grad():
+        expected = torch.softmax(model(**audio), dim=1)
+
+    import copy
+
+    int8 = quantize_static_layers(copy.deepcopy(model), [audio])
+
+    wrapped = [m for m in int8.modules() if isinstance(m, StaticLayer)]
+    assert len(wrapped) == 2  # the conv stack and the classifier
+    kinds = {type(m).__name__ for m in int8.modules()}
+    assert {"ConvReLU1d", "Linear", "Quantize"} <= kinds
+    assert not any(type(m) is torch.nn.Linear for m in int8.modules())
+    with torch.no_grad():
+        got = torch.softmax(int8(**audio), dim=1)
+    assert (got - expected).abs().max() < 0.05
