@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.quantize import quiet_torch
+from models.quantize_layers import quiet_torch
 
 FORMAT = "cohort-model/1"
 MANIFEST_FILE = "model.json"

@@ -8,9 +8,7 @@ import itertools
 import json
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from models.quantize_layers import quantizable_share, quantize_static_layers
+from models.quantize_layers import quantizable_share, quantize_static_layers, quiet_torch
 from models.training import evaluate, logits_of
 
 MODEL_FILE = "model_int8.pt"
@@ -26,21 +24,6 @@ SKELETON_FILE = "skeleton.pt"
 REPORT_FILE = "int8_report.json"
 # Below this fp32/INT8 time ratio a speed-up is within timing noise: not called faster.
 FASTER_AT_LEAST = 1.1
-
-
-@contextmanager
-def quiet_torch() -> Iterator[None]:
-    """Silence torch's deprecation warnings for APIs it still ships and we rely on.
-
-    torch.ao.quantization warns on every call that it moves to torchao, and torch.jit
-    that it yields to torch.export (models/export.py says why the export still uses it).
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*", category=UserWarning)
-        warnings.filterwarnings("ignore", message=".*reduce_range.*", category=UserWarning)
-        warnings.filterwarnings("ignore", message=".*TypedStorage.*", category=UserWarning)
-        yield
 
 
 class QuantizedInputs(nn.Module):

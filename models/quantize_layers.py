@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+
+@contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Silence torch's deprecation warnings for APIs it still ships and we rely on.
+
+    torch.ao.quantization warns on every call that it moves to torchao, and torch.jit
+    that it yields to torch.export (models/export.py says why the export still uses it).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*reduce_range.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*TypedStorage.*", category=UserWarning)
+        yield
 
 
 class StaticLayer(nn.Module):
@@ -86,8 +103,6 @@ def quantize_static_layers(
     the engine's default qconfig).
     """
     from torch.ao import quantization as tq
-
-    from models.quantize import quiet_torch
 
     with quiet_torch():
         _wrap_layers(model)
