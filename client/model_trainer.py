@@ -402,7 +402,7 @@ class ModelTrainer(NumPyClient):
         model = self.model
         models.set_weights(model, weights)
         model.eval()
-        rows, seed = int(config.get("rows", 200)), int(config.get("seed", 0))
+        rows, seed = int(config.get("rows", 1000)), int(config.get("seed", 0))
         inputs, background = self.holdout_data.inputs, self.train_data.inputs
         kind = audit_kind(inputs)
         n_classes = int(self.predict_proba({k: v[:1] for k, v in inputs.items()}).shape[1])

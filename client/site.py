@@ -31,7 +31,8 @@ class AgentConfig:
     poll_seconds: float = 10.0
     encrypt_workers: int | None = None
     max_backoff_seconds: float = 30.0
-    audit_rows: int = 200
+    # Held-out rows the audit draws from (it explains a seeded sample of them; explain/).
+    audit_rows: int = 1000
     seed: int = 0
     channel_options: list[tuple[str, Any]] = field(default_factory=list)
     # TLS against the federation CA; in-process demos and tests run on loopback in plaintext.
