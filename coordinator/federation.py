@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-import crypto
 from coordinator import auditlog, intake, manifests
 from coordinator.access import AccessControl
 from coordinator.errors import (
@@ -26,7 +24,7 @@ from coordinator.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from coordinator.handout import TaskHandout, weight_cap
+from coordinator.handout import TaskHandout
 from coordinator.hub import Hub
 from coordinator.intake import UpdateIntake
 from coordinator.keys import KeyRelay
@@ -43,6 +41,7 @@ from coordinator.schema import (
     TaskState,
     Update,
 )
+from coordinator.schemes import check_tensors, scheme_of
 from coordinator.sites import SiteRegistry
 from coordinator.statements import SiteStatements
 from protos import federation_pb2, wire
@@ -133,10 +132,8 @@ class FederationService:
         if any(v.WhichOneof("value") is None for v in header.metrics.values()):
             raise InvalidArgument("every metric must hold a value")
         expected = wire.TENSORS_FLOAT32
-        if task.kind == TaskKind.TRAIN and run.secure == "paillier":
-            expected = wire.PAILLIER_PACKED
-        elif task.kind == TaskKind.TRAIN and wire.update_quantisation(run.config):
-            expected = wire.TENSORS_Q8
+        if task.kind == TaskKind.TRAIN:
+            expected = scheme_of(run).encoding(run)
         if header.encoding != expected:
             raise InvalidArgument(f"this run takes {expected!r} updates, not {header.encoding!r}")
         if (
@@ -161,7 +158,7 @@ class FederationService:
         payload: bytes,
     ) -> str:
         if task.kind == TaskKind.INIT:
-            specs = self._check_tensors(payload, None)
+            specs = check_tensors(payload, None)
             sha = self.hub.blobs.put(payload)
             run.initial_model_sha256 = sha
             run.base_model_sha256 = header.base_model_sha256
@@ -185,11 +182,7 @@ class FederationService:
                 details={"model_sha256": sha, "tensors": len(specs)},
             )
             return sha
-        if run.secure == "paillier":
-            weight = self._check_ciphertexts(session, run, task, header, payload)
-        else:
-            self._check_tensors(payload, run, quantised=header.encoding == wire.TENSORS_Q8)
-            weight = int(header.num_examples)
+        weight = scheme_of(run).validate(session, run, task, header, payload)
         signature = manifests.check_update_signature(session, node_id, run, header, weight)
         sha = self.hub.blobs.put(payload)
         metrics = {k: wire.scalar_from_proto(v) for k, v in header.metrics.items()}
@@ -229,91 +222,3 @@ class FederationService:
             },
         )
         return str(update.id)
-
-    @staticmethod
-    def _check_tensors(
-        payload: bytes, run: Run | None, quantised: bool = False
-    ) -> list[wire.TensorSpec]:
-        try:
-            specs = wire.tensor_specs(payload)
-        except wire.PayloadError as exc:
-            raise InvalidArgument(f"update is not a tensor payload: {exc}") from exc
-        allowed = ("int8", "float32") if quantised else ("float32", "float64", "float16")
-        if any(s.dtype not in allowed for s in specs):
-            raise InvalidArgument(f"update tensors must be {' or '.join(allowed)}")
-        if quantised:
-            try:
-                crypto.decompress_update(wire.decode_tensors(payload), 8)
-            except ValueError as exc:
-                raise InvalidArgument(f"bad quantised update: {exc}") from exc
-            specs = specs[:-1]  # the last tensor is the per-tensor scales
-        if run is not None:
-            expected = run.model_shapes()
-            got = [(s.dtype, s.shape) for s in specs]
-            if len(got) != len(expected):
-                raise InvalidArgument(
-                    f"update has {len(got)} tensors, the model has {len(expected)}"
-                )
-            for index, (have, want) in enumerate(zip(got, expected, strict=True)):
-                if have[1] != want[1]:
-                    raise InvalidArgument(
-                        f"tensor {index} has shape {list(have[1])}, the model's is {list(want[1])}"
-                    )
-        arrays = wire.decode_tensors(payload)
-        if not all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
-            raise InvalidArgument("update holds NaN or infinite values")
-        return specs
-
-    def _check_ciphertexts(
-        self,
-        session: Session,
-        run: Run,
-        task: Task,
-        header: federation_pb2.UpdateHeader,
-        payload: bytes,
-    ) -> int:
-        if header.key_id != run.key_id:
-            raise FailedPrecondition(
-                f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
-            )
-        enc = run.encoding()
-        selected = len(
-            session.scalars(
-                select(Task.id).where(
-                    Task.run_id == run.id, Task.round == task.round, Task.kind == TaskKind.TRAIN
-                )
-            ).all()
-        )
-        cap = weight_cap(run, selected)
-        weight = int(header.weight)
-        if not 1 <= weight <= cap:
-            raise InvalidArgument(f"weight {weight} is outside 1..{cap} for this round")
-        accepted = sum(
-            session.scalars(
-                select(Update.weight).where(Update.run_id == run.id, Update.round == task.round)
-            ).all()
-        )
-        if accepted + weight > int(enc["max_weight"]):
-            raise InvalidArgument(
-                f"total weight {accepted + weight} would pass the slot bound {enc['max_weight']}"
-            )
-        public_key = crypto.public_key_from_bytes(run.public_key)
-        codec = crypto.SlotCodec(
-            clip=float(enc["clip"]),
-            bits=int(enc["bits"]),
-            max_weight=int(enc["max_weight"]),
-            key_bits=public_key.n.bit_length(),
-        )
-        count = run.value_count()
-        width = crypto.ciphertext_width(public_key)
-        expected = codec.num_plaintexts(count)
-        if len(payload) != expected * width:
-            raise InvalidArgument(
-                f"update holds {len(payload) / width:.1f} ciphertexts; the model needs {expected}"
-            )
-        try:
-            ciphertexts = crypto.ciphertexts_from_bytes(payload, width)
-            crypto.validate_ciphertexts(ciphertexts, public_key)
-        except ValueError as exc:
-            raise InvalidArgument(f"bad ciphertext: {exc}") from exc
-        return weight

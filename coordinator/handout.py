@@ -30,6 +30,7 @@ from coordinator.schema import (
     TaskKind,
     TaskState,
 )
+from coordinator.schemes import weight_cap
 from crypto import identity as crypto_identity
 from protos import common_pb2, federation_pb2
 
@@ -39,12 +40,6 @@ _KIND_TO_PROTO = {
     TaskKind.KEYGEN: federation_pb2.TASK_KIND_KEYGEN,
     TaskKind.AUDIT: federation_pb2.TASK_KIND_AUDIT,
 }
-
-
-def weight_cap(run: Run, selected: int) -> int:
-    """Largest weight one site may use so that the round's Σw can never pass max_weight."""
-    max_weight = int(run.encoding()["max_weight"])
-    return max(1, max_weight // max(selected, run.min_clients, 1))
 
 
 class TaskHandout:

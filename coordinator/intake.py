@@ -10,16 +10,15 @@ or hold more than a few streams open at once (issue 11, item 8).
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-import crypto
 from coordinator import auditlog
 from coordinator.errors import CohortError, InvalidArgument, ResourceExhausted
 from coordinator.hub import Hub
 from coordinator.schema import Run, Task, TaskKind
+from coordinator.schemes import scheme_of
 from protos import federation_pb2
 
 # Widest value each header field can honestly hold (uuid ids, sha256 hex, key ids).
@@ -62,62 +61,14 @@ def check_header_fields(header: federation_pb2.UpdateHeader) -> None:
             raise InvalidArgument(f"metric {key!r} is over {MAX_METRIC_TEXT} characters")
 
 
-def secure_payload_size(run: Run) -> int:
-    """Bytes of one secure update: packed ciphertexts of the run's model, fixed width each.
-
-    Known from the run's public key, encoding and tensor shapes alone, so a header that
-    declares another size is refused before its payload is read.
-    """
-    public_key = crypto.public_key_from_bytes(run.public_key)
-    enc = run.encoding()
-    codec = crypto.SlotCodec(
-        clip=float(enc["clip"]),
-        bits=int(enc["bits"]),
-        max_weight=int(enc["max_weight"]),
-        key_bits=public_key.n.bit_length(),
-    )
-    return codec.num_plaintexts(run.value_count()) * crypto.ciphertext_width(public_key)
-
-
-def plaintext_payload_bound(run: Run) -> int:
-    """Most bytes a plaintext update of the run's model can take (protos.wire tensors).
-
-    Every tensor at the widest dtype a site may send (8 bytes a value), its spec in the
-    JSON header, and one more tensor of per-tensor scales for 8-bit updates.
-    """
-    shapes = [shape for _, shape in run.model_shapes()]
-    specs = [{"dtype": "float64", "shape": list(shape)} for shape in shapes]
-    specs.append({"dtype": "float64", "shape": [len(shapes)]})
-    header = len(json.dumps(specs, separators=(",", ":")))
-    return 8 + header + 8 * (run.value_count() + len(shapes))
-
-
 def check_declared_size(run: Run, task: Task, header: federation_pb2.UpdateHeader) -> None:
     """INVALID_ARGUMENT when a TRAIN update declares a size its run cannot produce.
 
     Secure runs: exactly the ciphertexts of the model. Plaintext runs: at most the
     model's tensors at 8 bytes a value, so a stream never buffers more than that.
     """
-    if task.kind != TaskKind.TRAIN:
-        return
-    if run.secure != "paillier":
-        if run.tensor_specs and header.payload_size > plaintext_payload_bound(run):
-            raise InvalidArgument(
-                f"update declares {header.payload_size} bytes; this run's model needs at most "
-                f"{plaintext_payload_bound(run)}"
-            )
-        return
-    if not run.public_key:
-        return
-    try:
-        expected = secure_payload_size(run)
-    except ValueError as exc:
-        raise InvalidArgument(f"this run's key cannot size an update: {exc}") from exc
-    if header.payload_size != expected:
-        raise InvalidArgument(
-            f"update declares {header.payload_size} bytes; this run's model needs "
-            f"exactly {expected} bytes of ciphertexts"
-        )
+    if task.kind == TaskKind.TRAIN:
+        scheme_of(run).check_declared_size(run, header)
 
 
 def receive(

@@ -14,14 +14,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import crypto
 from coordinator import auditlog, provenance, refusals
-from coordinator.aggregation import aggregate_deltas, apply_deltas
 from coordinator.hub import Hub
 from coordinator.identity import choose_participants
 from coordinator.queries import cancel_open_tasks
 from coordinator.schema import (
-    ModelKind,
     ModelVersion,
     Node,
     Round,
@@ -33,8 +30,8 @@ from coordinator.schema import (
     TaskState,
     Update,
 )
+from coordinator.schemes import scheme_of
 from coordinator.waiting import waiting_for
-from protos import wire
 
 log = logging.getLogger(__name__)
 
@@ -404,12 +401,8 @@ class RoundScheduler:
         self, session: Session, run: Run, current: Round, updates: list[Update], now: float
     ) -> None:
         total_weight = sum(u.weight for u in updates)
-        if run.secure == "paillier":
-            sha, size, count = self._aggregate_encrypted(run, updates)
-            kind = ModelKind.ENCRYPTED_AGGREGATE
-        else:
-            sha, size, count = self._aggregate_plaintext(session, run, current.number, updates)
-            kind = ModelKind.PLAINTEXT
+        aggregate = scheme_of(run).aggregate(self.hub, session, run, current.number, updates)
+        sha, size, count, kind = aggregate.sha256, aggregate.size, aggregate.count, aggregate.kind
         session.add(
             ModelVersion(
                 run_id=run.id,
@@ -447,45 +440,6 @@ class RoundScheduler:
         )
         if current.number >= run.rounds:
             self._finish_training(session, run, now)
-
-    def _aggregate_plaintext(
-        self, session: Session, run: Run, number: int, updates: list[Update]
-    ) -> tuple[str, int, int]:
-        previous = session.scalar(
-            select(ModelVersion).where(
-                ModelVersion.run_id == run.id, ModelVersion.round == number - 1
-            )
-        )
-        base_sha = previous.blob_sha256 if previous else run.initial_model_sha256
-        weights = wire.decode_tensors(self.hub.blobs.get(base_sha))
-        results = [(self._deltas(u), int(u.num_examples)) for u in updates]
-        deltas = aggregate_deltas(run.strategy, results)
-        server_lr = float(run.config.get("server_lr", 1.0))  # type: ignore[arg-type]
-        payload = wire.encode_tensors(apply_deltas(weights, deltas, server_lr))
-        return self.hub.blobs.put(payload), len(payload), sum(int(w.size) for w in weights)
-
-    def _deltas(self, update: Update) -> list[np.ndarray]:
-        arrays = wire.decode_tensors(self.hub.blobs.get(update.blob_sha256))
-        if update.encoding != wire.TENSORS_Q8:
-            return arrays
-        with self.hub.db.transaction() as session:
-            run = session.get(Run, update.run_id)
-            bits = wire.update_quantisation(run.config if run else {})
-        if bits is None:
-            raise ValueError(f"run {update.run_id} has quantised updates but no quantisation")
-        return crypto.decompress_update(arrays, bits)
-
-    def _aggregate_encrypted(self, run: Run, updates: list[Update]) -> tuple[str, int, int]:
-        """Multiply the sites' ciphertexts slot-wise: the coordinator never decrypts."""
-        public_key = crypto.public_key_from_bytes(run.public_key)
-        width = crypto.ciphertext_width(public_key)
-        vectors = [
-            crypto.ciphertexts_from_bytes(self.hub.blobs.get(u.blob_sha256), width) for u in updates
-        ]
-        total = crypto.add_encrypted(vectors, public_key)
-        payload = crypto.ciphertexts_to_bytes(total, width)
-        count = run.value_count()
-        return self.hub.blobs.put(payload), len(payload), count
 
     # -- ends ----------------------------------------------------------------------------
 

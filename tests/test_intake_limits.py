@@ -12,8 +12,8 @@ from test_secure_rounds import secure_round as secure_round
 
 import crypto
 from coordinator.call_limits import CallCounter
-from coordinator.intake import plaintext_payload_bound, secure_payload_size
 from coordinator.schema import Run
+from coordinator.schemes import plaintext_payload_bound, secure_payload_size
 from protos import federation_pb2, wire
 
 
