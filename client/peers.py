@@ -18,8 +18,8 @@ from pathlib import Path
 from crypto import identity
 from protos.wire import SITE_NAME
 
-# The coordinator's rule for site names (coordinator/federation.py), repeated: client never
-# imports coordinator.
+# Site names follow the federation's one rule, protos.wire.SITE_NAME, which the coordinator
+# checks too (client never imports coordinator).
 
 
 class UntrustedPeer(ValueError):

@@ -401,7 +401,7 @@ class ThresholdPartial(Base):
     round: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     site_name: Mapped[str] = mapped_column(String(128))
-    # 0: the site's blocks of the spread work; 1: the whole vector (client/threshold.py).
+    # 0: the site's blocks of the spread work; 1: the whole vector (client/threshold_partials.py).
     part: Mapped[int] = mapped_column(Integer, default=0)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float, default=now)
