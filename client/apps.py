@@ -203,6 +203,10 @@ class ClientAppAdapter(NumPyClient):
         )
 
     def context(self, config: Mapping[str, Any]) -> Context:
+        """The Flower ``Context`` of ``config``'s run, kept while the site works on that run.
+
+        Its ``state`` carries over between rounds, as a ClientApp's does under Flower.
+        """
         run_id = str(config.get("run_id", ""))
         context = self._contexts.get(run_id)
         if context is None:
@@ -241,6 +245,7 @@ class ClientAppAdapter(NumPyClient):
     # -- NumPyClient ----------------------------------------------------------------------
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
+        """The initial weights: the legacy ClientApp's, or the model's the adapter was given."""
         if self.legacy:
             content = legacy.getparametersins_to_recorddict(GetParametersIns(config=config))
             reply = self._send(content, MessageTypeLegacy.GET_PARAMETERS, config)
@@ -252,6 +257,7 @@ class ClientAppAdapter(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[NDArrays, int, dict[str, Any]]:
+        """Train through the ClientApp's ``train`` handler (``NumPyClient.fit``)."""
         if self.legacy:
             fit_ins = FitIns(ndarrays_to_parameters(parameters), config)
             content = legacy.fitins_to_recorddict(fit_ins, keep_input=True)
@@ -265,6 +271,7 @@ class ClientAppAdapter(NumPyClient):
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
+        """Evaluate through the ClientApp's ``evaluate`` handler (``NumPyClient.evaluate``)."""
         if self.legacy:
             ins = EvaluateIns(ndarrays_to_parameters(parameters), config)
             reply = self._send(

@@ -43,14 +43,22 @@ class SiteIdentity:
         return identity.fingerprint(self.ed25519_public)
 
     def sign(self, message: bytes) -> bytes:
+        """Sign ``message`` with the site's Ed25519 key (its identity that peers pin)."""
         return identity.sign(self.ed25519_private, message)
 
     def x25519_signature(self) -> bytes:
-        """This identity's signature binding the sealing key to the site."""
+        """The site's Ed25519 signature binding its X25519 sealing key to its name."""
         return self.sign(identity.x25519_binding(self.site_name, self.x25519_public))
 
     @classmethod
     def load_or_create(cls, state_dir: Path, site_name: str) -> SiteIdentity:
+        """Read the site's identity from ``state_dir``, or create and save one on first start.
+
+        Raises
+        ------
+        ValueError
+            When the file there belongs to another site name.
+        """
         path = Path(state_dir) / f"{site_name}.identity.json"
         if path.exists():
             raw = json.loads(path.read_text())
@@ -72,6 +80,7 @@ class SiteIdentity:
         return site
 
     def save(self) -> None:
+        """Write the keys and node token (mode 0600): a restarted agent keeps its identity."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps(
             {
@@ -91,9 +100,11 @@ class SiteIdentity:
         os.replace(tmp, self.path)
 
     def remember_node(self, node_id: str, node_token: str) -> None:
+        """Keep the node id and token the coordinator issued, saved only when they change."""
         if (node_id, node_token) != (self.node_id, self.node_token):
             self.node_id, self.node_token = node_id, node_token
             self.save()
 
     def forget_node(self) -> None:
+        """Drop the node token (the coordinator refused it), so the agent enrols afresh."""
         self.remember_node("", "")

@@ -43,6 +43,7 @@ class TabularData:
             raise DataError(f"features {self.x.shape} and labels {self.y.shape} do not line up")
 
     def subset(self, index: np.ndarray) -> TabularData:
+        """The rows at ``index``, with the same column names, classes and column types."""
         return TabularData(
             self.x[index], self.y[index], self.feature_names, self.class_names, self.column_types
         )
@@ -74,6 +75,7 @@ class TabularData:
 
 
 def load_sklearn(name: str) -> TabularData:
+    """One of scikit-learn's bundled tables by name: demo and simulation data, no download."""
     from sklearn import datasets
 
     loaders = {
@@ -132,6 +134,11 @@ def load_tabular(source: str, label_column: str = "label") -> TabularData:
 
 
 def frame_to_tabular(frame: pd.DataFrame, label_column: str, where: str) -> TabularData:
+    """Split ``frame`` into numeric features and integer labels; ``where`` names it in errors.
+
+    Refuses (``DataError``) a missing label column, non-numeric features and missing values:
+    a site imputes and encodes before training, so every site trains on the same columns.
+    """
     if label_column not in frame.columns:
         raise DataError(
             f"{where} has no label column {label_column!r} "
@@ -166,6 +173,7 @@ def column_type(dtype: object) -> str:
 
 
 def save_csv(data: TabularData, path: Path, label_column: str = "label") -> Path:
+    """Write ``data`` as a CSV (features plus ``label_column``) that ``load_csv`` reads back."""
     frame = pd.DataFrame(data.x, columns=data.feature_names)
     frame[label_column] = data.y
     path.parent.mkdir(parents=True, exist_ok=True)

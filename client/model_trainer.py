@@ -286,6 +286,7 @@ class ModelTrainer(NumPyClient):
 
     @property
     def num_train(self) -> int:
+        """Rows this site trains on: its share of the weight when updates are averaged."""
         return len(self.train_data)
 
     def ensure_model(self, config: Mapping[str, Any]) -> nn.Module:
@@ -334,6 +335,7 @@ class ModelTrainer(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[NDArrays, int, dict[str, Any]]:
+        """Train the run's model from ``parameters`` on this site's rows (Flower's ``fit``)."""
         model = self.ensure_model(config)
         models.set_weights(model, parameters)
         self.rounds_trained += 1
@@ -378,6 +380,7 @@ class ModelTrainer(NumPyClient):
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
+        """Loss and metrics of ``parameters`` on the held-out rows (Flower's ``evaluate``)."""
         model = self.ensure_model(config)
         models.set_weights(model, parameters)
         with GLOBAL_RNG_LOCK:  # every DataLoader draws its base seed from torch's generator

@@ -18,8 +18,8 @@ from pathlib import Path
 from crypto import identity
 from protos.wire import SITE_NAME
 
-# The coordinator's rule for site names (coordinator/federation.py), repeated: client never
-# imports coordinator.
+# Site names follow the federation's one rule, protos.wire.SITE_NAME, which the coordinator
+# checks too (client never imports coordinator).
 
 
 class UntrustedPeer(ValueError):
@@ -39,6 +39,10 @@ class PeerStore:
 
     @classmethod
     def load(cls, state_dir: Path, site_name: str, *, tofu: bool = False) -> PeerStore:
+        """The peer pins of ``site_name`` from its state folder (empty when none are pinned yet).
+
+        With ``tofu``, a peer seen for the first time is pinned on first use, not refused.
+        """
         path = Path(state_dir) / f"{site_name}.peers.json"
         store = cls(path, tofu=tofu)
         if path.exists():
@@ -55,6 +59,7 @@ class PeerStore:
             self._save()
 
     def remove(self, site: str) -> bool:
+        """Unpin ``site``; False when it was not pinned."""
         with self._lock:
             found = self.pins.pop(site, None) is not None
             self.first_seen.discard(site)
@@ -63,6 +68,7 @@ class PeerStore:
             return found
 
     def fingerprint_of(self, site: str) -> str | None:
+        """The fingerprint pinned for ``site``, or None."""
         return self.pins.get(site)
 
     def check(self, site: str, ed25519_public: bytes) -> str:

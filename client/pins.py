@@ -62,6 +62,7 @@ class Observed:
 
 
 def canonical_config(value: Any) -> str:
+    """``value`` as canonical JSON (sorted keys, no spaces): equal configs compare equal."""
     return json.dumps(value if value is not None else {}, sort_keys=True, separators=(",", ":"))
 
 
@@ -78,9 +79,11 @@ class RunPins:
 
     @classmethod
     def load(cls, state_dir: Path, site_name: str) -> RunPins:
+        """The run pins of ``site_name`` from its state folder."""
         return cls(Path(state_dir) / f"{site_name}.runs.json")
 
     def get(self, run_id: str) -> RunPin | None:
+        """The pin of ``run_id``, or None before this site has seen the run."""
         return self.runs.get(run_id)
 
     def check(self, seen: Observed, *, init: bool = False) -> RunPin:
@@ -159,6 +162,7 @@ class RunPins:
             return pin
 
     def mark_trained(self, run_id: str) -> None:
+        """Record that this site has trained in ``run_id``: from now on an INIT task is refused."""
         with self._lock:
             pin = self.runs.get(run_id)
             if pin is not None and not pin.trained:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 
 class TaskRefused(Exception):
-    """This site will not do a task; ``code`` and ``reason`` reach the operator.
+    """A site's refusal of a task; ``code`` and ``reason`` reach the operator.
 
     Codes: ``policy`` (the site's rules forbid it), ``pin`` (the run changed something this
     site pinned), ``verify`` (a signature, manifest or product did not check),

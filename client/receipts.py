@@ -22,6 +22,7 @@ RECEIPTS_SUFFIX = ".receipts.jsonl"
 
 
 def receipts_path(state_dir: Path, site_name: str) -> Path:
+    """Where ``site_name`` keeps its receipts of the coordinator's log heads."""
     return Path(state_dir) / f"{site_name}{RECEIPTS_SUFFIX}"
 
 
@@ -43,6 +44,7 @@ class ReceiptBook(
 
     @classmethod
     def for_site(cls, state_dir: Path, site_name: str) -> ReceiptBook:
+        """The receipt book of ``site_name`` in its state folder."""
         return cls(receipts_path(state_dir, site_name))
 
     def attach(self, channel: grpc.Channel) -> grpc.Channel:
@@ -50,6 +52,7 @@ class ReceiptBook(
         return grpc.intercept_channel(channel, self)
 
     def record(self, reply: Any) -> None:
+        """Append ``reply``'s log head to the receipts file when it moved since the last one."""
         head = getattr(reply, "log_head", None)
         if head is None or not head.seq or not head.hash:
             return
@@ -92,9 +95,11 @@ class ReceiptBook(
         return outcome
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
+        """Record the log head of a unary call's reply."""
         return self._after(continuation(client_call_details, request))
 
     def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        """Record the log head of a client-streaming call's reply (the update upload)."""
         return self._after(continuation(client_call_details, request_iterator))
 
 

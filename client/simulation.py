@@ -93,6 +93,7 @@ def partition_rows(
 
 
 def site_name(index: int) -> str:
+    """The name of virtual site ``index``: zero-padded, so names sort in index order."""
     return f"site-{index:05d}"
 
 
@@ -238,6 +239,7 @@ class SiteHost:
         return dict(self.events)
 
     def stop(self) -> None:
+        """Ask the sweep loop to end."""
         self._stop.set()
 
     def export(self, name: str, run_id: str) -> list[np.ndarray]:
@@ -245,6 +247,7 @@ class SiteHost:
         return self.agents[name].export_model(run_id)
 
     def close(self) -> None:
+        """Close every virtual site's agent (its channel and workers)."""
         for agent in self.agents.values():
             agent.close(wait_seconds=1.0)
 

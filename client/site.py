@@ -1,8 +1,9 @@
 """What a site agent is to the modules that serve it: its configuration and its handle.
 
-The agent (client/agent.py) owns the loop; the gate (client/sovereign.py) and the
-threshold steps (client/threshold*.py) read it through :class:`Site`, so none of them
-imports the agent.
+The agent (client/agent.py) owns the loop; the gate (client/sovereign.py) reads it through
+:class:`Site`, so the gate does not import the agent. The threshold steps
+(client/threshold*.py) still type against ``client.agent.SiteAgent`` (under
+``TYPE_CHECKING``); :class:`Site` lists what they read too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 @dataclass
 class AgentConfig:
+    """How a site's agent connects and what it keeps: coordinator, state folder, limits, policy."""
+
     coordinator: str
     site_name: str
     state_dir: Path
@@ -50,29 +53,37 @@ class Site(Protocol):
     """What the gate and the threshold steps read of the agent, and the calls they make."""
 
     @property
-    def config(self) -> AgentConfig: ...
+    def config(self) -> AgentConfig:
+        """The agent's configuration."""
 
     @property
-    def client(self) -> object: ...
+    def client(self) -> object:
+        """The site's Flower client (what trains)."""
 
     @property
-    def identity(self) -> SiteIdentity: ...
+    def identity(self) -> SiteIdentity:
+        """The site's own keys and node token."""
 
     @property
-    def peers(self) -> PeerStore: ...
+    def peers(self) -> PeerStore:
+        """The peer identities this site pinned."""
 
     @property
-    def pins(self) -> RunPins: ...
+    def pins(self) -> RunPins:
+        """The run facts this site pinned at each run's first task."""
 
     @property
-    def stub(self) -> federation_pb2_grpc.FederationStub: ...
+    def stub(self) -> federation_pb2_grpc.FederationStub:
+        """The Federation stub the agent calls."""
 
     @property
-    def listener(self) -> Listener: ...
+    def listener(self) -> Listener:
+        """Where the agent reports its events."""
 
     @property
     def _closing(self) -> threading.Event: ...
 
     def _metadata(self) -> tuple[tuple[str, str], ...]: ...
 
-    def fetch(self, run_id: str, sha256: str) -> bytes: ...
+    def fetch(self, run_id: str, sha256: str) -> bytes:
+        """Download blob ``sha256`` of ``run_id`` from the coordinator."""

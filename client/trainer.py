@@ -150,6 +150,7 @@ class TabularTrainer(NumPyClient):
 
     @property
     def num_train(self) -> int:
+        """Rows this site trains on: its share of the weight when updates are averaged."""
         return len(self.train_data.y)
 
     def export_schema(self) -> TabularSchema:
@@ -175,6 +176,7 @@ class TabularTrainer(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[NDArrays, int, dict[str, Any]]:
+        """Train from ``parameters`` on this site's rows (Flower's ``fit``)."""
         models.set_weights(self.model, parameters)
         self.rounds_trained += 1
         with GLOBAL_RNG_LOCK:  # dropout and data order draw from torch's global generator
@@ -218,6 +220,7 @@ class TabularTrainer(NumPyClient):
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
+        """Loss and metrics of ``parameters`` on the held-out rows (Flower's ``evaluate``)."""
         models.set_weights(self.model, parameters)
         with GLOBAL_RNG_LOCK:
             result = self._evaluate()
@@ -234,5 +237,6 @@ class TabularTrainer(NumPyClient):
 
     # The audit uses these: held-out rows never leave the site, only their summary does.
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of the current model for rows ``x``: what the SHAP audit explains."""
         inputs = {"x": torch.as_tensor(np.asarray(x, dtype=np.float32))}
         return models.predict_proba(self.model, inputs, device=self.device)

@@ -31,6 +31,7 @@ PERMISSIONS: dict[str, frozenset[str] | None] = {"admin": None, "auditor": READ_
 
 
 def hash_token(token: str) -> str:
+    """sha256 of a token: only the hash is stored, so a database leak reveals no token."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -139,6 +140,7 @@ class AccessControl:
         return str(role or "")
 
     def add_operator(self, name: str, role: str, actor: str) -> str:
+        """Create an operator with ``role`` and return its token (shown once, stored hashed)."""
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if not name.strip() or len(name) > 128 or "\x00" in name:

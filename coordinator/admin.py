@@ -132,6 +132,7 @@ class AdminService:
             )
 
     def create_run(self, spec: RunSpec) -> admin_pb2.RunInfo:
+        """Store a run created from ``spec`` (already validated) and audit its creation."""
         run_id = str(uuid.uuid4())
         config = dict(spec.config)
         config.update(local_epochs=spec.local_epochs, lr=spec.lr)
@@ -177,15 +178,18 @@ class AdminService:
         return info
 
     def list_runs(self) -> admin_pb2.ListRunsReply:
+        """Every run, newest first, in brief."""
         with self.hub.db.transaction() as session:
             runs = session.scalars(select(Run).order_by(Run.created_at.desc())).all()
             return admin_pb2.ListRunsReply(runs=[self._info(session, r, brief=True) for r in runs])
 
     def get_run(self, run_id: str) -> admin_pb2.RunInfo:
+        """One run in full; NotFound for an unknown id."""
         with self.hub.db.transaction() as session:
             return self._info(session, self._run(session, run_id))
 
     def stop_run(self, run_id: str, reason: str, actor: str) -> admin_pb2.RunInfo:
+        """Stop a run that has not ended, cancel its open tasks, and audit who and why."""
         with self.hub.lock, self.hub.db.transaction() as session:
             run = self._run(session, run_id)
             if run.state.ended:
@@ -272,6 +276,7 @@ class AdminService:
         return admin_pb2.MetricsReply(values=self.registry.values())
 
     def list_nodes(self) -> admin_pb2.ListNodesReply:
+        """Every enrolled node, by institution, with whether it was seen recently."""
         cutoff = time.time() - self.hub.limits.offline_after_seconds
         with self.hub.db.transaction() as session:
             rows = session.execute(

@@ -1,4 +1,8 @@
-"""Pure aggregation functions: plaintext strategies (Flower's) and the encrypted product."""
+"""Plaintext aggregation: Flower's strategies on the sites' deltas, and which mode runs which.
+
+The encrypted sum of a secure run is :func:`crypto.aggregate.add_encrypted` (the scheduler
+calls it); a secure run's FedAvgM/FedAdam step happens at each site (``client.secure``).
+"""
 
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ class AnchorReplies(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        """Wrap unary Federation handlers so their replies carry the log head."""
         handler = continuation(handler_call_details)
         if (
             handler is None

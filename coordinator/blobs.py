@@ -20,11 +20,13 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
+        """Where blob ``sha256`` is stored; BlobNotFound for anything but a lowercase sha256."""
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise BlobNotFound(sha256)
         return self.root / sha256[:2] / sha256[2:]
 
     def put(self, data: bytes) -> str:
+        """Store ``data`` and return its sha256 (a blob already there is not rewritten)."""
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
         if target.exists():
@@ -43,6 +45,7 @@ class BlobStore:
         return digest
 
     def get(self, sha256: str) -> bytes:
+        """The bytes of blob ``sha256``; BlobNotFound when there is none."""
         target = self.path(sha256)
         try:
             return target.read_bytes()
@@ -50,6 +53,7 @@ class BlobStore:
             raise BlobNotFound(sha256) from exc
 
     def exists(self, sha256: str) -> bool:
+        """Whether blob ``sha256`` is stored (False for a malformed digest)."""
         try:
             return self.path(sha256).exists()
         except BlobNotFound:

@@ -77,6 +77,7 @@ class CallCounter:
             return None
 
     def leave(self, caller: str, parks: bool) -> None:
+        """Count a call out (it ended, however it ended)."""
         with self._lock:
             left = self.by_caller.get(caller, 1) - 1
             if left > 0:
@@ -98,6 +99,7 @@ class CapCalls(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        """Wrap each handler so a call over its caller's or the parking cap is refused up front."""
         handler = continuation(handler_call_details)
         if handler is None:
             return handler

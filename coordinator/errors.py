@@ -19,30 +19,47 @@ class CohortError(Exception):
 
 
 class Unauthenticated(CohortError):
+    """The caller's token is missing, unknown, expired or revoked (UNAUTHENTICATED)."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class PermissionDenied(CohortError):
+    """The caller is known but its role or node may not do this (PERMISSION_DENIED)."""
+
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class NotFound(CohortError):
+    """No run, node, task or blob by that id (NOT_FOUND)."""
+
     code = grpc.StatusCode.NOT_FOUND
 
 
 class InvalidArgument(CohortError):
+    """A request field is malformed or out of range; the message names it (INVALID_ARGUMENT)."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class FailedPrecondition(CohortError):
+    """The request is well formed but the run or task is not in a state to take it.
+
+    Answered FAILED_PRECONDITION: retrying the same request will not help.
+    """
+
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class AlreadyExists(CohortError):
+    """The thing the request would create is already there (ALREADY_EXISTS)."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class ResourceExhausted(CohortError):
+    """A size or concurrency limit was reached (RESOURCE_EXHAUSTED); the caller may retry later."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

@@ -35,6 +35,11 @@ class KeyRelay:
     def submit_keys(
         self, node_id: str, bundle: federation_pb2.KeyBundle
     ) -> federation_pb2.SubmitReply:
+        """Accept the custodian's run key: public half, and private halves sealed to participants.
+
+        Refuses a key of fewer bits than the run asks, a fingerprint that does not match, and a
+        key sealed for anyone outside the run's fixed participants or for too few of them.
+        """
         with self.hub.lock, self.hub.db.transaction() as session:
             task = session.get(Task, bundle.task_id)
             if task is None or task.node_id != node_id or task.kind != TaskKind.KEYGEN:
@@ -113,6 +118,7 @@ class KeyRelay:
     def submit_partials(
         self, node_id: str, request: federation_pb2.PartialSubmission
     ) -> federation_pb2.SubmitReply:
+        """Store a site's sealed partial decryption of an aggregate (``coordinator.threshold``)."""
         with self.hub.lock, self.hub.db.transaction() as session:
             reply = threshold.submit(session, node_id, request)
         self.hub.notify()
@@ -141,5 +147,6 @@ class KeyRelay:
     def report_partial(
         self, node_id: str, complaint: federation_pb2.PartialComplaint
     ) -> federation_pb2.SubmitReply:
+        """Record a site's complaint about another's partial (``coordinator.threshold``)."""
         with self.hub.lock, self.hub.db.transaction() as session:
             return threshold.complain(session, node_id, complaint)

@@ -19,6 +19,7 @@ from protos import federation_pb2
 
 
 def site_name(session: Session, node: Node) -> str:
+    """The institution name of ``node`` ("" when it has none)."""
     institution = session.get(Institution, node.institution_id)
     return institution.name if institution is not None else ""
 

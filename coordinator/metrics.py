@@ -65,6 +65,7 @@ class DatabaseCollector(Collector):
         self.started = started
 
     def collect(self) -> Iterator[Metric]:
+        """Read the counts (runs and rounds by state, refusals, ...) from the database now."""
         now = time.time()
         cutoff = now - self.hub.limits.offline_after_seconds
         runs = GaugeMetricFamily("cohort_runs", "Runs by state", labels=["state"])
@@ -234,6 +235,7 @@ class LatencyInterceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        """Wrap each handler so its duration and final status code are observed."""
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -315,6 +317,7 @@ class MetricsEndpoint:
         return int(self.httpd.server_address[1])
 
     def stop(self) -> None:
+        """Stop serving and close the socket."""
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -28,21 +28,26 @@ class FederationPki:
 
     @property
     def ca_cert(self) -> Path:
+        """The federation CA's certificate: what sites and operators trust."""
         return self.directory / CA_CERT
 
     @property
     def server_cert(self) -> Path:
+        """The coordinator's TLS certificate, signed by the CA."""
         return self.directory / SERVER_CERT
 
     @property
     def server_key(self) -> Path:
+        """The coordinator's TLS private key."""
         return self.directory / SERVER_KEY
 
     @property
     def admin_token(self) -> Path:
+        """The first admin operator's token, written by ``cohort admin init``."""
         return self.directory / ADMIN_TOKEN
 
     def server_credentials(self) -> grpc.ServerCredentials:
+        """The server certificate and key as gRPC TLS credentials; FileNotFoundError names one."""
         for path in (self.server_cert, self.server_key):
             if not path.exists():
                 raise FileNotFoundError(

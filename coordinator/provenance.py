@@ -49,6 +49,7 @@ def operator_schema(config: Mapping[str, object]) -> str:
 
 
 def site_name(session: Session, node: Node) -> str:
+    """The institution name of ``node`` (its node id when it has none)."""
     institution = session.get(Institution, node.institution_id)
     return institution.name if institution else node.id
 

@@ -137,7 +137,7 @@ def add_refusals(session: Session, run_id: str, info: admin_pb2.RunInfo) -> None
 
 
 def latest_reasons(session: Session, run_id: str, limit: int = 3) -> str:
-    """ "; refused: SITE (CODE): REASON, …" for a failure message; "" when none refused."""
+    """The text ``"; refused: SITE (CODE): REASON, …"`` for a failure message; "" if none."""
     rows = session.scalars(
         select(SiteRefusal)
         .where(SiteRefusal.run_id == run_id)

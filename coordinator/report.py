@@ -47,6 +47,7 @@ VISIBILITY = {
 
 
 def code_version() -> str:
+    """The running code's version, as reports and the audit log record it."""
     try:
         return f"cohort {version('cohort')}"
     except PackageNotFoundError:
@@ -165,9 +166,10 @@ def report_facts(hub: Hub, run_id: str) -> dict[str, Any]:
 
 
 def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
-    """The facts of ``run_id`` from the database alone: the coordinator's report and
-    ``cohort audit report --db`` (a backup, no coordinator running) both come from here,
-    so the two can only differ in their generation time. Reads; writes nothing.
+    """The facts of ``run_id`` from the database alone; reads, writes nothing.
+
+    The coordinator's report and ``cohort audit report --db`` (a backup, no coordinator
+    running) both come from here, so the two can only differ in their generation time.
     """
     from coordinator.privacy import privacy_facts
     from explain.report import build_facts

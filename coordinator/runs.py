@@ -161,6 +161,7 @@ class RunSpec:
 
     @property
     def encoding(self) -> dict[str, float | int]:
+        """The Paillier encoding with defaults filled in; keys it does not know are dropped."""
         given = self.config.get("encoding", {})
         merged = dict(DEFAULT_ENCODING)
         if isinstance(given, dict):
@@ -178,5 +179,6 @@ class RunSpec:
         }
 
     def config_sha256(self) -> str:
+        """sha256 of the whole spec: the ``run.created`` audit row pins what was asked."""
         text = json.dumps(asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()

@@ -65,6 +65,7 @@ def start_deadline(run: Run) -> float:
 
 
 def online_nodes(session: Session, hub: Hub, now: float) -> list[Node]:
+    """Nodes seen within ``offline_after_seconds`` of ``now``, by id."""
     cutoff = now - hub.limits.offline_after_seconds
     return list(session.scalars(select(Node).where(Node.last_seen >= cutoff).order_by(Node.id)))
 
@@ -104,10 +105,12 @@ class RoundScheduler:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the scheduling loop on a daemon thread."""
         self._thread = threading.Thread(target=self._loop, name="round-scheduler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """End the loop and wait (up to 10 s) for it."""
         self._stop.set()
         self.hub.notify()
         if self._thread:
@@ -522,6 +525,7 @@ class RoundScheduler:
 
 
 def new_task(run: Run, node_id: str, kind: TaskKind, round_number: int, deadline: float) -> Task:
+    """A pending task row of ``kind`` for ``node_id`` (not yet added to the session)."""
     return Task(
         id=str(uuid.uuid4()),
         run_id=run.id,

@@ -22,14 +22,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def now() -> float:
+    """The current Unix time: the default of every timestamp column (seconds, as a float)."""
     return time.time()
 
 
 class Base(DeclarativeBase):
-    pass
+    """The declarative base every table derives from; its metadata is what Alembic migrates."""
 
 
 class RunState(enum.StrEnum):
+    """Where a run stands: pending, running, then completed, failed or stopped for good."""
+
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -38,16 +41,21 @@ class RunState(enum.StrEnum):
 
     @property
     def ended(self) -> bool:
+        """True once the run can change no more: completed, failed or stopped."""
         return self in (RunState.COMPLETED, RunState.FAILED, RunState.STOPPED)
 
 
 class RoundState(enum.StrEnum):
+    """Where a round stands: open while updates may arrive, then closed or failed."""
+
     OPEN = "open"
     CLOSED = "closed"
     FAILED = "failed"
 
 
 class TaskKind(enum.StrEnum):
+    """What a task asks of a site: send initial weights, train, generate the run key, or audit."""
+
     INIT = "init"
     TRAIN = "train"
     KEYGEN = "keygen"
@@ -55,6 +63,8 @@ class TaskKind(enum.StrEnum):
 
 
 class TaskState(enum.StrEnum):
+    """A task's life: handed out once, then done, missed, refused by the site, or cancelled."""
+
     PENDING = "pending"
     DELIVERED = "delivered"
     DONE = "done"
@@ -64,6 +74,11 @@ class TaskState(enum.StrEnum):
 
 
 class ModelKind(enum.StrEnum):
+    """What a stored model version holds: readable weights, or a sum of ciphertexts.
+
+    The coordinator of a secure run keeps only the encrypted aggregate; it cannot read it.
+    """
+
     PLAINTEXT = "plaintext"
     ENCRYPTED_AGGREGATE = "encrypted_aggregate"
 
@@ -74,6 +89,8 @@ def _enum(cls: type[enum.Enum]) -> Enum:
 
 
 class Institution(Base):
+    """An institution (one site name): the unit operators enrol and peers pin."""
+
     __tablename__ = "institutions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -82,6 +99,8 @@ class Institution(Base):
 
 
 class Node(Base):
+    """One enrolled agent of an institution: its token hash, keys and liveness."""
+
     __tablename__ = "nodes"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -104,6 +123,8 @@ class Node(Base):
 
 
 class Run(Base):
+    """A federated training run: its settings as created, its state and its pinned facts."""
+
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -169,6 +190,8 @@ class Run(Base):
 
 
 class Round(Base):
+    """One round of a run: its deadline, and the aggregate's weight and hash once closed."""
+
     __tablename__ = "rounds"
     __table_args__ = (UniqueConstraint("run_id", "number"),)
 
@@ -186,6 +209,8 @@ class Round(Base):
 
 
 class Task(Base):
+    """A unit of work handed to one node for one run (and round, for training)."""
+
     __tablename__ = "tasks"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -200,6 +225,11 @@ class Task(Base):
 
 
 class Update(Base):
+    """One site's accepted update for a round: where its bytes are and the weight it claims.
+
+    The bytes live in the blob store (``coordinator.blobs``); this row holds their sha256.
+    """
+
     __tablename__ = "updates"
     __table_args__ = (UniqueConstraint("run_id", "round", "node_id"),)
 
@@ -220,6 +250,8 @@ class Update(Base):
 
 
 class ModelVersion(Base):
+    """A model of a run after a round (or the initial one): plaintext or encrypted aggregate."""
+
     __tablename__ = "models"
     __table_args__ = (UniqueConstraint("run_id", "round"),)
 
@@ -236,6 +268,8 @@ class ModelVersion(Base):
 
 
 class SealedKey(Base):
+    """A run's private key sealed to one participant: only that site can open it."""
+
     __tablename__ = "sealed_keys"
     __table_args__ = (UniqueConstraint("run_id", "node_id"),)
 
@@ -246,6 +280,8 @@ class SealedKey(Base):
 
 
 class SiteAudit(Base):
+    """The SHAP audit summary a site sent for a run (one per site and run)."""
+
     __tablename__ = "site_audits"
     __table_args__ = (UniqueConstraint("run_id", "node_id"),)
 
@@ -365,7 +401,7 @@ class ThresholdPartial(Base):
     round: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     site_name: Mapped[str] = mapped_column(String(128))
-    # 0: the site's blocks of the spread work; 1: the whole vector (client/threshold.py).
+    # 0: the site's blocks of the spread work; 1: the whole vector (client/threshold_partials.py).
     part: Mapped[int] = mapped_column(Integer, default=0)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float, default=now)

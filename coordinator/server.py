@@ -90,6 +90,7 @@ class RefuseUndecodable(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        """Wrap handlers so request bytes that do not parse are refused, not raised in grpcio."""
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
@@ -184,6 +185,7 @@ class CoordinatorServer:
         self.port = 0
 
     def start(self) -> int:
+        """Listen, start the scheduler and metrics, mark the services SERVING; return the port."""
         if self.tls is not None:
             self.port = self.server.add_secure_port(self.address, self.tls.server_credentials())
         else:
@@ -201,6 +203,7 @@ class CoordinatorServer:
         return self.port
 
     def stop(self, grace: float = 2.0) -> None:
+        """Drain calls (``grace`` s), stop the scheduler and metrics, and close the database."""
         self.health.enter_graceful_shutdown()
         self.hub.closing.set()
         self.scheduler.stop()
@@ -231,4 +234,5 @@ class CoordinatorServer:
             log.exception("could not write %s to the audit log", kind)
 
     def wait(self) -> None:
+        """Block until the server stops."""
         self.server.wait_for_termination()

@@ -29,6 +29,8 @@ def actor_of(context: grpc.ServicerContext) -> str:
 
 
 class FederationServicer(federation_pb2_grpc.FederationServicer):
+    """The Federation service over gRPC: authenticate the node, then one call into the domain."""
+
     def __init__(self, domain: FederationService) -> None:
         self.domain = domain
 

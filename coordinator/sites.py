@@ -46,6 +46,11 @@ class SiteRegistry:
         self._last_refusal_logged = 0.0
 
     def join(self, request: federation_pb2.JoinRequest) -> federation_pb2.JoinReply:
+        """Enrol a site (enrolment token) or re-join a node (node token) and return its token.
+
+        A re-join under another identity key, or under another site's name, is refused; a new
+        node enrolling under a known site with a different identity is audited as a key change.
+        """
         name = request.site_name.strip()
         if not wire.SITE_NAME.match(name):
             raise InvalidArgument(
@@ -208,4 +213,5 @@ class SiteRegistry:
             raise
 
     def heartbeat(self, node_id: str) -> federation_pb2.HeartbeatReply:
+        """Answer a node's heartbeat with the coordinator's clock."""
         return federation_pb2.HeartbeatReply(server_time_unix=time.time())

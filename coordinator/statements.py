@@ -52,6 +52,7 @@ class SiteStatements:
     def submit_audit(
         self, node_id: str, submission: federation_pb2.AuditSubmission
     ) -> federation_pb2.SubmitReply:
+        """Accept a site's SHAP audit summary (bounded size, valid JSON) for its audit task."""
         if len(submission.summary_json) > self.hub.limits.max_audit_bytes:
             raise ResourceExhausted("audit summary is over the size limit")
         try:

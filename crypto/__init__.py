@@ -4,10 +4,11 @@ Threshold mode (:mod:`crypto.threshold`, :mod:`crypto.primes`): a dealer splits 
 into t-of-n shares so that no site holds it whole; each decryption needs t partials, each
 with a proof that names a cheating party.
 
-Nothing here imports other Cohort packages; every function is usable on its own. See
-DESIGN.md, "Secure aggregation", for the protocol these pieces implement. Known limits: a
-malicious client can still send values that are wrong but within its slots (there are no
-range proofs), and robust aggregation (median, Krum) needs plaintext updates.
+Nothing here imports other Cohort packages; every function is usable on its own. The
+protocol these pieces implement is told in the README ("How a round flows", "Threat
+model"). Known limits: a malicious client can still send values that are wrong but within
+its slots (there are no range proofs), and robust aggregation (median, Krum) needs
+plaintext updates.
 """
 
 from crypto._parallel import shutdown_shared_pools
