@@ -236,7 +236,8 @@ class SlotCodec:
     def check_total_weight(self, total_weight: int) -> None:
         """Refuse a round whose weights could overflow a slot.
 
-        Called by the coordinator before it adds ciphertexts, and again by :meth:`decode`:
+        Called by each site before it decodes an aggregate, and again by :meth:`decode`; the
+        coordinator keeps Σw under the bound when it accepts updates (coordinator/schemes.py):
         once a slot has overflowed the damage is invisible, so it must be prevented.
 
         Raises
