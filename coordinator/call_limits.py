@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from coordinator.interceptors import Behavior, rewrap
 from protos import wire
 
 # Calls that park a thread for up to their whole wait.
@@ -106,12 +107,6 @@ class CapCalls(grpc.ServerInterceptor):
         parks = handler_call_details.method in PARKED_METHODS
         metadata = handler_call_details.invocation_metadata
         counter = self.counter
-        kind = (
-            ("stream" if handler.request_streaming else "unary")
-            + "_"
-            + ("stream" if handler.response_streaming else "unary")
-        )
-        behavior: Callable[..., Any] = getattr(handler, kind)
 
         def admit(context: grpc.ServicerContext) -> str:
             caller, limit = caller_key(metadata, context.peer())
@@ -120,17 +115,13 @@ class CapCalls(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
             return caller
 
-        if handler.response_streaming:
-
+        def counted(behavior: Behavior) -> Behavior:
             def streaming(request: object, context: grpc.ServicerContext) -> Iterator[Any]:
                 caller = admit(context)
                 try:
                     yield from behavior(request, context)
                 finally:
                     counter.leave(caller, parks)
-
-            wrapped: Callable[..., Any] = streaming
-        else:
 
             def unary(request: object, context: grpc.ServicerContext) -> Any:
                 caller = admit(context)
@@ -139,10 +130,6 @@ class CapCalls(grpc.ServerInterceptor):
                 finally:
                     counter.leave(caller, parks)
 
-            wrapped = unary
-        make = getattr(grpc, f"{kind}_rpc_method_handler")
-        return make(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return streaming if handler.response_streaming else unary
+
+        return rewrap(handler, counted)

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from coordinator.hub import Hub
+from coordinator.interceptors import rewrap
 from coordinator.refusals import CODES as REFUSAL_CODES
 from coordinator.schema import (
     AuditEvent,
@@ -240,22 +241,12 @@ class LatencyInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        kind = (
-            ("stream" if handler.request_streaming else "unary")
-            + "_"
-            + ("stream" if handler.response_streaming else "unary")
-        )
-        behavior = getattr(handler, kind)
-        make = getattr(grpc, f"{kind}_rpc_method_handler")
-        wrapped = (
-            self._stream(behavior, method)
-            if handler.response_streaming
-            else self._unary(behavior, method)
-        )
-        return make(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        streaming = handler.response_streaming
+        return rewrap(
+            handler,
+            lambda behavior: (
+                self._stream(behavior, method) if streaming else self._unary(behavior, method)
+            ),
         )
 
     def _observe(

@@ -18,6 +18,7 @@ from coordinator.anchoring import AnchorReplies
 from coordinator.call_limits import CapCalls
 from coordinator.federation import FederationService
 from coordinator.hub import Hub, Limits
+from coordinator.interceptors import Behavior, rewrap
 from coordinator.metrics import CoordinatorMetrics, LatencyInterceptor, MetricsEndpoint
 from coordinator.pki import FederationPki
 from coordinator.scheduler import RoundScheduler
@@ -64,9 +65,6 @@ class _Undecodable:
     """Stands in for a request whose bytes did not parse."""
 
 
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
-
-
 def _refusing(behavior: Behavior, streaming: bool) -> Behavior:
     def check(request: object, context: grpc.ServicerContext) -> object:
         if isinstance(request, _Undecodable):
@@ -102,18 +100,8 @@ class RefuseUndecodable(grpc.ServerInterceptor):
             except Exception:
                 return _Undecodable()
 
-        kind = (
-            ("stream" if handler.request_streaming else "unary")
-            + "_"
-            + ("stream" if handler.response_streaming else "unary")
-        )
-        behavior = getattr(handler, kind)
-        make = getattr(grpc, f"{kind}_rpc_method_handler")
-        return make(
-            _refusing(behavior, handler.request_streaming),
-            request_deserializer=deserialize,
-            response_serializer=handler.response_serializer,
-        )
+        streaming = handler.request_streaming
+        return rewrap(handler, lambda behavior: _refusing(behavior, streaming), deserialize)
 
 
 class CoordinatorServer:
