@@ -232,7 +232,9 @@ class FederationService:
             with self.hub.db.transaction() as session:
                 node = self._node_for_token(session, token)
                 now = time.time()
-                if now - node.last_seen > 1.0:
+                # Written now and then, not on every call: a commit per RPC was most of the
+                # coordinator's commits (issue 14); presence needs a quarter of its window.
+                if now - node.last_seen > min(5.0, self.hub.limits.offline_after_seconds / 4):
                     node.last_seen = now
                     idle = self.hub.limits.node_token_idle_seconds
                     # Sliding expiry: a token in use stays good; an abandoned one lapses.
@@ -270,19 +272,23 @@ class FederationService:
         wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
         until = time.monotonic() + wait
         touched = time.monotonic()
+        moved = True
         while True:
-            with self.hub.lock, self.hub.db.transaction() as session:
-                task = self._next_task(session, node_id)
-                if task is not None:
-                    message = self._task_message(session, task)
-                    if task.state == TaskState.PENDING:
-                        task.state = TaskState.DELIVERED
-                        task.delivered_at = time.time()
-                    return message
+            if moved:
+                # The database is asked again only when this node's tasks (or a run) moved.
+                mark = self.hub.tasks.mark(node_id)
+                with self.hub.lock, self.hub.db.transaction() as session:
+                    task = self._next_task(session, node_id)
+                    if task is not None:
+                        message = self._task_message(session, task)
+                        if task.state == TaskState.PENDING:
+                            task.state = TaskState.DELIVERED
+                            task.delivered_at = time.time()
+                        return message
             remaining = until - time.monotonic()
             if remaining <= 0 or self.hub.closing.is_set() or not is_active():
                 return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
-            self.hub.wait(min(remaining, 1.0))
+            moved = self.hub.tasks.wait(node_id, mark, min(remaining, 1.0))
             if time.monotonic() - touched > 5.0:
                 # A parked poll is a sign of life; written now and then, not at every wake-up.
                 touched = time.monotonic()
