@@ -54,11 +54,10 @@ def test_a_write_is_committed_and_visible_to_another_connection(db: Database) ->
 
 
 def test_a_failed_block_stores_nothing(db: Database) -> None:
-    with pytest.raises(RuntimeError):
-        with db.transaction() as session:
-            session.add(Institution(name="never"))
-            session.flush()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), db.transaction() as session:
+        session.add(Institution(name="never"))
+        session.flush()
+        raise RuntimeError("boom")
 
     with db.transaction() as session:
         assert session.scalars(select(Institution)).all() == []
