@@ -232,14 +232,15 @@ class FederationService:
             with self.hub.db.transaction() as session:
                 node = self._node_for_token(session, token)
                 now = time.time()
-                # Written now and then, not on every call: a commit per RPC was most of the
-                # coordinator's commits (issue 14); presence needs a quarter of its window.
+                # Now and then, in one batched write for all sites (hub.Presence): a commit
+                # per RPC was most of the coordinator's commits (issue 14).
                 if now - node.last_seen > min(5.0, self.hub.limits.offline_after_seconds / 4):
-                    node.last_seen = now
                     idle = self.hub.limits.node_token_idle_seconds
                     # Sliding expiry: a token in use stays good; an abandoned one lapses.
-                    node.token_expires_at = now + idle if idle else 0.0
-                return node.id
+                    self.hub.presence.seen(node.id, now, now + idle if idle else 0.0)
+                node_id = node.id
+            self.hub.presence.flush(self.hub.db)
+            return node_id
         except Unauthenticated as exc:
             # Logged at most once a second: a client without a token must not be able to
             # hold the coordinator's lock or grow the audit log at will.
@@ -292,10 +293,8 @@ class FederationService:
             if time.monotonic() - touched > 5.0:
                 # A parked poll is a sign of life; written now and then, not at every wake-up.
                 touched = time.monotonic()
-                with self.hub.db.transaction() as session:
-                    node = session.get(Node, node_id)
-                    if node is not None:
-                        node.last_seen = time.time()
+                self.hub.presence.seen(node_id, time.time())
+            self.hub.presence.flush(self.hub.db)
 
     @staticmethod
     def _next_task(session: Session, node_id: str) -> Task | None:
