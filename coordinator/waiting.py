@@ -23,13 +23,12 @@ _LIVE = (TaskState.PENDING, TaskState.DELIVERED)
 
 def _names(session: Session, node_ids: list[str]) -> list[str]:
     """Site names of ``node_ids`` (the id where a node has none), in one query, not 2 a node."""
-    found = dict(
-        session.execute(
-            select(Node.id, Institution.name)
-            .join(Institution, Institution.id == Node.institution_id)
-            .where(Node.id.in_(node_ids))
-        ).tuples()
+    rows = session.execute(
+        select(Node.id, Institution.name)
+        .join(Institution, Institution.id == Node.institution_id)
+        .where(Node.id.in_(node_ids))
     )
+    found = {node_id: name for node_id, name in rows}
     return sorted(found.get(node_id) or node_id for node_id in node_ids)
 
 
