@@ -10,8 +10,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_DATA_DIR = Path("cohort-data")
@@ -38,8 +38,26 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        _track_writes(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    _track_writes(engine)
+    return engine
+
+
+# Statements that change nothing; anything else (INSERT, UPDATE, DELETE, SAVEPOINT, DDL)
+# marks its connection's transaction as one that must COMMIT.
+_READ_ONLY = ("SELECT", "PRAGMA", "SHOW", "WITH")
+WROTE = "cohort_wrote"
+
+
+def _track_writes(engine: Engine) -> None:
+    """Flag a connection whose current transaction sent any statement that may write."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _mark(conn: Connection, _cursor: Any, statement: str, *_args: object) -> None:
+        if not statement.lstrip()[:6].upper().startswith(_READ_ONLY):
+            conn.info[WROTE] = True
 
 
 def migrate(engine: Engine) -> None:
@@ -52,22 +70,52 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+CONNECTIONS = "cohort_connections"
+
+
+def _began(session: Session, _trans: SessionTransaction, conn: Connection) -> None:
+    """Remember the connections a transaction uses, with their write flags cleared."""
+    conn.info.pop(WROTE, None)
+    session.info.setdefault(CONNECTIONS, []).append(conn)
+
+
 class Database:
     """Engine plus session factory; ``transaction()`` is the unit of work."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self.sessions, "after_begin", _began)
 
     def migrate(self) -> None:
         migrate(self.engine)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session that commits when the block ends and rolls back on any exception."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A session that commits when the block ends and rolls back on any exception.
+
+        A transaction that only read ends without a COMMIT: the connection goes back to
+        the pool, which rolls it back, and the loaded objects stay usable (detached, not
+        expired), as after a commit with ``expire_on_commit=False``. Most coordinator calls
+        (token checks, long polls that find nothing, scheduler ticks with nothing to do)
+        only read, and a COMMIT each is a round trip on PostgreSQL and a WAL check on
+        SQLite for nothing (issue 14). A block that wrote anything commits before it
+        returns, so an acknowledged update is durable exactly as before.
+        """
+        session = self.sessions()
+        connections: list[Connection] = session.info.setdefault(CONNECTIONS, [])
+        with session:
+            session.begin()
+            try:
+                yield session
+                session.flush()
+            except BaseException:
+                session.rollback()
+                raise
+            if any(conn.info.get(WROTE) for conn in connections):
+                session.commit()
+            # else: leaving ``with session`` closes it; the read is rolled back unchanged.
 
     def close(self) -> None:
         self.engine.dispose()

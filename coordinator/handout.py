@@ -61,26 +61,28 @@ class TaskHandout:
         wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
         until = time.monotonic() + wait
         touched = time.monotonic()
+        moved = True
         while True:
-            with self.hub.lock, self.hub.db.transaction() as session:
-                task = self._next_task(session, node_id)
-                if task is not None:
-                    message = self._task_message(session, task)
-                    if task.state == TaskState.PENDING:
-                        task.state = TaskState.DELIVERED
-                        task.delivered_at = time.time()
-                    return message
+            if moved:
+                # The database is asked again only when this node's tasks (or a run) moved.
+                mark = self.hub.tasks.mark(node_id)
+                with self.hub.lock, self.hub.db.transaction() as session:
+                    task = self._next_task(session, node_id)
+                    if task is not None:
+                        message = self._task_message(session, task)
+                        if task.state == TaskState.PENDING:
+                            task.state = TaskState.DELIVERED
+                            task.delivered_at = time.time()
+                        return message
             remaining = until - time.monotonic()
             if remaining <= 0 or self.hub.closing.is_set() or not is_active():
                 return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
-            self.hub.wait(min(remaining, 1.0))
+            moved = self.hub.tasks.wait(node_id, mark, min(remaining, 1.0))
             if time.monotonic() - touched > 5.0:
                 # A parked poll is a sign of life; written now and then, not at every wake-up.
                 touched = time.monotonic()
-                with self.hub.db.transaction() as session:
-                    node = session.get(Node, node_id)
-                    if node is not None:
-                        node.last_seen = time.time()
+                self.hub.presence.seen(node_id, time.time())
+            self.hub.presence.flush(self.hub.db)
 
     @staticmethod
     def _next_task(session: Session, node_id: str) -> Task | None:

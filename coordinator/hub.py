@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import event, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
 from coordinator.blobs import BlobStore
 from coordinator.db import Database
+from coordinator.schema import Node, Run, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,11 @@ class Hub:
     lock: threading.RLock = field(default_factory=threading.RLock)
     changed: threading.Condition = field(default_factory=threading.Condition)
     closing: threading.Event = field(default_factory=threading.Event)
+    tasks: TaskWatch = field(default_factory=lambda: TaskWatch())
+    presence: Presence = field(default_factory=lambda: Presence())
+
+    def __post_init__(self) -> None:
+        self.tasks.follow(self.db)
 
     @classmethod
     def open(cls, database_url: str, data_dir: Path, limits: Limits | None = None) -> Hub:
@@ -50,7 +64,144 @@ class Hub:
     def notify(self) -> None:
         with self.changed:
             self.changed.notify_all()
+        if self.closing.is_set():
+            self.tasks.wake_all()
 
     def wait(self, timeout: float) -> None:
         with self.changed:
             self.changed.wait(timeout)
+
+
+_PENDING = "cohort_task_watch"
+
+
+class TaskWatch:
+    """Which nodes' tasks may have changed since a long poll last looked, without a query.
+
+    A parked PullTask used to wake on every change anywhere (each accepted update, each
+    scheduler move) and query the database under the hub lock: with N sites parked that
+    is N queries per update, the coordinator's main cost at 100 and more sites (issue 14).
+    Here every committed transaction that touched a node's Task rows bumps that node's
+    version, and one that touched any Run (its state decides which tasks are live) bumps
+    the version of all; a poll queries again only when its node's version moved, and is
+    woken only then. Versions are bumped after COMMIT, and a poll reads its mark before
+    its query, so a change is never missed: it either is in the poll's query or moves
+    the mark it waits on.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._all = 0
+        self._nodes: dict[str, int] = {}
+        self._waiting: dict[str, threading.Condition] = {}
+        self._parked: dict[str, int] = {}
+
+    def follow(self, db: Database) -> None:
+        """Listen to ``db``'s sessions: collect at flush, publish at commit."""
+        factory = db.sessions
+        event.listen(factory, "after_flush", self._collect)
+        event.listen(factory, "after_commit", self._publish)
+        event.listen(factory, "after_soft_rollback", self._forget)
+
+    @staticmethod
+    def _collect(session: Session, _context: object) -> None:
+        pending = session.info.setdefault(_PENDING, [set(), False])
+        for obj in (*session.new, *session.dirty, *session.deleted):
+            if isinstance(obj, Task):
+                pending[0].add(obj.node_id)
+            elif isinstance(obj, Run):
+                pending[1] = True
+
+    def _publish(self, session: Session) -> None:
+        nodes, every = session.info.pop(_PENDING, (set(), False))
+        if nodes or every:
+            self.bump(nodes, every=every)
+
+    @staticmethod
+    def _forget(session: Session, _previous: object) -> None:
+        session.info.pop(_PENDING, None)
+
+    def bump(self, nodes: set[str], every: bool = False) -> None:
+        with self._lock:
+            if every:
+                self._all += 1
+            for node in nodes:
+                self._nodes[node] = self._nodes.get(node, 0) + 1
+            for node, condition in self._waiting.items():
+                if every or node in nodes:
+                    condition.notify_all()
+
+    def wake_all(self) -> None:
+        with self._lock:
+            for condition in self._waiting.values():
+                condition.notify_all()
+
+    def mark(self, node_id: str) -> tuple[int, int]:
+        """Read before querying; hand to ``wait`` after the query found nothing."""
+        with self._lock:
+            return self._all, self._nodes.get(node_id, 0)
+
+    def wait(self, node_id: str, mark: tuple[int, int], timeout: float) -> bool:
+        """Park until the node's tasks may have changed since ``mark``; True if they may."""
+        with self._lock:
+            if (self._all, self._nodes.get(node_id, 0)) != mark:
+                return True
+            condition = self._waiting.get(node_id)
+            if condition is None:
+                condition = self._waiting[node_id] = threading.Condition(self._lock)
+            self._parked[node_id] = self._parked.get(node_id, 0) + 1
+            try:
+                condition.wait(timeout)
+            finally:
+                self._parked[node_id] -= 1
+                if not self._parked[node_id]:
+                    del self._parked[node_id], self._waiting[node_id]
+            return (self._all, self._nodes.get(node_id, 0)) != mark
+
+
+class Presence:
+    """Sites' signs of life (``last_seen``, the sliding token expiry), written in batches.
+
+    Every authenticated call and every parked poll is a sign of life. Written one commit
+    each, they were most of the coordinator's commits at 1,000 sites (issue 14); here
+    they are held in memory and written at most once a ``interval`` in one transaction
+    for all sites, by whichever call comes next. What the database says is at most that
+    much older than what the coordinator saw, which offline detection (30 s by default)
+    does not notice; nothing an acknowledgement depends on is buffered here.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, float]] = {}
+        self._flushed = 0.0
+
+    def seen(self, node_id: str, when: float, token_expires_at: float | None = None) -> None:
+        row: dict[str, float] = {"last_seen": when}
+        if token_expires_at is not None:
+            row["token_expires_at"] = token_expires_at
+        with self._lock:
+            self._pending.setdefault(node_id, {}).update(row)
+
+    def flush(self, db: Database, force: bool = False) -> int:
+        """Write what is pending when ``interval`` has passed (or ``force``); rows written."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._pending or (not force and now - self._flushed < self.interval):
+                return 0
+            pending, self._pending = self._pending, {}
+            self._flushed = now
+        rows = [{"id": node_id, **values} for node_id, values in pending.items()]
+        # One statement per shape (with or without a token expiry): ORM bulk UPDATE by id.
+        try:
+            with db.transaction() as session:
+                for keys in {tuple(sorted(row)) for row in rows}:
+                    session.execute(update(Node), [r for r in rows if tuple(sorted(r)) == keys])
+        except SQLAlchemyError:
+            # Not the caller's failure: kept for the next flush (newer signs of life win).
+            log.warning("writing %d sites' last_seen failed; will retry", len(rows), exc_info=True)
+            with self._lock:
+                for node_id, values in pending.items():
+                    self._pending[node_id] = {**values, **self._pending.get(node_id, {})}
+            return 0
+        return len(rows)

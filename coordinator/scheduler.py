@@ -157,6 +157,7 @@ class RoundScheduler:
         """Audit each site going offline (no poll or heartbeat lately) and coming back."""
         cutoff = now - self.hub.limits.offline_after_seconds
         changed = False
+        self.hub.presence.flush(self.hub.db)  # batched signs of life (hub.Presence)
         with self.hub.db.transaction() as session:
             for node in session.scalars(select(Node)):
                 online = node.last_seen >= cutoff

@@ -197,6 +197,7 @@ class CoordinatorServer:
         self.scheduler.stop()
         self.hub.notify()
         self.server.stop(grace).wait()
+        self.hub.presence.flush(self.hub.db, force=True)  # the last signs of life
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
         # After the last call has drained, so it is the process's last row.

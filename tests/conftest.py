@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 # Tests use 1024-bit Paillier keys for speed; a site accepts them only when its own
 # environment says so (the default minimum is 2048). Subprocesses inherit this.
 os.environ.setdefault("COHORT_MIN_KEY_BITS", "1024")
+import pg_scratch
 from helpers import AgentPool
 
 from coordinator.hub import Limits
@@ -31,14 +31,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 def _postgres_reason() -> str | None:
     """None when PostgreSQL answers; else why not (CI must have it, so there it fails)."""
-    try:
-        import psycopg
-
-        url = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(url, connect_timeout=3):
-            return None
-    except Exception as exc:
-        return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}"
+    return pg_scratch.postgres_reason(POSTGRES_ADMIN_URL)
 
 
 @pytest.fixture(scope="session")
@@ -51,22 +44,9 @@ def postgres_server() -> str:
     return POSTGRES_ADMIN_URL
 
 
-def _fresh_postgres_database(admin_url: str) -> tuple[str, str]:
-    import psycopg
-
-    name = f"cohort_test_{uuid.uuid4().hex[:12]}"
-    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{name}", name
-
-
-def _drop_postgres_database(admin_url: str, name: str) -> None:
-    import psycopg
-
-    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+# The names the fuzz tests import (tests/pg_scratch.py holds the one implementation).
+_fresh_postgres_database = pg_scratch.fresh_database
+_drop_postgres_database = pg_scratch.drop_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

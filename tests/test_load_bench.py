@@ -47,6 +47,10 @@ def test_five_sites_two_rounds_lose_nothing(request: pytest.FixtureRequest, back
     assert figures["updates_counted"] == figures["coordinator_update_accepted_rows"] == 10
     assert figures["round_latency_s"]["n"] == 2
     assert "latency, seconds" in out
+    (row,) = summary["per_site_count"]
+    assert row["clients"] == 5 and row["backend"] == backend and row["lost_updates"] == 0
+    assert row["coordinator_cpu_ms_per_update"] > 0 and row["commits_per_update"] > 0
+    assert row["peak_os_threads"] >= figures["coordinator_peak_threads"]
 
 
 def test_unreachable_postgresql_is_skipped_with_the_reason() -> None:

@@ -100,6 +100,7 @@ def test_a_node_token_in_use_has_a_sliding_expiry(auth_coordinator):
         session.execute(update(Node).where(Node.id == node_id).values(last_seen=0.0))
 
     heartbeat(channel, token)
+    server.hub.presence.flush(server.hub.db, force=True)  # signs of life are batched
 
     with server.hub.db.transaction() as session:
         expires = session.get(Node, node_id).token_expires_at
