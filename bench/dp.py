@@ -49,7 +49,9 @@ def federate(
     if epsilon is not None:
         for trainer in trainers:
             plan = PrivacyPlan("record", epsilon, DELTA, 0.0, 1.0, "rdp")
-            schedule = record_schedule(plan, trainer.num_train, 32, epochs, rounds)
+            schedule = record_schedule(
+                plan, trainer.num_train, 32, epochs, rounds, standardise=True
+            )
             privacy.append(RoundPrivacy(plan, schedule, make_accountant("rdp"), None))
     seconds: list[float] = []
     for round_number in range(1, rounds + 1):

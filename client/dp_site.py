@@ -16,6 +16,7 @@ from typing import Any
 
 from client.dp import MECHANISM_RECORD, PrivacyPlan, RecordSchedule, make_accountant, plan_key
 from client.dp import record_schedule as schedule_for
+from client.dp_norm import stats_event, stats_history
 from client.ledger import Entry, Ledger, compose
 from client.policy import SitePolicy, TaskRefused
 from protos import federation_pb2
@@ -87,7 +88,14 @@ class PrivacyGuard:
         delta = self.policy.privacy_delta
         before = self.ledger.spent(dataset, delta)
         remaining = max(1, schedule.rounds - len(mine))
-        projected = compose(self.ledger.events(dataset) + [schedule.event(remaining)], delta)
+        stats = (
+            [stats_event(schedule.stats_noise_multiplier)]
+            if (not mine and schedule.stats_noise_multiplier)
+            else []
+        )
+        projected = compose(
+            self.ledger.events(dataset) + stats + [schedule.event(remaining)], delta
+        )
         if budget is not None and projected > budget:
             raise TaskRefused(
                 "budget",
@@ -95,11 +103,19 @@ class PrivacyGuard:
                 f"{projected:.3f} (at delta {delta:g}), past its budget of {budget:g} "
                 f"(spent so far: {before:.3f})",
             )
+        # The run's first round also releases the input statistics (client/dp_norm.py).
+        extra = (
+            [stats_event(schedule.stats_noise_multiplier)]
+            if (not mine and schedule.stats_noise_multiplier)
+            else []
+        )
         accountant = self._accountant(task.run_id, plan, mine)
-        after_run = self._epsilon_after(accountant, schedule, plan)
-        after = compose(self.ledger.events(dataset) + [schedule.event(1)], delta)
+        after_run = self._epsilon_after(accountant, schedule, plan, extra)
+        after = compose(self.ledger.events(dataset) + extra + [schedule.event(1)], delta)
         entry = self.ledger.charge(
             {
+                "extra_events": extra,
+                "stats_noise_multiplier": schedule.stats_noise_multiplier,
                 "run_id": task.run_id,
                 "round": task.round,
                 "dataset": dataset,
@@ -148,6 +164,7 @@ class PrivacyGuard:
                 int(event["steps"]),
                 float(event["noise_multiplier"]),
                 int(first["rounds"]),
+                float(first.get("stats_noise_multiplier", 0.0)),
             )
         try:
             rounds = int(config.get("rounds", 0))
@@ -157,28 +174,41 @@ class PrivacyGuard:
             raise TaskRefused(
                 "error", f"the run's rounds/epochs/batch size do not read: {exc}"
             ) from exc
-        return schedule_for(plan, int(client.num_train), batch, epochs, rounds)
+        return schedule_for(
+            plan,
+            int(client.num_train),
+            batch,
+            epochs,
+            rounds,
+            standardise=bool(getattr(client, "private_standardiser", False)),
+        )
 
     def _accountant(self, run_id: str, plan: PrivacyPlan, mine: list[Entry]) -> Any:
         """The run's one accountant; after a restart, rebuilt from the run's ledger entries."""
         if run_id not in self._accountants:
-            history = [
-                (
-                    float(e.statement["event"]["noise_multiplier"]),
-                    float(e.statement["event"]["sample_rate"]),
-                    int(e.statement["event"]["steps"]),
+            history = []
+            for e in mine:
+                for extra in e.statement.get("extra_events", []):
+                    history.append(stats_history(float(extra["noise_multiplier"])))
+                history.append(
+                    (
+                        float(e.statement["event"]["noise_multiplier"]),
+                        float(e.statement["event"]["sample_rate"]),
+                        int(e.statement["event"]["steps"]),
+                    )
                 )
-                for e in mine
-            ]
             self._accountants[run_id] = make_accountant(plan.accountant, history)
         return self._accountants[run_id]
 
     @staticmethod
-    def _epsilon_after(accountant: Any, schedule: RecordSchedule, plan: PrivacyPlan) -> float:
+    def _epsilon_after(
+        accountant: Any, schedule: RecordSchedule, plan: PrivacyPlan, extra: list[dict[str, Any]]
+    ) -> float:
         """The run's ε at its δ once this round's steps are taken (what the hook will count)."""
         probe = make_accountant(
             plan.accountant,
             list(accountant.history)
+            + [stats_history(float(e["noise_multiplier"])) for e in extra]
             + [(schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)],
         )
         return float(probe.get_epsilon(delta=plan.delta))

@@ -157,10 +157,12 @@ class Ledger:
         return self.entries[-1].line_hash() if self.entries else GENESIS
 
     def events(self, dataset: str, *, exclude_run: str = "") -> list[dict[str, Any]]:
+        # A run's first entry may also carry its input statistics' releases (client/dp_norm.py).
         return [
-            dict(e.statement["event"])
+            dict(event)
             for e in self.entries
             if e.dataset == dataset and (not exclude_run or e.run_id != exclude_run)
+            for event in [*e.statement.get("extra_events", []), e.statement["event"]]
         ]
 
     def spent(self, dataset: str, delta: float) -> float:
