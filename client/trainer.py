@@ -227,7 +227,7 @@ class TabularTrainer(NumPyClient):
         from client.dp_norm import private_standardiser, stats_history
 
         norm = self._input_norm()
-        if norm is None:
+        if norm is None or norm.running_mean is None or norm.running_var is None:
             return
         # Fresh OS entropy, never the run's seed: noise a coordinator could predict is none.
         rng = np.random.default_rng()
