@@ -74,6 +74,8 @@ class PrivacyGuard:
                     "differential privacy: training would spend an unbounded epsilon",
                 )
             return None
+        if plan.mode == "site":
+            self._site_level(task, plan, config, client, budget)
         if plan.mode != "record":
             raise TaskRefused("policy", f"privacy mode {plan.mode!r} is not available at this site")
         if not hasattr(client, "fit_private"):
@@ -142,6 +144,60 @@ class PrivacyGuard:
         if budget is not None:
             metrics["privacy_budget_left"] = budget - after
         return RoundPrivacy(plan, schedule, accountant, entry, metrics)
+
+    def _site_level(
+        self,
+        task: federation_pb2.Task,
+        plan: PrivacyPlan,
+        config: dict[str, Any],
+        client: Any,
+        budget: float | None,
+    ) -> None:
+        """Site-level DP's budget gate (client/dp_aggregate.py), then a refusal: not wired yet.
+
+        The noise is calibrated for this site's share ALONE (quorum 1): a coordinator's
+        stated quorum is not trusted, so no cohort size it claims can lower the noise.
+        A run that would pass the budget is refused with ``budget``; one within it is
+        refused with ``policy`` because the agent does not yet send site-level encodings
+        (nothing is charged: nothing is trained or sent).
+        """
+        from client.dp_aggregate import calibrate
+
+        if plan.noise_multiplier or not plan.epsilon:
+            raise TaskRefused("policy", "site-level DP takes an epsilon, not a noise multiplier")
+        try:
+            rounds = int(config.get("rounds", 0))
+            dimension = sum(int(w.size) for w in client.get_parameters({}))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise TaskRefused("error", f"site-level DP cannot size the update: {exc}") from exc
+        if rounds < 1 or dimension < 1:
+            raise TaskRefused("error", "site-level DP needs rounds and a non-empty model")
+        noise = calibrate(
+            plan.epsilon,
+            plan.delta,
+            rounds,
+            clip=plan.max_grad_norm,
+            bits=16,
+            dimension=dimension,
+            quorum=1,
+            max_sites=64,
+            key_bits=int(config.get("key_bits", 2048)),
+        )
+        dataset = _dataset(client)
+        delta = self.policy.privacy_delta
+        projected = compose(self.ledger.events(dataset) + [noise.event(rounds)], delta)
+        if budget is not None and projected > budget:
+            raise TaskRefused(
+                "budget",
+                f"the site-level DP run would bring this site's spend on dataset "
+                f"{dataset[:12]} to epsilon {projected:.3f} (at delta {delta:g}), past its "
+                f"budget of {budget:g} (spent so far: {self.ledger.spent(dataset, delta):.3f})",
+            )
+        raise TaskRefused(
+            "policy",
+            "site-level DP (noise shares inside the encrypted sum) is accounted at this site "
+            "but its encrypted path is not wired into the agent in this version",
+        )
 
     def _schedule(
         self,

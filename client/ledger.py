@@ -48,7 +48,8 @@ def dp_event(event: Mapping[str, Any]) -> Any:
 
     ``poisson_gaussian``: DP-SGD steps (Poisson-subsampled Gaussian, self-composed);
     ``gaussian``: rounds of the Gaussian mechanism (site-level DP, sensitivity 1 in units
-    of sigma); ``epsilon_delta``: a mechanism known only by its (ε, δ), e.g. a noisy SHAP
+    of sigma); ``zcdp``: rounds of a ρ-zCDP mechanism (site-level DP's distributed
+    discrete Gaussian); ``epsilon_delta``: a mechanism known only by its (ε, δ), e.g. a noisy SHAP
     summary, composed conservatively by addition.
     """
     import dp_accounting
@@ -63,6 +64,11 @@ def dp_event(event: Mapping[str, Any]) -> Any:
     if kind == "gaussian":
         return dp_accounting.SelfComposedDpEvent(
             dp_accounting.GaussianDpEvent(float(event["noise_multiplier"])), int(event["count"])
+        )
+    if kind == "zcdp":
+        # Site-level DP's distributed discrete Gaussian rounds (client/dp_aggregate.py).
+        return dp_accounting.SelfComposedDpEvent(
+            dp_accounting.ZCDpEvent(float(event["rho"])), int(event["count"])
         )
     raise ValueError(f"unknown ledger event kind {kind!r}")
 
