@@ -85,6 +85,9 @@ class RecordSchedule:
     steps_per_round: int
     noise_multiplier: float
     rounds: int
+    # The input standardiser's Gaussian releases (client/dp_norm.py), made once, at the
+    # run's first round; 0.0 when the model has no normaliser or the plan fixes the noise.
+    stats_noise_multiplier: float = 0.0
 
     def event(self, rounds: int | None = None) -> dict[str, Any]:
         """The ledger's description of ``rounds`` rounds (all of the run by default)."""
@@ -97,16 +100,47 @@ class RecordSchedule:
         }
 
 
+def _smallest_sigma(epsilon_of: Any, target: float) -> float:
+    """Bisect the smallest noise multiplier whose ε (``epsilon_of(sigma)``) is <= ``target``.
+
+    Opacus's ``get_noise_multiplier`` does the same for DP-SGD alone; this one also
+    counts the standardiser's releases in the same accountant.
+    """
+    low, high = 0.0, 10.0
+    while epsilon_of(high) > target:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise TaskRefused("policy", f"no noise multiplier reaches epsilon {target:g}")
+    while high - low > 0.005 * high:
+        middle = (low + high) / 2
+        if epsilon_of(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 def record_schedule(
-    plan: PrivacyPlan, n_train: int, batch_size: int, epochs: int, rounds: int
+    plan: PrivacyPlan,
+    n_train: int,
+    batch_size: int,
+    epochs: int,
+    rounds: int,
+    *,
+    standardise: bool = False,
 ) -> RecordSchedule:
     """Sample rate, steps and noise from the run's plan and this site's own data size.
 
     The sample rate is one over the number of batches an epoch would have (Opacus's
     ``DPDataLoader.from_data_loader``); the noise is the smallest multiplier that meets
     the run's (ε, δ) after every round (``get_noise_multiplier``), or the plan's own.
+    With ``standardise`` (a model with an input normaliser) and an ε plan, the
+    standardiser's two Gaussian releases get ``STATS_SHARE`` of ε and DP-SGD's noise is
+    calibrated so that both together, in one accountant, meet the plan's ε.
     """
     from opacus.accountants.utils import get_noise_multiplier
+
+    from client.dp_norm import STATS_SHARE, stats_history
 
     if n_train < 1 or batch_size < 1 or epochs < 1 or rounds < 1:
         raise TaskRefused("error", "record-level DP needs training rows, a batch size and rounds")
@@ -114,6 +148,20 @@ def record_schedule(
     sample_rate = 1.0 / batches
     steps = epochs * batches
     sigma = plan.noise_multiplier
+    if standardise and not sigma:
+
+        def stats_only(s: float) -> float:
+            return float(
+                make_accountant(plan.accountant, [stats_history(s)]).get_epsilon(plan.delta)
+            )
+
+        def with_stats(s: float) -> float:
+            history = [stats_history(stats_sigma), (s, sample_rate, steps * rounds)]
+            return float(make_accountant(plan.accountant, history).get_epsilon(plan.delta))
+
+        stats_sigma = _smallest_sigma(stats_only, STATS_SHARE * plan.epsilon)
+        sigma = _smallest_sigma(with_stats, plan.epsilon)
+        return RecordSchedule(sample_rate, steps, float(sigma), rounds, float(stats_sigma))
     if not sigma:
         sigma = float(
             get_noise_multiplier(

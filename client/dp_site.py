@@ -16,6 +16,7 @@ from typing import Any
 
 from client.dp import MECHANISM_RECORD, PrivacyPlan, RecordSchedule, make_accountant, plan_key
 from client.dp import record_schedule as schedule_for
+from client.dp_norm import stats_event, stats_history
 from client.ledger import Entry, Ledger, compose
 from client.policy import SitePolicy, TaskRefused
 from protos import federation_pb2
@@ -73,6 +74,8 @@ class PrivacyGuard:
                     "differential privacy: training would spend an unbounded epsilon",
                 )
             return None
+        if plan.mode == "site":
+            self._site_level(task, plan, config, client, budget)
         if plan.mode != "record":
             raise TaskRefused("policy", f"privacy mode {plan.mode!r} is not available at this site")
         if not hasattr(client, "fit_private"):
@@ -100,7 +103,14 @@ class PrivacyGuard:
         delta = self.policy.privacy_delta
         before = self.ledger.spent(dataset, delta)
         remaining = max(1, schedule.rounds - len(mine))
-        projected = compose(self.ledger.events(dataset) + [schedule.event(remaining)], delta)
+        stats = (
+            [stats_event(schedule.stats_noise_multiplier)]
+            if (not mine and schedule.stats_noise_multiplier)
+            else []
+        )
+        projected = compose(
+            self.ledger.events(dataset) + stats + [schedule.event(remaining)], delta
+        )
         if budget is not None and projected > budget:
             raise TaskRefused(
                 "budget",
@@ -108,11 +118,19 @@ class PrivacyGuard:
                 f"{projected:.3f} (at delta {delta:g}), past its budget of {budget:g} "
                 f"(spent so far: {before:.3f})",
             )
+        # The run's first round also releases the input statistics (client/dp_norm.py).
+        extra = (
+            [stats_event(schedule.stats_noise_multiplier)]
+            if (not mine and schedule.stats_noise_multiplier)
+            else []
+        )
         accountant = self._accountant(task.run_id, plan, mine)
-        after_run = self._epsilon_after(accountant, schedule, plan)
-        after = compose(self.ledger.events(dataset) + [schedule.event(1)], delta)
+        after_run = self._epsilon_after(accountant, schedule, plan, extra)
+        after = compose(self.ledger.events(dataset) + extra + [schedule.event(1)], delta)
         entry = self.ledger.charge(
             {
+                "extra_events": extra,
+                "stats_noise_multiplier": schedule.stats_noise_multiplier,
                 "run_id": task.run_id,
                 "round": task.round,
                 "dataset": dataset,
@@ -141,6 +159,60 @@ class PrivacyGuard:
         if budget is not None:
             metrics["privacy_budget_left"] = budget - after
         return RoundPrivacy(plan, schedule, accountant, entry, metrics)
+
+    def _site_level(
+        self,
+        task: federation_pb2.Task,
+        plan: PrivacyPlan,
+        config: dict[str, Any],
+        client: Any,
+        budget: float | None,
+    ) -> None:
+        """Site-level DP's budget gate (client/dp_aggregate.py), then a refusal: not wired yet.
+
+        The noise is calibrated for this site's share ALONE (quorum 1): a coordinator's
+        stated quorum is not trusted, so no cohort size it claims can lower the noise.
+        A run that would pass the budget is refused with ``budget``; one within it is
+        refused with ``policy`` because the agent does not yet send site-level encodings
+        (nothing is charged: nothing is trained or sent).
+        """
+        from client.dp_aggregate import calibrate
+
+        if plan.noise_multiplier or not plan.epsilon:
+            raise TaskRefused("policy", "site-level DP takes an epsilon, not a noise multiplier")
+        try:
+            rounds = int(config.get("rounds", 0))
+            dimension = sum(int(w.size) for w in client.get_parameters({}))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise TaskRefused("error", f"site-level DP cannot size the update: {exc}") from exc
+        if rounds < 1 or dimension < 1:
+            raise TaskRefused("error", "site-level DP needs rounds and a non-empty model")
+        noise = calibrate(
+            plan.epsilon,
+            plan.delta,
+            rounds,
+            clip=plan.max_grad_norm,
+            bits=16,
+            dimension=dimension,
+            quorum=1,
+            max_sites=64,
+            key_bits=int(config.get("key_bits", 2048)),
+        )
+        dataset = _dataset(client)
+        delta = self.policy.privacy_delta
+        projected = compose(self.ledger.events(dataset) + [noise.event(rounds)], delta)
+        if budget is not None and projected > budget:
+            raise TaskRefused(
+                "budget",
+                f"the site-level DP run would bring this site's spend on dataset "
+                f"{dataset[:12]} to epsilon {projected:.3f} (at delta {delta:g}), past its "
+                f"budget of {budget:g} (spent so far: {self.ledger.spent(dataset, delta):.3f})",
+            )
+        raise TaskRefused(
+            "policy",
+            "site-level DP (noise shares inside the encrypted sum) is accounted at this site "
+            "but its encrypted path is not wired into the agent in this version",
+        )
 
     def _schedule(
         self,
@@ -172,34 +244,48 @@ class PrivacyGuard:
                 int(event["steps"]),
                 float(event["noise_multiplier"]),
                 int(first["rounds"]),
+                float(first.get("stats_noise_multiplier", 0.0)),
             )
         try:
             rounds = int(config.get("rounds", 0))
         except (TypeError, ValueError) as exc:
             raise TaskRefused("error", f"the run's rounds do not read: {exc}") from exc
         epochs, batch = _training_shape(config)
-        return schedule_for(plan, int(client.num_train), batch, epochs, rounds)
+        return schedule_for(
+            plan,
+            int(client.num_train),
+            batch,
+            epochs,
+            rounds,
+            standardise=bool(getattr(client, "private_standardiser", False)),
+        )
 
     def _accountant(self, run_id: str, plan: PrivacyPlan, mine: list[Entry]) -> Any:
         """The run's one accountant; after a restart, rebuilt from the run's ledger entries."""
         if run_id not in self._accountants:
-            history = [
-                (
-                    float(e.statement["event"]["noise_multiplier"]),
-                    float(e.statement["event"]["sample_rate"]),
-                    int(e.statement["event"]["steps"]),
+            history = []
+            for e in mine:
+                for extra in e.statement.get("extra_events", []):
+                    history.append(stats_history(float(extra["noise_multiplier"])))
+                history.append(
+                    (
+                        float(e.statement["event"]["noise_multiplier"]),
+                        float(e.statement["event"]["sample_rate"]),
+                        int(e.statement["event"]["steps"]),
+                    )
                 )
-                for e in mine
-            ]
             self._accountants[run_id] = make_accountant(plan.accountant, history)
         return self._accountants[run_id]
 
     @staticmethod
-    def _epsilon_after(accountant: Any, schedule: RecordSchedule, plan: PrivacyPlan) -> float:
+    def _epsilon_after(
+        accountant: Any, schedule: RecordSchedule, plan: PrivacyPlan, extra: list[dict[str, Any]]
+    ) -> float:
         """The run's ε at its δ once this round's steps are taken (what the hook will count)."""
         probe = make_accountant(
             plan.accountant,
             list(accountant.history)
+            + [stats_history(float(e["noise_multiplier"])) for e in extra]
             + [(schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)],
         )
         return float(probe.get_epsilon(delta=plan.delta))

@@ -48,7 +48,8 @@ def dp_event(event: Mapping[str, Any]) -> Any:
 
     ``poisson_gaussian``: DP-SGD steps (Poisson-subsampled Gaussian, self-composed);
     ``gaussian``: rounds of the Gaussian mechanism (site-level DP, sensitivity 1 in units
-    of sigma); ``epsilon_delta``: a mechanism known only by its (ε, δ), e.g. a noisy SHAP
+    of sigma); ``zcdp``: rounds of a ρ-zCDP mechanism (site-level DP's distributed
+    discrete Gaussian); ``epsilon_delta``: a mechanism known only by its (ε, δ), e.g. a noisy SHAP
     summary, composed conservatively by addition.
     """
     import dp_accounting
@@ -63,6 +64,11 @@ def dp_event(event: Mapping[str, Any]) -> Any:
     if kind == "gaussian":
         return dp_accounting.SelfComposedDpEvent(
             dp_accounting.GaussianDpEvent(float(event["noise_multiplier"])), int(event["count"])
+        )
+    if kind == "zcdp":
+        # Site-level DP's distributed discrete Gaussian rounds (client/dp_aggregate.py).
+        return dp_accounting.SelfComposedDpEvent(
+            dp_accounting.ZCDpEvent(float(event["rho"])), int(event["count"])
         )
     raise ValueError(f"unknown ledger event kind {kind!r}")
 
@@ -157,10 +163,12 @@ class Ledger:
         return self.entries[-1].line_hash() if self.entries else GENESIS
 
     def events(self, dataset: str, *, exclude_run: str = "") -> list[dict[str, Any]]:
+        # A run's first entry may also carry its input statistics' releases (client/dp_norm.py).
         return [
-            dict(e.statement["event"])
+            dict(event)
             for e in self.entries
             if e.dataset == dataset and (not exclude_run or e.run_id != exclude_run)
+            for event in [*e.statement.get("extra_events", []), e.statement["event"]]
         ]
 
     def spent(self, dataset: str, delta: float) -> float:

@@ -191,6 +191,9 @@ class TabularTrainer(NumPyClient):
 
         models.set_weights(self.model, parameters)
         self.rounds_trained += 1
+        sigma = float(getattr(privacy.schedule, "stats_noise_multiplier", 0.0))
+        if sigma and not privacy.accountant.history:
+            self._standardise_privately(sigma, privacy)
         with GLOBAL_RNG_LOCK:
             metrics = train_private(
                 self.model,
@@ -204,6 +207,37 @@ class TabularTrainer(NumPyClient):
                 device=self.device,
             )
         return models.get_weights(self.model), self.num_train, metrics
+
+    @property
+    def private_standardiser(self) -> bool:
+        """Whether a DP run should release this model's input statistics (client/dp_norm.py)."""
+        return self._input_norm() is not None
+
+    def _input_norm(self) -> torch.nn.BatchNorm1d | None:
+        norm = getattr(getattr(self.model, "body", None), "0", None)
+        if isinstance(norm, torch.nn.BatchNorm1d) and not norm.affine:
+            return norm
+        return None
+
+    def _standardise_privately(self, sigma: float, privacy: Any) -> None:
+        """The run's first DP round: release the normaliser's statistics, charge the accountant.
+
+        Under DP-SGD the normaliser is frozen (client/dp.py), so without this it would
+        standardise with its initial mean 0 and variance 1. The releases are noised
+        (client/dp_norm.py) and counted by the run's one accountant before any use.
+        """
+        from client.dp_norm import private_standardiser, stats_history
+
+        norm = self._input_norm()
+        if norm is None or norm.running_mean is None or norm.running_var is None:
+            return
+        # Fresh OS entropy, never the run's seed: noise a coordinator could predict is none.
+        rng = np.random.default_rng()
+        mean, variance = private_standardiser(self.train_data.x, sigma, rng)
+        privacy.accountant.history.append(stats_history(sigma))
+        with torch.no_grad():
+            norm.running_mean.copy_(torch.as_tensor(mean))
+            norm.running_var.copy_(torch.as_tensor(variance))
 
     def _train(self, config: dict[str, Any]) -> dict[str, Any]:
         return models.train(
