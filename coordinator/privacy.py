@@ -279,7 +279,8 @@ def _entry_problem(
     statement = entry["statement"]
     if statement.get("run_id") != run.id:
         return f"the site signed this entry for run {str(statement.get('run_id'))[:64]!r}"
-    if not isinstance(statement.get("round"), int) or not 1 <= statement["round"] <= run.rounds:
+    rnd = statement.get("round")
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 1 <= rnd <= run.rounds:
         return f"the entry's round {statement.get('round')!r} is not a round of this run"
     if not _same_plan(statement.get("plan"), plan):
         return "the plan the site signed is not the run's plan"
@@ -352,7 +353,7 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
         select(Update.node_id, Update.round).where(Update.run_id == run.id)
     ).all()
     for name, entries in by_site.items():
-        entries.sort(key=lambda e: (e["statement"]["round"], e["statement"].get("time", 0)))
+        entries.sort(key=lambda e: (e["statement"]["round"], _number(e["statement"].get("time"))))
         trained = {int(r) for node, r in updates if node == node_of[name]}
         for problem in _chain_problems(name, entries, trained):
             unverified.append({"site": name, "problem": problem})
@@ -388,10 +389,16 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
     }
 
 
+def _number(value: Any) -> float:
+    """A signed field as a number for ordering (a site may sign anything there)."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+
 def _highest(entries: list[dict[str, Any]], field: str) -> float | None:
     values = [
         float(e["statement"][field])
         for e in entries
         if isinstance(e["statement"].get(field), int | float)
+        and math.isfinite(e["statement"][field])
     ]
     return max(values) if values else None
