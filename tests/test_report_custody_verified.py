@@ -67,3 +67,25 @@ def test_a_statement_for_another_key_is_unverified(secure_round):  # noqa: F811
         out = report_custody(session, session.get(Run, run.run_id))
     assert out is not None and out["verified"] is False
     assert "another key" in str(out["problem"])
+
+
+def test_an_unverified_custody_passes_the_report_schema(secure_round):  # noqa: F811
+    """The report is still produced, saying the statement does not verify."""
+    from coordinator.report import report_facts
+    from explain.report import render_html
+
+    coordinator, _site, run, _ = secure_round
+    with coordinator.hub.db.transaction() as session:
+        session.add(
+            ThresholdKey(
+                run_id=run.run_id,
+                threshold=3,
+                parties=3,
+                verification_keys=b"",
+                statement=_forged(run.run_id, "ab" * 16),
+                signature=bytes(64),
+            )
+        )
+    facts = report_facts(coordinator.hub, run.run_id)
+    assert facts["privacy"]["key_custody"]["verified"] is False
+    assert "UNVERIFIED" in render_html(facts)  # validated against the schema, then shown
