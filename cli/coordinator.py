@@ -100,6 +100,12 @@ def serve(
             f"/metrics on {metrics_host} would be readable by anyone on the network: "
             "pass --metrics-token-file FILE (and --tls-dir) or keep --metrics-host 127.0.0.1"
         )
+    if metrics_port is not None and pki is None and not _loopback(metrics_host):
+        # The bearer token would cross the network in the clear with every scrape.
+        fail(
+            f"/metrics on {metrics_host} needs TLS (its bearer token must not travel in the "
+            "clear): pass --tls-dir DIR or keep --metrics-host 127.0.0.1"
+        )
     url = db or default_database_url(data_dir)
     server = CoordinatorServer(
         url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import signal
 import threading
 import time
@@ -27,10 +28,23 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def allowed_hosts(host: str, port: int) -> set[str]:
+def page_host(host: str) -> str:
+    """The host name the page is served under: a fresh random ``*.localhost`` on loopback.
+
+    Browsers keep cookies per host name, not per port: a session cookie set for
+    127.0.0.1 or localhost would reach every other local server (any port, any user).
+    Under ``cohort-<128 random bits>.localhost`` (which browsers resolve to loopback
+    themselves, RFC 6761 §6.3) it reaches only a server the browser opens under that
+    secret name, and the Host check refuses the page under any other name.
+    """
+    if _loopback(host):
+        return f"cohort-{secrets.token_hex(16)}.localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+def allowed_hosts(name: str, port: int) -> set[str]:
     """Host headers the dashboard answers (anything else: a DNS-rebinding page)."""
-    names = {host, "127.0.0.1", "localhost"} if _loopback(host) else {host}
-    return {f"{name}:{port}" for name in names} | ({f"[::1]:{port}"} if _loopback(host) else set())
+    return {f"{name}:{port}"}
 
 
 class DashboardServer:
@@ -66,9 +80,13 @@ def start_dashboard(
     from cli.dashboard_app import Session, create_app
 
     me = admin.DashboardWhoAmI(admin_pb2.DashboardWhoAmIRequest(), timeout=30)
+    # Until the port is known allowed_hosts is empty, and the app answers nothing (421).
     session = Session(admin=admin, operator=me.name, role=me.role)
     server = DashboardServer(create_app(session), host, port)
-    session.allowed_hosts = allowed_hosts(host, server.start())
+    bound = server.start()
+    name = page_host(host)
+    session.base_url = f"http://{name}:{bound}"
+    session.allowed_hosts = allowed_hosts(name, bound)
     return server, session
 
 
@@ -100,10 +118,9 @@ def dashboard(
         fail(f"--host {host} is not loopback: the dashboard is plain HTTP for this machine")
     admin = Admin(coordinator, ca, token_file, insecure)
     server, session = start_dashboard(admin, host, port)
-    shown = f"[{host}]" if ":" in host else host
     console.print(
         f"dashboard for {session.operator} ({session.role}) at "
-        f"http://{shown}:{server.port}/login?token={session.token}",
+        f"{session.base_url}/login?token={session.token}",
         soft_wrap=True,
         markup=False,
         highlight=False,

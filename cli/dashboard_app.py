@@ -8,8 +8,11 @@ datum comes from the admin gRPC API with this operator's own token, and every ac
 decided there (an auditor's stop is refused by the coordinator, not only hidden here).
 
 The page's own HTTP is guarded against other local users and other web pages: a random
-session token printed at start (exchanged once for an HttpOnly, SameSite=Strict cookie),
-a Host check against DNS rebinding, and a CSRF token in a header on every POST.
+session token printed at start (exchanged once for an HttpOnly, SameSite=Strict cookie,
+set for a random ``cohort-….localhost`` host name only: browsers share cookies across
+ports of one host, so one set for 127.0.0.1 would reach every other local server), a Host
+check (that name only, and nothing answered before it is set) against DNS rebinding and
+other names, and a CSRF token in a header on every POST.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class Session:
     admin: Any  # cli.admin.Admin (or anything with the same RPC methods)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    allowed_hosts: set[str] = field(default_factory=set)
+    allowed_hosts: set[str] = field(default_factory=set)  # empty: nothing is answered
+    base_url: str = ""
     operator: str = ""
     role: str = ""
     poll_seconds: float = 1.0
@@ -156,7 +160,7 @@ def create_app(session: Session) -> FastAPI:
     async def guard(request: Request, call_next: Callable[..., Any]) -> Response:
         # DNS rebinding: a page from another origin resolving to 127.0.0.1 sends its own Host.
         host = request.headers.get("host", "")
-        if session.allowed_hosts and host not in session.allowed_hosts:
+        if host not in session.allowed_hosts:
             return JSONResponse({"detail": f"unexpected Host {host!r}"}, status_code=421)
         path = request.url.path
         public = path in ("/login", "/favicon.ico") or path.startswith("/static/")

@@ -9,6 +9,7 @@ altered or made up does not verify.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
@@ -177,6 +178,15 @@ def record_entry(
     return federation_pb2.SubmitReply(id=str(row.seq), message="ledger entry recorded")
 
 
+def _line_hash(statement: Any, signature: Any) -> str:
+    """The hash a site's next ledger line names as ``prev`` (client/ledger.py Entry.line_hash)."""
+    try:
+        raw = bytes.fromhex(str(signature or ""))
+        return hashlib.sha256(canonical(statement) + raw).hexdigest()
+    except (ValueError, TypeError):
+        return ""
+
+
 def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
     """The run's ledger entries as stored, each re-verified against its site's identity key.
 
@@ -217,6 +227,8 @@ def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
         entries.append(
             {
                 "site": site,
+                "node_id": row.actor,
+                "line_hash": _line_hash(statement, details.get("signature")),
                 "statement": statement,
                 "verified": not problem,
                 "problem": problem,
@@ -230,44 +242,137 @@ def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _signed_plan(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's plan as a site signs it: the task's proto fields (float32 as the site saw)."""
+    proto = plan_to_proto(config)
+    if proto is None:
+        return None
+    return {
+        "mode": proto.mode,
+        "epsilon": float(proto.epsilon),
+        "delta": float(proto.delta),
+        "noise_multiplier": float(proto.noise_multiplier),
+        "max_grad_norm": float(proto.max_grad_norm or 1.0),
+        "accountant": proto.accountant or "rdp",
+    }
+
+
+def _same_plan(signed: Any, expected: dict[str, Any] | None) -> bool:
+    if not isinstance(signed, dict) or expected is None or set(signed) != set(expected):
+        return False
+    for key, want in expected.items():
+        got = signed[key]
+        if isinstance(want, float):
+            if not isinstance(got, int | float) or not math.isclose(got, want, rel_tol=1e-6):
+                return False
+        elif got != want:
+            return False
+    return True
+
+
+def _entry_problem(
+    entry: dict[str, Any], run: Run, plan: dict[str, Any] | None, seen: set[str]
+) -> str:
+    """Why a correctly signed entry still cannot count for this run ("" when it can)."""
+    if not entry["verified"]:
+        return str(entry["problem"])
+    statement = entry["statement"]
+    if statement.get("run_id") != run.id:
+        return f"the site signed this entry for run {str(statement.get('run_id'))[:64]!r}"
+    rnd = statement.get("round")
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 1 <= rnd <= run.rounds:
+        return f"the entry's round {statement.get('round')!r} is not a round of this run"
+    if not _same_plan(statement.get("plan"), plan):
+        return "the plan the site signed is not the run's plan"
+    if entry["line_hash"] in seen:
+        return "a second copy of the same signed entry"
+    seen.add(entry["line_hash"])
+    return ""
+
+
+def _chain_problems(site: str, entries: list[dict[str, Any]], trained: set[int]) -> list[str]:
+    """Order a site's entries by round and check it against the signed ``prev`` links.
+
+    Each entry names the hash of the line before it in the site's ledger (which also
+    holds its other runs, so links need not be contiguous here). A link that points
+    backwards in round order, two entries naming the same ``prev`` (a forked ledger) or
+    a round the site sent an update for without a verified charge are problems.
+    """
+    problems = []
+    position = {e["line_hash"]: i for i, e in enumerate(entries)}
+    prevs: set[str] = set()
+    for i, entry in enumerate(entries):
+        prev = str(entry["statement"].get("prev", ""))
+        if prev in prevs:
+            problems.append(f"{site}: two entries follow the same ledger line (forked ledger)")
+        prevs.add(prev)
+        if prev in position and position[prev] >= i:
+            problems.append(f"{site}: round {entry['statement']['round']} is out of chain order")
+    charged = {int(e["statement"]["round"]) for e in entries}
+    highest = max(charged | trained, default=0)
+    missing = sorted(r for r in range(1, highest + 1) if r not in charged)
+    if missing:
+        problems.append(
+            f"{site}: no verified ledger entry for round(s) {', '.join(map(str, missing))}"
+        )
+    return problems
+
+
 def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
     """The report's ``differential_privacy``: the plan and, per site, what its ledger says.
 
-    Per site: mechanism, the run's ε at the run's δ (its last entry), accountant, noise,
-    and its ledger's ε before the run and after (at the site's own δ, all its runs on that
-    dataset composed), with its budget. Only entries whose signature verifies against the
-    site's key on record count; others are listed as unverified, never used.
+    Per site: mechanism, the run's ε at the run's δ and its ledger's ε after (both the
+    highest the site signed for this run: ε only grows, so a coordinator that re-files an
+    early entry or drops a late one cannot lower them), accountant, noise, the ledger's ε
+    before the run, with its budget. An entry counts only if its signature verifies
+    against the site's key on record, it names this run, one of its rounds and the run's
+    plan, and is not a second copy; entries are ordered by round and checked against the
+    signed ``prev`` chain. Anything else is listed as unverified, never used.
     """
     plan = run.config.get(PRIVACY_KEY)
     if not isinstance(plan, dict):
         return None
-    entries = ledger_entries(session, run.id)
+    from sqlalchemy import select
+
+    from coordinator.schema import Update
+
+    expected = _signed_plan(run.config)
     sites: dict[str, dict[str, Any]] = {}
+    by_site: dict[str, list[dict[str, Any]]] = {}
+    node_of: dict[str, str] = {}
     unverified = []
-    for entry in entries:
-        if not entry["verified"]:
-            unverified.append({"site": entry["site"], "problem": entry["problem"]})
+    seen: set[str] = set()
+    for entry in ledger_entries(session, run.id):
+        problem = _entry_problem(entry, run, expected, seen)
+        if problem:
+            unverified.append({"site": entry["site"], "problem": problem})
             continue
-        statement = entry["statement"]
-        site = sites.setdefault(
-            entry["site"],
-            {
-                "site": entry["site"],
-                "mechanism": statement.get("mechanism"),
-                "accountant": statement.get("accountant"),
-                "noise_multiplier": statement.get("event", {}).get("noise_multiplier"),
-                "sample_rate": statement.get("event", {}).get("sample_rate"),
-                "delta": statement.get("run_delta"),
-                "ledger_delta": statement.get("ledger_delta"),
-                "budget": statement.get("budget"),
-                "ledger_epsilon_before": statement.get("ledger_epsilon_before"),
-                "key_fingerprint": entry["key_fingerprint"],
-                "rounds_charged": 0,
-            },
-        )
-        site["rounds_charged"] += 1
-        site["epsilon"] = statement.get("run_epsilon")
-        site["ledger_epsilon_after"] = statement.get("ledger_epsilon_after")
+        by_site.setdefault(entry["site"], []).append(entry)
+        node_of[entry["site"]] = entry["node_id"]
+    updates = session.execute(
+        select(Update.node_id, Update.round).where(Update.run_id == run.id)
+    ).all()
+    for name, entries in by_site.items():
+        entries.sort(key=lambda e: (e["statement"]["round"], _number(e["statement"].get("time"))))
+        trained = {int(r) for node, r in updates if node == node_of[name]}
+        for problem in _chain_problems(name, entries, trained):
+            unverified.append({"site": name, "problem": problem})
+        first = entries[0]["statement"]
+        sites[name] = {
+            "site": name,
+            "mechanism": first.get("mechanism"),
+            "accountant": first.get("accountant"),
+            "noise_multiplier": first.get("event", {}).get("noise_multiplier"),
+            "sample_rate": first.get("event", {}).get("sample_rate"),
+            "delta": first.get("run_delta"),
+            "ledger_delta": first.get("ledger_delta"),
+            "budget": first.get("budget"),
+            "ledger_epsilon_before": first.get("ledger_epsilon_before"),
+            "key_fingerprint": entries[0]["key_fingerprint"],
+            "rounds_charged": len(entries),
+            "epsilon": _highest(entries, "run_epsilon"),
+            "ledger_epsilon_after": _highest(entries, "ledger_epsilon_after"),
+        }
     return {
         "mode": plan.get("mode"),
         "target_epsilon": plan.get("epsilon") or None,
@@ -282,3 +387,18 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
             "noise and are not charged to the ledgers"
         ),
     }
+
+
+def _number(value: Any) -> float:
+    """A signed field as a number for ordering (a site may sign anything there)."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+
+def _highest(entries: list[dict[str, Any]], field: str) -> float | None:
+    values = [
+        float(e["statement"][field])
+        for e in entries
+        if isinstance(e["statement"].get(field), int | float)
+        and math.isfinite(e["statement"][field])
+    ]
+    return max(values) if values else None

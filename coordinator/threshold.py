@@ -255,16 +255,64 @@ def custody_info(session: Session, run: Run) -> admin_pb2.ThresholdCustody | Non
     )
 
 
+def _custody_problem(session: Session, run: Run, row: ThresholdKey) -> str:
+    """Why the stored dealing statement cannot be shown as signed ("" when it can).
+
+    Checked again at report time, not trusted from the row: the statement must parse,
+    name this run and the run's key, commit to the stored verification keys, and carry a
+    signature by the named custodian's Ed25519 identity as registered with the run.
+    """
+    try:
+        statement = custody.ThresholdStatement.from_bytes(bytes(row.statement))
+    except ValueError as exc:
+        return str(exc)
+    if statement.run_id != run.id:
+        return f"the statement is for run {statement.run_id[:64]!r}, not this run"
+    if not run.key_fingerprint or statement.key_fingerprint != run.key_fingerprint:
+        return "the statement names another key than the run's registered key"
+    if custody.keys_sha256(bytes(row.verification_keys)) != statement.verification_keys_sha256:
+        return "the stored verification keys are not the ones the statement commits to"
+    if (row.threshold, row.parties) != (statement.threshold, statement.parties):
+        return "the stored threshold is not the one the statement names"
+    for node in participant_nodes(session, run):
+        key = bytes(node.ed25519_public_key or b"")
+        if (
+            key
+            and site_name(session, node) == statement.custodian
+            and identity.fingerprint(key) == statement.custodian_fingerprint
+        ):
+            try:
+                identity.verify(key, bytes(row.statement), bytes(row.signature))
+            except ValueError as exc:
+                return f"the custodian's signature does not verify: {exc}"
+            return ""
+    return f"no participant {statement.custodian[:64]!r} with the custodian's identity key"
+
+
 def report_custody(session: Session, run: Run) -> dict[str, object] | None:
-    """The report's ``privacy.key_custody``: the dealing as the custodian signed it."""
-    info = custody_info(session, run)
-    if info is None:
+    """The report's ``privacy.key_custody``: the dealing as the custodian signed it.
+
+    A statement whose signature does not verify (forged or altered in the database) is
+    reported as ``verified: False`` with the problem, and none of its claims.
+    """
+    row = session.get(ThresholdKey, run.id)
+    if row is None:
         return None
+    problem = _custody_problem(session, run, row)
+    if problem:
+        return {
+            "verified": False,
+            "problem": problem,
+            "statement_sha256": wire.sha256_hex(bytes(row.statement)),
+        }
+    info = custody_info(session, run)
+    assert info is not None
     holders = []
     for holder in info.holders:
         index, site, fingerprint = holder.split(":", 2)
         holders.append({"index": int(index), "site": site, "fingerprint": fingerprint})
     return {
+        "verified": True,
         "threshold": info.threshold,
         "parties": info.parties,
         "holders": holders,

@@ -210,6 +210,14 @@ def custody_pairs(custody: Mapping[str, Any] | None) -> Pairs:
     """Threshold runs: who must join to decrypt, and what the dealer says it erased."""
     if not custody:
         return []
+    if custody.get("verified") is False:
+        return [
+            (
+                "Key custody",
+                "UNVERIFIED: the dealer's custody statement on record does not verify "
+                f"({custody.get('problem', '')}); none of its claims is shown",
+            )
+        ]
     holders = ", ".join(f"{h['site']} ({h['fingerprint']})" for h in custody["holders"])
     return [
         (

@@ -79,15 +79,27 @@ def compose() -> list[str]:
     pytest.skip(f"no docker-compose tool installed to validate docker-compose.yml ({INSTALL_HINT})")
 
 
-def run_compose(compose: list[str], file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    compose: list[str], file: Path, *args: str, grafana_password: str | None = "test-only"
+) -> subprocess.CompletedProcess[str]:
+    env = _clean_env()
+    if grafana_password is not None:
+        env["COHORT_GRAFANA_PASSWORD"] = grafana_password
     return subprocess.run(
         [*compose, "-f", str(file), *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=file.parent,
-        env=_clean_env(),
+        env=env,
     )
+
+
+def test_grafana_has_no_default_admin_password(compose):
+    """Grafana publishes a port: a password everyone can read in this file is no password."""
+    unset = run_compose(compose, COMPOSE_FILE, "config", "-q", grafana_password=None)
+    assert unset.returncode != 0 and "COHORT_GRAFANA_PASSWORD" in unset.stderr, unset.stderr
+    assert "cohort-demo" not in COMPOSE_FILE.read_text().split("grafana:", 1)[1]
 
 
 def test_compose_config_validates(compose):

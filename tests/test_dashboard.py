@@ -52,6 +52,13 @@ def federation(tmp_path, agents):
     server.stop(grace=0.5)
 
 
+def local(session, **kwargs) -> httpx.Client:
+    """A client of the dashboard under its own host name (connecting to 127.0.0.1)."""
+    host = session.base_url.removeprefix("http://")
+    port = host.rsplit(":", 1)[1]
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Host": host}, **kwargs)
+
+
 def shot(page, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
@@ -70,7 +77,7 @@ def test_watch_a_real_run_live_then_an_auditor_cannot_act(federation, tmp_path):
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
             context = browser.new_context(viewport={"width": 1280, "height": 800})
             page = context.new_page()
-            base = f"http://127.0.0.1:{admin_ui.port}"
+            base = admin_session.base_url
             page.goto(f"{base}/login?token={admin_session.token}")
             assert page.url == f"{base}/"
             page.get_by_text("ops (admin)").wait_for()
@@ -109,7 +116,7 @@ def test_watch_a_real_run_live_then_an_auditor_cannot_act(federation, tmp_path):
 
             # The auditor's page: no admin controls at all, and the API refuses them anyway.
             auditor = context.new_page()
-            abase = f"http://127.0.0.1:{audit_ui.port}"
+            abase = audit_session.base_url
             auditor.goto(f"{abase}/login?token={audit_session.token}")
             auditor.get_by_text("aud (auditor)").wait_for()
             auditor.locator("#run-facts").filter(has_text="completed").wait_for()
@@ -133,7 +140,7 @@ def test_watch_a_real_run_live_then_an_auditor_cannot_act(federation, tmp_path):
             assert status == 403 and "auditor" in body["detail"] and "CreateRun" in body["detail"]
             browser.close()
         # Nothing the auditor tried reached the run list: still exactly one run.
-        with httpx.Client(base_url=base, cookies={"cohort_dashboard": admin_session.token}) as c:
+        with local(admin_session, cookies={"cohort_dashboard": admin_session.token}) as c:
             runs = c.get("/api/overview").json()["runs"]
             assert [r["run_id"] for r in runs] == [run_id]
     finally:
@@ -144,15 +151,14 @@ def test_watch_a_real_run_live_then_an_auditor_cannot_act(federation, tmp_path):
 def test_the_dashboards_own_http_keeps_others_out(federation):
     server, address, tokens = federation
     ui, session = start_dashboard(Admin(address, None, tokens["admin"], True))
-    base = f"http://127.0.0.1:{ui.port}"
     try:
-        with httpx.Client(base_url=base) as anonymous:
+        with local(session) as anonymous:
             assert anonymous.get("/api/overview").status_code == 401
             assert anonymous.get("/").status_code == 303  # to the login page
             assert anonymous.get("/login", params={"token": "guess"}).status_code == 401
             assert anonymous.post("/api/runs", json={"rounds": 1}).status_code == 401
         signed = {"cohort_dashboard": session.token}
-        with httpx.Client(base_url=base, cookies=signed) as c:
+        with local(session, cookies=signed) as c:
             assert c.get("/api/overview").status_code == 200
             # Another web page in the browser cannot add our custom header: no CSRF token.
             refused = c.post("/api/runs", json={"model": "tabular_mlp", "rounds": 1})
@@ -168,6 +174,10 @@ def test_the_dashboards_own_http_keeps_others_out(federation):
             # DNS rebinding: a page served as evil.example that resolves to 127.0.0.1.
             rebound = c.get("/api/overview", headers={"Host": f"evil.example:{ui.port}"})
             assert rebound.status_code == 421
+            # Nor under 127.0.0.1 or localhost: cookies there reach every local port.
+            for name in ("127.0.0.1", "localhost"):
+                plain = c.get("/api/overview", headers={"Host": f"{name}:{ui.port}"})
+                assert plain.status_code == 421
             # An admin's stop goes through (CSRF header present); a second one is refused
             # by the coordinator (the run has ended) with its reason.
             waiting = c.post(
@@ -184,7 +194,8 @@ def test_the_dashboards_own_http_keeps_others_out(federation):
             page = c.get("/")
             assert "script-src 'self'" in page.headers["content-security-policy"]
             assert page.headers["x-frame-options"] == "DENY"
-        assert httpx.get(f"{base}/static/dashboard.css").status_code == 200
+        with local(session) as anonymous:
+            assert anonymous.get("/static/dashboard.css").status_code == 200
     finally:
         ui.stop()
 
@@ -202,7 +213,7 @@ def test_keyboard_alone_selects_a_run_and_reaches_the_controls(federation, tmp_p
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(f"http://127.0.0.1:{ui.port}/login?token={session.token}")
+            page.goto(f"{session.base_url}/login?token={session.token}")
             page.locator('[data-run][aria-current="true"]').wait_for()
             page.keyboard.press("Tab")
             active = "document.activeElement.textContent.trim()"

@@ -135,3 +135,21 @@ def test_metrics_need_the_token_and_are_off_by_default(served, tmp_path):
         assert refused.value.code == 401
     plain = CoordinatorServer(f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "p", port=0)
     assert plain.metrics_endpoint is None
+
+
+def test_metrics_off_loopback_need_tls_not_only_a_token(tmp_path):
+    """A scrape token sent over plaintext HTTP is readable by anyone on the path."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    token = tmp_path / "metrics.token"
+    token.write_text("scrape-secret\n")
+    result = CliRunner().invoke(
+        app,
+        ["coordinator", "serve", "--insecure", "--port", "0", "--data-dir", str(tmp_path / "d"),
+         "--metrics-port", "0", "--metrics-host", "0.0.0.0", "--metrics-token-file", str(token)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "needs TLS" in result.output and "--tls-dir" in result.output
+    assert not (tmp_path / "d").exists()

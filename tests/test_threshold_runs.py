@@ -190,10 +190,17 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     assert "2 of 3 share holders" in shown.output, shown.output
     facts = report_facts(coordinator.hub, run.run_id)
     reported = facts["privacy"]["key_custody"]
+    assert reported["verified"] is True, reported
     assert (reported["threshold"], reported["parties"]) == (2, 3)
     assert reported["erasure"] == custody.erasure
     html = render_html(facts)
     assert "2 of 3 share holders must join to decrypt" in html
+    # One byte of the stored signature changed: the report no longer vouches for it.
+    with coordinator.hub.db.transaction() as session:
+        row = session.get(ThresholdKey, run.run_id)
+        row.signature = bytes([row.signature[0] ^ 1]) + bytes(row.signature[1:])
+    tampered = report_facts(coordinator.hub, run.run_id)["privacy"]["key_custody"]
+    assert tampered["verified"] is False and "threshold" not in tampered
     # A coordinator that drops the threshold from a task gets no single-key decryption.
     task = sites[0].final_model_task(run.run_id)
     task.threshold = 0

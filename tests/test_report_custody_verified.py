@@ -1,0 +1,91 @@
+"""The report re-verifies a threshold run's custody statement; a forged one states nothing."""
+
+from __future__ import annotations
+
+from test_sovereign import secure_round  # noqa: F401
+
+from coordinator.schema import Run, ThresholdKey
+from coordinator.threshold import report_custody
+from crypto import threshold_custody as custody
+from explain.narrative import custody_pairs
+
+
+def _forged(run_id: str, key_fingerprint: str) -> bytes:
+    return custody.ThresholdStatement(
+        run_id=run_id,
+        key_fingerprint=key_fingerprint,
+        custodian="custodian",
+        custodian_fingerprint="00" * 16,
+        threshold=3,
+        parties=3,
+        holders=tuple(custody.Holder(i, f"site-{i}", "11" * 16) for i in (1, 2, 3)),
+        verification_keys_sha256=custody.keys_sha256(b""),
+        erasure=custody.ERASURE,
+    ).to_bytes()
+
+
+def test_a_forged_custody_statement_is_reported_unverified_without_its_claims(
+    secure_round,  # noqa: F811
+):
+    coordinator, _site, run, _ = secure_round
+    with coordinator.hub.db.transaction() as session:
+        fingerprint = session.get(Run, run.run_id).key_fingerprint
+        session.add(
+            ThresholdKey(
+                run_id=run.run_id,
+                threshold=3,
+                parties=3,
+                verification_keys=b"",
+                statement=_forged(run.run_id, fingerprint),
+                signature=bytes(64),
+            )
+        )
+    with coordinator.hub.db.transaction() as session:
+        out = report_custody(session, session.get(Run, run.run_id))
+    assert out is not None and out["verified"] is False
+    assert "custodian" in str(out["problem"])
+    for claim in ("threshold", "parties", "holders", "erasure", "custodian"):
+        assert claim not in out
+    shown = " ".join(value for _, value in custody_pairs(out))
+    assert "UNVERIFIED" in shown and "erasure" not in shown.lower()
+
+
+def test_a_statement_for_another_key_is_unverified(secure_round):  # noqa: F811
+    coordinator, _site, run, _ = secure_round
+    with coordinator.hub.db.transaction() as session:
+        session.add(
+            ThresholdKey(
+                run_id=run.run_id,
+                threshold=3,
+                parties=3,
+                verification_keys=b"",
+                statement=_forged(run.run_id, "ab" * 16),
+                signature=bytes(64),
+            )
+        )
+    with coordinator.hub.db.transaction() as session:
+        out = report_custody(session, session.get(Run, run.run_id))
+    assert out is not None and out["verified"] is False
+    assert "another key" in str(out["problem"])
+
+
+def test_an_unverified_custody_passes_the_report_schema(secure_round):  # noqa: F811
+    """The report is still produced, saying the statement does not verify."""
+    from coordinator.report import report_facts
+    from explain.report import render_html
+
+    coordinator, _site, run, _ = secure_round
+    with coordinator.hub.db.transaction() as session:
+        session.add(
+            ThresholdKey(
+                run_id=run.run_id,
+                threshold=3,
+                parties=3,
+                verification_keys=b"",
+                statement=_forged(run.run_id, "ab" * 16),
+                signature=bytes(64),
+            )
+        )
+    facts = report_facts(coordinator.hub, run.run_id)
+    assert facts["privacy"]["key_custody"]["verified"] is False
+    assert "UNVERIFIED" in render_html(facts)  # validated against the schema, then shown
