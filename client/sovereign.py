@@ -46,6 +46,7 @@ class Site(Protocol):
 
     def fetch(self, run_id: str, sha256: str) -> bytes: ...
 
+
 _BUILDS = (
     federation_pb2.TASK_KIND_INIT,
     federation_pb2.TASK_KIND_TRAIN,
@@ -203,4 +204,6 @@ def checked_aggregate(
         width=width,
         n_square=public_key.nsquare,
     )
+    # One aggregate per round, ever: checked last so a bad aggregate pins nothing.
+    agent.pins.pin_aggregate(task.run_id, int(aggregate.round), aggregate.sha256)
     return payload
