@@ -13,7 +13,7 @@ from client.custody import SiteIdentity
 from client.peers import PeerStore, UntrustedPeer
 from client.pins import Observed, RunPin, RunPins
 from client.policy import SitePolicy, TaskRefused, check_model
-from client.verify import Entry, Signer, check_manifest, verify_aggregate
+from client.verify import Entry, Signer, check_manifest, verify_aggregate, verify_proofs
 from crypto import identity
 from protos import common_pb2, federation_pb2, wire
 
@@ -178,6 +178,7 @@ def checked_aggregate(
             weight=int(c.weight),
             payload_size=int(c.payload_size),
             signature=bytes(c.signature),
+            plaintext_proof=bytes(c.plaintext_proof),
         )
         for c in aggregate.contributions
     ]
@@ -196,13 +197,22 @@ def checked_aggregate(
         signers=signers(agent, task, pin),
         min_sites=agent.config.policy.min_aggregate_sites,
         payload_size=len(payload),
+        require_proofs=True,
     )
-    verify_aggregate(
+    payloads = verify_aggregate(
         entries,
         payload,
         lambda sha: agent.fetch(task.run_id, sha),
         width=width,
         n_square=public_key.nsquare,
+    )
+    verify_proofs(
+        entries,
+        payloads,
+        run_id=task.run_id,
+        round_number=int(aggregate.round),
+        n=public_key.n,
+        width=width,
     )
     # One aggregate per round, ever: checked last so a bad aggregate pins nothing.
     agent.pins.pin_aggregate(task.run_id, int(aggregate.round), aggregate.sha256)

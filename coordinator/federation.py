@@ -205,6 +205,7 @@ class FederationService:
             weight=weight,
             metrics=metrics,
             signature=signature,
+            plaintext_proof=bytes(header.plaintext_proof) if run.secure == "paillier" else b"",
         )
         session.add(update)
         try:

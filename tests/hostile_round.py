@@ -14,7 +14,8 @@ from typing import Any
 import crypto
 from client.pins import Observed, RunPins
 from client.policy import SitePolicy
-from crypto import identity
+from crypto import identity, plaintext_proof
+from crypto.obfuscators import draw_units
 from protos import common_pb2, federation_pb2, wire
 
 RUN, KEY_ID = "run-hostile", "key-1"
@@ -80,8 +81,20 @@ class Round:
     def fingerprints(self) -> dict[str, str]:
         return {s: identity.fingerprint(pk) for s, (_, pk) in self.keys.items()}
 
-    def submit(self, site: str, ciphertexts: list[int], weight: int = 10) -> None:
-        """``site`` signs ``ciphertexts`` as its update (honest or not: it holds its key)."""
+    def encrypt(self, site: str, plaintexts: list[int], weight: int = 10) -> None:
+        """An honest site: encrypts, proves it knows what it encrypted, signs."""
+        units = draw_units(self.public_key.n, len(plaintexts))
+        n, n2 = self.public_key.n, self.public_key.nsquare
+        cts = [(1 + m * n) * pow(r, n, n2) % n2 for m, r in zip(plaintexts, units, strict=True)]
+        proof = plaintext_proof.prove(
+            n, cts, plaintexts, units, run_id=RUN, round_number=self.round, site=site
+        )
+        self.submit(site, cts, weight, proof.to_bytes(n))
+
+    def submit(
+        self, site: str, ciphertexts: list[int], weight: int = 10, proof: bytes = b""
+    ) -> None:
+        """``site`` signs ``ciphertexts`` (and ``proof``) as its update: it holds its key."""
         payload = crypto.ciphertexts_to_bytes(ciphertexts, self.width)
         sha = hashlib.sha256(payload).hexdigest()
         statement = identity.update_statement(
@@ -92,6 +105,7 @@ class Round:
             weight=weight,
             key_id=KEY_ID,
             encoding=wire.PAILLIER_PACKED,
+            proof_sha256=hashlib.sha256(proof).hexdigest() if proof else "",
         )
         self.ciphertexts[site] = list(ciphertexts)
         self.blobs[sha] = payload
@@ -102,6 +116,7 @@ class Round:
             weight=weight,
             payload_size=len(payload),
             signature=identity.sign(self.keys[site][0], statement),
+            plaintext_proof=proof,
         )
 
     def aggregate(self, sites: str) -> federation_pb2.AggregateRef:
