@@ -113,6 +113,17 @@ def admit(agent: Site, task: federation_pb2.Task) -> RunPin:
         raise TaskRefused(
             "policy", "this site sends updates only under encryption (--require-secure)"
         )
+    if (
+        policy.min_threshold
+        and scheme_of(task) == "paillier"
+        and task.threshold < policy.min_threshold
+    ):
+        mode = f"{task.threshold}-of-n" if task.threshold else "single-key"
+        raise TaskRefused(
+            "policy",
+            f"run {task.run_id} is {mode}; this site takes secure runs only with a threshold "
+            f"of at least {policy.min_threshold} (--min-threshold)",
+        )
     if task.kind in _BUILDS:
         from models.registry import available_models
 
