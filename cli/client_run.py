@@ -80,6 +80,7 @@ def client_run(
     tofu: policy_cli.Tofu = False,
     privacy_budget: policy_cli.PrivacyBudget = None,
     privacy_delta: policy_cli.PrivacyDelta = 1e-5,
+    min_threshold: policy_cli.MinThreshold = 0,
     peers_file: Annotated[
         Path | None,
         typer.Option(
@@ -100,6 +101,7 @@ def client_run(
         tofu,
         privacy_budget,
         privacy_delta,
+        min_threshold,
     )
     if enrolment_token_file is not None:
         enrolment_token = enrolment_token_file.read_text().strip()

@@ -32,6 +32,15 @@ RequireSecure = Annotated[
         help="Refuse plaintext runs: send updates only under encryption.",
     ),
 ]
+MinThreshold = Annotated[
+    int,
+    typer.Option(
+        "--min-threshold",
+        envvar="COHORT_MIN_THRESHOLD",
+        min=0,
+        help="Take secure runs only in t-of-n threshold mode with t at least this (0: any).",
+    ),
+]
 MinAggregateSites = Annotated[
     int,
     typer.Option(
@@ -85,6 +94,7 @@ def build_policy(
     tofu: bool,
     privacy_budget: float | None = None,
     privacy_delta: float = 1e-5,
+    min_threshold: int = 0,
 ) -> Any:
     """The SitePolicy of these option values (ValueError → one-line CLI error)."""
     from client.policy import policy_from_options
@@ -97,6 +107,7 @@ def build_policy(
         tofu=tofu,
         privacy_budget=privacy_budget,
         privacy_delta=privacy_delta,
+        min_threshold=min_threshold,
     )
 
 
@@ -108,6 +119,7 @@ _POLICY_KEYS = (
     "tofu",
     "privacy_budget",
     "privacy_delta",
+    "min_threshold",
 )
 
 
@@ -127,6 +139,7 @@ def policy_command(
     tofu: Tofu = False,
     privacy_budget: PrivacyBudget = None,
     privacy_delta: PrivacyDelta = 1e-5,
+    min_threshold: MinThreshold = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the policy `cohort client run` would apply with these flags and ``[client.run]``."""
@@ -138,6 +151,7 @@ def policy_command(
         "tofu": tofu,
         "privacy_budget": privacy_budget,
         "privacy_delta": privacy_delta,
+        "min_threshold": min_threshold,
     }
     section = _run_section(ctx)
     for key in _POLICY_KEYS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -26,7 +27,7 @@ from client.secure import (
     clip_metrics,
     codec_for,
     decrypt_aggregate,
-    encrypt_update,
+    encrypt_proven_update,
     flatten,
 )
 from client.site import AgentConfig, Listener
@@ -673,12 +674,23 @@ class SiteAgent:
             np.asarray(n, np.float64) - np.asarray(w, np.float64)
             for n, w in zip(new_weights, weights, strict=True)
         ]
+        proof = b""  # secure runs: crypto.plaintext_proof of the update
         if secure:
             weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
             clip = self._secure_state[task.run_id].clip_for(codec)
             metrics.update(clip_metrics(flatten(deltas), codec, clip))
-            payload = encrypt_update(
-                flatten(deltas), weight, codec, public_key, private_key, self.rng, pool, clip
+            payload, proof = encrypt_proven_update(
+                flatten(deltas),
+                weight,
+                codec,
+                public_key,
+                private_key,
+                self.rng,
+                run_id=task.run_id,
+                round_number=task.round,
+                site=self.config.site_name,
+                pool=pool,
+                clip=clip,
             )
             encoding = wire.PAILLIER_PACKED
             if task.round < int(config.get("rounds", 0)):
@@ -704,7 +716,13 @@ class SiteAgent:
             }
         )
         self._submit(
-            task, payload, encoding, num_examples=int(num_examples), weight=weight, metrics=metrics
+            task,
+            payload,
+            encoding,
+            num_examples=int(num_examples),
+            weight=weight,
+            metrics=metrics,
+            proof=proof,
         )
         self.listener(
             "trained",
@@ -755,6 +773,7 @@ class SiteAgent:
         num_examples: int,
         weight: int,
         metrics: dict[str, Any],
+        proof: bytes = b"",
     ) -> None:
         header = federation_pb2.UpdateHeader(
             task_id=task.task_id,
@@ -768,6 +787,7 @@ class SiteAgent:
             encoding=encoding,
             key_id=task.encoding.key_id,
             base_model_sha256=str(getattr(self.client, "base_model_hash", "") or ""),
+            plaintext_proof=proof,
         )
         # The site vouches for exactly this update: the coordinator can relay it, not forge,
         # alter or re-weight it, nor count it for another run or round.
@@ -780,6 +800,7 @@ class SiteAgent:
                 weight=weight,
                 key_id=task.encoding.key_id,
                 encoding=encoding,
+                proof_sha256=hashlib.sha256(proof).hexdigest() if proof else "",
             )
         )
 

@@ -43,6 +43,10 @@ class RunPin:
     # Set once this site has trained in the run: its local weights now hold its data, so
     # an INIT (which sends weights in plaintext) is refused from then on.
     trained: bool = False
+    # Secure runs: round → sha256 of the one aggregate this site verified for it. Two
+    # verified subsets of one round's updates ({A,B,C,D}, then {A,B,C}) differ by exactly
+    # one site's update; decrypting both would hand that update to whoever combines.
+    aggregates: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,33 @@ class RunPins:
             if changed:
                 self._save()
             return pin
+
+    def pin_aggregate(self, run_id: str, round_number: int, sha256: str) -> None:
+        """Pin the one aggregate this site decrypts for ``round_number``, or refuse another.
+
+        Called once an aggregate's manifest and product check, before the site decrypts
+        it or publishes a partial decryption of it.
+
+        Raises
+        ------
+        TaskRefused
+            ``verify``: a task shows a different aggregate for a round already pinned.
+        """
+        with self._lock:
+            pin = self.runs.get(run_id)
+            if pin is None:
+                raise TaskRefused("verify", f"run {run_id} is not pinned at this site")
+            old = pin.aggregates.get(str(round_number))
+            if old is None:
+                pin.aggregates[str(round_number)] = sha256
+                self._save()
+            elif old != sha256:
+                raise TaskRefused(
+                    "verify",
+                    f"run {run_id} round {round_number}: this site already decrypted aggregate "
+                    f"{old[:16]}…; a task now shows another ({sha256[:16]}…). Two aggregates "
+                    "of one round would reveal the updates in which they differ",
+                )
 
     def mark_trained(self, run_id: str) -> None:
         """Record that this site has trained in ``run_id``: from now on an INIT task is refused."""

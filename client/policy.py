@@ -52,6 +52,9 @@ class SitePolicy:
     # without DP are taken; with a budget, a run without DP is refused (unbounded ε).
     privacy_budget: float | None = None
     privacy_delta: float = 1e-5
+    # Secure runs: 0 takes single-key runs (every site holds the whole key, so a curious
+    # site can decrypt any update it fetches); T ≥ 2 takes only t-of-n runs with t ≥ T.
+    min_threshold: int = 0
 
 
 def default_min_key_bits() -> int:
@@ -123,6 +126,7 @@ def policy_from_options(
     tofu: bool = False,
     privacy_budget: float | None = None,
     privacy_delta: float = 1e-5,
+    min_threshold: int = 0,
 ) -> SitePolicy:
     """Build a policy from the site's flags/TOML values, refusing nonsense precisely.
 
@@ -145,6 +149,13 @@ def policy_from_options(
         raise TypeError("min_aggregate_sites must be an integer")
     if min_aggregate_sites < 1:
         raise ValueError(f"--min-aggregate-sites must be at least 1, not {min_aggregate_sites}")
+    if isinstance(min_threshold, bool) or not isinstance(min_threshold, int):
+        raise TypeError("min_threshold must be an integer")
+    if min_threshold < 0 or min_threshold == 1:
+        raise ValueError(
+            "--min-threshold must be 0 (single-key runs allowed) or at least 2, "
+            f"not {min_threshold}"
+        )
     builtins: list[str] = []
     code: list[str] = []
     for raw in allow_model:
@@ -164,6 +175,7 @@ def policy_from_options(
         tofu=bool(tofu),
         privacy_budget=privacy_budget,
         privacy_delta=privacy_delta,
+        min_threshold=min_threshold,
     )
 
 
@@ -179,4 +191,5 @@ def describe(policy: SitePolicy) -> dict[str, object]:
         "min_key_bits": policy.min_key_bits,
         "privacy_budget": ("none" if policy.privacy_budget is None else policy.privacy_budget),
         "privacy_delta": policy.privacy_delta,
+        "min_threshold": policy.min_threshold or "none (single-key secure runs allowed)",
     }

@@ -64,6 +64,45 @@ def encrypt_update(
     return crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
 
 
+def encrypt_proven_update(
+    delta: np.ndarray,
+    weight: int,
+    codec: crypto.SlotCodec,
+    public_key: PaillierPublicKey,
+    private_key: PaillierPrivateKey | None,
+    rng: np.random.Generator,
+    *,
+    run_id: str,
+    round_number: int,
+    site: str,
+    pool: crypto.RandomnessPool | None = None,
+    clip: np.ndarray | None = None,
+) -> tuple[bytes, bytes]:
+    """:func:`encrypt_update`, plus the proof that this site knows what it encrypted.
+
+    Returns the wire payload and crypto.plaintext_proof bytes bound to this run, round
+    and site. The randomness ``r`` of each ciphertext is kept only for the proof.
+    """
+    from crypto import plaintext_proof
+
+    plaintexts = codec.encode(delta, weight, rng, clip)
+    units: list[int] = []
+    ciphertexts = crypto.encrypt_packed(
+        public_key, plaintexts, private_key=private_key, pool=pool, units_out=units
+    )
+    proof = plaintext_proof.prove(
+        public_key.n,
+        ciphertexts,
+        plaintexts,
+        units,
+        run_id=run_id,
+        round_number=round_number,
+        site=site,
+    )
+    payload = crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
+    return payload, proof.to_bytes(public_key.n)
+
+
 def decrypt_aggregate(
     payload: bytes,
     codec: crypto.SlotCodec,

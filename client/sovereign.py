@@ -13,7 +13,7 @@ from client.peers import UntrustedPeer
 from client.pins import Observed, RunPin
 from client.policy import TaskRefused, check_model
 from client.site import Site
-from client.verify import Entry, Signer, check_manifest, verify_aggregate
+from client.verify import Entry, Signer, check_manifest, verify_aggregate, verify_proofs
 from crypto import identity
 from protos import common_pb2, federation_pb2, wire
 
@@ -83,6 +83,17 @@ def admit(agent: Site, task: federation_pb2.Task) -> RunPin:
         raise TaskRefused(
             "policy", "this site sends updates only under encryption (--require-secure)"
         )
+    if (
+        policy.min_threshold
+        and scheme_of(task) == "paillier"
+        and task.threshold < policy.min_threshold
+    ):
+        mode = f"{task.threshold}-of-n" if task.threshold else "single-key"
+        raise TaskRefused(
+            "policy",
+            f"run {task.run_id} is {mode}; this site takes secure runs only with a threshold "
+            f"of at least {policy.min_threshold} (--min-threshold)",
+        )
     if task.kind in _BUILDS:
         from models.registry import available_models
 
@@ -148,6 +159,7 @@ def checked_aggregate(
             weight=int(c.weight),
             payload_size=int(c.payload_size),
             signature=bytes(c.signature),
+            plaintext_proof=bytes(c.plaintext_proof),
         )
         for c in aggregate.contributions
     ]
@@ -166,12 +178,23 @@ def checked_aggregate(
         signers=signers(agent, task, pin),
         min_sites=agent.config.policy.min_aggregate_sites,
         payload_size=len(payload),
+        require_proofs=True,
     )
-    verify_aggregate(
+    payloads = verify_aggregate(
         entries,
         payload,
         lambda sha: agent.fetch(task.run_id, sha),
         width=width,
         n_square=public_key.nsquare,
     )
+    verify_proofs(
+        entries,
+        payloads,
+        run_id=task.run_id,
+        round_number=int(aggregate.round),
+        n=public_key.n,
+        width=width,
+    )
+    # One aggregate per round, ever: checked last so a bad aggregate pins nothing.
+    agent.pins.pin_aggregate(task.run_id, int(aggregate.round), aggregate.sha256)
     return payload

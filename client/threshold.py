@@ -61,10 +61,17 @@ def deal(
     Raises
     ------
     TaskRefused
-        ``policy`` when fewer than ``t`` trusted sites can hold a share, or the site's
+        ``policy`` when ``t < 2``, fewer than ``t`` trusted sites can hold a share, or the site's
         policy refuses the key size or the number of recipients.
     """
     threshold, parties = int(task.threshold), len(recipients)
+    if threshold < 2:
+        # One share would then decrypt alone: a single-custodian key under another name.
+        raise TaskRefused(
+            "policy",
+            f"run {task.run_id} asks for a {threshold}-of-{parties} key; this site deals "
+            "threshold keys only with a threshold of at least 2",
+        )
     if parties < threshold:
         raise TaskRefused(
             "policy",

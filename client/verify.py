@@ -8,6 +8,12 @@ the run, each having signed ``crypto.identity.update_statement`` for this run an
 slot-wise product of the listed ciphertexts modulo n² is exactly the aggregate (Paillier's
 additive homomorphism, Paillier, EUROCRYPT 1999). The product is recomputed in one pass
 over gmpy2 integers: one modular multiplication per ciphertext and site.
+
+Signatures and the product do not stop a colluding site from submitting, signed, the
+inverse of an honest site's ciphertext (the product of {A, B, C} is then B's update alone).
+So in secure runs every contribution carries a proof that its site knows the plaintexts
+and randomness of its ciphertexts (crypto.plaintext_proof), whose sha256 the site signed;
+:func:`verify_proofs` checks each before anything is decrypted.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class Entry:
     weight: int
     payload_size: int
     signature: bytes
+    plaintext_proof: bytes = b""
 
 
 def check_manifest(
@@ -54,10 +61,12 @@ def check_manifest(
     signers: Mapping[str, Signer],
     min_sites: int,
     payload_size: int,
+    require_proofs: bool = False,
 ) -> None:
     """Check who signed what; cheap, done before anything is fetched.
 
     ``signers`` maps site name → pinned identity, for the run's pinned participants only.
+    ``require_proofs``: refuse a contribution without a proof of plaintext knowledge.
 
     Raises
     ------
@@ -91,6 +100,12 @@ def check_manifest(
             )
         if entry.weight < 1:
             raise TaskRefused("verify", f"{where}: {entry.site}'s weight is {entry.weight}")
+        if require_proofs and not entry.plaintext_proof:
+            raise TaskRefused(
+                "verify",
+                f"{where}: {entry.site}'s update carries no proof that {entry.site} knows "
+                "its plaintexts; it could be derived from another site's update",
+            )
         statement = identity.update_statement(
             run_id=run_id,
             round_number=round_number,
@@ -99,6 +114,9 @@ def check_manifest(
             weight=entry.weight,
             key_id=key_id,
             encoding=encoding,
+            proof_sha256=(
+                hashlib.sha256(entry.plaintext_proof).hexdigest() if entry.plaintext_proof else ""
+            ),
         )
         try:
             identity.verify(signer.ed25519_public, statement, entry.signature)
@@ -146,8 +164,10 @@ def verify_aggregate(
     *,
     width: int,
     n_square: int,
-) -> None:
+) -> list[bytes]:
     """Fetch the listed ciphertexts, check their hashes, and recompute the product.
+
+    Returns the fetched payloads, in the order of ``entries``.
 
     Raises
     ------
@@ -165,3 +185,44 @@ def verify_aggregate(
         raise TaskRefused(
             "verify", "the aggregate is not the product of the signed updates it lists"
         )
+    return payloads
+
+
+def verify_proofs(
+    entries: Sequence[Entry],
+    payloads: Sequence[bytes],
+    *,
+    run_id: str,
+    round_number: int,
+    n: int,
+    width: int,
+) -> None:
+    """Check each contribution's proof of plaintext knowledge against its ciphertexts.
+
+    Raises
+    ------
+    TaskRefused
+        ``verify``, naming the site whose proof does not check: it sent a ciphertext it
+        cannot open, such as one derived from another site's update.
+    """
+    import crypto
+    from crypto import plaintext_proof
+
+    for entry, payload in zip(entries, payloads, strict=True):
+        try:
+            proof = plaintext_proof.PlaintextProof.from_bytes(entry.plaintext_proof, n)
+            plaintext_proof.verify(
+                n,
+                crypto.ciphertexts_from_bytes(payload, width),
+                proof,
+                run_id=run_id,
+                round_number=round_number,
+                site=entry.site,
+            )
+        except (plaintext_proof.ProofError, ValueError) as exc:
+            raise TaskRefused(
+                "verify",
+                f"aggregate of round {round_number}: site {entry.site} did not prove it knows "
+                f"the plaintexts of its update ({exc}); its ciphertexts may be derived from "
+                "another site's update, so this site decrypts nothing of this round",
+            ) from exc

@@ -198,6 +198,7 @@ class FederationService:
             weight=weight,
             metrics=metrics,
             signature=signature,
+            plaintext_proof=bytes(header.plaintext_proof) if run.secure == "paillier" else b"",
         )
         session.add(update)
         try:

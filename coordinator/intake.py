@@ -38,6 +38,10 @@ MAX_SIGNATURE_BYTES = 128
 MAX_STREAMS_PER_NODE = 2
 
 
+MAX_PROOF_BYTES = 16_384
+"""A crypto.plaintext_proof for an 8192-bit key is under 8 KiB; twice that is generous."""
+
+
 def check_header_fields(header: federation_pb2.UpdateHeader) -> None:
     """INVALID_ARGUMENT for any header field wider than it can honestly be.
 
@@ -52,6 +56,8 @@ def check_header_fields(header: federation_pb2.UpdateHeader) -> None:
             )
     if len(header.signature) > MAX_SIGNATURE_BYTES:
         raise InvalidArgument(f"update signature is over {MAX_SIGNATURE_BYTES} bytes")
+    if len(header.plaintext_proof) > MAX_PROOF_BYTES:
+        raise InvalidArgument(f"update plaintext_proof is over {MAX_PROOF_BYTES} bytes")
     if len(header.metrics) > MAX_METRICS:
         raise InvalidArgument(f"an update may report at most {MAX_METRICS} metrics")
     for key, value in header.metrics.items():

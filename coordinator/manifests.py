@@ -9,6 +9,8 @@ It never needs, and never sees, a private key for any of this.
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -59,6 +61,9 @@ def check_update_signature(
         weight=weight,
         key_id=header.key_id,
         encoding=header.encoding,
+        proof_sha256=(
+            hashlib.sha256(header.plaintext_proof).hexdigest() if header.plaintext_proof else ""
+        ),
     )
     try:
         identity.verify(public, statement, signature)
@@ -86,6 +91,7 @@ def add_contributions(
             weight=update.weight,
             payload_size=update.size,
             signature=update.signature or b"",
+            plaintext_proof=update.plaintext_proof or b"",
         )
 
 

@@ -247,6 +247,8 @@ class Update(Base):
     received_at: Mapped[float] = mapped_column(Float, default=now)
     # The site's Ed25519 signature over crypto.identity.update_statement(...).
     signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    # Secure runs: crypto.plaintext_proof bytes, relayed to every site in the manifest.
+    plaintext_proof: Mapped[bytes | None] = mapped_column(LargeBinary, default=b"", nullable=True)
 
 
 class ModelVersion(Base):

@@ -199,20 +199,27 @@ def update_statement(
     weight: int,
     key_id: str,
     encoding: str,
+    proof_sha256: str = "",
 ) -> bytes:
-    """What a site signs for each update: the coordinator can neither alter nor invent one."""
-    return _canonical(
-        _UPDATE,
-        {
-            "run_id": run_id,
-            "round": int(round_number),
-            "site": site_name,
-            "payload_sha256": payload_sha256,
-            "weight": int(weight),
-            "key_id": key_id,
-            "encoding": encoding,
-        },
-    )
+    """What a site signs for each update: the coordinator can neither alter nor invent one.
+
+    ``proof_sha256``: sha256 of the update's proof of plaintext knowledge (secure runs,
+    crypto.plaintext_proof). Signed so that a coordinator that spoils a proof is caught as
+    the one that changed the update, instead of framing the site; absent (and so not in the
+    statement) for updates without one.
+    """
+    fields: dict[str, object] = {
+        "run_id": run_id,
+        "round": int(round_number),
+        "site": site_name,
+        "payload_sha256": payload_sha256,
+        "weight": int(weight),
+        "key_id": key_id,
+        "encoding": encoding,
+    }
+    if proof_sha256:
+        fields["proof_sha256"] = proof_sha256
+    return _canonical(_UPDATE, fields)
 
 
 def recipients_of(pairs: Sequence[tuple[str, bytes]]) -> tuple[Recipient, ...]:

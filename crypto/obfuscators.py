@@ -11,7 +11,12 @@ from phe import PaillierPrivateKey, PaillierPublicKey
 
 from crypto._parallel import shared_pool, split_evenly, worker_count
 
-__all__ = ["draw_units", "fresh_obfuscators", "obfuscators_for_units"]
+__all__ = [
+    "draw_units",
+    "fresh_obfuscators",
+    "fresh_pairs",
+    "obfuscators_for_units",
+]
 
 _MIN_PER_WORKER = 4
 """Below this many exponentiations per worker, starting processes costs more than it saves."""
@@ -98,6 +103,39 @@ def fresh_obfuscators(
 def fresh_obfuscator_chunk(n: int, p: int | None, q: int | None, count: int) -> list[int]:
     """Worker entry point: draw ``count`` units and return their obfuscators."""
     return obfuscators_for_units(draw_units(n, count), n, p, q)
+
+
+def fresh_pair_chunk(n: int, p: int | None, q: int | None, count: int) -> list[tuple[int, int]]:
+    """Worker entry point: ``count`` pairs ``(r, r^n mod n²)``.
+
+    A site that must prove it knows its ciphertexts' openings (crypto.plaintext_proof)
+    needs ``r`` itself, not only ``r^n``.
+    """
+    units = draw_units(n, count)
+    return list(zip(units, obfuscators_for_units(units, n, p, q), strict=True))
+
+
+def fresh_pairs(
+    public_key: PaillierPublicKey,
+    count: int,
+    *,
+    private_key: PaillierPrivateKey | None = None,
+    workers: int | None = None,
+) -> list[tuple[int, int]]:
+    """Like :func:`fresh_obfuscators`, keeping each unit ``r`` beside its ``r^n``."""
+    if count < 0:
+        raise ValueError(f"count must be non-negative, got {count}")
+    n = public_key.n
+    p, q = (private_key.p, private_key.q) if private_key is not None else (None, None)
+    workers = worker_count(workers)
+    if workers == 1 or count < _MIN_PER_WORKER * workers:
+        return fresh_pair_chunk(n, p, q, count)
+    executor = shared_pool(workers)
+    futures = [
+        executor.submit(fresh_pair_chunk, n, p, q, size)
+        for size in split_evenly(count, 4 * workers)
+    ]
+    return [pair for future in futures for pair in future.result()]
 
 
 def _gather(

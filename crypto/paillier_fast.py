@@ -8,7 +8,7 @@ import gmpy2
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 from crypto._parallel import shared_pool, split_evenly, worker_count
-from crypto.obfuscators import fresh_obfuscators
+from crypto.obfuscators import fresh_obfuscators, fresh_pairs
 from crypto.randomness import RandomnessPool
 
 __all__ = ["decrypt_packed", "encrypt_packed"]
@@ -23,6 +23,7 @@ def encrypt_packed(
     private_key: PaillierPrivateKey | None = None,
     workers: int | None = None,
     pool: RandomnessPool | None = None,
+    units_out: list[int] | None = None,
 ) -> list[int]:
     """Encrypt each plaintext int as a raw phe ciphertext ``(1 + m·n) · r^n mod n²``.
 
@@ -44,6 +45,8 @@ def encrypt_packed(
         Processes for the obfuscators: ``None`` for every core, ``1`` in this process.
     pool
         Take precomputed obfuscators from this pool instead (they are removed from it).
+    units_out
+        If given, receives each ciphertext's ``r`` (for crypto.plaintext_proof).
 
     Raises
     ------
@@ -65,7 +68,16 @@ def encrypt_packed(
     if pool is not None:
         if pool.public_key.n != public_key.n:
             raise ValueError("RandomnessPool was built for a different public key")
-        obfuscators = pool.take(len(plaintexts))
+        if units_out is None:
+            obfuscators = pool.take(len(plaintexts))
+        else:
+            pairs = pool.take_pairs(len(plaintexts))
+            units_out.extend(r for r, _ in pairs)
+            obfuscators = [o for _, o in pairs]
+    elif units_out is not None:
+        pairs = fresh_pairs(public_key, len(plaintexts), private_key=private_key, workers=workers)
+        units_out.extend(r for r, _ in pairs)
+        obfuscators = [o for _, o in pairs]
     else:
         obfuscators = fresh_obfuscators(
             public_key, len(plaintexts), private_key=private_key, workers=workers

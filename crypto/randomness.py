@@ -11,7 +11,7 @@ from types import TracebackType
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 from crypto._parallel import process_pool, worker_count
-from crypto.obfuscators import fresh_obfuscator_chunk
+from crypto.obfuscators import fresh_pair_chunk
 
 __all__ = ["RandomnessPool"]
 
@@ -60,10 +60,10 @@ class RandomnessPool:
         self._factors = (private_key.p, private_key.q) if private_key is not None else (None, None)
         self._workers = worker_count(workers)
         self._condition = threading.Condition()
-        self._ready: deque[int] = deque()
+        self._ready: deque[tuple[int, int]] = deque()  # (r, r^n mod n²)
         self._outstanding = 0  # requested from the workers, not yet ready
         self._reserved = 0  # promised to takers that are waiting
-        self._futures: set[Future[list[int]]] = set()
+        self._futures: set[Future[list[tuple[int, int]]]] = set()
         self._executor: ProcessPoolExecutor | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -87,7 +87,14 @@ class RandomnessPool:
             self._request(count)
 
     def take(self, k: int) -> list[int]:
-        """Remove and return ``k`` obfuscators.
+        """Remove and return ``k`` obfuscators (see :meth:`take_pairs`)."""
+        return [obfuscator for _, obfuscator in self.take_pairs(k)]
+
+    def take_pairs(self, k: int) -> list[tuple[int, int]]:
+        """Remove and return ``k`` pairs ``(r, r^n mod n²)``.
+
+        ``r`` is kept for the proof of plaintext knowledge (crypto.plaintext_proof); it is
+        as secret as the plaintext and is dropped with the pair.
 
         If fewer are ready, the shortfall not already queued is queued now and the call
         waits for it: it then costs what synchronous computation on ``workers`` cores costs.
@@ -168,14 +175,14 @@ class RandomnessPool:
         remaining = count
         while remaining:
             size = min(chunk, remaining)
-            future = self._executor.submit(fresh_obfuscator_chunk, self._public_key.n, p, q, size)
+            future = self._executor.submit(fresh_pair_chunk, self._public_key.n, p, q, size)
             self._futures.add(future)
             self._outstanding += size
             remaining -= size
             future.add_done_callback(self._collect(size))
 
-    def _collect(self, size: int) -> Callable[[Future[list[int]]], None]:
-        def on_done(future: Future[list[int]]) -> None:
+    def _collect(self, size: int) -> Callable[[Future[list[tuple[int, int]]]], None]:
+        def on_done(future: Future[list[tuple[int, int]]]) -> None:
             with self._condition:
                 self._futures.discard(future)
                 self._outstanding -= size

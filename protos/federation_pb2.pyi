@@ -111,20 +111,22 @@ class AggregateRef(_message.Message):
     def __init__(self, round: _Optional[int] = ..., sha256: _Optional[str] = ..., total_weight: _Optional[int] = ..., num_updates: _Optional[int] = ..., count: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
 
 class Contribution(_message.Message):
-    __slots__ = ("node_id", "site_name", "payload_sha256", "weight", "payload_size", "signature")
+    __slots__ = ("node_id", "site_name", "payload_sha256", "weight", "payload_size", "signature", "plaintext_proof")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_PROOF_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     site_name: str
     payload_sha256: str
     weight: int
     payload_size: int
     signature: bytes
-    def __init__(self, node_id: _Optional[str] = ..., site_name: _Optional[str] = ..., payload_sha256: _Optional[str] = ..., weight: _Optional[int] = ..., payload_size: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    plaintext_proof: bytes
+    def __init__(self, node_id: _Optional[str] = ..., site_name: _Optional[str] = ..., payload_sha256: _Optional[str] = ..., weight: _Optional[int] = ..., payload_size: _Optional[int] = ..., signature: _Optional[bytes] = ..., plaintext_proof: _Optional[bytes] = ...) -> None: ...
 
 class Participant(_message.Message):
     __slots__ = ("node_id", "site_name", "x25519_public_key", "ed25519_public_key", "x25519_signature")
@@ -277,7 +279,7 @@ class FetchModelRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("task_id", "run_id", "round", "num_examples", "weight", "metrics", "payload_size", "payload_sha256", "encoding", "key_id", "base_model_sha256", "signature")
+    __slots__ = ("task_id", "run_id", "round", "num_examples", "weight", "metrics", "payload_size", "payload_sha256", "encoding", "key_id", "base_model_sha256", "signature", "plaintext_proof")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +299,7 @@ class UpdateHeader(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_PROOF_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     round: int
@@ -309,7 +312,8 @@ class UpdateHeader(_message.Message):
     key_id: str
     base_model_sha256: str
     signature: bytes
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _common_pb2.Scalar]] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., encoding: _Optional[str] = ..., key_id: _Optional[str] = ..., base_model_sha256: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    plaintext_proof: bytes
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., weight: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _common_pb2.Scalar]] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., encoding: _Optional[str] = ..., key_id: _Optional[str] = ..., base_model_sha256: _Optional[str] = ..., signature: _Optional[bytes] = ..., plaintext_proof: _Optional[bytes] = ...) -> None: ...
 
 class UpdateMessage(_message.Message):
     __slots__ = ("header", "data")

@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 import crypto
-from crypto import identity
+from crypto import identity, plaintext_proof
 from protos import common_pb2, federation_pb2, federation_pb2_grpc, wire
 
 TEST_KEY_BITS = 1024
@@ -49,7 +49,14 @@ class Peer:
         return identity.fingerprint(self.public)
 
     def sign_update(
-        self, *, run_id: str, round_number: int, payload: bytes, weight: int, key_id: str
+        self,
+        *,
+        run_id: str,
+        round_number: int,
+        payload: bytes,
+        weight: int,
+        key_id: str,
+        proof: bytes = b"",
     ) -> bytes:
         return identity.sign(
             self.private,
@@ -61,6 +68,7 @@ class Peer:
                 weight=weight,
                 key_id=key_id,
                 encoding=wire.PAILLIER_PACKED,
+                proof_sha256=hashlib.sha256(proof).hexdigest() if proof else "",
             ),
         )
 
@@ -232,6 +240,23 @@ class RunKey:
     def encrypt_plaintexts(self, plaintexts: Sequence[int]) -> bytes:
         cts = crypto.encrypt_packed(self.public, list(plaintexts), workers=1)
         return crypto.ciphertexts_to_bytes(cts, self.width)
+
+    def encrypt_proven(
+        self, plaintexts: Sequence[int], *, run_id: str, round_number: int, site: str
+    ) -> tuple[bytes, bytes]:
+        """An honest peer's update: the ciphertexts and its proof of plaintext knowledge."""
+        units: list[int] = []
+        cts = crypto.encrypt_packed(self.public, list(plaintexts), workers=1, units_out=units)
+        proof = plaintext_proof.prove(
+            self.public.n,
+            cts,
+            list(plaintexts),
+            units,
+            run_id=run_id,
+            round_number=round_number,
+            site=site,
+        )
+        return crypto.ciphertexts_to_bytes(cts, self.width), proof.to_bytes(self.public.n)
 
     def product(self, payloads: Sequence[bytes]) -> bytes:
         vectors = [crypto.ciphertexts_from_bytes(p, self.width) for p in payloads]

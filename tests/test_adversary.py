@@ -9,10 +9,12 @@ extra update was sent, no key was sealed to a key the attacker holds, no agent d
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import gmpy2
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,7 @@ import models
 from client.agent import AgentConfig, SiteAgent
 from client.model_trainer import ModelTrainer
 from client.policy import SitePolicy
-from crypto import identity
+from crypto import identity, plaintext_proof
 from protos import common_pb2, federation_pb2, wire
 
 RUN = "run-under-attack"
@@ -422,14 +424,19 @@ class SecureRun:
         return [me] + [participant(p.name, p.public) for p in self.peers]
 
     def update(self, peer: Peer, weight: int = 10, *, plaintexts: list[int] | None = None):
-        values = np.full(self.count, 0.01)
-        payload = (
-            self.key.encrypt(values, weight)
-            if plaintexts is None
-            else self.key.encrypt_plaintexts(plaintexts)
+        if plaintexts is None:
+            values = np.full(self.count, 0.01)
+            plaintexts = self.key.codec().encode(values, weight, np.random.default_rng(0))
+        payload, proof = self.key.encrypt_proven(
+            plaintexts, run_id=RUN, round_number=1, site=peer.name
         )
         signature = peer.sign_update(
-            run_id=RUN, round_number=1, payload=payload, weight=weight, key_id="run-key"
+            run_id=RUN,
+            round_number=1,
+            payload=payload,
+            weight=weight,
+            key_id="run-key",
+            proof=proof,
         )
         self.fake.put_blob(payload)
         return payload, federation_pb2.Contribution(
@@ -439,6 +446,7 @@ class SecureRun:
             weight=weight,
             payload_size=len(payload),
             signature=signature,
+            plaintext_proof=proof,
         )
 
     def task(self, aggregate: bytes, contributions, total_weight: int | None = None):
@@ -495,8 +503,18 @@ def test_an_honest_aggregate_of_three_pinned_sites_is_decrypted_and_trained_on(f
             weight=header.weight,
             key_id="run-key",
             encoding=wire.PAILLIER_PACKED,
+            proof_sha256=hashlib.sha256(header.plaintext_proof).hexdigest(),
         ),
         header.signature,
+    )
+    # ... with a proof that it knows what it encrypted (what every other site checks).
+    plaintext_proof.verify(
+        run.key.public.n,
+        crypto.ciphertexts_from_bytes(payload, run.key.width),
+        plaintext_proof.PlaintextProof.from_bytes(header.plaintext_proof, run.key.public.n),
+        run_id=RUN,
+        round_number=2,
+        site="hospital-a",
     )
 
 
@@ -529,6 +547,22 @@ def _attack(run: SecureRun, attack: str):
         )
         contribution.signature = identity.sign(run.peers[2].private, statement)
         return run.key.product(payloads), contributions, None
+    if attack == "an update that cancels another":
+        # Review H1: colluding hospital-d, shown hospital-c's update, submits its inverse,
+        # signed; the product is hospital-b's update alone. It cannot prove the inverse.
+        n_square = run.key.public.nsquare
+        inverse = [
+            int(gmpy2.invert(c, n_square))
+            for c in crypto.ciphertexts_from_bytes(payloads[1], run.key.width)
+        ]
+        forged = crypto.ciphertexts_to_bytes(inverse, run.key.width)
+        run.fake.put_blob(forged)
+        proof = contributions[2].plaintext_proof  # its own proof, for its honest update
+        contributions[2].payload_sha256 = wire.sha256_hex(forged)
+        contributions[2].signature = run.peers[2].sign_update(
+            run_id=RUN, round_number=1, payload=forged, weight=10, key_id="run-key", proof=proof
+        )
+        return run.key.product([payloads[0], payloads[1], forged]), contributions, None
     if attack == "wrong total weight":
         return run.key.product(payloads), contributions, 10
     if attack == "a product of fewer updates than listed":
@@ -546,6 +580,7 @@ def _attack(run: SecureRun, attack: str):
         "a signature for another round",
         "wrong total weight",
         "a product of fewer updates than listed",
+        "an update that cancels another",
     ],
 )
 def test_an_aggregate_that_does_not_verify_is_never_decrypted(fake, sites, attack):
@@ -556,6 +591,8 @@ def test_an_aggregate_that_does_not_verify_is_never_decrypted(fake, sites, attac
     [refusal] = refused(fake)
 
     assert refusal.code == "verify", refusal.reason
+    if attack == "an update that cancels another":
+        assert "site hospital-d did not prove it knows the plaintexts" in refusal.reason
     assert fake.seen.updates == []
     still_polling(fake)
 

@@ -35,7 +35,7 @@ def test_migrating_twice_is_a_no_op(database):
     database.migrate()
 
     with database.transaction() as session:
-        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
 
 
 def test_run_round_trips(database):

@@ -458,3 +458,25 @@ def test_spread_work_gives_every_value_exactly_t_parties(threshold, parties, cou
         len(partials_mod.blocks_of(i, parties, threshold)) == threshold
         for i in range(1, parties + 1)
     )
+
+
+@pytest.mark.parametrize(
+    ("threshold", "words"), [(1, "at least 2"), (0, "at least 2"), (4, "needs 4")]
+)
+def test_the_custodian_refuses_to_deal_a_threshold_below_two_or_above_the_holders(
+    dealt, threshold, words
+):
+    custodian = dealt.sites[0]
+    keygen = federation_pb2.Task(
+        kind=federation_pb2.TASK_KIND_KEYGEN,
+        run_id=RUN,
+        threshold=threshold,
+        encoding=common_pb2.EncodingParams(key_bits=1024),
+        participants=dealt.participants,
+    )
+    recipients, refused = keys.trusted_recipients(
+        dealt.participants, custodian.identity, custodian.peers
+    )
+    with pytest.raises(TaskRefused, match=words) as refusal:
+        site_threshold.deal(custodian, keygen, recipients, refused)  # type: ignore[arg-type]
+    assert refusal.value.code == "policy"

@@ -1,0 +1,61 @@
+"""A site decrypts one aggregate per round: a second verified subset of the round is refused.
+
+Two aggregates of one round that both check ({A,B,C,D}, then {A,B,C}) differ by exactly
+D's update; a site that decrypted (or partially decrypted) both would hand it over.
+"""
+
+from __future__ import annotations
+
+import pytest
+from phe import paillier
+
+from client.policy import TaskRefused
+from client.sovereign import checked_aggregate
+from tests.hostile_round import RUN, Round, SiteUnderTest
+
+
+@pytest.fixture(scope="module")
+def public_key():
+    public, _ = paillier.generate_paillier_keypair(n_length=512)
+    return public
+
+
+@pytest.fixture
+def round_(public_key) -> Round:
+    r = Round(public_key, "ABCD")
+    for i, s in enumerate("ABCD"):
+        r.encrypt(s, [v + i for v in (5, 6, 7)])
+    return r
+
+
+def test_a_second_verified_subset_of_a_round_is_refused(tmp_path, round_, public_key):
+    site = SiteUnderTest(tmp_path, "C", round_)
+    task = round_.task()
+    whole = round_.aggregate("ABCD")
+    checked_aggregate(site, task, whole, public_key)
+    checked_aggregate(site, task, whole, public_key)  # the same aggregate again: a resume
+    subset = round_.aggregate("ABC")
+    with pytest.raises(TaskRefused) as refused:
+        checked_aggregate(site, task, subset, public_key)
+    assert refused.value.code == "verify"
+    assert f"run {RUN} round 1" in str(refused.value) and "already decrypted" in str(refused.value)
+
+
+def test_the_pin_survives_a_restart(tmp_path, round_, public_key):
+    checked_aggregate(
+        SiteUnderTest(tmp_path, "C", round_), round_.task(), round_.aggregate("ABC"), public_key
+    )
+    restarted = SiteUnderTest(tmp_path, "C", round_)
+    with pytest.raises(TaskRefused, match="already decrypted"):
+        checked_aggregate(restarted, round_.task(), round_.aggregate("ABCD"), public_key)
+
+
+def test_an_aggregate_that_fails_its_checks_pins_nothing(tmp_path, round_, public_key):
+    site = SiteUnderTest(tmp_path, "C", round_)
+    bad = round_.aggregate("ABC")
+    bad.contributions.pop()  # the product no longer matches the manifest
+    with pytest.raises(TaskRefused):
+        checked_aggregate(site, round_.task(), bad, public_key)
+    assert site.pins.get(RUN).aggregates == {}
+    checked_aggregate(site, round_.task(), round_.aggregate("ABCD"), public_key)
+    assert site.pins.get(RUN).aggregates == {"1": round_.aggregate("ABCD").sha256}
