@@ -1,9 +1,8 @@
 """What a site agent is to the modules that serve it: its configuration and its handle.
 
-The agent (client/agent.py) owns the loop; the gate (client/sovereign.py) reads it through
-:class:`Site`, so the gate does not import the agent. The threshold steps
-(client/threshold*.py) still type against ``client.agent.SiteAgent`` (under
-``TYPE_CHECKING``); :class:`Site` lists what they read too.
+The agent (client/agent.py) owns the loop; the gate (client/sovereign.py) and the
+threshold steps (client/threshold*.py) read it through :class:`Site`, so none of them
+imports the agent.
 """
 
 from __future__ import annotations

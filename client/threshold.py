@@ -27,7 +27,7 @@ from crypto import threshold_custody as custody
 from protos import federation_pb2
 
 if TYPE_CHECKING:
-    from client.agent import SiteAgent
+    from client.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ThresholdKey:
 
 
 def deal(
-    agent: SiteAgent, task: federation_pb2.Task, recipients: list[Recipient], refused: list[str]
+    agent: Site, task: federation_pb2.Task, recipients: list[Recipient], refused: list[str]
 ) -> federation_pb2.KeyBundle:
     """Custodian: make a t-of-N key for the task's run, seal the shares, sign, erase.
 
@@ -140,7 +140,7 @@ def deal(
     return bundle
 
 
-def _primes(agent: SiteAgent, bits: int) -> list[int] | None:
+def _primes(agent: Site, bits: int) -> list[int] | None:
     """Two safe primes from the site's idle-time pool when it has one of the right size."""
     pool = getattr(agent, "prime_pool", None)
     if pool is None or pool.bits != bits // 2:
@@ -148,7 +148,7 @@ def _primes(agent: SiteAgent, bits: int) -> list[int] | None:
     return pool.take(2)
 
 
-def open_key(agent: SiteAgent, task: federation_pb2.Task) -> ThresholdKey:
+def open_key(agent: Site, task: federation_pb2.Task) -> ThresholdKey:
     """Open this site's share of the run's key, once everything about it checks.
 
     Raises
@@ -227,7 +227,7 @@ def open_key(agent: SiteAgent, task: federation_pb2.Task) -> ThresholdKey:
 
 
 def _custodian_key(
-    agent: SiteAgent, task: federation_pb2.Task, dealing: identity.KeyDealing
+    agent: Site, task: federation_pb2.Task, dealing: identity.KeyDealing
 ) -> bytes:
     # keys.check_statement has pinned the custodian's key to this fingerprint.
     if dealing.custodian == agent.identity.site_name:

@@ -22,7 +22,7 @@ from crypto import threshold_custody as custody
 from protos import federation_pb2
 
 if TYPE_CHECKING:
-    from client.agent import SiteAgent
+    from client.site import Site
     from client.threshold import ThresholdKey
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ POLL_SECONDS = 2.0
 
 
 def decrypt(
-    agent: SiteAgent,
+    agent: Site,
     task: federation_pb2.Task,
     key: ThresholdKey,
     round_number: int,
@@ -190,7 +190,7 @@ def compute_partial(
 
 
 def publish(
-    agent: SiteAgent,
+    agent: Site,
     run: str,
     round_number: int,
     aggregate_sha256: str,
@@ -231,7 +231,7 @@ def publish(
 
 
 def _check_envelope(
-    agent: SiteAgent,
+    agent: Site,
     task: federation_pb2.Task,
     key: ThresholdKey,
     envelope: federation_pb2.PartialEnvelope,
@@ -294,7 +294,7 @@ def _check_envelope(
     return partial, positions
 
 
-def report(agent: SiteAgent, run: str, round_number: int, site: str, reason: str) -> None:
+def report(agent: Site, run: str, round_number: int, site: str, reason: str) -> None:
     """Name a site whose partial failed, for the run's audit log (best effort)."""
     log.warning("run %s round %d: partial from %s refused: %s", run, round_number, site, reason)
     agent.listener(
