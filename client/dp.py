@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -246,7 +247,11 @@ def train_private(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TaskRefused("model", "the model has no trainable parameters")
-    generator = torch.Generator().manual_seed(seed)
+    # DP-SGD's guarantee assumes nobody can predict which rows a batch samples or the noise
+    # drawn (Abadi et al. 2016): both generators are seeded from the OS, never from the
+    # run's seed, which others may know. (Opacus's secure_mode needs torchcsprng, which
+    # is not installed; a PRNG seeded from os.urandom is the stated fallback.)
+    generator = torch.Generator().manual_seed(_secret_seed())
     loader = DPDataLoader(dataset, sample_rate=schedule.sample_rate, generator=generator)
     expected = max(1, round(schedule.sample_rate * len(dataset)))
     frozen = _frozen_norms(model)
@@ -257,7 +262,7 @@ def train_private(
             noise_multiplier=schedule.noise_multiplier,
             max_grad_norm=max_grad_norm,
             expected_batch_size=expected,
-            generator=torch.Generator(device=device).manual_seed(seed + 1),
+            generator=torch.Generator(device=device).manual_seed(_secret_seed()),
         )
         optimizer.attach_step_hook(
             accountant.get_optimizer_hook_fn(sample_rate=schedule.sample_rate)
@@ -298,3 +303,8 @@ def plan_key(plan: PrivacyPlan | Mapping[str, Any]) -> str:
     """Canonical JSON of a plan: two tasks of a run must carry the same one."""
     data = plan.as_dict() if isinstance(plan, PrivacyPlan) else dict(plan)
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _secret_seed() -> int:
+    """A 63-bit seed from the operating system's entropy pool."""
+    return int.from_bytes(os.urandom(8), "big") >> 1
