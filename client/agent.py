@@ -146,6 +146,7 @@ class SiteAgent:
         return ((wire.NODE_TOKEN_HEADER, f"Bearer {self.identity.node_token}"),)
 
     def join(self) -> str:
+        """Join (or rejoin) the federation with this site's identity; return the node id."""
         reply = self.stub.Join(
             federation_pb2.JoinRequest(
                 site_name=self.config.site_name,
@@ -375,6 +376,7 @@ class SiteAgent:
     # -- tasks ---------------------------------------------------------------------------
 
     def handle(self, task: federation_pb2.Task) -> None:
+        """Run one task through the site's gate and its handler; a refusal is reported."""
         handlers = {
             federation_pb2.TASK_KIND_INIT: self._init,
             federation_pb2.TASK_KIND_TRAIN: self._train,
@@ -555,6 +557,7 @@ class SiteAgent:
         return public_key, private_key
 
     def fetch(self, run_id: str, sha256: str) -> bytes:
+        """Download a model or aggregate blob (at most ``max_download_bytes``, hash checked)."""
         chunks = self.stub.FetchModel(
             federation_pb2.FetchModelRequest(run_id=run_id, sha256=sha256),
             metadata=self._metadata(),

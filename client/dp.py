@@ -47,6 +47,7 @@ class PrivacyPlan:
 
     @classmethod
     def from_proto(cls, plan: common_pb2.PrivacyPlan) -> PrivacyPlan | None:
+        """The task's plan, checked; None when the run has no differential privacy."""
         if not plan.mode:
             return None
         result = cls(
@@ -75,6 +76,7 @@ class PrivacyPlan:
             raise TaskRefused("policy", f"the run's privacy plan does not make sense: {self}")
 
     def as_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON values (what the ledger signs)."""
         return asdict(self)
 
 

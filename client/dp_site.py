@@ -305,6 +305,7 @@ def _training_shape(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def json_plan(plan: PrivacyPlan) -> dict[str, Any]:
+    """The plan as the ledger stores it: canonical JSON read back, so comparisons are exact."""
     import json
 
     return dict(json.loads(plan_key(plan)))

@@ -99,18 +99,23 @@ def compose(events: Iterable[Mapping[str, Any]], delta: float) -> float:
 
 @dataclass(frozen=True)
 class Entry:
+    """One signed ledger line: the statement the site signed and its Ed25519 signature."""
+
     statement: dict[str, Any]
     signature: bytes
 
     @property
     def dataset(self) -> str:
+        """Fingerprint of the data the charge was made against."""
         return str(self.statement.get("dataset", ""))
 
     @property
     def run_id(self) -> str:
+        """The run the charge belongs to."""
         return str(self.statement.get("run_id", ""))
 
     def line_hash(self) -> str:
+        """sha256 of the signed line: what the next entry's ``prev`` names."""
         return hashlib.sha256(canonical(self.statement) + self.signature).hexdigest()
 
 
@@ -160,9 +165,11 @@ class Ledger:
             self.entries.append(entry)
 
     def head(self) -> str:
+        """Hash of the last line (``GENESIS`` for an empty ledger): the next entry chains to it."""
         return self.entries[-1].line_hash() if self.entries else GENESIS
 
     def events(self, dataset: str, *, exclude_run: str = "") -> list[dict[str, Any]]:
+        """Every privacy event charged against ``dataset`` (to compose), maybe without one run."""
         # A run's first entry may also carry its input statistics' releases (client/dp_norm.py).
         return [
             dict(event)
@@ -176,6 +183,7 @@ class Ledger:
         return compose(self.events(dataset), delta)
 
     def run_entries(self, run_id: str, dataset: str) -> list[Entry]:
+        """The entries of ``run_id`` on ``dataset``, in the order they were charged."""
         return [e for e in self.entries if e.run_id == run_id and e.dataset == dataset]
 
     def charge(self, fields: Mapping[str, Any]) -> Entry:

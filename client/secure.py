@@ -15,6 +15,7 @@ from protos.wire import NDArrays
 
 
 def flatten(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """All tensors as one float64 vector, in order (what the codec encodes)."""
     return (
         np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
         if arrays
@@ -23,6 +24,7 @@ def flatten(arrays: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def unflatten(flat: np.ndarray, like: NDArrays) -> NDArrays:
+    """Cut a flat vector back into tensors shaped and typed like ``like``."""
     out: NDArrays = []
     offset = 0
     for ref in like:
@@ -37,6 +39,7 @@ def unflatten(flat: np.ndarray, like: NDArrays) -> NDArrays:
 def codec_for(
     encoding: common_pb2.EncodingParams, public_key: PaillierPublicKey
 ) -> crypto.SlotCodec:
+    """The slot codec a task's encoding parameters describe, for this run's key size."""
     return crypto.SlotCodec(
         clip=encoding.clip,
         bits=encoding.bits,
@@ -149,6 +152,7 @@ class ServerOptimiser:
     _v: np.ndarray | None = field(default=None, repr=False)
 
     def step(self, weights: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
+        """Apply the decrypted mean update with the run's strategy (FedAvg, FedAvgM, FedAdam)."""
         if self.strategy == "fedavg":
             return weights + self.server_lr * mean_delta
         if self.strategy == "fedavgm":
@@ -182,10 +186,12 @@ class SecureModelState:
     bounds: np.ndarray | None = field(default=None, repr=False)
 
     def arrays(self) -> NDArrays:
+        """The current global weights as the model's tensors."""
         return unflatten(self.weights, self.like)
 
     @property
     def sizes(self) -> list[int]:
+        """Number of values in each tensor, in order."""
         return [int(np.prod(ref.shape)) for ref in self.like]
 
     def value_bounds(self) -> np.ndarray:

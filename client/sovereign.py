@@ -25,6 +25,7 @@ _BUILDS = (
 
 
 def scheme_of(task: federation_pb2.Task) -> str:
+    """The scheme a task names, as the site pins it ("paillier" or "none")."""
     return "paillier" if task.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
 
 
@@ -36,6 +37,7 @@ def _fingerprint(public: bytes) -> str:
 
 
 def observed(task: federation_pb2.Task, config: dict[str, Any]) -> Observed:
+    """What this task says about its run, in the form the site's run pins compare."""
     return Observed(
         run_id=task.run_id,
         scheme=scheme_of(task),

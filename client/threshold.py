@@ -43,6 +43,7 @@ class ThresholdKey:
 
     @property
     def public_key(self) -> Any:
+        """The run's Paillier public key, from the dealt verification keys."""
         return self.verification_keys.public_key
 
 

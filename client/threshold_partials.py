@@ -183,7 +183,7 @@ def _context(run: str, round_number: int, label: str) -> bytes:
 def compute_partial(
     key: ThresholdKey, ciphertexts: list[int], context: bytes, workers: int | None
 ) -> tp.PartialDecryption:
-    """This site's partials of ``ciphertexts`` and their batched proof."""
+    """The partials of ``ciphertexts`` this site computes, and their batched proof."""
     return tp.make_partial_decryption(
         key.share, key.verification_keys, ciphertexts, context, workers=workers
     )

@@ -41,6 +41,7 @@ class ChainVerdict:
 
 
 def canonical_details(details: Mapping[str, object]) -> str:
+    """A row's details as the hash covers them: sorted keys, no spaces."""
     return json.dumps(details, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -134,12 +135,14 @@ class ChainChecker:
         return True
 
     def verdict(self) -> ChainVerdict:
+        """The chain's verdict so far: the first failure, or good up to the last row fed."""
         if self.failure is not None:
             return self.failure
         return ChainVerdict(True, self.count, None, None, self.prev)
 
     @property
     def last_seq(self) -> int:
+        """Sequence number of the last row checked."""
         return self.expected_seq - 1
 
 
@@ -222,6 +225,7 @@ def append(
 
 
 def all_rows(session: Session) -> list[AuditEvent]:
+    """Every audit row in sequence order (small logs and tests; large ones are paged)."""
     return list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
 
 
@@ -258,6 +262,7 @@ def head(session: Session) -> tuple[int, str]:
 
 
 def count_rows(session: Session) -> int:
+    """Number of rows in the audit log."""
     return int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
 
 

@@ -89,6 +89,7 @@ class Database:
         event.listen(self.sessions, "after_begin", _began)
 
     def migrate(self) -> None:
+        """Bring the schema to alembic's head (a no-op when it is there)."""
         migrate(self.engine)
 
     @contextmanager
@@ -118,4 +119,5 @@ class Database:
             # else: leaving ``with session`` closes it; the read is rolled back unchanged.
 
     def close(self) -> None:
+        """Dispose of the engine's connections."""
         self.engine.dispose()

@@ -64,6 +64,7 @@ class FederationService:
     def submit_update(
         self, node_id: str, messages: Iterator[federation_pb2.UpdateMessage]
     ) -> federation_pb2.SubmitReply:
+        """Take one update stream: header checks, bounded payload, scheme check, then one commit."""
         first = next(messages, None)
         if first is None or first.WhichOneof("msg") != "header":
             raise InvalidArgument("the first message of an update must be its header")

@@ -57,17 +57,20 @@ class Hub:
 
     @classmethod
     def open(cls, database_url: str, data_dir: Path, limits: Limits | None = None) -> Hub:
+        """Open (and migrate) the database and the blob store under ``data_dir``."""
         db = Database(database_url)
         db.migrate()
         return cls(db=db, blobs=BlobStore(Path(data_dir) / "blobs"), limits=limits or Limits())
 
     def notify(self) -> None:
+        """Wake the scheduler and parked calls: something they may be waiting for changed."""
         with self.changed:
             self.changed.notify_all()
         if self.closing.is_set():
             self.tasks.wake_all()
 
     def wait(self, timeout: float) -> None:
+        """Sleep until :meth:`notify` or ``timeout`` seconds."""
         with self.changed:
             self.changed.wait(timeout)
 
@@ -122,6 +125,7 @@ class TaskWatch:
         session.info.pop(_PENDING, None)
 
     def bump(self, nodes: set[str], every: bool = False) -> None:
+        """Mark ``nodes``' tasks (or every node's) as moved and wake their parked polls."""
         with self._lock:
             if every:
                 self._all += 1
@@ -132,6 +136,7 @@ class TaskWatch:
                     condition.notify_all()
 
     def wake_all(self) -> None:
+        """Wake every parked poll (shutdown)."""
         with self._lock:
             for condition in self._waiting.values():
                 condition.notify_all()
@@ -177,6 +182,7 @@ class Presence:
         self._flushed = 0.0
 
     def seen(self, node_id: str, when: float, token_expires_at: float | None = None) -> None:
+        """Record a sign of life (and the sliding token expiry) for the next batched write."""
         row: dict[str, float] = {"last_seen": when}
         if token_expires_at is not None:
             row["token_expires_at"] = token_expires_at

@@ -36,6 +36,7 @@ MAX_PARTIAL_OVERHEAD = 4096
 
 
 def threshold_of(run: Run) -> int:
+    """The run's t (0: a single-custodian run)."""
     value = run.config.get("threshold", 0)
     return int(value) if isinstance(value, int) else 0
 
