@@ -254,30 +254,35 @@ def _check_envelope(
     if part not in (0, 1):
         raise ValueError(f"part {part} is neither its blocks nor the whole vector")
     label = _label(aggregate_sha256, part)
-    signature, data = custody.open_partial(
-        key.group_key,
-        bytes(envelope.sealed),
-        run_id=task.run_id,
-        round_number=round_number,
-        site=site,
-        aggregate_sha256=label,
-    )
-    public = next(
-        (bytes(p.ed25519_public_key) for p in task.participants if p.site_name == site), b""
-    )
-    if not public or identity.fingerprint(public) != holder.fingerprint:
-        raise ValueError("its identity is not the one the custodian dealt to")
-    identity.verify(
-        public,
-        custody.partial_statement(
+    try:
+        signature, data = custody.open_partial(
+            key.group_key,
+            bytes(envelope.sealed),
             run_id=task.run_id,
             round_number=round_number,
             site=site,
             aggregate_sha256=label,
-            partial=data,
-        ),
-        signature,
-    )
+        )
+        public = next(
+            (bytes(p.ed25519_public_key) for p in task.participants if p.site_name == site), b""
+        )
+        if not public or identity.fingerprint(public) != holder.fingerprint:
+            raise ValueError("its identity is not the one the custodian dealt to")
+        identity.verify(
+            public,
+            custody.partial_statement(
+                run_id=task.run_id,
+                round_number=round_number,
+                site=site,
+                aggregate_sha256=label,
+                partial=data,
+            ),
+            signature,
+        )
+    except ValueError as exc:
+        # Before the site's own signature checks, the coordinator that relayed the bytes
+        # could equally be at fault: say so rather than frame the site.
+        raise Unattributable(f"the relay or the site: {exc}") from exc
     partial = tp.partial_decryption_from_bytes(data, key.verification_keys)
     if partial.index != holder.index:
         raise ValueError(f"it carries party {partial.index}'s index, not {holder.index}")
@@ -292,6 +297,10 @@ def _check_envelope(
     except tp.InvalidPartialError as exc:
         raise ValueError(f"its proof of correct decryption fails ({exc})") from exc
     return partial, positions
+
+
+class Unattributable(ValueError):
+    """A relayed partial failed before its sender's signature checked: relay or sender."""
 
 
 def report(agent: Site, run: str, round_number: int, site: str, reason: str) -> None:

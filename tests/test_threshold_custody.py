@@ -322,8 +322,9 @@ def test_swapped_partials_do_not_open_and_both_sites_are_named(dealt):
 
     assert isinstance(result, TaskRefused)
     assert "lack the 2 verified partials" in result.reason
-    assert "site-b: sealed partial does not open" in result.reason
-    assert "site-c: sealed partial does not open" in result.reason
+    # Swapped by the relay: the reason must not blame the sites alone.
+    assert "site-b: the relay or the site: sealed partial does not open" in result.reason
+    assert "site-c: the relay or the site: sealed partial does not open" in result.reason
 
 
 def test_a_partial_replayed_from_another_round_does_not_open(dealt):
@@ -369,7 +370,7 @@ def test_a_share_holder_cannot_publish_in_anothers_name(dealt):
     result = decrypt_at(dealt, [0], cts, keys_)[0]
 
     assert isinstance(result, TaskRefused)
-    assert "site-b: signature does not verify" in result.reason
+    assert "site-b: the relay or the site: signature does not verify" in result.reason
 
 
 def test_partial_statement_binds_every_field():
