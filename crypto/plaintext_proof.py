@@ -142,7 +142,9 @@ def prove(
     r_star = gmpy2.mpz(1)
     for r, lam in zip(units, lambdas, strict=True):
         r_star = r_star * gmpy2.powmod(r, lam, mpz_n) % mpz_n
-    x = secrets.randbits(m_star.bit_length() + CHALLENGE_BITS + HIDING_BITS)
+    # x's size is public (the honest bound), never m*'s: z's length must not tell how
+    # large the plaintexts are. It exceeds e·m* by HIDING_BITS, so z hides m* statistically.
+    x = secrets.randbits(_max_z_bits(n, len(ciphertexts)) - 1)
     s = 0
     while gmpy2.gcd(s, mpz_n) != 1:
         s = secrets.randbelow(n - 1) + 1

@@ -111,3 +111,16 @@ def test_malformed_proof_bytes_are_a_proof_error(key):
         pp.verify(key.n, [5], pp.PlaintextProof(2, 1, 1 << 5000), **WHERE)
     with pytest.raises(pp.ProofError):
         pp.verify(key.n, [], pp.PlaintextProof(2, 1, secrets.randbits(64)), **WHERE)
+
+
+def test_the_response_does_not_tell_how_large_the_plaintexts_are(key):
+    """z's length follows a public bound, not m*: tiny and near-n plaintexts look alike."""
+    lengths = {}
+    for label, plaintexts in (("tiny", [1, 2, 3]), ("large", [key.n - 5, key.n - 6, key.n - 7])):
+        cts, units = encrypt(key, plaintexts)
+        lengths[label] = [
+            pp.prove(key.n, cts, plaintexts, units, **WHERE).z.bit_length() for _ in range(8)
+        ]
+    # Each z is a uniform draw of the same public width plus e·m*: at most a few bits apart.
+    assert abs(max(lengths["tiny"]) - max(lengths["large"])) <= 2
+    assert min(lengths["tiny"]) > max(lengths["large"]) - 16
