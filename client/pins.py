@@ -11,9 +11,12 @@ they first appear.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,9 +80,33 @@ class RunPins:
         self.path = path
         self._lock = threading.Lock()
         self.runs: dict[str, RunPin] = {}
-        if path.exists():
-            raw = json.loads(path.read_text())
+        self._read()
+
+    def _read(self) -> None:
+        if self.path.exists():
+            raw = json.loads(self.path.read_text())
             self.runs = {k: RunPin(**v) for k, v in raw.get("runs", {}).items()}
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the pins for one read-modify-write, across threads AND processes.
+
+        `cohort client export-model` and `cohort model export` open the same state folder
+        as the running agent: without an exclusive lock and a fresh read, each process
+        would check its own stale copy and the last writer would erase the other's pins
+        (two aggregates of one round could then both be decrypted).
+        """
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(
+                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._read()
+                yield
+            finally:
+                os.close(fd)  # closing releases the flock
 
     @classmethod
     def load(cls, state_dir: Path, site_name: str) -> RunPins:
@@ -98,7 +125,7 @@ class RunPins:
         TaskRefused
             ``pin``: naming the first fact that changed.
         """
-        with self._lock:
+        with self._locked():
             pin = self.runs.get(seen.run_id)
             config = canonical_config(seen.model_config)
             if pin is None:
@@ -176,7 +203,7 @@ class RunPins:
         TaskRefused
             ``verify``: a task shows a different aggregate for a round already pinned.
         """
-        with self._lock:
+        with self._locked():
             pin = self.runs.get(run_id)
             if pin is None:
                 raise TaskRefused("verify", f"run {run_id} is not pinned at this site")
@@ -194,7 +221,7 @@ class RunPins:
 
     def mark_trained(self, run_id: str) -> None:
         """Record that this site has trained in ``run_id``: from now on an INIT task is refused."""
-        with self._lock:
+        with self._locked():
             pin = self.runs.get(run_id)
             if pin is not None and not pin.trained:
                 pin.trained = True
@@ -203,7 +230,7 @@ class RunPins:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"runs": {k: asdict(v) for k, v in self.runs.items()}}, indent=1)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(body)

@@ -59,3 +59,28 @@ def test_an_aggregate_that_fails_its_checks_pins_nothing(tmp_path, round_, publi
     assert site.pins.get(RUN).aggregates == {}
     checked_aggregate(site, round_.task(), round_.aggregate("ABCD"), public_key)
     assert site.pins.get(RUN).aggregates == {"1": round_.aggregate("ABCD").sha256}
+
+
+def test_two_processes_on_one_state_folder_share_the_aggregate_pins(tmp_path):
+    """`client export-model` opens the running agent's state folder: each holds a copy.
+
+    Both copies must see every pin (a file lock and a fresh read on each change), or the
+    export and the agent could each decrypt another aggregate of the same final round.
+    """
+    from client.pins import Observed, RunPins
+
+    seen = Observed("run1", "paillier", "tabular_mlp", {}, "", {"A": "fa", "B": "fb"}, "c", "k")
+    agent = RunPins.load(tmp_path, "A")  # started first
+    agent.check(seen)
+    export = RunPins.load(tmp_path, "A")  # a second process, later
+    export.check(seen)
+    export.pin_aggregate("run1", 5, "subset-without-the-victim")
+
+    with pytest.raises(TaskRefused) as caught:
+        agent.pin_aggregate("run1", 5, "all-sites")
+    assert caught.value.code == "verify"
+
+    agent.mark_trained("run1")  # a later save by the agent keeps the export's pin
+    assert RunPins.load(tmp_path, "A").runs["run1"].aggregates == {
+        "5": "subset-without-the-victim"
+    }
