@@ -62,7 +62,7 @@ def test_a_second_stream_for_a_task_is_refused_while_the_first_is_open(training_
     payload = wire.encode_tensors(WEIGHTS)
     release = threading.Event()
 
-    def slow_messages():  # type: ignore[no-untyped-def]
+    def slow_messages(sent: threading.Event):  # type: ignore[no-untyped-def]
         yield federation_pb2.UpdateMessage(
             header=federation_pb2.UpdateHeader(
                 task_id=task.task_id,
@@ -75,13 +75,27 @@ def test_a_second_stream_for_a_task_is_refused_while_the_first_is_open(training_
                 encoding=wire.TENSORS_FLOAT32,
             )
         )
+        sent.set()  # gRPC asks for the next message once the header is on its way
         release.wait(20)
         yield federation_pb2.UpdateMessage(data=payload)
 
-    first = site.stub.SubmitUpdate.future(slow_messages(), metadata=site.metadata, timeout=30)
+    def open_first():  # type: ignore[no-untyped-def]
+        sent = threading.Event()
+        future = site.stub.SubmitUpdate.future(
+            slow_messages(sent), metadata=site.metadata, timeout=30
+        )
+        sent.wait(10)
+        time.sleep(0.1)  # let the coordinator take the task's stream slot
+        return future
+
+    first = open_first()
     seen = None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
+        if first.done():
+            # A probe below held the slot when the first header arrived, so the first
+            # stream was the one refused: open it again (a race of the test, not intake).
+            first = open_first()
         try:
             header_only(site, task, len(payload), encoding=wire.TENSORS_FLOAT32)
         except grpc.RpcError as exc:
