@@ -37,6 +37,7 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
     model = build_model("tabular_mlp", in_features=10, hidden=(8,))
     metrics = train(model, make_credit_default(64, seed=0), epochs=2, lr=1e-2, device=None)
     np.savez(Path(out) / f"rank{rank}.npz", *get_weights(model), seen=metrics["train_accuracy"])
+    dist.barrier()  # both ranks are done with gloo before either tears it down
     dist.destroy_process_group()
 
 
