@@ -103,13 +103,14 @@ class PrivacyGuard:
         delta = self.policy.privacy_delta
         before = self.ledger.spent(dataset, delta)
         remaining = max(1, schedule.rounds - len(mine))
-        stats = (
+        # The run's first round also releases the input statistics (client/dp_norm.py).
+        extra = (
             [stats_event(schedule.stats_noise_multiplier)]
             if (not mine and schedule.stats_noise_multiplier)
             else []
         )
         projected = compose(
-            self.ledger.events(dataset) + stats + [schedule.event(remaining)], delta
+            self.ledger.events(dataset) + extra + [schedule.event(remaining)], delta
         )
         if budget is not None and projected > budget:
             raise TaskRefused(
@@ -118,12 +119,7 @@ class PrivacyGuard:
                 f"{projected:.3f} (at delta {delta:g}), past its budget of {budget:g} "
                 f"(spent so far: {before:.3f})",
             )
-        # The run's first round also releases the input statistics (client/dp_norm.py).
-        extra = (
-            [stats_event(schedule.stats_noise_multiplier)]
-            if (not mine and schedule.stats_noise_multiplier)
-            else []
-        )
+        epochs, batch_size = _training_shape(config)
         accountant = self._accountant(task.run_id, plan, mine)
         after_run = self._epsilon_after(accountant, schedule, plan, extra)
         after = compose(self.ledger.events(dataset) + extra + [schedule.event(1)], delta)
@@ -138,8 +134,8 @@ class PrivacyGuard:
                 "accountant": plan.accountant,
                 "plan": json_plan(plan),
                 "rounds": schedule.rounds,
-                "local_epochs": _training_shape(config)[0],
-                "batch_size": _training_shape(config)[1],
+                "local_epochs": epochs,
+                "batch_size": batch_size,
                 "event": schedule.event(1),
                 "run_epsilon": after_run,
                 "run_delta": plan.delta,
