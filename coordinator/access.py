@@ -35,10 +35,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+REVOKED = "this node's credentials were revoked by the operator"
+
+
 def node_credential_problem(node: Node, now: float) -> str | None:
     """Why a node's token may not be used any more, or None while it is good."""
     if node.revoked_at:
-        return "this node's credentials were revoked by the operator"
+        return REVOKED
     if node.token_expires_at and now > node.token_expires_at:
         return "this node's token expired (unused too long)"
     return None

@@ -11,11 +11,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog, identity, manifests, privacy, threshold
+from coordinator.access import REVOKED
 from coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
 )
 from coordinator.hub import Hub
 from coordinator.manifests import site_name
@@ -67,6 +69,11 @@ class TaskHandout:
                 # The database is asked again only when this node's tasks (or a run) moved.
                 mark = self.hub.tasks.mark(node_id)
                 with self.hub.lock, self.hub.db.transaction() as session:
+                    # Credentials were checked when the call began; a poll parks for up to
+                    # max_poll_seconds, and a node revoked meanwhile gets no task.
+                    node = session.get(Node, node_id)
+                    if node is not None and node.revoked_at:
+                        raise Unauthenticated(REVOKED)
                     task = self._next_task(session, node_id)
                     if task is not None:
                         message = self._task_message(session, task)

@@ -65,9 +65,17 @@ def start_deadline(run: Run) -> float:
 
 
 def online_nodes(session: Session, hub: Hub, now: float) -> list[Node]:
-    """Nodes seen within ``offline_after_seconds`` of ``now``, by id."""
+    """Nodes seen within ``offline_after_seconds`` of ``now`` and not revoked, by id.
+
+    A revoked node is never counted towards a quorum nor selected: its last heartbeat may
+    be seconds old, yet it can no longer pull a task (coordinator/handout.py checks again).
+    """
     cutoff = now - hub.limits.offline_after_seconds
-    return list(session.scalars(select(Node).where(Node.last_seen >= cutoff).order_by(Node.id)))
+    return list(
+        session.scalars(
+            select(Node).where(Node.last_seen >= cutoff, Node.revoked_at == 0.0).order_by(Node.id)
+        )
+    )
 
 
 def select_nodes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent import futures
 
 import grpc
 import pytest
@@ -11,7 +12,7 @@ from test_federation_errors import expect_status
 from typer.testing import CliRunner
 
 from cli.main import app
-from coordinator.schema import AuditEvent, Node, Operator
+from coordinator.schema import AuditEvent, Node, Operator, Run, RunState, Task, TaskKind, TaskState
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc, wire
 
@@ -200,3 +201,78 @@ def test_the_init_admin_is_renewed_at_start_unless_revoked(auth_coordinator):
     assert renewed > time.time() + 86400
     assert revoked.revoked_at  # a revoked init token stays revoked
     assert "operator.renewed" in kinds(server)
+
+
+def _pull(channel: grpc.Channel, token: str, wait: float) -> federation_pb2.Task:
+    return federation_pb2_grpc.FederationStub(channel).PullTask(
+        federation_pb2.PullTaskRequest(wait_seconds=wait), metadata=bearer(token), timeout=30
+    )
+
+
+def test_a_revoked_site_is_neither_counted_nor_selected(auth_coordinator):
+    """Revoked seconds after its last heartbeat, a site must not fill a run's quorum."""
+    server, _, channel = auth_coordinator
+    clinic, clinic_token = joined_site(channel, "clinic")
+    heartbeat(channel, clinic_token)
+    admin_pb2_grpc.AdminStub(channel).RevokeSite(
+        admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
+    )
+    lab, lab_token = joined_site(channel, "lab")
+    heartbeat(channel, lab_token)
+    run = admin_pb2_grpc.AdminStub(channel).CreateRun(
+        admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=2),
+        metadata=bearer(ROOT),
+    )
+    time.sleep(0.5)  # many scheduler ticks
+
+    with server.hub.db.transaction() as session:
+        assert session.get(Run, run.run_id).state == RunState.PENDING
+        assert not list(session.scalars(select(Task).where(Task.node_id == clinic)))
+
+    museum, museum_token = joined_site(channel, "museum")
+    heartbeat(channel, museum_token)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with server.hub.db.transaction() as session:
+            if session.get(Run, run.run_id).state == RunState.RUNNING:
+                break
+        time.sleep(0.05)
+    with server.hub.db.transaction() as session:
+        assert session.get(Run, run.run_id).state == RunState.RUNNING
+        assert {t.node_id for t in session.scalars(select(Task))} <= {lab, museum}
+
+
+def test_a_poll_parked_before_revocation_is_handed_no_task(auth_coordinator):
+    """A PullTask authenticated before the revocation must not wake up to a task after it."""
+    server, _, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    run = admin_pb2_grpc.AdminStub(channel).CreateRun(
+        admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=3),
+        metadata=bearer(ROOT),
+    )
+    with futures.ThreadPoolExecutor(1) as pool:
+        parked = pool.submit(_pull, channel, token, 20)
+        deadline = time.monotonic() + 10
+        while not server.hub.tasks._parked.get(node_id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.hub.tasks._parked.get(node_id), "the poll never parked"
+        admin_pb2_grpc.AdminStub(channel).RevokeSite(
+            admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
+        )
+        # A task for the node appears after the revocation (a scheduler pass that raced it).
+        with server.hub.db.transaction() as session:
+            session.get(Run, run.run_id).state = RunState.RUNNING
+            session.add(
+                Task(
+                    id="raced-task",
+                    run_id=run.run_id,
+                    node_id=node_id,
+                    kind=TaskKind.INIT,
+                    deadline=time.time() + 600,
+                )
+            )
+
+        detail = expect_status(grpc.StatusCode.UNAUTHENTICATED, parked.result)
+    assert "revoked" in detail
+    with server.hub.db.transaction() as session:
+        assert session.get(Task, "raced-task").state == TaskState.PENDING
