@@ -181,7 +181,7 @@ def int8_digits(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
 def int8_tabular(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
     """INT8 of the tabular MLP on the synthetic credit-default rows."""
     train_ds, test_ds = make_credit_default(4000, seed=30), make_credit_default(2000, seed=31)
-    model = _seeded("tabular_mlp", in_features=train_ds.x.shape[1])
+    model = _seeded("tabular_mlp", in_features=train_ds.inputs["x"].shape[1])
     train(model, train_ds, epochs=sizes.digits_epochs, lr=3e-3, batch_size=64, device=CPU)
     return export_int8(model, calibration=train_ds, evaluation=test_ds, out_dir=out_dir)
 
