@@ -11,14 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crypto
-from client.secure import (
-    SecureModelState,
-    ServerOptimiser,
-    clip_metrics,
-    decrypt_aggregate,
-    encrypt_update,
-    flatten,
-)
+from client.schemes.paillier import clip_metrics, decrypt_aggregate, encrypt_update
+from client.schemes.paillier_model import SecureModelState, ServerOptimiser, flatten
 from coordinator.runs import DEFAULT_ENCODING, RunSpec
 from crypto.codec import (
     HEADROOM,
@@ -269,6 +263,6 @@ def test_secure_run_at_the_default_encoding_learns_and_reports_clipping(
     finals = [site.export_model(run.run_id) for site in sites]
     for final in finals[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(final, finals[0], strict=True))
-    bounds = [site._secure_state[run.run_id].value_bounds() for site in sites]
+    bounds = [site.secure.states[run.run_id].value_bounds() for site in sites]
     assert all(b.tobytes() == bounds[0].tobytes() for b in bounds[1:])
     assert info.round_infos[-1].metrics["eval_accuracy"] > 0.85

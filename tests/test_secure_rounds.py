@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from test_federation_errors import FakeSite, expect_status
 
 import crypto
-from client.secure import ServerOptimiser
+from client.schemes.paillier_model import ServerOptimiser
 from coordinator.schema import Run, SealedKey, Update
 from crypto import identity
 from protos import admin_pb2, common_pb2, federation_pb2, wire
