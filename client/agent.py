@@ -164,7 +164,7 @@ class SiteAgent:
                     # While the site waits for its first task: one-time process costs.
                     prewarm.warm_training()
                     prewarm.warm_forkserver()
-                task = self.link.pull(self.config.poll_seconds, stop)
+                task = self.link.pull_or_stop(self.config.poll_seconds, stop)
                 if task is None:
                     break
                 backoff = 0.5

@@ -193,18 +193,24 @@ class Link:
         reply: federation_pb2.JoinReply = self.stub.Join(request, timeout=self.timeouts.join)
         return reply
 
-    def pull(
-        self, wait_seconds: float, stop: threading.Event | None = None
+    def pull(self, wait_seconds: float) -> federation_pb2.Task:
+        """One long poll for a task (TASK_KIND_NONE when none came within the wait)."""
+        task: federation_pb2.Task = self.stub.PullTask(
+            federation_pb2.PullTaskRequest(wait_seconds=wait_seconds),
+            metadata=self.metadata(),
+            timeout=wait_seconds + self.timeouts.pull_margin,
+        )
+        return task
+
+    def pull_or_stop(
+        self, wait_seconds: float, stop: threading.Event
     ) -> federation_pb2.Task | None:
-        """One long poll for a task; cancelled when ``stop`` is set (then None)."""
-        request = federation_pb2.PullTaskRequest(wait_seconds=wait_seconds)
-        timeout = wait_seconds + self.timeouts.pull_margin
-        if stop is None:
-            task: federation_pb2.Task = self.stub.PullTask(
-                request, metadata=self.metadata(), timeout=timeout
-            )
-            return task
-        call = self.stub.PullTask.future(request, metadata=self.metadata(), timeout=timeout)
+        """:meth:`pull`, cancelled the moment ``stop`` is set (then None)."""
+        call = self.stub.PullTask.future(
+            federation_pb2.PullTaskRequest(wait_seconds=wait_seconds),
+            metadata=self.metadata(),
+            timeout=wait_seconds + self.timeouts.pull_margin,
+        )
         # Woken the moment the reply lands (a task opens a round for every site at once):
         # sleeping between checks would add its interval to every round.
         answered = threading.Event()
