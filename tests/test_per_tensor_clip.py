@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crypto
-from client.schemes.paillier import clip_metrics, decrypt_aggregate, encrypt_update
+from client.schemes.paillier import clip_metrics, decrypt_sums, encrypt_update
 from client.schemes.paillier_model import SecureModelState, ServerOptimiser, flatten
 from coordinator.runs import DEFAULT_ENCODING, RunSpec
 from crypto.codec import (
@@ -190,7 +190,7 @@ def test_every_site_derives_the_same_bounds_from_the_same_aggregates(small_key) 
         payload = crypto.ciphertexts_to_bytes(aggregate, crypto.ciphertext_width(public_key))
         for state in states:
             clip = state.clip_for(codec)
-            mean = decrypt_aggregate(payload, codec, private_key, 30, state.weights.size, clip)
+            mean = codec.decode(decrypt_sums(payload, private_key), 30, state.weights.size, clip)
             state.weights = state.optimiser.step(state.weights, mean)
             state.carry_bounds(mean, codec)
         history.append(states[0].value_bounds().copy())
@@ -215,7 +215,7 @@ def test_encrypt_update_with_bounds_round_trips(small_key) -> None:  # type: ign
     payload = encrypt_update(
         delta, 4, codec, public_key, private_key, np.random.default_rng(3), clip=clip
     )
-    decoded = decrypt_aggregate(payload, codec, private_key, 4, 5, clip)
+    decoded = codec.decode(decrypt_sums(payload, private_key), 4, 5, clip)
     assert np.all(np.abs(decoded - np.clip(delta, -clip, clip)) <= clip / codec.offset)
 
 

@@ -21,7 +21,7 @@ decrypted aggregate:
    site has not applied: the manifest, every signature, the product of the signed
    ciphertexts and every proof of plaintext knowledge are checked
    (:func:`client.sovereign.checked_aggregate`, client/verify.py); the aggregate is
-   decrypted (:func:`decrypt_aggregate`, or t partials in a threshold run:
+   decrypted (:meth:`PaillierScheme.sums`, or t partials in a threshold run:
    :class:`ThresholdPaillierScheme`, client/threshold_partials.py) and decoded to the
    weighted mean update (crypto/codec.py); every site steps the same server optimiser
    with it (client/schemes/paillier_model.py), so every site holds the same model.
@@ -53,12 +53,16 @@ from phe import PaillierPrivateKey, PaillierPublicKey
 import crypto
 from client.link import Update
 from client.policy import TaskRefused
-from client.schemes.paillier_model import SecureModelState, flatten
-from protos import common_pb2, federation_pb2, wire
+from client.schemes.paillier_model import flatten
+from protos import common_pb2, wire
+from protos.federation_pb2 import AggregateRef, Task
 from protos.wire import NDArrays
 
 if TYPE_CHECKING:
     from client.schemes.base import SchemeSite
+
+Sums = Callable[[], list[int]]
+"""An aggregate's plaintext slot sums, computed when called (inside the decode's checks)."""
 
 
 def codec_for(
@@ -131,18 +135,10 @@ def encrypt_proven_update(
     return payload, proof.to_bytes(public_key.n)
 
 
-def decrypt_aggregate(
-    payload: bytes,
-    codec: crypto.SlotCodec,
-    private_key: PaillierPrivateKey,
-    total_weight: int,
-    count: int,
-    clip: np.ndarray | None = None,
-) -> np.ndarray:
-    """The weighted mean update hidden in an encrypted aggregate (``clip``: as encoded)."""
+def decrypt_sums(payload: bytes, private_key: PaillierPrivateKey) -> list[int]:
+    """The packed plaintexts of an encrypted aggregate (``SlotCodec.decode`` reads them)."""
     width = crypto.ciphertext_width(private_key.public_key)
-    sums = crypto.decrypt_packed(private_key, crypto.ciphertexts_from_bytes(payload, width))
-    return codec.decode(sums, total_weight, count, clip)
+    return crypto.decrypt_packed(private_key, crypto.ciphertexts_from_bytes(payload, width))
 
 
 def clip_metrics(
@@ -163,17 +159,15 @@ class PaillierScheme:
 
     encoding = wire.PAILLIER_PACKED
 
-    def codec(self, task: federation_pb2.Task, public_key: PaillierPublicKey) -> crypto.SlotCodec:
+    def codec(self, task: Task, public_key: PaillierPublicKey) -> crypto.SlotCodec:
         """How this task's updates are laid out in plaintext slots (its EncodingParams)."""
         return codec_for(task.encoding, public_key)
 
-    def global_model(
-        self, site: SchemeSite, task: federation_pb2.Task, config: dict[str, Any]
-    ) -> NDArrays:
+    def global_model(self, site: SchemeSite, task: Task, config: dict[str, Any]) -> NDArrays:
         """Step 4: apply each checked, decrypted aggregate this site has not applied yet."""
         from client.sovereign import checked_aggregate
 
-        public_key, private_key = site.run_keys(task)
+        public_key, _ = site.run_keys(task)
         state = site.secure.state(
             task, config, lambda: site.tensors(task.run_id, task.model_sha256)
         )
@@ -182,38 +176,19 @@ class PaillierScheme:
             if aggregate.round <= state.applied_round:
                 continue
             payload = checked_aggregate(site, task, aggregate, public_key)
-            mean = self.mean(site, task, aggregate, payload, codec, state, private_key)
+            sums = self.sums(site, task, aggregate, payload)
+            mean = _mean(aggregate, codec, sums, state.clip_for(codec))
             state.weights = state.optimiser.step(state.weights, mean)
             state.carry_bounds(mean, codec)  # every site derives the next round's clip bounds alike
             state.applied_round = aggregate.round
         return state.arrays()
 
-    def mean(
-        self,
-        site: SchemeSite,
-        task: federation_pb2.Task,
-        aggregate: federation_pb2.AggregateRef,
-        payload: bytes,
-        codec: crypto.SlotCodec,
-        state: SecureModelState,
-        private_key: PaillierPrivateKey | None,
-    ) -> np.ndarray:
-        """The weighted mean update of a checked aggregate, decrypted with the run's key."""
-        assert private_key is not None  # a single-key run always opened its private key
-        return _decoded(
-            aggregate,
-            codec,
-            lambda: decrypt_aggregate(
-                payload,
-                codec,
-                private_key,
-                int(aggregate.total_weight),
-                int(aggregate.count),
-                clip=state.clip_for(codec),
-            ),
-        )
+    def sums(self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes) -> Sums:
+        """The checked aggregate's plaintext sums, decrypted with the run's key when called."""
+        _, private_key = site.run_keys(task)
+        return lambda: decrypt_sums(payload, private_key)
 
-    def prepare(self, site: SchemeSite, task: federation_pb2.Task, weights: NDArrays) -> None:
+    def prepare(self, site: SchemeSite, task: Task, weights: NDArrays) -> None:
         """Step 5: start this run's obfuscators while the site trains."""
         public_key, private_key = site.run_keys(task)
         codec = self.codec(task, public_key)
@@ -222,7 +197,7 @@ class PaillierScheme:
     def encode(
         self,
         site: SchemeSite,
-        task: federation_pb2.Task,
+        task: Task,
         config: dict[str, Any],
         deltas: NDArrays,
         num_examples: int,
@@ -265,33 +240,21 @@ class PaillierScheme:
 class ThresholdPaillierScheme(PaillierScheme):
     """A t-of-n run: no site holds the key; t sites' partial decryptions open each aggregate."""
 
-    def mean(
-        self,
-        site: SchemeSite,
-        task: federation_pb2.Task,
-        aggregate: federation_pb2.AggregateRef,
-        payload: bytes,
-        codec: crypto.SlotCodec,
-        state: SecureModelState,
-        private_key: PaillierPrivateKey | None,
-    ) -> np.ndarray:
-        """The weighted mean update of a checked aggregate, from t verified partials."""
+    def sums(self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes) -> Sums:
+        """The checked aggregate's plaintext sums, from t verified partials (asked for now)."""
         from client import threshold_partials
 
         key = site.custody.threshold[task.run_id]
-        ciphertexts = crypto.ciphertexts_from_bytes(
-            payload, crypto.ciphertext_width(key.public_key)
-        )
+        width = crypto.ciphertext_width(key.public_key)
         sums = threshold_partials.decrypt(
-            site, task, key, int(aggregate.round), aggregate.sha256, ciphertexts
+            site,
+            task,
+            key,
+            int(aggregate.round),
+            aggregate.sha256,
+            crypto.ciphertexts_from_bytes(payload, width),
         )
-        return _decoded(
-            aggregate,
-            codec,
-            lambda: codec.decode(
-                sums, int(aggregate.total_weight), int(aggregate.count), state.clip_for(codec)
-            ),
-        )
+        return lambda: sums
 
 
 def _needed(codec: crypto.SlotCodec, arrays: NDArrays) -> int:
@@ -299,12 +262,10 @@ def _needed(codec: crypto.SlotCodec, arrays: NDArrays) -> int:
     return codec.num_plaintexts(int(sum(np.prod(a.shape) for a in arrays)))
 
 
-def _decoded(
-    aggregate: federation_pb2.AggregateRef,
-    codec: crypto.SlotCodec,
-    decode: Callable[[], np.ndarray],
+def _mean(
+    aggregate: AggregateRef, codec: crypto.SlotCodec, sums: Sums, clip: np.ndarray | None
 ) -> np.ndarray:
-    """``decode()`` of an aggregate whose total weight the codec can carry.
+    """The weighted mean update in an aggregate's ``sums`` (``clip``: as encoded).
 
     Raises
     ------
@@ -314,7 +275,7 @@ def _decoded(
     """
     try:
         codec.check_total_weight(int(aggregate.total_weight))
-        return decode()
+        return codec.decode(sums(), int(aggregate.total_weight), int(aggregate.count), clip)
     except (OverflowError, ValueError, ArithmeticError) as exc:
         raise TaskRefused(
             "decode", f"the aggregate of round {aggregate.round} does not decode: {exc}"
