@@ -2,7 +2,8 @@
 
 Run in spawned worker processes so they do not share the coordinator's GIL. Each site
 trains nothing: a small NumPyClient-like object adds a random float32 delta, but every
-step is the real protocol (Join, PullTask long polls, FetchModel, SubmitUpdate streams).
+step is the real protocol (Join, PullTask long polls, FetchModel, SubmitUpdate streams),
+called through the agent's own link (client/link.py), unsigned.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 
+from client.link import Link, Timeouts, Update
 from protos import federation_pb2, federation_pb2_grpc, wire
 
 # Transport failures: the outcome of the call is unknown to the site.
@@ -81,8 +82,12 @@ class LoadSite:
         self.channel = grpc.insecure_channel(
             spec.address, options=[("grpc.use_local_subchannel_pool", 1)]
         )
-        self.stub = federation_pb2_grpc.FederationStub(self.channel)
         self.token = ""
+        self.link = Link(
+            federation_pb2_grpc.FederationStub(self.channel),
+            lambda: self.token,
+            timeouts=Timeouts.every(spec.rpc_timeout),
+        )
         self.joined = threading.Event()
         self.record: dict[str, Any] = {
             "name": self.name,
@@ -96,10 +101,6 @@ class LoadSite:
             "fetches": [],
             "errors": [],
         }
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((wire.NODE_TOKEN_HEADER, f"Bearer {self.token}"),)
 
     def _left(self) -> float:
         return self.spec.deadline_unix - time.time()
@@ -118,13 +119,12 @@ class LoadSite:
         backoff = 0.2
         while not stop.is_set() and self._left() > 0:
             try:
-                reply = self.stub.Join(
+                reply = self.link.join(
                     federation_pb2.JoinRequest(
                         site_name=self.name,
                         x25519_public_key=os.urandom(32),
                         agent_version="cohort-load-bench",
-                    ),
-                    timeout=min(self.spec.rpc_timeout, max(self._left(), 0.1)),
+                    )
                 )
             except grpc.RpcError as exc:
                 self.record["join_error"] = f"{_code(exc)}: {exc.details()}"
@@ -147,11 +147,7 @@ class LoadSite:
             wait = max(0.0, min(self.spec.poll_seconds, self._left() - 1.0))
             try:
                 self.record["pulls"] += 1
-                task = self.stub.PullTask(
-                    federation_pb2.PullTaskRequest(wait_seconds=wait),
-                    metadata=self.metadata,
-                    timeout=wait + self.spec.rpc_timeout,
-                )
+                task = self.link.pull(wait)
             except grpc.RpcError as exc:
                 if stop.is_set():
                     return
@@ -174,13 +170,7 @@ class LoadSite:
     def _train(self, task: federation_pb2.Task) -> None:
         started = time.perf_counter()
         try:
-            payload = wire.join_chunks(
-                self.stub.FetchModel(
-                    federation_pb2.FetchModelRequest(run_id=task.run_id, sha256=task.model_sha256),
-                    metadata=self.metadata,
-                    timeout=self.spec.rpc_timeout,
-                )
-            )
+            payload = self.link.fetch(task.run_id, task.model_sha256)
         except grpc.RpcError as exc:
             self.record["errors"].append(f"FetchModel {_code(exc)}: {exc.details()}")
             return
@@ -201,24 +191,13 @@ class LoadSite:
         metrics: dict[str, float] | None = None,
     ) -> None:
         payload = wire.encode_tensors(arrays)
-        header = federation_pb2.UpdateHeader(
-            task_id=task.task_id,
-            run_id=task.run_id,
-            round=task.round,
+        update = Update(
+            payload,
+            wire.TENSORS_FLOAT32,
             num_examples=num_examples,
             weight=num_examples,
-            metrics=wire.metrics_to_proto(metrics or {}),
-            payload_size=len(payload),
-            payload_sha256=wire.sha256_hex(payload),
-            encoding=wire.TENSORS_FLOAT32,
+            metrics=metrics or {},
         )
-
-        def messages() -> Iterator[federation_pb2.UpdateMessage]:
-            yield federation_pb2.UpdateMessage(header=header)
-            for _, piece in wire.iter_chunks(payload):
-                if piece:
-                    yield federation_pb2.UpdateMessage(data=piece)
-
         entry: dict[str, Any] = {
             "kind": kind,
             "round": int(task.round),
@@ -228,9 +207,7 @@ class LoadSite:
         }
         started = time.perf_counter()
         try:
-            reply = self.stub.SubmitUpdate(
-                messages(), metadata=self.metadata, timeout=self.spec.rpc_timeout
-            )
+            reply = self.link.submit_update(task, update)
             entry.update(code="OK", message=reply.message)
         except grpc.RpcError as exc:
             entry.update(code=_code(exc), message=str(exc.details()))

@@ -527,7 +527,8 @@ def _emulated_tabular_accuracy(encoding: dict[str, float], seed: int) -> dict[st
 
     from cli.demo import DemoSettings
     from cli.scenarios import TabularScenario
-    from client.secure import SecureModelState, ServerOptimiser, clip_metrics, flatten
+    from client.schemes.paillier import clip_metrics
+    from client.schemes.paillier_model import SecureModelState, ServerOptimiser, flatten
 
     settings = DemoSettings(seed=seed)
     with tempfile.TemporaryDirectory() as workdir:
@@ -579,7 +580,8 @@ def _repo_packages_first() -> None:
 def defaults_section(args: argparse.Namespace) -> None:
     """Bytes per update at the default encoding, and the tabular demo's accuracy."""
     _repo_packages_first()
-    from client.secure import SecureModelState, ServerOptimiser, encrypt_update, flatten
+    from client.schemes.paillier import encrypt_update
+    from client.schemes.paillier_model import SecureModelState, ServerOptimiser, flatten
     from coordinator.runs import DEFAULT_ENCODING
 
     public_key, private_key = generate_keypair(2048)

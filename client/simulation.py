@@ -229,8 +229,7 @@ class SiteHost:
                 finally:
                     # A site's obfuscator pool is a worker process kept between rounds; a
                     # host of hundreds of sites cannot keep one each, so it ends with the task.
-                    for run_id in list(agent._pools):
-                        agent._close_randomness(run_id)
+                    agent.secure.close_randomness()
             if worked:
                 idle = 0.05
             else:

@@ -19,6 +19,11 @@ from client.pins import RunPins
 from client.policy import SitePolicy
 from protos import federation_pb2_grpc
 
+
+class AgentError(RuntimeError):
+    """The agent cannot go on (rejected credentials, a key that will not open)."""
+
+
 Listener = Callable[[str, dict[str, Any]], None]
 """Receives the agent's events ("joined", "task", "refused", …) with their details."""
 

@@ -30,8 +30,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
-from test_federation_errors import FakeSite
 
+from client.link import Link, update_header
+from client.link import Update as SiteUpdate
 from coordinator.schema import (
     AuditEvent,
     Enrolment,
@@ -199,23 +200,70 @@ def coordinator_in(directory: Path, **limits: float) -> Iterator[Server]:
         running.server.stop(grace=0.5)
 
 
+class FakeSite:
+    """A hand-driven site over the agent's link (client/link.py): tests can break any message."""
+
+    def __init__(self, stub, name: str = "site-a") -> None:
+        self.stub = stub
+        self.link = Link(stub, lambda: self.token)
+        self.token = ""
+        reply = self.link.join(
+            federation_pb2.JoinRequest(site_name=name, x25519_public_key=b"k" * 32)
+        )
+        self.token = reply.node_token
+        self.node_id = reply.node_id
+
+    @property
+    def metadata(self):  # type: ignore[no-untyped-def]
+        return self.link.metadata()
+
+    def pull(self, kind: int) -> federation_pb2.Task:
+        for _ in range(50):
+            task = self.link.pull(0.5)
+            if task.kind == kind:
+                return task
+        raise AssertionError(f"no task of kind {kind}")
+
+    def submit(
+        self,
+        task,
+        payload: bytes,
+        *,
+        chunks: list[bytes] | None = None,
+        sha: str | None = None,
+        round_number: int | None = None,
+        size: int | None = None,
+        encoding: str = wire.TENSORS_FLOAT32,
+    ):
+        fields: dict[str, object] = {"encoding": encoding}
+        if sha is not None:
+            fields["payload_sha256"] = sha
+        if round_number is not None:
+            fields["round"] = round_number
+        if size is not None:
+            fields["payload_size"] = size
+        header = header_for(task, payload, **fields)
+        return self.link.send(header, chunks if chunks is not None else [payload])
+
+
 def header_for(task: federation_pb2.Task, payload: bytes, **fields: object):
-    """The header a well-behaved site sends with ``payload`` for ``task``, then ``fields``."""
-    values: dict[str, object] = {
-        "task_id": task.task_id,
-        "run_id": task.run_id,
-        "round": task.round,
-        "num_examples": 10,
-        "weight": 10,
-        "payload_size": len(payload),
-        "payload_sha256": wire.sha256_hex(payload),
-        "encoding": wire.TENSORS_FLOAT32,
-    }
-    values.update(fields)
-    return federation_pb2.UpdateHeader(**values)
+    """The header a well-behaved site sends with ``payload`` for ``task``, then ``fields``.
+
+    The one place tests make a header a site would not send: the site's own header
+    (client.link.update_header, unsigned: ten examples of float32 tensors) with ``fields``
+    put over it as they are, defaults and nonsense included.
+    """
+    header = update_header(
+        task, SiteUpdate(payload, wire.TENSORS_FLOAT32, num_examples=10, weight=10)
+    )
+    for name in fields:
+        header.ClearField(name)
+    header.MergeFrom(federation_pb2.UpdateHeader(**fields))
+    return header
 
 
 def update_messages(header, *pieces: bytes) -> list[federation_pb2.UpdateMessage]:
+    """A stream a site's link would not send: every piece, empty ones too, as given."""
     return [federation_pb2.UpdateMessage(header=header)] + [
         federation_pb2.UpdateMessage(data=piece) for piece in pieces
     ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fuzzing import header_for, submit, update_messages
 from helpers import breast_cancer_sites
 from sqlalchemy import delete, func, select
 from test_federation_errors import FakeSite, expect_status
@@ -183,14 +184,11 @@ def test_a_3mb_task_id_is_refused_and_never_reaches_the_log(coordinator):
     site = FakeSite(coordinator.federation())
     with coordinator.hub.db.transaction() as session:
         before = session.scalar(select(func.count()).select_from(AuditEvent))
-    header = federation_pb2.UpdateHeader(
-        task_id="x" * (3 << 20), run_id="r", round=1, payload_size=1, payload_sha256="0" * 64
-    )
-    messages = [federation_pb2.UpdateMessage(header=header)]
+    task = federation_pb2.Task(task_id="x" * (3 << 20), run_id="r", round=1)
+    header = header_for(task, b"", payload_size=1, payload_sha256="0" * 64)
 
     detail = expect_status(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        lambda: site.stub.SubmitUpdate(iter(messages), metadata=site.metadata),
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: submit(site, update_messages(header))
     )
 
     assert "task_id" in detail and len(detail) < 200

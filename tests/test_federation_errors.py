@@ -7,62 +7,13 @@ import json
 import grpc
 import numpy as np
 import pytest
+from fuzzing import FakeSite
 from sqlalchemy import func, select
 
 from coordinator.schema import AuditEvent, Update
 from protos import admin_pb2, common_pb2, federation_pb2, wire
 
 WEIGHTS = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
-
-
-class FakeSite:
-    """A hand-driven site: every message is built here so tests can break any of them."""
-
-    def __init__(self, stub, name: str = "site-a") -> None:
-        self.stub = stub
-        reply = stub.Join(federation_pb2.JoinRequest(site_name=name, x25519_public_key=b"k" * 32))
-        self.token = reply.node_token
-        self.node_id = reply.node_id
-
-    @property
-    def metadata(self):  # type: ignore[no-untyped-def]
-        return ((wire.NODE_TOKEN_HEADER, f"Bearer {self.token}"),)
-
-    def pull(self, kind: int) -> federation_pb2.Task:
-        for _ in range(50):
-            task = self.stub.PullTask(
-                federation_pb2.PullTaskRequest(wait_seconds=0.5), metadata=self.metadata
-            )
-            if task.kind == kind:
-                return task
-        raise AssertionError(f"no task of kind {kind}")
-
-    def submit(
-        self,
-        task,
-        payload: bytes,
-        *,
-        chunks: list[bytes] | None = None,
-        sha: str | None = None,
-        round_number: int | None = None,
-        size: int | None = None,
-        encoding: str = wire.TENSORS_FLOAT32,
-    ):
-        header = federation_pb2.UpdateHeader(
-            task_id=task.task_id,
-            run_id=task.run_id,
-            round=task.round if round_number is None else round_number,
-            num_examples=10,
-            weight=10,
-            payload_size=len(payload) if size is None else size,
-            payload_sha256=sha or wire.sha256_hex(payload),
-            encoding=encoding,
-        )
-        pieces = chunks if chunks is not None else [payload]
-        messages = [federation_pb2.UpdateMessage(header=header)] + [
-            federation_pb2.UpdateMessage(data=p) for p in pieces
-        ]
-        return self.stub.SubmitUpdate(iter(messages), metadata=self.metadata)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from client.custody import SiteIdentity
 from client.keys import trusted_recipients
 from client.peers import PeerStore, load_peers_file
 from client.policy import SitePolicy, TaskRefused
+from client.run_keys import key_context
 from coordinator.schema import AuditEvent, Run, SealedKey
 from crypto import identity
 from protos import admin_pb2, common_pb2, federation_pb2, federation_pb2_grpc
@@ -283,7 +284,7 @@ def test_custodian_seals_only_to_pinned_peers_with_signed_sealing_keys(fake_fede
         "node-site-b",
         "node-site-c",
     ]
-    context = SiteAgent._key_context("run-1", bundle.key_fingerprint)
+    context = key_context("run-1", bundle.key_fingerprint)
     for sealed in bundle.sealed:
         with pytest.raises(ValueError):
             crypto.open_sealed(attacker_private, bytes(sealed.sealed_private_key), context)
@@ -386,7 +387,7 @@ class DealtKey:
             sealed_private_key=crypto.seal(
                 self.site.identity.x25519_public,
                 crypto.private_key_to_bytes(self.private_key),
-                SiteAgent._key_context("run-9", self.fingerprint),
+                key_context("run-9", self.fingerprint),
             ),
             participants=[self.custodian.participant()],
             key_statement=federation_pb2.KeyStatement(

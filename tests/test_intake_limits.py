@@ -6,6 +6,7 @@ import threading
 import time
 
 import grpc
+from fuzzing import header_for, submit, update_messages
 from test_federation_errors import WEIGHTS, expect_status
 from test_federation_errors import training_round as training_round
 from test_secure_rounds import secure_round as secure_round
@@ -18,19 +19,8 @@ from protos import federation_pb2, wire
 
 
 def header_only(site, task, size: int, **fields: object):  # type: ignore[no-untyped-def]
-    header = federation_pb2.UpdateHeader(
-        task_id=task.task_id,
-        run_id=task.run_id,
-        round=task.round,
-        num_examples=10,
-        weight=10,
-        payload_size=size,
-        payload_sha256="0" * 64,
-        **fields,
-    )
-    return site.stub.SubmitUpdate(
-        iter([federation_pb2.UpdateMessage(header=header)]), metadata=site.metadata, timeout=10
-    )
+    header = header_for(task, b"", payload_size=size, payload_sha256="0" * 64, **fields)
+    return submit(site, update_messages(header))
 
 
 def test_secure_update_of_the_wrong_declared_size_is_refused_from_its_header(secure_round):
@@ -63,18 +53,7 @@ def test_a_second_stream_for_a_task_is_refused_while_the_first_is_open(training_
     release = threading.Event()
 
     def slow_messages(sent: threading.Event):  # type: ignore[no-untyped-def]
-        yield federation_pb2.UpdateMessage(
-            header=federation_pb2.UpdateHeader(
-                task_id=task.task_id,
-                run_id=task.run_id,
-                round=task.round,
-                num_examples=10,
-                weight=10,
-                payload_size=len(payload),
-                payload_sha256=wire.sha256_hex(payload),
-                encoding=wire.TENSORS_FLOAT32,
-            )
-        )
+        yield federation_pb2.UpdateMessage(header=header_for(task, payload))
         sent.set()  # gRPC asks for the next message once the header is on its way
         release.wait(20)
         yield federation_pb2.UpdateMessage(data=payload)

@@ -11,14 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crypto
-from client.secure import (
-    SecureModelState,
-    ServerOptimiser,
-    clip_metrics,
-    decrypt_aggregate,
-    encrypt_update,
-    flatten,
-)
+from client.schemes.paillier import clip_metrics, decrypt_sums, encrypt_update
+from client.schemes.paillier_model import SecureModelState, ServerOptimiser, flatten
 from coordinator.runs import DEFAULT_ENCODING, RunSpec
 from crypto.codec import (
     HEADROOM,
@@ -196,7 +190,7 @@ def test_every_site_derives_the_same_bounds_from_the_same_aggregates(small_key) 
         payload = crypto.ciphertexts_to_bytes(aggregate, crypto.ciphertext_width(public_key))
         for state in states:
             clip = state.clip_for(codec)
-            mean = decrypt_aggregate(payload, codec, private_key, 30, state.weights.size, clip)
+            mean = codec.decode(decrypt_sums(payload, private_key), 30, state.weights.size, clip)
             state.weights = state.optimiser.step(state.weights, mean)
             state.carry_bounds(mean, codec)
         history.append(states[0].value_bounds().copy())
@@ -221,7 +215,7 @@ def test_encrypt_update_with_bounds_round_trips(small_key) -> None:  # type: ign
     payload = encrypt_update(
         delta, 4, codec, public_key, private_key, np.random.default_rng(3), clip=clip
     )
-    decoded = decrypt_aggregate(payload, codec, private_key, 4, 5, clip)
+    decoded = codec.decode(decrypt_sums(payload, private_key), 4, 5, clip)
     assert np.all(np.abs(decoded - np.clip(delta, -clip, clip)) <= clip / codec.offset)
 
 
@@ -269,6 +263,6 @@ def test_secure_run_at_the_default_encoding_learns_and_reports_clipping(
     finals = [site.export_model(run.run_id) for site in sites]
     for final in finals[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(final, finals[0], strict=True))
-    bounds = [site._secure_state[run.run_id].value_bounds() for site in sites]
+    bounds = [site.secure.states[run.run_id].value_bounds() for site in sites]
     assert all(b.tobytes() == bounds[0].tobytes() for b in bounds[1:])
     assert info.round_infos[-1].metrics["eval_accuracy"] > 0.85

@@ -197,7 +197,7 @@ def test_secure_run_learns_and_the_coordinator_sees_nothing(coordinator, agents,
         for p in coordinator.data_dir.parent.rglob("*")
         if p.is_file() and "site-" not in str(p)
     )
-    _, private_key = sites[0]._run_keys[run.run_id]
+    _, private_key = sites[0].custody.keys[run.run_id]
     for secret in (private_key.p, private_key.q):
         raw = secret.to_bytes((secret.bit_length() + 7) // 8, "big")
         assert raw not in stored and str(secret).encode() not in stored

@@ -12,7 +12,9 @@ from sqlalchemy import func, select
 from test_federation_errors import FakeSite, expect_status
 
 import crypto
-from client.secure import ServerOptimiser
+from client.link import Link
+from client.link import Update as SiteUpdate
+from client.schemes.paillier_model import ServerOptimiser
 from coordinator.schema import Run, SealedKey, Update
 from crypto import identity
 from protos import admin_pb2, common_pb2, federation_pb2, wire
@@ -29,7 +31,14 @@ class SecureFakeSite(FakeSite):
         private, public = crypto.generate_x25519()
         # A secure run's sites carry an identity that signs their sealing key.
         self.ed25519_private, ed25519_public = identity.generate_ed25519()
-        reply = stub.Join(
+        self.token = ""
+        self.link = Link(
+            stub,
+            lambda: self.token,
+            site_name="custodian",
+            sign=lambda statement: identity.sign(self.ed25519_private, statement),
+        )
+        reply = self.link.join(
             federation_pb2.JoinRequest(
                 site_name="custodian",
                 x25519_public_key=public,
@@ -76,7 +85,7 @@ class SecureFakeSite(FakeSite):
         )
         bundle.statement.statement = dealing.to_bytes()
         bundle.statement.signature = identity.sign(self.ed25519_private, dealing.to_bytes())
-        self.stub.SubmitKeys(bundle, metadata=self.metadata)
+        self.link.submit_keys(bundle)
 
     def ciphertexts(self, weight: int = 10, values: np.ndarray | None = None) -> list[int]:
         codec = crypto.SlotCodec(
@@ -90,35 +99,13 @@ class SecureFakeSite(FakeSite):
         return crypto.encrypt_packed(self.public_key, plaintexts, workers=1)
 
     def send(self, task, cts: list[int], *, weight: int = 10, key_id: str | None = None):
+        """Submit ``cts`` for ``task``, signed (under ``key_id`` when given, else the task's)."""
         payload = crypto.ciphertexts_to_bytes(cts, crypto.ciphertext_width(self.public_key))
-        header = federation_pb2.UpdateHeader(
-            task_id=task.task_id,
-            run_id=task.run_id,
-            round=task.round,
-            num_examples=10,
-            weight=weight,
-            payload_size=len(payload),
-            payload_sha256=wire.sha256_hex(payload),
-            encoding=wire.PAILLIER_PACKED,
-            key_id=task.encoding.key_id if key_id is None else key_id,
-        )
-        header.signature = identity.sign(
-            self.ed25519_private,
-            identity.update_statement(
-                run_id=task.run_id,
-                round_number=task.round,
-                site_name="custodian",
-                payload_sha256=header.payload_sha256,
-                weight=weight,
-                key_id=header.key_id,
-                encoding=header.encoding,
-            ),
-        )
-        messages = [
-            federation_pb2.UpdateMessage(header=header),
-            federation_pb2.UpdateMessage(data=payload),
-        ]
-        return self.stub.SubmitUpdate(iter(messages), metadata=self.metadata)
+        if key_id is not None:
+            task = federation_pb2.Task.FromString(task.SerializeToString())
+            task.encoding.key_id = key_id
+        update = SiteUpdate(payload, wire.PAILLIER_PACKED, num_examples=10, weight=weight)
+        return self.link.submit_update(task, update)
 
 
 @pytest.fixture

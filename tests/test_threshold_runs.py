@@ -115,7 +115,7 @@ def _scan_for_secrets(coordinator, run_id: str, sites) -> None:
     files = [*coordinator.data_dir.parent.glob("coordinator.db*"), *hub.blobs.root.rglob("*")]
     stored = b"".join(p.read_bytes() for p in files if p.is_file())
     for site in sites:
-        share = site._threshold_keys[run_id].share.share
+        share = site.custody.threshold[run_id].share.share
         for encoding in (share.to_bytes((share.bit_length() + 7) // 8, "big"), str(share).encode()):
             assert encoding not in stored, f"{site.config.site_name}'s share is stored in the clear"
     with hub.db.transaction() as session:
@@ -204,7 +204,7 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     # A coordinator that drops the threshold from a task gets no single-key decryption.
     task = sites[0].final_model_task(run.run_id)
     task.threshold = 0
-    sites[0]._run_keys.pop(run.run_id)
+    sites[0].custody.keys.pop(run.run_id)
     with pytest.raises(TaskRefused, match="dealt 2-of-n shares"):
         sites[0].run_keys(task)
 

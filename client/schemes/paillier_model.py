@@ -1,16 +1,23 @@
-"""Site-side secure aggregation: encrypt updates, decrypt aggregates, step the server optimiser."""
+"""A secure run's model at a site: the server optimiser, the model state, and the run's pools.
+
+In a Paillier run the coordinator never sees the mean update, so the server's step
+(FedAvg, FedAvgM, FedAdam) runs at every site that decrypts: :class:`SecureModelState`
+holds a site's copy of the global model and how far it has applied the aggregates;
+:class:`SecureRuns` keeps one state and one pool of precomputed obfuscators per run.
+The round's steps that use them are in client/schemes/paillier.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from phe import PaillierPrivateKey, PaillierPublicKey
 
 import crypto
 from crypto.codec import expand_bounds, initial_bounds, next_bounds
-from protos import common_pb2
+from protos import federation_pb2
 from protos.wire import NDArrays
 
 
@@ -34,103 +41,6 @@ def unflatten(flat: np.ndarray, like: NDArrays) -> NDArrays:
     if offset != flat.size:
         raise ValueError(f"{flat.size} values do not fill tensors of {offset} values")
     return out
-
-
-def codec_for(
-    encoding: common_pb2.EncodingParams, public_key: PaillierPublicKey
-) -> crypto.SlotCodec:
-    """The slot codec a task's encoding parameters describe, for this run's key size."""
-    return crypto.SlotCodec(
-        clip=encoding.clip,
-        bits=encoding.bits,
-        max_weight=int(encoding.max_weight),
-        key_bits=public_key.n.bit_length(),
-    )
-
-
-def encrypt_update(
-    delta: np.ndarray,
-    weight: int,
-    codec: crypto.SlotCodec,
-    public_key: PaillierPublicKey,
-    private_key: PaillierPrivateKey,
-    rng: np.random.Generator,
-    pool: crypto.RandomnessPool | None = None,
-    clip: np.ndarray | None = None,
-) -> bytes:
-    """Quantise, weight, pack and encrypt a flat update; returns the wire payload.
-
-    ``clip``: per-value bounds (:meth:`SecureModelState.clip_for`) for a per-tensor codec.
-    """
-    plaintexts = codec.encode(delta, weight, rng, clip)
-    ciphertexts = crypto.encrypt_packed(public_key, plaintexts, private_key=private_key, pool=pool)
-    return crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
-
-
-def encrypt_proven_update(
-    delta: np.ndarray,
-    weight: int,
-    codec: crypto.SlotCodec,
-    public_key: PaillierPublicKey,
-    private_key: PaillierPrivateKey | None,
-    rng: np.random.Generator,
-    *,
-    run_id: str,
-    round_number: int,
-    site: str,
-    pool: crypto.RandomnessPool | None = None,
-    clip: np.ndarray | None = None,
-) -> tuple[bytes, bytes]:
-    """:func:`encrypt_update`, plus the proof that this site knows what it encrypted.
-
-    Returns the wire payload and crypto.plaintext_proof bytes bound to this run, round
-    and site. The randomness ``r`` of each ciphertext is kept only for the proof.
-    """
-    from crypto import plaintext_proof
-
-    plaintexts = codec.encode(delta, weight, rng, clip)
-    units: list[int] = []
-    ciphertexts = crypto.encrypt_packed(
-        public_key, plaintexts, private_key=private_key, pool=pool, units_out=units
-    )
-    proof = plaintext_proof.prove(
-        public_key.n,
-        ciphertexts,
-        plaintexts,
-        units,
-        run_id=run_id,
-        round_number=round_number,
-        site=site,
-    )
-    payload = crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
-    return payload, proof.to_bytes(public_key.n)
-
-
-def decrypt_aggregate(
-    payload: bytes,
-    codec: crypto.SlotCodec,
-    private_key: PaillierPrivateKey,
-    total_weight: int,
-    count: int,
-    clip: np.ndarray | None = None,
-) -> np.ndarray:
-    """The weighted mean update hidden in an encrypted aggregate (``clip``: as encoded)."""
-    width = crypto.ciphertext_width(private_key.public_key)
-    sums = crypto.decrypt_packed(private_key, crypto.ciphertexts_from_bytes(payload, width))
-    return codec.decode(sums, total_weight, count, clip)
-
-
-def clip_metrics(
-    delta: np.ndarray, codec: crypto.SlotCodec, clip: np.ndarray | None = None
-) -> dict[str, float]:
-    """How many values of an update the codec clips, for the update's plaintext metrics.
-
-    The coordinator averages numeric metrics per round, so an operator sees when bounds
-    bite. These two numbers are all that clipping reveals about a site's update.
-    """
-    flat = np.ravel(delta)
-    clipped = codec.clipped(flat, clip)
-    return {"clipped_values": clipped, "clipped_fraction": clipped / max(flat.size, 1)}
 
 
 @dataclass
@@ -222,3 +132,54 @@ class SecureModelState:
                 part = self.weights[start : start + size]
                 np.maximum(part, 0.0, out=part)
             start += size
+
+
+class SecureRuns:
+    """Each secure run's :class:`SecureModelState` and randomness pool at this site."""
+
+    def __init__(self, encrypt_workers: int | None = None) -> None:
+        self.encrypt_workers = encrypt_workers
+        self.states: dict[str, SecureModelState] = {}
+        self.pools: dict[str, crypto.RandomnessPool] = {}
+
+    def state(
+        self, task: federation_pb2.Task, config: dict[str, Any], initial: Callable[[], NDArrays]
+    ) -> SecureModelState:
+        """The run's model state, started afresh from ``initial()`` when there is none.
+
+        Also afresh when the state is ahead of the task's aggregates (the coordinator
+        restarted the run's history): the aggregates are applied again from the start.
+        """
+        state = self.states.get(task.run_id)
+        latest = task.aggregates[-1].round if task.aggregates else 0
+        if state is None or state.applied_round > latest:
+            weights = initial()
+            optimiser = ServerOptimiser(
+                strategy=str(config.get("strategy", "fedavg")),
+                server_lr=float(config.get("server_lr", 1.0)),
+            )
+            state = SecureModelState(flatten(weights), weights, optimiser)
+            self.states[task.run_id] = state
+        return state
+
+    def randomness(
+        self, run_id: str, public_key: Any, private_key: Any, needed: int
+    ) -> crypto.RandomnessPool:
+        """The run's pool of precomputed obfuscators, topped up to ``needed`` in the background.
+
+        Training runs while the pool's workers compute ``r^n``; after each submission the
+        next round's share is queued, so encryption waits on nothing once training ends.
+        """
+        pool = self.pools.get(run_id)
+        if pool is None:
+            pool = crypto.RandomnessPool(public_key, private_key, workers=self.encrypt_workers)
+            self.pools[run_id] = pool
+            pool.start(needed)
+        return pool
+
+    def close_randomness(self, run_id: str | None = None) -> None:
+        """End the pool of ``run_id`` (of every run when None): its worker processes stop."""
+        for run in [run_id] if run_id is not None else list(self.pools):
+            pool = self.pools.pop(run, None)
+            if pool is not None:
+                pool.close()

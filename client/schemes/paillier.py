@@ -1,0 +1,282 @@
+"""The Paillier scheme at a site: one secure round, step by step, and where each step lives.
+
+Updates leave a site only as packed Paillier ciphertexts (BatchCrypt slots: Jiang et al.,
+"BatchCrypt: Efficient Homomorphic Encryption for Cross-Silo Federated Learning", USENIX
+ATC 2020); the coordinator multiplies them and never holds a key that decrypts. A run of
+this scheme, from ``cohort admin runs start --secure paillier`` to a site applying the
+decrypted aggregate:
+
+1. **Run and key.** The coordinator creates the run (coordinator/runs.py) and hands its
+   custodian a KEYGEN task (coordinator/scheduler.py). The custodian makes the key and
+   seals the private key to each participant it pinned, signing the dealing
+   (:meth:`client.run_keys.RunKeys.keygen`, client/keys.py, crypto/sealing.py); in a
+   t-of-n run it deals shares instead and erases the key (client/threshold.py). The
+   coordinator stores the bundle (coordinator/keys.py).
+2. **Initial model.** One site answers INIT with plaintext float32 weights (client/tasks.py),
+   the same at every site: the start of every site's :class:`SecureModelState`.
+3. **A TRAIN task arrives.** The site's gate admits it against its policy and run pins
+   (client/sovereign.py). Each site opens its sealed key, or its share, once per run
+   (:meth:`client.run_keys.RunKeys.open`).
+4. **The global model** (:meth:`PaillierScheme.global_model`). For each aggregate the
+   site has not applied: the manifest, every signature, the product of the signed
+   ciphertexts and every proof of plaintext knowledge are checked
+   (:func:`client.sovereign.checked_aggregate`, client/verify.py); the aggregate is
+   decrypted (:meth:`PaillierScheme.sums`, or t partials in a threshold run:
+   :class:`ThresholdPaillierScheme`, client/threshold_partials.py) and decoded to the
+   weighted mean update (crypto/codec.py); every site steps the same server optimiser
+   with it (client/schemes/paillier_model.py), so every site holds the same model.
+5. **Randomness** (:meth:`PaillierScheme.prepare`). Before training, the run's pool of
+   obfuscators ``r^n`` is topped up in the background (crypto/randomness.py).
+6. **Training.** The site's client fits locally (client/tasks.py).
+7. **Encode** (:meth:`PaillierScheme.encode`). The weight is capped at the round's
+   ``weight_cap``; the delta is clipped, quantised, weighted and packed by the run's codec
+   (:meth:`PaillierScheme.codec`), encrypted with the pool's obfuscators, and proven
+   (:func:`encrypt_proven_update`, crypto/plaintext_proof.py).
+8. **Submit.** The header, signed over payload hash, weight, key and proof, and the chunk
+   stream are built by client/link.py.
+9. **At the coordinator.** Intake checks the key, the weight against the slot bound and
+   every ciphertext (coordinator/schemes.py ``PaillierScheme.validate``); when the round
+   closes the scheduler multiplies the ciphertexts (``PaillierScheme.aggregate``) and the
+   next task names the aggregate, with its signed manifest (coordinator/manifests.py).
+10. **The end.** A site's final model (``cohort client export-model``) is step 4 on the
+    run's final task (client/agent.py ``SiteAgent.export_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from phe import PaillierPrivateKey, PaillierPublicKey
+
+import crypto
+from client.link import Update
+from client.policy import TaskRefused
+from client.schemes.paillier_model import flatten
+from protos import common_pb2, wire
+from protos.federation_pb2 import AggregateRef, Task
+from protos.wire import NDArrays
+
+if TYPE_CHECKING:
+    from client.schemes.base import SchemeSite
+
+Sums = Callable[[], list[int]]
+"""An aggregate's plaintext slot sums, computed when called (inside the decode's checks)."""
+
+
+def codec_for(
+    encoding: common_pb2.EncodingParams, public_key: PaillierPublicKey
+) -> crypto.SlotCodec:
+    """The slot codec a task's encoding parameters describe, for this run's key size."""
+    return crypto.SlotCodec(
+        clip=encoding.clip,
+        bits=encoding.bits,
+        max_weight=int(encoding.max_weight),
+        key_bits=public_key.n.bit_length(),
+    )
+
+
+def encrypt_update(
+    delta: np.ndarray,
+    weight: int,
+    codec: crypto.SlotCodec,
+    public_key: PaillierPublicKey,
+    private_key: PaillierPrivateKey,
+    rng: np.random.Generator,
+    pool: crypto.RandomnessPool | None = None,
+    clip: np.ndarray | None = None,
+) -> bytes:
+    """Quantise, weight, pack and encrypt a flat update; returns the wire payload.
+
+    ``clip``: per-value bounds (:meth:`SecureModelState.clip_for`) for a per-tensor codec.
+    """
+    plaintexts = codec.encode(delta, weight, rng, clip)
+    ciphertexts = crypto.encrypt_packed(public_key, plaintexts, private_key=private_key, pool=pool)
+    return crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
+
+
+def encrypt_proven_update(
+    delta: np.ndarray,
+    weight: int,
+    codec: crypto.SlotCodec,
+    public_key: PaillierPublicKey,
+    private_key: PaillierPrivateKey | None,
+    rng: np.random.Generator,
+    *,
+    run_id: str,
+    round_number: int,
+    site: str,
+    pool: crypto.RandomnessPool | None = None,
+    clip: np.ndarray | None = None,
+) -> tuple[bytes, bytes]:
+    """:func:`encrypt_update`, plus the proof that this site knows what it encrypted.
+
+    Returns the wire payload and crypto.plaintext_proof bytes bound to this run, round
+    and site. The randomness ``r`` of each ciphertext is kept only for the proof.
+    """
+    from crypto import plaintext_proof
+
+    plaintexts = codec.encode(delta, weight, rng, clip)
+    units: list[int] = []
+    ciphertexts = crypto.encrypt_packed(
+        public_key, plaintexts, private_key=private_key, pool=pool, units_out=units
+    )
+    proof = plaintext_proof.prove(
+        public_key.n,
+        ciphertexts,
+        plaintexts,
+        units,
+        run_id=run_id,
+        round_number=round_number,
+        site=site,
+    )
+    payload = crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
+    return payload, proof.to_bytes(public_key.n)
+
+
+def decrypt_sums(payload: bytes, private_key: PaillierPrivateKey) -> list[int]:
+    """The packed plaintexts of an encrypted aggregate (``SlotCodec.decode`` reads them)."""
+    width = crypto.ciphertext_width(private_key.public_key)
+    return crypto.decrypt_packed(private_key, crypto.ciphertexts_from_bytes(payload, width))
+
+
+def clip_metrics(
+    delta: np.ndarray, codec: crypto.SlotCodec, clip: np.ndarray | None = None
+) -> dict[str, float]:
+    """How many values of an update the codec clips, for the update's plaintext metrics.
+
+    The coordinator averages numeric metrics per round, so an operator sees when bounds
+    bite. These two numbers are all that clipping reveals about a site's update.
+    """
+    flat = np.ravel(delta)
+    clipped = codec.clipped(flat, clip)
+    return {"clipped_values": clipped, "clipped_fraction": clipped / max(flat.size, 1)}
+
+
+class PaillierScheme:
+    """A run whose aggregates one custodian's key decrypts, sealed to every participant."""
+
+    encoding = wire.PAILLIER_PACKED
+
+    def codec(self, task: Task, public_key: PaillierPublicKey) -> crypto.SlotCodec:
+        """How this task's updates are laid out in plaintext slots (its EncodingParams)."""
+        return codec_for(task.encoding, public_key)
+
+    def global_model(self, site: SchemeSite, task: Task, config: dict[str, Any]) -> NDArrays:
+        """Step 4: apply each checked, decrypted aggregate this site has not applied yet."""
+        from client.sovereign import checked_aggregate
+
+        public_key, _ = site.run_keys(task)
+        state = site.secure.state(
+            task, config, lambda: site.tensors(task.run_id, task.model_sha256)
+        )
+        codec = self.codec(task, public_key)
+        for aggregate in task.aggregates:
+            if aggregate.round <= state.applied_round:
+                continue
+            payload = checked_aggregate(site, task, aggregate, public_key)
+            sums = self.sums(site, task, aggregate, payload)
+            mean = _mean(aggregate, codec, sums, state.clip_for(codec))
+            state.weights = state.optimiser.step(state.weights, mean)
+            state.carry_bounds(mean, codec)  # every site derives the next round's clip bounds alike
+            state.applied_round = aggregate.round
+        return state.arrays()
+
+    def sums(self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes) -> Sums:
+        """The checked aggregate's plaintext sums, decrypted with the run's key when called."""
+        _, private_key = site.run_keys(task)
+        return lambda: decrypt_sums(payload, private_key)
+
+    def prepare(self, site: SchemeSite, task: Task, weights: NDArrays) -> None:
+        """Step 5: start this run's obfuscators while the site trains."""
+        public_key, private_key = site.run_keys(task)
+        codec = self.codec(task, public_key)
+        site.secure.randomness(task.run_id, public_key, private_key, _needed(codec, weights))
+
+    def encode(
+        self,
+        site: SchemeSite,
+        task: Task,
+        config: dict[str, Any],
+        deltas: NDArrays,
+        num_examples: int,
+    ) -> Update:
+        """Step 7: cap the weight, then clip, quantise, pack, encrypt and prove the delta."""
+        public_key, private_key = site.run_keys(task)
+        codec = self.codec(task, public_key)
+        needed = _needed(codec, deltas)
+        pool = site.secure.randomness(task.run_id, public_key, private_key, needed)
+        weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
+        clip = site.secure.states[task.run_id].clip_for(codec)
+        delta = flatten(deltas)
+        payload, proof = encrypt_proven_update(
+            delta,
+            weight,
+            codec,
+            public_key,
+            private_key,
+            site.rng,
+            run_id=task.run_id,
+            round_number=task.round,
+            site=site.config.site_name,
+            pool=pool,
+            clip=clip,
+        )
+        if task.round < int(config.get("rounds", 0)):
+            pool.start(needed)  # next round's obfuscators, made while others train
+        else:
+            site.secure.close_randomness(task.run_id)
+        return Update(
+            payload,
+            self.encoding,
+            num_examples=int(num_examples),
+            weight=weight,
+            metrics=clip_metrics(delta, codec, clip),
+            proof=proof,
+        )
+
+
+class ThresholdPaillierScheme(PaillierScheme):
+    """A t-of-n run: no site holds the key; t sites' partial decryptions open each aggregate."""
+
+    def sums(self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes) -> Sums:
+        """The checked aggregate's plaintext sums, from t verified partials (asked for now)."""
+        from client import threshold_partials
+
+        key = site.custody.threshold[task.run_id]
+        width = crypto.ciphertext_width(key.public_key)
+        sums = threshold_partials.decrypt(
+            site,
+            task,
+            key,
+            int(aggregate.round),
+            aggregate.sha256,
+            crypto.ciphertexts_from_bytes(payload, width),
+        )
+        return lambda: sums
+
+
+def _needed(codec: crypto.SlotCodec, arrays: NDArrays) -> int:
+    """Plaintexts (so obfuscators) one update of tensors like ``arrays`` takes."""
+    return codec.num_plaintexts(int(sum(np.prod(a.shape) for a in arrays)))
+
+
+def _mean(
+    aggregate: AggregateRef, codec: crypto.SlotCodec, sums: Sums, clip: np.ndarray | None
+) -> np.ndarray:
+    """The weighted mean update in an aggregate's ``sums`` (``clip``: as encoded).
+
+    Raises
+    ------
+    TaskRefused
+        ``decode``: signed by enough sites, yet it does not decode (one of them sent
+        garbage). A failed task, never a dead agent: every later task carries this round.
+    """
+    try:
+        codec.check_total_weight(int(aggregate.total_weight))
+        return codec.decode(sums(), int(aggregate.total_weight), int(aggregate.count), clip)
+    except (OverflowError, ValueError, ArithmeticError) as exc:
+        raise TaskRefused(
+            "decode", f"the aggregate of round {aggregate.round} does not decode: {exc}"
+        ) from exc
