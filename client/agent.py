@@ -679,7 +679,7 @@ class SiteAgent:
         ]
         proof = b""  # secure runs: crypto.plaintext_proof of the update
         if secure:
-            weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
+            weight = max(1, min(int(num_examples), int(task.encoding.weight_cap)))
             clip = self._secure_state[task.run_id].clip_for(codec)
             metrics.update(clip_metrics(flatten(deltas), codec, clip))
             payload, proof = encrypt_proven_update(

@@ -35,41 +35,27 @@ from coordinator.schema import (
     TaskState,
     Update,
 )
-from protos import admin_pb2, common_pb2
+from protos import admin_pb2, common_pb2, serde
+from protos.serde import SchemeName
 
 log = logging.getLogger(__name__)
 
-_STATE_TO_PROTO = {
-    RunState.PENDING: common_pb2.RUN_STATE_PENDING,
-    RunState.RUNNING: common_pb2.RUN_STATE_RUNNING,
-    RunState.COMPLETED: common_pb2.RUN_STATE_COMPLETED,
-    RunState.FAILED: common_pb2.RUN_STATE_FAILED,
-    RunState.STOPPED: common_pb2.RUN_STATE_STOPPED,
-}
 # A reply of the audit log stays well under gRPC's default 4 MiB message limit.
 PAGE_BYTES = 3 << 20
-_SECURE_FROM_PROTO = {
-    common_pb2.SECURE_SCHEME_UNSPECIFIED: "none",
-    common_pb2.SECURE_SCHEME_NONE: "none",
-    common_pb2.SECURE_SCHEME_PAILLIER: "paillier",
-}
 
 
 def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpec:
     """Read a CreateRunRequest into a validated RunSpec (InvalidArgument otherwise)."""
     try:
-        config = json.loads(request.config_json) if request.config_json else {}
-    except (ValueError, RecursionError) as exc:
-        raise InvalidArgument(f"config_json is not JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise InvalidArgument("config_json must be a JSON object")
-    if request.secure not in _SECURE_FROM_PROTO:
-        raise InvalidArgument(f"unknown secure scheme {request.secure}")
+        config = serde.config_from_json(request.config_json)
+        secure = serde.scheme_from_proto(request.secure)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
     from coordinator.privacy import PRIVACY_KEY, plan_from_proto
 
     if PRIVACY_KEY in config:
         raise InvalidArgument("config_json may not set privacy: use the run's privacy plan")
-    plan = plan_from_proto(request.privacy, _SECURE_FROM_PROTO[request.secure])
+    plan = plan_from_proto(request.privacy, secure)
     if plan is not None:
         config[PRIVACY_KEY] = plan
     # proto3 cannot tell 0 from unset: a run with no rounds is refused, never defaulted.
@@ -82,7 +68,7 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
         round_deadline=request.round_deadline_seconds or 300.0,
         local_epochs=request.local_epochs or 1,
         lr=request.lr or 0.01,
-        secure=_SECURE_FROM_PROTO[request.secure],
+        secure=secure,
         custodian=request.custodian,
         strategy=request.strategy or "fedavg",
         name=request.name,
@@ -136,8 +122,8 @@ class AdminService:
         run_id = str(uuid.uuid4())
         config = dict(spec.config)
         config.update(local_epochs=spec.local_epochs, lr=spec.lr)
-        if spec.secure == "paillier":
-            config["encoding"] = spec.encoding
+        if spec.secure == SchemeName.PAILLIER:
+            config["encoding"] = spec.settings().encoding.as_dict()
         if spec.threshold:
             config["threshold"] = spec.threshold
         with self.hub.lock, self.hub.db.transaction() as session:
@@ -389,16 +375,12 @@ class AdminService:
         info = admin_pb2.RunInfo(
             run_id=run.id,
             name=run.name,
-            state=_STATE_TO_PROTO[run.state],
+            state=serde.run_state_to_proto(run.state),
             model=run.model,
             rounds=run.rounds,
             current_round=run.current_round,
             min_clients=run.min_clients,
-            secure=(
-                common_pb2.SECURE_SCHEME_PAILLIER
-                if run.secure == "paillier"
-                else common_pb2.SECURE_SCHEME_NONE
-            ),
+            secure=serde.scheme_to_proto(run.secure),
             strategy=run.strategy,
             config_json=json.dumps(run.config, default=str),
             created_unix=run.created_at,

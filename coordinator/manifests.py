@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from coordinator.errors import InvalidArgument
 from coordinator.schema import Institution, Node, Run, SealedKey, Update
+from coordinator.schemes import scheme_of
 from crypto import identity
 from protos import federation_pb2
 
@@ -45,7 +46,7 @@ def check_update_signature(
     public = bytes(node.ed25519_public_key or b"")
     signature = bytes(header.signature)
     if not public:
-        if run.secure == "paillier":
+        if scheme_of(run).encrypted:
             raise InvalidArgument(
                 "secure runs take signed updates only, from sites with a registered identity: "
                 "this node joined without an Ed25519 identity"
@@ -124,7 +125,7 @@ def add_participants(session: Session, run: Run, message: federation_pb2.Task) -
     The run's key holders: the nodes its key was sealed to, fixed at KEYGEN, or
     ``run.participants`` when set. Each with the identity it registered.
     """
-    if run.secure != "paillier" or len(message.participants):
+    if not scheme_of(run).encrypted or len(message.participants):
         return
     node_ids = list(run.participants or [])
     if not node_ids:

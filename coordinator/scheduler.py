@@ -199,7 +199,7 @@ class RoundScheduler:
             if len(online) < run.min_clients:
                 return False
             details: dict[str, object] = {"online_sites": len(online)}
-            if run.secure == "paillier":
+            if scheme_of(run).encrypted:
                 # A secure run's sites are fixed now: the key is sealed to these and no
                 # others, and only sites with a signed identity can be among them.
                 chosen = choose_participants(session, run, online)
@@ -211,7 +211,7 @@ class RoundScheduler:
             run.started_at = now
             auditlog.append(session, "run.started", run_id=run.id, details=details)
             return True
-        if run.secure == "paillier" and not run.public_key:
+        if scheme_of(run).encrypted and not run.public_key:
             return self._setup_task(session, run, TaskKind.KEYGEN, online, now)
         if not run.initial_model_sha256:
             return self._setup_task(session, run, TaskKind.INIT, online, now)
@@ -229,7 +229,7 @@ class RoundScheduler:
         return self._check_round(session, run, current, online, now)
 
     def _custodian_candidates(self, session: Session, run: Run, online: list[Node]) -> list[Node]:
-        if run.secure == "paillier":
+        if scheme_of(run).encrypted:
             online = [n for n in online if n.id in run.participants]
         if not run.custodian:
             return online
@@ -267,7 +267,7 @@ class RoundScheduler:
             )
             return True
         candidates = self._custodian_candidates(session, run, online)
-        if kind == TaskKind.INIT and run.secure == "paillier":
+        if kind == TaskKind.INIT and scheme_of(run).encrypted:
             # The key custodian also supplies the initial model: one site starts the run.
             keygen = session.scalar(
                 select(Task).where(
@@ -291,7 +291,7 @@ class RoundScheduler:
         return True
 
     def _eligible(self, session: Session, run: Run, online: list[Node]) -> list[Node]:
-        if run.secure != "paillier":
+        if not scheme_of(run).encrypted:
             return online
         from coordinator.schema import SealedKey
 
@@ -340,7 +340,7 @@ class RoundScheduler:
                 select(Update).where(Update.run_id == run.id, Update.round == current.number)
             )
         )
-        quorum = int(run.config.get("quorum", run.min_clients))  # type: ignore[call-overload]
+        quorum = run.settings().quorum
         if not open_tasks and len(updates) >= quorum:
             self._close_round(session, run, current, updates, now)
             return True
@@ -362,7 +362,7 @@ class RoundScheduler:
         now: float,
     ) -> bool:
         """Keep the updates already accepted, ask other sites for the rest, up to a limit."""
-        quorum = int(run.config.get("quorum", run.min_clients))  # type: ignore[call-overload]
+        quorum = run.settings().quorum
         if run.round_attempts >= MAX_ROUND_ATTEMPTS:
             self._fail(
                 session,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +20,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from coordinator.runs import RunConfig
 
 
 def now() -> float:
@@ -181,12 +185,15 @@ class Run(Base):
             total += size
         return total
 
-    def encoding(self) -> dict[str, float | int]:
-        """The Paillier encoding of a secure run, with defaults filled in."""
-        from coordinator.runs import DEFAULT_ENCODING
+    def settings(self) -> RunConfig:
+        """The run's config, typed (coordinator/runs.py; checked when the run was created)."""
+        from coordinator.runs import RunConfig
 
-        given = self.config.get("encoding", {})
-        return {**DEFAULT_ENCODING, **(given if isinstance(given, dict) else {})}
+        return RunConfig.parse(self.config, self.min_clients, self.secure == "paillier")
+
+    def encoding(self) -> dict[str, float | int]:
+        """The Paillier encoding of a secure run as a dict: ``settings().encoding``'s values."""
+        return self.settings().encoding.as_dict()
 
 
 class Round(Base):
