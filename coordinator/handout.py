@@ -18,8 +18,7 @@ from coordinator.errors import (
     PermissionDenied,
 )
 from coordinator.hub import Hub
-from coordinator.manifests import site_name
-from coordinator.queries import LIVE
+from coordinator.queries import LIVE, site_name
 from coordinator.schema import (
     ModelVersion,
     Node,

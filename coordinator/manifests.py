@@ -15,16 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator.errors import InvalidArgument
-from coordinator.schema import Institution, Node, Run, SealedKey, Update
+from coordinator.queries import site_name
+from coordinator.schema import Node, Run, SealedKey, Update
 from coordinator.schemes import scheme_of
 from crypto import identity
 from protos import federation_pb2
-
-
-def site_name(session: Session, node: Node) -> str:
-    """The institution name of ``node`` ("" when it has none)."""
-    institution = session.get(Institution, node.institution_id)
-    return institution.name if institution is not None else ""
 
 
 def check_update_signature(

@@ -28,6 +28,7 @@ from coordinator.schema import (
 )
 from coordinator.schemes import scheme_of
 from coordinator.threshold import report_custody
+from protos.serde import SchemeName
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,12 @@ if TYPE_CHECKING:
     from explain.summary import AttributionSummary
 
 VISIBILITY = {
-    "paillier": (
+    SchemeName.PAILLIER: (
         "Paillier ciphertexts of each site's quantised update, the example counts and "
         "metrics each site chose to report, and the encrypted sum; never a plaintext "
         "update, the private key or a data row."
     ),
-    "none": (
+    SchemeName.NONE: (
         "Each site's plaintext model update (weights delta), example counts and metrics; "
         "never a data row."
     ),

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import cast
 
 from coordinator.aggregation import STRATEGIES, check_strategy
+from protos.serde import SchemeName
 
-SECURE_SCHEMES = ("none", "paillier")
+SECURE_SCHEMES = tuple(SchemeName)
 KEY_SIZES = (1024, 2048, 3072)
 
 
@@ -110,7 +111,7 @@ def check_threshold(threshold: int, secure: str, min_clients: int, sites: object
     """
     if not threshold:
         return
-    if secure != "paillier":
+    if secure != SchemeName.PAILLIER:
         raise ValueError("threshold is for secure runs (--secure paillier) only")
     if threshold < 2:
         raise ValueError(
@@ -141,7 +142,7 @@ class RunSpec:
     round_deadline: float = 300.0
     local_epochs: int = 1
     lr: float = 0.01
-    secure: str = "none"
+    secure: str = SchemeName.NONE
     custodian: str = ""
     strategy: str = "fedavg"
     name: str = ""
@@ -183,9 +184,9 @@ class RunSpec:
             )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        check_strategy(self.strategy, self.secure != "none")
+        check_strategy(self.strategy, self.secure != SchemeName.NONE)
         settings = self.settings()
-        if settings.update_bits and self.secure != "none":
+        if settings.update_bits and self.secure != SchemeName.NONE:
             raise ValueError(
                 "update_quantisation is for plaintext runs; secure runs quantise "
                 "inside the Paillier codec"
@@ -194,14 +195,14 @@ class RunSpec:
         if not 1 <= quorum <= max(self.min_clients, 1):
             raise ValueError(f"quorum must be between 1 and min_clients, not {quorum}")
         too_few = self.min_clients < SECURE_MIN_SITES or quorum < SECURE_MIN_SITES
-        if self.secure != "none" and too_few and not self.allow_two_site_secure:
+        if self.secure != SchemeName.NONE and too_few and not self.allow_two_site_secure:
             raise ValueError(
                 f"a secure run needs min_clients and quorum of at least {SECURE_MIN_SITES} "
                 f"(got {self.min_clients} and {quorum}): with fewer, an aggregate reveals "
                 "a site's update to the others; sites refuse to decrypt it anyway. Pass "
                 "allow_two_site_secure only for tests and demos that accept this"
             )
-        if self.secure == "paillier" and settings.encoding.max_weight < self.min_clients:
+        if self.secure == SchemeName.PAILLIER and settings.encoding.max_weight < self.min_clients:
             raise ValueError("max_weight must allow at least one unit of weight per site")
         if "threshold" in self.config:
             raise ValueError("threshold is set by CreateRunRequest.threshold, not in config_json")
@@ -209,7 +210,7 @@ class RunSpec:
 
     def settings(self) -> RunConfig:
         """The run's config, typed (ValueError or TypeError when a value is out of range)."""
-        return RunConfig.parse(self.config, self.min_clients, self.secure == "paillier")
+        return RunConfig.parse(self.config, self.min_clients, self.secure == SchemeName.PAILLIER)
 
     def trainer_config(self) -> dict[str, object]:
         """The JSON a site's trainer receives with each task."""

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from coordinator import auditlog, provenance, refusals
 from coordinator.hub import Hub
 from coordinator.identity import choose_participants
-from coordinator.queries import cancel_open_tasks
+from coordinator.queries import cancel_open_tasks, site_name
 from coordinator.schema import (
     ModelVersion,
     Node,
@@ -206,7 +206,7 @@ class RoundScheduler:
                 if len(chosen) < run.min_clients:
                     return False
                 run.participants = [n.id for n in chosen]
-                details["participants"] = {n.id: self._site_name(session, n) for n in chosen}
+                details["participants"] = {n.id: site_name(session, n) for n in chosen}
             run.state = RunState.RUNNING
             run.started_at = now
             auditlog.append(session, "run.started", run_id=run.id, details=details)
@@ -233,19 +233,12 @@ class RoundScheduler:
             online = [n for n in online if n.id in run.participants]
         if not run.custodian:
             return online
-        return [n for n in online if self._site_name(session, n) == run.custodian]
+        return [n for n in online if site_name(session, n) == run.custodian]
 
     @classmethod
     def _node_name(cls, session: Session, node_id: str) -> str:
         node = session.get(Node, node_id)
-        return (cls._site_name(session, node) if node is not None else "") or node_id
-
-    @staticmethod
-    def _site_name(session: Session, node: Node) -> str:
-        from coordinator.schema import Institution
-
-        institution = session.get(Institution, node.institution_id)
-        return institution.name if institution else ""
+        return (site_name(session, node) if node is not None else "") or node_id
 
     def _setup_task(
         self, session: Session, run: Run, kind: TaskKind, online: list[Node], now: float

@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from protos.serde import SchemeName
+
 if TYPE_CHECKING:
     from coordinator.runs import RunConfig
 
@@ -142,7 +144,7 @@ class Run(Base):
     fraction: Mapped[float] = mapped_column(Float, default=1.0)
     round_deadline: Mapped[float] = mapped_column(Float)
     strategy: Mapped[str] = mapped_column(String(32), default="fedavg")
-    secure: Mapped[str] = mapped_column(String(16), default="none")
+    secure: Mapped[str] = mapped_column(String(16), default=SchemeName.NONE.value)
     config: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     custodian: Mapped[str] = mapped_column(String(128), default="")
     public_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
@@ -189,7 +191,7 @@ class Run(Base):
         """The run's config, typed (coordinator/runs.py; checked when the run was created)."""
         from coordinator.runs import RunConfig
 
-        return RunConfig.parse(self.config, self.min_clients, self.secure == "paillier")
+        return RunConfig.parse(self.config, self.min_clients, self.secure == SchemeName.PAILLIER)
 
     def encoding(self) -> dict[str, float | int]:
         """The Paillier encoding of a secure run as a dict: ``settings().encoding``'s values."""
