@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import cast
@@ -67,6 +68,11 @@ class Encoding:
 
 
 DEFAULT_ENCODING = Encoding().as_dict()
+# How long a run waits for its sites' SHAP audits once training ends; after it the run
+# completes and names the sites whose are missing.
+AUDIT_DEADLINE_SECONDS = 600.0
+# How long a pending run waits for enough sites before it gives up with a reason.
+START_DEADLINE_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ class RunConfig:
     encoding: Encoding
     server_lr: float
     update_bits: int | None  # plaintext runs' update quantisation (protos.wire)
+    audit: bool  # ask each trained site for a SHAP audit of the final model
+    audit_deadline: float  # seconds the run waits for those audits
+    start_deadline: float  # seconds a pending run waits for enough sites
 
     @classmethod
     def parse(cls, config: Mapping[str, object], min_clients: int, secure: bool) -> RunConfig:
@@ -95,7 +104,19 @@ class RunConfig:
             encoding=Encoding.parse(config.get("encoding")) if secure else Encoding(),
             server_lr=float(cast("float | str", config.get("server_lr", 1.0))),
             update_bits=update_quantisation(config),
+            audit=bool(config.get("audit", True)),
+            audit_deadline=_seconds(config, "audit_deadline_seconds", AUDIT_DEADLINE_SECONDS),
+            start_deadline=_seconds(config, "start_deadline_seconds", START_DEADLINE_SECONDS),
         )
+
+
+def _seconds(config: Mapping[str, object], key: str, default: float) -> float:
+    """A positive, finite number of seconds; ``default`` for anything else (never refused)."""
+    try:
+        seconds = float(cast("float | str", config.get(key, default)))
+    except (TypeError, ValueError):
+        return default
+    return seconds if math.isfinite(seconds) and seconds > 0 else default
 
 
 # Fewest sites a secure run may aggregate: sites refuse smaller aggregates by default.
