@@ -28,7 +28,7 @@ def test_light_model_list_is_the_registry():
 def test_coordinator_validation_does_not_import_torch():
     code = (
         "import sys; import coordinator.server, coordinator.model_names; "
-        "from coordinator.admin import spec_from_request; "
+        "from coordinator.run_creation import spec_from_request; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
