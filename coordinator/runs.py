@@ -1,4 +1,9 @@
-"""Run specifications: what an operator may ask for, checked before anything is stored."""
+"""Run specifications: what an operator may ask for, checked before anything is stored.
+
+:class:`RunSpec` is the request; :class:`RunConfig` its JSON config, typed (quorum,
+Paillier :class:`Encoding`, server learning rate, quantisation, audit settings), parsed
+once when the run is created and read by the coordinator through ``Run.settings()``.
+"""
 
 from __future__ import annotations
 
