@@ -5,7 +5,6 @@ Shared by `cohort admin`, `cohort audit` and the dashboard; imports neither torc
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,7 +67,7 @@ def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
     )
     data["state"] = serde.run_state_name(run.state)
     data["secure"] = str(serde.scheme_from_proto(run.secure))
-    data["config"] = json.loads(run.config_json or "{}")
+    data["config"] = serde.config_from_json(run.config_json)
     data.pop("config_json", None)
     # Protobuf's JSON mapping writes 64-bit integers as strings; these are counts, numbers.
     for info in data.get("round_infos", []):

@@ -21,7 +21,13 @@ from cli.admin_link import (
 )
 from cli.common import console, err_console, fail, friendly_errors, parse_json_option
 from protos import admin_pb2, common_pb2
-from protos.serde import SchemeName, run_state_name, scheme_from_proto, scheme_to_proto
+from protos.serde import (
+    SchemeName,
+    config_from_json,
+    run_state_name,
+    scheme_from_proto,
+    scheme_to_proto,
+)
 
 runs_app = typer.Typer(help="Start, list, show, watch and stop runs.", no_args_is_help=True)
 
@@ -236,7 +242,7 @@ def print_custody(run: admin_pb2.RunInfo) -> None:
     """Threshold runs: t of N, the share holders and the custodian's erasure statement."""
     custody = run.threshold_custody
     if not custody.threshold:
-        threshold = json.loads(run.config_json or "{}").get("threshold")
+        threshold = config_from_json(run.config_json).get("threshold")
         custody_line = f"{threshold} of the run's sites (not yet dealt)" if threshold else ""
         if custody_line:
             console.print(f"custody: threshold, {custody_line}", highlight=False)
