@@ -5,7 +5,6 @@ Shared by `cohort admin`, `cohort audit` and the dashboard; imports neither torc
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from google.protobuf.json_format import MessageToDict
 
-from protos import admin_pb2, admin_pb2_grpc, common_pb2
+from protos import admin_pb2, admin_pb2_grpc, serde
 from protos.transport import open_channel
 
 CoordinatorOption = Annotated[
@@ -61,19 +60,14 @@ class Admin:
         return lambda request, **kw: method(request, metadata=self.metadata, **kw)
 
 
-def state_name(state: int) -> str:
-    """A run state as the CLI prints it: "running", "finished", …"""
-    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_").lower()
-
-
 def run_dict(run: admin_pb2.RunInfo) -> dict[str, Any]:
     """A run as plain JSON: named state and scheme, the config parsed, counts as numbers."""
     data = MessageToDict(
         run, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    data["state"] = state_name(run.state)
-    data["secure"] = "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
-    data["config"] = json.loads(run.config_json or "{}")
+    data["state"] = serde.run_state_name(run.state)
+    data["secure"] = str(serde.scheme_from_proto(run.secure))
+    data["config"] = serde.config_from_json(run.config_json)
     data.pop("config_json", None)
     # Protobuf's JSON mapping writes 64-bit integers as strings; these are counts, numbers.
     for info in data.get("round_infos", []):

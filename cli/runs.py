@@ -18,10 +18,16 @@ from cli.admin_link import (
     JsonOption,
     TokenFileOption,
     run_dict,
-    state_name,
 )
 from cli.common import console, err_console, fail, friendly_errors, parse_json_option
 from protos import admin_pb2, common_pb2
+from protos.serde import (
+    SchemeName,
+    config_from_json,
+    run_state_name,
+    scheme_from_proto,
+    scheme_to_proto,
+)
 
 runs_app = typer.Typer(help="Start, list, show, watch and stop runs.", no_args_is_help=True)
 
@@ -102,8 +108,7 @@ def start(
     as_json: JsonOption = False,
 ) -> None:
     """Create a run; it starts as soon as enough sites are online."""
-    schemes = {"none": common_pb2.SECURE_SCHEME_NONE, "paillier": common_pb2.SECURE_SCHEME_PAILLIER}
-    if secure not in schemes:
+    if secure not in tuple(SchemeName):
         fail(f"--secure must be paillier or none, not {secure!r}")
     if rounds < 1:
         fail(f"--rounds must be at least 1, not {rounds}")
@@ -128,7 +133,7 @@ def start(
             round_deadline_seconds=deadline,
             local_epochs=local_epochs,
             lr=lr,
-            secure=schemes[secure],
+            secure=scheme_to_proto(secure),
             custodian=custodian,
             strategy=strategy,
             config_json=json.dumps(extra),
@@ -154,7 +159,7 @@ def start(
         print(json.dumps(run_dict(run)))
         return
     console.print(
-        f"run [bold]{run.run_id}[/] created ({state_name(run.state)}); "
+        f"run [bold]{run.run_id}[/] created ({run_state_name(run.state)}); "
         f"watch it with `cohort admin runs watch {run.run_id}`"
     )
 
@@ -183,10 +188,10 @@ def list_runs(
         table.add_row(
             run.run_id,
             run.name,
-            state_name(run.state),
+            run_state_name(run.state),
             run.model,
             f"{run.current_round}/{run.rounds}",
-            "paillier" if run.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none",
+            scheme_from_proto(run.secure),
             run.strategy,
         )
     console.print(table)
@@ -194,11 +199,11 @@ def list_runs(
 
 def print_run(run: admin_pb2.RunInfo) -> None:
     console.print(
-        f"[bold]run {run.run_id}[/] {run.name} — {state_name(run.state)}, "
+        f"[bold]run {run.run_id}[/] {run.name} — {run_state_name(run.state)}, "
         f"round {run.current_round}/{run.rounds}, model {run.model}, "
         f"strategy {run.strategy}"
     )
-    if run.secure == common_pb2.SECURE_SCHEME_PAILLIER:
+    if scheme_from_proto(run.secure) is SchemeName.PAILLIER:
         console.print(
             f"secure aggregation: Paillier; key fingerprint "
             f"[cyan]{run.key_fingerprint or '(not yet generated)'}[/] "
@@ -209,7 +214,7 @@ def print_run(run: admin_pb2.RunInfo) -> None:
         console.print(f"[red]reason:[/] {run.failure_reason}")
     if run.waiting_for:
         console.print(f"[yellow]waiting for:[/] {escape(run.waiting_for)}", highlight=False)
-    secure = run.secure == common_pb2.SECURE_SCHEME_PAILLIER
+    secure = scheme_from_proto(run.secure) is SchemeName.PAILLIER
     table = Table()
     # Secure runs weigh updates by capped, encoded weights (e.g. 4095): show examples.
     for column in ("round", "state", "sites", "examples", "bytes", "metrics"):
@@ -237,7 +242,7 @@ def print_custody(run: admin_pb2.RunInfo) -> None:
     """Threshold runs: t of N, the share holders and the custodian's erasure statement."""
     custody = run.threshold_custody
     if not custody.threshold:
-        threshold = json.loads(run.config_json or "{}").get("threshold")
+        threshold = config_from_json(run.config_json).get("threshold")
         custody_line = f"{threshold} of the run's sites (not yet dealt)" if threshold else ""
         if custody_line:
             console.print(f"custody: threshold, {custody_line}", highlight=False)
@@ -377,4 +382,4 @@ def stop(
     if as_json:
         print(json.dumps(run_dict(run)))
         return
-    console.print(f"run {run.run_id} {state_name(run.state)}")
+    console.print(f"run {run.run_id} {run_state_name(run.state)}")

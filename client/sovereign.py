@@ -15,7 +15,8 @@ from client.policy import TaskRefused, check_model
 from client.site import Site
 from client.verify import Entry, Signer, check_manifest, verify_aggregate, verify_proofs
 from crypto import identity
-from protos import common_pb2, federation_pb2, wire
+from protos import federation_pb2, serde, wire
+from protos.serde import SchemeName
 
 _BUILDS = (
     federation_pb2.TASK_KIND_INIT,
@@ -24,9 +25,12 @@ _BUILDS = (
 )
 
 
-def scheme_of(task: federation_pb2.Task) -> str:
-    """The scheme a task names, as the site pins it ("paillier" or "none")."""
-    return "paillier" if task.secure == common_pb2.SECURE_SCHEME_PAILLIER else "none"
+def scheme_of(task: federation_pb2.Task) -> SchemeName:
+    """The scheme a task names, as the site pins it; an unknown one is refused."""
+    try:
+        return serde.scheme_from_proto(task.secure)
+    except ValueError as exc:
+        raise TaskRefused("policy", f"the task names {exc}") from exc
 
 
 def _fingerprint(public: bytes) -> str:
@@ -50,7 +54,7 @@ def observed(task: federation_pb2.Task, config: dict[str, Any]) -> Observed:
         schema=_schema_fingerprint(config.get("schema")),
         # In secure runs model_sha256 is the run's initial model on every task; in
         # plaintext runs it is the latest global model and changes each round.
-        initial_model=task.model_sha256 if scheme_of(task) == "paillier" else "",
+        initial_model=task.model_sha256 if scheme_of(task) is SchemeName.PAILLIER else "",
     )
 
 
@@ -81,13 +85,13 @@ def admit(agent: Site, task: federation_pb2.Task) -> RunPin:
         raise TaskRefused("policy", f"the task's config is not JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise TaskRefused("policy", "the task's config is not a JSON object")
-    if policy.require_secure and scheme_of(task) != "paillier":
+    if policy.require_secure and scheme_of(task) is not SchemeName.PAILLIER:
         raise TaskRefused(
             "policy", "this site sends updates only under encryption (--require-secure)"
         )
     if (
         policy.min_threshold
-        and scheme_of(task) == "paillier"
+        and scheme_of(task) is SchemeName.PAILLIER
         and task.threshold < policy.min_threshold
     ):
         mode = f"{task.threshold}-of-n" if task.threshold else "single-key"

@@ -19,7 +19,8 @@ GENESIS = "0" * 64
 # write megabytes into the log through an id or a reason (issue 11, item 6).
 MAX_FIELD_CHARS = 512
 # Large enough for the coordinator's own rows (a round naming a thousand sites), small
-# enough that a page of rows stays under gRPC's 4 MiB (admin.audit_log pages by bytes too).
+# enough that a page of rows stays under gRPC's 4 MiB (coordinator/exports.py also pages
+# by bytes).
 MAX_DETAILS_CHARS = 256 << 10
 MAX_LIST_ITEMS = 10_000
 MAX_KEYS = 1_000

@@ -44,7 +44,7 @@ from coordinator.schema import (
 from coordinator.schemes import check_tensors, scheme_of
 from coordinator.sites import SiteRegistry
 from coordinator.statements import SiteStatements
-from protos import federation_pb2, wire
+from protos import federation_pb2, serde, wire
 
 SITE_NAME = wire.SITE_NAME
 
@@ -186,7 +186,7 @@ class FederationService:
         weight = scheme_of(run).validate(session, run, task, header, payload)
         signature = manifests.check_update_signature(session, node_id, run, header, weight)
         sha = self.hub.blobs.put(payload)
-        metrics = {k: wire.scalar_from_proto(v) for k, v in header.metrics.items()}
+        metrics = {k: serde.scalar_from_proto(v) for k, v in header.metrics.items()}
         update = Update(
             run_id=run.id,
             round=task.round,
@@ -199,7 +199,7 @@ class FederationService:
             weight=weight,
             metrics=metrics,
             signature=signature,
-            plaintext_proof=bytes(header.plaintext_proof) if run.secure == "paillier" else b"",
+            plaintext_proof=bytes(header.plaintext_proof) if scheme_of(run).encrypted else b"",
         )
         session.add(update)
         try:

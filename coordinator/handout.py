@@ -20,8 +20,7 @@ from coordinator.errors import (
     Unauthenticated,
 )
 from coordinator.hub import Hub
-from coordinator.manifests import site_name
-from coordinator.queries import LIVE
+from coordinator.queries import LIVE, site_name
 from coordinator.schema import (
     ModelVersion,
     Node,
@@ -32,9 +31,9 @@ from coordinator.schema import (
     TaskKind,
     TaskState,
 )
-from coordinator.schemes import weight_cap
+from coordinator.schemes import scheme_of, weight_cap
 from crypto import identity as crypto_identity
-from protos import common_pb2, federation_pb2
+from protos import common_pb2, federation_pb2, serde
 
 _KIND_TO_PROTO = {
     TaskKind.INIT: federation_pb2.TASK_KIND_INIT,
@@ -126,11 +125,7 @@ class TaskHandout:
             run_id=run.id,
             round=task.round,
             deadline_unix=task.deadline,
-            secure=(
-                common_pb2.SECURE_SCHEME_PAILLIER
-                if run.secure == "paillier"
-                else common_pb2.SECURE_SCHEME_NONE
-            ),
+            secure=serde.scheme_to_proto(run.secure),
         )
         self._secure_fields(session, run, task.node_id, message)
         plan = privacy.plan_to_proto(run.config)
@@ -140,7 +135,7 @@ class TaskHandout:
             # The custodian deals the key, so the task names it, even before a statement.
             node = session.get(Node, task.node_id)
             message.custodian = run.custodian or (site_name(session, node) if node else "")
-        if task.kind == TaskKind.TRAIN:
+        if task.kind == TaskKind.TRAIN and scheme_of(run).encrypted:
             selected = len(
                 session.scalars(
                     select(Task.id).where(
@@ -148,7 +143,7 @@ class TaskHandout:
                     )
                 ).all()
             )
-            config["weight_cap"] = weight_cap(run, selected)
+            message.encoding.weight_cap = weight_cap(run, selected)
         if task.kind == TaskKind.TRAIN:
             self._attach_model(session, run, task.round, message)
         elif task.kind == TaskKind.AUDIT:
@@ -162,15 +157,15 @@ class TaskHandout:
         session: Session, run: Run, node_id: str, message: federation_pb2.Task
     ) -> None:
         """Encoding, public key and this node's sealed private key, for secure runs."""
-        if run.secure != "paillier":
+        if not scheme_of(run).encrypted:
             return
-        enc = run.encoding()
+        enc = run.settings().encoding
         message.encoding.CopyFrom(
             common_pb2.EncodingParams(
-                clip=float(enc["clip"]),
-                bits=int(enc["bits"]),
-                max_weight=int(enc["max_weight"]),
-                key_bits=int(enc["key_bits"]),
+                clip=enc.clip,
+                bits=enc.bits,
+                max_weight=enc.max_weight,
+                key_bits=enc.key_bits,
                 key_id=run.key_id,
                 public_key=run.public_key,
                 key_fingerprint=run.key_fingerprint,
@@ -217,11 +212,7 @@ class TaskHandout:
                     | ({"schema": json.loads(run.data_schema)} if run.data_schema else {}),
                     default=str,
                 ),
-                secure=(
-                    common_pb2.SECURE_SCHEME_PAILLIER
-                    if run.secure == "paillier"
-                    else common_pb2.SECURE_SCHEME_NONE
-                ),
+                secure=serde.scheme_to_proto(run.secure),
             )
             self._secure_fields(session, run, node_id, message)
             manifests.add_participants(session, run, message)
@@ -251,7 +242,7 @@ class TaskHandout:
                 .order_by(ModelVersion.round)
             )
         )
-        if run.secure != "paillier":
+        if not scheme_of(run).encrypted:
             message.model_sha256 = (
                 versions[-1].blob_sha256 if versions else (run.initial_model_sha256)
             )
@@ -286,7 +277,7 @@ class TaskHandout:
                     .limit(1)
                 )
                 # A secure run's sites recompute each aggregate from the signed updates.
-                or (run.secure == "paillier" and manifests.is_update_blob(session, run_id, sha256))
+                or (scheme_of(run).encrypted and manifests.is_update_blob(session, run_id, sha256))
             )
             if not known:
                 raise NotFound(f"run {run_id} has no model {sha256!r}")

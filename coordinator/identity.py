@@ -16,15 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator.errors import InvalidArgument, PermissionDenied
-from coordinator.schema import Institution, Node, Run
+from coordinator.queries import site_name as site_name  # coordinator/threshold.py
+from coordinator.schema import Node, Run
 from crypto import identity
 from protos import federation_pb2
-
-
-def site_name(session: Session, node: Node) -> str:
-    """The institution name of ``node`` ("" when it has none)."""
-    institution = session.get(Institution, node.institution_id)
-    return institution.name if institution else ""
+from protos.serde import SchemeName
 
 
 def check_join_identity(
@@ -154,7 +150,7 @@ def check_key_statement(
     name = site_name(session, custodian)
     expected = {
         "run_id": run.id,
-        "scheme": "paillier",
+        "scheme": SchemeName.PAILLIER.value,
         "key_fingerprint": key_fingerprint,
         "custodian": name,
         "custodian_fingerprint": identity.fingerprint(bytes(custodian.ed25519_public_key)),

@@ -15,15 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator.errors import InvalidArgument
-from coordinator.schema import Institution, Node, Run, SealedKey, Update
+from coordinator.queries import site_name
+from coordinator.schema import Node, Run, SealedKey, Update
+from coordinator.schemes import scheme_of
 from crypto import identity
 from protos import federation_pb2
-
-
-def site_name(session: Session, node: Node) -> str:
-    """The institution name of ``node`` ("" when it has none)."""
-    institution = session.get(Institution, node.institution_id)
-    return institution.name if institution is not None else ""
 
 
 def check_update_signature(
@@ -45,7 +41,7 @@ def check_update_signature(
     public = bytes(node.ed25519_public_key or b"")
     signature = bytes(header.signature)
     if not public:
-        if run.secure == "paillier":
+        if scheme_of(run).encrypted:
             raise InvalidArgument(
                 "secure runs take signed updates only, from sites with a registered identity: "
                 "this node joined without an Ed25519 identity"
@@ -124,7 +120,7 @@ def add_participants(session: Session, run: Run, message: federation_pb2.Task) -
     The run's key holders: the nodes its key was sealed to, fixed at KEYGEN, or
     ``run.participants`` when set. Each with the identity it registered.
     """
-    if run.secure != "paillier" or len(message.participants):
+    if not scheme_of(run).encrypted or len(message.participants):
         return
     node_ids = list(run.participants or [])
     if not node_ids:

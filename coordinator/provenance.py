@@ -23,8 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog
+from coordinator.queries import site_name
 from coordinator.refusals import clean_reason
-from coordinator.schema import Institution, Node, Run, RunSite, SiteRefusal
+from coordinator.schema import Node, Run, RunSite, SiteRefusal
 from protos import data_schema
 
 # Refusals after which a site will refuse every other task of the run too.
@@ -46,12 +47,6 @@ def operator_schema(config: Mapping[str, object]) -> str:
         return data_schema.from_dict(value).canonical()
     except ValueError as exc:
         raise ValueError(f"config 'schema': {exc}") from exc
-
-
-def site_name(session: Session, node: Node) -> str:
-    """The institution name of ``node`` (its node id when it has none)."""
-    institution = session.get(Institution, node.institution_id)
-    return institution.name if institution else node.id
 
 
 def reported_schema(node: Node) -> data_schema.DataSchema | None:

@@ -16,8 +16,7 @@ from sqlalchemy.orm import Session
 
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument
-from coordinator.manifests import site_name
-from coordinator.queries import LIVE, cancel_open_tasks
+from coordinator.queries import LIVE, cancel_open_tasks, site_name
 from coordinator.schema import Node, Run, RunState, SiteRefusal, Task, TaskKind, TaskState
 from protos import admin_pb2, federation_pb2
 

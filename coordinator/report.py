@@ -26,7 +26,9 @@ from coordinator.schema import (
     SiteAudit,
     Update,
 )
+from coordinator.schemes import scheme_of
 from coordinator.threshold import report_custody
+from protos.serde import SchemeName
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,12 @@ if TYPE_CHECKING:
     from explain.summary import AttributionSummary
 
 VISIBILITY = {
-    "paillier": (
+    SchemeName.PAILLIER: (
         "Paillier ciphertexts of each site's quantised update, the example counts and "
         "metrics each site chose to report, and the encrypted sum; never a plaintext "
         "update, the private key or a data row."
     ),
-    "none": (
+    SchemeName.NONE: (
         "Each site's plaintext model update (weights delta), example counts and metrics; "
         "never a data row."
     ),
@@ -189,7 +191,9 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
         summaries, rejected = _authenticated_summaries(session, run_id)
         verdict = _log_verdict(session, run)
         closed = [r for r in rounds if r.state == RoundState.CLOSED]
-        encoding = run.config.get("encoding") if run.secure == "paillier" else None
+        scheme = scheme_of(run)
+        # As stored at creation, like "config" below: the report pins what the run held.
+        encoding = run.config.get("encoding") if scheme.encrypted else None
         facts = build_facts(
             run={
                 "id": run.id,
@@ -208,10 +212,10 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
             sites=sites,
             privacy={
                 "secure_aggregation": run.secure,
-                "key_bits": int(run.encoding()["key_bits"]) if run.secure == "paillier" else None,
+                "key_bits": run.settings().encoding.key_bits if scheme.encrypted else None,
                 "key_custodian": run.custodian or None,
                 "key_fingerprints": [run.key_fingerprint] if run.key_fingerprint else [],
-                "coordinator_visibility": VISIBILITY[run.secure],
+                "coordinator_visibility": VISIBILITY[scheme.name],
                 "update_quantisation": encoding if isinstance(encoding, dict) else "float32",
                 "differential_privacy": privacy_facts(session, run),
                 "key_custody": report_custody(session, run),

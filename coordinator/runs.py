@@ -1,16 +1,25 @@
-"""Run specifications: what an operator may ask for, checked before anything is stored."""
+"""Run specifications: what an operator may ask for, checked before anything is stored.
+
+:class:`RunSpec` is the request; :class:`RunConfig` its JSON config, typed (quorum,
+Paillier :class:`Encoding`, server learning rate, quantisation, audit settings), parsed
+once when the run is created and read by the coordinator through ``Run.settings()``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import cast
 
 from coordinator.aggregation import STRATEGIES, check_strategy
+from protos.serde import SchemeName
 
-SECURE_SCHEMES = ("none", "paillier")
+SECURE_SCHEMES = tuple(SchemeName)
 KEY_SIZES = (1024, 2048, 3072)
+
 
 # BatchCrypt-style encoding defaults (Jiang et al., USENIX ATC 2020): per-tensor clipping
 # (clip 0 means per tensor; crypto/codec.py) with 8-bit values. One clip for every tensor
@@ -21,12 +30,98 @@ KEY_SIZES = (1024, 2048, 3072)
 # the previous round's decrypted mean update, so no bound travels. 8 bits plus 12 bits
 # of weight headroom (up to 2^12 total weight) pack 102 slots of 20 bits: ~1.25x fp32 on
 # the wire. An explicit positive clip (e.g. {"clip": 16, "bits": 20}) still clips every value there.
-DEFAULT_ENCODING: dict[str, float | int] = {
-    "clip": 0.0,
-    "bits": 8,
-    "max_weight": 4096,
-    "key_bits": 2048,
-}
+@dataclass(frozen=True)
+class Encoding:
+    """A secure run's Paillier encoding (crypto.SlotCodec's parameters and the key size)."""
+
+    clip: float = 0.0
+    bits: int = 8
+    max_weight: int = 4096
+    key_bits: int = 2048
+
+    @classmethod
+    def parse(cls, given: object) -> Encoding:
+        """The defaults overridden by ``given``'s known keys; keys it does not know are dropped.
+
+        Raises ValueError (or TypeError) naming the first value that is out of range.
+        """
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in given.items() if k in known} if isinstance(given, dict) else {}
+        clip = values.get("clip", cls.clip)
+        if isinstance(clip, bool) or not isinstance(clip, int | float):
+            raise ValueError(f"encoding clip must be a number, not {clip!r}")
+        encoding = cls(
+            clip=float(clip),
+            bits=int(values.get("bits", cls.bits)),
+            max_weight=int(values.get("max_weight", cls.max_weight)),
+            key_bits=int(values.get("key_bits", cls.key_bits)),
+        )
+        if encoding.key_bits not in KEY_SIZES:
+            raise ValueError(f"key_bits must be one of {KEY_SIZES}, not {encoding.key_bits}")
+        if not 2 <= encoding.bits <= 32:
+            raise ValueError(f"encoding bits must be 2 to 32, not {encoding.bits}")
+        if not 0 <= encoding.clip < float("inf"):
+            raise ValueError(
+                "encoding clip must be 0 (per-tensor bounds, the default) or a positive "
+                f"finite number, not {clip}"
+            )
+        return encoding
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The encoding as the run's stored config holds it."""
+        return asdict(self)
+
+
+DEFAULT_ENCODING = Encoding().as_dict()
+# How long a run waits for its sites' SHAP audits once training ends; after it the run
+# completes and names the sites whose are missing.
+AUDIT_DEADLINE_SECONDS = 600.0
+# How long a pending run waits for enough sites before it gives up with a reason.
+START_DEADLINE_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's settings from its JSON config, typed: parsed when the run is created.
+
+    The coordinator reads a stored run's through ``Run.settings()``; sites receive them in
+    the task (the encoding in ``EncodingParams``, the rest in ``config_json``).
+    """
+
+    quorum: int
+    encoding: Encoding
+    server_lr: float
+    update_bits: int | None  # plaintext runs' update quantisation (protos.wire)
+    audit: bool  # ask each trained site for a SHAP audit of the final model
+    audit_deadline: float  # seconds the run waits for those audits
+    start_deadline: float  # seconds a pending run waits for enough sites
+
+    @classmethod
+    def parse(cls, config: Mapping[str, object], min_clients: int, secure: bool) -> RunConfig:
+        """Read ``config``; ValueError or TypeError naming the first bad value.
+
+        Plaintext runs have no encoding: theirs is the default, whatever the config says.
+        """
+        from protos.wire import update_quantisation
+
+        return cls(
+            quorum=int(cast("int | float | str", config.get("quorum", min_clients))),
+            encoding=Encoding.parse(config.get("encoding")) if secure else Encoding(),
+            server_lr=float(cast("float | str", config.get("server_lr", 1.0))),
+            update_bits=update_quantisation(config),
+            audit=bool(config.get("audit", True)),
+            audit_deadline=_seconds(config, "audit_deadline_seconds", AUDIT_DEADLINE_SECONDS),
+            start_deadline=_seconds(config, "start_deadline_seconds", START_DEADLINE_SECONDS),
+        )
+
+
+def _seconds(config: Mapping[str, object], key: str, default: float) -> float:
+    """A positive, finite number of seconds; ``default`` for anything else (never refused)."""
+    try:
+        seconds = float(cast("float | str", config.get(key, default)))
+    except (TypeError, ValueError):
+        return default
+    return seconds if math.isfinite(seconds) and seconds > 0 else default
 
 
 # Fewest sites a secure run may aggregate: sites refuse smaller aggregates by default.
@@ -42,7 +137,7 @@ def check_threshold(threshold: int, secure: str, min_clients: int, sites: object
     """
     if not threshold:
         return
-    if secure != "paillier":
+    if secure != SchemeName.PAILLIER:
         raise ValueError("threshold is for secure runs (--secure paillier) only")
     if threshold < 2:
         raise ValueError(
@@ -73,7 +168,7 @@ class RunSpec:
     round_deadline: float = 300.0
     local_epochs: int = 1
     lr: float = 0.01
-    secure: str = "none"
+    secure: str = SchemeName.NONE
     custodian: str = ""
     strategy: str = "fedavg"
     name: str = ""
@@ -115,58 +210,33 @@ class RunSpec:
             )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        check_strategy(self.strategy, self.secure != "none")
-        from protos.wire import update_quantisation
-
-        if update_quantisation(self.config) and self.secure != "none":
+        check_strategy(self.strategy, self.secure != SchemeName.NONE)
+        settings = self.settings()
+        if settings.update_bits and self.secure != SchemeName.NONE:
             raise ValueError(
                 "update_quantisation is for plaintext runs; secure runs quantise "
                 "inside the Paillier codec"
             )
-        quorum = self.quorum
+        quorum = settings.quorum
         if not 1 <= quorum <= max(self.min_clients, 1):
             raise ValueError(f"quorum must be between 1 and min_clients, not {quorum}")
         too_few = self.min_clients < SECURE_MIN_SITES or quorum < SECURE_MIN_SITES
-        if self.secure != "none" and too_few and not self.allow_two_site_secure:
+        if self.secure != SchemeName.NONE and too_few and not self.allow_two_site_secure:
             raise ValueError(
                 f"a secure run needs min_clients and quorum of at least {SECURE_MIN_SITES} "
                 f"(got {self.min_clients} and {quorum}): with fewer, an aggregate reveals "
                 "a site's update to the others; sites refuse to decrypt it anyway. Pass "
                 "allow_two_site_secure only for tests and demos that accept this"
             )
-        if self.secure == "paillier":
-            enc = self.encoding
-            if int(enc["key_bits"]) not in KEY_SIZES:
-                raise ValueError(f"key_bits must be one of {KEY_SIZES}, not {enc['key_bits']}")
-            if not 2 <= int(enc["bits"]) <= 32:
-                raise ValueError(f"encoding bits must be 2 to 32, not {enc['bits']}")
-            clip = enc["clip"]
-            if isinstance(clip, bool) or not isinstance(clip, int | float):
-                raise ValueError(f"encoding clip must be a number, not {clip!r}")
-            if not 0 <= float(clip) < float("inf"):
-                raise ValueError(
-                    "encoding clip must be 0 (per-tensor bounds, the default) or a positive "
-                    f"finite number, not {clip}"
-                )
-            if int(enc["max_weight"]) < self.min_clients:
-                raise ValueError("max_weight must allow at least one unit of weight per site")
+        if self.secure == SchemeName.PAILLIER and settings.encoding.max_weight < self.min_clients:
+            raise ValueError("max_weight must allow at least one unit of weight per site")
         if "threshold" in self.config:
             raise ValueError("threshold is set by CreateRunRequest.threshold, not in config_json")
         check_threshold(self.threshold, self.secure, self.min_clients, self.config.get("sites"))
 
-    @property
-    def quorum(self) -> int:
-        """Updates needed to close a round at its deadline (default: every required site)."""
-        return int(cast("int | float | str", self.config.get("quorum", self.min_clients)))
-
-    @property
-    def encoding(self) -> dict[str, float | int]:
-        """The Paillier encoding with defaults filled in; keys it does not know are dropped."""
-        given = self.config.get("encoding", {})
-        merged = dict(DEFAULT_ENCODING)
-        if isinstance(given, dict):
-            merged.update({k: v for k, v in given.items() if k in DEFAULT_ENCODING})
-        return merged
+    def settings(self) -> RunConfig:
+        """The run's config, typed (ValueError or TypeError when a value is out of range)."""
+        return RunConfig.parse(self.config, self.min_clients, self.secure == SchemeName.PAILLIER)
 
     def trainer_config(self) -> dict[str, object]:
         """The JSON a site's trainer receives with each task."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +20,11 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from protos.serde import SchemeName
+
+if TYPE_CHECKING:
+    from coordinator.runs import RunConfig
 
 
 def now() -> float:
@@ -138,7 +144,7 @@ class Run(Base):
     fraction: Mapped[float] = mapped_column(Float, default=1.0)
     round_deadline: Mapped[float] = mapped_column(Float)
     strategy: Mapped[str] = mapped_column(String(32), default="fedavg")
-    secure: Mapped[str] = mapped_column(String(16), default="none")
+    secure: Mapped[str] = mapped_column(String(16), default=SchemeName.NONE.value)
     config: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     custodian: Mapped[str] = mapped_column(String(128), default="")
     public_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
@@ -181,12 +187,15 @@ class Run(Base):
             total += size
         return total
 
-    def encoding(self) -> dict[str, float | int]:
-        """The Paillier encoding of a secure run, with defaults filled in."""
-        from coordinator.runs import DEFAULT_ENCODING
+    def settings(self) -> RunConfig:
+        """The run's config, typed (coordinator/runs.py; checked when the run was created)."""
+        from coordinator.runs import RunConfig
 
-        given = self.config.get("encoding", {})
-        return {**DEFAULT_ENCODING, **(given if isinstance(given, dict) else {})}
+        return RunConfig.parse(self.config, self.min_clients, self.secure == SchemeName.PAILLIER)
+
+    def encoding(self) -> dict[str, float | int]:
+        """The Paillier encoding of a secure run as a dict: ``settings().encoding``'s values."""
+        return self.settings().encoding.as_dict()
 
 
 class Round(Base):

@@ -28,6 +28,7 @@ from coordinator.errors import FailedPrecondition, InvalidArgument
 from coordinator.hub import Hub
 from coordinator.schema import ModelKind, ModelVersion, Run, Task, TaskKind, Update
 from protos import federation_pb2, wire
+from protos.serde import SchemeName
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ class Aggregate:
 class Scheme(Protocol):
     """The coordinator's faces of one update scheme."""
 
-    name: str
+    name: SchemeName
+    # True when the coordinator cannot read the updates (nor the aggregate): keys, sealed
+    # private keys, signed contributions and proofs travel with the run's tasks.
+    encrypted: bool
 
     def encoding(self, run: Run) -> str:
         """The ``UpdateHeader.encoding`` this run's TRAIN updates must carry."""
@@ -74,11 +78,12 @@ class Scheme(Protocol):
 class PlaintextScheme:
     """Float32 (or 8-bit) tensors; a Flower strategy aggregates them in the clear."""
 
-    name = "none"
+    name = SchemeName.NONE
+    encrypted = False
 
     def encoding(self, run: Run) -> str:
         """8-bit tensors when the run asks for update quantisation, float32 otherwise."""
-        return wire.TENSORS_Q8 if wire.update_quantisation(run.config) else wire.TENSORS_FLOAT32
+        return wire.TENSORS_Q8 if run.settings().update_bits else wire.TENSORS_FLOAT32
 
     def check_declared_size(self, run: Run, header: federation_pb2.UpdateHeader) -> None:
         """At most the model's tensors at 8 bytes a value: a stream never buffers more."""
@@ -111,11 +116,11 @@ class PlaintextScheme:
         )
         base_sha = previous.blob_sha256 if previous else run.initial_model_sha256
         weights = wire.decode_tensors(hub.blobs.get(base_sha))
-        bits = wire.update_quantisation(run.config)
+        settings = run.settings()
+        bits = settings.update_bits
         results = [(_deltas(hub, update, bits), int(update.num_examples)) for update in updates]
         deltas = aggregate_deltas(run.strategy, results)
-        server_lr = float(run.config.get("server_lr", 1.0))  # type: ignore[arg-type]
-        payload = wire.encode_tensors(apply_deltas(weights, deltas, server_lr))
+        payload = wire.encode_tensors(apply_deltas(weights, deltas, settings.server_lr))
         return Aggregate(
             hub.blobs.put(payload),
             len(payload),
@@ -127,7 +132,8 @@ class PlaintextScheme:
 class PaillierScheme:
     """Packed Paillier ciphertexts (BatchCrypt slots); the coordinator only multiplies them."""
 
-    name = "paillier"
+    name = SchemeName.PAILLIER
+    encrypted = True
 
     def encoding(self, run: Run) -> str:
         """Packed ciphertexts of the run's key."""
@@ -164,7 +170,7 @@ class PaillierScheme:
             raise FailedPrecondition(
                 f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
             )
-        enc = run.encoding()
+        max_weight = run.settings().encoding.max_weight
         selected = len(
             session.scalars(
                 select(Task.id).where(
@@ -181,9 +187,9 @@ class PaillierScheme:
                 select(Update.weight).where(Update.run_id == run.id, Update.round == task.round)
             ).all()
         )
-        if accepted + weight > int(enc["max_weight"]):
+        if accepted + weight > max_weight:
             raise InvalidArgument(
-                f"total weight {accepted + weight} would pass the slot bound {enc['max_weight']}"
+                f"total weight {accepted + weight} would pass the slot bound {max_weight}"
             )
         public_key = crypto.public_key_from_bytes(run.public_key)
         width = crypto.ciphertext_width(public_key)
@@ -221,13 +227,17 @@ SCHEMES: dict[str, Scheme] = {PLAINTEXT.name: PLAINTEXT, PAILLIER.name: PAILLIER
 
 
 def scheme_of(run: Run) -> Scheme:
-    """The scheme a run's updates travel in (its ``secure`` column, checked at creation)."""
+    """The scheme a run's updates travel in (its ``secure`` column, checked at creation).
+
+    Every module that treats secure and plaintext runs differently asks this object
+    (``scheme_of(run).encrypted``); none compares scheme names.
+    """
     return SCHEMES[run.secure]
 
 
 def weight_cap(run: Run, selected: int) -> int:
     """Largest weight one site may use so that the round's Σw can never pass max_weight."""
-    max_weight = int(run.encoding()["max_weight"])
+    max_weight = run.settings().encoding.max_weight
     return max(1, max_weight // max(selected, run.min_clients, 1))
 
 
@@ -292,12 +302,9 @@ def plaintext_payload_bound(run: Run) -> int:
 
 
 def _codec(run: Run, key_bits: int) -> crypto.SlotCodec:
-    enc = run.encoding()
+    enc = run.settings().encoding
     return crypto.SlotCodec(
-        clip=float(enc["clip"]),
-        bits=int(enc["bits"]),
-        max_weight=int(enc["max_weight"]),
-        key_bits=key_bits,
+        clip=enc.clip, bits=enc.bits, max_weight=enc.max_weight, key_bits=key_bits
     )
 
 

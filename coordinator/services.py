@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import grpc
 
 from coordinator.access import AccessControl
-from coordinator.admin import AdminService, spec_from_request
+from coordinator.admin import AdminService
 from coordinator.errors import maps_domain_errors
 from coordinator.federation import FederationService
+from coordinator.run_creation import spec_from_request
 from protos import admin_pb2, admin_pb2_grpc, common_pb2, federation_pb2, federation_pb2_grpc, wire
 
 
@@ -137,7 +138,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RunInfo:
         actor = self._actor(context, "CreateRun")
-        return self.domain.create_run(spec_from_request(request, actor))
+        return self.domain.creation.create(spec_from_request(request, actor))
 
     @maps_domain_errors
     def ListRuns(
@@ -172,7 +173,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.Chunk]:
         actor = self._actor(context, "DownloadModel")
-        payload = self.domain.model_payload(request.run_id, request.round, actor)
+        payload = self.domain.exports.model_payload(request.run_id, request.round, actor)
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors
@@ -196,7 +197,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.GetAuditLogRequest, context: grpc.ServicerContext
     ) -> admin_pb2.AuditLog:
         self._actor(context, "GetAuditLog")
-        return self.domain.audit_log(request.after_seq, request.limit)
+        return self.domain.exports.audit_log(request.after_seq, request.limit)
 
     @maps_domain_errors
     def RevokeSite(
@@ -219,7 +220,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ExportReportRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.Chunk]:
         actor = self._actor(context, "ExportReport")
-        payload = self.domain.export_report(request.run_id, request.format, actor)
+        payload = self.domain.exports.export_report(request.run_id, request.format, actor)
         yield from wire.chunk_stream(payload)
 
     @maps_domain_errors

@@ -17,7 +17,7 @@ from coordinator.errors import (
     Unauthenticated,
 )
 from coordinator.hub import Hub
-from coordinator.manifests import site_name
+from coordinator.queries import site_name
 from coordinator.schema import (
     Institution,
     Node,

@@ -12,7 +12,7 @@ from coordinator.errors import (
     ResourceExhausted,
 )
 from coordinator.hub import Hub
-from coordinator.manifests import site_name
+from coordinator.queries import site_name
 from coordinator.schema import (
     Node,
     SiteAudit,

@@ -17,6 +17,7 @@ from coordinator.schema import (
     TaskState,
     Update,
 )
+from coordinator.schemes import scheme_of
 
 _LIVE = (TaskState.PENDING, TaskState.DELIVERED)
 
@@ -49,7 +50,7 @@ def waiting_for(session: Session, run: Run, now: float, offline_after: float) ->
     online = list(session.scalars(select(Node.id).where(Node.last_seen >= now - offline_after)))
     if run.state == RunState.PENDING:
         return f"sites: {len(online)} of {run.min_clients} online"
-    if run.secure == "paillier" and not run.public_key:
+    if scheme_of(run).encrypted and not run.public_key:
         return _setup_line(session, run, TaskKind.KEYGEN, "run key", len(online), now)
     if not run.initial_model_sha256:
         return _setup_line(session, run, TaskKind.INIT, "initial model", len(online), now)

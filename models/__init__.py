@@ -1,4 +1,13 @@
-"""Cohort model stack: registry, local training, exchanged parameters, LoRA and INT8."""
+"""Cohort's model stack: registry, local training, exchanged parameters, LoRA and INT8.
+
+One module per job: the architectures (``tabular``, ``image``, ``audio``, ``text``,
+``multimodal`` with ``attention`` and ``fusion``), ``registry`` (a model by name),
+``datasets``, ``training`` and ``distributed``, ``params`` (what a site exchanges),
+``lora``, ``quantize``, ``export``, ``profiling`` and ``serving``.
+
+It imports nothing of Cohort's (tests/test_layering.py); the sites, the CLI and
+``explain`` build on it, and the coordinator only names its models (coordinator/model_names.py).
+"""
 
 from models.clinic import make_clinic_multimodal
 from models.datasets import (

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/common.proto\x12\tcohort.v1\"I\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"l\n\x06Scalar\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"\x8f\x01\n\x0e\x45ncodingParams\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x0c\n\x04\x62its\x18\x02 \x01(\r\x12\x12\n\nmax_weight\x18\x03 \x01(\x04\x12\x10\n\x08key_bits\x18\x04 \x01(\r\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x12\n\npublic_key\x18\x06 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x07 \x01(\t\"$\n\x07LogHead\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\x80\x01\n\x0bPrivacyPlan\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x05 \x01(\x01\x12\x12\n\naccountant\x18\x06 \x01(\t*\x99\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x15\n\x11RUN_STATE_STOPPED\x10\x05*a\n\x0cSecureScheme\x12\x1d\n\x19SECURE_SCHEME_UNSPECIFIED\x10\x00\x12\x16\n\x12SECURE_SCHEME_NONE\x10\x01\x12\x1a\n\x16SECURE_SCHEME_PAILLIER\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/common.proto\x12\tcohort.v1\"I\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"l\n\x06Scalar\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"\xa3\x01\n\x0e\x45ncodingParams\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x0c\n\x04\x62its\x18\x02 \x01(\r\x12\x12\n\nmax_weight\x18\x03 \x01(\x04\x12\x10\n\x08key_bits\x18\x04 \x01(\r\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x12\n\npublic_key\x18\x06 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x07 \x01(\t\x12\x12\n\nweight_cap\x18\x08 \x01(\x04\"$\n\x07LogHead\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\x80\x01\n\x0bPrivacyPlan\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x05 \x01(\x01\x12\x12\n\naccountant\x18\x06 \x01(\t*\x99\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x15\n\x11RUN_STATE_STOPPED\x10\x05*a\n\x0cSecureScheme\x12\x1d\n\x19SECURE_SCHEME_UNSPECIFIED\x10\x00\x12\x16\n\x12SECURE_SCHEME_NONE\x10\x01\x12\x1a\n\x16SECURE_SCHEME_PAILLIER\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=535
-  _globals['_RUNSTATE']._serialized_end=688
-  _globals['_SECURESCHEME']._serialized_start=690
-  _globals['_SECURESCHEME']._serialized_end=787
+  _globals['_RUNSTATE']._serialized_start=555
+  _globals['_RUNSTATE']._serialized_end=708
+  _globals['_SECURESCHEME']._serialized_start=710
+  _globals['_SECURESCHEME']._serialized_end=807
   _globals['_CHUNK']._serialized_start=34
   _globals['_CHUNK']._serialized_end=107
   _globals['_SCALAR']._serialized_start=109
   _globals['_SCALAR']._serialized_end=217
   _globals['_ENCODINGPARAMS']._serialized_start=220
-  _globals['_ENCODINGPARAMS']._serialized_end=363
-  _globals['_LOGHEAD']._serialized_start=365
-  _globals['_LOGHEAD']._serialized_end=401
-  _globals['_PRIVACYPLAN']._serialized_start=404
-  _globals['_PRIVACYPLAN']._serialized_end=532
+  _globals['_ENCODINGPARAMS']._serialized_end=383
+  _globals['_LOGHEAD']._serialized_start=385
+  _globals['_LOGHEAD']._serialized_end=421
+  _globals['_PRIVACYPLAN']._serialized_start=424
+  _globals['_PRIVACYPLAN']._serialized_end=552
 # @@protoc_insertion_point(module_scope)

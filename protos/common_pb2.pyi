@@ -54,7 +54,7 @@ class Scalar(_message.Message):
     def __init__(self, double_value: _Optional[float] = ..., int_value: _Optional[int] = ..., bool_value: _Optional[bool] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class EncodingParams(_message.Message):
-    __slots__ = ("clip", "bits", "max_weight", "key_bits", "key_id", "public_key", "key_fingerprint")
+    __slots__ = ("clip", "bits", "max_weight", "key_bits", "key_id", "public_key", "key_fingerprint", "weight_cap")
     CLIP_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class EncodingParams(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_CAP_FIELD_NUMBER: _ClassVar[int]
     clip: float
     bits: int
     max_weight: int
@@ -69,7 +70,8 @@ class EncodingParams(_message.Message):
     key_id: str
     public_key: bytes
     key_fingerprint: str
-    def __init__(self, clip: _Optional[float] = ..., bits: _Optional[int] = ..., max_weight: _Optional[int] = ..., key_bits: _Optional[int] = ..., key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
+    weight_cap: int
+    def __init__(self, clip: _Optional[float] = ..., bits: _Optional[int] = ..., max_weight: _Optional[int] = ..., key_bits: _Optional[int] = ..., key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ..., weight_cap: _Optional[int] = ...) -> None: ...
 
 class LogHead(_message.Message):
     __slots__ = ("seq", "hash")

@@ -1,4 +1,7 @@
-"""Wire formats both sides share: chunked payloads, tensor payloads, scalars."""
+"""Wire formats both sides share: chunked payloads and tensor payloads.
+
+Scalars, metrics, scheme and state enums convert in protos/serde.py.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from protos import common_pb2
+from protos.serde import metrics_to_proto as metrics_to_proto  # agent, load bench
 
 NDArray = npt.NDArray[np.generic]
 NDArrays = list[NDArray]
-Scalar = bool | int | float | str
-Metrics = dict[str, Scalar]
 
 CHUNK_SIZE = 1 << 20
 TENSORS_FLOAT32 = "tensors/float32"
@@ -175,34 +177,3 @@ def update_quantisation(config: Mapping[str, object]) -> int | None:
     if not 2 <= bits <= 8:
         raise ValueError("update_quantisation needs 2 <= bits <= 8")
     return bits
-
-
-def scalar_to_proto(value: Scalar) -> common_pb2.Scalar:
-    if isinstance(value, bool):
-        return common_pb2.Scalar(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.Scalar(int_value=value)
-    if isinstance(value, float):
-        return common_pb2.Scalar(double_value=value)
-    if isinstance(value, str):
-        return common_pb2.Scalar(string_value=value)
-    raise TypeError(f"metric values must be bool, int, float or str, not {type(value).__name__}")
-
-
-def scalar_from_proto(message: common_pb2.Scalar) -> Scalar:
-    kind = message.WhichOneof("value")
-    if kind is None:
-        raise PayloadError("empty scalar")
-    value: Scalar = getattr(message, kind)
-    return value
-
-
-def metrics_to_proto(metrics: Mapping[str, object]) -> dict[str, common_pb2.Scalar]:
-    """Keep the metrics a wire scalar can hold; numpy numbers become Python numbers."""
-    out: dict[str, common_pb2.Scalar] = {}
-    for key, value in metrics.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, bool | int | float | str):
-            out[key] = scalar_to_proto(value)
-    return out

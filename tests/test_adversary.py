@@ -460,8 +460,9 @@ class SecureRun:
             encoding=self.key.params(),
             sealed_private_key=self.key.sealed_for(self.agent.identity.x25519_public, RUN),
             model_sha256=self.initial,
-            config_json=config_json(weight_cap=100),
+            config_json=config_json(),
         )
+        task.encoding.weight_cap = 100
         task.participants.extend(self.participants())
         task.key_statement.CopyFrom(
             self.key.dealing(

@@ -223,7 +223,7 @@ def test_run_defaults_are_per_tensor_8_bit_and_explicit_encodings_are_kept() -> 
     assert DEFAULT_ENCODING["clip"] == PER_TENSOR and DEFAULT_ENCODING["bits"] == 8
     spec = RunSpec(model="tabular_mlp", min_clients=3, secure="paillier")
     spec.validate()
-    assert spec.encoding == DEFAULT_ENCODING
+    assert spec.settings().encoding.as_dict() == DEFAULT_ENCODING
     legacy = RunSpec(
         model="tabular_mlp",
         min_clients=3,
@@ -231,7 +231,8 @@ def test_run_defaults_are_per_tensor_8_bit_and_explicit_encodings_are_kept() -> 
         config={"encoding": {"clip": 16.0, "bits": 20}},
     )
     legacy.validate()
-    assert (legacy.encoding["clip"], legacy.encoding["bits"]) == (16.0, 20)
+    encoding = legacy.settings().encoding
+    assert (encoding.clip, encoding.bits) == (16.0, 20)
     for bad in (-1.0, float("inf"), float("nan"), "16", True):
         with pytest.raises(ValueError, match="clip"):
             RunSpec(

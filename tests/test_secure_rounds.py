@@ -151,6 +151,14 @@ def test_coordinator_stores_the_public_key_and_sealed_blobs_only(secure_round):
     assert shown.key_fingerprint == stored.key_fingerprint
 
 
+def test_the_weight_cap_travels_in_the_encoding_not_in_the_config(secure_round):
+    _, _, _, task = secure_round
+
+    # One site selected, max_weight 4096: the site may weigh its update up to 4096.
+    assert task.encoding.weight_cap == TEST_ENCODING["max_weight"]
+    assert "weight_cap" not in json.loads(task.config_json)
+
+
 def test_valid_ciphertexts_are_accepted(secure_round):
     coordinator, site, _, task = secure_round
 

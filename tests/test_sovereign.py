@@ -21,8 +21,8 @@ from test_secure_rounds import SecureFakeSite
 from client.pins import Observed, RunPins
 from client.policy import SitePolicy, TaskRefused, check_model, policy_from_options
 from coordinator import refusals
-from coordinator.scheduler import new_task
 from coordinator.schema import AuditEvent, Run, SiteRefusal, Task, TaskKind, TaskState, Update
+from coordinator.selection import new_task
 from crypto import identity
 from protos import admin_pb2, common_pb2, federation_pb2, wire
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protos import wire
+from protos import serde, wire
 
 
 @given(st.binary(max_size=5000), st.integers(min_value=1, max_value=700))
@@ -96,7 +96,7 @@ def test_object_dtype_is_refused():
 
 
 def test_metrics_keep_only_scalars():
-    metrics = wire.metrics_to_proto({"a": 1.5, "b": np.float32(2), "c": [1, 2], "d": True})
+    metrics = serde.metrics_to_proto({"a": 1.5, "b": np.float32(2), "c": [1, 2], "d": True})
 
     assert set(metrics) == {"a", "b", "d"}
-    assert wire.scalar_from_proto(metrics["d"]) is True
+    assert serde.scalar_from_proto(metrics["d"]) is True

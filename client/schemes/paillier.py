@@ -207,7 +207,7 @@ class PaillierScheme:
         codec = self.codec(task, public_key)
         needed = _needed(codec, deltas)
         pool = site.secure.randomness(task.run_id, public_key, private_key, needed)
-        weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
+        weight = max(1, min(int(num_examples), int(task.encoding.weight_cap)))
         clip = site.secure.states[task.run_id].clip_for(codec)
         delta = flatten(deltas)
         payload, proof = encrypt_proven_update(
