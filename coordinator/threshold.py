@@ -5,7 +5,10 @@ their holders (``sealed_keys``), partials sealed under a group key only share ho
 have (``threshold_partials``). What it checks is public: the custodian's signed
 statement against the run, the key and the participants' registered identities. It does
 not wait for every site: sites poll for partials and each combines the first ``t`` that
-verify, so up to ``N − t`` sites may be gone when a round is decrypted.
+verify. Before any partial, holders relay signed echoes of the aggregate through it
+(:func:`submit_echo`), and each waits for a quorum of them
+(:func:`crypto.threshold_custody.echo_quorum`), so up to ``⌊(N − t)/2⌋`` sites may be
+gone when a round is decrypted.
 """
 
 from __future__ import annotations
@@ -341,10 +344,20 @@ def complain(
 
 
 def custody_info(session: Session, run: Run) -> admin_pb2.ThresholdCustody | None:
-    """T of N, the share holders, key fingerprint and erasure statement, for `runs show`."""
+    """T of N, the share holders, key fingerprint and erasure, for `runs show` and the report.
+
+    Re-verified each time it is asked (:func:`_custody_problem`), never echoed from the
+    row: a statement that no longer verifies comes back ``verified=False`` with the
+    problem and none of its claims.
+    """
     row = session.get(ThresholdKey, run.id)
     if row is None:
         return None
+    problem = _custody_problem(session, run, row)
+    if problem:
+        return admin_pb2.ThresholdCustody(
+            verified=False, problem=problem, statement_sha256=wire.sha256_hex(row.statement)
+        )
     statement = custody.ThresholdStatement.from_bytes(row.statement)
     return admin_pb2.ThresholdCustody(
         threshold=statement.threshold,
@@ -354,6 +367,8 @@ def custody_info(session: Session, run: Run) -> admin_pb2.ThresholdCustody | Non
         custodian=statement.custodian,
         erasure=statement.erasure,
         statement_sha256=wire.sha256_hex(row.statement),
+        verified=True,
+        echo_quorum=custody.echo_quorum(statement.parties, statement.threshold),
     )
 
 
@@ -397,18 +412,15 @@ def report_custody(session: Session, run: Run) -> dict[str, object] | None:
     A statement whose signature does not verify (forged or altered in the database) is
     reported as ``verified: False`` with the problem, and none of its claims.
     """
-    row = session.get(ThresholdKey, run.id)
-    if row is None:
+    info = custody_info(session, run)
+    if info is None:
         return None
-    problem = _custody_problem(session, run, row)
-    if problem:
+    if not info.verified:
         return {
             "verified": False,
-            "problem": problem,
-            "statement_sha256": wire.sha256_hex(bytes(row.statement)),
+            "problem": info.problem,
+            "statement_sha256": info.statement_sha256,
         }
-    info = custody_info(session, run)
-    assert info is not None
     holders = []
     for holder in info.holders:
         index, site, fingerprint = holder.split(":", 2)
@@ -422,4 +434,5 @@ def report_custody(session: Session, run: Run) -> dict[str, object] | None:
         "custodian": info.custodian,
         "erasure": info.erasure,
         "statement_sha256": info.statement_sha256,
+        "echo_quorum": info.echo_quorum,
     }

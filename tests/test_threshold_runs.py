@@ -183,6 +183,9 @@ def test_two_of_three_run_completes_and_refuses_forged_echoes(coordinator, agent
         ["admin", "runs", "show", run.run_id, "--coordinator", coordinator.address, "--insecure"],
     )
     assert "2 of 3 share holders" in shown.output, shown.output
+    words = " ".join(shown.output.split())  # rich wraps at the terminal's width
+    assert "re-verified by the coordinator just now" in words
+    assert "once 3 of 3 holders echo the same aggregate: up to 0 may be gone" in words
     facts = report_facts(coordinator.hub, run.run_id)
     reported = facts["privacy"]["key_custody"]
     assert reported["verified"] is True, reported
@@ -190,6 +193,7 @@ def test_two_of_three_run_completes_and_refuses_forged_echoes(coordinator, agent
     assert reported["erasure"] == custody.erasure
     html = render_html(facts)
     assert "2 of 3 share holders must join to decrypt" in html
+    assert reported["echo_quorum"] == 3 and "up to 0 holders may be gone" in html
     # One byte of the stored signature changed: the report no longer vouches for it.
     with coordinator.hub.db.transaction() as session:
         row = session.get(ThresholdKey, run.run_id)
