@@ -105,9 +105,6 @@ def decrypt(
 
     def mine(part: int) -> float:
         started = time.monotonic()
-        if not echoed:  # once: a quorum of holders echoed this aggregate (client.threshold_echo)
-            threshold_echo.await_quorum(agent, task, key, statement, deadline)
-            echoed.append(True)
         positions = positions_of(key.share.index, part, keys_, count)
         label = _label(aggregate_sha256, part)
         own = compute_partial(
@@ -116,10 +113,16 @@ def decrypt(
             _context(run, round_number, label),
             agent.config.encrypt_workers,
         )
+        took = time.monotonic() - started
+        # Computed while the other holders echo; released only once a quorum of them echoed
+        # this aggregate (client.threshold_echo), checked once per round.
+        if not echoed:
+            threshold_echo.await_quorum(agent, task, key, statement, deadline)
+            echoed.append(True)
         publish(agent, run, round_number, aggregate_sha256, own, key, part=part)
         have.setdefault(own.index, {}).update(zip(positions, own.values, strict=True))
         judged.add((me, part))
-        return time.monotonic() - started
+        return took
 
     statement = threshold_echo.echo(agent, task, round_number, aggregate_sha256)
     echoed: list[bool] = []
