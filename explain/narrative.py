@@ -226,7 +226,8 @@ def custody_pairs(custody: Mapping[str, Any] | None) -> Pairs:
             f"join to decrypt; no site holds the key. Dealt by {custody['custodian']}"
             + (
                 f". A round is decrypted only once {custody['echo_quorum']} holders signed "
-                "echoes of the same aggregate, so a coordinator cannot have two different "
+                "echoes of the same aggregate, so a coordinator with fewer than "
+                f"{custody['threshold']} colluding holders cannot have two different "
                 f"aggregates of one round decrypted; up to "
                 f"{custody['parties'] - custody['echo_quorum']} holders may be gone"
                 if custody.get("echo_quorum")
