@@ -241,6 +241,14 @@ def print_run(run: admin_pb2.RunInfo) -> None:
 def print_custody(run: admin_pb2.RunInfo) -> None:
     """Threshold runs: t of N, the share holders and the custodian's erasure statement."""
     custody = run.threshold_custody
+    if custody.problem:
+        console.print(
+            "custody: threshold, UNVERIFIED: the dealer's custody statement on record "
+            f"(sha256 {custody.statement_sha256[:16]}…) does not verify "
+            f"({escape(custody.problem)}); none of its claims is shown",
+            highlight=False,
+        )
+        return
     if not custody.threshold:
         threshold = config_from_json(run.config_json).get("threshold")
         custody_line = f"{threshold} of the run's sites (not yet dealt)" if threshold else ""
@@ -250,7 +258,13 @@ def print_custody(run: admin_pb2.RunInfo) -> None:
     console.print(
         f"custody: threshold, {custody.threshold} of {custody.parties} share holders must "
         f"join to decrypt; dealt by {escape(custody.custodian)} "
-        f"(statement sha256 {custody.statement_sha256[:16]}…)",
+        f"(statement sha256 {custody.statement_sha256[:16]}…, its signature re-verified "
+        "by the coordinator just now against the custodian's registered identity key)",
+        highlight=False,
+    )
+    console.print(
+        f"  a round decrypts once {custody.echo_quorum} of {custody.parties} holders echo the "
+        f"same aggregate: up to {custody.parties - custody.echo_quorum} may be gone",
         highlight=False,
     )
     for holder in custody.holders:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from client import threshold_echo
 from client.policy import TaskRefused
 from crypto import identity
 from crypto import threshold as tp
@@ -48,6 +49,9 @@ def decrypt(
     ``t`` good partials :data:`SPREAD_WAIT_SECONDS` (or twice this site's own time) after
     this site published (a site gone, a partial refused), the site publishes partials of
     the whole vector too. A site that finds every block covered computes nothing.
+    Before this site publishes any partial, it echoes the aggregate it was shown and waits
+    for a quorum of holders' signed echoes of the same one (:mod:`client.threshold_echo`):
+    a coordinator showing holders different aggregates gets no partial of either.
     Partials are long-polled from the coordinator; each must open under the group key,
     carry its holder's pinned signature and pass the proof of correct decryption. Every
     partial that fails is reported, naming its site (ReportPartial), and left out.
@@ -56,7 +60,8 @@ def decrypt(
     ------
     TaskRefused
         ``verify`` when some block lacks ``t`` good partials at the task's deadline,
-        naming every site whose partial failed and why.
+        naming every site whose partial failed and why; when holders echoed different
+        aggregates, or too few echoed by the deadline (:func:`client.threshold_echo.await_quorum`).
     """
     run, me = task.run_id, agent.identity.site_name
     keys_ = key.verification_keys
@@ -108,11 +113,19 @@ def decrypt(
             _context(run, round_number, label),
             agent.config.encrypt_workers,
         )
+        took = time.monotonic() - started
+        # Computed while the other holders echo; released only once a quorum of them echoed
+        # this aggregate (client.threshold_echo), checked once per round.
+        if not echoed:
+            threshold_echo.await_quorum(agent, task, key, statement, deadline)
+            echoed.append(True)
         publish(agent, run, round_number, aggregate_sha256, own, key, part=part)
         have.setdefault(own.index, {}).update(zip(positions, own.values, strict=True))
         judged.add((me, part))
-        return time.monotonic() - started
+        return took
 
+    statement = threshold_echo.echo(agent, task, round_number, aggregate_sha256)
+    echoed: list[bool] = []
     seen = absorb(0.0, 0)
     wait_until = time.monotonic()
     if not complete() and (me, 0) not in judged:

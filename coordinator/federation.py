@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coordinator import auditlog, intake, manifests
+from coordinator import auditlog, intake, manifests, proofs
 from coordinator.access import AccessControl
 from coordinator.errors import (
     AlreadyExists,
@@ -78,6 +78,7 @@ class FederationService:
                     task_kind = task.kind
                     intake.check_declared_size(run, task, header)
                 payload = intake.receive(header, messages)
+                proofs.check_update(self.hub, node_id, header, payload)  # CPU: before the lock
                 with self.hub.lock, self.hub.db.transaction() as session:
                     task, run = self._check_header(session, node_id, header)
                     update_id = self._accept(session, node_id, task, run, header, payload)

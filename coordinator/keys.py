@@ -144,6 +144,35 @@ class KeyRelay:
                 return reply
             self.hub.wait(min(remaining, 0.5))
 
+    def submit_echo(
+        self, node_id: str, request: federation_pb2.EchoSubmission
+    ) -> federation_pb2.SubmitReply:
+        """Store a holder's signed echo of a round's aggregate (``coordinator.threshold``)."""
+        with self.hub.lock, self.hub.db.transaction() as session:
+            reply = threshold.submit_echo(session, node_id, request)
+        self.hub.notify()
+        return reply
+
+    def fetch_echoes(
+        self,
+        node_id: str,
+        request: federation_pb2.EchoFetchRequest,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> federation_pb2.EchoFetchReply:
+        """Long poll: the round's signed echoes once ``at_least`` are in, or at the wait's end."""
+        if math.isnan(request.wait_seconds):
+            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+        until = time.monotonic() + min(max(request.wait_seconds, 0.0), 10.0)
+        while True:
+            with self.hub.db.transaction() as session:
+                reply = threshold.fetch_echoes(session, node_id, request)
+            if len(reply.echoes) >= request.at_least or self.hub.closing.is_set():
+                return reply
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not is_active():
+                return reply
+            self.hub.wait(min(remaining, 0.5))
+
     def report_partial(
         self, node_id: str, complaint: federation_pb2.PartialComplaint
     ) -> federation_pb2.SubmitReply:

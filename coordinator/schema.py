@@ -412,7 +412,8 @@ class ThresholdPartial(Base):
     round: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     site_name: Mapped[str] = mapped_column(String(128))
-    # 0: the site's blocks of the spread work; 1: the whole vector (client/threshold_partials.py).
+    # 0: the site's blocks of the spread work; 1: the whole vector (client/threshold_partials.py);
+    # 2: its signed echo of the aggregate, in the clear (coordinator/threshold.py ECHO_PART).
     part: Mapped[int] = mapped_column(Integer, default=0)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float, default=now)

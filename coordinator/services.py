@@ -121,6 +121,18 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     ) -> federation_pb2.SubmitReply:
         return self.domain.statements.ledger_entry(self._node(context), request)
 
+    @maps_domain_errors
+    def SubmitEcho(
+        self, request: federation_pb2.EchoSubmission, context: grpc.ServicerContext
+    ) -> federation_pb2.SubmitReply:
+        return self.domain.keys.submit_echo(self._node(context), request)
+
+    @maps_domain_errors
+    def FetchEchoes(
+        self, request: federation_pb2.EchoFetchRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.EchoFetchReply:
+        return self.domain.keys.fetch_echoes(self._node(context), request, context.is_active)
+
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     """Every call first passes the role check (coordinator.access) with its RPC name."""

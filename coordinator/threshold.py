@@ -5,7 +5,10 @@ their holders (``sealed_keys``), partials sealed under a group key only share ho
 have (``threshold_partials``). What it checks is public: the custodian's signed
 statement against the run, the key and the participants' registered identities. It does
 not wait for every site: sites poll for partials and each combines the first ``t`` that
-verify, so up to ``N − t`` sites may be gone when a round is decrypted.
+verify. Before any partial, holders relay signed echoes of the aggregate through it
+(:func:`submit_echo`), and each waits for a quorum of them
+(:func:`crypto.threshold_custody.echo_quorum`), so up to ``⌊(N − t)/2⌋`` sites may be
+gone when a round is decrypted.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from protos import admin_pb2, federation_pb2, wire
 
 MAX_PARTIAL_OVERHEAD = 4096
 """Bytes a sealed partial may hold beyond its values: proof, header, signature, GCM."""
+ECHO_PART = 2
+"""``threshold_partials.part`` of a holder's signed echo (public: statement ‖ signature)."""
+_SIGNATURE_BYTES = 64
 
 
 def threshold_of(run: Run) -> int:
@@ -203,11 +209,109 @@ def fetch(
     reply = federation_pb2.PartialFetchReply(threshold=threshold_of(run))
     for row in session.scalars(
         select(ThresholdPartial)
-        .where(ThresholdPartial.run_id == run.id, ThresholdPartial.round == int(request.round))
+        .where(
+            ThresholdPartial.run_id == run.id,
+            ThresholdPartial.round == int(request.round),
+            ThresholdPartial.part != ECHO_PART,
+        )
         .order_by(ThresholdPartial.created_at)
     ):
         reply.partials.add(
             site_name=row.site_name, node_id=row.node_id, sealed=row.sealed, part=row.part
+        )
+    return reply
+
+
+def submit_echo(
+    session: Session, node_id: str, request: federation_pb2.EchoSubmission
+) -> federation_pb2.SubmitReply:
+    """Store a share holder's signed echo of a round's aggregate (once per site and round).
+
+    Sites release partials only once a quorum of holders echoed the same aggregate
+    (:func:`crypto.threshold_custody.echo_quorum`), so a coordinator cannot show two
+    groups of holders two different aggregates of one round and have both decrypted. The
+    coordinator checks what it can: the statement is canonical, names this run, round,
+    site and the round's aggregate, and is signed by the site's registered identity.
+    Stored in ``threshold_partials`` as part :data:`ECHO_PART` (statement ‖ signature).
+
+    Raises
+    ------
+    InvalidArgument
+        A statement that does not parse, names another run, round or site, or whose
+        signature does not verify.
+    FailedPrecondition
+        An echo of another aggregate than the round's.
+    AlreadyExists
+        The site already echoed this round.
+    """
+    run, site = _holder(session, node_id, request.run_id)
+    version = _aggregate(session, run, int(request.round))
+    raw, signature = bytes(request.statement), bytes(request.signature)
+    node = session.get(Node, node_id)
+    assert node is not None
+    try:
+        echo = custody.EchoStatement.from_bytes(raw)
+        identity.verify(bytes(node.ed25519_public_key or b""), raw, signature)
+    except ValueError as exc:
+        raise InvalidArgument(f"echo refused: {exc}") from exc
+    if (echo.run_id, echo.round, echo.site) != (run.id, int(request.round), site):
+        raise InvalidArgument("the echo names another run, round or site")
+    if echo.aggregate_sha256 != version.blob_sha256:
+        raise FailedPrecondition(f"the echo is not of round {request.round}'s aggregate")
+    if _echo_rows(session, run.id, int(request.round), node_id):
+        raise AlreadyExists(f"{site} already echoed round {request.round}")
+    session.add(
+        ThresholdPartial(
+            run_id=run.id,
+            round=int(request.round),
+            node_id=node_id,
+            site_name=site,
+            part=ECHO_PART,
+            sealed=raw + signature,
+            created_at=time.time(),
+        )
+    )
+    auditlog.append(
+        session,
+        "echo.published",
+        run_id=run.id,
+        actor=node_id,
+        details={
+            "round": int(request.round),
+            "site": site,
+            "aggregate_sha256": echo.aggregate_sha256,
+            "manifest_sha256": echo.manifest_sha256,
+        },
+    )
+    return federation_pb2.SubmitReply(id=f"{run.id}/{request.round}/{site}", message="echoed")
+
+
+def _echo_rows(
+    session: Session, run_id: str, round_number: int, node_id: str | None = None
+) -> list[ThresholdPartial]:
+    query = select(ThresholdPartial).where(
+        ThresholdPartial.run_id == run_id,
+        ThresholdPartial.round == round_number,
+        ThresholdPartial.part == ECHO_PART,
+    )
+    if node_id is not None:
+        query = query.where(ThresholdPartial.node_id == node_id)
+    return list(session.scalars(query.order_by(ThresholdPartial.created_at)))
+
+
+def fetch_echoes(
+    session: Session, node_id: str, request: federation_pb2.EchoFetchRequest
+) -> federation_pb2.EchoFetchReply:
+    """Every signed echo of a round so far, for a share holder of the run."""
+    run, _ = _holder(session, node_id, request.run_id)
+    reply = federation_pb2.EchoFetchReply()
+    for row in _echo_rows(session, run.id, int(request.round)):
+        raw = bytes(row.sealed)
+        reply.echoes.add(
+            site_name=row.site_name,
+            node_id=row.node_id,
+            statement=raw[:-_SIGNATURE_BYTES],
+            signature=raw[-_SIGNATURE_BYTES:],
         )
     return reply
 
@@ -240,10 +344,20 @@ def complain(
 
 
 def custody_info(session: Session, run: Run) -> admin_pb2.ThresholdCustody | None:
-    """T of N, the share holders, key fingerprint and erasure statement, for `runs show`."""
+    """T of N, the share holders, key fingerprint and erasure, for `runs show` and the report.
+
+    Re-verified each time it is asked (:func:`_custody_problem`), never echoed from the
+    row: a statement that no longer verifies comes back ``verified=False`` with the
+    problem and none of its claims.
+    """
     row = session.get(ThresholdKey, run.id)
     if row is None:
         return None
+    problem = _custody_problem(session, run, row)
+    if problem:
+        return admin_pb2.ThresholdCustody(
+            verified=False, problem=problem, statement_sha256=wire.sha256_hex(row.statement)
+        )
     statement = custody.ThresholdStatement.from_bytes(row.statement)
     return admin_pb2.ThresholdCustody(
         threshold=statement.threshold,
@@ -253,6 +367,8 @@ def custody_info(session: Session, run: Run) -> admin_pb2.ThresholdCustody | Non
         custodian=statement.custodian,
         erasure=statement.erasure,
         statement_sha256=wire.sha256_hex(row.statement),
+        verified=True,
+        echo_quorum=custody.echo_quorum(statement.parties, statement.threshold),
     )
 
 
@@ -296,18 +412,15 @@ def report_custody(session: Session, run: Run) -> dict[str, object] | None:
     A statement whose signature does not verify (forged or altered in the database) is
     reported as ``verified: False`` with the problem, and none of its claims.
     """
-    row = session.get(ThresholdKey, run.id)
-    if row is None:
+    info = custody_info(session, run)
+    if info is None:
         return None
-    problem = _custody_problem(session, run, row)
-    if problem:
+    if not info.verified:
         return {
             "verified": False,
-            "problem": problem,
-            "statement_sha256": wire.sha256_hex(bytes(row.statement)),
+            "problem": info.problem,
+            "statement_sha256": info.statement_sha256,
         }
-    info = custody_info(session, run)
-    assert info is not None
     holders = []
     for holder in info.holders:
         index, site, fingerprint = holder.split(":", 2)
@@ -321,4 +434,5 @@ def report_custody(session: Session, run: Run) -> dict[str, object] | None:
         "custodian": info.custodian,
         "erasure": info.erasure,
         "statement_sha256": info.statement_sha256,
+        "echo_quorum": info.echo_quorum,
     }

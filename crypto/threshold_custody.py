@@ -236,3 +236,109 @@ def open_partial(
     if len(plain) <= _SIGNATURE_BYTES:
         raise ValueError("sealed partial holds no partial")
     return plain[:_SIGNATURE_BYTES], plain[_SIGNATURE_BYTES:]
+
+
+# -- echoes: one aggregate per round for every share holder -------------------------------
+
+_ECHO = b"cohort/threshold-echo/v1\x00"
+MAX_ECHO_BYTES = 1024
+"""Longest canonical echo statement accepted (three hex digests, a run id and a round)."""
+
+
+def echo_quorum(parties: int, threshold: int) -> int:
+    """Signed echoes a holder needs before it releases partials: ``⌊(N + f)/2⌋ + 1``, f = t − 1.
+
+    Consistent (echo) broadcast, Bracha 1987 ("Asynchronous Byzantine agreement
+    protocols", Inf. Comput. 75(2)); Cachin, Guerraoui & Rodrigues 2011, *Introduction to
+    Reliable and Secure Distributed Programming*, §3.10 (Byzantine consistent broadcast,
+    "authenticated echo broadcast"). The parties here are the N share holders; the ones
+    that may lie are the ``f = t − 1`` holders that may collude with the coordinator
+    (``t`` colluding holders open everything anyway, so no protocol can do better). Two
+    quorums of ``q`` holders share at least ``2q − N`` holders; ``q > (N + f)/2`` makes
+    that more than ``f``, so at least one honest holder, who signs one echo per round,
+    is in both: two different aggregates of one round can never both gather a quorum, so
+    honest holders release partials of at most one aggregate per round, and the
+    coordinator cannot decrypt two different subset sums whose difference is one site's
+    update. Liveness: ``N − q = ⌊(N − t)/2⌋`` holders may be gone when a round is
+    decrypted (2-of-3: none; 3-of-5: one; 3-of-7: two), where without echoes ``N − t``
+    could be: the price of safety against a coordinator that shows holders different
+    aggregates.
+    """
+    if not 2 <= threshold <= parties:
+        raise ValueError(f"threshold {threshold} of {parties} parties")
+    return (parties + threshold - 1) // 2 + 1
+
+
+def manifest_sha256(
+    *,
+    round_number: int,
+    aggregate_sha256: str,
+    total_weight: int,
+    count: int,
+    contributions: list[tuple[str, str, int, int]],
+) -> str:
+    """sha256 of an aggregate's manifest: who contributed which update with what weight.
+
+    ``contributions`` are ``(site, payload_sha256, weight, payload_size)``, in any order.
+    """
+    body = {
+        "round": int(round_number),
+        "aggregate_sha256": aggregate_sha256,
+        "total_weight": int(total_weight),
+        "count": int(count),
+        "contributions": sorted([str(s), str(p), int(w), int(z)] for s, p, w, z in contributions),
+    }
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class EchoStatement:
+    """A share holder's signed word: "the aggregate of this round I was shown is this one"."""
+
+    run_id: str
+    round: int
+    site: str
+    aggregate_sha256: str
+    manifest_sha256: str
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "run_id": self.run_id,
+            "round": self.round,
+            "site": self.site,
+            "aggregate_sha256": self.aggregate_sha256,
+            "manifest_sha256": self.manifest_sha256,
+        }
+        return _ECHO + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> EchoStatement:
+        """Parse an echo; only the canonical encoding of one is accepted.
+
+        Raises
+        ------
+        ValueError
+            On a wrong tag, oversize or malformed bytes, or a non-canonical encoding.
+        """
+        if not raw.startswith(_ECHO) or len(raw) > MAX_ECHO_BYTES:
+            raise ValueError("not a Cohort threshold echo statement")
+        try:
+            body = json.loads(raw[len(_ECHO) :])
+            echo = cls(
+                run_id=str(body["run_id"]),
+                round=int(body["round"]),
+                site=str(body["site"]),
+                aggregate_sha256=str(body["aggregate_sha256"]),
+                manifest_sha256=str(body["manifest_sha256"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"malformed echo statement: {exc}") from exc
+        if echo.to_bytes() != raw:
+            raise ValueError("echo statement is not in canonical form")
+        return echo
+
+    @property
+    def seen(self) -> tuple[str, str]:
+        """What two echoes must agree on: the aggregate and its manifest."""
+        return self.aggregate_sha256, self.manifest_sha256

@@ -223,7 +223,16 @@ def custody_pairs(custody: Mapping[str, Any] | None) -> Pairs:
         (
             "Key custody",
             f"threshold: {custody['threshold']} of {custody['parties']} share holders must "
-            f"join to decrypt; no site holds the key. Dealt by {custody['custodian']}",
+            f"join to decrypt; no site holds the key. Dealt by {custody['custodian']}"
+            + (
+                f". A round is decrypted only once {custody['echo_quorum']} holders signed "
+                "echoes of the same aggregate, so a coordinator with fewer than "
+                f"{custody['threshold']} colluding holders cannot have two different "
+                f"aggregates of one round decrypted; up to "
+                f"{custody['parties'] - custody['echo_quorum']} holders may be gone"
+                if custody.get("echo_quorum")
+                else ""
+            ),
         ),
         ("Share holders", holders),
         ("Dealer's signed erasure statement", custody["erasure"]),

@@ -210,7 +210,7 @@ class RunInfo(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., min_clients: _Optional[int] = ..., secure: _Optional[_Union[_common_pb2.SecureScheme, str]] = ..., strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., ended_unix: _Optional[float] = ..., failure_reason: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., round_infos: _Optional[_Iterable[_Union[RoundInfo, _Mapping]]] = ..., final_model_sha256: _Optional[str] = ..., audits_received: _Optional[int] = ..., waiting_for: _Optional[str] = ..., refusals: _Optional[_Iterable[_Union[SiteRefusal, _Mapping]]] = ..., site_results: _Optional[_Iterable[_Union[SiteResult, _Mapping]]] = ..., threshold_custody: _Optional[_Union[ThresholdCustody, _Mapping]] = ...) -> None: ...
 
 class ThresholdCustody(_message.Message):
-    __slots__ = ("threshold", "parties", "holders", "key_fingerprint", "custodian", "erasure", "statement_sha256")
+    __slots__ = ("threshold", "parties", "holders", "key_fingerprint", "custodian", "erasure", "statement_sha256", "verified", "problem", "echo_quorum")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +218,9 @@ class ThresholdCustody(_message.Message):
     CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
     ERASURE_FIELD_NUMBER: _ClassVar[int]
     STATEMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    ECHO_QUORUM_FIELD_NUMBER: _ClassVar[int]
     threshold: int
     parties: int
     holders: _containers.RepeatedScalarFieldContainer[str]
@@ -225,7 +228,10 @@ class ThresholdCustody(_message.Message):
     custodian: str
     erasure: str
     statement_sha256: str
-    def __init__(self, threshold: _Optional[int] = ..., parties: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., erasure: _Optional[str] = ..., statement_sha256: _Optional[str] = ...) -> None: ...
+    verified: bool
+    problem: str
+    echo_quorum: int
+    def __init__(self, threshold: _Optional[int] = ..., parties: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ..., key_fingerprint: _Optional[str] = ..., custodian: _Optional[str] = ..., erasure: _Optional[str] = ..., statement_sha256: _Optional[str] = ..., verified: _Optional[bool] = ..., problem: _Optional[str] = ..., echo_quorum: _Optional[int] = ...) -> None: ...
 
 class SiteResult(_message.Message):
     __slots__ = ("site_name", "audit", "holdout_metrics")

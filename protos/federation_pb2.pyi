@@ -370,3 +370,45 @@ class AuditSubmission(_message.Message):
     run_id: str
     summary_json: str
     def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., summary_json: _Optional[str] = ...) -> None: ...
+
+class EchoSubmission(_message.Message):
+    __slots__ = ("run_id", "round", "statement", "signature")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    statement: bytes
+    signature: bytes
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class EchoFetchRequest(_message.Message):
+    __slots__ = ("run_id", "round", "wait_seconds", "at_least")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    wait_seconds: float
+    at_least: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., at_least: _Optional[int] = ...) -> None: ...
+
+class EchoEnvelope(_message.Message):
+    __slots__ = ("site_name", "node_id", "statement", "signature")
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    site_name: str
+    node_id: str
+    statement: bytes
+    signature: bytes
+    def __init__(self, site_name: _Optional[str] = ..., node_id: _Optional[str] = ..., statement: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class EchoFetchReply(_message.Message):
+    __slots__ = ("echoes",)
+    ECHOES_FIELD_NUMBER: _ClassVar[int]
+    echoes: _containers.RepeatedCompositeFieldContainer[EchoEnvelope]
+    def __init__(self, echoes: _Optional[_Iterable[_Union[EchoEnvelope, _Mapping]]] = ...) -> None: ...

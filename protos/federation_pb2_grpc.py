@@ -100,6 +100,16 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.LedgerEntry.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.SubmitEcho = channel.unary_unary(
+                '/cohort.v1.Federation/SubmitEcho',
+                request_serializer=protos_dot_federation__pb2.EchoSubmission.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.SubmitReply.FromString,
+                _registered_method=True)
+        self.FetchEchoes = channel.unary_unary(
+                '/cohort.v1.Federation/FetchEchoes',
+                request_serializer=protos_dot_federation__pb2.EchoFetchRequest.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.EchoFetchReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -200,6 +210,21 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitEcho(self, request, context):
+        """Threshold runs: a share holder's signed echo of the aggregate it was shown for a round
+        (crypto/threshold_custody.py EchoStatement); published before any partial of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchEchoes(self, request, context):
+        """Threshold runs: the signed echoes of one round so far (long poll, as FetchPartials).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +292,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.LedgerSubmit,
                     request_deserializer=protos_dot_federation__pb2.LedgerEntry.FromString,
                     response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'SubmitEcho': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitEcho,
+                    request_deserializer=protos_dot_federation__pb2.EchoSubmission.FromString,
+                    response_serializer=protos_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'FetchEchoes': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchEchoes,
+                    request_deserializer=protos_dot_federation__pb2.EchoFetchRequest.FromString,
+                    response_serializer=protos_dot_federation__pb2.EchoFetchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +655,60 @@ class Federation:
             '/cohort.v1.Federation/LedgerSubmit',
             protos_dot_federation__pb2.LedgerEntry.SerializeToString,
             protos_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitEcho(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/SubmitEcho',
+            protos_dot_federation__pb2.EchoSubmission.SerializeToString,
+            protos_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchEchoes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.v1.Federation/FetchEchoes',
+            protos_dot_federation__pb2.EchoFetchRequest.SerializeToString,
+            protos_dot_federation__pb2.EchoFetchReply.FromString,
             options,
             channel_credentials,
             insecure,

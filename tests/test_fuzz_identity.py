@@ -133,6 +133,16 @@ def site_calls(plain: OpenRound, metadata) -> dict[str, Callable[[], object]]:
             metadata=metadata,
             timeout=TIMEOUT,
         ),
+        "SubmitEcho": lambda: stub.SubmitEcho(
+            federation_pb2.EchoSubmission(run_id=task.run_id, round=1, statement=b"x"),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
+        "FetchEchoes": lambda: stub.FetchEchoes(
+            federation_pb2.EchoFetchRequest(run_id=task.run_id, round=1),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        ),
     }
 
 

@@ -47,6 +47,8 @@ RAW_METHODS = {
     "/cohort.v1.Federation/FetchPartials": "unary",
     "/cohort.v1.Federation/ReportPartial": "unary",
     "/cohort.v1.Federation/LedgerSubmit": "unary",
+    "/cohort.v1.Federation/SubmitEcho": "unary",
+    "/cohort.v1.Federation/FetchEchoes": "unary",
     "/cohort.v1.Admin/CreateRun": "unary",
     "/cohort.v1.Admin/ListRuns": "unary",
     "/cohort.v1.Admin/GetRun": "unary",

@@ -15,8 +15,8 @@ import crypto
 from client.link import Link
 from client.link import Update as SiteUpdate
 from client.schemes.paillier_model import ServerOptimiser
-from coordinator.schema import Run, SealedKey, Update
-from crypto import identity
+from coordinator.schema import AuditEvent, Run, SealedKey, Update
+from crypto import identity, plaintext_proof
 from protos import admin_pb2, common_pb2, federation_pb2, wire
 
 WEIGHTS = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
@@ -50,6 +50,7 @@ class SecureFakeSite(FakeSite):
         )
         self.stub, self.token, self.node_id = stub, reply.node_token, reply.node_id
         self.x25519_private = private
+        self.openings: dict[int, tuple[int, int]] = {}  # ciphertext → (plaintext, r)
 
     def make_keys(self) -> None:
         task = self.pull(federation_pb2.TASK_KIND_KEYGEN)
@@ -96,15 +97,43 @@ class SecureFakeSite(FakeSite):
         )
         values = np.zeros(COUNT) if values is None else values
         plaintexts = codec.encode(values, weight, np.random.default_rng(0))
-        return crypto.encrypt_packed(self.public_key, plaintexts, workers=1)
+        units: list[int] = []
+        cts = crypto.encrypt_packed(self.public_key, plaintexts, workers=1, units_out=units)
+        self.openings.update(zip(cts, zip(plaintexts, units, strict=True), strict=True))
+        return cts
 
-    def send(self, task, cts: list[int], *, weight: int = 10, key_id: str | None = None):
+    def proof(self, task, cts: list[int]) -> bytes:
+        """The update's proof of plaintext knowledge, when this site made every ciphertext."""
+        if not cts or any(c not in self.openings for c in cts):
+            return b""
+        return plaintext_proof.prove(
+            self.public_key.n,
+            cts,
+            [self.openings[c][0] for c in cts],
+            [self.openings[c][1] for c in cts],
+            run_id=task.run_id,
+            round_number=task.round,
+            site="custodian",
+        ).to_bytes(self.public_key.n)
+
+    def send(
+        self,
+        task,
+        cts: list[int],
+        *,
+        weight: int = 10,
+        key_id: str | None = None,
+        proof: bytes | None = None,
+    ):
         """Submit ``cts`` for ``task``, signed (under ``key_id`` when given, else the task's)."""
         payload = crypto.ciphertexts_to_bytes(cts, crypto.ciphertext_width(self.public_key))
+        proof = self.proof(task, cts) if proof is None else proof
         if key_id is not None:
             task = federation_pb2.Task.FromString(task.SerializeToString())
             task.encoding.key_id = key_id
-        update = SiteUpdate(payload, wire.PAILLIER_PACKED, num_examples=10, weight=weight)
+        update = SiteUpdate(
+            payload, wire.PAILLIER_PACKED, num_examples=10, weight=weight, proof=proof
+        )
         return self.link.submit_update(task, update)
 
 
@@ -245,6 +274,32 @@ def test_round_is_unharmed_by_rejected_updates(secure_round):
         clip=16.0, bits=20, max_weight=4096, key_bits=site.public_key.n.bit_length()
     )
     np.testing.assert_allclose(codec.decode(sums, 10, COUNT), 0.5, atol=codec.step)
+
+
+@pytest.mark.parametrize("proof", ["missing", "another update's", "garbage"])
+def test_an_update_without_a_valid_plaintext_proof_is_refused_at_intake(secure_round, proof):
+    coordinator, site, run, task = secure_round
+    cts = site.ciphertexts()
+    bad = {
+        "missing": b"",
+        "another update's": site.proof(task, site.ciphertexts(values=np.full(COUNT, 0.25))),
+        "garbage": bytes(range(256)) * 3,
+    }[proof]
+
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, cts, proof=bad)
+    )
+
+    assert "site custodian's update of round 1" in detail and "proof" in detail
+    assert updates(coordinator) == 0
+    with coordinator.hub.db.transaction() as session:
+        rejected = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.kind == "update.rejected")
+        ).all()
+    assert any("site custodian" in json.loads(d)["reason"] for d in rejected)
+    # Refused on arrival, the round is not failed: the site's proven update still counts.
+    site.send(task, cts)
+    assert updates(coordinator) == 1
 
 
 def test_plaintext_update_in_a_secure_run_is_refused(secure_round):

@@ -7,6 +7,7 @@ the run when the site found the aggregate bad; secure runs need three sites.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -132,6 +133,7 @@ def test_the_next_task_carries_the_signed_manifest_and_its_updates_become_fetcha
             weight=10,
             key_id=task.encoding.key_id,
             encoding=wire.PAILLIER_PACKED,
+            proof_sha256=hashlib.sha256(entry.plaintext_proof).hexdigest(),
         ),
         entry.signature,
     )

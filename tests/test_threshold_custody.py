@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from client import keys
+from client import keys, threshold_echo
 from client import threshold as site_threshold
 from client import threshold_partials as partials_mod
 from client.custody import SiteIdentity
@@ -28,6 +28,7 @@ from crypto import threshold_custody as custody
 from protos import common_pb2, federation_pb2
 
 RUN = "run-threshold"
+AGGREGATE = "ab" * 32
 NAMES = ["site-a", "site-b", "site-c"]
 
 
@@ -41,6 +42,7 @@ class Relay:
     """Stands in for the coordinator: stores sealed partials per (round, site)."""
 
     partials: dict[tuple[int, str, int], bytes] = field(default_factory=dict)
+    echoes: dict[tuple[int, str], federation_pb2.EchoSubmission] = field(default_factory=dict)
     complaints: list[tuple[str, str, str]] = field(default_factory=list)
     tamper: Callable[[int, list[federation_pb2.PartialEnvelope]], None] = lambda r, e: None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -72,6 +74,26 @@ class Stub:
             time.sleep(min(request.wait_seconds, 0.05))  # a long poll that saw nothing new
         return federation_pb2.PartialFetchReply(partials=envelopes, threshold=2)
 
+    def SubmitEcho(self, request, metadata=(), timeout=None):
+        with self.relay.lock:
+            if (request.round, self.site) in self.relay.echoes:
+                raise Exists()
+            self.relay.echoes[(request.round, self.site)] = request
+        return federation_pb2.SubmitReply()
+
+    def FetchEchoes(self, request, metadata=(), timeout=None):
+        with self.relay.lock:
+            echoes = [
+                federation_pb2.EchoEnvelope(
+                    site_name=site, node_id=site, statement=e.statement, signature=e.signature
+                )
+                for (rnd, site), e in sorted(self.relay.echoes.items())
+                if rnd == request.round
+            ]
+        if len(echoes) < request.at_least:
+            time.sleep(min(request.wait_seconds, 0.05))
+        return federation_pb2.EchoFetchReply(echoes=echoes)
+
     def ReportPartial(self, request, metadata=(), timeout=None):
         with self.relay.lock:
             self.relay.complaints.append((self.site, request.accused_site, request.reason))
@@ -100,7 +122,7 @@ class Dealt:
     bundle: federation_pb2.KeyBundle
     participants: list[federation_pb2.Participant]
 
-    def task(self, site: Site, **changes: object) -> federation_pb2.Task:
+    def task(self, site: Site, round_number: int = 2, **changes: object) -> federation_pb2.Task:
         sealed = {s.node_id: s.sealed_private_key for s in self.bundle.sealed}
         task = federation_pb2.Task(
             kind=federation_pb2.TASK_KIND_TRAIN,
@@ -119,6 +141,7 @@ class Dealt:
             threshold=2,
             threshold_dealing=self.bundle.threshold_dealing,
             deadline_unix=time.time() + 6,
+            aggregates=[federation_pb2.AggregateRef(round=round_number, sha256=AGGREGATE)],
         )
         for name, value in changes.items():
             if isinstance(value, bytes | int | str):
@@ -257,7 +280,7 @@ def decrypt_at(dealt: Dealt, which: list[int], cts: list[int], keys_, round_numb
         site = dealt.sites[i]
         try:
             results[i] = partials_mod.decrypt(
-                site, dealt.task(site), keys_[i], round_number, "ab" * 32, cts
+                site, dealt.task(site, round_number), keys_[i], round_number, AGGREGATE, cts
             )  # type: ignore[arg-type]
         except TaskRefused as exc:
             results[i] = exc
@@ -270,14 +293,35 @@ def decrypt_at(dealt: Dealt, which: list[int], cts: list[int], keys_, round_numb
     return results
 
 
-def test_two_sites_decrypt_with_the_third_gone(dealt):
+def pre_echo(dealt: Dealt, which: list[int], round_number: int = 2) -> None:
+    """These sites echo the round's aggregate (then, in the test, take no further part)."""
+    for i in which:
+        site = dealt.sites[i]
+        threshold_echo.echo(site, dealt.task(site, round_number), round_number, AGGREGATE)  # type: ignore[arg-type]
+
+
+def test_two_sites_decrypt_when_the_third_echoed_and_then_went(dealt):
     fresh(dealt)
     keys_ = open_all(dealt)
     values = [0, 1, 12345, keys_[0].public_key.n - 1]
+    pre_echo(dealt, [1])
 
     results = decrypt_at(dealt, [0, 2], encrypt(keys_[0], values), keys_)
 
     assert results == {0: values, 2: values}
+
+
+def test_two_of_three_publishes_nothing_with_a_holder_gone_before_echoing(dealt):
+    # The echo quorum of 2-of-3 is 3 (crypto.threshold_custody.echo_quorum): the price of
+    # refusing a coordinator that shows holders different aggregates.
+    relay = fresh(dealt)
+    keys_ = open_all(dealt)
+
+    results = decrypt_at(dealt, [0, 2], encrypt(keys_[0], [5]), keys_)
+
+    assert all(isinstance(r, TaskRefused) for r in results.values()), results
+    assert all("only 2 of the 3 signed echoes" in r.reason for r in results.values())
+    assert relay.partials == {}
 
 
 def test_a_wrong_partial_is_named_and_the_others_decrypt(dealt, monkeypatch):
@@ -315,6 +359,7 @@ def test_swapped_partials_do_not_open_and_both_sites_are_named(dealt):
             b.sealed, c.sealed = c.sealed, b.sealed
 
     cts = encrypt(keys_[0], [5])
+    pre_echo(dealt, [0])
     decrypt_at(dealt, [1, 2], cts, keys_)  # b and c publish; their partials are now relayed
     relay.tamper = swap
 
@@ -331,6 +376,8 @@ def test_a_partial_replayed_from_another_round_does_not_open(dealt):
     relay = fresh(dealt)
     keys_ = open_all(dealt)
     cts = encrypt(keys_[0], [5])
+    pre_echo(dealt, [0], round_number=1)
+    pre_echo(dealt, [1, 2], round_number=2)
     decrypt_at(dealt, [1, 2], cts, keys_, round_number=1)
     # The relay hands round 1's partials out as round 2's.
     relay.partials.update(
@@ -347,6 +394,7 @@ def test_a_share_holder_cannot_publish_in_anothers_name(dealt):
     relay = fresh(dealt)
     keys_ = open_all(dealt)
     cts = encrypt(keys_[0], [5])
+    pre_echo(dealt, [1, 2])
     # site-c knows the group key and seals its own partial under site-b's name.
     c = dealt.sites[2]
     label = "ab" * 32 + "/all"

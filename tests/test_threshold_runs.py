@@ -20,8 +20,9 @@ from client.policy import TaskRefused
 from coordinator.report import report_facts
 from coordinator.schema import AuditEvent, SealedKey, ThresholdKey, ThresholdPartial
 from crypto import threshold as tp
+from crypto import threshold_custody as custody
 from explain.report_html import render_html
-from protos import admin_pb2, common_pb2
+from protos import admin_pb2, common_pb2, federation_pb2
 
 DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED)
 runner = CliRunner()
@@ -158,7 +159,7 @@ def export_all(sites, run_id: str) -> list[list[np.ndarray]]:
 
 
 @pytest.mark.slow
-def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, agents, tmp_path):
+def test_two_of_three_run_completes_and_refuses_forged_echoes(coordinator, agents, tmp_path):
     sites = agents.start(coordinator.address, breast_cancer_sites(3), tmp_path)
     admin = coordinator.admin()
     run = start_run(coordinator, threshold=2, sites=3, rounds=2)
@@ -171,23 +172,20 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     assert sorted(h.split(":")[1] for h in custody.holders) == ["site-0", "site-1", "site-2"]
     assert custody.key_fingerprint == info.key_fingerprint
     assert "erasure is of references" in custody.erasure
-    # A site gone before the final decryption: the other two decrypt from two partials.
-    finals = export_all(sites[:2], run.run_id)
+    # 2-of-3 needs all three holders' echoes (crypto.threshold_custody.echo_quorum).
+    finals = export_all(sites, run.run_id)
     for a, b in zip(finals[0], finals[1], strict=True):
         np.testing.assert_array_equal(a, b)
     _scan_for_secrets(coordinator, run.run_id, sites)
-    with coordinator.hub.db.transaction() as session:
-        final = session.scalars(
-            select(ThresholdPartial.site_name).where(
-                ThresholdPartial.run_id == run.run_id, ThresholdPartial.round == 2
-            )
-        ).all()
-    assert sorted(set(final)) == ["site-0", "site-1"]
+    _forged_echoes_are_refused(sites, run.run_id)
     shown = runner.invoke(
         app,
         ["admin", "runs", "show", run.run_id, "--coordinator", coordinator.address, "--insecure"],
     )
     assert "2 of 3 share holders" in shown.output, shown.output
+    words = " ".join(shown.output.split())  # rich wraps at the terminal's width
+    assert "re-verified by the coordinator just now" in words
+    assert "once 3 of 3 holders echo the same aggregate: up to 0 may be gone" in words
     facts = report_facts(coordinator.hub, run.run_id)
     reported = facts["privacy"]["key_custody"]
     assert reported["verified"] is True, reported
@@ -195,6 +193,7 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     assert reported["erasure"] == custody.erasure
     html = render_html(facts)
     assert "2 of 3 share holders must join to decrypt" in html
+    assert reported["echo_quorum"] == 3 and "up to 0 holders may be gone" in html
     # One byte of the stored signature changed: the report no longer vouches for it.
     with coordinator.hub.db.transaction() as session:
         row = session.get(ThresholdKey, run.run_id)
@@ -207,6 +206,35 @@ def test_two_of_three_run_completes_and_decrypts_with_a_site_gone(coordinator, a
     sites[0].custody.keys.pop(run.run_id)
     with pytest.raises(TaskRefused, match="dealt 2-of-n shares"):
         sites[0].run_keys(task)
+
+
+def _forged_echoes_are_refused(sites, run_id: str) -> None:
+    """The coordinator stores only echoes a holder signed, of its own name and the aggregate."""
+    site, other = sites[0], sites[1]
+    task = site.final_model_task(run_id)
+    aggregate = task.aggregates[-1]
+    echo = custody.EchoStatement(
+        run_id, int(aggregate.round), other.config.site_name, aggregate.sha256, "00" * 32
+    ).to_bytes()
+
+    def submit(statement: bytes, signer) -> None:
+        site.stub.SubmitEcho(
+            federation_pb2.EchoSubmission(
+                run_id=run_id,
+                round=int(aggregate.round),
+                statement=statement,
+                signature=signer.identity.sign(statement),
+            ),
+            metadata=site._metadata(),
+            timeout=30,
+        )
+
+    forged = expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: submit(echo, other))
+    named = expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: submit(echo, site))
+    assert "signature" in forged and "another run, round or site" in named
+    own = echo.replace(other.config.site_name.encode(), site.config.site_name.encode())
+    again = expect_status(grpc.StatusCode.ALREADY_EXISTS, lambda: submit(own, site))
+    assert "already echoed" in again
 
 
 @pytest.mark.slow
@@ -241,3 +269,14 @@ def test_three_of_five_names_a_wrong_partial_and_completes(
         ]
     assert named and all(d["site"] == liar for d in named)
     assert all("proof of correct decryption fails" in d["reason"] for d in named)
+    # A site gone before the final decryption: 3-of-5's echo quorum is 4, so four decrypt.
+    finals = export_all(sites[:4], run.run_id)
+    for other in finals[1:]:
+        for a, b in zip(finals[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+    with coordinator.hub.db.transaction() as session:
+        echoed = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.kind == "echo.published")
+        ).all()
+    final = [json.loads(d) for d in echoed if json.loads(d)["round"] == 2]
+    assert sorted(d["site"] for d in final) == [f"site-{i}" for i in range(4)]
