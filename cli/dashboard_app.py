@@ -34,7 +34,7 @@ from google.protobuf.json_format import MessageToDict
 from starlette.responses import StreamingResponse
 
 from cli.admin_link import run_dict
-from protos import admin_pb2, common_pb2, wire
+from protos import admin_pb2, serde, wire
 
 COOKIE = "cohort_dashboard"
 _STATIC = {
@@ -352,13 +352,10 @@ def _create_request(body: dict[str, Any]) -> admin_pb2.CreateRunRequest:
         if key not in _FIELDS and key != "secure":
             raise HTTPException(400, f"{key}: not a field of a new run")
         if key == "secure":
-            if value not in ("none", "paillier"):
-                raise HTTPException(400, "secure: must be none or paillier")
-            values["secure"] = (
-                common_pb2.SECURE_SCHEME_PAILLIER
-                if value == "paillier"
-                else common_pb2.SECURE_SCHEME_NONE
-            )
+            try:
+                values["secure"] = serde.scheme_to_proto(value)
+            except ValueError:
+                raise HTTPException(400, "secure: must be none or paillier") from None
             continue
         kind = _FIELDS[key]
         if isinstance(value, bool) or not isinstance(value, (kind, int) if kind is float else kind):

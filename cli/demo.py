@@ -27,7 +27,7 @@ from cli.scenarios import (
 from client.agent import AgentConfig, SiteAgent
 from client.policy import SitePolicy
 from coordinator.server import CoordinatorServer
-from protos import admin_pb2, admin_pb2_grpc, common_pb2, wire
+from protos import admin_pb2, admin_pb2_grpc, common_pb2, serde, wire
 
 # prepare_sites / evaluate_weights / train_alone live with the tabular scenario; they are
 # re-exported here because benchmarks import them from the demo.
@@ -176,7 +176,7 @@ def run_demo(
             for event in admin.WatchRun(admin_pb2.GetRunRequest(run_id=run.run_id)):
                 progress.update(event.run)
         final = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-        state = common_pb2.RunState.Name(final.state).removeprefix("RUN_STATE_").lower()
+        state = serde.run_state_name(final.state)
         if state != "completed":
             raise RuntimeError(f"demo run {state}: {final.failure_reason}")
         timings["federated"] = time.perf_counter() - mark
@@ -252,6 +252,8 @@ def check_commands(run_id: str, data_dir: Path) -> list[str]:
         f"cohort audit verify {run_id} --db {db}",
         f"cohort audit report {run_id} --db {db} --format pdf --out {pdf}",
     ]
+
+
 def spend_of(agent: SiteAgent, run_id: str) -> dict[str, Any]:
     """What a site's own ledger says the run cost it: last entry's run ε and the ledger total."""
     entries = [e.statement for e in agent.privacy.ledger.entries if e.run_id == run_id]
@@ -290,9 +292,7 @@ def _create_run_request(settings: DemoSettings, scenario: Scenario) -> admin_pb2
         lr=scenario.lr,
         round_deadline_seconds=settings.round_deadline,
         name=f"demo-{scenario.name}",
-        secure=(
-            common_pb2.SECURE_SCHEME_PAILLIER if settings.secure else common_pb2.SECURE_SCHEME_NONE
-        ),
+        secure=serde.scheme_to_proto("paillier" if settings.secure else "none"),
         custodian=sites[0] if settings.secure else "",
         config_json=json.dumps(config),
         threshold=settings.threshold if settings.secure else 0,

@@ -155,7 +155,7 @@ def run_simulation(settings: SimulateSettings, console: Console) -> SimulateResu
     from client.trainer import TabularTrainer
     from coordinator.hub import Limits
     from coordinator.server import CoordinatorServer
-    from protos import admin_pb2, admin_pb2_grpc, common_pb2
+    from protos import admin_pb2, admin_pb2_grpc, common_pb2, serde
 
     started = time.perf_counter()
     data = load_dataset(settings)
@@ -242,11 +242,7 @@ def run_simulation(settings: SimulateSettings, console: Console) -> SimulateResu
                 lr=settings.lr,
                 round_deadline_seconds=settings.round_deadline,
                 name=f"simulate-{settings.sites}",
-                secure=(
-                    common_pb2.SECURE_SCHEME_PAILLIER
-                    if settings.secure
-                    else common_pb2.SECURE_SCHEME_NONE
-                ),
+                secure=serde.scheme_to_proto("paillier" if settings.secure else "none"),
                 custodian=custodian if settings.secure else "",
                 config_json=json.dumps(config),
             ),
@@ -272,7 +268,7 @@ def run_simulation(settings: SimulateSettings, console: Console) -> SimulateResu
             if final.state in ended:
                 break
             time.sleep(1.0)
-        state = common_pb2.RunState.Name(final.state).removeprefix("RUN_STATE_").lower()
+        state = serde.run_state_name(final.state)
         if state != "completed":
             raise RuntimeError(f"simulated run {state}: {final.failure_reason}")
         timings["run"] = time.perf_counter() - mark

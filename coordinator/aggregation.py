@@ -1,7 +1,9 @@
 """Plaintext aggregation: Flower's strategies on the sites' deltas, and which mode runs which.
 
-The encrypted sum of a secure run is :func:`crypto.aggregate.add_encrypted` (the scheduler
-calls it); a secure run's FedAvgM/FedAdam step happens at each site (``client.secure``).
+The encrypted sum of a secure run is :func:`crypto.aggregate.add_encrypted`, called by the
+Paillier scheme's aggregate face (coordinator/schemes.py) when the scheduler closes a round;
+a secure run's FedAvgM/FedAdam step happens at each site
+(client/schemes/paillier_model.py).
 """
 
 from __future__ import annotations

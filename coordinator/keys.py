@@ -54,7 +54,7 @@ class KeyRelay:
                 public_key = crypto.public_key_from_bytes(bytes(bundle.public_key))
             except ValueError as exc:
                 raise InvalidArgument(f"unreadable public key: {exc}") from exc
-            want_bits = int(run.encoding()["key_bits"])
+            want_bits = run.settings().encoding.key_bits
             if public_key.n.bit_length() < want_bits - 1:
                 raise InvalidArgument(
                     f"key has {public_key.n.bit_length()} bits; the run asks for {want_bits}"

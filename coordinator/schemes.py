@@ -1,8 +1,10 @@
 """Update schemes at the coordinator: what each accepts from a site, and how it aggregates.
 
-A scheme is the wire form of a round's updates. Its site faces (encode, decode) live at
-the site: float32 / 8-bit tensors in protos/wire.py and crypto/quantize, Paillier in
-client/secure.py over crypto/codec.py. Its coordinator faces live here: the size an
+A scheme is the wire form of a round's updates. Its site faces (encode, and the global
+model rebuilt from aggregates) live in client/schemes/: plain.py (float32 and 8-bit
+tensors, over protos/wire.py and crypto/quantize) and paillier.py (single-key and
+threshold, over crypto/codec.py; its docstring walks through a secure round). Its
+coordinator faces live here: the size an
 update may declare, the check of its payload, and the round's aggregate. Intake
 (coordinator/federation.py) and the scheduler (coordinator/scheduler.py) call
 :func:`scheme_of` and never compare scheme names themselves.

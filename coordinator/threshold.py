@@ -27,7 +27,8 @@ from coordinator.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from coordinator.identity import participant_nodes, site_name
+from coordinator.identity import participant_nodes
+from coordinator.queries import site_name
 from coordinator.schema import ModelVersion, Node, Run, ThresholdKey, ThresholdPartial
 from crypto import identity
 from crypto import threshold as tp

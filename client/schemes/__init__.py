@@ -22,7 +22,7 @@ from typing import Any
 from client.schemes.base import SchemeSite, SiteScheme
 from client.schemes.paillier import PaillierScheme, ThresholdPaillierScheme
 from client.schemes.plain import Float32Scheme, Int8Scheme
-from protos import common_pb2, federation_pb2, wire
+from protos import federation_pb2, serde, wire
 
 __all__ = ["SchemeSite", "SiteScheme", "site_scheme"]
 
@@ -34,7 +34,7 @@ THRESHOLD_PAILLIER = ThresholdPaillierScheme()
 
 def site_scheme(task: federation_pb2.Task, config: dict[str, Any]) -> SiteScheme:
     """The scheme of ``task``'s run: its secure scheme, threshold and update quantisation."""
-    if task.secure == common_pb2.SECURE_SCHEME_PAILLIER:
+    if serde.scheme_from_proto(task.secure) is serde.SchemeName.PAILLIER:
         return THRESHOLD_PAILLIER if task.threshold else PAILLIER
     bits = wire.update_quantisation(config)
     return FLOAT32 if bits is None else Int8Scheme(bits)
