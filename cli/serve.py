@@ -24,7 +24,9 @@ Device = Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when present
 Background = Annotated[
     Path | None,
     typer.Option(
-        help="CSV of this site's own rows (columns by name): timing rows, SHAP background."
+        help="This site's own rows: CSV (columns by name) for tabular models, .npz of named "
+        "inputs otherwise; timing rows and SHAP background. Default: background.csv or "
+        "background.npz in MODEL_DIR, when the site put one there."
     ),
 ]
 Example = Annotated[
@@ -81,6 +83,45 @@ def read_background(path: Path, features: tuple[str, ...], limit: int = 100) -> 
     return x
 
 
+def read_named_background(path: Path, names: tuple[str, ...], limit: int = 64) -> dict[str, Any]:
+    """Up to ``limit`` of the site's rows of each named input from an ``.npz`` (a site
+    dataset file: named inputs and a label, which is ignored)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise ValueError(f"no .npz at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files if k in names}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable .npz: {str(exc).splitlines()[0]}") from exc
+    if not arrays:
+        raise ValueError(f"{path} holds none of the model's inputs ({', '.join(names)})")
+    counts = {len(a) for a in arrays.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"{path}: every input needs the same number of rows, at least one")
+    count = counts.pop()
+    if count > limit:
+        index = np.sort(np.random.default_rng(0).choice(count, size=limit, replace=False))
+        arrays = {k: a[index] for k, a in arrays.items()}
+    return arrays
+
+
+def background_file(model_dir: Path, given: Path | None, kind: str) -> Path | None:
+    """``--background``, else the site's rows kept in the export folder, else None."""
+    if given is not None or not model_dir.is_dir():
+        return given
+    default = model_dir / ("background.csv" if kind == "tabular" else "background.npz")
+    return default if default.is_file() else None
+
+
+def site_rows(predictor: Predictor, path: Path) -> dict[str, Any]:
+    """The site's background rows as the model's inputs (``{"x": rows}`` for tabular)."""
+    if predictor.kind == "tabular":
+        return {"x": read_background(path, predictor.feature_names)}
+    return read_named_background(path, predictor.input_names)
+
+
 def inputs_maker(predictor: Predictor, background: Path | None, example: Path | None) -> Any:
     """Batches of the model's own kind of input for timing."""
     import numpy as np
@@ -90,13 +131,14 @@ def inputs_maker(predictor: Predictor, background: Path | None, example: Path | 
     if predictor.kind == "tabular":
         rows = read_background(background, predictor.feature_names) if background else None
         return synthetic_inputs(len(predictor.feature_names), rows)
-    if example is None:
+    source = example or background
+    if source is None:
         raise ValueError(
             f"this model takes named inputs ({', '.join(predictor.input_names)}): "
             "pass --example FILE.npz holding a few rows of each"
         )
-    with np.load(example) as archive:
-        return example_inputs({k: archive[k] for k in archive.files})
+    with np.load(source) as archive:
+        return example_inputs({k: archive[k] for k in archive.files if k in predictor.input_names})
 
 
 def run_profiles(
@@ -304,9 +346,12 @@ def serve(
             "or keep the default 127.0.0.1 behind your own proxy"
         )
     predictor = load_predictor(model_dir, int8=int8, device=resolve_device(device))
-    rows = None
-    if background is not None and predictor.kind == "tabular":
-        rows = read_background(background, predictor.feature_names)
+    background = background_file(model_dir, background, predictor.kind)
+    explainer = None
+    if background is not None:
+        from explain.served import for_predictor
+
+        explainer = for_predictor(predictor, site_rows(predictor, background))
     source = "given"
     if max_batch_size is None or max_wait_ms is None:
         size, wait, source = batching_defaults(predictor, background, example, max_latency_ms)
@@ -321,7 +366,7 @@ def serve(
         max_rows=max_rows,
         token=token,
         report=report,
-        background=rows,
+        explainer=explainer,
     )
     scheme = "https" if tls_cert else "http"
     console.print(
