@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import console, fail, friendly_errors
+from cli import policy as policy_cli
+from cli.common import console, fail, friendly_errors, parse_json_option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
 # torch, fastapi and uvicorn are imported inside the commands: `cohort --help` stays fast.
 
 ModelDir = Annotated[Path, typer.Argument(help="An export folder (holds model.json).")]
+ModelSource = Annotated[
+    Path,
+    typer.Argument(
+        help="An export folder (holds model.json), or a model spec to profile as it is: a "
+        "registry name, hf:/local/dir or package.module:factory (with --allow-model)."
+    ),
+]
+ModelConfig = Annotated[
+    str, typer.Option(help="JSON kwargs for a model spec (not for an export folder).")
+]
 Device = Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when present).")]
 Background = Annotated[
     Path | None,
@@ -141,6 +152,74 @@ def inputs_maker(predictor: Predictor, background: Path | None, example: Path | 
         return example_inputs({k: archive[k] for k in archive.files if k in predictor.input_names})
 
 
+def is_spec(source: Path) -> bool:
+    """True when ``source`` names a model spec rather than an export folder."""
+    from client.policy import is_code_spec
+    from models.registry import available_models
+
+    name = str(source)
+    return not source.is_dir() and (name in available_models() or is_code_spec(name))
+
+
+def trusted_specs(source: Path, allow_model: list[str] | None) -> tuple[str, ...]:
+    """The code specs this site lets run, after checking the model against its policy.
+
+    An export's manifest names the model the run (the coordinator) chose; a spec is the
+    operator's. Either way a spec that imports code (``hf:``, ``module:factory``) is built
+    only when ``--allow-model`` names it, as at training time.
+
+    Raises
+    ------
+    ValueError
+        ``refused (policy): …`` naming the spec and the flag that allows it.
+    """
+    from client.policy import TaskRefused, check_model
+    from models.export import read_manifest
+    from models.registry import available_models
+
+    policy = policy_cli.build_policy(allow_model, False, 3, None, False)
+    if is_spec(source):
+        name = str(source)
+    else:
+        name = str(read_manifest(source).get("model", {}).get("name", ""))
+    try:
+        check_model(policy, name, tuple(available_models()))
+    except TaskRefused as refusal:
+        raise ValueError(f"refused ({refusal.code}): {refusal.reason}") from None
+    return tuple(policy.extra_model_specs)
+
+
+def open_predictor(
+    source: Path,
+    *,
+    int8: bool,
+    device: str,
+    allow_model: list[str] | None = None,
+    model_config: str = "",
+) -> Predictor:
+    """An export folder, or a spec (registry name, ``hf:/dir``, ``module:factory``) as is."""
+    from models.serving import load_predictor, spec_predictor
+
+    specs = trusted_specs(source, allow_model)
+    config = parse_json_option(model_config, "--model-config")
+    if not is_spec(source):
+        if config:
+            raise ValueError("--model-config is for a model spec; an export names its own")
+        return load_predictor(source, int8=int8, device=device, trusted_specs=specs)
+    return spec_predictor(str(source), config, int8=int8, device=device, trusted_specs=specs)
+
+
+def probe(predictor: Predictor, make: Any) -> None:
+    """One call on a row of the inputs: a model that cannot take them is a one-line error."""
+    try:
+        predictor(make(1))
+    except (RuntimeError, TypeError, IndexError) as exc:
+        raise ValueError(
+            f"the model cannot run on these inputs ({', '.join(sorted(make(1)))}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+
+
 def run_profiles(
     model_dir: Path,
     *,
@@ -152,18 +231,28 @@ def run_profiles(
     repeats: int,
     background: Path | None = None,
     example: Path | None = None,
+    allow_model: list[str] | None = None,
+    model_config: str = "",
 ) -> list[Profile]:
-    """fp32 (and INT8 with ``int8``) profiles of an export, in that order."""
+    """fp32 (and INT8 with ``int8``) profiles of an export or a spec, in that order."""
     from models.profiling import profile_predictor
-    from models.serving import load_predictor
 
     profiles = []
     for variant in ("fp32", "int8") if int8 else ("fp32",):
-        predictor = load_predictor(model_dir, int8=variant == "int8", device=device)
+        predictor = open_predictor(
+            model_dir,
+            int8=variant == "int8",
+            device=device,
+            allow_model=allow_model,
+            model_config=model_config,
+        )
+        background = background_file(model_dir, background, predictor.kind)
+        make = inputs_maker(predictor, background, example)
+        probe(predictor, make)
         profiles.append(
             profile_predictor(
                 predictor,
-                inputs_maker(predictor, background, example),
+                make,
                 variant=variant,
                 device=predictor.device,
                 batch_sizes=batch_sizes,
@@ -240,7 +329,7 @@ def plot_profiles(profiles: list[Profile], path: Path) -> None:
 
 @friendly_errors
 def profile(
-    model_dir: ModelDir,
+    model_dir: ModelSource,
     device: Device = "auto",
     int8: Annotated[bool, typer.Option(help="Profile INT8 beside fp32 (CPU only).")] = False,
     max_latency_ms: MaxLatency = 50.0,
@@ -252,6 +341,8 @@ def profile(
     example: Example = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG plot here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    allow_model: policy_cli.AllowModel = None,
+    model_config: ModelConfig = "",
 ) -> None:
     """Latency (p50/p95/p99), throughput and memory per batch size; the batch to serve."""
     import torch
@@ -268,6 +359,8 @@ def profile(
         repeats=repeats,
         background=background,
         example=example,
+        allow_model=allow_model,
+        model_config=model_config,
     )
     if plot is not None:
         plot_profiles(profiles, plot)
@@ -327,11 +420,11 @@ def serve(
     background: Background = None,
     example: Example = None,
     report: Annotated[str, typer.Option(help="Where the run's audit report is (for /model).")] = "",
+    allow_model: policy_cli.AllowModel = None,
 ) -> None:
     """Serve the model over HTTP with dynamic batching, metrics, provenance and SHAP."""
     import uvicorn
 
-    from models.serving import load_predictor
     from models.serving_http import ServeConfig, create_app
 
     if (tls_cert is None) != (tls_key is None):
@@ -345,7 +438,11 @@ def serve(
             f"--host {host} serves beyond this machine: pass --token and --tls-cert/--tls-key, "
             "or keep the default 127.0.0.1 behind your own proxy"
         )
-    predictor = load_predictor(model_dir, int8=int8, device=resolve_device(device))
+    if not model_dir.is_dir():
+        fail(f"{model_dir} is not an export folder: serve an export (`cohort model export`)")
+    predictor = open_predictor(
+        model_dir, int8=int8, device=resolve_device(device), allow_model=allow_model
+    )
     background = background_file(model_dir, background, predictor.kind)
     explainer = None
     if background is not None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -491,11 +491,15 @@ def load_model(directory: Path, *, int8: bool = False, verify: bool = True) -> E
     return ExportedModel(directory, manifest, module.eval())
 
 
-def load_module(directory: Path, *, verify: bool = True) -> nn.Module:
+def load_module(
+    directory: Path, *, verify: bool = True, trusted_specs: Collection[str] = ()
+) -> nn.Module:
     """Rebuild the registry model the manifest names and load ``weights.pt`` (strict).
 
     This is the model without the preprocessing: it takes prepared inputs, as during
-    training, and returns logits. Useful for fine-tuning or SHAP at the site.
+    training, and returns logits. Useful for fine-tuning or SHAP at the site. A manifest
+    naming a spec that imports code (``hf:/dir``, ``module:factory``) is rebuilt only when
+    the site lists it in ``trusted_specs`` (:func:`models.registry.build_model`).
     """
     from models.registry import build_model
 
@@ -504,7 +508,9 @@ def load_module(directory: Path, *, verify: bool = True) -> nn.Module:
     path = directory / WEIGHTS_FILE
     if verify and file_sha256(path) != manifest["files"][WEIGHTS_FILE]:
         raise ExportError(f"{path} does not match the sha256 in {MANIFEST_FILE}: refusing it")
-    model = build_model(manifest["model"]["name"], **manifest["model"]["config"])
+    model = build_model(
+        manifest["model"]["name"], trusted_specs=trusted_specs, **manifest["model"]["config"]
+    )
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,12 +84,20 @@ def _logits(output: Any) -> torch.Tensor:
     return logits_of(output)
 
 
-def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") -> Predictor:
+def load_predictor(
+    directory: Path,
+    *,
+    int8: bool = False,
+    device: str = "cpu",
+    trusted_specs: Collection[str] = (),
+) -> Predictor:
     """Load an export folder for serving or profiling.
 
     Tabular exports run their TorchScript scorer (``model_int8.ts`` with ``int8``, or, when
     the export has none, the float weights quantised here with dynamic INT8 Linear layers).
-    Other exports rebuild the registry model from ``weights.pt`` and take its named inputs.
+    Other exports rebuild the registry model from ``weights.pt`` and take its named inputs;
+    one whose model imports code (``hf:``, ``module:factory``) only when the site lists it
+    in ``trusted_specs``. A LoRA export holds the merged weights, so it loads as its base.
 
     Raises
     ------
@@ -97,11 +105,7 @@ def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") 
         If the folder holds no usable export, or INT8 is asked for on CUDA (PyTorch's
         INT8 kernels are CPU kernels).
     """
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ExportError("--device cuda asked for, but this machine has no CUDA device")
-    if int8 and target.type != "cpu":
-        raise ExportError("INT8 models run on the CPU only: drop --int8 or use --device cpu")
+    target = _target(device, int8)
     directory = Path(directory)
     manifest = read_manifest(directory)
     classes = tuple(manifest.get("outputs", {}).get("classes", ()))
@@ -126,7 +130,59 @@ def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") 
             manifest,
             int8,
         )
-    module = load_module(directory)
+    module = load_module(directory, trusted_specs=trusted_specs)
+    if not classes:
+        classes = _class_names(module, manifest["model"]["config"])
+    return _named_predictor(module, target, classes, manifest, int8)
+
+
+def spec_predictor(
+    spec: str,
+    config: Mapping[str, Any],
+    *,
+    int8: bool = False,
+    device: str = "cpu",
+    trusted_specs: Collection[str] = (),
+) -> Predictor:
+    """A predictor straight from a model spec, no export: a registry name, a local
+    ``hf:/dir`` or a user's ``module:factory`` (the last two only when in
+    ``trusted_specs``, as :func:`models.registry.build_model` requires).
+
+    The weights are the spec's own (the directory's for ``hf:``, the factory's): this is
+    for profiling an architecture on this machine before or without a run.
+    """
+    from models.registry import build_model
+
+    target = _target(device, int8)
+    module = build_model(spec, trusted_specs=trusted_specs, **dict(config))
+    manifest = {"model": {"name": spec, "config": dict(config)}}
+    return _named_predictor(module, target, _class_names(module, config), manifest, int8)
+
+
+def _target(device: str, int8: bool) -> torch.device:
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda asked for, but this machine has no CUDA device")
+    if int8 and target.type != "cpu":
+        raise ExportError("INT8 models run on the CPU only: drop --int8 or use --device cpu")
+    return target
+
+
+def _class_names(module: nn.Module, config: Mapping[str, Any]) -> tuple[str, ...]:
+    # A Hugging Face model names its labels; registry and user models say how many.
+    labels = getattr(getattr(module, "config", None), "id2label", None)
+    if isinstance(labels, dict) and labels:
+        return tuple(str(labels[i]) for i in sorted(labels))
+    return tuple(str(i) for i in range(int(config.get("num_classes", 2))))
+
+
+def _named_predictor(
+    module: nn.Module,
+    target: torch.device,
+    classes: tuple[str, ...],
+    manifest: dict[str, Any],
+    int8: bool,
+) -> Predictor:
     if int8:
         from models.quantize import quantize_dynamic
 
@@ -138,10 +194,6 @@ def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") 
     ]
     names = tuple(p.name for p in params)
     required = tuple(p.name for p in params if p.default is p.empty)
-    if not classes:
-        classes = tuple(
-            str(i) for i in range(int(manifest["model"]["config"].get("num_classes", 2)))
-        )
     return Predictor(
         "named", module.to(target).eval(), target, names, classes, (), manifest, int8, required
     )
