@@ -60,13 +60,19 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    """``auto`` is CUDA when present, else the CPU (:func:`models.device.select_device`);
+    the predictor then runs under bf16 autocast on CUDA (:func:`models.device.autocast_context`).
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    Raises
+    ------
+    ValueError
+        For a device that is not cpu/cuda/auto, or CUDA asked for on a machine without it.
+    """
+    from models.device import select_device
+
+    if device != "auto" and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"--device {device!r}: use cpu, cuda or auto")
-    return device
+    return str(select_device(None if device == "auto" else device))
 
 
 def read_background(path: Path, features: tuple[str, ...], limit: int = 100) -> np.ndarray:

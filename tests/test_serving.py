@@ -586,3 +586,29 @@ def test_a_multimodal_request_is_explained_over_its_named_inputs(multimodal, tmp
         two = {"inputs": {k: v[:2].tolist() for k, v in inputs.items()}}
         assert httpx.post(f"{running.url}/explain", json=two).status_code == 422
         assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+
+
+def test_the_device_is_cuda_when_present_with_bf16_autocast(site):
+    """The selection logic on whatever this machine has; nothing is faked."""
+    import warnings
+
+    from cli.serve import resolve_device
+    from models.device import autocast_context
+
+    has_cuda = torch.cuda.is_available()
+    assert resolve_device("auto") == ("cuda" if has_cuda else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="use cpu, cuda or auto"):
+        resolve_device("tpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast warns that CUDA is absent, on a CPU box
+        context = autocast_context(torch.device("cuda"))
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast_context(torch.device("cpu")), torch.autocast)
+    predictor = load_predictor(site["dir"], device=resolve_device("auto"))
+    assert predictor.device.type == ("cuda" if has_cuda else "cpu")
+    out = predictor({"x": site["x"][:3]})
+    assert out.dtype == np.float32 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3)
+    if not has_cuda:
+        result = runner.invoke(cli_app, ["model", "profile", str(site["dir"]), "--device", "cuda"])
+        assert result.exit_code == 2 and "CUDA is not available" in result.output
