@@ -557,7 +557,7 @@ def test_a_multimodal_request_is_explained_over_its_named_inputs(multimodal, tmp
     inputs = multimodal["inputs"]
     site_rows = {k: v[2:8] for k, v in inputs.items()}
     np.savez(tmp_path / "background.npz", label=np.zeros(6, dtype=np.int64), **site_rows)
-    from cli.serve import read_named_background
+    from cli.model_source import read_named_background
 
     background = read_named_background(tmp_path / "background.npz", predictor.input_names)
     assert "label" not in background and len(background["image"]) == 6
@@ -592,7 +592,7 @@ def test_the_device_is_cuda_when_present_with_bf16_autocast(site):
     """The selection logic on whatever this machine has; nothing is faked."""
     import warnings
 
-    from cli.serve import resolve_device
+    from cli.model_source import resolve_device
     from models.device import autocast_context
 
     has_cuda = torch.cuda.is_available()
