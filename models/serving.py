@@ -18,7 +18,7 @@ import inspect
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -273,6 +273,16 @@ class BatcherStats:
 class DynamicBatcher:
     """Gather concurrent requests into batches for one model worker.
 
+    Hand-off, built for tail latency under many callers: an event loop does not wake the
+    worker once per request. Requests submitted on a loop collect in that loop's outbox
+    and go to the worker as one list by a ``call_soon`` callback, which runs after every
+    callback already ready: the callers the last batch just answered (one ``_settle``
+    wakes them all) resubmit first, so their requests travel together. The worker takes
+    every list already queued without waiting, waits ``max_wait_ms`` for more only while
+    it holds fewer than ``max_batch_size`` rows (never when the queue already fills a
+    batch), and answers a whole batch with one callback per loop. Waiting callers are
+    counted at submission, so the bound (:class:`QueueFull`) holds whatever the hand-off.
+
     Parameters
     ----------
     predict
@@ -310,16 +320,22 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1e3
         self.timeout_s = timeout_s
+        self.max_queue = max_queue
         self.on_batch = on_batch
         self.stats = BatcherStats()
-        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
+        # Lists of requests; None asks the worker to stop. Unbounded: _waiting is the bound.
+        self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
+        self._outbox: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+        self._waiting = 0
+        self._count = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_rows = 0
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Requests submitted and not yet taken by the worker."""
+        return self._waiting
 
     def start(self) -> DynamicBatcher:
         if self._thread is None:
@@ -331,47 +347,69 @@ class DynamicBatcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker; requests still queued are failed, never left waiting."""
         self._stopping.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
         while True:
             try:
-                item = self._queue.get_nowait()
+                items = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and not item.abandoned():
-                deliver([(item, None, QueueFull("the service is shutting down"))])
+            self._refuse(items or [], "the service is shutting down")
+
+    def _refuse(self, requests: list[_Request], why: str) -> None:
+        self._taken(len(requests))
+        deliver([(r, None, QueueFull(why)) for r in requests if not r.abandoned()])
 
     def submit(self, inputs: Inputs) -> Future[np.ndarray]:
         """Queue one request (any number of rows); raise :class:`QueueFull` when full."""
         future: Future[np.ndarray] = Future()
-        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), future=future))
+        request = _Request(inputs, rows_of(inputs), self._deadline(), future=future)
+        self._admit()
+        self._queue.put([request])
         return future
 
     def _deadline(self) -> float:
         return time.monotonic() + self.timeout_s
 
-    def _enqueue(self, request: _Request) -> None:
+    def _admit(self) -> None:
         if self._thread is None or self._stopping.is_set():
             raise QueueFull("the batcher is not running")
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise QueueFull(
-                f"{self._queue.maxsize} requests are already waiting: retry shortly"
-            ) from None
+        with self._count:
+            if self._waiting >= self.max_queue:
+                raise QueueFull(f"{self.max_queue} requests are already waiting: retry shortly")
+            self._waiting += 1
+
+    def _taken(self, count: int) -> None:
+        with self._count:
+            self._waiting -= count
 
     async def predict_async(self, inputs: Inputs) -> np.ndarray:
         """Submit and await the answer, at most ``timeout_s``."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[np.ndarray] = loop.create_future()
-        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), loop=loop, waiter=waiter))
+        request = _Request(inputs, rows_of(inputs), self._deadline(), loop=loop, waiter=waiter)
+        self._admit()
+        outbox = self._outbox.get(loop)
+        if outbox is None:
+            outbox = self._outbox[loop] = []
+            loop.call_soon(self._flush, loop)
+        outbox.append(request)
         try:
-            return await asyncio.wait_for(waiter, self.timeout_s)
+            # asyncio.timeout arms one timer handle; wait_for would wrap each call in a Task.
+            async with asyncio.timeout(self.timeout_s):
+                return await waiter
         except TimeoutError:
             raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        # On the loop, after the callbacks that were ready: one hand-off for all of them.
+        requests = self._outbox.pop(loop, [])
+        if self._stopping.is_set():
+            self._refuse(requests, "the service is shutting down")
+        elif requests:
+            self._queue.put(requests)
 
     def predict_sync(self, inputs: Inputs) -> np.ndarray:
         future = self.submit(inputs)
@@ -381,46 +419,52 @@ class DynamicBatcher:
             future.cancel()
             raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
 
-    def _run(self) -> None:
-        carry: _Request | None = None
-        while not self._stopping.is_set():
-            first = carry
-            carry = None
-            if first is None:
-                try:
-                    first = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-            if first is None:
-                break
-            batch, rows = [first], first.rows
-            # Wait for company only when the last batch had some: a lone caller is answered
-            # at once, while under load requests that arrive during a model call form the
-            # next batch and the wait tops it up.
-            wait = self.max_wait_s if self._last_rows > 1 else 0.0
-            deadline = time.monotonic() + wait
-            while rows < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                try:
-                    item = (
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else (self._queue.get_nowait())
-                    )
-                except queue.Empty:
-                    break
-                if item is None:
+    def _pull(self, pending: deque[_Request], timeout: float) -> int:
+        """Move queued requests to ``pending``: every list already there, else wait
+        ``timeout`` s for one. Returns the rows moved; a stop request sets ``_stopping``."""
+        moved = 0
+        try:
+            items = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            while True:
+                if items is None:
                     self._stopping.set()
-                    break
-                if rows + item.rows > self.max_batch_size:
-                    carry = item  # it opens the next batch rather than overflow this one
-                    break
-                batch.append(item)
-                rows += item.rows
-            self._last_rows = rows
+                    return moved
+                self._taken(len(items))
+                pending.extend(items)
+                moved += sum(r.rows for r in items)
+                items = self._queue.get_nowait()
+        except queue.Empty:
+            return moved
+
+    def _run(self) -> None:
+        pending: deque[_Request] = deque()
+        rows = 0  # in pending
+        while not self._stopping.is_set():
+            if not pending:
+                rows += self._pull(pending, 0.1)
+                if not pending:
+                    continue
+            rows += self._pull(pending, 0.0)
+            # Wait for company only when the last batch had some and this one is not full:
+            # a lone caller is answered at once, and a queue that fills a batch never waits.
+            if self._last_rows > 1 and self.max_wait_s > 0:
+                deadline = time.monotonic() + self.max_wait_s
+                while rows < self.max_batch_size and not self._stopping.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    rows += self._pull(pending, remaining)
+            batch = [pending.popleft()]
+            taken = batch[0].rows
+            while pending and taken + pending[0].rows <= self.max_batch_size:
+                request = pending.popleft()
+                batch.append(request)
+                taken += request.rows
+            rows -= taken
+            self._last_rows = taken
             self._execute(batch)
-        if carry is not None and not carry.abandoned():
-            deliver([(carry, None, QueueFull("the service is shutting down"))])
+        leftover = [r for r in pending if not r.abandoned()]
+        deliver([(r, None, QueueFull("the service is shutting down")) for r in leftover])
 
     def _execute(self, batch: list[_Request]) -> None:
         now = time.monotonic()
