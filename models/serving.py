@@ -41,6 +41,7 @@ from models.export import (
 
 Inputs = dict[str, np.ndarray]
 TABULAR_INPUT = "x"  # the one input of a tabular scorer: raw rows [n, features]
+SWEEP_S = 0.05  # how often an event loop checks its requests' deadlines
 
 
 class QueueFull(RuntimeError):
@@ -223,7 +224,7 @@ class _Request:
         """True when the caller gave up; otherwise the request is marked running."""
         if self.future is not None:
             return not self.future.set_running_or_notify_cancel()
-        return self.waiter is not None and self.waiter.cancelled()
+        return self.waiter is not None and self.waiter.done()  # cancelled or timed out
 
 
 Outcome = tuple[_Request, np.ndarray | None, BaseException | None]
@@ -326,6 +327,10 @@ class DynamicBatcher:
         # Lists of requests; None asks the worker to stop. Unbounded: _waiting is the bound.
         self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
         self._outbox: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+        self._deadlines: dict[
+            asyncio.AbstractEventLoop, deque[tuple[float, asyncio.Future[np.ndarray]]]
+        ] = {}
+        self._sweep_every = min(SWEEP_S, timeout_s / 4)
         self._waiting = 0
         self._count = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -386,7 +391,12 @@ class DynamicBatcher:
             self._waiting -= count
 
     async def predict_async(self, inputs: Inputs) -> np.ndarray:
-        """Submit and await the answer, at most ``timeout_s``."""
+        """Submit and await the answer; past ``timeout_s`` it raises :class:`RequestTimeout`.
+
+        The deadline is kept by one sweeper per loop (:meth:`_sweep`), not a timer per
+        request: requests share one timeout, so deadlines are in submission order and a
+        deque of them is checked from the front (to within ``SWEEP_S``).
+        """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[np.ndarray] = loop.create_future()
         request = _Request(inputs, rows_of(inputs), self._deadline(), loop=loop, waiter=waiter)
@@ -396,12 +406,25 @@ class DynamicBatcher:
             outbox = self._outbox[loop] = []
             loop.call_soon(self._flush, loop)
         outbox.append(request)
-        try:
-            # asyncio.timeout arms one timer handle; wait_for would wrap each call in a Task.
-            async with asyncio.timeout(self.timeout_s):
-                return await waiter
-        except TimeoutError:
-            raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
+        deadlines = self._deadlines.get(loop)
+        if deadlines is None:
+            deadlines = self._deadlines[loop] = deque()
+            loop.call_later(self._sweep_every, self._sweep, loop)
+        deadlines.append((request.deadline, waiter))
+        return await waiter
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        # On the loop: fail the waiters whose deadline passed; drop the answered ones.
+        deadlines = self._deadlines[loop]
+        now = time.monotonic()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, waiter = deadlines.popleft()
+            if not waiter.done():
+                waiter.set_exception(RequestTimeout(f"no answer within {self.timeout_s:g} s"))
+        if deadlines:
+            loop.call_later(self._sweep_every, self._sweep, loop)
+        else:
+            del self._deadlines[loop]
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         # On the loop, after the callbacks that were ready: one hand-off for all of them.
