@@ -612,3 +612,40 @@ def test_the_device_is_cuda_when_present_with_bf16_autocast(site):
     if not has_cuda:
         result = runner.invoke(cli_app, ["model", "profile", str(site["dir"]), "--device", "cuda"])
         assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+def test_requests_awaited_together_on_a_loop_reach_the_model_as_one_batch(predictor, site):
+    """The loop hands the worker one list per round of ready callbacks: no wait needed."""
+    batcher = DynamicBatcher(predictor, max_batch_size=64, max_wait_ms=0).start()
+    try:
+
+        async def together() -> list[np.ndarray]:
+            return await asyncio.gather(
+                *(batcher.predict_async({"x": site["x"][i : i + 1]}) for i in range(10))
+            )
+
+        answers = asyncio.run(together())
+        assert batcher.stats.batch_sizes == {10: 1}
+        np.testing.assert_allclose(
+            np.concatenate(answers), direct(predictor, site["x"][:10]), atol=1e-6
+        )
+    finally:
+        batcher.stop()
+
+
+def test_an_awaited_request_times_out_while_the_model_is_stuck(predictor, site):
+    gate = Gate(predictor)
+    batcher = DynamicBatcher(gate, max_batch_size=4, timeout_s=0.3, max_queue=2).start()
+    try:
+
+        async def stuck() -> None:
+            began = time.monotonic()
+            with pytest.raises(RequestTimeout):
+                await batcher.predict_async({"x": site["x"][:1]})
+            assert time.monotonic() - began < 1.0  # the sweeper, not a forgotten waiter
+
+        asyncio.run(stuck())
+        assert batcher.queue_depth == 0
+    finally:
+        gate.release.set()
+        batcher.stop()
