@@ -12,7 +12,9 @@ Goal (issue 16): at 64 clients, >= 5x the baseline's throughput with p99 no wors
 2x the single-request latency (the baseline's p99 at one client). By Little's law the
 latency at 64 clients is 64 / throughput, so the second half needs the batched service to
 be ~32x faster than one at a time: reachable where a 64-row model call costs about what a
-1-row call does (a GPU), not where cost grows with rows (a CPU).
+1-row call does (a GPU), not where cost grows with rows (a CPU). Each model's result
+states that floor (``littles_law_p99_floor_ms``: 64 / the profile's best rows/s at a
+batch of at most 64) and whether the goal is reachable at all on the machine measured.
 
 ``python bench/serve.py --quick`` takes about a minute on 2 cores. Prints tables; the last
 line is one JSON object.
@@ -158,6 +160,7 @@ def bench_model(name: str, predictor: Predictor, make: Any, seconds: float) -> d
         batched = measure(predictor, make, clients, chosen, wait_ms, seconds)
         rows.append({"clients": clients, "baseline": base, "batched": batched})
     single = rows[0]["baseline"]["p99_ms"]
+    floor = littles_law_floor_ms(profile, CLIENTS[-1])
     at64 = rows[-1]
     speedup = at64["batched"]["throughput_rps"] / at64["baseline"]["throughput_rps"]
     sweep = {size: measure(predictor, make, 64, size, wait_ms, seconds / 2) for size in SWEEP}
@@ -179,7 +182,26 @@ def bench_model(name: str, predictor: Predictor, make: Any, seconds: float) -> d
         else None,
         "throughput_target_met": speedup >= 5.0,
         "latency_target_met": at64["batched"]["p99_ms"] <= 2 * single,
+        "littles_law_p99_floor_ms": floor,
+        "littles_law_p99_floor_ratio": floor / single,
+        "latency_goal_reachable": floor <= 2 * single,
+        # The same bound with the best rate this service reached at 64 clients (model plus
+        # per-request serving work): what no batch setting measured here could beat.
+        "littles_law_service_floor_ms": 1e3
+        * CLIENTS[-1]
+        / max([at64["batched"]["throughput_rps"], *(m["throughput_rps"] for m in sweep.values())]),
     }
+
+
+def littles_law_floor_ms(profile: Any, clients: int) -> float:
+    """The least p99 any server reaches with ``clients`` closed-loop callers on this model.
+
+    Little's law: ``clients`` requests are always in flight, so the mean latency is
+    ``clients / throughput``, and the throughput cannot pass the model's best rows/s at
+    a batch of at most ``clients`` rows (the profile's). p99 is at least the mean.
+    """
+    best = max(t.throughput_rows_s for t in profile.timings if t.batch_size <= clients)
+    return 1e3 * clients / best
 
 
 def table(result: dict[str, Any]) -> Table:
@@ -215,7 +237,12 @@ def table(result: dict[str, Any]) -> Table:
         f"{'met' if result['throughput_target_met'] else 'NOT met'}); p99 "
         f"{result['p99_ratio_at_64']:.1f}x the single-request p99 "
         f"{result['single_request_p99_ms']:.2f} ms (goal ≤ 2x: "
-        f"{'met' if result['latency_target_met'] else 'NOT met'}). Sweep at 64 clients, req/s "
+        f"{'met' if result['latency_target_met'] else 'NOT met'}; Little's law floor at 64 "
+        f"clients: p99 ≥ 64 / best rows/s = {result['littles_law_p99_floor_ms']:.2f} ms = "
+        f"{result['littles_law_p99_floor_ratio']:.1f}x, so the goal is "
+        f"{'reachable' if result['latency_goal_reachable'] else 'NOT reachable'} from the model "
+        f"alone; with this service's best measured rate p99 ≥ "
+        f"{result['littles_law_service_floor_ms']:.2f} ms). Sweep at 64 clients, req/s "
         f"by max batch — {sweep}; best {result['best_swept_batch']}, profile chose "
         f"{result['chosen_batch']}."
     )

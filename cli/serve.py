@@ -1,4 +1,4 @@
-"""`cohort model profile` and `cohort model serve`: the federated model in use at a site."""
+"""`cohort model serve` and `cohort model predict`: the federated model in use at a site."""
 
 from __future__ import annotations
 
@@ -7,236 +7,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
+from cli import policy as policy_cli
 from cli.common import console, fail, friendly_errors
+from cli.model_source import (
+    Background,
+    Device,
+    Example,
+    MaxLatency,
+    ModelDir,
+    background_file,
+    inputs_maker,
+    open_predictor,
+    resolve_device,
+    site_rows,
+)
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from models.profiling import Profile
     from models.serving import Predictor
 
 # torch, fastapi and uvicorn are imported inside the commands: `cohort --help` stays fast.
-
-ModelDir = Annotated[Path, typer.Argument(help="An export folder (holds model.json).")]
-Device = Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when present).")]
-Background = Annotated[
-    Path | None,
-    typer.Option(
-        help="CSV of this site's own rows (columns by name): timing rows, SHAP background."
-    ),
-]
-Example = Annotated[
-    Path | None, typer.Option(help=".npz of named inputs, for models that are not tabular.")
-]
-MaxLatency = Annotated[float, typer.Option(help="Latency budget (p99, ms) for the batch choice.")]
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    """``"1,8,64"`` as sorted distinct positive integers; ValueError naming a bad item."""
-    sizes = set()
-    for item in text.split(","):
-        item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise ValueError(f"--batch-sizes: {item!r} is not a positive integer")
-        sizes.add(int(item))
-    if not sizes:
-        raise ValueError("--batch-sizes names no batch size")
-    return sorted(sizes)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device {device!r}: use cpu, cuda or auto")
-    return device
-
-
-def read_background(path: Path, features: tuple[str, ...], limit: int = 100) -> np.ndarray:
-    """Up to ``limit`` of the site's rows, in the model's feature order (extra columns ignored)."""
-    import numpy as np
-    import pandas as pd
-
-    from models.export import column_order
-
-    if not path.is_file():
-        raise ValueError(f"no CSV at {path}")
-    frame = pd.read_csv(path)
-    order = column_order([str(c) for c in frame.columns], features)
-    rows = frame.iloc[:, order]
-    for name in features:
-        if not pd.api.types.is_numeric_dtype(rows[name]):
-            raise ValueError(f"column {name!r} in {path} is not numeric")
-    x = rows.to_numpy(dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{path} holds a missing or infinite value")
-    if len(x) == 0:
-        raise ValueError(f"{path} holds no rows")
-    if len(x) > limit:
-        x = x[np.random.default_rng(0).choice(len(x), size=limit, replace=False)]
-    return x
-
-
-def inputs_maker(predictor: Predictor, background: Path | None, example: Path | None) -> Any:
-    """Batches of the model's own kind of input for timing."""
-    import numpy as np
-
-    from models.profiling import example_inputs, synthetic_inputs
-
-    if predictor.kind == "tabular":
-        rows = read_background(background, predictor.feature_names) if background else None
-        return synthetic_inputs(len(predictor.feature_names), rows)
-    if example is None:
-        raise ValueError(
-            f"this model takes named inputs ({', '.join(predictor.input_names)}): "
-            "pass --example FILE.npz holding a few rows of each"
-        )
-    with np.load(example) as archive:
-        return example_inputs({k: archive[k] for k in archive.files})
-
-
-def run_profiles(
-    model_dir: Path,
-    *,
-    device: str,
-    int8: bool,
-    batch_sizes: list[int],
-    max_latency_ms: float,
-    warmup: int,
-    repeats: int,
-    background: Path | None = None,
-    example: Path | None = None,
-) -> list[Profile]:
-    """fp32 (and INT8 with ``int8``) profiles of an export, in that order."""
-    from models.profiling import profile_predictor
-    from models.serving import load_predictor
-
-    profiles = []
-    for variant in ("fp32", "int8") if int8 else ("fp32",):
-        predictor = load_predictor(model_dir, int8=variant == "int8", device=device)
-        profiles.append(
-            profile_predictor(
-                predictor,
-                inputs_maker(predictor, background, example),
-                variant=variant,
-                device=predictor.device,
-                batch_sizes=batch_sizes,
-                max_latency_ms=max_latency_ms,
-                warmup=warmup,
-                repeats=repeats,
-            )
-        )
-    return profiles
-
-
-def profile_table(profiles: list[Profile], model_dir: Path) -> Table:
-    """Batch sizes down, each variant's latency and throughput across, a throughput bar."""
-    first = profiles[0]
-    table = Table(title=f"{model_dir}: latency and throughput per batch size ({first.device})")
-    table.add_column("batch", justify="right")
-    for p in profiles:
-        for what in ("p50 ms", "p95 ms", "p99 ms", "rows/s"):
-            table.add_column(f"{p.variant} {what}", justify="right")
-    table.add_column("peak MiB", justify="right")
-    table.add_column(f"{first.variant} rows/s", justify="left")
-    top = max(t.throughput_rows_s for t in first.timings)
-    for i, t in enumerate(first.timings):
-        cells = [str(t.batch_size)]
-        for p in profiles:
-            pt = p.timings[i]
-            mark = "*" if pt.batch_size == p.chosen_batch_size else ""
-            cells += [
-                f"{pt.p50_ms:.3f}",
-                f"{pt.p95_ms:.3f}",
-                f"{pt.p99_ms:.3f}",
-                f"{pt.throughput_rows_s:,.0f}{mark}",
-            ]
-        cells.append(f"{max(p.timings[i].peak_memory_mib for p in profiles):.0f}")
-        cells.append("█" * max(1, round(20 * t.throughput_rows_s / top)))
-        table.add_row(*cells)
-    chosen = "; ".join(
-        f"{p.variant}: batch {p.chosen_batch_size}"
-        + ("" if p.within_budget else " (none fits the budget: lowest p99)")
-        for p in profiles
-    )
-    table.caption = (
-        f"* chosen within p99 ≤ {first.max_latency_ms:g} ms — {chosen}. "
-        f"{first.threads} torch threads; {first.timings[0].repeats}+ timed runs per batch after "
-        f"warm-up; memory: {first.memory_note}."
-    )
-    return table
-
-
-def plot_profiles(profiles: list[Profile], path: Path) -> None:
-    """PNG: throughput and p99 latency against batch size, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for p in profiles:
-        sizes = [t.batch_size for t in p.timings]
-        left.plot(sizes, [t.throughput_rows_s for t in p.timings], marker="o", label=p.variant)
-        right.plot(sizes, [t.p99_ms for t in p.timings], marker="o", label=p.variant)
-    right.axhline(profiles[0].max_latency_ms, color="grey", linestyle="--", label="budget")
-    for axis, label in ((left, "rows / s"), (right, "p99 latency (ms)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("batch size")
-        axis.set_ylabel(label)
-        axis.legend()
-    figure.suptitle(f"{profiles[0].device}, {profiles[0].threads} threads")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-@friendly_errors
-def profile(
-    model_dir: ModelDir,
-    device: Device = "auto",
-    int8: Annotated[bool, typer.Option(help="Profile INT8 beside fp32 (CPU only).")] = False,
-    max_latency_ms: MaxLatency = 50.0,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated.")] = "1,2,4,8,16,32,64,128,256",
-    warmup: Annotated[int, typer.Option(min=0)] = 5,
-    repeats: Annotated[int, typer.Option(min=3)] = 30,
-    threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
-    background: Background = None,
-    example: Example = None,
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG plot here.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-) -> None:
-    """Latency (p50/p95/p99), throughput and memory per batch size; the batch to serve."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    profiles = run_profiles(
-        model_dir,
-        device=resolve_device(device),
-        int8=int8,
-        batch_sizes=parse_batch_sizes(batch_sizes),
-        max_latency_ms=max_latency_ms,
-        warmup=warmup,
-        repeats=repeats,
-        background=background,
-        example=example,
-    )
-    if plot is not None:
-        plot_profiles(profiles, plot)
-    if as_json:
-        print(
-            json.dumps({"model_dir": str(model_dir), "profiles": [p.to_json() for p in profiles]})
-        )
-        return
-    console.print(profile_table(profiles, model_dir))
-    if plot is not None:
-        console.print(f"wrote the plot to [bold]{plot}[/]")
 
 
 def batching_defaults(
@@ -285,11 +75,11 @@ def serve(
     background: Background = None,
     example: Example = None,
     report: Annotated[str, typer.Option(help="Where the run's audit report is (for /model).")] = "",
+    allow_model: policy_cli.AllowModel = None,
 ) -> None:
     """Serve the model over HTTP with dynamic batching, metrics, provenance and SHAP."""
     import uvicorn
 
-    from models.serving import load_predictor
     from models.serving_http import ServeConfig, create_app
 
     if (tls_cert is None) != (tls_key is None):
@@ -303,10 +93,17 @@ def serve(
             f"--host {host} serves beyond this machine: pass --token and --tls-cert/--tls-key, "
             "or keep the default 127.0.0.1 behind your own proxy"
         )
-    predictor = load_predictor(model_dir, int8=int8, device=resolve_device(device))
-    rows = None
-    if background is not None and predictor.kind == "tabular":
-        rows = read_background(background, predictor.feature_names)
+    if not model_dir.is_dir():
+        fail(f"{model_dir} is not an export folder: serve an export (`cohort model export`)")
+    predictor = open_predictor(
+        model_dir, int8=int8, device=resolve_device(device), allow_model=allow_model
+    )
+    background = background_file(model_dir, background, predictor.kind)
+    explainer = None
+    if background is not None:
+        from explain.served import for_predictor
+
+        explainer = for_predictor(predictor, site_rows(predictor, background))
     source = "given"
     if max_batch_size is None or max_wait_ms is None:
         size, wait, source = batching_defaults(predictor, background, example, max_latency_ms)
@@ -321,7 +118,7 @@ def serve(
         max_rows=max_rows,
         token=token,
         report=report,
-        background=rows,
+        explainer=explainer,
     )
     scheme = "https" if tls_cert else "http"
     console.print(
@@ -339,7 +136,64 @@ def serve(
     )
 
 
-def register(app: typer.Typer) -> None:
-    """Add `profile` and `serve` to the `cohort model` app."""
-    app.command("profile")(profile)
-    app.command("serve")(serve)
+@friendly_errors
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="An export folder (holds model.json).")],
+    data: Annotated[Path, typer.Argument(help="CSV of raw rows; columns matched by name.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the probabilities here (CSV) instead of stdout.")
+    ] = None,
+    int8: Annotated[bool, typer.Option(help="Score with model_int8.ts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not CSV.")] = False,
+) -> None:
+    """Score raw CSV rows with an exported model: one probability column per class.
+
+    Columns are matched by name (order is irrelevant, extra columns such as the label
+    are ignored); the export applies the sites' preprocessing itself.
+    """
+    rows = score_csv(model_dir, data, int8=int8)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows.to_csv(out, index=False)
+    if as_json:
+        print(json.dumps({"classes": list(rows.columns[:-1]), "rows": rows.to_dict("records")}))
+    elif out is None:
+        print(rows.to_csv(index=False), end="")
+    else:
+        console.print(f"wrote {len(rows)} rows of probabilities to [bold]{out}[/]")
+
+
+def score_csv(model_dir: Path, data: Path, *, int8: bool = False) -> Any:
+    """Probabilities (one column per class name) and the predicted class for each CSV row.
+
+    Raises
+    ------
+    ValueError
+        A missing or non-numeric column, an empty or missing value, a missing file: one
+        line naming it (``friendly_errors`` turns it into exit code 2).
+    """
+    import pandas as pd
+
+    from models.export import load_model
+
+    exported = load_model(model_dir, int8=int8)
+    if not data.is_file():
+        raise ValueError(f"no CSV at {data}")
+    try:
+        frame = pd.read_csv(data)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{data} is not a readable CSV: {str(exc).splitlines()[0]}") from exc
+    columns = [str(c) for c in frame.columns]
+    needed = exported.feature_names
+    from models.export import column_order
+
+    order = column_order(columns, needed)
+    features = frame.iloc[:, order]
+    for name in needed:
+        if not pd.api.types.is_numeric_dtype(features[name]):
+            raise ValueError(f"column {name!r} in {data} is not numeric")
+    probabilities = exported.predict_proba(features.to_numpy(dtype="float32"))
+    classes = exported.class_names
+    result = pd.DataFrame(probabilities, columns=classes)
+    result["predicted"] = [classes[i] for i in probabilities.argmax(axis=1)]
+    return result

@@ -18,8 +18,8 @@ import inspect
 import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from models.export import (
 
 Inputs = dict[str, np.ndarray]
 TABULAR_INPUT = "x"  # the one input of a tabular scorer: raw rows [n, features]
+SWEEP_S = 0.05  # how often an event loop checks its requests' deadlines
 
 
 class QueueFull(RuntimeError):
@@ -84,12 +85,20 @@ def _logits(output: Any) -> torch.Tensor:
     return logits_of(output)
 
 
-def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") -> Predictor:
+def load_predictor(
+    directory: Path,
+    *,
+    int8: bool = False,
+    device: str = "cpu",
+    trusted_specs: Collection[str] = (),
+) -> Predictor:
     """Load an export folder for serving or profiling.
 
     Tabular exports run their TorchScript scorer (``model_int8.ts`` with ``int8``, or, when
     the export has none, the float weights quantised here with dynamic INT8 Linear layers).
-    Other exports rebuild the registry model from ``weights.pt`` and take its named inputs.
+    Other exports rebuild the registry model from ``weights.pt`` and take its named inputs;
+    one whose model imports code (``hf:``, ``module:factory``) only when the site lists it
+    in ``trusted_specs``. A LoRA export holds the merged weights, so it loads as its base.
 
     Raises
     ------
@@ -97,11 +106,7 @@ def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") 
         If the folder holds no usable export, or INT8 is asked for on CUDA (PyTorch's
         INT8 kernels are CPU kernels).
     """
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ExportError("--device cuda asked for, but this machine has no CUDA device")
-    if int8 and target.type != "cpu":
-        raise ExportError("INT8 models run on the CPU only: drop --int8 or use --device cpu")
+    target = _target(device, int8)
     directory = Path(directory)
     manifest = read_manifest(directory)
     classes = tuple(manifest.get("outputs", {}).get("classes", ()))
@@ -126,7 +131,59 @@ def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") 
             manifest,
             int8,
         )
-    module = load_module(directory)
+    module = load_module(directory, trusted_specs=trusted_specs)
+    if not classes:
+        classes = _class_names(module, manifest["model"]["config"])
+    return _named_predictor(module, target, classes, manifest, int8)
+
+
+def spec_predictor(
+    spec: str,
+    config: Mapping[str, Any],
+    *,
+    int8: bool = False,
+    device: str = "cpu",
+    trusted_specs: Collection[str] = (),
+) -> Predictor:
+    """A predictor straight from a model spec, no export: a registry name, a local
+    ``hf:/dir`` or a user's ``module:factory`` (the last two only when in
+    ``trusted_specs``, as :func:`models.registry.build_model` requires).
+
+    The weights are the spec's own (the directory's for ``hf:``, the factory's): this is
+    for profiling an architecture on this machine before or without a run.
+    """
+    from models.registry import build_model
+
+    target = _target(device, int8)
+    module = build_model(spec, trusted_specs=trusted_specs, **dict(config))
+    manifest = {"model": {"name": spec, "config": dict(config)}}
+    return _named_predictor(module, target, _class_names(module, config), manifest, int8)
+
+
+def _target(device: str, int8: bool) -> torch.device:
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda asked for, but this machine has no CUDA device")
+    if int8 and target.type != "cpu":
+        raise ExportError("INT8 models run on the CPU only: drop --int8 or use --device cpu")
+    return target
+
+
+def _class_names(module: nn.Module, config: Mapping[str, Any]) -> tuple[str, ...]:
+    # A Hugging Face model names its labels; registry and user models say how many.
+    labels = getattr(getattr(module, "config", None), "id2label", None)
+    if isinstance(labels, dict) and labels:
+        return tuple(str(labels[i]) for i in sorted(labels))
+    return tuple(str(i) for i in range(int(config.get("num_classes", 2))))
+
+
+def _named_predictor(
+    module: nn.Module,
+    target: torch.device,
+    classes: tuple[str, ...],
+    manifest: dict[str, Any],
+    int8: bool,
+) -> Predictor:
     if int8:
         from models.quantize import quantize_dynamic
 
@@ -138,10 +195,6 @@ def load_predictor(directory: Path, *, int8: bool = False, device: str = "cpu") 
     ]
     names = tuple(p.name for p in params)
     required = tuple(p.name for p in params if p.default is p.empty)
-    if not classes:
-        classes = tuple(
-            str(i) for i in range(int(manifest["model"]["config"].get("num_classes", 2)))
-        )
     return Predictor(
         "named", module.to(target).eval(), target, names, classes, (), manifest, int8, required
     )
@@ -171,7 +224,7 @@ class _Request:
         """True when the caller gave up; otherwise the request is marked running."""
         if self.future is not None:
             return not self.future.set_running_or_notify_cancel()
-        return self.waiter is not None and self.waiter.cancelled()
+        return self.waiter is not None and self.waiter.done()  # cancelled or timed out
 
 
 Outcome = tuple[_Request, np.ndarray | None, BaseException | None]
@@ -221,6 +274,16 @@ class BatcherStats:
 class DynamicBatcher:
     """Gather concurrent requests into batches for one model worker.
 
+    Hand-off, built for tail latency under many callers: an event loop does not wake the
+    worker once per request. Requests submitted on a loop collect in that loop's outbox
+    and go to the worker as one list by a ``call_soon`` callback, which runs after every
+    callback already ready: the callers the last batch just answered (one ``_settle``
+    wakes them all) resubmit first, so their requests travel together. The worker takes
+    every list already queued without waiting, waits ``max_wait_ms`` for more only while
+    it holds fewer than ``max_batch_size`` rows (never when the queue already fills a
+    batch), and answers a whole batch with one callback per loop. Waiting callers are
+    counted at submission, so the bound (:class:`QueueFull`) holds whatever the hand-off.
+
     Parameters
     ----------
     predict
@@ -258,16 +321,26 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1e3
         self.timeout_s = timeout_s
+        self.max_queue = max_queue
         self.on_batch = on_batch
         self.stats = BatcherStats()
-        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
+        # Lists of requests; None asks the worker to stop. Unbounded: _waiting is the bound.
+        self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
+        self._outbox: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+        self._deadlines: dict[
+            asyncio.AbstractEventLoop, deque[tuple[float, asyncio.Future[np.ndarray]]]
+        ] = {}
+        self._sweep_every = min(SWEEP_S, timeout_s / 4)
+        self._waiting = 0
+        self._count = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_rows = 0
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Requests submitted and not yet taken by the worker."""
+        return self._waiting
 
     def start(self) -> DynamicBatcher:
         if self._thread is None:
@@ -279,47 +352,87 @@ class DynamicBatcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker; requests still queued are failed, never left waiting."""
         self._stopping.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
         while True:
             try:
-                item = self._queue.get_nowait()
+                items = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and not item.abandoned():
-                deliver([(item, None, QueueFull("the service is shutting down"))])
+            self._refuse(items or [], "the service is shutting down")
+
+    def _refuse(self, requests: list[_Request], why: str) -> None:
+        self._taken(len(requests))
+        deliver([(r, None, QueueFull(why)) for r in requests if not r.abandoned()])
 
     def submit(self, inputs: Inputs) -> Future[np.ndarray]:
         """Queue one request (any number of rows); raise :class:`QueueFull` when full."""
         future: Future[np.ndarray] = Future()
-        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), future=future))
+        request = _Request(inputs, rows_of(inputs), self._deadline(), future=future)
+        self._admit()
+        self._queue.put([request])
         return future
 
     def _deadline(self) -> float:
         return time.monotonic() + self.timeout_s
 
-    def _enqueue(self, request: _Request) -> None:
+    def _admit(self) -> None:
         if self._thread is None or self._stopping.is_set():
             raise QueueFull("the batcher is not running")
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise QueueFull(
-                f"{self._queue.maxsize} requests are already waiting: retry shortly"
-            ) from None
+        with self._count:
+            if self._waiting >= self.max_queue:
+                raise QueueFull(f"{self.max_queue} requests are already waiting: retry shortly")
+            self._waiting += 1
+
+    def _taken(self, count: int) -> None:
+        with self._count:
+            self._waiting -= count
 
     async def predict_async(self, inputs: Inputs) -> np.ndarray:
-        """Submit and await the answer, at most ``timeout_s``."""
+        """Submit and await the answer; past ``timeout_s`` it raises :class:`RequestTimeout`.
+
+        The deadline is kept by one sweeper per loop (:meth:`_sweep`), not a timer per
+        request: requests share one timeout, so deadlines are in submission order and a
+        deque of them is checked from the front (to within ``SWEEP_S``).
+        """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[np.ndarray] = loop.create_future()
-        self._enqueue(_Request(inputs, rows_of(inputs), self._deadline(), loop=loop, waiter=waiter))
-        try:
-            return await asyncio.wait_for(waiter, self.timeout_s)
-        except TimeoutError:
-            raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
+        request = _Request(inputs, rows_of(inputs), self._deadline(), loop=loop, waiter=waiter)
+        self._admit()
+        outbox = self._outbox.get(loop)
+        if outbox is None:
+            outbox = self._outbox[loop] = []
+            loop.call_soon(self._flush, loop)
+        outbox.append(request)
+        deadlines = self._deadlines.get(loop)
+        if deadlines is None:
+            deadlines = self._deadlines[loop] = deque()
+            loop.call_later(self._sweep_every, self._sweep, loop)
+        deadlines.append((request.deadline, waiter))
+        return await waiter
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        # On the loop: fail the waiters whose deadline passed; drop the answered ones.
+        deadlines = self._deadlines[loop]
+        now = time.monotonic()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, waiter = deadlines.popleft()
+            if not waiter.done():
+                waiter.set_exception(RequestTimeout(f"no answer within {self.timeout_s:g} s"))
+        if deadlines:
+            loop.call_later(self._sweep_every, self._sweep, loop)
+        else:
+            del self._deadlines[loop]
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        # On the loop, after the callbacks that were ready: one hand-off for all of them.
+        requests = self._outbox.pop(loop, [])
+        if self._stopping.is_set():
+            self._refuse(requests, "the service is shutting down")
+        elif requests:
+            self._queue.put(requests)
 
     def predict_sync(self, inputs: Inputs) -> np.ndarray:
         future = self.submit(inputs)
@@ -329,46 +442,52 @@ class DynamicBatcher:
             future.cancel()
             raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from None
 
-    def _run(self) -> None:
-        carry: _Request | None = None
-        while not self._stopping.is_set():
-            first = carry
-            carry = None
-            if first is None:
-                try:
-                    first = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-            if first is None:
-                break
-            batch, rows = [first], first.rows
-            # Wait for company only when the last batch had some: a lone caller is answered
-            # at once, while under load requests that arrive during a model call form the
-            # next batch and the wait tops it up.
-            wait = self.max_wait_s if self._last_rows > 1 else 0.0
-            deadline = time.monotonic() + wait
-            while rows < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                try:
-                    item = (
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else (self._queue.get_nowait())
-                    )
-                except queue.Empty:
-                    break
-                if item is None:
+    def _pull(self, pending: deque[_Request], timeout: float) -> int:
+        """Move queued requests to ``pending``: every list already there, else wait
+        ``timeout`` s for one. Returns the rows moved; a stop request sets ``_stopping``."""
+        moved = 0
+        try:
+            items = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            while True:
+                if items is None:
                     self._stopping.set()
-                    break
-                if rows + item.rows > self.max_batch_size:
-                    carry = item  # it opens the next batch rather than overflow this one
-                    break
-                batch.append(item)
-                rows += item.rows
-            self._last_rows = rows
+                    return moved
+                self._taken(len(items))
+                pending.extend(items)
+                moved += sum(r.rows for r in items)
+                items = self._queue.get_nowait()
+        except queue.Empty:
+            return moved
+
+    def _run(self) -> None:
+        pending: deque[_Request] = deque()
+        rows = 0  # in pending
+        while not self._stopping.is_set():
+            if not pending:
+                rows += self._pull(pending, 0.1)
+                if not pending:
+                    continue
+            rows += self._pull(pending, 0.0)
+            # Wait for company only when the last batch had some and this one is not full:
+            # a lone caller is answered at once, and a queue that fills a batch never waits.
+            if self._last_rows > 1 and self.max_wait_s > 0:
+                deadline = time.monotonic() + self.max_wait_s
+                while rows < self.max_batch_size and not self._stopping.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    rows += self._pull(pending, remaining)
+            batch = [pending.popleft()]
+            taken = batch[0].rows
+            while pending and taken + pending[0].rows <= self.max_batch_size:
+                request = pending.popleft()
+                batch.append(request)
+                taken += request.rows
+            rows -= taken
+            self._last_rows = taken
             self._execute(batch)
-        if carry is not None and not carry.abandoned():
-            deliver([(carry, None, QueueFull("the service is shutting down"))])
+        leftover = [r for r in pending if not r.abandoned()]
+        deliver([(r, None, QueueFull("the service is shutting down")) for r in leftover])
 
     def _execute(self, batch: list[_Request]) -> None:
         now = time.monotonic()

@@ -4,7 +4,8 @@ Why FastAPI on uvicorn: a well-kept ASGI stack whose pydantic validation answers
 body with 422 naming the field, and whose async handlers let many requests wait on the
 batcher at once while one worker thread runs the model. Routes: ``POST /predict`` (JSON
 rows by feature name, a CSV body with a header row, or named inputs), ``POST /explain``
-(SHAP for one row against the site's own background rows), ``GET /model`` (provenance),
+(SHAP for one row against the site's own background rows, for every kind of model:
+:mod:`explain.served`), ``GET /model`` (provenance),
 ``GET /healthz`` and ``GET /metrics`` (Prometheus).
 """
 
@@ -15,7 +16,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,14 @@ from prometheus_client import (
 )
 from pydantic import ValidationError
 
-from models.serving import DynamicBatcher, Inputs, Predictor, QueueFull, RequestTimeout
+from models.serving import (
+    DynamicBatcher,
+    Inputs,
+    Predictor,
+    QueueFull,
+    RequestTimeout,
+    rows_of,
+)
 from models.serving_inputs import (
     NamedBody,
     RowsBody,
@@ -57,8 +65,9 @@ class ServeConfig:
     max_rows: int = 1024
     token: str = ""
     report: str = ""
-    background: np.ndarray | None = None
-    explain_max_evals: int = 0
+    # SHAP of one request against the site's own rows (explain.served.RequestExplainer,
+    # wired by cli/serve.py: models may not import explain); None: /explain answers 400.
+    explainer: Callable[[Inputs], dict[str, Any]] | None = None
 
 
 class Metrics:
@@ -113,7 +122,7 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
-        if config.background is not None:
+        if config.explainer is not None:
             # shap takes seconds to import: pay it at start, not in the first /explain.
             threading.Thread(target=__import__, args=("shap",), daemon=True).start()
         try:
@@ -214,18 +223,18 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
 
     @app.post("/explain", dependencies=[Depends(authorised)])
     async def explain(request: Request) -> dict[str, Any]:
-        if predictor.kind != "tabular":
+        explainer = config.explainer
+        if explainer is None:
             raise bad_request(
-                400,
-                "explanations are served for tabular models only; this one takes "
-                f"named inputs ({', '.join(predictor.input_names)})",
+                400, "no background rows: start the service with --background (the site's rows)"
             )
-        if config.background is None:
-            raise bad_request(400, "no background rows: start the service with --background CSV")
         inputs = await inputs_of(request)
-        if len(inputs["x"]) != 1:
+        if rows_of(inputs) != 1:
             raise bad_request(422, "explain takes exactly one row")
-        return await asyncio.to_thread(_shap_one, predictor, inputs["x"], config)
+        try:
+            return await asyncio.to_thread(explainer, inputs)
+        except ValueError as exc:
+            raise bad_request(422, str(exc).splitlines()[0]) from None
 
     @app.get("/model", dependencies=[Depends(authorised)])
     async def model() -> dict[str, Any]:
@@ -275,40 +284,6 @@ def model_card(
             "max_wait_ms": batcher.max_wait_s * 1e3,
             "timeout_s": batcher.timeout_s,
         },
-    }
-
-
-def _shap_one(predictor: Predictor, row: np.ndarray, config: ServeConfig) -> dict[str, Any]:
-    # The site's own rows as the masker's background: nothing leaves the site.
-    import shap
-
-    background = config.background
-    assert background is not None
-    features = predictor.feature_names
-    evals = config.explain_max_evals or 10 * (2 * len(features) + 1)
-
-    def model_output(x: np.ndarray) -> np.ndarray:
-        return predictor({"x": np.asarray(x, dtype=np.float32)})
-
-    masker = shap.maskers.Independent(background, max_samples=len(background))
-    explanation = shap.PermutationExplainer(model_output, masker, seed=0)(
-        row, max_evals=evals, silent=True
-    )
-    values = np.asarray(explanation.values, dtype=float).reshape(len(features), -1)
-    base = np.asarray(explanation.base_values, dtype=float).reshape(-1)
-    classes = list(predictor.class_names)
-    probabilities = model_output(row)[0]
-    return {
-        "classes": classes,
-        "probabilities": probabilities.astype(float).tolist(),
-        "predicted": classes[int(probabilities.argmax())],
-        "base_values": dict(zip(classes, base.tolist(), strict=True)),
-        "attributions": {
-            c: dict(zip(features, values[:, k].tolist(), strict=True))
-            for k, c in enumerate(classes)
-        },
-        "explainer": f"shap {shap.__version__} PermutationExplainer (max_evals={evals}, "
-        f"background={len(background)} site rows)",
     }
 
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from cli.main import app as cli_app
 from client.data import load_sklearn, save_csv
 from client.trainer import TabularTrainer
+from explain.served import feature_groups, for_predictor
 from models.export import Provenance, export_model
 from models.profiling import BatchTiming, choose_batch_size, serving_defaults
 from models.serving import DynamicBatcher, QueueFull, RequestTimeout, load_predictor
@@ -69,10 +70,9 @@ def server(site: dict, predictor):
         max_wait_ms=20.0,
         token=TOKEN,
         report="reports/run-42.html",
-        background=site["x"][:40],
         max_body_bytes=200_000,
         max_rows=100,
-        explain_max_evals=200,
+        explainer=for_predictor(predictor, {"x": site["x"][:40]}, max_evals=200),
     )
     application = create_app(predictor, config)
     with ServerThread(application) as running:
@@ -420,11 +420,11 @@ def multimodal(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"dir": out, "inputs": {k: v.numpy() for k, v in data.inputs.items()}}
 
 
-def test_a_named_input_model_is_served_batched_and_refuses_csv_and_explain(multimodal):
+def test_a_named_input_model_is_served_batched_and_refuses_csv(multimodal):
     predictor = load_predictor(multimodal["dir"])
     assert predictor.kind == "named" and "input_ids" in predictor.required_inputs
     inputs = multimodal["inputs"]
-    config = ServeConfig(max_batch_size=8, max_wait_ms=50.0, background=None)
+    config = ServeConfig(max_batch_size=8, max_wait_ms=50.0)
     with ServerThread(create_app(predictor, config)) as running:
 
         def body(i: int) -> dict:
@@ -462,7 +462,7 @@ def test_a_named_input_model_is_served_batched_and_refuses_csv_and_explain(multi
         )
         assert csv_reply.status_code == 415
         explain = httpx.post(f"{running.url}/explain", json=body(0))
-        assert explain.status_code == 400 and "tabular models only" in explain.json()["detail"]
+        assert explain.status_code == 400 and "--background" in explain.json()["detail"]
         card = httpx.get(f"{running.url}/model").json()
         assert card["run_id"] == "run-mm" and card["kind"] == "named"
         assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
@@ -539,3 +539,113 @@ def test_serving_beyond_this_machine_needs_a_token_and_tls(tmp_path):
 
     assert result.exit_code == 2
     assert "--tls-cert" in result.output
+
+
+def test_masks_travel_with_the_inputs_they_mask():
+    groups = feature_groups(["input_ids", "attention_mask", "image", "notes_mask", "notes_ids"])
+    assert groups == {
+        "input_ids": ("input_ids", "attention_mask"),
+        "image": ("image",),
+        "notes_ids": ("notes_ids", "notes_mask"),
+    }
+    assert feature_groups(["pixel_mask"]) == {"pixel_mask": ("pixel_mask",)}
+
+
+def test_a_multimodal_request_is_explained_over_its_named_inputs(multimodal, tmp_path):
+    """/explain on a real server: one feature per named input, adding up to f(x) - base."""
+    predictor = load_predictor(multimodal["dir"])
+    inputs = multimodal["inputs"]
+    site_rows = {k: v[2:8] for k, v in inputs.items()}
+    np.savez(tmp_path / "background.npz", label=np.zeros(6, dtype=np.int64), **site_rows)
+    from cli.model_source import read_named_background
+
+    background = read_named_background(tmp_path / "background.npz", predictor.input_names)
+    assert "label" not in background and len(background["image"]) == 6
+    config = ServeConfig(explainer=for_predictor(predictor, background))
+    with ServerThread(create_app(predictor, config)) as running:
+        row = {"inputs": {k: v[:1].tolist() for k, v in inputs.items()}}
+        reply = httpx.post(f"{running.url}/explain", json=row, timeout=120)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["features"] == ["input_ids", "image", "tabular"]
+        assert "named inputs" in body["explainer"] and "6 site rows" in body["explainer"]
+        expected = predictor({k: v[:1] for k, v in inputs.items()})[0]
+        for k, name in enumerate(body["classes"]):
+            values = body["attributions"][name]
+            assert set(values) == {"input_ids", "image", "tabular"}
+            total = sum(values.values()) + body["base_values"][name]
+            assert total == pytest.approx(float(expected[k]), abs=1e-4)
+        # Text alone: the image and vitals are not features of this request.
+        text = {"inputs": {k: inputs[k][:1].tolist() for k in ("input_ids", "attention_mask")}}
+        only = httpx.post(f"{running.url}/explain", json=text, timeout=60).json()
+        assert only["features"] == ["input_ids"]
+        # A hostile caller: rows shaped unlike the site's, two rows, a wrong token dtype.
+        short = {"inputs": {**row["inputs"], "image": [[[[0.0]]]]}}
+        reply = httpx.post(f"{running.url}/explain", json=short, timeout=60)
+        assert reply.status_code == 422 and "inputs.image" in reply.json()["detail"]
+        two = {"inputs": {k: v[:2].tolist() for k, v in inputs.items()}}
+        assert httpx.post(f"{running.url}/explain", json=two).status_code == 422
+        assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+
+
+def test_the_device_is_cuda_when_present_with_bf16_autocast(site):
+    """The selection logic on whatever this machine has; nothing is faked."""
+    import warnings
+
+    from cli.model_source import resolve_device
+    from models.device import autocast_context
+
+    has_cuda = torch.cuda.is_available()
+    assert resolve_device("auto") == ("cuda" if has_cuda else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="use cpu, cuda or auto"):
+        resolve_device("tpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast warns that CUDA is absent, on a CPU box
+        context = autocast_context(torch.device("cuda"))
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast_context(torch.device("cpu")), torch.autocast)
+    predictor = load_predictor(site["dir"], device=resolve_device("auto"))
+    assert predictor.device.type == ("cuda" if has_cuda else "cpu")
+    out = predictor({"x": site["x"][:3]})
+    assert out.dtype == np.float32 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3)
+    if not has_cuda:
+        result = runner.invoke(cli_app, ["model", "profile", str(site["dir"]), "--device", "cuda"])
+        assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+def test_requests_awaited_together_on_a_loop_reach_the_model_as_one_batch(predictor, site):
+    """The loop hands the worker one list per round of ready callbacks: no wait needed."""
+    batcher = DynamicBatcher(predictor, max_batch_size=64, max_wait_ms=0).start()
+    try:
+
+        async def together() -> list[np.ndarray]:
+            return await asyncio.gather(
+                *(batcher.predict_async({"x": site["x"][i : i + 1]}) for i in range(10))
+            )
+
+        answers = asyncio.run(together())
+        assert batcher.stats.batch_sizes == {10: 1}
+        np.testing.assert_allclose(
+            np.concatenate(answers), direct(predictor, site["x"][:10]), atol=1e-6
+        )
+    finally:
+        batcher.stop()
+
+
+def test_an_awaited_request_times_out_while_the_model_is_stuck(predictor, site):
+    gate = Gate(predictor)
+    batcher = DynamicBatcher(gate, max_batch_size=4, timeout_s=0.3, max_queue=2).start()
+    try:
+
+        async def stuck() -> None:
+            began = time.monotonic()
+            with pytest.raises(RequestTimeout):
+                await batcher.predict_async({"x": site["x"][:1]})
+            assert time.monotonic() - began < 1.0  # the sweeper, not a forgotten waiter
+
+        asyncio.run(stuck())
+        assert batcher.queue_depth == 0
+    finally:
+        gate.release.set()
+        batcher.stop()
