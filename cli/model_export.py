@@ -42,7 +42,7 @@ def fetch_final_model(
         node the scheduler could pick for a round.
     """
     from models.export import Provenance
-    from protos import common_pb2
+    from protos import serde
 
     if not agent.identity.node_token:
         raise ValueError(
@@ -50,7 +50,7 @@ def fetch_final_model(
             f"{agent.config.state_dir}: use the agent's --state-dir"
         )
     task = agent.final_model_task(run_id)
-    secure = task.secure == common_pb2.SECURE_SCHEME_PAILLIER
+    secure = serde.scheme_from_proto(task.secure) is serde.SchemeName.PAILLIER
     final_sha = task.aggregates[-1].sha256 if secure and task.aggregates else task.model_sha256
     provenance = Provenance(
         run_id=run_id,
