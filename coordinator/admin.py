@@ -215,6 +215,7 @@ class AdminService:
         """Yield a snapshot at once, then each time the run changes, until it has ended."""
         last = b""
         while is_active():
+            seen = self.hub.generation
             info = self.get_run(run_id)
             encoded = info.SerializeToString(deterministic=True)
             if encoded != last:
@@ -231,7 +232,7 @@ class AdminService:
                 common_pb2.RUN_STATE_STOPPED,
             ):
                 return
-            self.hub.wait(1.0)
+            self.hub.wait(1.0, since=seen)
 
     def model_payload(self, run_id: str, round_number: int, actor: str) -> bytes:
         """The plaintext model of a round (0: the final one); refused for secure runs."""

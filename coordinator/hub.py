@@ -62,17 +62,28 @@ class Hub:
         db.migrate()
         return cls(db=db, blobs=BlobStore(Path(data_dir) / "blobs"), limits=limits or Limits())
 
+    generation: int = 0
+    """How many times :meth:`notify` has been called: read it before looking, wait ``since`` it."""
+
     def notify(self) -> None:
         """Wake the scheduler and parked calls: something they may be waiting for changed."""
         with self.changed:
+            self.generation += 1
             self.changed.notify_all()
         if self.closing.is_set():
             self.tasks.wake_all()
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until :meth:`notify` or ``timeout`` seconds."""
+    def wait(self, timeout: float, since: int | None = None) -> None:
+        """Sleep until :meth:`notify` or ``timeout`` seconds.
+
+        With ``since`` (a :attr:`generation` read before the caller last looked), a change
+        notified while it was looking ends the wait at once instead of being missed: the
+        scheduler would otherwise close a round a tick late when the last update lands
+        during a pass, and a watcher would show the end of a run a second late (issue 14).
+        """
         with self.changed:
-            self.changed.wait(timeout)
+            if since is None or self.generation == since:
+                self.changed.wait(timeout)
 
 
 _PENDING = "cohort_task_watch"
