@@ -51,6 +51,8 @@ class Hub:
     closing: threading.Event = field(default_factory=threading.Event)
     tasks: TaskWatch = field(default_factory=lambda: TaskWatch())
     presence: Presence = field(default_factory=lambda: Presence())
+    generation: int = 0
+    """How many times :meth:`notify` ran: read it before looking, then ``wait(since=...)``."""
 
     def __post_init__(self) -> None:
         self.tasks.follow(self.db)
@@ -61,9 +63,6 @@ class Hub:
         db = Database(database_url)
         db.migrate()
         return cls(db=db, blobs=BlobStore(Path(data_dir) / "blobs"), limits=limits or Limits())
-
-    generation: int = 0
-    """How many times :meth:`notify` has been called: read it before looking, wait ``since`` it."""
 
     def notify(self) -> None:
         """Wake the scheduler and parked calls: something they may be waiting for changed."""
