@@ -139,7 +139,7 @@ def run_demo(
     timings = {"setup": time.perf_counter() - started}
     run_started = time.perf_counter()
     server = CoordinatorServer(
-        f"sqlite:///{workdir / 'cohort.db'}", workdir / "coordinator", port=0, tick_seconds=0.1
+        f"sqlite:///{workdir / 'cohort.db'}", workdir / "coordinator", port=0
     )
     address = f"127.0.0.1:{server.start()}"
     stop = threading.Event()

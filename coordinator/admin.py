@@ -76,6 +76,7 @@ class AdminService:
         """Yield a snapshot at once, then each time the run changes, until it has ended."""
         last = b""
         while is_active():
+            seen = self.hub.generation
             info = self.get_run(run_id)
             encoded = info.SerializeToString(deterministic=True)
             if encoded != last:
@@ -92,7 +93,7 @@ class AdminService:
                 common_pb2.RUN_STATE_STOPPED,
             ):
                 return
-            self.hub.wait(1.0)
+            self.hub.wait(1.0, since=seen)
 
     def metrics(self) -> admin_pb2.MetricsReply:
         """The registry /metrics exposes, flattened (see coordinator.metrics)."""

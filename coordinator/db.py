@@ -10,7 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -60,14 +60,41 @@ def _track_writes(engine: Engine) -> None:
             conn.info[WROTE] = True
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest alembic revision (a no-op when it is there already)."""
+def _alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Run every alembic migration the database has not had, one after another."""
+    config = _alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest alembic revision (a no-op when it is there already).
+
+    An empty database gets the newest schema in one step, from the models
+    (coordinator/schema.py), stamped with alembic's head: the same schema the migrations
+    build one by one (tests/test_store.py compares both with the models), without
+    replaying them. On SQLite that replay copies tables (batch mode) and took 0.5 s of a
+    coordinator's start on a loaded machine (issue 14, bench/round.py). A database with
+    any table is upgraded by the migrations, as before.
+    """
+    if inspect(engine).get_table_names():
+        upgrade(engine)
+        return
+    from coordinator.schema import Base
+
+    config = _alembic_config(engine)
+    with engine.begin() as connection:
+        Base.metadata.create_all(connection)
+        config.attributes["connection"] = connection
+        command.stamp(config, "head")
 
 
 CONNECTIONS = "cohort_connections"

@@ -51,6 +51,8 @@ class Hub:
     closing: threading.Event = field(default_factory=threading.Event)
     tasks: TaskWatch = field(default_factory=lambda: TaskWatch())
     presence: Presence = field(default_factory=lambda: Presence())
+    generation: int = 0
+    """How many times :meth:`notify` ran: read it before looking, then ``wait(since=...)``."""
 
     def __post_init__(self) -> None:
         self.tasks.follow(self.db)
@@ -65,14 +67,22 @@ class Hub:
     def notify(self) -> None:
         """Wake the scheduler and parked calls: something they may be waiting for changed."""
         with self.changed:
+            self.generation += 1
             self.changed.notify_all()
         if self.closing.is_set():
             self.tasks.wake_all()
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until :meth:`notify` or ``timeout`` seconds."""
+    def wait(self, timeout: float, since: int | None = None) -> None:
+        """Sleep until :meth:`notify` or ``timeout`` seconds.
+
+        With ``since`` (a :attr:`generation` read before the caller last looked), a change
+        notified while it was looking ends the wait at once instead of being missed: the
+        scheduler would otherwise close a round a tick late when the last update lands
+        during a pass, and a watcher would show the end of a run a second late (issue 14).
+        """
         with self.changed:
-            self.changed.wait(timeout)
+            if since is None or self.generation == since:
+                self.changed.wait(timeout)
 
 
 _PENDING = "cohort_task_watch"

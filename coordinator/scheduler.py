@@ -81,6 +81,7 @@ class RoundScheduler:
     def _loop(self) -> None:
         streak = 0
         while not self._stop.is_set():
+            seen = self.hub.generation
             try:
                 moved = self.advance_all()
             except Exception:
@@ -95,7 +96,7 @@ class RoundScheduler:
                 continue
             streak = 0
             # Wake on any change (an accepted update closes its round at once) or the tick.
-            self.hub.wait(self.tick_seconds)
+            self.hub.wait(self.tick_seconds, since=seen)
 
     def advance_all(self, now: float | None = None) -> bool:
         """One pass over every active run; True when any run or site changed state."""
@@ -189,7 +190,12 @@ class RoundScheduler:
                 audit_phase.finish_training(session, run, now)
                 return True
             return selection.open_round(session, run, run.current_round + 1, online, now)
-        return self._check_round(session, run, current, online, now)
+        moved = self._check_round(session, run, current, online, now)
+        if current.model_sha256 and run.current_round < run.rounds:
+            # Closed (it has its aggregate): the next round opens in the same pass and
+            # commit, so its tasks reach the sites a whole scheduler pass sooner (issue 14).
+            selection.open_round(session, run, run.current_round + 1, online, now)
+        return moved
 
     def _setup_task(
         self, session: Session, run: Run, kind: TaskKind, online: list[Node], now: float

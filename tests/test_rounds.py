@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -62,6 +63,23 @@ def test_plaintext_run_completes_and_learns(coordinator, agents, tmp_path):
     assert scores[2]["accuracy"] > 0.9
     with coordinator.hub.db.transaction() as session:
         assert auditlog.verify_chain(auditlog.all_rows(session)).ok
+    # Each round after the first opened in the scheduler pass that closed the one before.
+    rounds = info.round_infos
+    assert [r.opened_unix for r in rounds[1:]] == [r.closed_unix for r in rounds[:-1]]
+
+
+def test_a_change_notified_while_a_waiter_looks_is_not_missed(coordinator):
+    # The scheduler reads the generation, makes its pass, then waits: an update accepted
+    # during the pass must end that wait at once, not a tick (or a watcher's second) later.
+    hub = coordinator.hub
+    seen = hub.generation
+    hub.notify()  # lands between the look and the wait
+    started = time.monotonic()
+    hub.wait(5.0, since=seen)
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    hub.wait(0.2, since=hub.generation)  # nothing new: waits out its timeout
+    assert time.monotonic() - started >= 0.15
 
 
 def test_watch_streams_until_the_run_ends(coordinator, agents, tmp_path):

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
 from coordinator import auditlog
 from coordinator.blobs import BlobNotFound, BlobStore
-from coordinator.db import Database
+from coordinator.db import MIGRATIONS, Database, upgrade
 from coordinator.schema import AuditEvent, Base, Run, RunState
+
+HEAD = "0005"
 
 
 @pytest.fixture
@@ -23,19 +27,64 @@ def database(database_url):
     db.close()
 
 
-def test_migration_builds_the_schema_the_models_describe(database):
-    with database.engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+def schema_diff(db: Database) -> list[object]:
+    with db.engine.connect() as connection:
+        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
 
-    assert diff == []
+
+def version_of(db: Database) -> str | None:
+    with db.engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def test_migration_builds_the_schema_the_models_describe(database):
+    assert schema_diff(database) == []
     assert "alembic_version" in inspect(database.engine).get_table_names()
+
+
+def test_the_migrations_one_by_one_build_the_schema_a_fresh_database_gets(database_url):
+    # A fresh database is built from the models in one step (db.migrate); the migrations
+    # replayed one by one must build exactly that schema, or older databases would differ.
+    db = Database(database_url)
+    try:
+        upgrade(db.engine)
+        assert schema_diff(db) == []
+        assert version_of(db) == HEAD
+    finally:
+        db.close()
+
+
+def test_a_fresh_database_is_stamped_at_head_and_later_migrations_apply(database_url):
+    db = Database(database_url)
+    try:
+        db.migrate()
+        assert version_of(db) == HEAD
+        db.migrate()  # stamped: nothing to replay
+        assert schema_diff(db) == []
+    finally:
+        db.close()
+
+
+def test_an_older_database_is_upgraded_by_its_migrations(database_url):
+    db = Database(database_url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+        db.migrate()
+        assert version_of(db) == HEAD
+        assert schema_diff(db) == []
+    finally:
+        db.close()
 
 
 def test_migrating_twice_is_a_no_op(database):
     database.migrate()
 
     with database.transaction() as session:
-        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
 
 
 def test_run_round_trips(database):
