@@ -15,7 +15,7 @@ import numpy as np
 from flwr.client import NumPyClient
 
 import crypto
-from client import keys, prewarm
+from client import dp_site_scheme, keys, prewarm
 from client.custody import SiteIdentity
 from client.peers import PeerStore
 from client.pins import RunPins
@@ -590,30 +590,41 @@ class SiteAgent:
         codec = codec_for(task.encoding, public_key)
         from client.sovereign import checked_aggregate
 
+        # Site-level DP (client/dp_site_scheme.py): its own layout; None for other runs.
+        layout = dp_site_scheme.run_layout(
+            self.privacy, task, config, state.weights.size, public_key.n.bit_length()
+        )
         for aggregate in task.aggregates:
             if aggregate.round <= state.applied_round:
                 continue
             payload = checked_aggregate(self, task, aggregate, public_key)
+            if layout is not None:  # site-level DP: no sum of fewer than the quorum is decrypted
+                dp_site_scheme.check_contributions(aggregate, layout)
             sums = self._threshold_sums(task, aggregate, payload) if private_key is None else None
             try:
-                codec.check_total_weight(int(aggregate.total_weight))
-                mean = (
-                    decrypt_aggregate(
-                        payload,
-                        codec,
-                        private_key,
-                        int(aggregate.total_weight),
-                        int(aggregate.count),
-                        clip=state.clip_for(codec),
+                if layout is not None:  # site-level DP: the noisy sum's mean over the sites
+                    mean = dp_site_scheme.decode_aggregate(
+                        layout, aggregate, payload, private_key, sums
                     )
-                    if sums is None
-                    else codec.decode(
-                        sums,
-                        int(aggregate.total_weight),
-                        int(aggregate.count),
-                        state.clip_for(codec),
+                else:
+                    codec.check_total_weight(int(aggregate.total_weight))
+                    mean = (
+                        decrypt_aggregate(
+                            payload,
+                            codec,
+                            private_key,
+                            int(aggregate.total_weight),
+                            int(aggregate.count),
+                            clip=state.clip_for(codec),
+                        )
+                        if sums is None
+                        else codec.decode(
+                            sums,
+                            int(aggregate.total_weight),
+                            int(aggregate.count),
+                            state.clip_for(codec),
+                        )
                     )
-                )
             except (OverflowError, ValueError, ArithmeticError) as exc:
                 # Signed by enough sites, yet it does not decode: one of them sent garbage.
                 # A failed task, never a dead agent (every later task carries this round).
@@ -665,12 +676,13 @@ class SiteAgent:
         # From here the local weights hold this site's data: no INIT of this run is answered.
         self.pins.mark_trained(task.run_id)
         self._trained_any = True
-        if privacy is not None:
+        if privacy is not None and privacy.plan.mode == "record":
             fit_private = self.client.fit_private  # type: ignore[attr-defined]
             new_weights, num_examples, fit_metrics = fit_private(weights, flower_config, privacy)
-            fit_metrics = {**fit_metrics, **self.privacy.after_round(privacy)}
         else:
             new_weights, num_examples, fit_metrics = self.client.fit(weights, flower_config)
+        if privacy is not None:
+            fit_metrics = {**fit_metrics, **self.privacy.after_round(privacy)}
         metrics.update({k: v for k, v in fit_metrics.items()})
         trained = time.perf_counter()
         deltas = [
@@ -678,7 +690,25 @@ class SiteAgent:
             for n, w in zip(new_weights, weights, strict=True)
         ]
         proof = b""  # secure runs: crypto.plaintext_proof of the update
-        if secure:
+        if secure and privacy is not None and privacy.plan.mode == "site":
+            # Site-level DP (client/dp_site_scheme.py): clipped, noised, weight 1 per site.
+            weight = 1
+            payload, proof = dp_site_scheme.encode_update(
+                flatten(deltas),
+                privacy.noise,  # type: ignore[union-attr]
+                public_key,
+                private_key,
+                run_id=task.run_id,
+                round_number=task.round,
+                site=self.config.site_name,
+                pool=pool,
+            )
+            encoding = wire.PAILLIER_PACKED
+            if task.round < int(config.get("rounds", 0)):
+                pool.start(privacy.noise.num_plaintexts)  # type: ignore[union-attr]
+            else:
+                self._close_randomness(task.run_id)
+        elif secure:
             weight = max(1, min(int(num_examples), int(config.get("weight_cap", 1))))
             clip = self._secure_state[task.run_id].clip_for(codec)
             metrics.update(clip_metrics(flatten(deltas), codec, clip))

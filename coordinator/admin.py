@@ -69,7 +69,14 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
 
     if PRIVACY_KEY in config:
         raise InvalidArgument("config_json may not set privacy: use the run's privacy plan")
-    plan = plan_from_proto(request.privacy, _SECURE_FROM_PROTO[request.secure])
+    quorum = config.get("quorum", request.min_clients or 2)
+    plan = plan_from_proto(
+        request.privacy,
+        _SECURE_FROM_PROTO[request.secure],
+        # Site-level DP calibrates for the updates that close a round (scheduler's quorum).
+        run_quorum=quorum if isinstance(quorum, int) and not isinstance(quorum, bool) else 0,
+        max_clients=request.max_clients,
+    )
     if plan is not None:
         config[PRIVACY_KEY] = plan
     # proto3 cannot tell 0 from unset: a run with no rounds is refused, never defaulted.
