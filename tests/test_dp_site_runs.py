@@ -184,3 +184,67 @@ def test_a_site_level_dp_run_completes_and_a_site_over_budget_refuses(
     assert all(s["mechanism"] == MECHANISM_SITE for s in dp["sites"])
     assert all(s["rounds_charged"] == 2 and s["epsilon"] <= 8.0 for s in dp["sites"])
     assert not dp["unverified_entries"]
+
+
+@pytest.mark.slow
+def test_a_coordinator_that_changes_the_plan_mid_run_is_refused_by_every_site(
+    coordinator, agents, tmp_path
+):
+    """A breached coordinator lowers the plan's quorum (less noise per site) after round 1."""
+    from sqlalchemy.orm.attributes import flag_modified
+
+    from tests.helpers import wait_for
+
+    admin = coordinator.admin()
+    agents.start(coordinator.address, breast_cancer_sites(3), tmp_path, names=["a", "b", "c"])
+    run = admin.CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=3,
+            min_clients=3,
+            local_epochs=1,
+            lr=0.005,
+            round_deadline_seconds=60,
+            secure=common_pb2.SECURE_SCHEME_PAILLIER,
+            config_json=json.dumps({"encoding": TEST_ENCODING, "audit": False}),
+            privacy=common_pb2.PrivacyPlan(mode="site", epsilon=8.0, delta=DELTA),
+        )
+    )
+
+    def closed_rounds() -> int:
+        return len(admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).round_infos)
+
+    wait_for(lambda: closed_rounds() >= 1, timeout=120, what="round 1")
+    with coordinator.server.hub.db.transaction() as session:
+        stored = session.get(Run, run.run_id)
+        assert stored is not None
+        stored.config["privacy"]["quorum"] = 1
+        flag_modified(stored, "config")
+    info = wait_for_state(admin, run.run_id, DONE, timeout=300)
+    assert info.state == common_pb2.RUN_STATE_FAILED
+    pins = [r for r in info.refusals if r.code == "pin"]
+    assert pins and all("privacy plan" in r.reason for r in pins)
+
+
+@pytest.mark.parametrize("later", ["", '{"epsilon":8.0,"mode":"site","quorum":1}'])
+def test_the_run_pin_refuses_a_dropped_or_changed_plan_on_any_task(tmp_path, later):
+    """Audit and export tasks too: they decode aggregates in the plan's layout."""
+    from client.pins import Observed, RunPins
+
+    pins = RunPins.load(tmp_path, "a")
+    plan = '{"epsilon":8.0,"mode":"site","quorum":3}'
+    base = dict(
+        run_id="r",
+        scheme="paillier",
+        model="tabular_mlp",
+        model_config={},
+        lora="",
+        participants={},
+        custodian="c",
+        key_fingerprint="k",
+    )
+    pins.check(Observed(**base, privacy=plan))  # type: ignore[arg-type]
+    pins.check(Observed(**base, privacy=plan))  # type: ignore[arg-type]
+    with pytest.raises(TaskRefused) as refused:
+        RunPins.load(tmp_path, "a").check(Observed(**base, privacy=later))  # type: ignore[arg-type]
+    assert refused.value.code == "pin" and "privacy plan" in refused.value.reason
