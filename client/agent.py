@@ -857,14 +857,30 @@ class SiteAgent:
         from client.audit import run_site_audit
 
         weights = self.global_model(task)
+        # A DP run's summary is noised and charged first (client/dp_audit.py); else None.
+        privacy = self.privacy.before_audit(task, self.client)
+        if privacy is not None:
+            self._submit_ledger(task.run_id, privacy.entry)
         try:
-            summary = run_site_audit(
-                self.client,
-                weights,
-                site=self.config.site_name,
-                rows=self.config.audit_rows,
-                seed=self.config.seed,
-            )
+            if privacy is not None:
+                from client.dp_audit import private_site_audit
+
+                summary = private_site_audit(
+                    self.client,
+                    weights,
+                    site=self.config.site_name,
+                    rows=self.config.audit_rows,
+                    seed=self.config.seed,
+                    multiplier=privacy.noise_multiplier,
+                )
+            else:
+                summary = run_site_audit(
+                    self.client,
+                    weights,
+                    site=self.config.site_name,
+                    rows=self.config.audit_rows,
+                    seed=self.config.seed,
+                )
         except (ValueError, RuntimeError, TypeError) as exc:
             raise TaskRefused("error", f"the audit failed at this site: {exc}") from exc
         if summary is None:

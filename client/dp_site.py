@@ -49,6 +49,21 @@ class SiteRoundPrivacy:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+RELEASE_AUDIT = "attribution_summary"
+MECHANISM_AUDIT = (
+    "Gaussian mechanism on the SHAP attribution summary: each row's attributions clipped "
+    "(L2), public baseline"
+)
+
+
+@dataclass
+class AuditPrivacy:
+    """A DP run's attribution summary: its noise multiplier and its ledger charge."""
+
+    noise_multiplier: float
+    entry: Entry
+
+
 def _dimension(client: Any, config: dict[str, Any]) -> int:
     """Values of the run's model, as the client builds it (the update's length)."""
     from client.trainer import scalar_config
@@ -299,6 +314,78 @@ class PrivacyGuard:
             raise TaskRefused(
                 "pin", f"this site already trained the {rounds} rounds its plan allows"
             )
+
+    def before_audit(self, task: federation_pb2.Task, client: Any) -> AuditPrivacy | None:
+        """Refuse, or charge the run's attribution summary (None: a run without DP).
+
+        The summary is released once per run with the Gaussian mechanism at
+        client/dp_audit.py's share of the plan's ε, projected and charged like a round.
+
+        Raises
+        ------
+        TaskRefused
+            ``budget`` past the budget (or a run without DP at a site that keeps one);
+            ``pin`` for a plan dropped or changed since the site trained, or a second
+            release.
+        """
+        from client.dp_audit import AUDIT_SHARE, audit_noise_multiplier
+
+        plan = PrivacyPlan.from_proto(task.privacy) if task.HasField("privacy") else None
+        budget = self.policy.privacy_budget
+        dataset = _dataset(client)
+        mine = self.ledger.run_entries(task.run_id, dataset)
+        if plan is None:
+            if mine:
+                raise TaskRefused(
+                    "pin", "the run started with differential privacy; this task has none"
+                )
+            if budget is not None:
+                raise TaskRefused(
+                    "budget",
+                    f"this site keeps a privacy budget (epsilon {budget:g}) and the run has no "
+                    "differential privacy: its attribution summary would spend an unbounded "
+                    "epsilon",
+                )
+            return None
+        if mine and mine[0].statement.get("plan") != json_plan(plan):
+            raise TaskRefused("pin", "the run's privacy plan changed since this site's first round")
+        if any(e.statement.get("release") == RELEASE_AUDIT for e in mine):
+            raise TaskRefused("pin", "this site already released the run's attribution summary")
+        multiplier = (
+            audit_noise_multiplier(AUDIT_SHARE * plan.epsilon, plan.delta)
+            if plan.epsilon
+            else plan.noise_multiplier
+        )
+        event = {"kind": "gaussian", "noise_multiplier": multiplier, "count": 1}
+        delta = self.policy.privacy_delta
+        before = self.ledger.spent(dataset, delta)
+        after = compose(self.ledger.events(dataset) + [event], delta)
+        if budget is not None and after > budget:
+            raise TaskRefused(
+                "budget",
+                f"the run's attribution summary would bring this site's spend on dataset "
+                f"{dataset[:12]} to epsilon {after:.3f} (at delta {delta:g}), past its budget "
+                f"of {budget:g} (spent so far: {before:.3f})",
+            )
+        entry = self.ledger.charge(
+            {
+                "run_id": task.run_id,
+                "round": task.round,
+                "release": RELEASE_AUDIT,
+                "dataset": dataset,
+                "mechanism": MECHANISM_AUDIT,
+                "accountant": "rdp",
+                "plan": json_plan(plan),
+                "event": event,
+                "audit_epsilon": compose([event], plan.delta),
+                "run_delta": plan.delta,
+                "ledger_delta": delta,
+                "ledger_epsilon_before": before,
+                "ledger_epsilon_after": after,
+                "budget": budget,
+            }
+        )
+        return AuditPrivacy(multiplier, entry)
 
     def pinned_layout(self, run_id: str) -> SiteNoise | None:
         """The site-level DP layout this site's ledger pinned for ``run_id`` (None: none)."""

@@ -349,7 +349,9 @@ def _entry_problem(
     if statement.get("run_id") != run.id:
         return f"the site signed this entry for run {str(statement.get('run_id'))[:64]!r}"
     rnd = statement.get("round")
-    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 1 <= rnd <= run.rounds:
+    # A DP run's attribution summary is charged at its audit task (round rounds + 1).
+    last = run.rounds + 1 if statement.get("release") == RELEASE_AUDIT else run.rounds
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 1 <= rnd <= last:
         return f"the entry's round {statement.get('round')!r} is not a round of this run"
     if not _same_plan(statement.get("plan"), plan):
         return "the plan the site signed is not the run's plan"
@@ -377,7 +379,7 @@ def _chain_problems(site: str, entries: list[dict[str, Any]], trained: set[int])
         prevs.add(prev)
         if prev in position and position[prev] >= i:
             problems.append(f"{site}: round {entry['statement']['round']} is out of chain order")
-    charged = {int(e["statement"]["round"]) for e in entries}
+    charged = {int(e["statement"]["round"]) for e in entries if not _is_audit(e)}
     highest = max(charged | trained, default=0)
     missing = sorted(r for r in range(1, highest + 1) if r not in charged)
     if missing:
@@ -426,7 +428,9 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
         trained = {int(r) for node, r in updates if node == node_of[name]}
         for problem in _chain_problems(name, entries, trained):
             unverified.append({"site": name, "problem": problem})
-        first = entries[0]["statement"]
+        rounds = [e for e in entries if not _is_audit(e)]
+        audits = [e for e in entries if _is_audit(e)]
+        first = (rounds or entries)[0]["statement"]
         sites[name] = {
             "site": name,
             "mechanism": first.get("mechanism"),
@@ -438,8 +442,10 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
             "budget": first.get("budget"),
             "ledger_epsilon_before": first.get("ledger_epsilon_before"),
             "key_fingerprint": entries[0]["key_fingerprint"],
-            "rounds_charged": len(entries),
-            "epsilon": _highest(entries, "run_epsilon"),
+            "rounds_charged": len(rounds),
+            "epsilon": _highest(rounds, "run_epsilon"),
+            # The noisy SHAP summary's own ε at the run's δ (client/dp_audit.py), if released.
+            "audit_epsilon": _highest(audits, "audit_epsilon"),
             "ledger_epsilon_after": _highest(entries, "ledger_epsilon_after"),
         }
     return {
@@ -452,10 +458,18 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
         "sites": sorted(sites.values(), key=lambda s: s["site"]),
         "unverified_entries": unverified,
         "not_covered": (
-            "held-out evaluation metrics and SHAP audit summaries are computed without DP "
-            "noise and are not charged to the ledgers"
+            "held-out evaluation metrics are computed without DP noise and are not charged "
+            "to the ledgers; SHAP audit summaries are released with the Gaussian mechanism "
+            "and charged (audit ε per site)"
         ),
     }
+
+
+RELEASE_AUDIT = "attribution_summary"  # client/dp_site.py: a charge for the SHAP summary
+
+
+def _is_audit(entry: dict[str, Any]) -> bool:
+    return bool(entry["statement"].get("release") == RELEASE_AUDIT)
 
 
 def _number(value: Any) -> float:
