@@ -248,3 +248,56 @@ def test_the_run_pin_refuses_a_dropped_or_changed_plan_on_any_task(tmp_path, lat
     with pytest.raises(TaskRefused) as refused:
         RunPins.load(tmp_path, "a").check(Observed(**base, privacy=later))  # type: ignore[arg-type]
     assert refused.value.code == "pin" and "privacy plan" in refused.value.reason
+
+
+@pytest.fixture
+def site_dp_round(coordinator):
+    from test_secure_rounds import WEIGHTS, SecureFakeSite
+
+    site = SecureFakeSite(coordinator.federation())
+    run = coordinator.admin().CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=2,
+            min_clients=1,
+            round_deadline_seconds=60,
+            secure=common_pb2.SECURE_SCHEME_PAILLIER,
+            allow_two_site_secure=True,
+            config_json=json.dumps({"encoding": TEST_ENCODING}),
+            privacy=common_pb2.PrivacyPlan(mode="site", epsilon=8.0, delta=DELTA),
+        )
+    )
+    site.make_keys()
+    init = site.pull(federation_pb2.TASK_KIND_INIT)
+    site.submit(init, wire.encode_tensors(WEIGHTS))
+    return coordinator, site, run, site.pull(federation_pb2.TASK_KIND_TRAIN)
+
+
+def test_the_coordinator_takes_only_the_layouts_ciphertexts_at_weight_one(site_dp_round):
+    """A hostile (or outdated) site: the codec's layout, or an example-count weight."""
+    import grpc
+    from test_federation_errors import expect_status
+
+    coordinator, site, run, task = site_dp_round
+    with coordinator.hub.db.transaction() as session:
+        stored = session.get(Run, run.run_id)
+        assert stored is not None
+        layout = site_layout(stored)
+
+    def count() -> int:
+        with coordinator.hub.db.transaction() as session:
+            return len(session.scalars(select(Update.id)).all())
+
+    assert layout is not None and layout.dimension == 8 and layout.quorum == 1
+    plaintexts = layout.encode(np.zeros(8), np.random.default_rng())
+    ours = crypto.encrypt_packed(site.public_key, plaintexts, workers=1)
+    assert len(ours) == layout.num_plaintexts == 1  # 8 values: one plaintext either way
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, ours * 2, weight=1)
+    )
+    assert "site-level DP layout" in detail
+    detail = expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, ours))
+    assert "every weight is 1" in detail
+    assert count() == 0
+    site.send(task, ours, weight=1)
+    assert count() == 1
