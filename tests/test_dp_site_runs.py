@@ -301,3 +301,17 @@ def test_the_coordinator_takes_only_the_layouts_ciphertexts_at_weight_one(site_d
     assert count() == 0
     site.send(task, ours, weight=1)
     assert count() == 1
+
+
+def test_cohort_admin_runs_start_takes_dp_site_only_over_a_secure_run(coordinator):
+    from test_cli import assert_one_line_error, invoke
+
+    base = ["admin", "runs", "start", "--coordinator", coordinator.address, "--insecure"]
+    dp = ["--dp", "site", "--epsilon", "8", "--delta", "1e-5", "--min-clients", "3"]
+    assert_one_line_error(invoke(*base, *dp), "needs a secure run", "--secure paillier")
+    started = invoke(*base, *dp, "--secure", "paillier", "--json")
+    assert started.exit_code == 0, started.output
+    with coordinator.hub.db.transaction() as session:
+        [run] = session.scalars(select(Run)).all()
+        assert run.config["privacy"]["mode"] == "site"
+        assert run.config["privacy"]["quorum"] == 3  # the run's quorum, by default
