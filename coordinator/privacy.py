@@ -443,7 +443,8 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
             "ledger_epsilon_before": first.get("ledger_epsilon_before"),
             "key_fingerprint": entries[0]["key_fingerprint"],
             "rounds_charged": len(rounds),
-            "epsilon": _highest(rounds, "run_epsilon"),
+            # A site that only released its summary spent nothing on training in this run.
+            "epsilon": _highest(rounds, "run_epsilon") if rounds else 0.0,
             # The noisy SHAP summary's own ε at the run's δ (client/dp_audit.py), if released.
             "audit_epsilon": _highest(audits, "audit_epsilon"),
             "ledger_epsilon_after": _highest(entries, "ledger_epsilon_after"),
