@@ -26,8 +26,10 @@ scale ``sigma`` on integer vectors of L2 sensitivity ``D`` in dimension ``d`` is
 ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k + 1))`` (the first branch of their
 minimum: an upper bound). It is composed over rounds with ``dp_accounting``'s
 ``ZCDpEvent``. Dropped sites: the noise is calibrated for ``quorum`` sites alone; every
-further site adds noise, so the stated ε is an upper bound whenever the round completes
-(the coordinator cannot finish a round with fewer than its quorum). Honest-but-curious
+further site adds noise, so the stated ε is an upper bound for every sum decrypted: the
+coordinator cannot close a round with fewer than the run's quorum (which run creation
+checks is at least the plan's), and no site decrypts, or publishes a partial decryption
+of, a sum of fewer than the plan's quorum (client/dp_site_scheme.py). Honest-but-curious
 sites are assumed for the noise of the others, as in KLS21. Sites are weighted equally
 (weight 1): site-level DP bounds what the sum reveals about one SITE, so a weight from
 its example count would both leak that count and scale its sensitivity.
