@@ -104,7 +104,6 @@ def audit_tabular(
         )
     else:
         mean_abs, mean_signed = feature_statistics(values, names)
-    halfwidth = mean_abs_halfwidth(values, population)
     summary = AttributionSummary(
         site=site,
         kind="tabular",
@@ -121,8 +120,10 @@ def audit_tabular(
             + (
                 f"Gaussian mechanism: rows clipped to L2 {ATTRIBUTION_CLIP:g}, noise sigma "
                 f"{sigma:.3g} (multiplier {dp_noise_multiplier:.3g})"
-                if private
-                else describe_sample(len(explained), population, halfwidth)
+                if private  # the sample's confidence interval would be an un-noised release
+                else describe_sample(
+                    len(explained), population, mean_abs_halfwidth(values, population)
+                )
             )
         ),
     )
