@@ -88,8 +88,10 @@ def start(
     dp: Annotated[
         str,
         typer.Option(
-            help="Differential privacy: record (DP-SGD at each site, Opacus); empty = none "
-            "('site', noise inside the encrypted sum, is not implemented yet)"
+            help="Differential privacy: record (DP-SGD at each site, Opacus) or site (with "
+            "--secure paillier: each site clips its whole update and adds its share of "
+            "discrete Gaussian noise inside the encrypted sum, calibrated for the run's "
+            "quorum); empty = none"
         ),
     ] = "",
     epsilon: Annotated[float, typer.Option(help="DP: target epsilon for the whole run")] = 0.0,

@@ -14,7 +14,8 @@ One module per job:
   round), paillier_model.py (server optimiser, model state, obfuscator pools);
 - the site's sovereignty: custody.py (its identity), peers.py, pins.py, policy.py,
   sovereign.py (the gate every task passes), verify.py (aggregate checks), receipts.py;
-- privacy: dp.py, dp_norm.py, dp_aggregate.py, dp_site.py (budget gate), ledger.py;
+- privacy: dp.py, dp_norm.py, dp_site_scheme.py (site-level DP updates), dp_audit.py
+  (noised SHAP summaries), dp_site.py (budget gate), ledger.py;
 - training: trainer.py, model_trainer.py, data.py, data_schema.py, apps.py (ClientApp
   loader), audit.py (SHAP summaries), prewarm.py, simulation.py (virtual sites).
 

@@ -44,6 +44,10 @@ class PrivacyPlan:
     noise_multiplier: float
     max_grad_norm: float
     accountant: str
+    # Site mode only (0 otherwise): the sites the noise is calibrated for, and the most a
+    # round may add up (crypto/dp_layout.py).
+    quorum: int = 0
+    max_sites: int = 0
 
     @classmethod
     def from_proto(cls, plan: common_pb2.PrivacyPlan) -> PrivacyPlan | None:
@@ -57,6 +61,8 @@ class PrivacyPlan:
             noise_multiplier=float(plan.noise_multiplier),
             max_grad_norm=float(plan.max_grad_norm or 1.0),
             accountant=plan.accountant or "rdp",
+            quorum=int(plan.quorum) if plan.mode == "site" else 0,
+            max_sites=int(plan.max_sites) if plan.mode == "site" else 0,
         )
         result.check()
         return result
@@ -71,13 +77,20 @@ class PrivacyPlan:
             and self.max_grad_norm > 0
             and (self.epsilon > 0) != (self.noise_multiplier > 0)
             and all(math.isfinite(v) for v in (self.epsilon, self.noise_multiplier))
+            and (
+                self.mode != "site"
+                or (1 <= self.quorum <= self.max_sites <= 1024 and not self.noise_multiplier)
+            )
         )
         if not ok:
             raise TaskRefused("policy", f"the run's privacy plan does not make sense: {self}")
 
     def as_dict(self) -> dict[str, Any]:
-        """The plan as plain JSON values (what the ledger signs)."""
-        return asdict(self)
+        """The plan as plain JSON values (what the ledger signs; site fields in site mode)."""
+        data = asdict(self)
+        if self.mode != "site":
+            del data["quorum"], data["max_sites"]
+        return data
 
 
 @dataclass(frozen=True)

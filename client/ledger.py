@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from crypto import identity
+from crypto.dp_layout import ORDERS
 
 GENESIS = "0" * 64
-# Opacus's default RDP orders from 2 up (fractional orders below 2 do not converge for
-# large sample rates in dp-accounting and only help at very small ε), plus high ones.
-ORDERS = [1 + x / 10.0 for x in range(10, 100)] + list(range(11, 64)) + [128, 256, 512]
 VERSION = 1
 
 
@@ -66,7 +64,7 @@ def dp_event(event: Mapping[str, Any]) -> Any:
             dp_accounting.GaussianDpEvent(float(event["noise_multiplier"])), int(event["count"])
         )
     if kind == "zcdp":
-        # Site-level DP's distributed discrete Gaussian rounds (client/dp_aggregate.py).
+        # Site-level DP's distributed discrete Gaussian rounds (crypto/dp_layout.py).
         return dp_accounting.SelfComposedDpEvent(
             dp_accounting.ZCDpEvent(float(event["rho"])), int(event["count"])
         )

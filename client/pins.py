@@ -50,6 +50,10 @@ class RunPin:
     # verified subsets of one round's updates ({A,B,C,D}, then {A,B,C}) differ by exactly
     # one site's update; decrypting both would hand that update to whoever combines.
     aggregates: dict[str, str] = field(default_factory=dict)
+    # Canonical JSON of the run's differential-privacy plan ("" for none) as first seen: a
+    # later task that changes it (its ε, mode, quorum) or drops it is refused, whatever
+    # its kind (the ledger pins the noise of the rounds a site trained, client/dp_site.py).
+    privacy: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Observed:
     key_fingerprint: str
     schema: str = ""
     initial_model: str = ""
+    privacy: str = ""
 
 
 def canonical_config(value: Any) -> str:
@@ -140,6 +145,7 @@ class RunPins:
                     key_fingerprint=seen.key_fingerprint,
                     schema=seen.schema,
                     initial_model=seen.initial_model,
+                    privacy=seen.privacy,
                 )
                 self.runs[seen.run_id] = pin
                 self._save()
@@ -163,6 +169,15 @@ class RunPins:
                     "weights in plaintext",
                 )
             changed = False
+            if pin.privacy and seen.privacy != pin.privacy:
+                raise TaskRefused(
+                    "pin",
+                    f"run {run}: its privacy plan was pinned {pin.privacy[:300]}; a task now "
+                    f"says {seen.privacy[:300] or 'none'}",
+                )
+            if seen.privacy and not pin.privacy:
+                # A plan that appears later only adds noise: pinned from now on.
+                pin.privacy, changed = seen.privacy, True
             if seen.participants:
                 if not pin.participants:
                     pin.participants, changed = dict(seen.participants), True

@@ -55,7 +55,17 @@ def observed(task: federation_pb2.Task, config: dict[str, Any]) -> Observed:
         # In secure runs model_sha256 is the run's initial model on every task; in
         # plaintext runs it is the latest global model and changes each round.
         initial_model=task.model_sha256 if scheme_of(task) is SchemeName.PAILLIER else "",
+        privacy=_privacy_plan(task),
     )
+
+
+def _privacy_plan(task: federation_pb2.Task) -> str:
+    """The task's DP plan as canonical JSON of its fields ("" for none), for the run pin."""
+    if not task.HasField("privacy") or not task.privacy.mode:
+        return ""
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps(MessageToDict(task.privacy), sort_keys=True, separators=(",", ":"))
 
 
 def _schema_fingerprint(value: object) -> str:

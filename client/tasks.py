@@ -25,7 +25,6 @@ from protos.wire import NDArrays
 if TYPE_CHECKING:
     from flwr.client import NumPyClient
 
-    from client.dp_site import PrivacyGuard
     from client.link import Link
 
 
@@ -42,10 +41,6 @@ class TaskSite(SchemeSite, Protocol):
     @property
     def link(self) -> Link:
         """The agent's calls to the coordinator."""
-
-    @property
-    def privacy(self) -> PrivacyGuard:
-        """The site's privacy ledger and budget gate."""
 
     def submit(self, task: federation_pb2.Task, update: Update) -> None:
         """Send an update for ``task``."""
@@ -105,12 +100,13 @@ def train(agent: TaskSite, task: federation_pb2.Task) -> None:
     # From here the local weights hold this site's data: no INIT of this run is answered.
     agent.pins.mark_trained(task.run_id)
     agent.trained_any = True
-    if privacy is not None:
+    if privacy is not None and privacy.plan.mode == "record":  # DP-SGD (client/dp.py)
         fit_private = agent.client.fit_private  # type: ignore[attr-defined]
         new_weights, num_examples, fit_metrics = fit_private(weights, flower_config, privacy)
-        fit_metrics = {**fit_metrics, **agent.privacy.after_round(privacy)}
-    else:
+    else:  # site-level DP adds its noise when the scheme encodes (client/dp_site_scheme.py)
         new_weights, num_examples, fit_metrics = agent.client.fit(weights, flower_config)
+    if privacy is not None:
+        fit_metrics = {**fit_metrics, **agent.privacy.after_round(privacy)}
     metrics.update(fit_metrics)
     trained = time.perf_counter()
     deltas: NDArrays = [
@@ -159,14 +155,30 @@ def audit(agent: TaskSite, task: federation_pb2.Task) -> None:
     from client.audit import run_site_audit
 
     weights = agent.global_model(task)
+    # A DP run's summary is noised and charged first (client/dp_audit.py); else None.
+    privacy = agent.privacy.before_audit(task, agent.client)
+    if privacy is not None:
+        submit_ledger(agent, task.run_id, privacy.entry)
     try:
-        summary = run_site_audit(
-            agent.client,
-            weights,
-            site=agent.config.site_name,
-            rows=agent.config.audit_rows,
-            seed=agent.config.seed,
-        )
+        if privacy is not None:
+            from client.dp_audit import private_site_audit
+
+            summary = private_site_audit(
+                agent.client,
+                weights,
+                site=agent.config.site_name,
+                rows=agent.config.audit_rows,
+                seed=agent.config.seed,
+                multiplier=privacy.noise_multiplier,
+            )
+        else:
+            summary = run_site_audit(
+                agent.client,
+                weights,
+                site=agent.config.site_name,
+                rows=agent.config.audit_rows,
+                seed=agent.config.seed,
+            )
     except (ValueError, RuntimeError, TypeError) as exc:
         raise TaskRefused("error", f"the audit failed at this site: {exc}") from exc
     if summary is None:

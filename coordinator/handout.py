@@ -215,6 +215,10 @@ class TaskHandout:
                 secure=serde.scheme_to_proto(run.secure),
             )
             self._secure_fields(session, run, node_id, message)
+            # The DP plan too: a site's run pin holds it, and site-level DP decodes by it.
+            plan = privacy.plan_to_proto(run.config)
+            if plan is not None:
+                message.privacy.CopyFrom(plan)
             manifests.add_participants(session, run, message)
             self._attach_model(session, run, run.rounds + 1, message)
             auditlog.append(

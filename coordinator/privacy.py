@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+import crypto
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from coordinator.schema import Node, Run, Task
 from crypto import identity
+from crypto.dp_layout import DEFAULT_MAX_SITES, SITE_BITS, SiteNoise, calibrate
 from protos import common_pb2, federation_pb2
 
 MODES = ("record", "site")
@@ -28,10 +30,17 @@ MAX_EPSILON = 100.0
 MAX_DELTA = 1e-2
 MAX_STATEMENT = 4096
 PRIVACY_KEY = "privacy"
+MAX_SITES = 1024
 
 
-def plan_from_proto(plan: common_pb2.PrivacyPlan, secure: str) -> dict[str, Any] | None:
+def plan_from_proto(
+    plan: common_pb2.PrivacyPlan, secure: str, *, run_quorum: int = 2, max_clients: int = 0
+) -> dict[str, Any] | None:
     """The validated plan as plain data, ``None`` for a run without DP.
+
+    ``run_quorum`` is the number of updates that closes one of the run's rounds (its
+    ``quorum`` setting, else ``min_clients``) and ``max_clients`` its cap (0: none); site
+    mode calibrates its noise for the quorum and sizes its slots for the cap.
 
     Raises
     ------
@@ -70,13 +79,9 @@ def plan_from_proto(plan: common_pb2.PrivacyPlan, secure: str) -> dict[str, Any]
     clip = plan.max_grad_norm or 1.0
     if clip > 1e3:
         raise InvalidArgument(f"privacy.max_grad_norm must be in (0, 1000], not {clip}")
-    if plan.mode == "site":
-        # Not built yet (distributed discrete Gaussian noise shares inside the encrypted
-        # sum): refused here rather than accepted and refused by every site.
-        raise InvalidArgument(
-            "privacy.mode 'site' is not implemented in this version: use 'record'"
-        )
-    return {
+    if plan.mode != "site" and (plan.quorum or plan.max_sites):
+        raise InvalidArgument("privacy.quorum and privacy.max_sites are for mode 'site' only")
+    stored = {
         "mode": plan.mode,
         "epsilon": float(plan.epsilon),
         "delta": float(plan.delta),
@@ -84,6 +89,65 @@ def plan_from_proto(plan: common_pb2.PrivacyPlan, secure: str) -> dict[str, Any]
         "max_grad_norm": float(clip),
         "accountant": accountant,
     }
+    if plan.mode == "site":
+        stored.update(_site_fields(plan, secure, run_quorum, max_clients))
+    return stored
+
+
+def _site_fields(
+    plan: common_pb2.PrivacyPlan, secure: str, run_quorum: int, max_clients: int
+) -> dict[str, int]:
+    """Site mode's quorum and slot cap, checked against the run (crypto/dp_layout.py).
+
+    Raises
+    ------
+    InvalidArgument
+        A run that is not secure (the noise shares are only private inside an encrypted
+        sum), a noise multiplier instead of ε, or a quorum the run's rounds may not reach.
+    """
+    if secure != "paillier":
+        raise InvalidArgument(
+            "privacy.mode 'site' needs a secure run (--secure paillier): each site's noise "
+            "share only protects it inside the encrypted sum"
+        )
+    if plan.noise_multiplier or not plan.epsilon:
+        raise InvalidArgument("privacy.mode 'site' takes an epsilon, not a noise_multiplier")
+    quorum = int(plan.quorum or run_quorum)
+    if not 1 <= quorum <= run_quorum:
+        raise InvalidArgument(
+            f"privacy.quorum {quorum} must be in 1..{run_quorum} (the updates that close a "
+            "round of this run): the noise is calibrated for at least that many sites"
+        )
+    max_sites = int(plan.max_sites or max(DEFAULT_MAX_SITES, max_clients, quorum))
+    if not max(quorum, max_clients) <= max_sites <= MAX_SITES:
+        raise InvalidArgument(
+            f"privacy.max_sites {max_sites} must be in {max(quorum, max_clients)}..{MAX_SITES} "
+            "(at least the quorum and the run's max_clients)"
+        )
+    return {"quorum": quorum, "max_sites": max_sites}
+
+
+def site_layout(run: Run) -> SiteNoise | None:
+    """The site-level DP layout every site of ``run`` encodes with (None: not such a run).
+
+    Derived as each site derives it (client/dp_site_scheme.py): from the plan, the run's
+    rounds, the model's size and the key's. ValueError when it cannot be (no key yet).
+    """
+    plan = run.config.get(PRIVACY_KEY)
+    if not isinstance(plan, dict) or plan.get("mode") != "site" or not run.public_key:
+        return None
+    key_bits = crypto.public_key_from_bytes(run.public_key).n.bit_length()
+    return calibrate(
+        float(plan["epsilon"]),
+        float(plan["delta"]),
+        int(run.rounds),
+        clip=float(plan["max_grad_norm"]),
+        bits=SITE_BITS,
+        dimension=run.value_count(),
+        quorum=int(plan["quorum"]),
+        max_sites=int(plan["max_sites"]),
+        key_bits=key_bits,
+    )
 
 
 def plan_to_proto(config: dict[str, Any]) -> common_pb2.PrivacyPlan | None:
@@ -98,6 +162,8 @@ def plan_to_proto(config: dict[str, Any]) -> common_pb2.PrivacyPlan | None:
         noise_multiplier=float(plan.get("noise_multiplier", 0.0)),
         max_grad_norm=float(plan.get("max_grad_norm", 1.0)),
         accountant=str(plan.get("accountant", "rdp")),
+        quorum=int(plan.get("quorum", 0)),
+        max_sites=int(plan.get("max_sites", 0)),
     )
 
 
@@ -247,7 +313,7 @@ def _signed_plan(config: dict[str, Any]) -> dict[str, Any] | None:
     proto = plan_to_proto(config)
     if proto is None:
         return None
-    return {
+    signed: dict[str, Any] = {
         "mode": proto.mode,
         "epsilon": float(proto.epsilon),
         "delta": float(proto.delta),
@@ -255,6 +321,9 @@ def _signed_plan(config: dict[str, Any]) -> dict[str, Any] | None:
         "max_grad_norm": float(proto.max_grad_norm or 1.0),
         "accountant": proto.accountant or "rdp",
     }
+    if proto.mode == "site":  # client/dp.py PrivacyPlan.as_dict
+        signed.update(quorum=int(proto.quorum), max_sites=int(proto.max_sites))
+    return signed
 
 
 def _same_plan(signed: Any, expected: dict[str, Any] | None) -> bool:
@@ -280,7 +349,9 @@ def _entry_problem(
     if statement.get("run_id") != run.id:
         return f"the site signed this entry for run {str(statement.get('run_id'))[:64]!r}"
     rnd = statement.get("round")
-    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 1 <= rnd <= run.rounds:
+    # A DP run's attribution summary is charged at its audit task (round rounds + 1).
+    last = run.rounds + 1 if statement.get("release") == RELEASE_AUDIT else run.rounds
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or not 1 <= rnd <= last:
         return f"the entry's round {statement.get('round')!r} is not a round of this run"
     if not _same_plan(statement.get("plan"), plan):
         return "the plan the site signed is not the run's plan"
@@ -308,7 +379,7 @@ def _chain_problems(site: str, entries: list[dict[str, Any]], trained: set[int])
         prevs.add(prev)
         if prev in position and position[prev] >= i:
             problems.append(f"{site}: round {entry['statement']['round']} is out of chain order")
-    charged = {int(e["statement"]["round"]) for e in entries}
+    charged = {int(e["statement"]["round"]) for e in entries if not _is_audit(e)}
     highest = max(charged | trained, default=0)
     missing = sorted(r for r in range(1, highest + 1) if r not in charged)
     if missing:
@@ -357,7 +428,9 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
         trained = {int(r) for node, r in updates if node == node_of[name]}
         for problem in _chain_problems(name, entries, trained):
             unverified.append({"site": name, "problem": problem})
-        first = entries[0]["statement"]
+        rounds = [e for e in entries if not _is_audit(e)]
+        audits = [e for e in entries if _is_audit(e)]
+        first = (rounds or entries)[0]["statement"]
         sites[name] = {
             "site": name,
             "mechanism": first.get("mechanism"),
@@ -369,8 +442,11 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
             "budget": first.get("budget"),
             "ledger_epsilon_before": first.get("ledger_epsilon_before"),
             "key_fingerprint": entries[0]["key_fingerprint"],
-            "rounds_charged": len(entries),
-            "epsilon": _highest(entries, "run_epsilon"),
+            "rounds_charged": len(rounds),
+            # A site that only released its summary spent nothing on training in this run.
+            "epsilon": _highest(rounds, "run_epsilon") if rounds else 0.0,
+            # The noisy SHAP summary's own ε at the run's δ (client/dp_audit.py), if released.
+            "audit_epsilon": _highest(audits, "audit_epsilon"),
             "ledger_epsilon_after": _highest(entries, "ledger_epsilon_after"),
         }
     return {
@@ -383,10 +459,18 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
         "sites": sorted(sites.values(), key=lambda s: s["site"]),
         "unverified_entries": unverified,
         "not_covered": (
-            "held-out evaluation metrics and SHAP audit summaries are computed without DP "
-            "noise and are not charged to the ledgers"
+            "held-out evaluation metrics are computed without DP noise and are not charged "
+            "to the ledgers; SHAP audit summaries are released with the Gaussian mechanism "
+            "and charged (audit ε per site)"
         ),
     }
+
+
+RELEASE_AUDIT = "attribution_summary"  # client/dp_site.py: a charge for the SHAP summary
+
+
+def _is_audit(entry: dict[str, Any]) -> bool:
+    return bool(entry["statement"].get("release") == RELEASE_AUDIT)
 
 
 def _number(value: Any) -> float:

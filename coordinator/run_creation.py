@@ -18,7 +18,7 @@ from coordinator.hub import Hub
 from coordinator.model_names import check_run_model
 from coordinator.provenance import operator_schema
 from coordinator.run_views import run_info
-from coordinator.runs import RunSpec
+from coordinator.runs import RunConfig, RunSpec
 from coordinator.schema import Enrolment, Institution, Run
 from protos import admin_pb2, serde
 from protos.serde import SchemeName
@@ -35,7 +35,14 @@ def spec_from_request(request: admin_pb2.CreateRunRequest, actor: str) -> RunSpe
 
     if PRIVACY_KEY in config:
         raise InvalidArgument("config_json may not set privacy: use the run's privacy plan")
-    plan = plan_from_proto(request.privacy, secure)
+    try:
+        # Site-level DP calibrates for the updates that close a round (the run's quorum).
+        settings = RunConfig.parse(config, request.min_clients or 2, secure is SchemeName.PAILLIER)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidArgument(str(exc)) from exc
+    plan = plan_from_proto(
+        request.privacy, secure, run_quorum=settings.quorum, max_clients=request.max_clients
+    )
     if plan is not None:
         config[PRIVACY_KEY] = plan
     # proto3 cannot tell 0 from unset: a run with no rounds is refused, never defaulted.

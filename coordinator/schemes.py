@@ -223,8 +223,85 @@ class PaillierScheme:
         )
 
 
+class SiteDPScheme(PaillierScheme):
+    """Paillier runs with site-level DP: the sites' noised integers in crypto/dp_layout.py's slots.
+
+    The slots are wider than the codec's (they hold the noise's headroom), so the update's
+    size comes from the run's layout (coordinator/privacy.py ``site_layout``), derived as
+    every site derives it. Every site's weight is exactly 1 (sites are averaged, not
+    weighted by their example counts), and a round adds at most the layout's ``max_sites``.
+    """
+
+    def check_declared_size(self, run: Run, header: federation_pb2.UpdateHeader) -> None:
+        """Exactly the layout's ciphertexts for the model."""
+        expected = _site_dp_payload_size(run)
+        if expected is not None and header.payload_size != expected:
+            raise InvalidArgument(
+                f"update declares {header.payload_size} bytes; this run's site-level DP layout "
+                f"needs exactly {expected} bytes of ciphertexts"
+            )
+
+    def validate(
+        self,
+        session: Session,
+        run: Run,
+        task: Task,
+        header: federation_pb2.UpdateHeader,
+        payload: bytes,
+    ) -> int:
+        """The run's key, weight 1, room in the slots, and the layout's well-formed ciphertexts."""
+        from coordinator.privacy import site_layout
+
+        if header.key_id != run.key_id:
+            raise FailedPrecondition(
+                f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
+            )
+        if int(header.weight) != 1:
+            raise InvalidArgument(
+                f"weight {header.weight}: a site-level DP run averages sites, every weight is 1"
+            )
+        layout = site_layout(run)
+        assert layout is not None  # scheme_of picks this scheme only for such runs
+        accepted = len(
+            session.scalars(
+                select(Update.id).where(Update.run_id == run.id, Update.round == task.round)
+            ).all()
+        )
+        if accepted + 1 > layout.max_sites:
+            raise InvalidArgument(
+                f"round {task.round} already adds {accepted} sites, the most the run's slots hold"
+            )
+        public_key = crypto.public_key_from_bytes(run.public_key)
+        width = crypto.ciphertext_width(public_key)
+        if len(payload) != layout.num_plaintexts * width:
+            raise InvalidArgument(
+                f"update holds {len(payload) / width:.1f} ciphertexts; the run's site-level DP "
+                f"layout needs {layout.num_plaintexts}"
+            )
+        try:
+            crypto.validate_ciphertexts(crypto.ciphertexts_from_bytes(payload, width), public_key)
+        except ValueError as exc:
+            raise InvalidArgument(f"bad ciphertext: {exc}") from exc
+        return 1
+
+
+def _site_dp_payload_size(run: Run) -> int | None:
+    """Bytes of one site-level DP update (None before the run has a key)."""
+    from coordinator.privacy import site_layout
+
+    try:
+        layout = site_layout(run)
+    except ValueError as exc:
+        raise InvalidArgument(f"this run's site-level DP layout does not fit: {exc}") from exc
+    if layout is None:
+        return None
+    width = crypto.ciphertext_width(crypto.public_key_from_bytes(run.public_key))
+    return layout.num_plaintexts * width
+
+
 PLAINTEXT = PlaintextScheme()
 PAILLIER = PaillierScheme()
+SITE_DP = SiteDPScheme()
 SCHEMES: dict[str, Scheme] = {PLAINTEXT.name: PLAINTEXT, PAILLIER.name: PAILLIER}
 
 
@@ -232,8 +309,12 @@ def scheme_of(run: Run) -> Scheme:
     """The scheme a run's updates travel in (its ``secure`` column, checked at creation).
 
     Every module that treats secure and plaintext runs differently asks this object
-    (``scheme_of(run).encrypted``); none compares scheme names.
+    (``scheme_of(run).encrypted``); none compares scheme names. A Paillier run with a
+    site-level DP plan travels in that plan's layout (:class:`SiteDPScheme`).
     """
+    plan = run.config.get("privacy")
+    if run.secure == PAILLIER.name and isinstance(plan, dict) and plan.get("mode") == "site":
+        return SITE_DP
     return SCHEMES[run.secure]
 
 

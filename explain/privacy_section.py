@@ -64,6 +64,7 @@ def dp_table(facts: Mapping[str, Any]) -> Table:
         "Ledger ε before",
         "Ledger ε after",
         "Budget",
+        "SHAP ε",
     ]
     if not isinstance(dp, Mapping):
         return header, []
@@ -78,6 +79,7 @@ def dp_table(facts: Mapping[str, Any]) -> Table:
             _num(site.get("ledger_epsilon_before")),
             _num(site.get("ledger_epsilon_after")),
             "none" if site.get("budget") is None else _num(site.get("budget")),
+            _num(site.get("audit_epsilon")),
         ]
         for site in dp.get("sites") or []
     ]

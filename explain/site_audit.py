@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from explain.pooling import feature_statistics, pool_modalities, pool_positions, pool_regions
 from explain.row_sample import describe_sample, mean_abs_halfwidth, sample_index
-from explain.summary import AttributionSummary, add_noise
+from explain.summary import ATTRIBUTION_CLIP, AttributionSummary, add_noise, private_statistics
 from explain.torch_adapter import (
     ExplainedInput,
     ProbabilityModel,
@@ -41,6 +41,7 @@ def audit_tabular(
     max_evals: int | None = None,
     noise_scale: float = 0.0,
     seed: int = 0,
+    dp_noise_multiplier: float = 0.0,
 ) -> AttributionSummary:
     """Explain a tabular model on a seeded sample of a site's rows with PermutationExplainer.
 
@@ -76,6 +77,10 @@ def audit_tabular(
         (see :func:`explain.summary.add_noise`).
     seed
         Fixes row/background sampling, the permutations and the noise.
+    dp_noise_multiplier
+        Differentially private runs (> 0): the statistics are released with the Gaussian
+        mechanism (:func:`explain.summary.private_statistics`, noise from OS entropy, not
+        ``seed``); ``background`` must then be public (client/dp_audit.py).
 
     Returns
     -------
@@ -92,8 +97,13 @@ def audit_tabular(
     evals = max_evals if max_evals is not None else 10 * (2 * len(feature_names) + 1)
     values, base = permutation_values(predict_proba, background_arr, explained, evals, seed)
     names = _class_names(class_names, values.shape[2])
-    mean_abs, mean_signed = feature_statistics(values, names)
-    halfwidth = mean_abs_halfwidth(values, population)
+    private = dp_noise_multiplier > 0  # differential privacy: explain.summary.private_statistics
+    if private:
+        mean_abs, mean_signed, sigma = private_statistics(
+            values, names, dp_noise_multiplier, np.random.default_rng()
+        )
+    else:
+        mean_abs, mean_signed = feature_statistics(values, names)
     summary = AttributionSummary(
         site=site,
         kind="tabular",
@@ -103,10 +113,18 @@ def audit_tabular(
         mean_signed=mean_signed,
         row_count=len(explained),
         base_value=base.mean(axis=0).tolist(),
+        noise_scale=sigma if private else 0.0,
         explainer=(
             f"shap {shap.__version__} PermutationExplainer "
             f"(max_evals={evals}, background={len(background_arr)}); "
-            + describe_sample(len(explained), population, halfwidth)
+            + (
+                f"Gaussian mechanism: rows clipped to L2 {ATTRIBUTION_CLIP:g}, noise sigma "
+                f"{sigma:.3g} (multiplier {dp_noise_multiplier:.3g})"
+                if private  # the sample's confidence interval would be an un-noised release
+                else describe_sample(
+                    len(explained), population, mean_abs_halfwidth(values, population)
+                )
+            )
         ),
     )
     return add_noise(summary, noise_scale, seed)

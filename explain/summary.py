@@ -196,6 +196,55 @@ def add_noise(summary: AttributionSummary, scale: float, seed: int) -> Attributi
     )
 
 
+# A row's released attribution vector (its mean |phi| per feature, then phi per class and
+# feature, in class-probability units) is clipped to this L2 norm before averaging. Fixed
+# before any data is seen; a row's exact Shapley values for one class sum to
+# f(x) - f(baseline), at most 1 in absolute value, so typical rows are not clipped.
+ATTRIBUTION_CLIP = 1.0
+
+
+def private_statistics(
+    values: np.ndarray,
+    class_names: Sequence[str],
+    noise_multiplier: float,
+    rng: np.random.Generator,
+    clip: float = ATTRIBUTION_CLIP,
+) -> tuple[list[float], dict[str, list[float]], float]:
+    """``mean_abs`` and ``mean_signed`` of ``[N, F, C]`` attributions with the Gaussian mechanism.
+
+    Each row's vector ``r = (mean_c |phi_c|, phi_1, ..., phi_C)`` (``F + C F`` values) is
+    clipped to L2 norm ``clip``; the released statistics are the mean of the clipped
+    vectors plus Gaussian noise of standard deviation ``sigma = noise_multiplier * 2 *
+    clip / N`` on every value. Replacing one explained row moves the mean by at most
+    ``2 clip / N`` in L2 (``N``, the number of explained rows, is public: the summary's
+    ``row_count``), so this is the Gaussian mechanism (Dwork & Roth, "The Algorithmic
+    Foundations of Differential Privacy", 2014, Thm. A.1) at that sensitivity, accounted
+    by RDP (Mironov, CSF 2017) in the site's ledger as a ``gaussian`` event of
+    ``noise_multiplier``. The attributions must depend on the explained rows alone (a
+    public baseline, never a background of other private rows: client/dp_audit.py).
+
+    Returns the noisy ``mean_abs``, ``mean_signed`` and ``sigma``.
+    """
+    if values.ndim != 3 or values.shape[2] != len(class_names) or not len(values):
+        raise ValueError(f"attributions must be [N, F, {len(class_names)}], got {values.shape}")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0 and clip > 0):
+        raise ValueError("the noise multiplier and clip must be positive")
+    rows, features, classes = values.shape
+    vectors = np.concatenate(
+        [np.abs(values).mean(axis=2), values.transpose(0, 2, 1).reshape(rows, -1)], axis=1
+    )
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    clipped = vectors * np.minimum(1.0, clip / np.maximum(norms, 1e-300))
+    sigma = noise_multiplier * 2.0 * clip / rows
+    noisy = clipped.mean(axis=0) + rng.normal(0.0, sigma, clipped.shape[1])
+    signed = noisy[features:].reshape(classes, features)
+    return (
+        noisy[:features].tolist(),
+        {name: signed[i].tolist() for i, name in enumerate(class_names)},
+        float(sigma),
+    )
+
+
 def _validate(s: AttributionSummary) -> None:
     if not isinstance(s.site, str) or not s.site:
         raise ValueError("attribution summary: site must be a non-empty string")

@@ -82,17 +82,21 @@ class LogHead(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class PrivacyPlan(_message.Message):
-    __slots__ = ("mode", "epsilon", "delta", "noise_multiplier", "max_grad_norm", "accountant")
+    __slots__ = ("mode", "epsilon", "delta", "noise_multiplier", "max_grad_norm", "accountant", "quorum", "max_sites")
     MODE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    MAX_SITES_FIELD_NUMBER: _ClassVar[int]
     mode: str
     epsilon: float
     delta: float
     noise_multiplier: float
     max_grad_norm: float
     accountant: str
-    def __init__(self, mode: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., accountant: _Optional[str] = ...) -> None: ...
+    quorum: int
+    max_sites: int
+    def __init__(self, mode: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., accountant: _Optional[str] = ..., quorum: _Optional[int] = ..., max_sites: _Optional[int] = ...) -> None: ...

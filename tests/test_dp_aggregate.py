@@ -12,10 +12,10 @@ from phe import paillier
 from scipy import stats
 
 from client.custody import SiteIdentity
-from client.dp_aggregate import SiteNoise, calibrate, sample_discrete_gaussian
 from client.dp_site import PrivacyGuard
 from client.ledger import compose
 from client.policy import SitePolicy, TaskRefused
+from crypto.dp_layout import SiteNoise, calibrate, sample_discrete_gaussian
 from protos import common_pb2, federation_pb2
 
 DELTA = 1e-5
@@ -121,25 +121,101 @@ class Site:
         raise AssertionError
 
 
-def site_task(epsilon: float) -> federation_pb2.Task:
-    message = federation_pb2.Task(run_id="s", round=1, task_id="t1")
+def site_task(
+    epsilon: float, public_key, *, round_number: int = 1, quorum: int = 3, secure: bool = True
+) -> federation_pb2.Task:
+    import crypto
+
+    message = federation_pb2.Task(run_id="s", round=round_number, task_id=f"t{round_number}")
+    if secure:
+        message.secure = common_pb2.SECURE_SCHEME_PAILLIER
+        message.encoding.public_key = crypto.public_key_to_bytes(public_key)
     message.privacy.CopyFrom(
-        common_pb2.PrivacyPlan(mode="site", epsilon=epsilon, delta=DELTA, max_grad_norm=1.0)
+        common_pb2.PrivacyPlan(
+            mode="site",
+            epsilon=epsilon,
+            delta=DELTA,
+            max_grad_norm=1.0,
+            quorum=quorum,
+            max_sites=8,
+        )
     )
     return message
 
 
-def test_a_site_whose_budget_is_spent_refuses_a_site_level_run(tmp_path):
+CONFIG = {"rounds": 3, "local_epochs": 1, "batch_size": 20}
+
+
+@pytest.fixture
+def guard(tmp_path):
     identity = SiteIdentity.load_or_create(tmp_path, "a")
-    guard = PrivacyGuard(tmp_path, "a", identity, SitePolicy(privacy_budget=4.0))
-    config = {"rounds": 3, "local_epochs": 1, "batch_size": 20}
+    return PrivacyGuard(tmp_path, "a", identity, SitePolicy(privacy_budget=4.0))
+
+
+def test_a_site_whose_budget_is_spent_refuses_a_site_level_run(guard, keys):
+    public, _ = keys
     with pytest.raises(TaskRefused) as refused:
-        guard.before_round(site_task(6.0), config, Site())
+        guard.before_round(site_task(6.0, public), CONFIG, Site())
     assert refused.value.code == "budget"
     assert "site-level" in str(refused.value)
     assert guard.ledger.entries == []  # nothing charged, nothing trained
-    # Within budget it is still refused, for the stated reason, and charges nothing.
+
+
+def test_a_site_level_round_is_charged_with_its_layout_pinned(guard, keys):
+    public, _ = keys
+    privacy = guard.before_round(site_task(2.0, public), CONFIG, Site())
+    assert privacy is not None and privacy.plan.mode == "site"
+    [entry] = guard.ledger.entries
+    statement = entry.statement
+    assert statement["layout"] == privacy.noise.as_dict()
+    assert privacy.noise.quorum == 3 and privacy.noise.dimension == 30 * 8 + 8
+    assert statement["event"]["kind"] == "zcdp"
+    # One round of three: the run's ε so far is below the plan's 2, the whole run meets it.
+    assert 0 < statement["run_epsilon"] < 2.0
+    assert compose([privacy.noise.event(3)], DELTA) <= 2.0
+    assert guard.pinned_layout("s") == privacy.noise
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        lambda public: site_task(2.0, public, round_number=2, quorum=2),  # quorum lowered
+        lambda public: site_task(2.5, public, round_number=2),  # plan changed
+        lambda public: site_task(2.0, public, round_number=1),  # round re-issued
+        lambda public: site_task(2.0, public, round_number=4),  # past the pinned rounds
+    ],
+)
+def test_a_coordinator_cannot_change_a_site_level_run_mid_run(guard, keys, hostile):
+    public, _ = keys
+    guard.before_round(site_task(2.0, public), CONFIG, Site())
     with pytest.raises(TaskRefused) as refused:
-        guard.before_round(site_task(2.0), config, Site())
-    assert refused.value.code == "policy"
+        guard.before_round(hostile(public), CONFIG, Site())
+    assert refused.value.code == "pin"
+    assert len(guard.ledger.entries) == 1
+
+
+def test_dropping_the_plan_mid_run_is_refused(guard, keys):
+    public, _ = keys
+    guard.before_round(site_task(2.0, public), CONFIG, Site())
+    task = site_task(2.0, public, round_number=2)
+    task.ClearField("privacy")
+    with pytest.raises(TaskRefused) as refused:
+        guard.before_round(task, CONFIG, Site())
+    assert refused.value.code == "pin"
+
+
+def test_more_rounds_in_the_config_do_not_lower_the_pinned_noise(guard, keys):
+    public, _ = keys
+    first = guard.before_round(site_task(2.0, public), CONFIG, Site())
+    later = guard.before_round(
+        site_task(2.0, public, round_number=2), {**CONFIG, "rounds": 1}, Site()
+    )
+    assert later is not None and first is not None and later.noise == first.noise
+
+
+def test_site_level_dp_outside_a_secure_run_is_refused(guard, keys):
+    public, _ = keys
+    with pytest.raises(TaskRefused) as refused:
+        guard.before_round(site_task(2.0, public, secure=False), CONFIG, Site())
+    assert refused.value.code == "policy" and "encrypted sum" in refused.value.reason
     assert guard.ledger.entries == []

@@ -172,15 +172,35 @@ def test_a_changed_local_ledger_does_not_load(tmp_path):
             "privacy.accountant",
         ),
         ({"mode": "record", "epsilon": float("nan"), "delta": 1e-5}, "privacy.epsilon"),
-        ({"mode": "site", "epsilon": 3.0, "delta": 1e-5}, "not implemented"),
+        # Site-level DP: only inside an encrypted sum, with ε, and a quorum a round reaches.
+        ({"mode": "site", "epsilon": 3.0, "delta": 1e-5}, "needs a secure run"),
+        (
+            {"mode": "site", "delta": 1e-5, "noise_multiplier": 1.0, "secure": True},
+            "takes an epsilon",
+        ),
+        (
+            {"mode": "site", "epsilon": 3.0, "delta": 1e-5, "quorum": 5, "secure": True},
+            "privacy.quorum 5",
+        ),
+        (
+            {"mode": "site", "epsilon": 3.0, "delta": 1e-5, "max_sites": 1, "secure": True},
+            "privacy.max_sites",
+        ),
+        ({"mode": "record", "epsilon": 3.0, "delta": 1e-5, "quorum": 2}, "site' only"),
     ],
 )
 def test_a_bad_privacy_plan_is_invalid_argument_naming_the_field(coordinator, plan, field):
     admin = coordinator.admin()
+    plan = dict(plan)
+    secure = common_pb2.SECURE_SCHEME_PAILLIER if plan.pop("secure", False) else 0
     with pytest.raises(grpc.RpcError) as caught:
         admin.CreateRun(
             admin_pb2.CreateRunRequest(
-                model="tabular_mlp", rounds=2, privacy=common_pb2.PrivacyPlan(**plan)
+                model="tabular_mlp",
+                rounds=2,
+                min_clients=3,
+                secure=secure,
+                privacy=common_pb2.PrivacyPlan(**plan),
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

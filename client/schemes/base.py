@@ -16,6 +16,7 @@ from protos import federation_pb2
 from protos.wire import NDArrays
 
 if TYPE_CHECKING:
+    from client.dp_site import PrivacyGuard
     from client.run_keys import RunKeys
     from client.schemes.paillier_model import SecureRuns
 
@@ -30,6 +31,10 @@ class SchemeSite(Site, Protocol):
     @property
     def secure(self) -> SecureRuns:
         """Each secure run's model state and obfuscator pool."""
+
+    @property
+    def privacy(self) -> PrivacyGuard:
+        """The site's privacy ledger and budget gate (site-level DP's pinned layout)."""
 
     @property
     def rng(self) -> np.random.Generator:

@@ -51,6 +51,7 @@ import numpy as np
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 import crypto
+from client import dp_site_scheme
 from client.link import Update
 from client.policy import TaskRefused
 from client.schemes.paillier_model import flatten
@@ -60,6 +61,7 @@ from protos.wire import NDArrays
 
 if TYPE_CHECKING:
     from client.schemes.base import SchemeSite
+    from crypto.dp_layout import SiteNoise
 
 Sums = Callable[[], list[int]]
 """An aggregate's plaintext slot sums, computed when called (inside the decode's checks)."""
@@ -172,12 +174,21 @@ class PaillierScheme:
             task, config, lambda: site.tensors(task.run_id, task.model_sha256)
         )
         codec = self.codec(task, public_key)
+        layout = self.dp_layout(site, task, config, state.weights.size, public_key)
         for aggregate in task.aggregates:
             if aggregate.round <= state.applied_round:
                 continue
             payload = checked_aggregate(site, task, aggregate, public_key)
+            if layout is not None:
+                # Site-level DP: a sum of fewer sites than the noise's quorum is never
+                # decrypted, nor (threshold runs) partially decrypted.
+                dp_site_scheme.check_contributions(aggregate, layout)
             sums = self.sums(site, task, aggregate, payload)
-            mean = _mean(aggregate, codec, sums, state.clip_for(codec))
+            mean = (
+                _mean(aggregate, codec, sums, state.clip_for(codec))
+                if layout is None
+                else _dp_mean(aggregate, layout, sums)
+            )
             state.weights = state.optimiser.step(state.weights, mean)
             state.carry_bounds(mean, codec)  # every site derives the next round's clip bounds alike
             state.applied_round = aggregate.round
@@ -188,11 +199,33 @@ class PaillierScheme:
         _, private_key = site.run_keys(task)
         return lambda: decrypt_sums(payload, private_key)
 
+    def dp_layout(
+        self,
+        site: SchemeSite,
+        task: Task,
+        config: dict[str, Any],
+        dimension: int,
+        public_key: PaillierPublicKey,
+    ) -> SiteNoise | None:
+        """Site-level DP's slot layout for this run (the one pinned at its first charge).
+
+        None for a run without site-level DP. Its updates are clipped, noised and packed by
+        client/dp_site_scheme.py instead of the run's codec, every site at weight 1.
+        """
+        return dp_site_scheme.run_layout(
+            site.privacy, task, config, dimension, public_key.n.bit_length()
+        )
+
     def prepare(self, site: SchemeSite, task: Task, weights: NDArrays) -> None:
         """Step 5: start this run's obfuscators while the site trains."""
         public_key, private_key = site.run_keys(task)
-        codec = self.codec(task, public_key)
-        site.secure.randomness(task.run_id, public_key, private_key, _needed(codec, weights))
+        layout = site.privacy.pinned_layout(task.run_id)  # charged (so pinned) before this
+        needed = (
+            _needed(self.codec(task, public_key), weights)
+            if layout is None
+            else layout.num_plaintexts
+        )
+        site.secure.randomness(task.run_id, public_key, private_key, needed)
 
     def encode(
         self,
@@ -205,24 +238,40 @@ class PaillierScheme:
         """Step 7: cap the weight, then clip, quantise, pack, encrypt and prove the delta."""
         public_key, private_key = site.run_keys(task)
         codec = self.codec(task, public_key)
-        needed = _needed(codec, deltas)
-        pool = site.secure.randomness(task.run_id, public_key, private_key, needed)
-        weight = max(1, min(int(num_examples), int(task.encoding.weight_cap)))
-        clip = site.secure.states[task.run_id].clip_for(codec)
         delta = flatten(deltas)
-        payload, proof = encrypt_proven_update(
-            delta,
-            weight,
-            codec,
-            public_key,
-            private_key,
-            site.rng,
-            run_id=task.run_id,
-            round_number=task.round,
-            site=site.config.site_name,
-            pool=pool,
-            clip=clip,
-        )
+        layout = self.dp_layout(site, task, config, delta.size, public_key)
+        needed = _needed(codec, deltas) if layout is None else layout.num_plaintexts
+        pool = site.secure.randomness(task.run_id, public_key, private_key, needed)
+        if layout is None:
+            weight = max(1, min(int(num_examples), int(task.encoding.weight_cap)))
+            clip = site.secure.states[task.run_id].clip_for(codec)
+            payload, proof = encrypt_proven_update(
+                delta,
+                weight,
+                codec,
+                public_key,
+                private_key,
+                site.rng,
+                run_id=task.run_id,
+                round_number=task.round,
+                site=site.config.site_name,
+                pool=pool,
+                clip=clip,
+            )
+            metrics = clip_metrics(delta, codec, clip)
+        else:
+            # Site-level DP: clipped, noised, weight 1 for every site (client/dp_site_scheme.py).
+            weight, metrics = 1, {}
+            payload, proof = dp_site_scheme.encode_update(
+                delta,
+                layout,
+                public_key,
+                private_key,
+                run_id=task.run_id,
+                round_number=task.round,
+                site=site.config.site_name,
+                pool=pool,
+            )
         if task.round < int(config.get("rounds", 0)):
             pool.start(needed)  # next round's obfuscators, made while others train
         else:
@@ -232,7 +281,7 @@ class PaillierScheme:
             self.encoding,
             num_examples=int(num_examples),
             weight=weight,
-            metrics=clip_metrics(delta, codec, clip),
+            metrics=metrics,
             proof=proof,
         )
 
@@ -265,7 +314,24 @@ def _needed(codec: crypto.SlotCodec, arrays: NDArrays) -> int:
 def _mean(
     aggregate: AggregateRef, codec: crypto.SlotCodec, sums: Sums, clip: np.ndarray | None
 ) -> np.ndarray:
-    """The weighted mean update in an aggregate's ``sums`` (``clip``: as encoded).
+    """The weighted mean update in an aggregate's ``sums`` (``clip``: as encoded)."""
+
+    def decode() -> np.ndarray:
+        codec.check_total_weight(int(aggregate.total_weight))
+        return codec.decode(sums(), int(aggregate.total_weight), int(aggregate.count), clip)
+
+    return _decoded(aggregate, decode)
+
+
+def _dp_mean(aggregate: AggregateRef, layout: SiteNoise, sums: Sums) -> np.ndarray:
+    """Site-level DP: the noisy sum's mean over its contributing sites (weight 1 each)."""
+    return _decoded(
+        aggregate, lambda: dp_site_scheme.decode_aggregate(layout, aggregate, b"", None, sums())
+    )
+
+
+def _decoded(aggregate: AggregateRef, decode: Callable[[], np.ndarray]) -> np.ndarray:
+    """``decode()``, with a sum that does not decode turned into a refused task.
 
     Raises
     ------
@@ -274,8 +340,7 @@ def _mean(
         garbage). A failed task, never a dead agent: every later task carries this round.
     """
     try:
-        codec.check_total_weight(int(aggregate.total_weight))
-        return codec.decode(sums(), int(aggregate.total_weight), int(aggregate.count), clip)
+        return decode()
     except (OverflowError, ValueError, ArithmeticError) as exc:
         raise TaskRefused(
             "decode", f"the aggregate of round {aggregate.round} does not decode: {exc}"

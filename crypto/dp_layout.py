@@ -1,5 +1,9 @@
 """Site-level DP in secure aggregation: clipped updates plus distributed discrete Gaussian noise.
 
+Here, in ``crypto``, because both faces need the same layout: each site encodes with it
+(client/dp_site_scheme.py) and the coordinator sizes the ciphertexts it accepts from it
+(coordinator/schemes.py, :class:`SiteDPScheme`); neither may import the other.
+
 Each site clips its whole update to L2 norm ``clip`` (the plan's ``max_grad_norm``),
 quantises it on a grid fine enough that no value is clipped again (every value of a
 vector of norm ``clip`` lies in ``[-clip, clip]``), adds its share of discrete Gaussian
@@ -22,9 +26,13 @@ scale ``sigma`` on integer vectors of L2 sensitivity ``D`` in dimension ``d`` is
 ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k + 1))`` (the first branch of their
 minimum: an upper bound). It is composed over rounds with ``dp_accounting``'s
 ``ZCDpEvent``. Dropped sites: the noise is calibrated for ``quorum`` sites alone; every
-further site adds noise, so the stated ε is an upper bound whenever the round completes
-(the coordinator cannot finish a round with fewer than its quorum). Honest-but-curious
-sites are assumed for the noise of the others, as in KLS21.
+further site adds noise, so the stated ε is an upper bound for every sum decrypted: the
+coordinator cannot close a round with fewer than the run's quorum (which run creation
+checks is at least the plan's), and no site decrypts, or publishes a partial decryption
+of, a sum of fewer than the plan's quorum (client/dp_site_scheme.py). Honest-but-curious
+sites are assumed for the noise of the others, as in KLS21. Sites are weighted equally
+(weight 1): site-level DP bounds what the sum reveals about one SITE, so a weight from
+its example count would both leak that count and scale its sensitivity.
 
 Slots: a site's value ``q + z`` is kept in ``[-(L + K), L + K]``, ``L = 2^(bits-1) - 1``,
 ``K = TAIL * sigma`` (the chance that one draw passes ``TAIL = 20`` scales is below
@@ -39,7 +47,9 @@ values), 16-bit quantisation, ε = 8 over 3 rounds and a quorum of 3, calibratio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +57,12 @@ from crypto.packing import MAX_SLOT_BITS, pack_slots, unpack_slots
 from crypto.quantise import dequantise, quantise
 
 TAIL = 20.0
+SITE_BITS = 16  # quantisation of a clipped update: 32,767 levels each side of zero
+DEFAULT_MAX_SITES = 64
+# The RDP orders of every site's ledger (client/ledger.py composes with the same ones):
+# Opacus's defaults from 2 up (fractional orders below 2 do not converge for large sample
+# rates in dp-accounting and only help at very small ε), plus high ones.
+ORDERS = [1 + x / 10.0 for x in range(10, 100)] + list(range(11, 64)) + [128, 256, 512]
 MECHANISM_SITE = (
     "distributed discrete Gaussian (KLS21): whole-update L2 clipping, integer noise shares "
     "inside the encrypted sum"
@@ -121,9 +137,45 @@ class SiteNoise:
         """Slots one Paillier plaintext holds (lowest slot first, as crypto/codec.py packs)."""
         return (self.key_bits - 1) // self.slot_bits
 
+    @property
+    def num_plaintexts(self) -> int:
+        """Plaintexts (hence ciphertexts) one update of ``dimension`` values takes."""
+        return -(-self.dimension // self.slots_per_plaintext)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The layout as plain JSON values (what a site's ledger pins for the run)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SiteNoise:
+        """A layout pinned by :meth:`as_dict` (ValueError when it does not read)."""
+        try:
+            noise = cls(
+                clip=float(data["clip"]),
+                bits=int(data["bits"]),
+                dimension=int(data["dimension"]),
+                quorum=int(data["quorum"]),
+                max_sites=int(data["max_sites"]),
+                sigma=float(data["sigma"]),
+                key_bits=int(data["key_bits"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"a site-level DP layout does not read: {exc}") from exc
+        noise.check()
+        return noise
+
     def check(self) -> None:
         """ValueError when the layout is meaningless or its slots do not fit the key."""
-        if not (2 <= self.bits <= 24 and self.quorum >= 1 and self.max_sites >= self.quorum):
+        if not (
+            2 <= self.bits <= 24
+            and self.quorum >= 1
+            and self.max_sites >= self.quorum
+            and self.dimension >= 1
+            and math.isfinite(self.sigma)
+            and self.sigma > 0
+            and math.isfinite(self.clip)
+            and self.clip > 0
+        ):
             raise ValueError(f"site-level DP layout does not make sense: {self}")
         if self.slot_bits > MAX_SLOT_BITS or self.slots_per_plaintext < 1:
             raise ValueError(
@@ -160,16 +212,48 @@ class SiteNoise:
         return pack_slots(values, self.slot_bits, self.slots_per_plaintext)
 
     def decode_sum(self, plaintext_sums: list[int], sites: int) -> np.ndarray:
-        """The decrypted sum of ``sites`` sites' updates (noise included), as floats."""
+        """The decrypted sum of ``sites`` sites' updates (noise included), as floats.
+
+        Raises
+        ------
+        ValueError
+            Fewer sites than the quorum the noise is calibrated for (their sum would carry
+            too little noise: it is not decoded), or more than the slots hold.
+        OverflowError
+            A slot above ``sites`` times the largest value one site can send: a
+            contribution did not come from :meth:`encode`.
+        """
         if not self.quorum <= sites <= self.max_sites:
-            raise ValueError(f"{sites} sites: outside the run's quorum..max ({self.quorum}..)")
+            raise ValueError(
+                f"{sites} sites: outside the run's {self.quorum}..{self.max_sites} (the noise "
+                f"is calibrated for a sum of at least {self.quorum} sites)"
+            )
         slots = unpack_slots(
             plaintext_sums, self.slot_bits, self.slots_per_plaintext, self.dimension
         )
+        limit = 2 * self.offset * sites
+        if slots.size and int(slots.max()) > limit:
+            raise OverflowError(
+                f"a slot holds {int(slots.max())}, above {limit}, the most {sites} sites can send"
+            )
         centred = slots.astype(np.int64) - np.int64(self.offset * sites)
         return dequantise(centred, self.clip, self.bits)
 
 
+def zcdp_epsilon(rho: float, count: int, delta: float) -> float:
+    """ε at ``delta`` of ``count`` rounds of ``rho``-zCDP, through dp-accounting's RDP
+    accountant at :data:`ORDERS` (what client/ledger.py ``compose`` gives for the event)."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    accountant = rdp.RdpAccountant(ORDERS)
+    accountant.compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.ZCDpEvent(float(rho)), int(count))
+    )
+    return float(accountant.get_epsilon(delta))
+
+
+@lru_cache(maxsize=64)
 def calibrate(
     epsilon: float,
     delta: float,
@@ -182,14 +266,18 @@ def calibrate(
     max_sites: int,
     key_bits: int,
 ) -> SiteNoise:
-    """The smallest per-site scale whose ``rounds`` rounds, over ``quorum`` sites, meet (ε, δ)."""
-    from client.ledger import compose
+    """The smallest per-site scale whose ``rounds`` rounds, over ``quorum`` sites, meet (ε, δ).
+
+    Deterministic in its arguments: every site and the coordinator derive the same layout
+    from the run's plan, its rounds, the model's size and the key's (cached: the
+    coordinator sizes every update of a run with it).
+    """
 
     def layout(sigma: float) -> SiteNoise:
         return SiteNoise(clip, bits, dimension, quorum, max_sites, sigma, key_bits)
 
     def spent(sigma: float) -> float:
-        return compose([layout(sigma).event(rounds)], delta)
+        return zcdp_epsilon(layout(sigma).rho(), rounds, delta)
 
     low, high = 0.5, 1.0
     while spent(high) > epsilon:
