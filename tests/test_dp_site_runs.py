@@ -290,7 +290,11 @@ def test_the_coordinator_takes_only_the_layouts_ciphertexts_at_weight_one(site_d
 
     assert layout is not None and layout.dimension == 8 and layout.quorum == 1
     plaintexts = layout.encode(np.zeros(8), np.random.default_rng())
-    ours = crypto.encrypt_packed(site.public_key, plaintexts, workers=1)
+    units: list[int] = []
+    ours = crypto.encrypt_packed(site.public_key, plaintexts, workers=1, units_out=units)
+    # The site knows its openings, so its updates carry valid proofs (checked at intake
+    # before the layout and weight checks below).
+    site.openings.update(zip(ours, zip(plaintexts, units, strict=True), strict=True))
     assert len(ours) == layout.num_plaintexts == 1  # 8 values: one plaintext either way
     detail = expect_status(
         grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, ours * 2, weight=1)
