@@ -162,21 +162,15 @@ def encode_update(
         plaintexts = layout.encode(delta, np.random.default_rng())
     except OverflowError as exc:
         raise TaskRefused("error", str(exc)) from exc
-    units: list[int] = []
-    ciphertexts = crypto.encrypt_packed(
-        public_key, plaintexts, private_key=private_key, pool=pool, units_out=units
-    )
-    proof = plaintext_proof.prove(
-        public_key.n,
-        ciphertexts,
+    return plaintext_proof.encrypt_proven(
+        public_key,
         plaintexts,
-        units,
+        private_key=private_key,
+        pool=pool,
         run_id=run_id,
         round_number=round_number,
         site=site,
     )
-    payload = crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
-    return payload, proof.to_bytes(public_key.n)
 
 
 def decode_aggregate(

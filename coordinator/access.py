@@ -11,7 +11,8 @@ from sqlalchemy import select
 from coordinator import auditlog
 from coordinator.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from coordinator.hub import Hub
-from coordinator.schema import Enrolment, Institution, Node, Operator
+from coordinator.queries import LIVE
+from coordinator.schema import Enrolment, Institution, Node, Operator, Task, TaskState
 
 ROLES = ("admin", "auditor")
 READ_ONLY = frozenset(
@@ -255,6 +256,17 @@ class AccessControl:
             )
             for node in nodes:
                 node.revoked_at = now
+            # Its live tasks end now (a round stops waiting for it), and the scheduler sums
+            # no update of a revoked node, even one accepted before (coordinator/scheduler.py).
+            cancelled = list(
+                session.scalars(
+                    select(Task).where(
+                        Task.node_id.in_([n.id for n in nodes]), Task.state.in_(LIVE)
+                    )
+                )
+            )
+            for task in cancelled:
+                task.state = TaskState.CANCELLED
             for enrolment in pending:
                 enrolment.used_at = now  # spent: it can no longer enrol anything
             auditlog.append(
@@ -265,6 +277,7 @@ class AccessControl:
                     "site": site_name,
                     "nodes": sorted(n.id for n in nodes),
                     "enrolments_voided": len(pending),
+                    "tasks_cancelled": len(cancelled),
                     "reason": reason,
                 },
             )

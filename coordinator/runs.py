@@ -128,15 +128,33 @@ def _seconds(config: Mapping[str, object], key: str, default: float) -> float:
 SECURE_MIN_SITES = 3
 
 
-def check_threshold(threshold: int, secure: str, min_clients: int, sites: object) -> None:
+def check_threshold(
+    threshold: int,
+    secure: str,
+    min_clients: int,
+    sites: object,
+    *,
+    fraction: float = 1.0,
+    max_clients: int = 0,
+) -> None:
     """2 <= t <= N, where N (the run's fixed participants) is at least ``min_clients``.
 
     A secure run fixes its N sites when it starts: every online site with an identity (or
     those of ``config["sites"]``), at least ``min_clients`` of them. So ``t <= min_clients``
     (and ``<=`` the named sites) guarantees ``t <= N`` before anyone is online.
+
+    A threshold run asks every holder every round (no ``fraction`` below 1, no
+    ``max_clients``): a holder echoes the round's aggregate only when it has the round's
+    task, and partials are released only after a quorum of the N holders echoed
+    (client/threshold_echo.py), so a sample smaller than the quorum could never decrypt.
     """
     if not threshold:
         return
+    if fraction < 1.0 or max_clients:
+        raise ValueError(
+            "a threshold run asks every key holder every round: fraction must be 1 and "
+            "max_clients unset (a sampled round could not gather the holders' echo quorum)"
+        )
     if secure != SchemeName.PAILLIER:
         raise ValueError("threshold is for secure runs (--secure paillier) only")
     if threshold < 2:
@@ -232,7 +250,14 @@ class RunSpec:
             raise ValueError("max_weight must allow at least one unit of weight per site")
         if "threshold" in self.config:
             raise ValueError("threshold is set by CreateRunRequest.threshold, not in config_json")
-        check_threshold(self.threshold, self.secure, self.min_clients, self.config.get("sites"))
+        check_threshold(
+            self.threshold,
+            self.secure,
+            self.min_clients,
+            self.config.get("sites"),
+            fraction=self.fraction,
+            max_clients=self.max_clients,
+        )
 
     def settings(self) -> RunConfig:
         """The run's config, typed (ValueError or TypeError when a value is out of range)."""

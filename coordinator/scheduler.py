@@ -239,9 +239,17 @@ class RoundScheduler:
             )
         )
         open_tasks = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
+        # A site revoked after sending its update is not summed nor counted (review finding):
+        # its credentials were withdrawn, and with them what it sent in the open round.
         updates = list(
             session.scalars(
-                select(Update).where(Update.run_id == run.id, Update.round == current.number)
+                select(Update)
+                .join(Node, Node.id == Update.node_id)
+                .where(
+                    Update.run_id == run.id,
+                    Update.round == current.number,
+                    Node.revoked_at == 0.0,
+                )
             )
         )
         quorum = run.settings().quorum

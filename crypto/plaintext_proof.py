@@ -33,8 +33,14 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gmpy2
+
+if TYPE_CHECKING:
+    from phe import PaillierPrivateKey, PaillierPublicKey
+
+    from crypto.randomness import RandomnessPool
 
 __all__ = ["PlaintextProof", "ProofError", "prove", "verify"]
 
@@ -190,3 +196,40 @@ def verify(
     right = proof.a * gmpy2.powmod(c_star, e, n_square) % n_square
     if left != right:
         raise ProofError(f"site {site!r} did not prove it knows its update's plaintexts")
+
+
+def encrypt_proven(
+    public_key: PaillierPublicKey,
+    plaintexts: Sequence[int],
+    *,
+    private_key: PaillierPrivateKey | None,
+    pool: RandomnessPool | None,
+    run_id: str,
+    round_number: int,
+    site: str,
+) -> tuple[bytes, bytes]:
+    """Encrypt packed ``plaintexts`` and prove knowledge of them, for one site's update.
+
+    Returns the wire payload (crypto/wire.py) and the proof's bytes, bound to the run,
+    round and site. Each ciphertext's randomness is kept only long enough for the proof.
+    Whatever lays the plaintexts out (crypto/codec.py, crypto/dp_layout.py), a site's
+    update is encrypted and proven here.
+    """
+    from crypto.paillier_fast import encrypt_packed
+    from crypto.wire import ciphertext_width, ciphertexts_to_bytes
+
+    units: list[int] = []
+    ciphertexts = encrypt_packed(
+        public_key, plaintexts, private_key=private_key, pool=pool, units_out=units
+    )
+    proof = prove(
+        public_key.n,
+        ciphertexts,
+        plaintexts,
+        units,
+        run_id=run_id,
+        round_number=round_number,
+        site=site,
+    )
+    payload = ciphertexts_to_bytes(ciphertexts, ciphertext_width(public_key))
+    return payload, proof.to_bytes(public_key.n)

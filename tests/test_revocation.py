@@ -276,3 +276,65 @@ def test_a_poll_parked_before_revocation_is_handed_no_task(auth_coordinator):
     assert "revoked" in detail
     with server.hub.db.transaction() as session:
         assert session.get(Task, "raced-task").state == TaskState.PENDING
+
+
+def test_an_update_sent_before_revocation_is_not_summed(tmp_path):
+    """Revoked mid-round after sending a (poisoned) update: the round neither sums nor counts it."""
+    from conftest import start_coordinator
+    from fuzzing import WEIGHTS, FakeSite, Server
+
+    from coordinator.schema import Round, Update
+
+    running = start_coordinator(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "data")
+    server = Server.of(running)
+    try:
+        a, b = FakeSite(server.federation, "clinic-a"), FakeSite(server.federation, "clinic-b")
+        run = server.admin.CreateRun(
+            admin_pb2.CreateRunRequest(
+                model="tabular_mlp",
+                rounds=2,
+                min_clients=2,
+                round_deadline_seconds=3600,
+                config_json='{"quorum": 1}',
+            )
+        )
+        init_site = None
+        deadline = time.monotonic() + 10
+        while init_site is None and time.monotonic() < deadline:
+            holders = {t.node_id for t in _tasks(running.server) if t.kind == TaskKind.INIT}
+            init_site = next((s for s in (a, b) if s.node_id in holders), None)
+            time.sleep(0.02)
+        assert init_site is not None, "no INIT task"
+        init = init_site.pull(federation_pb2.TASK_KIND_INIT)
+        init_site.submit(init, wire.encode_tensors(WEIGHTS))
+        train_a = a.pull(federation_pb2.TASK_KIND_TRAIN)
+        train_b = b.pull(federation_pb2.TASK_KIND_TRAIN)
+        a.submit(train_a, wire.encode_tensors([w + 100 for w in WEIGHTS]))
+        assert running.server.access.revoke_site("clinic-a", "compromised", "root") == 1
+        b.submit(train_b, wire.encode_tensors([w + 1 for w in WEIGHTS]))
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with running.server.hub.db.transaction() as session:
+                first = session.scalar(
+                    select(Round).where(Round.run_id == run.run_id, Round.number == 1)
+                )
+                if first is not None and first.model_sha256:
+                    break
+            time.sleep(0.05)
+        with running.server.hub.db.transaction() as session:
+            first = session.scalar(
+                select(Round).where(Round.run_id == run.run_id, Round.number == 1)
+            )
+            assert first.model_sha256, "round 1 never closed"
+            assert first.num_updates == 1
+            assert len(list(session.scalars(select(Update)))) == 2  # a's stays on record
+    finally:
+        running.server.stop(grace=0.2)
+
+
+def _tasks(server: CoordinatorServer) -> list[Task]:
+    with server.hub.db.transaction() as session:
+        tasks = list(session.scalars(select(Task)))
+        session.expunge_all()
+    return tasks

@@ -91,6 +91,27 @@ def test_threshold_cannot_be_smuggled_in_config(coordinator):
     assert "CreateRunRequest.threshold" in detail
 
 
+@pytest.mark.parametrize("sampling", [{"fraction": 0.6}, {"max_clients": 6}])
+def test_a_threshold_run_may_not_sample_its_holders(coordinator, sampling):
+    """A round sent to fewer holders than the echo quorum could never decrypt (review H1)."""
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: coordinator.admin().CreateRun(
+            admin_pb2.CreateRunRequest(
+                model="tabular_mlp",
+                rounds=1,
+                min_clients=5,
+                secure=common_pb2.SECURE_SCHEME_PAILLIER,
+                threshold=3,
+                **sampling,
+            )
+        ),
+    )
+
+    assert "every key holder every round" in detail
+    assert coordinator.admin().ListRuns(admin_pb2.ListRunsRequest()).runs == []
+
+
 def test_cli_threshold_start_and_refusal(coordinator):
     base = ["admin", "runs", "start", "--coordinator", coordinator.address, "--insecure"]
     bad = runner.invoke(

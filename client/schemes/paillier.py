@@ -119,22 +119,15 @@ def encrypt_proven_update(
     """
     from crypto import plaintext_proof
 
-    plaintexts = codec.encode(delta, weight, rng, clip)
-    units: list[int] = []
-    ciphertexts = crypto.encrypt_packed(
-        public_key, plaintexts, private_key=private_key, pool=pool, units_out=units
-    )
-    proof = plaintext_proof.prove(
-        public_key.n,
-        ciphertexts,
-        plaintexts,
-        units,
+    return plaintext_proof.encrypt_proven(
+        public_key,
+        codec.encode(delta, weight, rng, clip),
+        private_key=private_key,
+        pool=pool,
         run_id=run_id,
         round_number=round_number,
         site=site,
     )
-    payload = crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
-    return payload, proof.to_bytes(public_key.n)
 
 
 def decrypt_sums(payload: bytes, private_key: PaillierPrivateKey) -> list[int]:
@@ -197,6 +190,10 @@ class PaillierScheme:
     def sums(self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes) -> Sums:
         """The checked aggregate's plaintext sums, decrypted with the run's key when called."""
         _, private_key = site.run_keys(task)
+        if private_key is None:  # a coordinator that drops the task's threshold
+            raise TaskRefused(
+                "verify", f"run {task.run_id} was dealt as t-of-n shares; its tasks say otherwise"
+            )
         return lambda: decrypt_sums(payload, private_key)
 
     def dp_layout(
@@ -243,6 +240,8 @@ class PaillierScheme:
         needed = _needed(codec, deltas) if layout is None else layout.num_plaintexts
         pool = site.secure.randomness(task.run_id, public_key, private_key, needed)
         if layout is None:
+            if not task.encoding.weight_cap:
+                raise TaskRefused("verify", "the task carries no weight cap for its update")
             weight = max(1, min(int(num_examples), int(task.encoding.weight_cap)))
             clip = site.secure.states[task.run_id].clip_for(codec)
             payload, proof = encrypt_proven_update(
@@ -293,7 +292,12 @@ class ThresholdPaillierScheme(PaillierScheme):
         """The checked aggregate's plaintext sums, from t verified partials (asked for now)."""
         from client import threshold_partials
 
-        key = site.custody.threshold[task.run_id]
+        site.run_keys(task)  # opened once; a share for a threshold run
+        key = site.custody.threshold.get(task.run_id)
+        if key is None:  # a coordinator that adds a threshold to a single-key run
+            raise TaskRefused(
+                "verify", f"run {task.run_id}'s key is not t-of-n shares; its tasks say otherwise"
+            )
         width = crypto.ciphertext_width(key.public_key)
         sums = threshold_partials.decrypt(
             site,
