@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -121,11 +122,15 @@ class Node(Base):
     online: Mapped[bool] = mapped_column(Boolean, default=True)
     # The site's Ed25519 identity and its signature binding x25519_public_key to it: relayed
     # to peers, who trust them only against the fingerprints they pinned themselves.
-    ed25519_public_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
-    x25519_signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    ed25519_public_key: Mapped[bytes] = mapped_column(
+        LargeBinary, default=b"", server_default=text("''")
+    )
+    x25519_signature: Mapped[bytes] = mapped_column(
+        LargeBinary, default=b"", server_default=text("''")
+    )
     # 0: never. A revoked or expired node token is refused (UNAUTHENTICATED).
-    token_expires_at: Mapped[float] = mapped_column(Float, default=0.0)
-    revoked_at: Mapped[float] = mapped_column(Float, default=0.0)
+    token_expires_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    revoked_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class Run(Base):
@@ -162,12 +167,16 @@ class Run(Base):
     ended_at: Mapped[float] = mapped_column(Float, default=0.0)
     # Secure runs: the node ids of the run's sites, fixed when the run starts (keys are
     # sealed to these and no others), and the custodian's signed key statement.
-    participants: Mapped[list[str]] = mapped_column(JSON, default=list)
-    key_statement: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
-    key_statement_signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    participants: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    key_statement: Mapped[bytes] = mapped_column(
+        LargeBinary, default=b"", server_default=text("''")
+    )
+    key_statement_signature: Mapped[bytes] = mapped_column(
+        LargeBinary, default=b"", server_default=text("''")
+    )
     # The data schema every site must match (protos.data_schema, canonical JSON): the
     # operator's, or the first participant's, pinned before round 1. "" until pinned.
-    data_schema: Mapped[str] = mapped_column(Text, default="")
+    data_schema: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     def model_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """``(dtype, shape)`` of each exchanged tensor, as the initial weights declared them."""
@@ -255,7 +264,7 @@ class Update(Base):
     metrics: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     received_at: Mapped[float] = mapped_column(Float, default=now)
     # The site's Ed25519 signature over crypto.identity.update_statement(...).
-    signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"", server_default=text("''"))
     # Secure runs: crypto.plaintext_proof bytes, relayed to every site in the manifest.
     plaintext_proof: Mapped[bytes | None] = mapped_column(LargeBinary, default=b"", nullable=True)
 
@@ -380,8 +389,8 @@ class Operator(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     # 0: never.
-    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
-    revoked_at: Mapped[float] = mapped_column(Float, default=0.0)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    revoked_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class ThresholdKey(Base):

@@ -54,6 +54,34 @@ def test_the_migrations_one_by_one_build_the_schema_a_fresh_database_gets(databa
         db.close()
 
 
+def _columns(engine) -> dict[str, list[tuple[str, str, bool, str]]]:  # type: ignore[no-untyped-def]
+    found = inspect(engine)
+    return {
+        table: [
+            (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+            for c in found.get_columns(table)
+        ]
+        for table in sorted(found.get_table_names())
+    }
+
+
+def test_fresh_and_migrated_databases_have_the_same_columns_and_server_defaults(database_url):
+    # compare_metadata does not compare server defaults: a column a migration added with one
+    # (to fill existing rows) must have it in a fresh database too, or a later migration's
+    # INSERT relying on it would work on old databases and fail on new ones.
+    db = Database(database_url)
+    try:
+        upgrade(db.engine)
+        migrated = _columns(db.engine)
+        with db.engine.begin() as connection:
+            Base.metadata.drop_all(connection)
+            connection.exec_driver_sql("DROP TABLE alembic_version")
+        db.migrate()
+        assert _columns(db.engine) == migrated
+    finally:
+        db.close()
+
+
 def test_a_fresh_database_is_stamped_at_head_and_later_migrations_apply(database_url):
     db = Database(database_url)
     try:
