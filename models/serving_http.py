@@ -221,6 +221,10 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
             ) from None
         return answer(out)
 
+    # One explanation at a time: each costs thousands of model rows and runs beside the
+    # batcher, not through it, so a second caller gets 503 rather than starving /predict.
+    explaining = asyncio.Lock()
+
     @app.post("/explain", dependencies=[Depends(authorised)])
     async def explain(request: Request) -> dict[str, Any]:
         explainer = config.explainer
@@ -231,10 +235,15 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         inputs = await inputs_of(request)
         if rows_of(inputs) != 1:
             raise bad_request(422, "explain takes exactly one row")
-        try:
-            return await asyncio.to_thread(explainer, inputs)
-        except ValueError as exc:
-            raise bad_request(422, str(exc).splitlines()[0]) from None
+        if explaining.locked():
+            raise HTTPException(
+                503, "an explanation is already running: retry", headers={"Retry-After": "1"}
+            )
+        async with explaining:
+            try:
+                return await asyncio.to_thread(explainer, inputs)
+            except ValueError as exc:
+                raise bad_request(422, str(exc).splitlines()[0]) from None
 
     @app.get("/model", dependencies=[Depends(authorised)])
     async def model() -> dict[str, Any]:

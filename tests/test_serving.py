@@ -649,3 +649,33 @@ def test_an_awaited_request_times_out_while_the_model_is_stuck(predictor, site):
     finally:
         gate.release.set()
         batcher.stop()
+
+
+def test_a_second_explanation_waits_its_turn_with_503_and_predict_still_answers(site, predictor):
+    """Each explanation costs thousands of model rows: one at a time (review: DoS)."""
+    real = for_predictor(predictor, {"x": site["x"][:40]}, max_evals=200)
+    entered, release = threading.Event(), threading.Event()
+
+    def held(inputs):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(10)
+        return real(inputs)
+
+    application = create_app(predictor, ServeConfig(explainer=held))
+    body = {"rows": [row_json(site, 3)]}
+    with ServerThread(application) as running:
+        first: dict[str, int] = {}
+        worker = threading.Thread(
+            target=lambda: first.update(
+                status=httpx.post(f"{running.url}/explain", json=body, timeout=20).status_code
+            )
+        )
+        worker.start()
+        assert entered.wait(10)
+        busy = httpx.post(f"{running.url}/explain", json=body, timeout=10)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert httpx.post(f"{running.url}/predict", json=body, timeout=10).status_code == 200
+        release.set()
+        worker.join(20)
+        assert first == {"status": 200}
+        assert httpx.post(f"{running.url}/explain", json=body, timeout=20).status_code == 200
