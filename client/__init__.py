@@ -15,7 +15,9 @@ One module per job:
 - the site's sovereignty: custody.py (its identity), peers.py, pins.py, policy.py,
   sovereign.py (the gate every task passes), verify.py (aggregate checks), receipts.py;
 - privacy: dp.py, dp_norm.py, dp_site_scheme.py (site-level DP updates), dp_audit.py
-  (noised SHAP summaries), dp_site.py (budget gate), ledger.py;
+  (noised SHAP summaries), dp_site.py (budget gate, record-level rounds),
+  dp_site_rounds.py (site-level rounds), dp_audit_gate.py (the summary's charge),
+  dp_charge.py (what every charge shares), ledger.py;
 - training: trainer.py, model_trainer.py, data.py, data_schema.py, apps.py (ClientApp
   loader), audit.py (SHAP summaries), prewarm.py, simulation.py (virtual sites).
 

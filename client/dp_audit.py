@@ -3,8 +3,9 @@
 In a run with a DP plan (record or site mode) the site releases its attribution summary
 with the Gaussian mechanism (explain/summary.py ``private_statistics``: each explained
 row's attributions clipped, the means noised) and charges it to the same ledger, through
-the same projection and refusal as a training round (client/dp_site.py
-``PrivacyGuard.before_audit``). Two things keep the sensitivity at the explained rows:
+the same projection and refusal as a training round (client/dp_audit_gate.py, called by
+client/dp_site.py ``PrivacyGuard.before_audit``). Two things keep the sensitivity at the
+explained rows:
 
 - the baseline the explainer measures against is public: the final model's own input
   normaliser mean (its first ``BatchNorm1d``'s running mean, released with the model;
