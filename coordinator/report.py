@@ -173,7 +173,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
     The coordinator's report and ``cohort audit report --db`` (a backup, no coordinator
     running) both come from here, so the two can only differ in their generation time.
     """
-    from coordinator.privacy import privacy_facts
+    from coordinator.ledger_copies import privacy_facts
     from explain.report import build_facts
 
     with db.transaction() as session:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from coordinator import auditlog, privacy, refusals
+from coordinator import auditlog, ledger_copies, refusals
 from coordinator.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -43,11 +43,11 @@ class SiteStatements:
     def ledger_entry(
         self, node_id: str, entry: federation_pb2.LedgerEntry
     ) -> federation_pb2.SubmitReply:
-        """A site's signed privacy-ledger entry for a run (coordinator.privacy checks it)."""
+        """A site's signed privacy-ledger entry for a run (coordinator/ledger_copies.py checks)."""
         with self.hub.lock, self.hub.db.transaction() as session:
             node = session.get(Node, node_id)
             assert node is not None
-            return privacy.record_entry(session, node_id, site_name(session, node), entry)
+            return ledger_copies.record_entry(session, node_id, site_name(session, node), entry)
 
     def submit_audit(
         self, node_id: str, submission: federation_pb2.AuditSubmission

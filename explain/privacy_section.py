@@ -1,6 +1,6 @@
 """The report's differential-privacy facts in words and as a per-site table.
 
-What each site's own signed ledger says the run cost it (coordinator/privacy.py verified
+What each site's own signed ledger says the run cost it (coordinator/ledger_copies.py verified
 every entry against the site's identity key); both renderers print the same table.
 """
 

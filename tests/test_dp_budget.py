@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from client.ledger import Ledger, LedgerError, compose
 from client.policy import SitePolicy
-from coordinator.privacy import ledger_entries
+from coordinator.ledger_copies import ledger_entries
 from coordinator.schema import AuditEvent
 from protos import admin_pb2, common_pb2
 from tests.helpers import breast_cancer_sites, wait_for_state

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from test_federation_errors import expect_status
 from test_sovereign import secure_round  # noqa: F401  (fixture)
 
-from coordinator.privacy import canonical, ledger_entries
+from coordinator.ledger_copies import canonical, ledger_entries
 from coordinator.schema import AuditEvent
 from crypto import identity
 from protos import federation_pb2

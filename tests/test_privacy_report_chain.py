@@ -14,7 +14,7 @@ from test_sovereign import secure_round  # noqa: F401  (fixture)
 
 from client.ledger import Ledger
 from coordinator import auditlog
-from coordinator.privacy import _signed_plan, canonical, privacy_facts
+from coordinator.ledger_copies import _signed_plan, canonical, privacy_facts
 from coordinator.schema import AuditEvent, Node, Run
 from protos import federation_pb2
 
