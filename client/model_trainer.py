@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import threading
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,17 +18,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import models
+from client.model_audit import audit_model
+from client.rng import GLOBAL_RNG_LOCK
 from models.datasets import DictDataset
 from protos.wire import NDArrays
 
 LABEL_KEY = "label"
-
-# torch's and numpy's global generators are process-wide. Sites sharing a process (the
-# demo, tests, simulations) take turns while they seed or draw from them (training,
-# evaluation: every DataLoader draws a seed; audits); otherwise one site's draw lands in
-# the middle of another's initialisation and the "identical" frozen bases differ. A
-# process holding one site never waits on this lock.
-GLOBAL_RNG_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -166,21 +160,6 @@ def dataset_fingerprint(data: DictDataset) -> str:
         digest.update(tensor.numpy().tobytes())
     digest.update(data.labels.numpy().astype(np.int64).tobytes())
     return digest.hexdigest()
-
-
-def audit_kind(inputs: Mapping[str, torch.Tensor]) -> str:
-    """The SHAP audit that fits these inputs: tabular, image, text or multimodal."""
-    names = [k for k in inputs if not k.endswith("mask")]
-    if names == ["x"]:
-        return "tabular"
-    if len(names) == 1:
-        tensor = inputs[names[0]]
-        if tensor.is_floating_point() and tensor.ndim >= 4:
-            return "image"
-        if not tensor.is_floating_point():
-            return "text"
-    # Several modalities, or one (audio) no other kind pools: one feature per input.
-    return "multimodal"
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -398,49 +377,21 @@ class ModelTrainer(NumPyClient):
 
         ``config`` holds ``rows`` (at most this many held-out rows) and ``seed``. Tabular
         models are explained per column, images per region, text per token position and
-        several modalities per modality; the training rows are the background.
+        several modalities per modality; the training rows are the background
+        (client/model_audit.py).
         """
-        from explain.site_audit import audit_tabular, audit_torch
-
         model = self.model
         models.set_weights(model, weights)
         model.eval()
-        rows, seed = int(config.get("rows", 1000)), int(config.get("seed", 0))
-        inputs, background = self.holdout_data.inputs, self.train_data.inputs
-        kind = audit_kind(inputs)
-        n_classes = int(self.predict_proba({k: v[:1] for k, v in inputs.items()}).shape[1])
-        classes = [f"class_{i}" for i in range(n_classes)]
-        if kind == "tabular":
-            width = int(inputs["x"].shape[1])
-            names = getattr(self.holdout_data, "feature_names", None) or [
-                f"x{i}" for i in range(width)
-            ]
-
-            def proba(x: np.ndarray) -> np.ndarray:
-                return self.predict_proba({"x": torch.as_tensor(x, dtype=torch.float32)})
-
-            return audit_tabular(
-                proba,
-                background["x"].numpy(),
-                inputs["x"].numpy(),
-                list(names),
-                classes,
-                site=self.site_name,
-                max_rows=rows,
-                seed=seed,
-            )
-        with GLOBAL_RNG_LOCK:
-            return audit_torch(
-                model,
-                inputs,
-                background,
-                kind,
-                classes,
-                site=self.site_name,
-                max_rows=rows,
-                nsamples=self.audit_nsamples,
-                seed=seed,
-            )
+        return audit_model(
+            model,
+            self.holdout_data,
+            self.train_data,
+            config,
+            site=self.site_name,
+            device=self.device,
+            nsamples=self.audit_nsamples,
+        )
 
 
 def save_site_dataset(data: DictDataset, path: Path) -> Path:

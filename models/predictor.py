@@ -189,4 +189,3 @@ def concat_inputs(parts: list[Inputs]) -> Inputs:
 
 def rows_of(inputs: Inputs) -> int:
     return int(next(iter(inputs.values())).shape[0])
-

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import models
 from cli.model import app as model_app
 from cli.model import export_site_model
+from client.model_audit import audit_kind
 from client.model_trainer import (
     ModelTrainer,
-    audit_kind,
     load_site_dataset,
     save_site_dataset,
     spec_from_config,
