@@ -16,10 +16,10 @@ One module per job:
   sovereign.py (the gate every task passes), verify.py (aggregate checks), receipts.py;
 - privacy: dp.py, dp_norm.py, dp_site_scheme.py (site-level DP updates), dp_audit.py
   (noised SHAP summaries), dp_site.py (budget gate), ledger.py;
-- training: trainer.py, model_trainer.py (its SHAP audit: model_audit.py; the lock
-  over the global generators both trainers take: rng.py), data.py, data_schema.py,
-  apps.py (ClientApp loader), audit.py (SHAP summaries), prewarm.py, simulation.py
-  (virtual sites).
+- training: trainer.py, model_trainer.py (its SHAP audit: model_audit.py; its rows
+  on disk: site_dataset.py; the lock over the global generators both trainers take:
+  rng.py), data.py, data_schema.py, apps.py (ClientApp loader), audit.py (SHAP
+  summaries), prewarm.py, simulation.py (virtual sites).
 
 It may import crypto, models, explain and protos, never coordinator or cli
 (tests/test_layering.py): the site and the coordinator speak only through protos.
