@@ -2,7 +2,7 @@
 
 For each model (the breast-cancer tabular MLP, and the multimodal clinic model with
 gated cross-attention), closed-loop clients (each sends one row, awaits the answer,
-sends the next) drive a :class:`~models.serving.DynamicBatcher` at 1, 8 and 64
+sends the next) drive a :class:`~models.batching.DynamicBatcher` at 1, 8 and 64
 concurrent clients, in this process on asyncio as the HTTP service does, so the numbers
 measure batching and not the HTTP stack. The baseline is the same worker with
 ``max_batch_size=1``: one request at a time. A last pass sweeps ``max_batch_size`` at 64
@@ -38,14 +38,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from models.batching import DynamicBatcher
 from models.export import Provenance, export_model
+from models.predictor import Predictor, load_predictor
 from models.profiling import (
     example_inputs,
     profile_predictor,
     serving_defaults,
     synthetic_inputs,
 )
-from models.serving import DynamicBatcher, Predictor, load_predictor
 
 CLIENTS = (1, 8, 64)
 SWEEP = (1, 4, 16, 32, 64, 128)

@@ -204,7 +204,8 @@ def _site_client(
         fail("--data is required (a CSV/Parquet/.npz/.npy file or sklearn:NAME), or give --app")
     if _named_inputs(data):
         # Images, notes, audio: any registry model (the run's config names it), LoRA too.
-        from client.model_trainer import ModelTrainer, load_site_dataset
+        from client.model_trainer import ModelTrainer
+        from client.site_dataset import load_site_dataset
 
         return ModelTrainer(
             load_site_dataset(data, label_column),

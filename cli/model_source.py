@@ -20,7 +20,7 @@ from cli.common import parse_json_option
 if TYPE_CHECKING:
     import numpy as np
 
-    from models.serving import Predictor
+    from models.predictor import Predictor
 
 # torch is imported inside the functions: `cohort --help` stays fast.
 
@@ -195,7 +195,7 @@ def open_predictor(
     model_config: str = "",
 ) -> Predictor:
     """An export folder, or a spec (registry name, ``hf:/dir``, ``module:factory``) as is."""
-    from models.serving import load_predictor, spec_predictor
+    from models.predictor import load_predictor, spec_predictor
 
     specs = trusted_specs(source, allow_model)
     config = parse_json_option(model_config, "--model-config")

@@ -25,8 +25,8 @@ from client.model_trainer import (
     ModelSpec,
     ModelTrainer,
     build_site_model,
-    save_site_dataset,
 )
+from client.site_dataset import save_site_dataset
 from client.trainer import TabularTrainer
 from models.clinic import clinic_tokenizer
 from models.datasets import DictDataset

@@ -24,7 +24,7 @@ from cli.model_source import (
 )
 
 if TYPE_CHECKING:
-    from models.serving import Predictor
+    from models.predictor import Predictor
 
 # torch, fastapi and uvicorn are imported inside the commands: `cohort --help` stays fast.
 

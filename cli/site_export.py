@@ -30,7 +30,7 @@ def load_export_data(source: str, label_column: str = "label") -> Any:
     import numpy as np
 
     from client.data import load_tabular
-    from client.model_trainer import LABEL_KEY, load_site_dataset
+    from client.site_dataset import LABEL_KEY, load_site_dataset
 
     path = Path(source)
     if path.suffix.lower() == ".npz" and path.is_file():

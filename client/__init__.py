@@ -18,8 +18,10 @@ One module per job:
   (noised SHAP summaries), dp_site.py (budget gate, record-level rounds),
   dp_site_rounds.py (site-level rounds), dp_audit_gate.py (the summary's charge),
   dp_charge.py (what every charge shares), ledger.py;
-- training: trainer.py, model_trainer.py, data.py, data_schema.py, apps.py (ClientApp
-  loader), audit.py (SHAP summaries), prewarm.py, simulation.py (virtual sites).
+- training: trainer.py, model_trainer.py (its SHAP audit: model_audit.py; its rows
+  on disk: site_dataset.py; the lock over the global generators both trainers take:
+  rng.py), data.py, data_schema.py, apps.py (ClientApp loader), audit.py (SHAP
+  summaries), prewarm.py, simulation.py (virtual sites).
 
 It may import crypto, models, explain and protos, never coordinator or cli
 (tests/test_layering.py): the site and the coordinator speak only through protos.

@@ -5,11 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import threading
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,17 +17,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import models
+from client.model_audit import audit_model
+from client.rng import GLOBAL_RNG_LOCK
 from models.datasets import DictDataset
 from protos.wire import NDArrays
-
-LABEL_KEY = "label"
-
-# torch's and numpy's global generators are process-wide. Sites sharing a process (the
-# demo, tests, simulations) take turns while they seed or draw from them (training,
-# evaluation: every DataLoader draws a seed; audits); otherwise one site's draw lands in
-# the middle of another's initialisation and the "identical" frozen bases differ. A
-# process holding one site never waits on this lock.
-GLOBAL_RNG_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -166,21 +157,6 @@ def dataset_fingerprint(data: DictDataset) -> str:
         digest.update(tensor.numpy().tobytes())
     digest.update(data.labels.numpy().astype(np.int64).tobytes())
     return digest.hexdigest()
-
-
-def audit_kind(inputs: Mapping[str, torch.Tensor]) -> str:
-    """The SHAP audit that fits these inputs: tabular, image, text or multimodal."""
-    names = [k for k in inputs if not k.endswith("mask")]
-    if names == ["x"]:
-        return "tabular"
-    if len(names) == 1:
-        tensor = inputs[names[0]]
-        if tensor.is_floating_point() and tensor.ndim >= 4:
-            return "image"
-        if not tensor.is_floating_point():
-            return "text"
-    # Several modalities, or one (audio) no other kind pools: one feature per input.
-    return "multimodal"
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -398,85 +374,18 @@ class ModelTrainer(NumPyClient):
 
         ``config`` holds ``rows`` (at most this many held-out rows) and ``seed``. Tabular
         models are explained per column, images per region, text per token position and
-        several modalities per modality; the training rows are the background.
+        several modalities per modality; the training rows are the background
+        (client/model_audit.py).
         """
-        from explain.site_audit import audit_tabular, audit_torch
-
         model = self.model
         models.set_weights(model, weights)
         model.eval()
-        rows, seed = int(config.get("rows", 1000)), int(config.get("seed", 0))
-        inputs, background = self.holdout_data.inputs, self.train_data.inputs
-        kind = audit_kind(inputs)
-        n_classes = int(self.predict_proba({k: v[:1] for k, v in inputs.items()}).shape[1])
-        classes = [f"class_{i}" for i in range(n_classes)]
-        if kind == "tabular":
-            width = int(inputs["x"].shape[1])
-            names = getattr(self.holdout_data, "feature_names", None) or [
-                f"x{i}" for i in range(width)
-            ]
-
-            def proba(x: np.ndarray) -> np.ndarray:
-                return self.predict_proba({"x": torch.as_tensor(x, dtype=torch.float32)})
-
-            return audit_tabular(
-                proba,
-                background["x"].numpy(),
-                inputs["x"].numpy(),
-                list(names),
-                classes,
-                site=self.site_name,
-                max_rows=rows,
-                seed=seed,
-            )
-        with GLOBAL_RNG_LOCK:
-            return audit_torch(
-                model,
-                inputs,
-                background,
-                kind,
-                classes,
-                site=self.site_name,
-                max_rows=rows,
-                nsamples=self.audit_nsamples,
-                seed=seed,
-            )
-
-
-def save_site_dataset(data: DictDataset, path: Path) -> Path:
-    """Write a site's rows as ``.npz``: one array per input plus ``label``."""
-    if LABEL_KEY in data.inputs:
-        raise ValueError(f"an input may not be named {LABEL_KEY!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {name: tensor.numpy() for name, tensor in data.inputs.items()}
-    arrays[LABEL_KEY] = data.labels.numpy()
-    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as its flags
-    return path
-
-
-def load_site_dataset(
-    source: str, label_column: str = "label", preprocess: str = "log"
-) -> DictDataset:
-    """Load a site's rows: an ``.npz`` of named inputs plus ``label``, or tabular data.
-
-    Tabular sources (CSV, Parquet, ``x``/``y`` ``.npz``, ``sklearn:NAME``) become a
-    ``TabularDataset`` prepared as the built-in tabular trainer prepares them
-    (``preprocess="log"``), so a model trained there is evaluated on the same scale.
-    """
-    from client.data import load_tabular, log_scale
-
-    path = Path(source)
-    if path.suffix.lower() == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            if LABEL_KEY in archive:
-                inputs = {
-                    name: torch.from_numpy(np.asarray(archive[name]))
-                    for name in archive.files
-                    if name != LABEL_KEY
-                }
-                return DictDataset(inputs, archive[LABEL_KEY])
-    table = load_tabular(source, label_column)
-    if preprocess not in ("log", "none"):
-        raise ValueError(f"unknown preprocessing {preprocess!r}: use 'log' or 'none'")
-    x = log_scale(table.x) if preprocess == "log" else table.x.astype(np.float32)
-    return models.TabularDataset(x, np.array(table.y, dtype=np.int64), table.feature_names)
+        return audit_model(
+            model,
+            self.holdout_data,
+            self.train_data,
+            config,
+            site=self.site_name,
+            device=self.device,
+            nsamples=self.audit_nsamples,
+        )

@@ -12,8 +12,8 @@ from flwr.common.typing import Config
 import models
 from client.data import PREPROCESSING_STEPS, TabularData, log_scale, train_holdout_split
 from client.data_schema import pinned_order, schema_of, tabular_model
-from client.model_trainer import GLOBAL_RNG_LOCK
 from client.policy import TaskRefused
+from client.rng import GLOBAL_RNG_LOCK
 from models.export import TabularSchema
 from protos.wire import NDArrays
 

@@ -171,7 +171,7 @@ class RequestExplainer:
 
 
 def for_predictor(predictor: Any, background: Inputs, *, max_evals: int = 0) -> RequestExplainer:
-    """A :class:`RequestExplainer` over a :class:`models.serving.Predictor` and site rows.
+    """A :class:`RequestExplainer` over a :class:`models.predictor.Predictor` and site rows.
 
     Raises
     ------

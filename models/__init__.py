@@ -3,7 +3,8 @@
 One module per job: the architectures (``tabular``, ``image``, ``audio``, ``text``,
 ``multimodal`` with ``attention`` and ``fusion``), ``registry`` (a model by name),
 ``datasets``, ``training`` and ``distributed``, ``params`` (what a site exchanges),
-``lora``, ``quantize``, ``export``, ``profiling`` and ``serving``.
+``lora``, ``quantize``, ``export``, ``profiling``, ``predictor`` (a loaded model for
+scoring), ``batching`` (the dynamic batcher) and ``serving_http`` (the HTTP service).
 
 It imports nothing of Cohort's (tests/test_layering.py); the sites, the CLI and
 ``explain`` build on it, and the coordinator only names its models (coordinator/model_names.py).

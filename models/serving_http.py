@@ -34,14 +34,8 @@ from prometheus_client import (
 )
 from pydantic import ValidationError
 
-from models.serving import (
-    DynamicBatcher,
-    Inputs,
-    Predictor,
-    QueueFull,
-    RequestTimeout,
-    rows_of,
-)
+from models.batching import DynamicBatcher, QueueFull, RequestTimeout
+from models.predictor import Inputs, Predictor, rows_of
 from models.serving_inputs import (
     NamedBody,
     RowsBody,

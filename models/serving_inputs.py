@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt
 
-from models.serving import Inputs
+from models.predictor import Inputs
 
 Number = StrictFloat | StrictInt
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli.main import app as cli_app
 from models.export import Provenance, export_model
-from models.serving import load_predictor
+from models.predictor import load_predictor
 
 runner = CliRunner()
 QUICK = ["--device", "cpu", "--batch-sizes", "1,4", "--repeats", "3", "--warmup", "1", "--json"]

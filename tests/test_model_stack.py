@@ -14,13 +14,12 @@ from typer.testing import CliRunner
 import models
 from cli.model import app as model_app
 from cli.model import export_site_model
+from client.model_audit import audit_kind
 from client.model_trainer import (
     ModelTrainer,
-    audit_kind,
-    load_site_dataset,
-    save_site_dataset,
     spec_from_config,
 )
+from client.site_dataset import load_site_dataset, save_site_dataset
 from explain.summary import AttributionSummary
 from models.clinic import clinic_tokenizer, make_clinic_multimodal
 from models.quantize import load_int8

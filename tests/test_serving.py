@@ -18,9 +18,10 @@ from cli.main import app as cli_app
 from client.data import load_sklearn, save_csv
 from client.trainer import TabularTrainer
 from explain.served import feature_groups, for_predictor
+from models.batching import DynamicBatcher, QueueFull, RequestTimeout
 from models.export import Provenance, export_model
+from models.predictor import load_predictor
 from models.profiling import BatchTiming, choose_batch_size, serving_defaults
-from models.serving import DynamicBatcher, QueueFull, RequestTimeout, load_predictor
 from models.serving_http import ServeConfig, ServerThread, create_app
 
 TOKEN = "s3cret-token"
