@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy coordinator client crypto models explain cli protos/wire.py protos/transport.py protos/data_schema.py
+	$(VENV)/bin/mypy coordinator client crypto models explain cli protos/wire.py protos/serde.py protos/transport.py protos/data_schema.py
 
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
