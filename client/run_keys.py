@@ -58,14 +58,8 @@ class RunKeys:
         started = time.perf_counter()
         public_key, private_key = crypto.generate_keypair(bits, insecure_test_size=bits < 2048)
         private_bytes = crypto.private_key_to_bytes(private_key)
-        fingerprint = crypto.key_fingerprint(public_key)
-        bundle = federation_pb2.KeyBundle(
-            task_id=task.task_id,
-            run_id=task.run_id,
-            public_key=crypto.public_key_to_bytes(public_key),
-            key_fingerprint=fingerprint,
-            key_bits=public_key.n.bit_length(),
-        )
+        bundle = keys.new_bundle(task, public_key)
+        fingerprint = bundle.key_fingerprint
         for recipient in recipients:
             sealed = crypto.seal(
                 recipient.x25519_public, private_bytes, key_context(task.run_id, fingerprint)

@@ -86,15 +86,9 @@ def deal(
     public_key, shares, verification_keys = tp.deal(
         threshold, parties, bits, primes=_primes(agent, bits), insecure_test_size=bits < 2048
     )
-    fingerprint = crypto.key_fingerprint(public_key)
+    bundle = keys.new_bundle(task, public_key)
+    fingerprint = bundle.key_fingerprint
     group_key = AESGCM.generate_key(bit_length=256)
-    bundle = federation_pb2.KeyBundle(
-        task_id=task.task_id,
-        run_id=task.run_id,
-        public_key=crypto.public_key_to_bytes(public_key),
-        key_fingerprint=fingerprint,
-        key_bits=public_key.n.bit_length(),
-    )
     for recipient, share in zip(holders, shares, strict=True):
         sealed = crypto.seal(
             recipient.x25519_public,
