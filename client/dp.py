@@ -19,7 +19,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -116,17 +116,25 @@ class RecordSchedule:
         }
 
 
-def _smallest_sigma(epsilon_of: Any, target: float) -> float:
+def smallest_sigma(
+    epsilon_of: Callable[[float], float],
+    target: float,
+    *,
+    low: float = 0.0,
+    high: float = 10.0,
+    refusal: str = "no noise multiplier reaches epsilon {target:g}",
+) -> float:
     """Bisect the smallest noise multiplier whose ε (``epsilon_of(sigma)``) is <= ``target``.
 
-    Opacus's ``get_noise_multiplier`` does the same for DP-SGD alone; this one also
-    counts the standardiser's releases in the same accountant.
+    Doubles ``high`` until it is private enough (refusing with ``refusal`` past 1e6), then
+    bisects to 0.5%, rounded towards more noise. Opacus's ``get_noise_multiplier`` does the
+    same for DP-SGD alone; this one also serves the standardiser's releases in the same
+    accountant and the audit summary's Gaussian release (client/dp_audit.py).
     """
-    low, high = 0.0, 10.0
     while epsilon_of(high) > target:
         low, high = high, 2 * high
         if high > 1e6:
-            raise TaskRefused("policy", f"no noise multiplier reaches epsilon {target:g}")
+            raise TaskRefused("policy", refusal.format(target=target))
     while high - low > 0.005 * high:
         middle = (low + high) / 2
         if epsilon_of(middle) > target:
@@ -175,8 +183,8 @@ def record_schedule(
             history = [stats_history(stats_sigma), (s, sample_rate, steps * rounds)]
             return float(make_accountant(plan.accountant, history).get_epsilon(plan.delta))
 
-        stats_sigma = _smallest_sigma(stats_only, STATS_SHARE * plan.epsilon)
-        sigma = _smallest_sigma(with_stats, plan.epsilon)
+        stats_sigma = smallest_sigma(stats_only, STATS_SHARE * plan.epsilon)
+        sigma = smallest_sigma(with_stats, plan.epsilon)
         return RecordSchedule(sample_rate, steps, float(sigma), rounds, float(stats_sigma))
     if not sigma:
         sigma = float(

@@ -39,20 +39,19 @@ def audit_noise_multiplier(epsilon: float, delta: float) -> float:
     Bisected against the ledger's own composition (RDP, client/ledger.py), so the charge
     the ledger records is the ε asked for (to 0.5%, rounded towards more noise).
     """
+    from client.dp import smallest_sigma
     from client.ledger import compose
 
     def cost(multiplier: float) -> float:
         return compose([{"kind": "gaussian", "noise_multiplier": multiplier, "count": 1}], delta)
 
-    low, high = 0.05, 1.0
-    while cost(high) > epsilon:
-        low, high = high, 2 * high
-        if high > 1e6:
-            raise TaskRefused("policy", f"no noise reaches epsilon {epsilon:g} for the audit")
-    while high - low > 0.005 * high:
-        middle = (low + high) / 2
-        low, high = (middle, high) if cost(middle) > epsilon else (low, middle)
-    return high
+    return smallest_sigma(
+        cost,
+        epsilon,
+        low=0.05,
+        high=1.0,
+        refusal="no noise reaches epsilon {target:g} for the audit",
+    )
 
 
 def public_baseline(model: nn.Module, features: int) -> np.ndarray:

@@ -16,6 +16,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from phe import PaillierPublicKey
+
+import crypto
 from client.custody import SiteIdentity
 from client.peers import PeerStore, UntrustedPeer
 from client.policy import SitePolicy, TaskRefused
@@ -100,6 +103,23 @@ def check_enough(
             f"only {len(recipients)} trusted sites to seal run {run_id}'s key to; this site's "
             f"policy needs {policy.min_aggregate_sites} ({detail})",
         )
+
+
+def new_bundle(
+    task: federation_pb2.Task, public_key: PaillierPublicKey
+) -> federation_pb2.KeyBundle:
+    """The KeyBundle a dealer starts from: the run's new public key, its fingerprint and size.
+
+    Serves the single-key dealer (client/run_keys.py) and the t-of-n dealer
+    (client/threshold.py), which then add their seals and statements.
+    """
+    return federation_pb2.KeyBundle(
+        task_id=task.task_id,
+        run_id=task.run_id,
+        public_key=crypto.public_key_to_bytes(public_key),
+        key_fingerprint=crypto.key_fingerprint(public_key),
+        key_bits=public_key.n.bit_length(),
+    )
 
 
 def deal(

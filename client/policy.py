@@ -69,6 +69,35 @@ def default_min_key_bits() -> int:
     return bits
 
 
+def check_deal_bits(policy: SitePolicy, bits: int) -> None:
+    """Refuse (``policy``) to deal a run key smaller than the site's ``min_key_bits``.
+
+    Serves the single-key dealer (client/run_keys.py) and the t-of-n dealer
+    (client/threshold.py).
+    """
+    if bits < policy.min_key_bits:
+        raise TaskRefused(
+            "policy",
+            f"the run asks for a {bits}-bit key; this site deals keys of at least "
+            f"{policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
+        )
+
+
+def check_key_bits(policy: SitePolicy, modulus_bits: int) -> None:
+    """Refuse (``policy``) a run key whose modulus is smaller than ``min_key_bits``.
+
+    A Paillier modulus of two ``k/2``-bit primes may come out at ``k - 1`` bits, hence the
+    one bit of slack. Serves a site opening a sealed key (client/run_keys.py) and a share
+    holder opening its share (client/threshold.py).
+    """
+    if modulus_bits < policy.min_key_bits - 1:
+        raise TaskRefused(
+            "policy",
+            f"the run's key has {modulus_bits} bits; this site accepts keys of "
+            f"at least {policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
+        )
+
+
 # Spec prefixes that import code at the site: only ever built when the site names them.
 HF_PREFIX = "hf:"
 SITE_PREFIX = "site:"

@@ -16,7 +16,7 @@ from typing import Any
 import crypto
 from client import keys, prewarm
 from client.link import Link
-from client.policy import TaskRefused
+from client.policy import TaskRefused, check_deal_bits, check_key_bits
 from client.site import AgentError, Site
 from protos import federation_pb2
 
@@ -54,23 +54,12 @@ class RunKeys:
         policy = site.config.policy
         keys.check_enough(task.run_id, recipients, policy, refused)
         bits = int(task.encoding.key_bits) or 2048
-        if bits < policy.min_key_bits:
-            raise TaskRefused(
-                "policy",
-                f"the run asks for a {bits}-bit key; this site deals keys of at least "
-                f"{policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
-            )
+        check_deal_bits(policy, bits)
         started = time.perf_counter()
         public_key, private_key = crypto.generate_keypair(bits, insecure_test_size=bits < 2048)
         private_bytes = crypto.private_key_to_bytes(private_key)
-        fingerprint = crypto.key_fingerprint(public_key)
-        bundle = federation_pb2.KeyBundle(
-            task_id=task.task_id,
-            run_id=task.run_id,
-            public_key=crypto.public_key_to_bytes(public_key),
-            key_fingerprint=fingerprint,
-            key_bits=public_key.n.bit_length(),
-        )
+        bundle = keys.new_bundle(task, public_key)
+        fingerprint = bundle.key_fingerprint
         for recipient in recipients:
             sealed = crypto.seal(
                 recipient.x25519_public, private_bytes, key_context(task.run_id, fingerprint)
@@ -127,12 +116,7 @@ class RunKeys:
         if not task.sealed_private_key:
             raise AgentError(f"no sealed key for this site in run {task.run_id}")
         public_key = crypto.public_key_from_bytes(bytes(task.encoding.public_key))
-        if public_key.n.bit_length() < policy.min_key_bits - 1:
-            raise TaskRefused(
-                "policy",
-                f"the run's key has {public_key.n.bit_length()} bits; this site accepts keys of "
-                f"at least {policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
-            )
+        check_key_bits(policy, public_key.n.bit_length())
         fingerprint = crypto.key_fingerprint(public_key)
         if fingerprint != task.encoding.key_fingerprint:
             raise AgentError("the run's public key does not match its announced fingerprint")

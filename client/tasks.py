@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -157,28 +158,20 @@ def audit(agent: TaskSite, task: federation_pb2.Task) -> None:
     weights = agent.global_model(task)
     # A DP run's summary is noised and charged first (client/dp_audit.py); else None.
     privacy = agent.privacy.before_audit(task, agent.client)
+    audit: Any = run_site_audit
     if privacy is not None:
-        submit_ledger(agent, task.run_id, privacy.entry)
-    try:
-        if privacy is not None:
-            from client.dp_audit import private_site_audit
+        from client.dp_audit import private_site_audit
 
-            summary = private_site_audit(
-                agent.client,
-                weights,
-                site=agent.config.site_name,
-                rows=agent.config.audit_rows,
-                seed=agent.config.seed,
-                multiplier=privacy.noise_multiplier,
-            )
-        else:
-            summary = run_site_audit(
-                agent.client,
-                weights,
-                site=agent.config.site_name,
-                rows=agent.config.audit_rows,
-                seed=agent.config.seed,
-            )
+        submit_ledger(agent, task.run_id, privacy.entry)
+        audit = partial(private_site_audit, multiplier=privacy.noise_multiplier)
+    try:
+        summary = audit(
+            agent.client,
+            weights,
+            site=agent.config.site_name,
+            rows=agent.config.audit_rows,
+            seed=agent.config.seed,
+        )
     except (ValueError, RuntimeError, TypeError) as exc:
         raise TaskRefused("error", f"the audit failed at this site: {exc}") from exc
     if summary is None:

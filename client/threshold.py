@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import crypto
 from client import keys
 from client.keys import Recipient
-from client.policy import TaskRefused
+from client.policy import TaskRefused, check_deal_bits, check_key_bits
 from crypto import identity
 from crypto import threshold as tp
 from crypto import threshold_custody as custody
@@ -81,25 +81,14 @@ def deal(
         )
     keys.check_enough(task.run_id, recipients, agent.config.policy, refused)
     bits = int(task.encoding.key_bits) or 2048
-    if bits < agent.config.policy.min_key_bits:
-        raise TaskRefused(
-            "policy",
-            f"the run asks for a {bits}-bit key; this site deals keys of at least "
-            f"{agent.config.policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
-        )
+    check_deal_bits(agent.config.policy, bits)
     holders = sorted(recipients, key=lambda r: r.site)
     public_key, shares, verification_keys = tp.deal(
         threshold, parties, bits, primes=_primes(agent, bits), insecure_test_size=bits < 2048
     )
-    fingerprint = crypto.key_fingerprint(public_key)
+    bundle = keys.new_bundle(task, public_key)
+    fingerprint = bundle.key_fingerprint
     group_key = AESGCM.generate_key(bit_length=256)
-    bundle = federation_pb2.KeyBundle(
-        task_id=task.task_id,
-        run_id=task.run_id,
-        public_key=crypto.public_key_to_bytes(public_key),
-        key_fingerprint=fingerprint,
-        key_bits=public_key.n.bit_length(),
-    )
     for recipient, share in zip(holders, shares, strict=True):
         sealed = crypto.seal(
             recipient.x25519_public,
@@ -163,12 +152,7 @@ def open_key(agent: Site, task: federation_pb2.Task) -> ThresholdKey:
     """
     run = task.run_id
     public_key = crypto.public_key_from_bytes(bytes(task.encoding.public_key))
-    if public_key.n.bit_length() < agent.config.policy.min_key_bits - 1:
-        raise TaskRefused(
-            "policy",
-            f"the run's key has {public_key.n.bit_length()} bits; this site accepts keys of "
-            f"at least {agent.config.policy.min_key_bits} bits (COHORT_MIN_KEY_BITS)",
-        )
+    check_key_bits(agent.config.policy, public_key.n.bit_length())
     fingerprint = crypto.key_fingerprint(public_key)
     if fingerprint != task.encoding.key_fingerprint:
         raise TaskRefused("verify", "the run's public key does not match its fingerprint")

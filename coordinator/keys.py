@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
 
 import crypto
 from coordinator import auditlog, identity, threshold
@@ -24,6 +27,8 @@ from coordinator.schema import (
     TaskState,
 )
 from protos import federation_pb2, wire
+
+_Reply = TypeVar("_Reply")
 
 
 class KeyRelay:
@@ -131,18 +136,12 @@ class KeyRelay:
         is_active: Callable[[], bool] = lambda: True,
     ) -> federation_pb2.PartialFetchReply:
         """Long poll: the round's sealed partials once ``at_least`` are in, or at the wait's end."""
-        if math.isnan(request.wait_seconds):
-            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
-        until = time.monotonic() + min(max(request.wait_seconds, 0.0), 10.0)
-        while True:
-            with self.hub.db.transaction() as session:
-                reply = threshold.fetch(session, node_id, request)
-            if len(reply.partials) >= request.at_least or self.hub.closing.is_set():
-                return reply
-            remaining = until - time.monotonic()
-            if remaining <= 0 or not is_active():
-                return reply
-            self.hub.wait(min(remaining, 0.5))
+        return self._long_poll(
+            request.wait_seconds,
+            lambda session: threshold.fetch(session, node_id, request),
+            lambda reply: len(reply.partials) >= request.at_least,
+            is_active,
+        )
 
     def submit_echo(
         self, node_id: str, request: federation_pb2.EchoSubmission
@@ -160,13 +159,32 @@ class KeyRelay:
         is_active: Callable[[], bool] = lambda: True,
     ) -> federation_pb2.EchoFetchReply:
         """Long poll: the round's signed echoes once ``at_least`` are in, or at the wait's end."""
-        if math.isnan(request.wait_seconds):
+        return self._long_poll(
+            request.wait_seconds,
+            lambda session: threshold.fetch_echoes(session, node_id, request),
+            lambda reply: len(reply.echoes) >= request.at_least,
+            is_active,
+        )
+
+    def _long_poll(
+        self,
+        wait_seconds: float,
+        read: Callable[[Session], _Reply],
+        enough: Callable[[_Reply], bool],
+        is_active: Callable[[], bool],
+    ) -> _Reply:
+        """Re-``read`` until ``enough``, the wait (at most 10 s) ends, or the caller leaves.
+
+        Serves :meth:`fetch_partials` and :meth:`fetch_echoes`; each read is its own
+        transaction, and the hub's notify (a new partial or echo) wakes the wait.
+        """
+        if math.isnan(wait_seconds):
             raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
-        until = time.monotonic() + min(max(request.wait_seconds, 0.0), 10.0)
+        until = time.monotonic() + min(max(wait_seconds, 0.0), 10.0)
         while True:
             with self.hub.db.transaction() as session:
-                reply = threshold.fetch_echoes(session, node_id, request)
-            if len(reply.echoes) >= request.at_least or self.hub.closing.is_set():
+                reply = read(session)
+            if enough(reply) or self.hub.closing.is_set():
                 return reply
             remaining = until - time.monotonic()
             if remaining <= 0 or not is_active():

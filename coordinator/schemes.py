@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from phe import PaillierPublicKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -168,10 +169,7 @@ class PaillierScheme:
         Σw must stay under the codec's slot bound or slots would carry into each other;
         each ciphertext must be in [1, n²) and coprime to n (crypto.validate_ciphertexts).
         """
-        if header.key_id != run.key_id:
-            raise FailedPrecondition(
-                f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
-            )
+        _check_key(run, header)
         max_weight = run.settings().encoding.max_weight
         selected = len(
             session.scalars(
@@ -194,17 +192,8 @@ class PaillierScheme:
                 f"total weight {accepted + weight} would pass the slot bound {max_weight}"
             )
         public_key = crypto.public_key_from_bytes(run.public_key)
-        width = crypto.ciphertext_width(public_key)
         expected = _codec(run, public_key.n.bit_length()).num_plaintexts(run.value_count())
-        if len(payload) != expected * width:
-            raise InvalidArgument(
-                f"update holds {len(payload) / width:.1f} ciphertexts; the model needs {expected}"
-            )
-        try:
-            ciphertexts = crypto.ciphertexts_from_bytes(payload, width)
-            crypto.validate_ciphertexts(ciphertexts, public_key)
-        except ValueError as exc:
-            raise InvalidArgument(f"bad ciphertext: {exc}") from exc
+        _check_ciphertexts(public_key, payload, expected, "the model")
         return weight
 
     def aggregate(
@@ -252,10 +241,7 @@ class SiteDPScheme(PaillierScheme):
         """The run's key, weight 1, room in the slots, and the layout's well-formed ciphertexts."""
         from coordinator.privacy import site_layout
 
-        if header.key_id != run.key_id:
-            raise FailedPrecondition(
-                f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
-            )
+        _check_key(run, header)
         if int(header.weight) != 1:
             raise InvalidArgument(
                 f"weight {header.weight}: a site-level DP run averages sites, every weight is 1"
@@ -272,17 +258,37 @@ class SiteDPScheme(PaillierScheme):
                 f"round {task.round} already adds {accepted} sites, the most the run's slots hold"
             )
         public_key = crypto.public_key_from_bytes(run.public_key)
-        width = crypto.ciphertext_width(public_key)
-        if len(payload) != layout.num_plaintexts * width:
-            raise InvalidArgument(
-                f"update holds {len(payload) / width:.1f} ciphertexts; the run's site-level DP "
-                f"layout needs {layout.num_plaintexts}"
-            )
-        try:
-            crypto.validate_ciphertexts(crypto.ciphertexts_from_bytes(payload, width), public_key)
-        except ValueError as exc:
-            raise InvalidArgument(f"bad ciphertext: {exc}") from exc
+        _check_ciphertexts(
+            public_key, payload, layout.num_plaintexts, "the run's site-level DP layout"
+        )
         return 1
+
+
+def _check_key(run: Run, header: federation_pb2.UpdateHeader) -> None:
+    """FAILED_PRECONDITION for an update under another key than the run's (Paillier schemes)."""
+    if header.key_id != run.key_id:
+        raise FailedPrecondition(
+            f"update is encrypted under key {header.key_id!r}; this run's key is {run.key_id!r}"
+        )
+
+
+def _check_ciphertexts(
+    public_key: PaillierPublicKey, payload: bytes, expected: int, needs: str
+) -> None:
+    """INVALID_ARGUMENT unless ``payload`` is exactly ``expected`` well-formed ciphertexts.
+
+    Each must be in [1, n²) and coprime to n (crypto.validate_ciphertexts); ``needs`` names
+    what sets the count in the message. Serves both Paillier schemes' ``validate``.
+    """
+    width = crypto.ciphertext_width(public_key)
+    if len(payload) != expected * width:
+        raise InvalidArgument(
+            f"update holds {len(payload) / width:.1f} ciphertexts; {needs} needs {expected}"
+        )
+    try:
+        crypto.validate_ciphertexts(crypto.ciphertexts_from_bytes(payload, width), public_key)
+    except ValueError as exc:
+        raise InvalidArgument(f"bad ciphertext: {exc}") from exc
 
 
 def _site_dp_payload_size(run: Run) -> int | None:

@@ -176,30 +176,21 @@ def submit(
     )
     if exists is not None:
         raise AlreadyExists(f"{site} already published that partial of round {request.round}")
-    session.add(
-        ThresholdPartial(
-            run_id=run.id,
-            round=int(request.round),
-            node_id=node_id,
-            site_name=site,
-            part=int(request.part),
-            sealed=bytes(request.sealed),
-            created_at=time.time(),
-        )
-    )
-    auditlog.append(
+    return _store(
         session,
-        "partial.published",
-        run_id=run.id,
-        actor=node_id,
+        run,
+        int(request.round),
+        node_id,
+        site,
+        int(request.part),
+        bytes(request.sealed),
+        event="partial.published",
+        message="relayed",
         details={
-            "round": int(request.round),
-            "site": site,
             "part": int(request.part),
             "sealed_sha256": wire.sha256_hex(bytes(request.sealed)),
         },
     )
-    return federation_pb2.SubmitReply(id=f"{run.id}/{request.round}/{site}", message="relayed")
 
 
 def fetch(
@@ -261,30 +252,60 @@ def submit_echo(
         raise FailedPrecondition(f"the echo is not of round {request.round}'s aggregate")
     if _echo_rows(session, run.id, int(request.round), node_id):
         raise AlreadyExists(f"{site} already echoed round {request.round}")
+    return _store(
+        session,
+        run,
+        int(request.round),
+        node_id,
+        site,
+        ECHO_PART,
+        raw + signature,
+        event="echo.published",
+        message="echoed",
+        details={
+            "aggregate_sha256": echo.aggregate_sha256,
+            "manifest_sha256": echo.manifest_sha256,
+        },
+    )
+
+
+def _store(
+    session: Session,
+    run: Run,
+    round_number: int,
+    node_id: str,
+    site: str,
+    part: int,
+    sealed: bytes,
+    *,
+    event: str,
+    message: str,
+    details: dict[str, object],
+) -> federation_pb2.SubmitReply:
+    """Add one ``threshold_partials`` row (a partial or an echo) and its audit entry.
+
+    Serves :func:`submit` and :func:`submit_echo`; the audit details start with the
+    round and the site, then ``details``.
+    """
     session.add(
         ThresholdPartial(
             run_id=run.id,
-            round=int(request.round),
+            round=round_number,
             node_id=node_id,
             site_name=site,
-            part=ECHO_PART,
-            sealed=raw + signature,
+            part=part,
+            sealed=sealed,
             created_at=time.time(),
         )
     )
     auditlog.append(
         session,
-        "echo.published",
+        event,
         run_id=run.id,
         actor=node_id,
-        details={
-            "round": int(request.round),
-            "site": site,
-            "aggregate_sha256": echo.aggregate_sha256,
-            "manifest_sha256": echo.manifest_sha256,
-        },
+        details={"round": round_number, "site": site, **details},
     )
-    return federation_pb2.SubmitReply(id=f"{run.id}/{request.round}/{site}", message="echoed")
+    return federation_pb2.SubmitReply(id=f"{run.id}/{round_number}/{site}", message=message)
 
 
 def _echo_rows(
