@@ -30,6 +30,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(sites_app, name="sites")
 
+
 @models_app.command("download")
 @friendly_errors
 def download(

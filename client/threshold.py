@@ -211,9 +211,7 @@ def open_key(agent: Site, task: federation_pb2.Task) -> ThresholdKey:
     return ThresholdKey(verification_keys, share, group_key, statement)
 
 
-def _custodian_key(
-    agent: Site, task: federation_pb2.Task, dealing: identity.KeyDealing
-) -> bytes:
+def _custodian_key(agent: Site, task: federation_pb2.Task, dealing: identity.KeyDealing) -> bytes:
     # keys.check_statement has pinned the custodian's key to this fingerprint.
     if dealing.custodian == agent.identity.site_name:
         return agent.identity.ed25519_public

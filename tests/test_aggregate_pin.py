@@ -81,6 +81,4 @@ def test_two_processes_on_one_state_folder_share_the_aggregate_pins(tmp_path):
     assert caught.value.code == "verify"
 
     agent.mark_trained("run1")  # a later save by the agent keeps the export's pin
-    assert RunPins.load(tmp_path, "A").runs["run1"].aggregates == {
-        "5": "subset-without-the-victim"
-    }
+    assert RunPins.load(tmp_path, "A").runs["run1"].aggregates == {"5": "subset-without-the-victim"}
