@@ -154,15 +154,7 @@ class PrivacyGuard:
         return RoundPrivacy(plan, schedule, accountant, entry, metrics)
 
     def before_audit(self, task: federation_pb2.Task, client: Any) -> AuditPrivacy | None:
-        """Refuse, or charge the run's attribution summary (client/dp_audit_gate.py).
-
-        Raises
-        ------
-        TaskRefused
-            ``budget`` past the budget (or a run without DP at a site that keeps one);
-            ``pin`` for a plan dropped or changed since the site trained, or a second
-            release.
-        """
+        """Refuse, or charge the run's attribution summary (``audit_charge`` says how)."""
         return audit_charge(self.ledger, self.policy, task, client)
 
     def pinned_layout(self, run_id: str) -> SiteNoise | None:
