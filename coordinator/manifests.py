@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator.errors import InvalidArgument
-from coordinator.queries import site_name
-from coordinator.schema import Node, Run, SealedKey, Update
+from coordinator.queries import site_name, summed_updates
+from coordinator.schema import Node, Round, Run, SealedKey, Update
 from coordinator.schemes import scheme_of
 from crypto import identity
 from protos import federation_pb2
@@ -74,11 +74,11 @@ def add_contributions(
     session: Session, run_id: str, aggregate: federation_pb2.AggregateRef
 ) -> None:
     """List the signed updates of the aggregate's round: what the coordinator multiplied."""
-    for update in session.scalars(
-        select(Update)
-        .where(Update.run_id == run_id, Update.round == aggregate.round)
-        .order_by(Update.node_id)
-    ):
+    closed = session.scalar(
+        select(Round).where(Round.run_id == run_id, Round.number == aggregate.round)
+    )
+    closed_at = closed.closed_at if closed is not None else 0.0
+    for update in summed_updates(session, run_id, aggregate.round, closed_at):
         node = session.get(Node, update.node_id)
         aggregate.contributions.add(
             node_id=update.node_id,

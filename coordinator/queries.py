@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from coordinator.schema import Institution, Node, Task, TaskState
+from coordinator.schema import Institution, Node, Task, TaskState, Update
 
 LIVE = (TaskState.PENDING, TaskState.DELIVERED)
 """States of a task a site may still act on."""
@@ -15,6 +15,30 @@ def cancel_open_tasks(session: Session, run_id: str) -> None:
     """Cancel the run's tasks no site has finished: a stopped or failed run hands out nothing."""
     for task in session.scalars(select(Task).where(Task.run_id == run_id, Task.state.in_(LIVE))):
         task.state = TaskState.CANCELLED
+
+
+def summed_updates(
+    session: Session, run_id: str, round_number: int, closed_at: float
+) -> list[Update]:
+    """The updates of a round its aggregate sums: those of sites not revoked when it closed.
+
+    A site revoked while the round was open is neither summed nor counted (its credentials
+    were withdrawn, and with them what it sent); one revoked later keeps its place in the
+    aggregate already made. The scheduler closes rounds with this list and the hand-out
+    lists it as the aggregate's signed manifest, so the two always agree.
+    """
+    return list(
+        session.scalars(
+            select(Update)
+            .join(Node, Node.id == Update.node_id)
+            .where(
+                Update.run_id == run_id,
+                Update.round == round_number,
+                or_(Node.revoked_at == 0.0, Node.revoked_at > closed_at),
+            )
+            .order_by(Update.node_id)
+        )
+    )
 
 
 def site_name(session: Session, node: Node) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from coordinator import audit_phase, auditlog, provenance, refusals, selection
 from coordinator.hub import Hub
 from coordinator.identity import choose_participants
-from coordinator.queries import cancel_open_tasks, site_name
+from coordinator.queries import cancel_open_tasks, site_name, summed_updates
 from coordinator.schema import (
     ModelVersion,
     Node,
@@ -239,19 +239,8 @@ class RoundScheduler:
             )
         )
         open_tasks = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
-        # A site revoked after sending its update is not summed nor counted (review finding):
-        # its credentials were withdrawn, and with them what it sent in the open round.
-        updates = list(
-            session.scalars(
-                select(Update)
-                .join(Node, Node.id == Update.node_id)
-                .where(
-                    Update.run_id == run.id,
-                    Update.round == current.number,
-                    Node.revoked_at == 0.0,
-                )
-            )
-        )
+        # A site revoked after sending its update is neither summed nor counted.
+        updates = summed_updates(session, run.id, current.number, closed_at=now)
         quorum = run.settings().quorum
         if not open_tasks and len(updates) >= quorum:
             self._close_round(session, run, current, updates, now)

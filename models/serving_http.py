@@ -217,7 +217,9 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
 
     # One explanation at a time: each costs thousands of model rows and runs beside the
     # batcher, not through it, so a second caller gets 503 rather than starving /predict.
-    explaining = asyncio.Lock()
+    # A thread lock the worker itself releases: a caller that hangs up does not free the
+    # slot while its explanation still runs.
+    explaining = threading.Lock()
 
     @app.post("/explain", dependencies=[Depends(authorised)])
     async def explain(request: Request) -> dict[str, Any]:
@@ -229,15 +231,21 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         inputs = await inputs_of(request)
         if rows_of(inputs) != 1:
             raise bad_request(422, "explain takes exactly one row")
-        if explaining.locked():
+        if not explaining.acquire(blocking=False):
             raise HTTPException(
                 503, "an explanation is already running: retry", headers={"Retry-After": "1"}
             )
-        async with explaining:
+
+        def explain_then_release() -> dict[str, Any]:
             try:
-                return await asyncio.to_thread(explainer, inputs)
-            except ValueError as exc:
-                raise bad_request(422, str(exc).splitlines()[0]) from None
+                return explainer(inputs)
+            finally:
+                explaining.release()
+
+        try:
+            return await asyncio.to_thread(explain_then_release)
+        except ValueError as exc:
+            raise bad_request(422, str(exc).splitlines()[0]) from None
 
     @app.get("/model", dependencies=[Depends(authorised)])
     async def model() -> dict[str, Any]:

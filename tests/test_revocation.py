@@ -338,3 +338,50 @@ def _tasks(server: CoordinatorServer) -> list[Task]:
         tasks = list(session.scalars(select(Task)))
         session.expunge_all()
     return tasks
+
+
+def test_the_manifest_lists_exactly_what_the_round_summed_across_revocations(tmp_path):
+    """Second review (HIGH): the scheduler left a revoked site's update out of the sum while
+    the signed manifest still listed it, so every site refused the secure aggregate."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from coordinator import manifests, queries
+    from coordinator.schema import Base, Institution, Round, Update
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Institution(id=1, name="i"))
+        session.add_all(
+            [
+                Node(id="during", institution_id=1, token_hash="x", revoked_at=150.0),
+                Node(id="honest", institution_id=1, token_hash="y"),
+                Node(id="after", institution_id=1, token_hash="z", revoked_at=300.0),
+            ]
+        )
+        session.add(Run(id="r", model="m", rounds=1, min_clients=1, round_deadline=60.0))
+        session.add(Round(run_id="r", number=1, deadline=1e9, closed_at=200.0))
+        for node in ("during", "honest", "after"):
+            session.add(
+                Update(
+                    run_id="r",
+                    round=1,
+                    node_id=node,
+                    task_id=f"t-{node}",
+                    blob_sha256=node[0] * 64,
+                    weight=1,
+                    size=10,
+                    num_examples=5,
+                    encoding="paillier",
+                )
+            )
+        session.commit()
+
+        summed = queries.summed_updates(session, "r", 1, closed_at=200.0)
+        aggregate = federation_pb2.AggregateRef(round=1, total_weight=len(summed))
+        manifests.add_contributions(session, "r", aggregate)
+
+    assert [u.node_id for u in summed] == ["after", "honest"]  # revoked after: still summed
+    assert [c.node_id for c in aggregate.contributions] == ["after", "honest"]
+    assert sum(c.weight for c in aggregate.contributions) == aggregate.total_weight

@@ -171,11 +171,12 @@ class PaillierScheme:
         for aggregate in task.aggregates:
             if aggregate.round <= state.applied_round:
                 continue
-            payload = checked_aggregate(site, task, aggregate, public_key)
             if layout is not None:
                 # Site-level DP: a sum of fewer sites than the noise's quorum is never
-                # decrypted, nor (threshold runs) partially decrypted.
+                # decrypted, nor (threshold runs) partially decrypted; refused before the
+                # aggregate is checked and pinned, so it cannot block the round's honest one.
                 dp_site_scheme.check_contributions(aggregate, layout)
+            payload = checked_aggregate(site, task, aggregate, public_key)
             sums = self.sums(site, task, aggregate, payload)
             mean = (
                 _mean(aggregate, codec, sums, state.clip_for(codec))
