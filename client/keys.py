@@ -23,7 +23,7 @@ from client.custody import SiteIdentity
 from client.peers import PeerStore, UntrustedPeer
 from client.policy import SitePolicy, TaskRefused
 from crypto import identity
-from protos import federation_pb2
+from protos import federation_pb2, serde
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,13 @@ def deal(
     refused: Sequence[str],
     *,
     threshold: int = 0,
+    privacy_sha256: str = "",
 ) -> federation_pb2.KeyStatement:
     """The custodian's signed statement of what it dealt (see :func:`check_enough`).
 
     ``threshold``: t for a t-of-n key (recipients then hold shares), 0 for a whole key.
+    ``privacy_sha256``: the run's DP plan as the custodian's task states it
+    (protos.serde.plan_digest), which every holder checks against its own task's.
     """
     check_enough(run_id, recipients, policy, refused)
     dealing = identity.KeyDealing(
@@ -145,11 +148,17 @@ def deal(
         custodian_fingerprint=me.fingerprint,
         recipients=tuple(identity.Recipient(r.site, r.fingerprint) for r in recipients),
         threshold=threshold,
+        privacy_sha256=privacy_sha256,
     )
     raw = dealing.to_bytes()
     return federation_pb2.KeyStatement(
         statement=raw, signature=me.sign(raw), custodian=me.site_name
     )
+
+
+def task_plan_digest(task: federation_pb2.Task) -> str:
+    """The digest of the DP plan ``task`` carries ("" for none), as key statements bind it."""
+    return serde.plan_digest(task.privacy if task.HasField("privacy") else None)
 
 
 def check_statement(
@@ -212,6 +221,8 @@ def check_statement(
         problems.append(f"is for scheme {dealing.scheme!r}")
     if dealing.key_fingerprint != key_fingerprint:
         problems.append(f"names key {dealing.key_fingerprint}, not {key_fingerprint}")
+    if dealing.privacy_sha256 != task_plan_digest(task):
+        problems.append("binds another differential-privacy plan than this task's")
     mine = dealing.recipient(me.site_name)
     if mine is None:
         problems.append(f"does not name {me.site_name}")

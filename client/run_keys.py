@@ -66,7 +66,15 @@ class RunKeys:
             )
             bundle.sealed.add(node_id=recipient.node_id, sealed_private_key=sealed)
         bundle.statement.CopyFrom(
-            keys.deal(task.run_id, fingerprint, site.identity, recipients, policy, refused)
+            keys.deal(
+                task.run_id,
+                fingerprint,
+                site.identity,
+                recipients,
+                policy,
+                refused,
+                privacy_sha256=keys.task_plan_digest(task),
+            )
         )
         self.link.submit_keys(bundle)
         self.keys[task.run_id] = (public_key, private_key)

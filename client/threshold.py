@@ -125,6 +125,7 @@ def deal(
             agent.config.policy,
             refused,
             threshold=threshold,
+            privacy_sha256=keys.task_plan_digest(task),
         )
     )
     return bundle

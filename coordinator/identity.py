@@ -16,10 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator.errors import InvalidArgument, PermissionDenied
+from coordinator.privacy import plan_to_proto
 from coordinator.queries import site_name as site_name  # coordinator/threshold.py
 from coordinator.schema import Node, Run
 from crypto import identity
-from protos import federation_pb2
+from protos import federation_pb2, serde
 from protos.serde import SchemeName
 
 
@@ -154,6 +155,8 @@ def check_key_statement(
         "key_fingerprint": key_fingerprint,
         "custodian": name,
         "custodian_fingerprint": identity.fingerprint(bytes(custodian.ed25519_public_key)),
+        # The run's DP plan: every holder checks the same one before it opens its key.
+        "privacy_sha256": serde.plan_digest(plan_to_proto(run.config)),
     }
     for field_name, want in expected.items():
         if getattr(dealing, field_name) != want:

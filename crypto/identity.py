@@ -138,23 +138,26 @@ class KeyDealing:
     custodian_fingerprint: str
     recipients: tuple[Recipient, ...]
     threshold: int = 0
+    # sha256 of the run's differential-privacy plan (protos.serde.plan_digest); "" without
+    # one, and then absent from the statement (statements of runs without DP unchanged).
+    privacy_sha256: str = ""
 
     def to_bytes(self) -> bytes:
-        return _canonical(
-            _KEY_STATEMENT,
-            {
-                "run_id": self.run_id,
-                "scheme": self.scheme,
-                "key_fingerprint": self.key_fingerprint,
-                "custodian": self.custodian,
-                "custodian_fingerprint": self.custodian_fingerprint,
-                "recipients": sorted(
-                    [{"site": r.site, "fingerprint": r.fingerprint} for r in self.recipients],
-                    key=lambda r: r["site"],
-                ),
-                "threshold": self.threshold,
-            },
-        )
+        fields: dict[str, object] = {
+            "run_id": self.run_id,
+            "scheme": self.scheme,
+            "key_fingerprint": self.key_fingerprint,
+            "custodian": self.custodian,
+            "custodian_fingerprint": self.custodian_fingerprint,
+            "recipients": sorted(
+                [{"site": r.site, "fingerprint": r.fingerprint} for r in self.recipients],
+                key=lambda r: r["site"],
+            ),
+            "threshold": self.threshold,
+        }
+        if self.privacy_sha256:
+            fields["privacy_sha256"] = self.privacy_sha256
+        return _canonical(_KEY_STATEMENT, fields)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> KeyDealing:
@@ -179,6 +182,7 @@ class KeyDealing:
                     Recipient(str(r["site"]), str(r["fingerprint"])) for r in body["recipients"]
                 ),
                 threshold=int(body["threshold"]),
+                privacy_sha256=str(body.get("privacy_sha256", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"malformed key statement: {exc}") from exc

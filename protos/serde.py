@@ -8,6 +8,7 @@ coordinator, the sites and the CLI share is written here once. The wire formats 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from collections.abc import Mapping
 
@@ -104,3 +105,19 @@ def metrics_to_proto(metrics: Mapping[str, object]) -> dict[str, common_pb2.Scal
         if isinstance(value, bool | int | float | str):
             out[key] = scalar_to_proto(value)
     return out
+
+
+def plan_digest(plan: common_pb2.PrivacyPlan | None) -> str:
+    """sha256 of a run's differential-privacy plan in canonical JSON; "" for a run without.
+
+    The custodian binds it into the key statement it signs (crypto.identity.KeyDealing), so
+    every key holder decrypts under the same plan: a coordinator cannot show one holder no
+    plan (and so no site-level DP quorum check) while the others see one.
+    """
+    if plan is None or plan.ByteSize() == 0:
+        return ""
+    from google.protobuf.json_format import MessageToDict
+
+    fields = MessageToDict(plan, preserving_proto_field_name=True)
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -23,7 +23,7 @@ from client.policy import SitePolicy, TaskRefused
 from client.run_keys import key_context
 from coordinator.schema import AuditEvent, Run, SealedKey
 from crypto import identity
-from protos import admin_pb2, common_pb2, federation_pb2, federation_pb2_grpc
+from protos import admin_pb2, common_pb2, federation_pb2, federation_pb2_grpc, serde
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -703,3 +703,33 @@ def test_identity_and_peers_commands_pin_add_list_and_remove(tmp_path):
     assert missing.exit_code == 2 and "not pinned" in missing.output
     assert PeerStore.load(tmp_path, "hospital-a").pins == {}
     assert (tmp_path / "hospital-a.identity.json").stat().st_mode & 0o077 == 0
+
+
+def test_a_key_bound_to_a_dp_plan_is_refused_by_a_task_showing_another_or_none(dealt):
+    """Second review: a coordinator that hides a run's DP plan from one key holder would
+    leave it without site-level DP's quorum check; the custodian binds the plan it saw."""
+    plan = common_pb2.PrivacyPlan(mode="site", epsilon=8.0, delta=1e-5, quorum=3)
+    bound = dealt.statement(privacy_sha256=serde.plan_digest(plan))
+
+    hidden = dealt.task(bound)  # the task shows no plan at all
+    with pytest.raises(TaskRefused, match="another differential-privacy plan") as refused:
+        dealt.site.run_keys(hidden)
+    assert refused.value.code == "verify"
+
+    lowered = dealt.task(bound)
+    lowered.privacy.CopyFrom(plan)
+    lowered.privacy.quorum = 1
+    with pytest.raises(TaskRefused, match="another differential-privacy plan"):
+        dealt.site.run_keys(lowered)
+
+    honest = dealt.task(bound)
+    honest.privacy.CopyFrom(plan)
+    public_key, _ = dealt.site.run_keys(honest)
+    assert crypto.key_fingerprint(public_key) == dealt.fingerprint
+
+
+def test_a_key_of_a_run_without_dp_is_refused_under_a_plan_the_custodian_never_saw(dealt):
+    task = dealt.task()  # the statement binds no plan
+    task.privacy.CopyFrom(common_pb2.PrivacyPlan(mode="record", epsilon=3.0, delta=1e-5))
+    with pytest.raises(TaskRefused, match="another differential-privacy plan"):
+        dealt.site.run_keys(task)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from test_federation_errors import FakeSite, expect_status
 
 import crypto
+from client.keys import task_plan_digest
 from client.link import Link
 from client.link import Update as SiteUpdate
 from client.schemes.paillier_model import ServerOptimiser
@@ -83,6 +84,7 @@ class SecureFakeSite(FakeSite):
             recipients=identity.recipients_of(
                 [(p.site_name, bytes(p.ed25519_public_key)) for p in task.participants]
             ),
+            privacy_sha256=task_plan_digest(task),
         )
         bundle.statement.statement = dealing.to_bytes()
         bundle.statement.signature = identity.sign(self.ed25519_private, dealing.to_bytes())
