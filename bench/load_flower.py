@@ -181,3 +181,35 @@ def run_flower(
         "peak_rss_mib": result["peak_rss_mib"],
         "rss_growth_mib": result["peak_rss_mib"] - result["rss_mib_before"],
     }
+
+
+def main() -> None:
+    """Flower's side alone: ``python bench/load_flower.py --clients 100 --rounds 3``.
+
+    bench/load.py runs this beside Cohort in one process and reports both; run alone it
+    prints Flower's figures and, last, one JSON line of them.
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--payload-floats", type=int, default=1000, help="float32 per update")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
+    args = parser.parse_args()
+    figures = run_flower(args.clients, args.rounds, args.payload_floats, args.timeout)
+    if "skipped" in figures:
+        print(f"Flower: {figures['skipped']}")
+    else:
+        print(
+            f"Flower {figures['flwr_version']}, {args.clients} clients x {args.rounds} rounds: "
+            f"round p50 {figures['round_p50_s']:.2f} s, server CPU "
+            f"{figures['server_cpu_ms_per_update']:.2f} ms per update, "
+            f"{figures['peak_threads']} OS threads, RSS +{figures['rss_growth_mib']:.0f} MiB"
+        )
+    print(json.dumps({"bench": "load_flower", **figures}))
+
+
+if __name__ == "__main__":
+    main()
