@@ -11,8 +11,8 @@ from sqlalchemy import select
 from coordinator import auditlog
 from coordinator.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from coordinator.hub import Hub
-from coordinator.queries import LIVE
-from coordinator.schema import Enrolment, Institution, Node, Operator, Task, TaskState
+from coordinator.queries import cancel_live_tasks
+from coordinator.schema import Enrolment, Institution, Node, Operator, Task
 
 ROLES = ("admin", "auditor")
 READ_ONLY = frozenset(
@@ -258,15 +258,7 @@ class AccessControl:
                 node.revoked_at = now
             # Its live tasks end now (a round stops waiting for it), and the scheduler sums
             # no update of a revoked node, even one accepted before (coordinator/scheduler.py).
-            cancelled = list(
-                session.scalars(
-                    select(Task).where(
-                        Task.node_id.in_([n.id for n in nodes]), Task.state.in_(LIVE)
-                    )
-                )
-            )
-            for task in cancelled:
-                task.state = TaskState.CANCELLED
+            cancelled = cancel_live_tasks(session, Task.node_id.in_([n.id for n in nodes]))
             for enrolment in pending:
                 enrolment.used_at = now  # spent: it can no longer enrol anything
             auditlog.append(
@@ -277,7 +269,7 @@ class AccessControl:
                     "site": site_name,
                     "nodes": sorted(n.id for n in nodes),
                     "enrolments_voided": len(pending),
-                    "tasks_cancelled": len(cancelled),
+                    "tasks_cancelled": cancelled,
                     "reason": reason,
                 },
             )

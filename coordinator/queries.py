@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator.schema import Institution, Node, Task, TaskState, Update
 
@@ -13,8 +14,15 @@ LIVE = (TaskState.PENDING, TaskState.DELIVERED)
 
 def cancel_open_tasks(session: Session, run_id: str) -> None:
     """Cancel the run's tasks no site has finished: a stopped or failed run hands out nothing."""
-    for task in session.scalars(select(Task).where(Task.run_id == run_id, Task.state.in_(LIVE))):
+    cancel_live_tasks(session, Task.run_id == run_id)
+
+
+def cancel_live_tasks(session: Session, *where: ColumnElement[bool]) -> int:
+    """Cancel the live tasks matching ``where`` (a run's, a revoked node's); how many."""
+    tasks = list(session.scalars(select(Task).where(Task.state.in_(LIVE), *where)))
+    for task in tasks:
         task.state = TaskState.CANCELLED
+    return len(tasks)
 
 
 def summed_updates(
