@@ -155,6 +155,7 @@ def run_demo(
                     poll_seconds=5.0,
                     encrypt_workers=settings.encrypt_workers,
                     seed=settings.seed,
+                    rounding_seed=settings.seed,
                     # The demo's operator owns the sites too: its --key-bits is theirs.
                     policy=SitePolicy(min_key_bits=min(settings.key_bits, 2048)),
                 ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from dataclasses import replace
 from typing import Any
 
@@ -98,7 +99,7 @@ class SiteAgent:
         self.custody = RunKeys(self, self.link)
         self.secure = SecureRuns(config.encrypt_workers)
         self._models: dict[str, list[np.ndarray]] = {}
-        self.rng = np.random.default_rng()
+        self.rng = rounding_generator(config)
 
     # -- connection ----------------------------------------------------------------------
 
@@ -352,3 +353,15 @@ class SiteAgent:
     def export_model(self, run_id: str) -> list[np.ndarray]:
         """Final weights of a run, decrypted here for secure runs (`cohort client export-model`)."""
         return self.global_model(self.final_model_task(run_id))
+
+
+def rounding_generator(config: AgentConfig) -> np.random.Generator:
+    """The generator behind a site's stochastic rounding: OS entropy, or seeded per site.
+
+    Seeded (``config.rounding_seed``), each site still draws its own stream, keyed by its
+    name, so that sites in one process neither share nor interleave draws.
+    """
+    if config.rounding_seed is None:
+        return np.random.default_rng()
+    site_key = zlib.crc32(config.site_name.encode())
+    return np.random.default_rng([config.rounding_seed, site_key])

@@ -41,6 +41,11 @@ class AgentConfig:
     # Held-out rows the audit draws from (it explains a seeded sample of them; explain/).
     audit_rows: int = 1000
     seed: int = 0
+    # Stochastic rounding of updates (codec, INT8) draws from OS entropy unless this is set.
+    # A coordinator that knew the draws would learn where each value sits between two
+    # quantisation steps, so a real site leaves it unset; the demo, whose operator owns
+    # every site, sets it so that its figures repeat run after run.
+    rounding_seed: int | None = None
     channel_options: list[tuple[str, Any]] = field(default_factory=list)
     # TLS against the federation CA; in-process demos and tests run on loopback in plaintext.
     ca_file: Path | None = None
