@@ -287,7 +287,7 @@ def _round(
     Returns the best of ``repeats`` turns for each step, and the vector and partials.
     """
     plaintexts = _plaintexts(keys.n, count)
-    ciphertexts = encrypt_packed(keys.public_key, plaintexts, private_key=private)
+    ciphertexts = encrypt_packed(keys.public_key, plaintexts)
     turns: list[RoundTiming] = []
     partials: list[PartialDecryption] = []
     for _ in range(repeats):

@@ -1,19 +1,26 @@
-"""Paillier obfuscators ``r^n mod n²``: the one expensive step of every encryption."""
+"""Paillier obfuscators ``r^n mod n²``: the one expensive step of every encryption.
+
+Sites make them as Damgård–Jurik–Nielsen fixed-base powers (crypto/fixed_base.py), with
+or without the private key. :func:`draw_units` and :func:`obfuscators_for_units` compute
+classic ``r^n`` for a uniform unit ``r`` (by CRT when the factors are given): the
+reference the benchmarks compare against, and what tests use to build ciphertexts the way
+phe does.
+"""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 import gmpy2
-from phe import PaillierPrivateKey, PaillierPublicKey
+from phe import PaillierPublicKey
 
 from crypto._parallel import shared_pool, split_evenly, worker_count
+from crypto.fixed_base import tables_for
 
 __all__ = [
     "draw_units",
-    "fresh_obfuscators",
+    "fresh_pair_chunk",
     "fresh_pairs",
     "obfuscators_for_units",
 ]
@@ -66,80 +73,34 @@ def obfuscators_for_units(
     return result
 
 
-def fresh_obfuscators(
-    public_key: PaillierPublicKey,
-    count: int,
-    *,
-    private_key: PaillierPrivateKey | None = None,
-    workers: int | None = None,
-    executor: ProcessPoolExecutor | None = None,
-) -> list[int]:
-    """Compute ``count`` obfuscators from fresh randomness, spread over ``workers`` processes.
-
-    Parameters
-    ----------
-    public_key
-        Key whose ``n`` is used.
-    count
-        How many obfuscators to make.
-    private_key
-        If given, use the CRT fast path (its factors are sent to local worker processes).
-    workers
-        ``None`` for every core, ``1`` to stay in this process.
-    executor
-        Pool to submit to; by default this process's shared pool of ``workers`` processes.
-    """
-    if count < 0:
-        raise ValueError(f"count must be non-negative, got {count}")
-    n = public_key.n
-    p, q = (private_key.p, private_key.q) if private_key is not None else (None, None)
-    workers = worker_count(workers)
-    if workers == 1 or count < _MIN_PER_WORKER * workers:
-        return obfuscators_for_units(draw_units(n, count), n, p, q)
-    chunks = split_evenly(count, 4 * workers)
-    return _gather(executor or shared_pool(workers), chunks, n, p, q)
-
-
-def fresh_obfuscator_chunk(n: int, p: int | None, q: int | None, count: int) -> list[int]:
-    """Worker entry point: draw ``count`` units and return their obfuscators."""
-    return obfuscators_for_units(draw_units(n, count), n, p, q)
-
-
-def fresh_pair_chunk(n: int, p: int | None, q: int | None, count: int) -> list[tuple[int, int]]:
-    """Worker entry point: ``count`` pairs ``(r, r^n mod n²)``.
-
-    A site that must prove it knows its ciphertexts' openings (crypto.plaintext_proof)
-    needs ``r`` itself, not only ``r^n``.
-    """
-    units = draw_units(n, count)
-    return list(zip(units, obfuscators_for_units(units, n, p, q), strict=True))
-
-
 def fresh_pairs(
-    public_key: PaillierPublicKey,
-    count: int,
-    *,
-    private_key: PaillierPrivateKey | None = None,
-    workers: int | None = None,
+    public_key: PaillierPublicKey, count: int, *, workers: int | None = None
 ) -> list[tuple[int, int]]:
-    """Like :func:`fresh_obfuscators`, keeping each unit ``r`` beside its ``r^n``."""
+    """``count`` fresh DJN obfuscators with their exponents: ``(a, h_s^a mod n²)``.
+
+    The key's base and table derive from ``n`` alone (crypto/fixed_base.py), so a share
+    holder without ``p`` and ``q`` computes them as fast as the custodian. ``a`` is kept
+    for the proof of plaintext knowledge (crypto.plaintext_proof), whose ``r`` is
+    ``h^a mod n``. ``workers``: ``None`` for every core, ``1`` to stay in this process.
+    """
     if count < 0:
         raise ValueError(f"count must be non-negative, got {count}")
-    n = public_key.n
-    p, q = (private_key.p, private_key.q) if private_key is not None else (None, None)
     workers = worker_count(workers)
     if workers == 1 or count < _MIN_PER_WORKER * workers:
-        return fresh_pair_chunk(n, p, q, count)
+        return fresh_pair_chunk(public_key.n, count)
     executor = shared_pool(workers)
     futures = [
-        executor.submit(fresh_pair_chunk, n, p, q, size)
+        executor.submit(fresh_pair_chunk, public_key.n, size)
         for size in split_evenly(count, 4 * workers)
     ]
     return [pair for future in futures for pair in future.result()]
 
 
-def _gather(
-    executor: ProcessPoolExecutor, chunks: list[int], n: int, p: int | None, q: int | None
-) -> list[int]:
-    futures = [executor.submit(fresh_obfuscator_chunk, n, p, q, size) for size in chunks]
-    return [value for future in futures for value in future.result()]
+def fresh_pair_chunk(n: int, count: int) -> list[tuple[int, int]]:
+    """Worker entry point: ``count`` pairs ``(a, h_s^a mod n²)`` for fresh exponents ``a``.
+
+    The worker builds its tables for ``n`` on its first chunk and keeps them.
+    """
+    tables = tables_for(n)
+    exponents = tables.exponents(count)
+    return list(zip(exponents, tables.obfuscators(exponents), strict=True))

@@ -8,7 +8,8 @@ import gmpy2
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 from crypto._parallel import shared_pool, split_evenly, worker_count
-from crypto.obfuscators import fresh_obfuscators, fresh_pairs
+from crypto.fixed_base import unit
+from crypto.obfuscators import fresh_pairs
 from crypto.randomness import RandomnessPool
 
 __all__ = ["decrypt_packed", "encrypt_packed"]
@@ -20,17 +21,19 @@ def encrypt_packed(
     public_key: PaillierPublicKey,
     plaintexts: Sequence[int],
     *,
-    private_key: PaillierPrivateKey | None = None,
     workers: int | None = None,
     pool: RandomnessPool | None = None,
+    exponents_out: list[int] | None = None,
     units_out: list[int] | None = None,
 ) -> list[int]:
     """Encrypt each plaintext int as a raw phe ciphertext ``(1 + m·n) · r^n mod n²``.
 
     phe fixes ``g = n + 1``, so ``g^m = 1 + m·n (mod n²)`` costs one multiplication; all
-    the work is the obfuscator ``r^n``. The output is exactly what
-    ``public_key.raw_encrypt(m)`` would produce for some fresh ``r``, so
-    ``private_key.raw_decrypt`` opens it and :func:`crypto.aggregate.add_encrypted` adds it.
+    the work is the obfuscator ``r^n``, here ``h_s^a`` from the key's fixed-base table
+    (Damgård–Jurik–Nielsen, crypto/fixed_base.py), the same for a key holder and a share
+    holder. The output is what ``public_key.raw_encrypt(m)`` would produce for
+    ``r = h^a mod n``, so ``private_key.raw_decrypt``, the threshold combine and
+    :func:`crypto.aggregate.add_encrypted` treat it as any phe ciphertext.
 
     Parameters
     ----------
@@ -38,22 +41,23 @@ def encrypt_packed(
         Federation key.
     plaintexts
         Ints in ``[0, n)``, typically from :meth:`crypto.codec.SlotCodec.encode`.
-    private_key
-        Key holders may pass it to compute obfuscators by CRT (about 3x faster). Ignored
-        when ``pool`` is given (the pool already chose).
     workers
         Processes for the obfuscators: ``None`` for every core, ``1`` in this process.
     pool
         Take precomputed obfuscators from this pool instead (they are removed from it).
+    exponents_out
+        If given, receives each ciphertext's exponent ``a``, all that
+        :func:`crypto.plaintext_proof.prove_exponents` needs.
     units_out
-        If given, receives each ciphertext's ``r`` (for crypto.plaintext_proof).
+        If given, receives each ciphertext's ``r = h^a mod n`` (for
+        :func:`crypto.plaintext_proof.prove`; one exponentiation mod ``n`` each).
 
     Raises
     ------
     TypeError
         If a plaintext is not an int.
     ValueError
-        If a plaintext is outside ``[0, n)``, or a key or pool belongs to another key.
+        If a plaintext is outside ``[0, n)``, or the pool belongs to another key.
     """
     if not isinstance(public_key, PaillierPublicKey):
         raise TypeError(f"expected PaillierPublicKey, got {type(public_key).__name__}")
@@ -63,27 +67,18 @@ def encrypt_packed(
             raise TypeError(f"plaintext {index} must be an int, got {type(m).__name__}")
         if not 0 <= m < n:
             raise ValueError(f"plaintext {index} is outside [0, n)")
-    if private_key is not None and private_key.public_key.n != public_key.n:
-        raise ValueError("private_key does not belong to public_key")
     if pool is not None:
         if pool.public_key.n != public_key.n:
             raise ValueError("RandomnessPool was built for a different public key")
-        if units_out is None:
-            obfuscators = pool.take(len(plaintexts))
-        else:
-            pairs = pool.take_pairs(len(plaintexts))
-            units_out.extend(r for r, _ in pairs)
-            obfuscators = [o for _, o in pairs]
-    elif units_out is not None:
-        pairs = fresh_pairs(public_key, len(plaintexts), private_key=private_key, workers=workers)
-        units_out.extend(r for r, _ in pairs)
-        obfuscators = [o for _, o in pairs]
+        pairs = pool.take_pairs(len(plaintexts))
     else:
-        obfuscators = fresh_obfuscators(
-            public_key, len(plaintexts), private_key=private_key, workers=workers
-        )
+        pairs = fresh_pairs(public_key, len(plaintexts), workers=workers)
+    if exponents_out is not None:
+        exponents_out.extend(a for a, _ in pairs)
+    if units_out is not None:
+        units_out.extend(unit(public_key.n, a) for a, _ in pairs)
     n_square = n * n
-    return [int((m * n + 1) * r % n_square) for m, r in zip(plaintexts, obfuscators, strict=True)]
+    return [int((m * n + 1) * r % n_square) for m, (_, r) in zip(plaintexts, pairs, strict=True)]
 
 
 def decrypt_packed(

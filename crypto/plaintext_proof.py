@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from crypto.randomness import RandomnessPool
 
-__all__ = ["PlaintextProof", "ProofError", "prove", "verify"]
+__all__ = ["PlaintextProof", "ProofError", "encrypt_proven", "prove", "prove_exponents", "verify"]
 
 CHALLENGE_BITS = 128
 LAMBDA_BITS = 128
@@ -138,16 +138,67 @@ def prove(
     site: str,
 ) -> PlaintextProof:
     """Prove knowledge of ``plaintexts`` and ``units`` (the ``r`` of each ``c = g^m r^n``)."""
-    if not (len(ciphertexts) == len(plaintexts) == len(units)) or not ciphertexts:
+    mpz_n = gmpy2.mpz(n)
+
+    def r_star(lambdas: Sequence[int]) -> gmpy2.mpz:
+        out = gmpy2.mpz(1)
+        for r, lam in zip(units, lambdas, strict=True):
+            out = out * gmpy2.powmod(r, lam, mpz_n) % mpz_n
+        return out
+
+    _require_openings(ciphertexts, plaintexts, units)
+    return _prove(n, ciphertexts, plaintexts, r_star, _context(run_id, round_number, site, n))
+
+
+def prove_exponents(
+    n: int,
+    ciphertexts: Sequence[int],
+    plaintexts: Sequence[int],
+    exponents: Sequence[int],
+    *,
+    run_id: str,
+    round_number: int,
+    site: str,
+) -> PlaintextProof:
+    """:func:`prove` for DJN ciphertexts, whose ``r`` is ``h^a mod n`` (crypto/fixed_base.py).
+
+    ``r* = Π r_i^{λ_i} = h^{Σ λ_i a_i} mod n``: one exponentiation instead of one per
+    ciphertext, and no ``r_i`` is ever computed. The proof is the same object, checked by
+    the same :func:`verify`.
+    """
+    from crypto.fixed_base import unit_product
+
+    _require_openings(ciphertexts, plaintexts, exponents)
+    return _prove(
+        n,
+        ciphertexts,
+        plaintexts,
+        lambda lambdas: gmpy2.mpz(unit_product(n, exponents, lambdas)),
+        _context(run_id, round_number, site, n),
+    )
+
+
+def _require_openings(
+    ciphertexts: Sequence[int], plaintexts: Sequence[int], randomness: Sequence[int]
+) -> None:
+    if not (len(ciphertexts) == len(plaintexts) == len(randomness)) or not ciphertexts:
         raise ValueError("one plaintext and one unit per ciphertext, and at least one")
+
+
+def _prove(
+    n: int,
+    ciphertexts: Sequence[int],
+    plaintexts: Sequence[int],
+    r_star_for: Callable[[Sequence[int]], gmpy2.mpz],
+    context: bytes,
+) -> PlaintextProof:
+    """The Σ-protocol's prover; ``r_star_for(λ)`` gives ``Π r_i^{λ_i} mod n``."""
     mpz_n = gmpy2.mpz(n)
     n_square = mpz_n * mpz_n
-    digest = _digest(_context(run_id, round_number, site, n), ciphertexts, n)
+    digest = _digest(context, ciphertexts, n)
     lambdas = _lambdas(digest, len(ciphertexts))
     m_star = sum(lam * int(m) for lam, m in zip(lambdas, plaintexts, strict=True))
-    r_star = gmpy2.mpz(1)
-    for r, lam in zip(units, lambdas, strict=True):
-        r_star = r_star * gmpy2.powmod(r, lam, mpz_n) % mpz_n
+    r_star = r_star_for(lambdas)
     # x's size is public (the honest bound), never m*'s: z's length must not tell how
     # large the plaintexts are. It exceeds e·m* by HIDING_BITS, so z hides m* statistically.
     x = secrets.randbits(_max_z_bits(n, len(ciphertexts)) - 1)
@@ -202,7 +253,7 @@ def encrypt_proven(
     public_key: PaillierPublicKey,
     plaintexts: Sequence[int],
     *,
-    private_key: PaillierPrivateKey | None,
+    private_key: PaillierPrivateKey | None = None,
     pool: RandomnessPool | None,
     run_id: str,
     round_number: int,
@@ -211,22 +262,22 @@ def encrypt_proven(
     """Encrypt packed ``plaintexts`` and prove knowledge of them, for one site's update.
 
     Returns the wire payload (crypto/wire.py) and the proof's bytes, bound to the run,
-    round and site. Each ciphertext's randomness is kept only long enough for the proof.
+    round and site. Each ciphertext's DJN exponent is kept only long enough for the proof.
     Whatever lays the plaintexts out (crypto/codec.py, crypto/dp_layout.py), a site's
-    update is encrypted and proven here.
+    update is encrypted and proven here. ``private_key`` is accepted and no longer used:
+    DJN obfuscators (crypto/fixed_base.py) are as cheap without the factors as with them.
     """
     from crypto.paillier_fast import encrypt_packed
     from crypto.wire import ciphertext_width, ciphertexts_to_bytes
 
-    units: list[int] = []
-    ciphertexts = encrypt_packed(
-        public_key, plaintexts, private_key=private_key, pool=pool, units_out=units
-    )
-    proof = prove(
+    del private_key  # see above; callers (client/dp_site_scheme.py) still pass it
+    exponents: list[int] = []
+    ciphertexts = encrypt_packed(public_key, plaintexts, pool=pool, exponents_out=exponents)
+    proof = prove_exponents(
         public_key.n,
         ciphertexts,
         plaintexts,
-        units,
+        exponents,
         run_id=run_id,
         round_number=round_number,
         site=site,

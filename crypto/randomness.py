@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
 
-from phe import PaillierPrivateKey, PaillierPublicKey
+from phe import PaillierPublicKey
 
 from crypto._parallel import process_pool, worker_count
 from crypto.obfuscators import fresh_pair_chunk
@@ -23,24 +23,25 @@ class RandomnessPool:
     """Obfuscators ``r^n mod n²`` computed in worker processes while the model trains.
 
     A Paillier encryption is ``(1 + m·n) · r^n mod n²``; ``r^n`` does not depend on the
-    message, so it can be computed ahead of time. :meth:`start` queues work on a process
-    pool whose management thread collects the results in the background; :meth:`take`
-    then hands them out. Each value is removed when taken, so no obfuscator is ever used
-    twice (reuse would let anyone divide two ciphertexts and learn the difference of the
-    plaintexts). Values are kept only in this process's memory and dropped by :meth:`close`.
+    message, so it can be computed ahead of time. Each is a DJN fixed-base power
+    ``h_s^a`` (crypto/fixed_base.py): a worker builds the key's table on its first chunk,
+    then each value costs a few hundred multiplications, for key and share holders alike.
+    :meth:`start` queues work on a process pool whose management thread collects the
+    results in the background; :meth:`take` then hands them out. Each value is removed
+    when taken, so no obfuscator is ever used twice (reuse would let anyone divide two
+    ciphertexts and learn the difference of the plaintexts). Values are kept only in this
+    process's memory and dropped by :meth:`close`.
 
     Parameters
     ----------
     public_key
         Key the obfuscators are for.
-    private_key
-        If given, compute with the CRT fast path (about 3x faster).
     workers
         Number of worker processes; ``None`` for every core.
 
     Examples
     --------
-    >>> with RandomnessPool(pk, sk) as pool:       # doctest: +SKIP
+    >>> with RandomnessPool(pk) as pool:       # doctest: +SKIP
     ...     pool.start(codec.num_plaintexts(n_values))
     ...     train()                                 # obfuscators are computed meanwhile
     ...     cts = encrypt_packed(pk, plaintexts, pool=pool)
@@ -49,18 +50,14 @@ class RandomnessPool:
     def __init__(
         self,
         public_key: PaillierPublicKey,
-        private_key: PaillierPrivateKey | None = None,
         workers: int | None = None,
     ) -> None:
         if not isinstance(public_key, PaillierPublicKey):
             raise TypeError(f"expected PaillierPublicKey, got {type(public_key).__name__}")
-        if private_key is not None and private_key.public_key.n != public_key.n:
-            raise ValueError("private_key does not belong to public_key")
         self._public_key = public_key
-        self._factors = (private_key.p, private_key.q) if private_key is not None else (None, None)
         self._workers = worker_count(workers)
         self._condition = threading.Condition()
-        self._ready: deque[tuple[int, int]] = deque()  # (r, r^n mod n²)
+        self._ready: deque[tuple[int, int]] = deque()  # (a, h_s^a = r^n mod n²)
         self._outstanding = 0  # requested from the workers, not yet ready
         self._reserved = 0  # promised to takers that are waiting
         self._futures: set[Future[list[tuple[int, int]]]] = set()
@@ -91,9 +88,9 @@ class RandomnessPool:
         return [obfuscator for _, obfuscator in self.take_pairs(k)]
 
     def take_pairs(self, k: int) -> list[tuple[int, int]]:
-        """Remove and return ``k`` pairs ``(r, r^n mod n²)``.
+        """Remove and return ``k`` pairs ``(a, r^n mod n²)``, ``r = h^a mod n``.
 
-        ``r`` is kept for the proof of plaintext knowledge (crypto.plaintext_proof); it is
+        ``a`` is kept for the proof of plaintext knowledge (crypto.plaintext_proof); it is
         as secret as the plaintext and is dropped with the pair.
 
         If fewer are ready, the shortfall not already queued is queued now and the call
@@ -171,11 +168,10 @@ class RandomnessPool:
         if self._executor is None:
             self._executor = process_pool(self._workers)
         chunk = max(1, min(_MAX_CHUNK, -(-count // (4 * self._workers))))
-        p, q = self._factors
         remaining = count
         while remaining:
             size = min(chunk, remaining)
-            future = self._executor.submit(fresh_pair_chunk, self._public_key.n, p, q, size)
+            future = self._executor.submit(fresh_pair_chunk, self._public_key.n, size)
             self._futures.add(future)
             self._outstanding += size
             remaining -= size

@@ -43,17 +43,11 @@ def random_plaintexts(public_key: PaillierPublicKey, count: int) -> list[int]:
 # --- encryption and decryption ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast_path", ["public-key-only", "crt"])
-def test_phe_raw_decrypt_opens_our_ciphertexts(keypair: KeyPair, fast_path: str) -> None:
+def test_phe_raw_decrypt_opens_our_ciphertexts(keypair: KeyPair) -> None:
     public_key, private_key = keypair
     plaintexts = [0, 1, public_key.n - 1, *random_plaintexts(public_key, 5)]
 
-    ciphertexts = encrypt_packed(
-        public_key,
-        plaintexts,
-        private_key=private_key if fast_path == "crt" else None,
-        workers=1,
-    )
+    ciphertexts = encrypt_packed(public_key, plaintexts, workers=1)
 
     assert [private_key.raw_decrypt(c) for c in ciphertexts] == plaintexts
 
@@ -70,8 +64,8 @@ def test_crt_obfuscator_equals_plain_modular_power(keypair: KeyPair) -> None:
 def test_same_plaintext_encrypts_differently_each_time(test_keypair: KeyPair) -> None:
     public_key, private_key = test_keypair
 
-    first = encrypt_packed(public_key, [42] * 3, private_key=private_key, workers=1)
-    second = encrypt_packed(public_key, [42] * 3, private_key=private_key, workers=1)
+    first = encrypt_packed(public_key, [42] * 3, workers=1)
+    second = encrypt_packed(public_key, [42] * 3, workers=1)
 
     assert len(set(first) | set(second)) == 6
 
@@ -89,7 +83,7 @@ def test_work_split_over_processes_gives_the_same_plaintexts(test_keypair: KeyPa
     public_key, private_key = test_keypair
     plaintexts = random_plaintexts(public_key, 40)
 
-    ciphertexts = encrypt_packed(public_key, plaintexts, private_key=private_key, workers=2)
+    ciphertexts = encrypt_packed(public_key, plaintexts, workers=2)
 
     assert decrypt_packed(private_key, ciphertexts, workers=2) == plaintexts
 
@@ -109,21 +103,13 @@ def test_encrypt_rejects_plaintext_outside_zero_to_n(
         encrypt_packed(public_key, [0, value], workers=1)  # type: ignore[list-item]
 
 
-def test_encrypt_rejects_private_key_of_another_public_key(test_keypair: KeyPair) -> None:
-    public_key, _ = test_keypair
-    _, other_private = generate_keypair(1024, insecure_test_size=True)
-
-    with pytest.raises(ValueError, match="does not belong"):
-        encrypt_packed(public_key, [1], private_key=other_private, workers=1)
-
-
 # --- precomputed randomness ------------------------------------------------------------------
 
 
 def test_pool_never_hands_out_a_value_twice(test_keypair: KeyPair) -> None:
     public_key, private_key = test_keypair
 
-    with RandomnessPool(public_key, private_key, workers=2) as pool:
+    with RandomnessPool(public_key, workers=2) as pool:
         pool.start(24)
         first = pool.take(16)
         second = pool.take(16)  # 8 were precomputed; the shortfall is computed on demand
@@ -137,7 +123,7 @@ def test_concurrent_takers_get_disjoint_values(test_keypair: KeyPair) -> None:
     public_key, private_key = test_keypair
     results: list[list[int]] = []
 
-    with RandomnessPool(public_key, private_key, workers=1) as pool:
+    with RandomnessPool(public_key, workers=1) as pool:
         threads = [threading.Thread(target=lambda: results.append(pool.take(10))) for _ in range(3)]
         for thread in threads:
             thread.start()
@@ -162,7 +148,7 @@ def test_encrypting_from_a_pool_consumes_its_values(test_keypair: KeyPair) -> No
     public_key, private_key = test_keypair
     plaintexts = random_plaintexts(public_key, 5)
 
-    with RandomnessPool(public_key, private_key, workers=1) as pool:
+    with RandomnessPool(public_key, workers=1) as pool:
         pool.start(8)
         assert pool.wait_available(8, timeout=30)
         ciphertexts = encrypt_packed(public_key, plaintexts, pool=pool)
@@ -297,10 +283,10 @@ def test_three_clients_weighted_mean_survives_encrypt_add_decrypt(test_keypair: 
     width = ciphertext_width(public_key)
 
     # Each client takes a different encryption path; all must aggregate together.
-    with RandomnessPool(public_key, private_key, workers=1) as pool:
+    with RandomnessPool(public_key, workers=1) as pool:
         paths = [
             {"workers": 1},
-            {"private_key": private_key, "workers": 2},
+            {"workers": 2},
             {"pool": pool},
         ]
         uploads = [

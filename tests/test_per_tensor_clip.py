@@ -212,9 +212,7 @@ def test_encrypt_update_with_bounds_round_trips(small_key) -> None:  # type: ign
     codec = per_tensor_codec(key_bits=public_key.n.bit_length())
     clip = expand_bounds(np.array([1e-3, 10.0]), [3, 2])
     delta = np.array([5e-4, -2e-3, 0.0, 7.0, -9.0])
-    payload = encrypt_update(
-        delta, 4, codec, public_key, private_key, np.random.default_rng(3), clip=clip
-    )
+    payload = encrypt_update(delta, 4, codec, public_key, np.random.default_rng(3), clip=clip)
     decoded = codec.decode(decrypt_sums(payload, private_key), 4, 5, clip)
     assert np.all(np.abs(decoded - np.clip(delta, -clip, clip)) <= clip / codec.offset)
 

@@ -84,7 +84,6 @@ def encrypt_update(
     weight: int,
     codec: crypto.SlotCodec,
     public_key: PaillierPublicKey,
-    private_key: PaillierPrivateKey,
     rng: np.random.Generator,
     pool: crypto.RandomnessPool | None = None,
     clip: np.ndarray | None = None,
@@ -94,7 +93,7 @@ def encrypt_update(
     ``clip``: per-value bounds (:meth:`SecureModelState.clip_for`) for a per-tensor codec.
     """
     plaintexts = codec.encode(delta, weight, rng, clip)
-    ciphertexts = crypto.encrypt_packed(public_key, plaintexts, private_key=private_key, pool=pool)
+    ciphertexts = crypto.encrypt_packed(public_key, plaintexts, pool=pool)
     return crypto.ciphertexts_to_bytes(ciphertexts, crypto.ciphertext_width(public_key))
 
 
@@ -103,7 +102,6 @@ def encrypt_proven_update(
     weight: int,
     codec: crypto.SlotCodec,
     public_key: PaillierPublicKey,
-    private_key: PaillierPrivateKey | None,
     rng: np.random.Generator,
     *,
     run_id: str,
@@ -115,14 +113,13 @@ def encrypt_proven_update(
     """:func:`encrypt_update`, plus the proof that this site knows what it encrypted.
 
     Returns the wire payload and crypto.plaintext_proof bytes bound to this run, round
-    and site. The randomness ``r`` of each ciphertext is kept only for the proof.
+    and site. The randomness of each ciphertext is kept only for the proof.
     """
     from crypto import plaintext_proof
 
     return plaintext_proof.encrypt_proven(
         public_key,
         codec.encode(delta, weight, rng, clip),
-        private_key=private_key,
         pool=pool,
         run_id=run_id,
         round_number=round_number,
@@ -216,14 +213,14 @@ class PaillierScheme:
 
     def prepare(self, site: SchemeSite, task: Task, weights: NDArrays) -> None:
         """Step 5: start this run's obfuscators while the site trains."""
-        public_key, private_key = site.run_keys(task)
+        public_key, _ = site.run_keys(task)
         layout = site.privacy.pinned_layout(task.run_id)  # charged (so pinned) before this
         needed = (
             _needed(self.codec(task, public_key), weights)
             if layout is None
             else layout.num_plaintexts
         )
-        site.secure.randomness(task.run_id, public_key, private_key, needed)
+        site.secure.randomness(task.run_id, public_key, needed)
 
     def encode(
         self,
@@ -239,7 +236,7 @@ class PaillierScheme:
         delta = flatten(deltas)
         layout = self.dp_layout(site, task, config, delta.size, public_key)
         needed = _needed(codec, deltas) if layout is None else layout.num_plaintexts
-        pool = site.secure.randomness(task.run_id, public_key, private_key, needed)
+        pool = site.secure.randomness(task.run_id, public_key, needed)
         if layout is None:
             if not task.encoding.weight_cap:
                 raise TaskRefused("verify", "the task carries no weight cap for its update")
@@ -250,7 +247,6 @@ class PaillierScheme:
                 weight,
                 codec,
                 public_key,
-                private_key,
                 site.rng,
                 run_id=task.run_id,
                 round_number=task.round,

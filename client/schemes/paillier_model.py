@@ -162,17 +162,17 @@ class SecureRuns:
             self.states[task.run_id] = state
         return state
 
-    def randomness(
-        self, run_id: str, public_key: Any, private_key: Any, needed: int
-    ) -> crypto.RandomnessPool:
+    def randomness(self, run_id: str, public_key: Any, needed: int) -> crypto.RandomnessPool:
         """The run's pool of precomputed obfuscators, topped up to ``needed`` in the background.
 
-        Training runs while the pool's workers compute ``r^n``; after each submission the
-        next round's share is queued, so encryption waits on nothing once training ends.
+        Training runs while the pool's workers compute ``r^n`` (DJN fixed-base powers,
+        crypto/fixed_base.py, as cheap for a share holder as for a key holder); after each
+        submission the next round's share is queued, so encryption waits on nothing once
+        training ends.
         """
         pool = self.pools.get(run_id)
         if pool is None:
-            pool = crypto.RandomnessPool(public_key, private_key, workers=self.encrypt_workers)
+            pool = crypto.RandomnessPool(public_key, workers=self.encrypt_workers)
             self.pools[run_id] = pool
             pool.start(needed)
         return pool
