@@ -64,7 +64,7 @@ def audit_tabular(
     :func:`explain.torch_adapter.tabular_predictor` (batch norm folded, inference mode,
     float32; the same probabilities to float rounding), and every model runs on
     ``threads`` torch threads. Measured with ``bench/audit.py``, both together make the
-    audit of 1,000 rows x 30 features of the tabular MLP about 5 CPU-s; a smaller
+    audit of 1,000 rows x 30 features of the tabular MLP 5-7 CPU-s; a smaller
     background or fewer permutations would buy less than they cost (the bench prints
     their error).
 

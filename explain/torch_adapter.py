@@ -316,9 +316,10 @@ def torch_threads(count: int | None) -> Iterator[None]:
 
     On a shared two-core machine a small model's batches spend most of their wall time
     in torch's worker threads waiting for each other at every operation once a core is
-    taken by someone else: the tabular audit measured 20x slower with two threads than
-    with one at load 10-18 (``bench/audit.py``). The setting is process-wide, so audits
-    take turns under a lock and the caller's count is restored afterwards.
+    taken by someone else: 20 rows of the tabular audit took 81 s with two threads and
+    4.2 s with one at load 13-18 (9x for the whole audit at load 7, ``bench/audit.py``).
+    The setting is process-wide, so audits take turns under a lock and the caller's
+    count is restored afterwards.
     """
     if count is None:
         yield
