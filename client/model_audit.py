@@ -66,12 +66,9 @@ def audit_model(
     if kind == "tabular":
         width = int(inputs["x"].shape[1])
         names = getattr(holdout, "feature_names", None) or [f"x{i}" for i in range(width)]
-
-        def proba(x: np.ndarray) -> np.ndarray:
-            return predict({"x": torch.as_tensor(x, dtype=torch.float32)})
-
+        # The module itself, not a predict function: the audit runs a folded copy of it.
         return audit_tabular(
-            proba,
+            model,
             background["x"].numpy(),
             inputs["x"].numpy(),
             list(names),
