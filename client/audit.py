@@ -36,6 +36,8 @@ def run_site_audit(
     if not (hasattr(client, "predict_proba") and hasattr(client, "holdout_data")):
         log.info("client offers no audit hook; skipping the SHAP audit")
         return None
+    import torch
+
     import models
 
     models.set_weights(client.model, weights)
@@ -43,8 +45,10 @@ def run_site_audit(
     holdout = client.holdout_data
     background = client.train_data.x
     n_classes = int(client.predict_proba(holdout.x[:1]).shape[1])
+    # The module itself when there is one: the audit runs a folded copy of it.
+    model = client.model if isinstance(client.model, torch.nn.Module) else client.predict_proba
     return audit_tabular(
-        client.predict_proba,
+        model,
         background,
         np.asarray(holdout.x),
         client.feature_names,
