@@ -77,10 +77,12 @@ class FederationService:
                     task, run = self._check_header(session, node_id, header)
                     task_kind = task.kind
                     intake.check_declared_size(run, task, header)
+                    proof = proofs.proof_context(session, node_id, run, task, header)
                 payload = intake.receive(header, messages)
-                proofs.check_update(self.hub, node_id, header, payload)  # CPU: before the lock
+                if proof is not None:
+                    proofs.check_update(proof, header, payload)  # CPU: before the lock
                 with self.hub.lock, self.hub.db.transaction() as session:
-                    task, run = self._check_header(session, node_id, header)
+                    task, run = self._check_header(session, node_id, header, locked=True)
                     update_id = self._accept(session, node_id, task, run, header, payload)
         except CohortError as exc:
             self.intake.log_rejection(node_id, header, exc)
@@ -90,8 +92,21 @@ class FederationService:
         return federation_pb2.SubmitReply(id=update_id, message=f"{kind} accepted")
 
     def _check_header(
-        self, session: Session, node_id: str, header: federation_pb2.UpdateHeader
+        self,
+        session: Session,
+        node_id: str,
+        header: federation_pb2.UpdateHeader,
+        locked: bool = False,
     ) -> tuple[Task, Run]:
+        """The header's task and run, or the error that refuses the update.
+
+        Run twice: before the payload is read (so a bad header costs no bytes) and under
+        the lock (``locked``), where the round may have moved meanwhile. The second time
+        skips looking for an earlier update of the site's round: one accepted since the
+        first check made this task DONE in the same commit (refused below), and the
+        updates table's unique (run, round, node) refuses a duplicate at INSERT with the
+        same error.
+        """
         task = session.get(Task, header.task_id)
         if task is None or task.node_id != node_id:
             raise FailedPrecondition(f"no task {header.task_id!r} for this node")
@@ -106,7 +121,7 @@ class FederationService:
         assert run is not None
         if run.state != RunState.RUNNING:
             raise FailedPrecondition(f"run {run.id} is {run.state.value}, not running")
-        if task.kind == TaskKind.TRAIN:
+        if task.kind == TaskKind.TRAIN and not locked:
             exists = session.scalar(
                 select(Update.id).where(
                     Update.run_id == run.id, Update.round == task.round, Update.node_id == node_id
@@ -114,6 +129,7 @@ class FederationService:
             )
             if exists is not None:
                 raise AlreadyExists(f"this site already sent its update for round {task.round}")
+        if task.kind == TaskKind.TRAIN:
             current = session.scalar(
                 select(Round).where(Round.run_id == run.id, Round.number == task.round)
             )

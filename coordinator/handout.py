@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog, identity, manifests, privacy, threshold
@@ -67,19 +67,9 @@ class TaskHandout:
             if moved:
                 # The database is asked again only when this node's tasks (or a run) moved.
                 mark = self.hub.tasks.mark(node_id)
-                with self.hub.lock, self.hub.db.transaction() as session:
-                    # Credentials were checked when the call began; a poll parks for up to
-                    # max_poll_seconds, and a node revoked meanwhile gets no task.
-                    node = session.get(Node, node_id)
-                    if node is not None and node.revoked_at:
-                        raise Unauthenticated(REVOKED)
-                    task = self._next_task(session, node_id)
-                    if task is not None:
-                        message = self._task_message(session, task)
-                        if task.state == TaskState.PENDING:
-                            task.state = TaskState.DELIVERED
-                            task.delivered_at = time.time()
-                        return message
+                message = self._deliver(node_id)
+                if message is not None:
+                    return message
             remaining = until - time.monotonic()
             if remaining <= 0 or self.hub.closing.is_set() or not is_active():
                 return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
@@ -89,6 +79,43 @@ class TaskHandout:
                 touched = time.monotonic()
                 self.hub.presence.seen(node_id, time.time())
             self.hub.presence.flush(self.hub.db)
+
+    def _deliver(self, node_id: str) -> federation_pb2.Task | None:
+        """The node's next live task, marked delivered; None when it has none.
+
+        Not under the hub lock: a woken poll used to wait for the scheduler's next pass
+        to let go of it (30-60 ms a round, issue 14). The task is marked delivered only if
+        it is still live when the write lands (one conditional UPDATE), so a task the
+        scheduler cancelled or missed meanwhile is never handed out; anything else the
+        message holds was read from rows that only grow or that the task's own state
+        guards.
+        """
+        with self.hub.db.transaction() as session:
+            # Credentials were checked when the call began; a poll parks for up to
+            # max_poll_seconds, and a node revoked meanwhile gets no task.
+            if not self.hub.credentials.is_good(node_id):
+                node = session.get(Node, node_id)
+                if node is not None and node.revoked_at:
+                    raise Unauthenticated(REVOKED)
+            task = self._next_task(session, node_id)
+            if task is None:
+                return None
+            message = self._task_message(session, task)
+            now = time.time()
+            marked = session.execute(
+                update(Task)
+                .where(Task.id == task.id, Task.state.in_(LIVE))
+                .values(
+                    state=TaskState.DELIVERED,
+                    delivered_at=case(
+                        (Task.state == TaskState.PENDING, now), else_=Task.delivered_at
+                    ),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if marked.rowcount != 1:
+                return None
+        return message
 
     @staticmethod
     def _next_task(session: Session, node_id: str) -> Task | None:
