@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,13 @@ from coordinator.statements import SiteStatements
 from protos import federation_pb2, serde, wire
 
 SITE_NAME = wire.SITE_NAME
+
+_TASK_RUN_ROUND = (
+    select(Task, Run, Round)
+    .join(Run, Run.id == Task.run_id)
+    .outerjoin(Round, and_(Round.run_id == Task.run_id, Round.number == Task.round))
+    .where(Task.id == bindparam("task_id"))
+)
 
 
 class FederationService:
@@ -107,7 +114,9 @@ class FederationService:
         updates table's unique (run, round, node) refuses a duplicate at INSERT with the
         same error.
         """
-        task = session.get(Task, header.task_id)
+        # The task, its run and its round in one statement (three, before issue 14).
+        found = session.execute(_TASK_RUN_ROUND, {"task_id": header.task_id}).first()
+        task, run, current = found if found is not None else (None, None, None)
         if task is None or task.node_id != node_id:
             raise FailedPrecondition(f"no task {header.task_id!r} for this node")
         if task.kind not in (TaskKind.INIT, TaskKind.TRAIN):
@@ -117,7 +126,6 @@ class FederationService:
                 f"update names run {header.run_id} round {header.round}, but the task is for "
                 f"run {task.run_id} round {task.round}"
             )
-        run = session.get(Run, task.run_id)
         assert run is not None
         if run.state != RunState.RUNNING:
             raise FailedPrecondition(f"run {run.id} is {run.state.value}, not running")
@@ -129,12 +137,8 @@ class FederationService:
             )
             if exists is not None:
                 raise AlreadyExists(f"this site already sent its update for round {task.round}")
-        if task.kind == TaskKind.TRAIN:
-            current = session.scalar(
-                select(Round).where(Round.run_id == run.id, Round.number == task.round)
-            )
-            if current is None or current.state != RoundState.OPEN:
-                raise FailedPrecondition(f"round {task.round} is closed")
+        if task.kind == TaskKind.TRAIN and (current is None or current.state != RoundState.OPEN):
+            raise FailedPrecondition(f"round {task.round} is closed")
         if task.state not in LIVE:
             what = "already done" if task.state == TaskState.DONE else task.state.value
             if task.state == TaskState.DONE:

@@ -113,6 +113,7 @@ class TaskWatch:
         self._nodes: dict[str, int] = {}
         self._waiting: dict[str, threading.Condition] = {}
         self._parked: dict[str, int] = {}
+        self._idle: dict[str, tuple[int, int]] = {}
 
     def follow(self, db: Database) -> None:
         """Listen to ``db``'s sessions: collect at flush, publish at commit."""
@@ -160,6 +161,24 @@ class TaskWatch:
         """Read before querying; hand to ``wait`` after the query found nothing."""
         with self._lock:
             return self._all, self._nodes.get(node_id, 0)
+
+    def found_nothing(self, node_id: str, mark: tuple[int, int]) -> None:
+        """Note that a query after ``mark`` found no live task for the node.
+
+        A later poll at the same mark need not ask again: every committed change that
+        could give the node a task (a Task row of its, or any Run) moves the mark, and
+        time only ever takes tasks away (their deadlines pass). A site's next poll after
+        an empty one (its long poll ran out) then costs no query (issue 14).
+        """
+        with self._lock:
+            if len(self._idle) >= 100_000:
+                self._idle.clear()
+            self._idle[node_id] = mark
+
+    def known_idle(self, node_id: str, mark: tuple[int, int]) -> bool:
+        """True when a query at ``mark`` already found the node without a live task."""
+        with self._lock:
+            return self._idle.get(node_id) == mark
 
     def wait(self, node_id: str, mark: tuple[int, int], timeout: float) -> bool:
         """Park until the node's tasks may have changed since ``mark``; True if they may."""
@@ -316,6 +335,14 @@ class Credentials:
                 _Credential(node.id, float(node.token_expires_at or 0.0), float(node.last_seen)),
             )
             self._good[node.id] = epoch
+
+    def remember_good(self, epoch: int, node: Node) -> None:
+        """Keep that ``node``, read at ``epoch``, was not revoked (dropped if a node changed)."""
+        if node.revoked_at:
+            return
+        with self._lock:
+            if epoch == self.epoch:
+                self._good[node.id] = epoch
 
     def lookup(self, token_hash: str, now: float) -> _Credential | None:
         """The good credential held for ``token_hash``, or None: ask the database."""
