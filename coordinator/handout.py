@@ -7,8 +7,9 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import CursorResult, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog, identity, manifests, privacy, threshold
@@ -123,7 +124,7 @@ class TaskHandout:
                 return None
             message = self._task_message(session, task)
             now = time.time()
-            marked = session.execute(
+            marked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(Task)
                 .where(Task.id == task.id, Task.state.in_(LIVE))
                 .values(
