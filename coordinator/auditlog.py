@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.schema import AuditEvent
 
@@ -198,13 +198,14 @@ def append(
     """Append one row in the caller's transaction (callers serialise appends with a lock).
 
     Every string is bounded here, whatever the caller passes: ids and reasons that came
-    from a request cannot make a row large.
+    from a request cannot make a row large. The row before is this transaction's own last
+    row, else the committed head a :class:`LogHead` keeps (no query), else the database's.
     """
-    last = session.execute(
-        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-    ).first()
-    seq = (last.seq + 1) if last else 1
-    prev = last.hash if last else GENESIS
+    last = session.info.get(_NEW_ROWS)
+    if last is None:
+        tracker = session.info.get(LOG_HEAD)
+        last = tracker.get(session) if tracker is not None else head(session)
+    seq, prev = last[0] + 1, last[1]
     text = bounded_details(details or {})
     run_id = bound_text(run_id, _COLUMN_CHARS["run_id"])
     kind = bound_text(kind, _COLUMN_CHARS["kind"])
@@ -223,6 +224,73 @@ def append(
     session.add(row)
     session.flush()
     return row
+
+
+LOG_HEAD = "cohort_log_head"
+_NEW_ROWS = "cohort_new_audit_rows"
+
+
+class LogHead:
+    """The log's committed head, kept as transactions commit rows: read with no query.
+
+    Each append used to read the head with a query, and each reply to a site stamped it
+    with another (issue 14). Rows a transaction appends are seen at flush and published
+    only after its COMMIT, so the head is never a row that could still roll back; a
+    rollback of a transaction that appended makes the next read ask the database again.
+    The first read asks the database (rows of an earlier process). The coordinator's
+    process is the log's one writer (coordinator.hub), and its appends are serialised by
+    the hub lock; were a head ever stale anyway, the next row would reuse a ``seq`` and
+    its INSERT fail on the primary key, never fork the chain silently.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._head: tuple[int, str] | None = None
+
+    def follow(self, factory: sessionmaker[Session]) -> None:
+        """Track the rows of ``factory``'s sessions, and let :func:`append` find this head."""
+        factory.configure(info={**factory.kw.get("info", {}), LOG_HEAD: self})
+        event.listen(factory, "after_flush", self._collect)
+        event.listen(factory, "after_commit", self._publish)
+        event.listen(factory, "after_soft_rollback", self._forget)
+
+    @staticmethod
+    def _collect(session: Session, _context: object) -> None:
+        rows = [obj for obj in session.new if isinstance(obj, AuditEvent)]
+        if rows:
+            last = max(rows, key=lambda row: row.seq)
+            held = session.info.get(_NEW_ROWS)
+            if held is None or last.seq > held[0]:
+                session.info[_NEW_ROWS] = (int(last.seq), str(last.hash))
+
+    def _publish(self, session: Session) -> None:
+        row = session.info.pop(_NEW_ROWS, None)
+        if row is not None:
+            with self._lock:
+                if self._head is not None and row[0] > self._head[0]:
+                    self._head = row
+
+    def _forget(self, session: Session, _previous: object) -> None:
+        if session.info.pop(_NEW_ROWS, None) is not None:
+            with self._lock:
+                self._head = None  # the next read asks the database
+
+    def peek(self) -> tuple[int, str] | None:
+        """The committed (seq, hash) held, or None when the database must be asked."""
+        with self._lock:
+            return self._head
+
+    def get(self, session: Session) -> tuple[int, str]:
+        """The latest committed (seq, hash); asks the database (in ``session``) if none is held."""
+        held = self.peek()
+        if held is not None:
+            return held
+        found = head(session)
+        with self._lock:
+            # A row committed while we read is newer than what we read: keep the newer.
+            if self._head is None or found[0] > self._head[0]:
+                self._head = found
+            return self._head
 
 
 def all_rows(session: Session) -> list[AuditEvent]:

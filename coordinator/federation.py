@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,6 +48,13 @@ from protos import federation_pb2, serde, wire
 
 SITE_NAME = wire.SITE_NAME
 
+_TASK_RUN_ROUND = (
+    select(Task, Run, Round)
+    .join(Run, Run.id == Task.run_id)
+    .outerjoin(Round, and_(Round.run_id == Task.run_id, Round.number == Task.round))
+    .where(Task.id == bindparam("task_id"))
+)
+
 
 class FederationService:
     """What sites may do. Every method raises a :class:`CohortError` on bad input."""
@@ -77,10 +84,12 @@ class FederationService:
                     task, run = self._check_header(session, node_id, header)
                     task_kind = task.kind
                     intake.check_declared_size(run, task, header)
+                    proof = proofs.proof_context(session, node_id, run, task, header)
                 payload = intake.receive(header, messages)
-                proofs.check_update(self.hub, node_id, header, payload)  # CPU: before the lock
+                if proof is not None:
+                    proofs.check_update(proof, header, payload)  # CPU: before the lock
                 with self.hub.lock, self.hub.db.transaction() as session:
-                    task, run = self._check_header(session, node_id, header)
+                    task, run = self._check_header(session, node_id, header, locked=True)
                     update_id = self._accept(session, node_id, task, run, header, payload)
         except CohortError as exc:
             self.intake.log_rejection(node_id, header, exc)
@@ -90,9 +99,24 @@ class FederationService:
         return federation_pb2.SubmitReply(id=update_id, message=f"{kind} accepted")
 
     def _check_header(
-        self, session: Session, node_id: str, header: federation_pb2.UpdateHeader
+        self,
+        session: Session,
+        node_id: str,
+        header: federation_pb2.UpdateHeader,
+        locked: bool = False,
     ) -> tuple[Task, Run]:
-        task = session.get(Task, header.task_id)
+        """The header's task and run, or the error that refuses the update.
+
+        Run twice: before the payload is read (so a bad header costs no bytes) and under
+        the lock (``locked``), where the round may have moved meanwhile. The second time
+        skips looking for an earlier update of the site's round: one accepted since the
+        first check made this task DONE in the same commit (refused below), and the
+        updates table's unique (run, round, node) refuses a duplicate at INSERT with the
+        same error.
+        """
+        # The task, its run and its round in one statement (three, before issue 14).
+        found = session.execute(_TASK_RUN_ROUND, {"task_id": header.task_id}).first()
+        task, run, current = found if found is not None else (None, None, None)
         if task is None or task.node_id != node_id:
             raise FailedPrecondition(f"no task {header.task_id!r} for this node")
         if task.kind not in (TaskKind.INIT, TaskKind.TRAIN):
@@ -102,11 +126,10 @@ class FederationService:
                 f"update names run {header.run_id} round {header.round}, but the task is for "
                 f"run {task.run_id} round {task.round}"
             )
-        run = session.get(Run, task.run_id)
         assert run is not None
         if run.state != RunState.RUNNING:
             raise FailedPrecondition(f"run {run.id} is {run.state.value}, not running")
-        if task.kind == TaskKind.TRAIN:
+        if task.kind == TaskKind.TRAIN and not locked:
             exists = session.scalar(
                 select(Update.id).where(
                     Update.run_id == run.id, Update.round == task.round, Update.node_id == node_id
@@ -114,11 +137,8 @@ class FederationService:
             )
             if exists is not None:
                 raise AlreadyExists(f"this site already sent its update for round {task.round}")
-            current = session.scalar(
-                select(Round).where(Round.run_id == run.id, Round.number == task.round)
-            )
-            if current is None or current.state != RoundState.OPEN:
-                raise FailedPrecondition(f"round {task.round} is closed")
+        if task.kind == TaskKind.TRAIN and (current is None or current.state != RoundState.OPEN):
+            raise FailedPrecondition(f"round {task.round} is closed")
         if task.state not in LIVE:
             what = "already done" if task.state == TaskState.DONE else task.state.value
             if task.state == TaskState.DONE:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog, identity, manifests, privacy, threshold
@@ -35,6 +37,14 @@ from coordinator.schemes import scheme_of, weight_cap
 from crypto import identity as crypto_identity
 from protos import common_pb2, federation_pb2, serde
 
+# A node's live tasks with their runs, oldest first: one statement per poll that looks.
+_LIVE_TASKS = (
+    select(Task, Run)
+    .join(Run, Run.id == Task.run_id)
+    .where(Task.node_id == bindparam("node_id"), Task.state.in_(LIVE))
+    .order_by(Task.created_at)
+)
+
 _KIND_TO_PROTO = {
     TaskKind.INIT: federation_pb2.TASK_KIND_INIT,
     TaskKind.TRAIN: federation_pb2.TASK_KIND_TRAIN,
@@ -48,6 +58,13 @@ class TaskHandout:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        # What a fetch was allowed on: (run, node) takes part, (run, sha256) is the run's.
+        # Each fact only ever stays true (no task, model or update row is deleted; a round
+        # once aggregated stays so), so later fetches skip three queries; the node's
+        # credential is still checked at every call (issue 14).
+        self._involved: set[tuple[str, str]] = set()
+        self._models: set[tuple[str, str]] = set()
+        self._granted_lock = threading.Lock()
 
     def pull_task(
         self, node_id: str, wait_seconds: float, is_active: Callable[[], bool] = lambda: True
@@ -67,19 +84,11 @@ class TaskHandout:
             if moved:
                 # The database is asked again only when this node's tasks (or a run) moved.
                 mark = self.hub.tasks.mark(node_id)
-                with self.hub.lock, self.hub.db.transaction() as session:
-                    # Credentials were checked when the call began; a poll parks for up to
-                    # max_poll_seconds, and a node revoked meanwhile gets no task.
-                    node = session.get(Node, node_id)
-                    if node is not None and node.revoked_at:
-                        raise Unauthenticated(REVOKED)
-                    task = self._next_task(session, node_id)
-                    if task is not None:
-                        message = self._task_message(session, task)
-                        if task.state == TaskState.PENDING:
-                            task.state = TaskState.DELIVERED
-                            task.delivered_at = time.time()
+                if not self.hub.tasks.known_idle(node_id, mark):
+                    message = self._deliver(node_id)
+                    if message is not None:
                         return message
+                    self.hub.tasks.found_nothing(node_id, mark)
             remaining = until - time.monotonic()
             if remaining <= 0 or self.hub.closing.is_set() or not is_active():
                 return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
@@ -90,16 +99,51 @@ class TaskHandout:
                 self.hub.presence.seen(node_id, time.time())
             self.hub.presence.flush(self.hub.db)
 
+    def _deliver(self, node_id: str) -> federation_pb2.Task | None:
+        """The node's next live task, marked delivered; None when it has none.
+
+        Not under the hub lock: a woken poll used to wait for the scheduler's next pass
+        to let go of it (30-60 ms a round, issue 14). The task is marked delivered only if
+        it is still live when the write lands (one conditional UPDATE), so a task the
+        scheduler cancelled or missed meanwhile is never handed out; anything else the
+        message holds was read from rows that only grow or that the task's own state
+        guards.
+        """
+        with self.hub.db.transaction() as session:
+            # Credentials were checked when the call began; a poll parks for up to
+            # max_poll_seconds, and a node revoked meanwhile gets no task.
+            if not self.hub.credentials.is_good(node_id):
+                epoch = self.hub.credentials.mark()
+                node = session.get(Node, node_id)
+                if node is not None and node.revoked_at:
+                    raise Unauthenticated(REVOKED)
+                if node is not None:
+                    self.hub.credentials.remember_good(epoch, node)
+            task = self._next_task(session, node_id)
+            if task is None:
+                return None
+            message = self._task_message(session, task)
+            now = time.time()
+            marked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(Task)
+                .where(Task.id == task.id, Task.state.in_(LIVE))
+                .values(
+                    state=TaskState.DELIVERED,
+                    delivered_at=case(
+                        (Task.state == TaskState.PENDING, now), else_=Task.delivered_at
+                    ),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if marked.rowcount != 1:
+                return None
+        return message
+
     @staticmethod
     def _next_task(session: Session, node_id: str) -> Task | None:
         now = time.time()
-        for task in session.scalars(
-            select(Task)
-            .where(Task.node_id == node_id, Task.state.in_(LIVE))
-            .order_by(Task.created_at)
-        ):
-            run = session.get(Run, task.run_id)
-            if run is None or now >= task.deadline:
+        for task, run in session.execute(_LIVE_TASKS, {"node_id": node_id}).tuples():
+            if now >= task.deadline:
                 continue
             if task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED:
                 return task
@@ -264,6 +308,20 @@ class TaskHandout:
 
     def fetch_model(self, node_id: str, run_id: str, sha256: str) -> bytes:
         """A model blob of a run this node takes part in (never another run's)."""
+        with self._granted_lock:
+            granted = (run_id, node_id) in self._involved and (run_id, sha256) in self._models
+        if not granted:
+            self._check_fetch(node_id, run_id, sha256)
+            with self._granted_lock:
+                if len(self._involved) + len(self._models) >= 100_000:
+                    self._involved.clear()
+                    self._models.clear()
+                self._involved.add((run_id, node_id))
+                self._models.add((run_id, sha256))
+        return self.hub.blobs.get(sha256)
+
+    def _check_fetch(self, node_id: str, run_id: str, sha256: str) -> None:
+        """NotFound or PermissionDenied unless the node may fetch ``sha256`` of ``run_id``."""
         with self.hub.db.transaction() as session:
             run = session.get(Run, run_id)
             if run is None:
@@ -285,4 +343,3 @@ class TaskHandout:
             )
             if not known:
                 raise NotFound(f"run {run_id} has no model {sha256!r}")
-        return self.hub.blobs.get(sha256)

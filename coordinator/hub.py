@@ -10,8 +10,9 @@ from pathlib import Path
 
 from sqlalchemy import event, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
+from coordinator.auditlog import LogHead
 from coordinator.blobs import BlobStore
 from coordinator.db import Database
 from coordinator.schema import Node, Run, Task
@@ -51,11 +52,15 @@ class Hub:
     closing: threading.Event = field(default_factory=threading.Event)
     tasks: TaskWatch = field(default_factory=lambda: TaskWatch())
     presence: Presence = field(default_factory=lambda: Presence())
+    log_head: LogHead = field(default_factory=LogHead)
+    credentials: Credentials = field(default_factory=lambda: Credentials())
     generation: int = 0
     """How many times :meth:`notify` ran: read it before looking, then ``wait(since=...)``."""
 
     def __post_init__(self) -> None:
         self.tasks.follow(self.db)
+        self.log_head.follow(self.db.sessions)
+        self.credentials.follow(self.db)
 
     @classmethod
     def open(cls, database_url: str, data_dir: Path, limits: Limits | None = None) -> Hub:
@@ -108,6 +113,7 @@ class TaskWatch:
         self._nodes: dict[str, int] = {}
         self._waiting: dict[str, threading.Condition] = {}
         self._parked: dict[str, int] = {}
+        self._idle: dict[str, tuple[int, int]] = {}
 
     def follow(self, db: Database) -> None:
         """Listen to ``db``'s sessions: collect at flush, publish at commit."""
@@ -155,6 +161,24 @@ class TaskWatch:
         """Read before querying; hand to ``wait`` after the query found nothing."""
         with self._lock:
             return self._all, self._nodes.get(node_id, 0)
+
+    def found_nothing(self, node_id: str, mark: tuple[int, int]) -> None:
+        """Note that a query after ``mark`` found no live task for the node.
+
+        A later poll at the same mark need not ask again: every committed change that
+        could give the node a task (a Task row of its, or any Run) moves the mark, and
+        time only ever takes tasks away (their deadlines pass). A site's next poll after
+        an empty one (its long poll ran out) then costs no query (issue 14).
+        """
+        with self._lock:
+            if len(self._idle) >= 100_000:
+                self._idle.clear()
+            self._idle[node_id] = mark
+
+    def known_idle(self, node_id: str, mark: tuple[int, int]) -> bool:
+        """True when a query at ``mark`` already found the node without a live task."""
+        with self._lock:
+            return self._idle.get(node_id) == mark
 
     def wait(self, node_id: str, mark: tuple[int, int], timeout: float) -> bool:
         """Park until the node's tasks may have changed since ``mark``; True if they may."""
@@ -212,7 +236,10 @@ class Presence:
         try:
             with db.transaction() as session:
                 for keys in {tuple(sorted(row)) for row in rows}:
-                    session.execute(update(Node), [r for r in rows if tuple(sorted(r)) == keys])
+                    session.execute(
+                        update(Node).execution_options(**{PRESENCE_ONLY: True}),
+                        [r for r in rows if tuple(sorted(r)) == keys],
+                    )
         except SQLAlchemyError:
             # Not the caller's failure: kept for the next flush (newer signs of life win).
             log.warning("writing %d sites' last_seen failed; will retry", len(rows), exc_info=True)
@@ -221,3 +248,114 @@ class Presence:
                     self._pending[node_id] = {**values, **self._pending.get(node_id, {})}
             return 0
         return len(rows)
+
+
+_NODES_TOUCHED = "cohort_nodes_touched"
+PRESENCE_ONLY = "cohort_presence_only"
+"""Execution option of :class:`Presence`'s batched write: it changes no credential."""
+
+
+@dataclass
+class _Credential:
+    node_id: str
+    expires_at: float
+    noted: float
+
+
+class Credentials:
+    """Nodes whose bearer token was found good, kept until any transaction touches a node.
+
+    Authenticating every call was one query each (three or four per accepted update,
+    issue 14). A node's credential is decided by its row (revocation, token expiry), and
+    every change to a node row moves :attr:`epoch`: at flush (before it can commit), again
+    after COMMIT or rollback, and for bulk UPDATE or DELETE statements on nodes. An entry
+    is served only while the epoch it was read at is current, so a revocation (or a
+    rotated key, or a re-join) is seen by the very next call, as when every call asked
+    the database. Only good credentials are kept; an expiry that has passed by the
+    entry's time is asked of the database again. Presence's batched ``last_seen`` write
+    only pushes expiries later, so it does not move the epoch.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self.epoch = 0
+        self._tokens: dict[str, tuple[int, _Credential]] = {}
+        self._good: dict[str, int] = {}
+
+    def follow(self, db: Database) -> None:
+        """Move the epoch whenever ``db``'s sessions touch a node row."""
+        event.listen(db.sessions, "after_flush", self._flushed)
+        event.listen(db.sessions, "after_commit", self._ended)
+        event.listen(db.sessions, "after_soft_rollback", self._rolled_back)
+        event.listen(db.sessions, "do_orm_execute", self._bulk)
+
+    def _flushed(self, session: Session, _context: object) -> None:
+        if any(isinstance(obj, Node) for obj in (*session.new, *session.dirty, *session.deleted)):
+            session.info[_NODES_TOUCHED] = True
+            self.invalidate()
+
+    def _ended(self, session: Session) -> None:
+        if session.info.pop(_NODES_TOUCHED, False):
+            self.invalidate()
+
+    def _rolled_back(self, session: Session, _previous: object) -> None:
+        self._ended(session)
+
+    def _bulk(self, state: ORMExecuteState) -> None:
+        if not (state.is_update or state.is_delete) or state.execution_options.get(PRESENCE_ONLY):
+            return
+        mapper = state.bind_mapper
+        if mapper is None or mapper.class_ is Node:
+            state.session.info[_NODES_TOUCHED] = True
+            self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget every cached credential (a node row may have changed)."""
+        with self._lock:
+            self.epoch += 1
+            self._tokens.clear()
+            self._good.clear()
+
+    def mark(self) -> int:
+        """Read before asking the database; hand to :meth:`remember` with what it said."""
+        with self._lock:
+            return self.epoch
+
+    def remember(self, epoch: int, token_hash: str, node: Node, now: float) -> None:
+        """Keep a good credential read at ``epoch`` (dropped if a node changed since)."""
+        with self._lock:
+            if epoch != self.epoch:
+                return
+            if len(self._tokens) >= self.max_entries:
+                self._tokens.clear()
+                self._good.clear()
+            self._tokens[token_hash] = (
+                epoch,
+                _Credential(node.id, float(node.token_expires_at or 0.0), float(node.last_seen)),
+            )
+            self._good[node.id] = epoch
+
+    def remember_good(self, epoch: int, node: Node) -> None:
+        """Keep that ``node``, read at ``epoch``, was not revoked (dropped if a node changed)."""
+        if node.revoked_at:
+            return
+        with self._lock:
+            if epoch == self.epoch:
+                self._good[node.id] = epoch
+
+    def lookup(self, token_hash: str, now: float) -> _Credential | None:
+        """The good credential held for ``token_hash``, or None: ask the database."""
+        with self._lock:
+            held = self._tokens.get(token_hash)
+            if held is None or held[0] != self.epoch:
+                return None
+            credential = held[1]
+            if credential.expires_at and now > credential.expires_at:
+                return None
+            return credential
+
+    def is_good(self, node_id: str) -> bool:
+        """True when ``node_id``'s credential was found good and no node changed since."""
+        with self._lock:
+            return self._good.get(node_id) == self.epoch

@@ -13,48 +13,67 @@ other sites' calls.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
 import crypto
 from coordinator.errors import InvalidArgument
-from coordinator.hub import Hub
 from coordinator.identity import site_name
 from coordinator.schema import Node, Run, Task, TaskKind
 from crypto import plaintext_proof
 from protos import federation_pb2, wire
 
 
+@dataclass(frozen=True)
+class ProofContext:
+    """What checking a proof needs from the run, read by intake's first header check."""
+
+    run_id: str
+    round_number: int
+    site: str
+    public_key: bytes
+
+
+def proof_context(
+    session: Session, node_id: str, run: Run, task: Task, header: federation_pb2.UpdateHeader
+) -> ProofContext | None:
+    """The context to check ``header``'s proof in, or None when no proof is checked here.
+
+    Only a secure TRAIN update under the run's key is checked here: one that names another
+    key is refused by the scheme's own check (coordinator.schemes.PaillierScheme.validate),
+    with its own reason, once the lock is held; a plaintext run has no proof to check.
+    """
+    if (
+        task.kind != TaskKind.TRAIN
+        or run.secure != "paillier"
+        or not run.public_key
+        or header.encoding != wire.PAILLIER_PACKED
+        or header.key_id != run.key_id
+    ):
+        return None
+    node = session.get(Node, node_id)
+    if node is None:
+        return None
+    return ProofContext(run.id, int(task.round), site_name(session, node), bytes(run.public_key))
+
+
 def check_update(
-    hub: Hub, node_id: str, header: federation_pb2.UpdateHeader, payload: bytes
+    context: ProofContext, header: federation_pb2.UpdateHeader, payload: bytes
 ) -> None:
     """Refuse a secure training update whose proof does not verify for its site and round.
 
-    Only a well-formed update under the run's key is checked here: one that names another
-    key, holds the wrong number of ciphertexts or a ciphertext that is not a unit mod n² is
-    refused by the scheme's own check (coordinator.schemes.PaillierScheme.validate), with
-    its own reason, once the lock is held.
+    Only a well-formed update is checked here: one that holds the wrong number of
+    ciphertexts or a ciphertext that is not a unit mod n² is refused by the scheme's own
+    check, with its own reason, once the lock is held.
 
     Raises
     ------
     InvalidArgument
         Naming the site: the proof is missing, malformed or does not verify.
     """
-    with hub.db.transaction() as session:
-        task = session.get(Task, header.task_id)
-        run = session.get(Run, task.run_id) if task is not None else None
-        node = session.get(Node, node_id)
-        if (
-            task is None
-            or run is None
-            or node is None
-            or task.kind != TaskKind.TRAIN
-            or run.secure != "paillier"
-            or not run.public_key
-            or header.encoding != wire.PAILLIER_PACKED
-            or header.key_id != run.key_id
-        ):
-            return
-        site = site_name(session, node)
-        run_id, round_number, key = run.id, int(task.round), bytes(run.public_key)
-    public_key = crypto.public_key_from_bytes(key)
+    site, run_id, round_number = context.site, context.run_id, context.round_number
+    public_key = crypto.public_key_from_bytes(context.public_key)
     width = crypto.ciphertext_width(public_key)
     try:
         ciphertexts = crypto.ciphertexts_from_bytes(payload, width)

@@ -229,6 +229,11 @@ def record(session: Session, run: Run, node_id: str, now: float | None = None) -
     )
 
 
+def recorded_nodes(session: Session, run_id: str) -> set[str]:
+    """The nodes whose provenance ``run_id`` holds (one query for a round's many tasks)."""
+    return set(session.scalars(select(RunSite.node_id).where(RunSite.run_id == run_id)))
+
+
 def frozen_sites(session: Session, run_id: str) -> dict[str, RunSite]:
     """Node id → the provenance recorded for it in ``run_id``."""
     rows = session.scalars(select(RunSite).where(RunSite.run_id == run_id))

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from coordinator import audit_phase, auditlog, provenance, refusals, selection
@@ -122,7 +122,14 @@ class RoundScheduler:
         changed = False
         self.hub.presence.flush(self.hub.db)  # batched signs of life (hub.Presence)
         with self.hub.db.transaction() as session:
-            for node in session.scalars(select(Node)):
+            # Only the nodes whose flag is now wrong: a pass used to load every node.
+            flipped = select(Node).where(
+                or_(
+                    and_(Node.online.is_(True), Node.last_seen < cutoff),
+                    and_(Node.online.is_(False), Node.last_seen >= cutoff),
+                )
+            )
+            for node in session.scalars(flipped):
                 online = node.last_seen >= cutoff
                 if online != node.online:
                     node.online = online
@@ -174,6 +181,9 @@ class RoundScheduler:
             run.state = RunState.RUNNING
             run.started_at = now
             auditlog.append(session, "run.started", run_id=run.id, details=details)
+            # Its first setup task goes out in this same pass and commit, not the next.
+            first = TaskKind.KEYGEN if scheme_of(run).encrypted else TaskKind.INIT
+            self._setup_task(session, run, first, online, now)
             return True
         if scheme_of(run).encrypted and not run.public_key:
             return self._setup_task(session, run, TaskKind.KEYGEN, online, now)

@@ -106,9 +106,15 @@ def assign(
     number: int,
     deadline: float,
     now: float,
+    recorded: set[str] | None = None,
 ) -> None:
-    """Hand ``node_id`` a task of ``kind``, recording the site's data provenance first."""
-    provenance.record(session, run, node_id, now)
+    """Hand ``node_id`` a task of ``kind``, recording the site's data provenance first.
+
+    ``recorded``: the nodes whose provenance the run holds already, when the caller read
+    them once for many tasks (:func:`open_round`).
+    """
+    if recorded is None or node_id not in recorded:
+        provenance.record(session, run, node_id, now)
     session.add(new_task(run, node_id, kind, number, deadline))
 
 
@@ -127,8 +133,11 @@ def open_round(session: Session, run: Run, number: int, online: list[Node], now:
     session.add(
         Round(run_id=run.id, number=number, deadline=now + run.round_deadline, opened_at=now)
     )
+    recorded = provenance.recorded_nodes(session, run.id)
     for node_id in chosen:
-        assign(session, run, node_id, TaskKind.TRAIN, number, now + run.round_deadline, now)
+        assign(
+            session, run, node_id, TaskKind.TRAIN, number, now + run.round_deadline, now, recorded
+        )
     run.current_round = number
     run.round_attempts = 1
     auditlog.append(

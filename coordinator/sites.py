@@ -185,20 +185,34 @@ class SiteRegistry:
         )
 
     def authenticate(self, token: str | None) -> str:
-        """Return the node id for a bearer token and mark the node as seen."""
+        """Return the node id for a bearer token and mark the node as seen.
+
+        A token found good is served from ``hub.credentials`` until any node row changes
+        (hub.Credentials): a revoked node is refused from its next call, as before.
+        """
         try:
             if not token:
                 raise Unauthenticated("missing node token: send 'authorization: Bearer <token>'")
-            with self.hub.db.transaction() as session:
-                node = node_for_token(session, token)
-                now = time.time()
-                # Now and then, in one batched write for all sites (hub.Presence): a commit
-                # per RPC was most of the coordinator's commits (issue 14).
-                if now - node.last_seen > min(5.0, self.hub.limits.offline_after_seconds / 4):
-                    idle = self.hub.limits.node_token_idle_seconds
-                    # Sliding expiry: a token in use stays good; an abandoned one lapses.
-                    self.hub.presence.seen(node.id, now, now + idle if idle else 0.0)
-                node_id = node.id
+            digest = hash_token(token)
+            now = time.time()
+            held = self.hub.credentials.lookup(digest, now)
+            if held is not None:
+                node_id, last_seen = held.node_id, held.noted
+            else:
+                epoch = self.hub.credentials.mark()
+                with self.hub.db.transaction() as session:
+                    node = node_for_token(session, token)
+                    node_id, last_seen = node.id, node.last_seen
+                    self.hub.credentials.remember(epoch, digest, node, now)
+                held = self.hub.credentials.lookup(digest, now)
+            # Now and then, in one batched write for all sites (hub.Presence): a commit
+            # per RPC was most of the coordinator's commits (issue 14).
+            if now - last_seen > min(5.0, self.hub.limits.offline_after_seconds / 4):
+                idle = self.hub.limits.node_token_idle_seconds
+                # Sliding expiry: a token in use stays good; an abandoned one lapses.
+                self.hub.presence.seen(node_id, now, now + idle if idle else 0.0)
+                if held is not None:
+                    held.noted = now
             self.hub.presence.flush(self.hub.db)
             return node_id
         except Unauthenticated as exc:

@@ -1,0 +1,192 @@
+"""The coordinator's caches (issue 14) never serve stale security state.
+
+Credentials, the audit log's head, empty long polls and granted model fetches are kept in
+memory to spare queries; each test here changes the state behind a warm cache the way a
+rogue operator, a racing scheduler or a failed transaction would, and checks that the very
+next call sees the change.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from test_federation_errors import expect_status
+from test_revocation import ROOT, bearer, heartbeat, joined_site
+
+from coordinator import auditlog
+from coordinator.handout import TaskHandout
+from coordinator.schema import Node, Run, RunState, Task, TaskKind, TaskState
+from coordinator.server import CoordinatorServer
+from protos import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
+
+
+@pytest.fixture
+def auth_coordinator(tmp_path):
+    """Auth on (enrolment and roles enforced), a fast scheduler, on loopback."""
+    server = CoordinatorServer(
+        f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "data", port=0, auth=True, tick_seconds=0.05
+    )
+    server.access.bootstrap_admin(ROOT)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.start()}")
+    yield server, channel
+    channel.close()
+    server.stop(grace=0.2)
+
+
+def _warm(channel: grpc.Channel, token: str) -> None:
+    """Two calls: the second is served from the credential cache."""
+    heartbeat(channel, token)
+    heartbeat(channel, token)
+
+
+def test_revocation_written_straight_to_the_node_row_is_seen_at_once(auth_coordinator):
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _warm(channel, token)
+
+    with server.hub.db.transaction() as session:
+        session.get(Node, node_id).revoked_at = time.time()
+
+    detail = expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: heartbeat(channel, token))
+    assert "revoked" in detail
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "says"),
+    [("revoked_at", 1.0, "revoked"), ("token_expires_at", 1.0, "expired")],
+    ids=["revoked", "expired"],
+)
+def test_a_bulk_update_of_nodes_is_seen_at_once(auth_coordinator, column, value, says):
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _warm(channel, token)
+
+    with server.hub.db.transaction() as session:
+        session.execute(update(Node).where(Node.id == node_id).values({column: value}))
+
+    detail = expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: heartbeat(channel, token))
+    assert says in detail
+
+
+def test_a_revocation_that_rolled_back_leaves_the_site_in(auth_coordinator):
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _warm(channel, token)
+
+    with pytest.raises(RuntimeError), server.hub.db.transaction() as session:
+        session.get(Node, node_id).revoked_at = time.time()
+        session.flush()
+        raise RuntimeError("the revoking transaction fails")
+
+    assert heartbeat(channel, token).server_time_unix > 0
+
+
+def test_a_revoked_site_cannot_fetch_a_model_it_fetched_before(auth_coordinator):
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    sha = server.hub.blobs.put(b"model bytes")
+    server.scheduler.stop()
+    with server.hub.db.transaction() as session:
+        session.add(
+            Run(
+                id="r",
+                model="m",
+                rounds=1,
+                min_clients=1,
+                round_deadline=60.0,
+                state=RunState.RUNNING,
+                initial_model_sha256=sha,
+            )
+        )
+        session.flush()
+        session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
+    federation = federation_pb2_grpc.FederationStub(channel)
+
+    def fetch() -> bytes:
+        chunks = federation.FetchModel(
+            federation_pb2.FetchModelRequest(run_id="r", sha256=sha), metadata=bearer(token)
+        )
+        return b"".join(chunk.data for chunk in chunks)
+
+    assert fetch() == b"model bytes"  # granted, and remembered
+    admin_pb2_grpc.AdminStub(channel).RevokeSite(
+        admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
+    )
+
+    expect_status(grpc.StatusCode.UNAUTHENTICATED, fetch)
+
+
+def _running_run(server: CoordinatorServer) -> None:
+    """A running run the scheduler leaves alone, so only the test gives tasks."""
+    server.scheduler.stop()
+    with server.hub.db.transaction() as session:
+        session.add(
+            Run(
+                id="r",
+                model="m",
+                rounds=1,
+                min_clients=1,
+                round_deadline=60.0,
+                state=RunState.RUNNING,
+            )
+        )
+
+
+def test_a_task_given_after_an_empty_poll_is_delivered(auth_coordinator):
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server)
+    tasks = TaskHandout(server.hub)  # shares the hub's task marks with the servicer's
+    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # noted as idle
+
+    with server.hub.db.transaction() as session:
+        session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
+
+    assert tasks.pull_task(node_id, 0).task_id == "t"
+
+
+def test_a_task_cancelled_before_its_delivery_lands_is_not_handed_out(auth_coordinator):
+    """The scheduler cancels the task between the poll's read and its write: no delivery."""
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server)
+    with server.hub.db.transaction() as session:
+        session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
+    tasks = TaskHandout(server.hub)  # shares the hub's task marks with the servicer's
+    real_message = tasks._task_message
+
+    def cancel_meanwhile(session: Session, task: Task) -> federation_pb2.Task:
+        message = real_message(session, task)
+        with server.hub.lock, server.hub.db.transaction() as other:
+            other.get(Task, task.id).state = TaskState.CANCELLED
+        return message
+
+    tasks._task_message = cancel_meanwhile
+
+    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
+    with server.hub.db.transaction() as session:
+        assert session.get(Task, "t").state == TaskState.CANCELLED
+
+
+def test_a_rolled_back_audit_row_does_not_move_the_log_head(auth_coordinator):
+    server, _ = auth_coordinator
+    hub = server.hub
+    with hub.db.transaction() as session:
+        auditlog.append(session, "test.committed")
+    committed = hub.log_head.peek()
+
+    with pytest.raises(RuntimeError), hub.lock, hub.db.transaction() as session:
+        auditlog.append(session, "test.rolled_back")
+        raise RuntimeError("the transaction fails after its row was flushed")
+    with hub.lock, hub.db.transaction() as session:
+        row = auditlog.append(session, "test.after")
+
+    assert committed is not None and row.seq == committed[0] + 1
+    assert row.prev_hash == committed[1]
+    with hub.db.transaction() as session:
+        verdict = auditlog.verify_chain(auditlog.all_rows(session))
+    assert verdict.ok and verdict.head_hash == row.hash == hub.log_head.peek()[1]
