@@ -31,6 +31,7 @@ class BlobStore:
         target = self.path(digest)
         if target.exists():
             return digest
+        new_folder = not target.parent.exists()
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
@@ -39,6 +40,11 @@ class BlobStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
+            # The rename is durable only once its folder is: an acknowledged update must
+            # survive a crash, and so must a folder made for it.
+            _fsync_folder(target.parent)
+            if new_folder:
+                _fsync_folder(target.parent.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -58,3 +64,11 @@ class BlobStore:
             return self.path(sha256).exists()
         except BlobNotFound:
             return False
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
