@@ -18,12 +18,60 @@ from sqlalchemy import select
 import crypto
 from client.policy import SitePolicy, TaskRefused
 from coordinator.privacy import site_layout
-from coordinator.schema import AuditEvent, ModelVersion, Run, ThresholdPartial, Update
+from coordinator.schema import (
+    AuditEvent,
+    ModelVersion,
+    Round,
+    Run,
+    SiteAudit,
+    ThresholdPartial,
+    Update,
+)
 from protos import admin_pb2, common_pb2, wire
 from tests.helpers import TEST_ENCODING, breast_cancer_sites, wait_for_state
 
 DELTA = 1e-5
 DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED)
+
+
+# What a DP run's update header may say: the privacy accounting, which the site's signed
+# ledger entries carry anyway (client/dp_site.py, client/dp_site_rounds.py).
+ACCOUNTING = {
+    "dp_epsilon",
+    "dp_delta",
+    "dp_noise_multiplier",
+    "dp_sample_rate",
+    "dp_site_sigma_levels",
+    "ledger_epsilon",
+    "privacy_budget_left",
+}
+
+
+def assert_counts_and_metrics_withheld(hub, run_id: str) -> None:
+    """What the coordinator stored of a DP run's headers: no count, no data metric.
+
+    A breached coordinator reads its database and audit log: each update says 0 examples
+    and carries only the accounting; each round's example total is 0; no audit summary
+    holds held-out scores.
+    """
+    with hub.db.transaction() as session:
+        updates = session.scalars(select(Update).where(Update.run_id == run_id)).all()
+        rounds = session.scalars(select(Round).where(Round.run_id == run_id)).all()
+        audits = session.scalars(select(SiteAudit).where(SiteAudit.run_id == run_id)).all()
+        accepted = session.scalars(
+            select(AuditEvent.details).where(
+                AuditEvent.run_id == run_id, AuditEvent.kind == "update.accepted"
+            )
+        ).all()
+        assert updates and accepted
+        for update in updates:
+            assert update.num_examples == 0 and update.weight == 1
+            assert "dp_epsilon" in update.metrics and set(update.metrics) <= ACCOUNTING
+        assert all(json.loads(d)["num_examples"] == 0 for d in accepted)
+        for closed in rounds:
+            assert set(closed.metrics or {}) <= {"examples"} | ACCOUNTING
+            assert (closed.metrics or {}).get("examples", 0) == 0
+        assert all("holdout_metrics" not in (a.summary or {}) for a in audits)
 
 
 def exports(sites, run_id: str) -> list[object]:
@@ -117,6 +165,7 @@ def test_a_threshold_site_dp_run_completes_and_a_sub_quorum_sum_gets_no_partial(
         crypto.validate_ciphertexts(crypto.ciphertexts_from_bytes(blob, width), public)
         with pytest.raises(wire.PayloadError):
             wire.tensor_specs(blob)
+    assert_counts_and_metrics_withheld(hub, run.run_id)
     # Round 1's sum was decrypted by partials during the run; round 2's is not yet.
     assert partials_and_echoes(hub, run.run_id, 1)[0] >= 2
     assert partials_and_echoes(hub, run.run_id, 2) == (0, 0)
