@@ -217,6 +217,8 @@ def print_run(run: admin_pb2.RunInfo) -> None:
     if run.waiting_for:
         console.print(f"[yellow]waiting for:[/] {escape(run.waiting_for)}", highlight=False)
     secure = scheme_from_proto(run.secure) is SchemeName.PAILLIER
+    # A DP run's sites send no count or metric (client/tasks.py withheld): say so.
+    dp = bool(config_from_json(run.config_json).get("privacy"))
     table = Table()
     # Secure runs weigh updates by capped, encoded weights (e.g. 4095): show examples.
     for column in ("round", "state", "sites", "examples", "bytes", "metrics"):
@@ -231,11 +233,17 @@ def print_run(run: admin_pb2.RunInfo) -> None:
             str(info.number),
             info.state,
             f"{info.submitted}/{info.selected}",
-            _examples(info, secure),
+            "withheld (DP)" if dp else _examples(info, secure),
             str(info.bytes_received),
-            metrics,
+            "withheld under DP" if dp else metrics,
         )
     console.print(table)
+    if dp:
+        console.print(
+            "under DP each site withholds its example count, its training and evaluation "
+            "metrics and its held-out scores: an exact figure of its data is a release "
+            "no ε covers"
+        )
     print_sites(run)
     print_refusals(run)
 

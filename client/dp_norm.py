@@ -20,11 +20,13 @@ CSF 2017, Prop. 7), the clip-then-noise recipe of Ponomareva et al., "How to DP-
 
 Both bounds are fixed constants for ``log``-scaled features (``sign·log1p|x|``: a
 value of 10^6 maps to 13.8), chosen before seeing any site's data. The row count itself
-is not noised: the site already reports it (FedAvg weights, the DP sample rate).
+is not noised: it divides here, at the site, and is not sent (a DP run's update withholds
+it, client/tasks.py ``withheld``); the DP sample rate in the ledger tells it to a batch.
 Each release has sensitivity 1 in units of its noise (``noise_multiplier · bound``),
 so the pair is the ledger's ``{"kind": "gaussian", "count": 2}`` event and the Opacus
 accountant's ``(noise_multiplier, 1.0, 2)`` history entry (sample rate 1: no subsampling).
-The weighted FedAvg of the sites' released statistics becomes the federation's.
+The FedAvg of the sites' released statistics (each site weight 1 under DP) becomes the
+federation's.
 """
 
 from __future__ import annotations

@@ -78,7 +78,10 @@ def init(agent: TaskSite, task: federation_pb2.Task) -> None:
 
 
 def train(agent: TaskSite, task: federation_pb2.Task) -> None:
-    """One round: the global model, local training, and the update in the run's scheme."""
+    """One round: the global model, local training, and the update in the run's scheme.
+
+    In a DP run the header carries only the privacy accounting (:func:`withheld`).
+    """
     config = task_config(task)
     # Budget first: a refused round touches none of this site's data.
     privacy = agent.privacy.before_round(task, config, agent.client)
@@ -89,13 +92,8 @@ def train(agent: TaskSite, task: federation_pb2.Task) -> None:
     weights = scheme.global_model(agent, task, config)
     fetched = time.perf_counter()
     flower_config = scalar_config(config)
-    metrics: dict[str, Any] = {}
-    try:
-        loss, n_eval, eval_metrics = agent.client.evaluate(weights, flower_config)
-        metrics.update({"eval_loss": float(loss), "eval_examples": int(n_eval)})
-        metrics.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-    except NotImplementedError:
-        pass
+    # A DP run's exact held-out score would leave un-noised: not computed at all.
+    metrics = evaluation(agent, weights, flower_config) if privacy is None else {}
     scheme.prepare(agent, task, weights)
     fit_started = time.perf_counter()
     # From here the local weights hold this site's data: no INIT of this run is answered.
@@ -106,15 +104,15 @@ def train(agent: TaskSite, task: federation_pb2.Task) -> None:
         new_weights, num_examples, fit_metrics = fit_private(weights, flower_config, privacy)
     else:  # site-level DP adds its noise when the scheme encodes (client/dp_site_scheme.py)
         new_weights, num_examples, fit_metrics = agent.client.fit(weights, flower_config)
-    if privacy is not None:
-        fit_metrics = {**fit_metrics, **agent.privacy.after_round(privacy)}
     metrics.update(fit_metrics)
     trained = time.perf_counter()
     deltas: NDArrays = [
         np.asarray(n, np.float64) - np.asarray(w, np.float64)
         for n, w in zip(new_weights, weights, strict=True)
     ]
-    update = scheme.encode(agent, task, config, deltas, int(num_examples))
+    # Under DP every site weighs 1: a weight from the example count would release it.
+    weight_basis = int(num_examples) if privacy is None else 1
+    update = scheme.encode(agent, task, config, deltas, weight_basis)
     encoded = time.perf_counter()
     metrics.update(update.metrics)
     # Where a round's time goes at this site: getting the global model (fetching, and
@@ -126,8 +124,13 @@ def train(agent: TaskSite, task: federation_pb2.Task) -> None:
             "encode_seconds": encoded - trained,
         }
     )
-    agent.submit(task, replace(update, metrics=metrics))
-    agent.listener(
+    if privacy is None:
+        sent = replace(update, metrics=metrics)
+    else:
+        sent = withheld(update, agent.privacy.after_round(privacy))
+        metrics.update(sent.metrics)
+    agent.submit(task, sent)
+    agent.listener(  # this site's own console: its exact figures stay here
         "trained",
         {
             "run_id": task.run_id,
@@ -136,6 +139,32 @@ def train(agent: TaskSite, task: federation_pb2.Task) -> None:
             "metrics": metrics,
         },
     )
+
+
+def evaluation(agent: TaskSite, weights: NDArrays, flower_config: dict[str, Any]) -> dict[str, Any]:
+    """The global model scored by the client's ``evaluate`` (empty when it has none)."""
+    try:
+        loss, n_eval, eval_metrics = agent.client.evaluate(weights, flower_config)
+    except NotImplementedError:
+        return {}
+    return {
+        "eval_loss": float(loss),
+        "eval_examples": int(n_eval),
+        **{f"eval_{k}": v for k, v in eval_metrics.items()},
+    }
+
+
+def withheld(update: Update, accounting: dict[str, float]) -> Update:
+    """A DP run's update as its header may describe it: the privacy accounting, no more.
+
+    An exact statistic of the data is a release with no noise, so none of ε covers it
+    (Dwork & Roth, "The Algorithmic Foundations of Differential Privacy", 2014, sec. 3.3:
+    a count's sensitivity is 1). The example count is sent as 0 (the coordinator takes 0
+    only in DP runs; the scheme encoded the update at weight 1); no training, evaluation,
+    clipping or timing metric goes (training time grows with the rows trained). Only
+    ``accounting``: the run's ε, δ and σ, which the site's signed ledger entries carry.
+    """
+    return replace(update, num_examples=0, metrics=dict(accounting))
 
 
 def submit_ledger(agent: TaskSite, run_id: str, entry: Any) -> None:
@@ -149,7 +178,8 @@ def submit_ledger(agent: TaskSite, run_id: str, entry: Any) -> None:
 def audit(agent: TaskSite, task: federation_pb2.Task) -> None:
     """SHAP audit of the final model on held-out rows, with the model's score on them.
 
-    Only the summary leaves: aggregate attributions and the held-out metrics. A site
+    Only the summary leaves: aggregate attributions and the held-out metrics (none in a
+    DP run: see :func:`withheld`). A site
     that cannot audit says so (a refusal the run shows), so the run need not wait for
     its audit deadline.
     """
@@ -177,7 +207,8 @@ def audit(agent: TaskSite, task: federation_pb2.Task) -> None:
     if summary is None:
         agent.listener("audit_skipped", {"run_id": task.run_id})
         raise TaskRefused("error", "this site's client offers no audit hook")
-    holdout = holdout_metrics(agent, weights, task)
+    # A DP run's summary is noised; the exact held-out score beside it would not be.
+    holdout = holdout_metrics(agent, weights, task) if privacy is None else {}
     if holdout:
         summary = replace(summary, holdout_metrics=holdout)
     agent.link.submit_audit(task, summary.to_json())

@@ -15,7 +15,7 @@ from sqlalchemy import and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coordinator import auditlog, intake, manifests, proofs
+from coordinator import auditlog, intake, manifests, privacy, proofs
 from coordinator.access import AccessControl
 from coordinator.errors import (
     AlreadyExists,
@@ -149,8 +149,10 @@ class FederationService:
                 f"update of {header.payload_size} bytes is over the "
                 f"{self.hub.limits.max_update_bytes}-byte limit"
             )
-        if not 1 <= header.num_examples < 2**63:
-            raise InvalidArgument("num_examples must be between 1 and 2^63 - 1")
+        # A DP run's sites withhold their counts (0): coordinator/privacy.py withholds_counts.
+        least = 0 if task.kind == TaskKind.TRAIN and privacy.withholds_counts(run) else 1
+        if not least <= header.num_examples < 2**63:
+            raise InvalidArgument(f"num_examples must be between {least} and 2^63 - 1")
         if any(v.WhichOneof("value") is None for v in header.metrics.values()):
             raise InvalidArgument("every metric must hold a value")
         expected = wire.TENSORS_FLOAT32

@@ -316,10 +316,17 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
         "accountant": plan.get("accountant"),
         "sites": sorted(sites.values(), key=lambda s: s["site"]),
         "unverified_entries": unverified,
+        # What no site released (client/tasks.py withheld): exact figures no ε covers.
+        "withheld": (
+            "each site's example count, its training, evaluation and timing metrics and its "
+            "held-out scores of the final model (every site weighs 1); SHAP audit summaries "
+            "are released with the Gaussian mechanism and charged (audit ε per site)"
+        ),
         "not_covered": (
-            "held-out evaluation metrics are computed without DP noise and are not charged "
-            "to the ledgers; SHAP audit summaries are released with the Gaussian mechanism "
-            "and charged (audit ε per site)"
+            "a record-level site's DP-SGD sample rate and steps (in its signed ledger "
+            "entries) tell its training row count to within one batch"
+            if plan.get("mode") == "record"
+            else ""
         ),
     }
 

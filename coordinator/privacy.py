@@ -157,3 +157,13 @@ def plan_to_proto(config: dict[str, Any]) -> common_pb2.PrivacyPlan | None:
         quorum=int(plan.get("quorum", 0)),
         max_sites=int(plan.get("max_sites", 0)),
     )
+
+
+def withholds_counts(run: Run) -> bool:
+    """Whether ``run``'s sites withhold their example counts and metrics (a DP run).
+
+    A site of a DP run sends its training updates with ``num_examples`` 0, weight 1 and
+    only its privacy accounting as metrics (client/tasks.py ``withheld``): an exact count
+    or score of its data would be a release no ε covers.
+    """
+    return plan_to_proto(run.config) is not None

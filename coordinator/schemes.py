@@ -104,9 +104,12 @@ class PlaintextScheme:
         header: federation_pb2.UpdateHeader,
         payload: bytes,
     ) -> int:
-        """Readable, finite tensors of the model's shapes; the weight is the example count."""
+        """Readable, finite tensors of the model's shapes; the weight is the example count.
+
+        A DP run's site withholds its count (0, coordinator/privacy.py): it weighs 1.
+        """
         check_tensors(payload, run, quantised=header.encoding == wire.TENSORS_Q8)
-        return int(header.num_examples)
+        return max(int(header.num_examples), 1)
 
     def aggregate(
         self, hub: Hub, session: Session, run: Run, number: int, updates: list[Update]
@@ -121,7 +124,7 @@ class PlaintextScheme:
         weights = wire.decode_tensors(hub.blobs.get(base_sha))
         settings = run.settings()
         bits = settings.update_bits
-        results = [(_deltas(hub, update, bits), int(update.num_examples)) for update in updates]
+        results = [(_deltas(hub, update, bits), int(update.weight)) for update in updates]
         deltas = aggregate_deltas(run.strategy, results)
         payload = wire.encode_tensors(apply_deltas(weights, deltas, settings.server_lr))
         return Aggregate(

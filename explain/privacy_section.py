@@ -46,6 +46,8 @@ def describe(dp: object) -> str:
         text += (
             f"; {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} did NOT verify and were ignored"
         )
+    if dp.get("withheld"):
+        text += f". Withheld under DP: {dp['withheld']}"
     if dp.get("not_covered"):
         text += f". Not covered: {dp['not_covered']}"
     return text

@@ -17,9 +17,11 @@ from client.dp_audit import AUDIT_SHARE, audit_noise_multiplier, public_baseline
 from client.dp_site import RELEASE_AUDIT, PrivacyGuard
 from client.ledger import compose
 from client.policy import SitePolicy, TaskRefused
+from explain.privacy_section import describe
 from explain.summary import ATTRIBUTION_CLIP, private_statistics
 from protos import admin_pb2, common_pb2, federation_pb2
 from tests.helpers import breast_cancer_sites, wait_for_state
+from tests.test_dp_threshold_runs import assert_counts_and_metrics_withheld
 
 DELTA = 1e-5
 FALSE_FAILURE = 1e-4
@@ -139,3 +141,6 @@ def test_a_dp_runs_audit_releases_noisy_summaries_the_report_charges(coordinator
         assert site["rounds_charged"] == 1
     text = json.dumps(facts)
     assert "Gaussian mechanism: rows clipped" in text
+    # Beside the noised summaries: no exact held-out score, count or metric.
+    assert_counts_and_metrics_withheld(coordinator.hub, run.run_id)
+    assert "Withheld under DP" in describe(dp)

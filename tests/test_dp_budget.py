@@ -20,6 +20,7 @@ from coordinator.ledger_copies import ledger_entries
 from coordinator.schema import AuditEvent
 from protos import admin_pb2, common_pb2
 from tests.helpers import breast_cancer_sites, wait_for_state
+from tests.test_dp_threshold_runs import assert_counts_and_metrics_withheld
 
 EPSILON = 2.0
 DELTA = 1e-5
@@ -86,9 +87,9 @@ def test_a_site_at_its_budget_refuses_the_next_run_which_goes_on_without_it(
     refusals = [e for e in log.entries if e.kind == "task.refused"]
     assert refusals and all(json.loads(e.details_json)["code"] == "budget" for e in refusals)
 
-    # Every site that trained reports the ε its accountant counted, per round.
-    metrics = [r.metrics for r in info.round_infos]
-    assert all("dp_epsilon" in m for m in metrics)
+    # Every site that trained reports the ε its accountant counted, per round, and no
+    # count or metric of its data (plain FedAvg then weighs each site 1).
+    assert_counts_and_metrics_withheld(coordinator.hub, first.run_id)
 
     # The ledger survives a restart (reloaded from disk, every signature checked).
     reloaded = Ledger.for_site(tmp_path / "c", "c", careful.identity)
