@@ -134,7 +134,6 @@ def encode_update(
     delta: np.ndarray,
     layout: SiteNoise,
     public_key: Any,
-    private_key: Any,
     *,
     run_id: str,
     round_number: int,
@@ -165,7 +164,6 @@ def encode_update(
     return plaintext_proof.encrypt_proven(
         public_key,
         plaintexts,
-        private_key=private_key,
         pool=pool,
         run_id=run_id,
         round_number=round_number,

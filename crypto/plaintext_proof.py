@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import gmpy2
 
 if TYPE_CHECKING:
-    from phe import PaillierPrivateKey, PaillierPublicKey
+    from phe import PaillierPublicKey
 
     from crypto.randomness import RandomnessPool
 
@@ -253,7 +253,6 @@ def encrypt_proven(
     public_key: PaillierPublicKey,
     plaintexts: Sequence[int],
     *,
-    private_key: PaillierPrivateKey | None = None,
     pool: RandomnessPool | None,
     run_id: str,
     round_number: int,
@@ -264,13 +263,12 @@ def encrypt_proven(
     Returns the wire payload (crypto/wire.py) and the proof's bytes, bound to the run,
     round and site. Each ciphertext's DJN exponent is kept only long enough for the proof.
     Whatever lays the plaintexts out (crypto/codec.py, crypto/dp_layout.py), a site's
-    update is encrypted and proven here. ``private_key`` is accepted and no longer used:
-    DJN obfuscators (crypto/fixed_base.py) are as cheap without the factors as with them.
+    update is encrypted and proven here. Key and share holders encrypt alike: DJN
+    obfuscators (crypto/fixed_base.py) are as cheap without the factors as with them.
     """
     from crypto.paillier_fast import encrypt_packed
     from crypto.wire import ciphertext_width, ciphertexts_to_bytes
 
-    del private_key  # see above; callers (client/dp_site_scheme.py) still pass it
     exponents: list[int] = []
     ciphertexts = encrypt_packed(public_key, plaintexts, pool=pool, exponents_out=exponents)
     proof = prove_exponents(

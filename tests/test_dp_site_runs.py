@@ -67,9 +67,7 @@ def test_the_decrypted_aggregate_carries_the_calibrated_noise(keys):
     updates = [u * (0.9 / np.linalg.norm(u)) for u in updates]  # inside the clip: not clipped
     width = crypto.ciphertext_width(public)
     payloads = [
-        dp_site_scheme.encode_update(
-            u, layout, public, private, run_id="r", round_number=1, site=f"s{i}"
-        )[0]
+        dp_site_scheme.encode_update(u, layout, public, run_id="r", round_number=1, site=f"s{i}")[0]
         for i, u in enumerate(updates)
     ]
     total = crypto.add_encrypted(

@@ -231,7 +231,7 @@ class PaillierScheme:
         num_examples: int,
     ) -> Update:
         """Step 7: cap the weight, then clip, quantise, pack, encrypt and prove the delta."""
-        public_key, private_key = site.run_keys(task)
+        public_key, _ = site.run_keys(task)
         codec = self.codec(task, public_key)
         delta = flatten(deltas)
         layout = self.dp_layout(site, task, config, delta.size, public_key)
@@ -262,7 +262,6 @@ class PaillierScheme:
                 delta,
                 layout,
                 public_key,
-                private_key,
                 run_id=task.run_id,
                 round_number=task.round,
                 site=site.config.site_name,
