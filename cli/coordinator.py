@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -76,7 +77,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the federation and admin services (plus gRPC health) until interrupted."""
-    from coordinator.db import default_database_url
+    from coordinator.db import DatabaseInUse, default_database_url, sole_writer
     from coordinator.pki import FederationPki
     from coordinator.server import CoordinatorServer, exposure_problem
 
@@ -107,36 +108,42 @@ def serve(
             "clear): pass --tls-dir DIR or keep --metrics-host 127.0.0.1"
         )
     url = db or default_database_url(data_dir)
-    server = CoordinatorServer(
-        url,
-        data_dir,
-        host=host,
-        port=port,
-        tls=pki,
-        auth=auth_on,
-        allow_exposed=plaintext_off_loopback,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        metrics_token=metrics_token,
-    )
-    bound = server.start()
-    transport = "TLS" if pki else "plaintext (--insecure)"
-    err_console.print(
-        f"coordinator on {host}:{bound} ({transport}, auth "
-        f"{'on' if server.access.enabled else 'off'}), database {_redact(url)}, "
-        f"data {data_dir}"
-        + (
-            f", metrics on {metrics_host}:{server.metrics_port}/metrics"
-            if metrics_port is not None
-            else ""
-        ),
-        soft_wrap=True,
-    )
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    server.stop()
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(sole_writer(url))
+    except DatabaseInUse as exc:
+        fail(f"{exc}: one coordinator process per database (stop the other first)")
+    with held:
+        server = CoordinatorServer(
+            url,
+            data_dir,
+            host=host,
+            port=port,
+            tls=pki,
+            auth=auth_on,
+            allow_exposed=plaintext_off_loopback,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_token=metrics_token,
+        )
+        bound = server.start()
+        transport = "TLS" if pki else "plaintext (--insecure)"
+        err_console.print(
+            f"coordinator on {host}:{bound} ({transport}, auth "
+            f"{'on' if server.access.enabled else 'off'}), database {_redact(url)}, "
+            f"data {data_dir}"
+            + (
+                f", metrics on {metrics_host}:{server.metrics_port}/metrics"
+                if metrics_port is not None
+                else ""
+            ),
+            soft_wrap=True,
+        )
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+        server.stop()
 
 
 def _loopback(host: str) -> bool:

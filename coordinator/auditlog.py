@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.schema import AuditEvent
@@ -201,9 +202,9 @@ def append(
     from a request cannot make a row large. The row before is this transaction's own last
     row, else the committed head a :class:`LogHead` keeps (no query), else the database's.
     """
+    tracker = session.info.get(LOG_HEAD)
     last = session.info.get(_NEW_ROWS)
     if last is None:
-        tracker = session.info.get(LOG_HEAD)
         last = tracker.get(session) if tracker is not None else head(session)
     seq, prev = last[0] + 1, last[1]
     text = bounded_details(details or {})
@@ -222,7 +223,14 @@ def append(
         hash=entry_hash(prev, seq, at, run_id, kind, actor, text),
     )
     session.add(row)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # The held head was behind the database (a row written by another process, or a
+        # COMMIT whose acknowledgement was lost): this append fails, the next reads again.
+        if tracker is not None:
+            tracker.forget()
+        raise
     return row
 
 
@@ -240,7 +248,8 @@ class LogHead:
     The first read asks the database (rows of an earlier process). The coordinator's
     process is the log's one writer (coordinator.hub), and its appends are serialised by
     the hub lock; were a head ever stale anyway, the next row would reuse a ``seq`` and
-    its INSERT fail on the primary key, never fork the chain silently.
+    its INSERT fail on the primary key, never fork the chain silently, and the head is
+    then dropped, so that the next append reads it from the database again.
     """
 
     def __init__(self) -> None:
@@ -274,6 +283,11 @@ class LogHead:
         if session.info.pop(_NEW_ROWS, None) is not None:
             with self._lock:
                 self._head = None  # the next read asks the database
+
+    def forget(self) -> None:
+        """Drop the held head: the next read asks the database."""
+        with self._lock:
+            self._head = None
 
     def peek(self) -> tuple[int, str] | None:
         """The committed (seq, hash) held, or None when the database must be asked."""

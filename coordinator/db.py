@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,8 +11,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_DATA_DIR = Path("cohort-data")
@@ -148,3 +150,49 @@ class Database:
     def close(self) -> None:
         """Dispose of the engine's connections."""
         self.engine.dispose()
+
+
+class DatabaseInUse(RuntimeError):
+    """Another coordinator process already serves this database."""
+
+
+@contextmanager
+def sole_writer(url: str) -> Iterator[None]:
+    """Hold the database for one coordinator process while the block runs.
+
+    The coordinator is the audit log's one writer and keeps credentials and the log head in
+    memory (coordinator.hub): a second process on the same database would fail appends and
+    see another's revocations only after the credential cache's age. PostgreSQL: a
+    session-level advisory lock on a connection held open; SQLite: an exclusive ``flock``
+    on ``<file>.lock``. Both end with the process, however it ends.
+
+    Raises
+    ------
+    DatabaseInUse
+        When another process holds it.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            yield
+            return
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{parsed.database}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise DatabaseInUse(f"another coordinator serves {parsed.database}") from exc
+            yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": _WRITER_KEY})
+            if not got.scalar():
+                raise DatabaseInUse("another coordinator serves this database")
+            yield
+    finally:
+        engine.dispose()
+
+
+_WRITER_KEY = 0x636F686F7274  # "cohort"

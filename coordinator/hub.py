@@ -274,14 +274,22 @@ class Credentials:
     the database. Only good credentials are kept; an expiry that has passed by the
     entry's time is asked of the database again. Presence's batched ``last_seen`` write
     only pushes expiries later, so it does not move the epoch.
+
+    A change this process cannot see (an operator's ``UPDATE nodes`` in psql, a second
+    coordinator process on the same database, which deployment forbids but cannot always
+    prevent) is seen after at most ``max_age_s``: no entry is served older than that.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, max_age_s: float = 2.0) -> None:
         self.max_entries = max_entries
+        self.max_age_s = max_age_s
         self._lock = threading.Lock()
         self.epoch = 0
-        self._tokens: dict[str, tuple[int, _Credential]] = {}
-        self._good: dict[str, int] = {}
+        self._tokens: dict[str, tuple[int, _Credential, float]] = {}
+        self._good: dict[str, tuple[int, float]] = {}
+
+    def _fresh(self, epoch: int, read_at: float) -> bool:
+        return epoch == self.epoch and time.monotonic() - read_at <= self.max_age_s
 
     def follow(self, db: Database) -> None:
         """Move the epoch whenever ``db``'s sessions touch a node row."""
@@ -330,11 +338,13 @@ class Credentials:
             if len(self._tokens) >= self.max_entries:
                 self._tokens.clear()
                 self._good.clear()
+            read_at = time.monotonic()
             self._tokens[token_hash] = (
                 epoch,
                 _Credential(node.id, float(node.token_expires_at or 0.0), float(node.last_seen)),
+                read_at,
             )
-            self._good[node.id] = epoch
+            self._good[node.id] = (epoch, read_at)
 
     def remember_good(self, epoch: int, node: Node) -> None:
         """Keep that ``node``, read at ``epoch``, was not revoked (dropped if a node changed)."""
@@ -342,13 +352,13 @@ class Credentials:
             return
         with self._lock:
             if epoch == self.epoch:
-                self._good[node.id] = epoch
+                self._good[node.id] = (epoch, time.monotonic())
 
     def lookup(self, token_hash: str, now: float) -> _Credential | None:
         """The good credential held for ``token_hash``, or None: ask the database."""
         with self._lock:
             held = self._tokens.get(token_hash)
-            if held is None or held[0] != self.epoch:
+            if held is None or not self._fresh(held[0], held[2]):
                 return None
             credential = held[1]
             if credential.expires_at and now > credential.expires_at:
@@ -358,4 +368,5 @@ class Credentials:
     def is_good(self, node_id: str) -> bool:
         """True when ``node_id``'s credential was found good and no node changed since."""
         with self._lock:
-            return self._good.get(node_id) == self.epoch
+            held = self._good.get(node_id)
+            return held is not None and self._fresh(*held)

@@ -190,3 +190,56 @@ def test_a_rolled_back_audit_row_does_not_move_the_log_head(auth_coordinator):
     with hub.db.transaction() as session:
         verdict = auditlog.verify_chain(auditlog.all_rows(session))
     assert verdict.ok and verdict.head_hash == row.hash == hub.log_head.peek()[1]
+
+
+def test_a_revocation_this_process_did_not_write_is_seen_within_the_cache_age(tmp_path):
+    # A second coordinator process on the same database (deployment forbids it, nothing can
+    # always prevent it) or an operator's psql: no event reaches this process's cache.
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    first = CoordinatorServer(url, tmp_path / "data", port=0, auth=True, tick_seconds=3600)
+    first.access.bootstrap_admin(ROOT)
+    first.hub.credentials.max_age_s = 0.3
+    channel = grpc.insecure_channel(f"127.0.0.1:{first.start()}")
+    other = CoordinatorServer(url, tmp_path / "data", port=0, auth=True, tick_seconds=3600)
+    try:
+        node_id, token = joined_site(channel, "clinic")
+        _warm(channel, token)
+        other.access.revoke_site("clinic", "stolen token", "root")
+        time.sleep(0.4)
+        # The refusal's own audit row may meet the log head the other writer moved: that
+        # call fails (INTERNAL, never a fork) and the head is read again for the next.
+        with pytest.raises(grpc.RpcError) as first_call:
+            heartbeat(channel, token)
+        assert first_call.value.code() in {
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.INTERNAL,
+        }
+        detail = expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: heartbeat(channel, token))
+        assert "revoked" in detail
+    finally:
+        channel.close()
+        first.stop(grace=0.1)
+        other.stop(grace=0.1)
+
+
+def test_a_log_head_left_behind_by_another_writer_fails_one_append_then_heals(tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    from coordinator.hub import Hub
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    mine, other = Hub.open(url, tmp_path / "a"), Hub.open(url, tmp_path / "b")
+    with mine.lock, mine.db.transaction() as session:
+        auditlog.append(session, "mine.first")  # the head is now held in memory
+    with other.lock, other.db.transaction() as session:
+        auditlog.append(session, "other.row")  # the database moves on behind it
+
+    with pytest.raises(IntegrityError), mine.lock, mine.db.transaction() as session:
+        auditlog.append(session, "mine.stale")  # refused: never a fork
+    with mine.lock, mine.db.transaction() as session:
+        auditlog.append(session, "mine.after")  # and the next append reads the head again
+
+    with mine.db.transaction() as session:
+        rows = session.query(auditlog.AuditEvent).order_by(auditlog.AuditEvent.seq).all()
+        assert [row.kind for row in rows] == ["mine.first", "other.row", "mine.after"]
+        assert auditlog.verify_chain(rows).ok
