@@ -85,6 +85,17 @@ PrivacyDelta = Annotated[
     ),
 ]
 
+MinDpBatch = Annotated[
+    int,
+    typer.Option(
+        "--min-dp-batch",
+        envvar="COHORT_MIN_DP_BATCH",
+        min=1,
+        help="Smallest batch size this site trains with under record-level DP: its signed "
+        "ledger tells the coordinator its row count to within one batch.",
+    ),
+]
+
 
 def build_policy(
     allow_model: list[str] | None,
@@ -95,6 +106,7 @@ def build_policy(
     privacy_budget: float | None = None,
     privacy_delta: float = 1e-5,
     min_threshold: int = 0,
+    min_dp_batch: int = 16,
 ) -> Any:
     """The SitePolicy of these option values (ValueError → one-line CLI error)."""
     from client.policy import policy_from_options
@@ -108,6 +120,7 @@ def build_policy(
         privacy_budget=privacy_budget,
         privacy_delta=privacy_delta,
         min_threshold=min_threshold,
+        min_dp_batch=min_dp_batch,
     )
 
 
@@ -120,6 +133,7 @@ _POLICY_KEYS = (
     "privacy_budget",
     "privacy_delta",
     "min_threshold",
+    "min_dp_batch",
 )
 
 
@@ -140,6 +154,7 @@ def policy_command(
     privacy_budget: PrivacyBudget = None,
     privacy_delta: PrivacyDelta = 1e-5,
     min_threshold: MinThreshold = 0,
+    min_dp_batch: MinDpBatch = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the policy `cohort client run` would apply with these flags and ``[client.run]``."""
@@ -152,6 +167,7 @@ def policy_command(
         "privacy_budget": privacy_budget,
         "privacy_delta": privacy_delta,
         "min_threshold": min_threshold,
+        "min_dp_batch": min_dp_batch,
     }
     section = _run_section(ctx)
     for key in _POLICY_KEYS:

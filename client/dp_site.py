@@ -93,6 +93,16 @@ class PrivacyGuard:
             raise TaskRefused("policy", f"privacy mode {plan.mode!r} is not available at this site")
         if not hasattr(client, "fit_private"):
             raise TaskRefused("model", "this site's client cannot train with record-level DP")
+        _, batch_size = _training_shape(config)
+        if batch_size < self.policy.min_dp_batch:
+            # DP-SGD's sample rate (1 / batches per epoch) is in the signed ledger copy the
+            # coordinator keeps: a tiny batch would tell it this site's exact row count.
+            raise TaskRefused(
+                "policy",
+                f"the run's batch size {batch_size} is below this site's smallest record-level "
+                f"DP batch of {self.policy.min_dp_batch} (--min-dp-batch): the sample rate "
+                "in its ledger would tell its training row count too closely",
+            )
         dataset = dataset_name(client)
         mine = self.ledger.run_entries(task.run_id, dataset)
         schedule = self._schedule(task, plan, config, client, mine)
@@ -146,7 +156,6 @@ class PrivacyGuard:
             "dp_epsilon": after_run,
             "dp_delta": plan.delta,
             "dp_noise_multiplier": schedule.noise_multiplier,
-            "dp_sample_rate": schedule.sample_rate,
             "ledger_epsilon": after,
         }
         if budget is not None:

@@ -322,11 +322,22 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
             "held-out scores of the final model (every site weighs 1); SHAP audit summaries "
             "are released with the Gaussian mechanism and charged (audit ε per site)"
         ),
-        "not_covered": (
-            "a record-level site's DP-SGD sample rate and steps (in its signed ledger "
-            "entries) tell its training row count to within one batch"
-            if plan.get("mode") == "record"
-            else ""
+        "not_covered": "; ".join(
+            (
+                [
+                    "a record-level site's DP-SGD sample rate and steps (in its signed "
+                    "ledger entries) tell its training row count to within one batch of the "
+                    "run's batch size (a site refuses batches below its --min-dp-batch, 16 "
+                    "by default)"
+                ]
+                if plan.get("mode") == "record"
+                else []
+            )
+            + [
+                "a DP audit summary's row count and noise scale tell a site's held-out row "
+                "count when it has fewer than the audit's 100 rows",
+                "the time from a task to its update tells roughly how much a site trained",
+            ]
         ),
     }
 

@@ -80,7 +80,7 @@ def test_a_round_is_charged_once_however_often_it_is_reissued(guard):
 
 
 @pytest.mark.parametrize(
-    "hostile", [{"local_epochs": 30}, {"batch_size": 2}], ids=["more-epochs", "smaller-batches"]
+    "hostile", [{"local_epochs": 30}, {"batch_size": 16}], ids=["more-epochs", "smaller-batches"]
 )
 def test_a_task_cannot_take_more_steps_than_the_ledger_charged(guard, hostile):
     """The ledger charges the first round's steps; more epochs would be uncharged spend."""
@@ -89,6 +89,22 @@ def test_a_task_cannot_take_more_steps_than_the_ledger_charged(guard, hostile):
         guard.before_round(task(2), {**CONFIG, **hostile}, Site())
     assert caught.value.code == "pin" and "charged its privacy ledger" in caught.value.reason
     assert len(guard.ledger.entries) == 1
+
+
+@pytest.mark.parametrize("batch", [1, 15])
+def test_a_coordinator_cannot_learn_the_row_count_through_a_tiny_batch(guard, batch):
+    """DP-SGD's sample rate, 1 / ceil(rows / batch), is in the ledger copy the coordinator
+    keeps: a batch of 1 would give it the exact row count. Refused before anything is
+    charged, naming the flag."""
+    with pytest.raises(TaskRefused) as caught:
+        guard.before_round(task(1), {**CONFIG, "batch_size": batch}, Site())
+    assert caught.value.code == "policy" and "--min-dp-batch" in caught.value.reason
+    assert guard.ledger.entries == []
+
+
+def test_the_update_header_does_not_carry_the_sample_rate(guard):
+    privacy = guard.before_round(task(1), CONFIG, Site())
+    assert privacy is not None and "dp_sample_rate" not in privacy.metrics
 
 
 def test_more_rounds_in_the_config_do_not_lower_the_pinned_noise(guard):

@@ -40,7 +40,6 @@ ACCOUNTING = {
     "dp_epsilon",
     "dp_delta",
     "dp_noise_multiplier",
-    "dp_sample_rate",
     "dp_site_sigma_levels",
     "ledger_epsilon",
     "privacy_budget_left",
