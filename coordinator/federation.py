@@ -150,9 +150,15 @@ class FederationService:
                 f"{self.hub.limits.max_update_bytes}-byte limit"
             )
         # A DP run's sites withhold their counts (0): coordinator/privacy.py withholds_counts.
-        least = 0 if task.kind == TaskKind.TRAIN and privacy.withholds_counts(run) else 1
-        if not least <= header.num_examples < 2**63:
-            raise InvalidArgument(f"num_examples must be between {least} and 2^63 - 1")
+        # Exactly 0: a count is a weight in plain FedAvg, and sites of a DP run weigh alike.
+        if task.kind == TaskKind.TRAIN and privacy.withholds_counts(run):
+            if header.num_examples != 0:
+                raise InvalidArgument(
+                    "num_examples must be 0 in a differentially private run: its sites "
+                    "withhold their counts and weigh alike"
+                )
+        elif not 1 <= header.num_examples < 2**63:
+            raise InvalidArgument("num_examples must be between 1 and 2^63 - 1")
         if any(v.WhichOneof("value") is None for v in header.metrics.values()):
             raise InvalidArgument("every metric must hold a value")
         expected = wire.TENSORS_FLOAT32

@@ -29,6 +29,7 @@ import crypto
 from coordinator.aggregation import aggregate_deltas, apply_deltas
 from coordinator.errors import FailedPrecondition, InvalidArgument
 from coordinator.hub import Hub
+from coordinator.privacy import withholds_counts
 from coordinator.schema import ModelKind, ModelVersion, Run, Task, TaskKind, Update
 from protos import federation_pb2, wire
 from protos.serde import SchemeName
@@ -183,6 +184,12 @@ class PaillierScheme:
         )
         cap = weight_cap(run, selected)
         weight = int(header.weight)
+        if withholds_counts(run) and weight != 1:
+            # Record-level DP over Paillier: sites withhold their counts, so none may weigh
+            # more than another (a heavy weight would drown the others' noised updates).
+            raise InvalidArgument(
+                f"weight {weight}: a differentially private run averages sites, every weight is 1"
+            )
         if not 1 <= weight <= cap:
             raise InvalidArgument(f"weight {weight} is outside 1..{cap} for this round")
         accepted = sum(

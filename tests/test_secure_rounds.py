@@ -126,6 +126,7 @@ class SecureFakeSite(FakeSite):
         weight: int = 10,
         key_id: str | None = None,
         proof: bytes | None = None,
+        num_examples: int = 10,
     ):
         """Submit ``cts`` for ``task``, signed (under ``key_id`` when given, else the task's)."""
         payload = crypto.ciphertexts_to_bytes(cts, crypto.ciphertext_width(self.public_key))
@@ -134,7 +135,7 @@ class SecureFakeSite(FakeSite):
             task = federation_pb2.Task.FromString(task.SerializeToString())
             task.encoding.key_id = key_id
         update = SiteUpdate(
-            payload, wire.PAILLIER_PACKED, num_examples=10, weight=weight, proof=proof
+            payload, wire.PAILLIER_PACKED, num_examples=num_examples, weight=weight, proof=proof
         )
         return self.link.submit_update(task, update)
 
