@@ -45,8 +45,7 @@ def run_site_audit(
     holdout = client.holdout_data
     background = client.train_data.x
     n_classes = int(client.predict_proba(holdout.x[:1]).shape[1])
-    # The module itself when there is one: the audit runs a folded copy of it.
-    model = client.model if isinstance(client.model, torch.nn.Module) else client.predict_proba
+    model = _audited_model(client, torch.nn.Module)
     return audit_tabular(
         model,
         background,
@@ -58,6 +57,22 @@ def run_site_audit(
         noise_scale=noise_scale,
         seed=seed,
     )
+
+
+def _audited_model(client: Any, module_type: type) -> Any:
+    """What the audit explains: the module when ``predict_proba`` is the built-in one.
+
+    The built-in trainer's ``predict_proba`` is ``softmax(model(x))``, so the audit may run
+    a folded copy of the module instead (explain.torch_adapter.tabular_predictor). A
+    subclass or a user's client that overrides ``predict_proba`` (scaling, another head,
+    a calibration step) is explained through its own function: the module alone is not
+    the model the site scores with.
+    """
+    from client.trainer import TabularTrainer
+
+    builtin = getattr(type(client), "predict_proba", None) is TabularTrainer.predict_proba
+    module = getattr(client, "model", None)
+    return module if builtin and isinstance(module, module_type) else client.predict_proba
 
 
 def warm_explainer() -> None:

@@ -160,3 +160,29 @@ def test_thread_count_comes_back_even_when_the_model_fails() -> None:
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be >= 1"), torch_threads(0):
         pass
+
+
+class ByName(nn.Module):
+    """Reaches a Sequential's layers by name: folding renames them ``0, 1, ...``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from collections import OrderedDict
+
+        torch.manual_seed(5)
+        self.layers = nn.Sequential(
+            OrderedDict(norm=nn.BatchNorm1d(FEATURES), fc=nn.Linear(FEATURES, 2))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers.fc(self.layers.norm(x))
+
+
+def test_a_model_reaching_its_layers_by_name_is_run_unfolded() -> None:
+    model = ByName().eval()
+    rows = _rows(30)
+
+    predict = tabular_predictor(model, rows[:10])
+
+    expected = torch.softmax(model(torch.as_tensor(rows, dtype=torch.float32)), 1)
+    np.testing.assert_allclose(predict(rows), expected.detach().numpy(), atol=1e-6)
