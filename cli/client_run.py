@@ -81,7 +81,7 @@ def client_run(
     privacy_budget: policy_cli.PrivacyBudget = None,
     privacy_delta: policy_cli.PrivacyDelta = 1e-5,
     min_threshold: policy_cli.MinThreshold = 0,
-    min_dp_batch: policy_cli.MinDpBatch = 16,
+    dp_rows_step: policy_cli.DpRowsStep = 16,
     peers_file: Annotated[
         Path | None,
         typer.Option(
@@ -103,7 +103,7 @@ def client_run(
         privacy_budget,
         privacy_delta,
         min_threshold,
-        min_dp_batch,
+        dp_rows_step,
     )
     if enrolment_token_file is not None:
         enrolment_token = enrolment_token_file.read_text().strip()

@@ -85,14 +85,15 @@ PrivacyDelta = Annotated[
     ),
 ]
 
-MinDpBatch = Annotated[
+DpRowsStep = Annotated[
     int,
     typer.Option(
-        "--min-dp-batch",
-        envvar="COHORT_MIN_DP_BATCH",
+        "--dp-rows-step",
+        envvar="COHORT_DP_ROWS_STEP",
         min=1,
-        help="Smallest batch size this site trains with under record-level DP: its signed "
-        "ledger tells the coordinator its row count to within one batch.",
+        help="Record-level DP: the step this site's row count is rounded up to for the "
+        "DP-SGD schedule; its signed ledger then tells the coordinator the count only to "
+        "that step.",
     ),
 ]
 
@@ -106,7 +107,7 @@ def build_policy(
     privacy_budget: float | None = None,
     privacy_delta: float = 1e-5,
     min_threshold: int = 0,
-    min_dp_batch: int = 16,
+    dp_rows_step: int = 16,
 ) -> Any:
     """The SitePolicy of these option values (ValueError → one-line CLI error)."""
     from client.policy import policy_from_options
@@ -120,7 +121,7 @@ def build_policy(
         privacy_budget=privacy_budget,
         privacy_delta=privacy_delta,
         min_threshold=min_threshold,
-        min_dp_batch=min_dp_batch,
+        dp_rows_step=dp_rows_step,
     )
 
 
@@ -133,7 +134,7 @@ _POLICY_KEYS = (
     "privacy_budget",
     "privacy_delta",
     "min_threshold",
-    "min_dp_batch",
+    "dp_rows_step",
 )
 
 
@@ -154,7 +155,7 @@ def policy_command(
     privacy_budget: PrivacyBudget = None,
     privacy_delta: PrivacyDelta = 1e-5,
     min_threshold: MinThreshold = 0,
-    min_dp_batch: MinDpBatch = 16,
+    dp_rows_step: DpRowsStep = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the policy `cohort client run` would apply with these flags and ``[client.run]``."""
@@ -167,7 +168,7 @@ def policy_command(
         "privacy_budget": privacy_budget,
         "privacy_delta": privacy_delta,
         "min_threshold": min_threshold,
-        "min_dp_batch": min_dp_batch,
+        "dp_rows_step": dp_rows_step,
     }
     section = _run_section(ctx)
     for key in _POLICY_KEYS:

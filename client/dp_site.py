@@ -93,16 +93,6 @@ class PrivacyGuard:
             raise TaskRefused("policy", f"privacy mode {plan.mode!r} is not available at this site")
         if not hasattr(client, "fit_private"):
             raise TaskRefused("model", "this site's client cannot train with record-level DP")
-        _, batch_size = _training_shape(config)
-        if batch_size < self.policy.min_dp_batch:
-            # DP-SGD's sample rate (1 / batches per epoch) is in the signed ledger copy the
-            # coordinator keeps: a tiny batch would tell it this site's exact row count.
-            raise TaskRefused(
-                "policy",
-                f"the run's batch size {batch_size} is below this site's smallest record-level "
-                f"DP batch of {self.policy.min_dp_batch} (--min-dp-batch): the sample rate "
-                "in its ledger would tell its training row count too closely",
-            )
         dataset = dataset_name(client)
         mine = self.ledger.run_entries(task.run_id, dataset)
         schedule = self._schedule(task, plan, config, client, mine)
@@ -206,7 +196,7 @@ class PrivacyGuard:
         epochs, batch = _training_shape(config)
         return schedule_for(
             plan,
-            int(client.num_train),
+            rounded_rows(int(client.num_train), self.policy.dp_rows_step),
             batch,
             epochs,
             rounds,
@@ -249,6 +239,20 @@ class PrivacyGuard:
             return dict(privacy.metrics)  # the noise is added at encoding, as charged
         counted = float(privacy.accountant.get_epsilon(delta=privacy.plan.delta))
         return {**privacy.metrics, "dp_epsilon": counted}
+
+
+def rounded_rows(rows: int, step: int) -> int:
+    """``rows`` rounded up to a multiple of ``step``: the row count DP-SGD's schedule uses.
+
+    The sample rate ``1 / ⌈rows / batch⌉`` and the steps travel in the site's signed
+    ledger copies; computed from the exact count, runs with batches 16, 17, 18, … would
+    each bound it and together pin it to a row (review: a coordinator could probe at ε ≈ 0
+    with a large noise multiplier). From the rounded count, every schedule any run can ask
+    for is a function of ``⌈rows / step⌉`` alone. Poisson sampling at the smaller rate
+    still gives exactly the accounted privacy (Opacus's ``DPDataLoader`` samples each row
+    with that probability whatever the dataset's size).
+    """
+    return -(-max(rows, 1) // step) * step
 
 
 def _training_shape(config: dict[str, Any]) -> tuple[int, int]:

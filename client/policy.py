@@ -55,11 +55,12 @@ class SitePolicy:
     # Secure runs: 0 takes single-key runs (every site holds the whole key, so a curious
     # site can decrypt any update it fetches); T ≥ 2 takes only t-of-n runs with t ≥ T.
     min_threshold: int = 0
-    # Record-level DP: the smallest batch size this site trains with. DP-SGD's sample rate
-    # (1 / the batches of an epoch) is in the site's signed ledger copies, so it tells the
-    # coordinator the training row count to within one batch; a coordinator that chose a
-    # batch of 1 would learn the exact count.
-    min_dp_batch: int = 16
+    # Record-level DP: the step this site's row count is rounded up to before DP-SGD's
+    # schedule is computed. The sample rate (1 / the batches of an epoch) and the steps are
+    # in the site's signed ledger copies: from the exact count, a batch of 1 (or runs with
+    # batches 16, 17, 18, ...) would tell the coordinator the count to the row; from the
+    # rounded one it learns only which multiple of this step the count is under.
+    dp_rows_step: int = 16
 
 
 def default_min_key_bits() -> int:
@@ -161,7 +162,7 @@ def policy_from_options(
     privacy_budget: float | None = None,
     privacy_delta: float = 1e-5,
     min_threshold: int = 0,
-    min_dp_batch: int = 16,
+    dp_rows_step: int = 16,
 ) -> SitePolicy:
     """Build a policy from the site's flags/TOML values, refusing nonsense precisely.
 
@@ -191,10 +192,10 @@ def policy_from_options(
             "--min-threshold must be 0 (single-key runs allowed) or at least 2, "
             f"not {min_threshold}"
         )
-    if isinstance(min_dp_batch, bool) or not isinstance(min_dp_batch, int):
-        raise TypeError("min_dp_batch must be an integer")
-    if min_dp_batch < 1:
-        raise ValueError(f"--min-dp-batch must be at least 1, not {min_dp_batch}")
+    if isinstance(dp_rows_step, bool) or not isinstance(dp_rows_step, int):
+        raise TypeError("dp_rows_step must be an integer")
+    if dp_rows_step < 1:
+        raise ValueError(f"--dp-rows-step must be at least 1, not {dp_rows_step}")
     builtins: list[str] = []
     code: list[str] = []
     for raw in allow_model:
@@ -215,7 +216,7 @@ def policy_from_options(
         privacy_budget=privacy_budget,
         privacy_delta=privacy_delta,
         min_threshold=min_threshold,
-        min_dp_batch=min_dp_batch,
+        dp_rows_step=dp_rows_step,
     )
 
 
@@ -232,5 +233,5 @@ def describe(policy: SitePolicy) -> dict[str, object]:
         "privacy_budget": ("none" if policy.privacy_budget is None else policy.privacy_budget),
         "privacy_delta": policy.privacy_delta,
         "min_threshold": policy.min_threshold or "none (single-key secure runs allowed)",
-        "min_dp_batch": policy.min_dp_batch,
+        "dp_rows_step": policy.dp_rows_step,
     }

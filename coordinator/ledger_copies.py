@@ -326,9 +326,8 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
             (
                 [
                     "a record-level site's DP-SGD sample rate and steps (in its signed "
-                    "ledger entries) tell its training row count to within one batch of the "
-                    "run's batch size (a site refuses batches below its --min-dp-batch, 16 "
-                    "by default)"
+                    "ledger entries) tell its training row count rounded up to a multiple "
+                    "of its --dp-rows-step (16 by default), whatever batch sizes its runs use"
                 ]
                 if plan.get("mode") == "record"
                 else []
