@@ -101,6 +101,31 @@ def run_layout(
     return layout_for(plan, rounds, dimension, key_bits)
 
 
+def check_unit_weights(aggregate: federation_pb2.AggregateRef) -> int:
+    """The number of sites in an aggregate of a DP run, refused unless each weighs 1.
+
+    A DP run averages sites (they withhold their counts); a breached coordinator that
+    accepted a colluding site's heavier weight would let it outweigh the others' noised
+    updates, so every site checks it too, not only the coordinator's intake.
+
+    Raises
+    ------
+    TaskRefused
+        ``verify``, naming the round.
+    """
+    sites = len(aggregate.contributions)
+    if (
+        any(int(c.weight) != 1 for c in aggregate.contributions)
+        or int(aggregate.total_weight) != sites
+    ):
+        raise TaskRefused(
+            "verify",
+            f"the aggregate of round {aggregate.round} weights its sites; a differentially "
+            "private run gives every site weight 1",
+        )
+    return sites
+
+
 def check_contributions(aggregate: federation_pb2.AggregateRef, layout: SiteNoise) -> int:
     """The number of sites in a (manifest-checked) aggregate, refused below the quorum.
 
@@ -110,16 +135,7 @@ def check_contributions(aggregate: federation_pb2.AggregateRef, layout: SiteNois
         ``verify``: fewer sites than the noise is calibrated for, more than the slots
         hold, or a weight other than 1 (this run averages sites).
     """
-    sites = len(aggregate.contributions)
-    if (
-        any(int(c.weight) != 1 for c in aggregate.contributions)
-        or int(aggregate.total_weight) != sites
-    ):
-        raise TaskRefused(
-            "verify",
-            f"the aggregate of round {aggregate.round} weights its sites; a site-level DP run "
-            "gives every site weight 1",
-        )
+    sites = check_unit_weights(aggregate)
     if not layout.quorum <= sites <= layout.max_sites:
         raise TaskRefused(
             "verify",

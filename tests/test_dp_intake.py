@@ -95,3 +95,19 @@ def test_a_heavy_paillier_weight_in_a_dp_run_is_refused(coordinator, secure_dp_r
     assert updates(coordinator) == 0
     site.send(task, site.ciphertexts(weight=1), weight=1, num_examples=0)
     assert updates(coordinator) == 1
+
+
+def test_sites_refuse_a_weighted_aggregate_of_a_record_level_dp_run():
+    """A breached coordinator that took a colluding site's heavy weight: every site checks."""
+    from client.dp_site_scheme import check_unit_weights
+    from client.policy import TaskRefused
+
+    aggregate = federation_pb2.AggregateRef(round=1, total_weight=12)
+    aggregate.contributions.add(site_name="honest", weight=1)
+    aggregate.contributions.add(site_name="colluder", weight=11)
+    with pytest.raises(TaskRefused) as refused:
+        check_unit_weights(aggregate)
+    assert refused.value.code == "verify" and "weight 1" in refused.value.reason
+    aggregate.contributions[1].weight = 1
+    aggregate.total_weight = 2
+    assert check_unit_weights(aggregate) == 2

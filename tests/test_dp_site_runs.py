@@ -297,13 +297,16 @@ def test_the_coordinator_takes_only_the_layouts_ciphertexts_at_weight_one(site_d
     site.openings.update(zip(ours, zip(plaintexts, units, strict=True), strict=True))
     assert len(ours) == layout.num_plaintexts == 1  # 8 values: one plaintext either way
     detail = expect_status(
-        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, ours * 2, weight=1)
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: site.send(task, ours * 2, weight=1, num_examples=0),
     )
     assert "site-level DP layout" in detail
-    detail = expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, ours))
+    detail = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, lambda: site.send(task, ours, num_examples=0)
+    )
     assert "every weight is 1" in detail
     assert count() == 0
-    site.send(task, ours, weight=1)
+    site.send(task, ours, weight=1, num_examples=0)
     assert count() == 1
 
 

@@ -173,6 +173,8 @@ class PaillierScheme:
                 # decrypted, nor (threshold runs) partially decrypted; refused before the
                 # aggregate is checked and pinned, so it cannot block the round's honest one.
                 dp_site_scheme.check_contributions(aggregate, layout)
+            elif task.HasField("privacy"):
+                dp_site_scheme.check_unit_weights(aggregate)  # record-level DP: sites weigh 1
             payload = checked_aggregate(site, task, aggregate, public_key)
             sums = self.sums(site, task, aggregate, payload)
             mean = (
