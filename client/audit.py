@@ -70,7 +70,9 @@ def _audited_model(client: Any, module_type: type) -> Any:
     """
     from client.trainer import TabularTrainer
 
-    builtin = getattr(type(client), "predict_proba", None) is TabularTrainer.predict_proba
+    # The bound method's function: an override on the class or on the instance differs.
+    scorer = getattr(client, "predict_proba", None)
+    builtin = getattr(scorer, "__func__", None) is TabularTrainer.predict_proba
     module = getattr(client, "model", None)
     return module if builtin and isinstance(module, module_type) else client.predict_proba
 

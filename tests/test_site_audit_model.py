@@ -43,3 +43,12 @@ def test_an_overridden_predict_proba_is_what_the_audit_explains() -> None:
     top = int(np.argmax(summary.mean_abs))
     assert summary.feature_names[top] == site.feature_names[-1]
     assert "torch model" not in summary.explainer
+
+
+def test_an_override_on_the_instance_is_what_the_audit_explains() -> None:
+    """An app factory may set ``trainer.predict_proba = calibrated`` on the instance."""
+    site = breast_cancer_sites(1)[0]
+    calibrated = Calibrated.predict_proba.__get__(site)
+    site.predict_proba = calibrated  # type: ignore[method-assign]
+
+    assert _audited_model(site, torch.nn.Module) == calibrated
