@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -31,6 +33,46 @@ SPREAD_WAIT_SECONDS = 2.0
 """Least time a site waits for the others' blocks before it decrypts the whole vector."""
 POLL_SECONDS = 2.0
 """Longest single wait for partials at the coordinator (it answers as soon as one arrives)."""
+_EARLY = ThreadPoolExecutor(max_workers=2, thread_name_prefix="early-partials")
+
+
+@dataclass(frozen=True)
+class EarlyPartial:
+    """A site's block partials of an aggregate, started before the aggregate is checked.
+
+    A site checks an aggregate (signed manifest, every contribution's plaintext proof, the
+    recomputed product) before it releases anything of it; that check runs on one core for
+    a few tenths of a second. A partial alone reveals nothing (it takes ``t`` of them to
+    decrypt), so computing it meanwhile on the worker pool is safe: it is released only
+    after the check passes and a quorum of holders echoed the same aggregate, as always,
+    and dropped when the check fails. :func:`decrypt` uses it only for exactly the
+    ciphertexts it was started on.
+    """
+
+    aggregate_sha256: str
+    ciphertexts: tuple[int, ...]
+    result: Future[tuple[tp.PartialDecryption, float]]
+
+
+def start_early(
+    agent: Site,
+    task: federation_pb2.Task,
+    key: ThresholdKey,
+    round_number: int,
+    aggregate_sha256: str,
+    ciphertexts: list[int],
+) -> EarlyPartial:
+    """Start computing this site's block partials (part 0) of an unchecked aggregate."""
+    positions = positions_of(key.share.index, 0, key.verification_keys, len(ciphertexts))
+    context = _context(task.run_id, round_number, _label(aggregate_sha256, 0))
+    chosen = [ciphertexts[k] for k in positions]
+    workers = agent.config.encrypt_workers
+
+    def compute() -> tuple[tp.PartialDecryption, float]:
+        started = time.monotonic()
+        return compute_partial(key, chosen, context, workers), time.monotonic() - started
+
+    return EarlyPartial(aggregate_sha256, tuple(ciphertexts), _EARLY.submit(compute))
 
 
 def decrypt(
@@ -40,6 +82,7 @@ def decrypt(
     round_number: int,
     aggregate_sha256: str,
     ciphertexts: list[int],
+    early: EarlyPartial | None = None,
 ) -> list[int]:
     """The plaintext sums of one round's aggregate, from ``t`` verified partials per value.
 
@@ -107,13 +150,21 @@ def decrypt(
         started = time.monotonic()
         positions = positions_of(key.share.index, part, keys_, count)
         label = _label(aggregate_sha256, part)
-        own = compute_partial(
-            key,
-            [ciphertexts[k] for k in positions],
-            _context(run, round_number, label),
-            agent.config.encrypt_workers,
-        )
-        took = time.monotonic() - started
+        if (
+            part == 0
+            and early is not None
+            and early.aggregate_sha256 == aggregate_sha256
+            and early.ciphertexts == tuple(ciphertexts)
+        ):
+            own, took = early.result.result()  # started while the aggregate was checked
+        else:
+            own = compute_partial(
+                key,
+                [ciphertexts[k] for k in positions],
+                _context(run, round_number, label),
+                agent.config.encrypt_workers,
+            )
+            took = time.monotonic() - started
         # Computed while the other holders echo; released only once a quorum of them echoed
         # this aggregate (client.threshold_echo), checked once per round.
         if not echoed:

@@ -273,14 +273,22 @@ def encrypt(key: site_threshold.ThresholdKey, values: list[int]) -> list[int]:
     return [key.public_key.raw_encrypt(v) for v in values]
 
 
-def decrypt_at(dealt: Dealt, which: list[int], cts: list[int], keys_, round_number: int = 2):
+def decrypt_at(
+    dealt: Dealt, which: list[int], cts: list[int], keys_, round_number: int = 2, early=None
+):
     results: dict[int, object] = {}
 
     def one(i: int) -> None:
         site = dealt.sites[i]
         try:
             results[i] = partials_mod.decrypt(
-                site, dealt.task(site, round_number), keys_[i], round_number, AGGREGATE, cts
+                site,
+                dealt.task(site, round_number),
+                keys_[i],
+                round_number,
+                AGGREGATE,
+                cts,
+                (early or {}).get(i),
             )  # type: ignore[arg-type]
         except TaskRefused as exc:
             results[i] = exc
@@ -346,6 +354,50 @@ def test_a_wrong_partial_is_named_and_the_others_decrypt(dealt, monkeypatch):
     assert ("site-a", "site-c") in {(who, accused) for who, accused, _ in relay.complaints}
     assert all(accused == "site-c" for _, accused, _ in relay.complaints)
     assert all("proof of correct decryption fails" in r for _, _, r in relay.complaints)
+
+
+def test_early_partials_are_released_only_by_decrypt_and_only_for_their_ciphertexts(
+    dealt, monkeypatch
+):
+    """Partials started while the aggregate is checked (client/schemes/paillier.py).
+
+    Starting them publishes nothing: a site whose check fails has released nothing. And
+    a coordinator that showed a site other bytes under the same aggregate name while it
+    started them cannot get those partials released for the real aggregate: the site
+    computes afresh (an early partial of the wrong ciphertexts would fail every other
+    holder's proof check and name this honest site).
+    """
+    relay = fresh(dealt)
+    keys_ = open_all(dealt)
+    values = [3, 4, 5]
+    cts = encrypt(keys_[0], values)
+    decoy = encrypt(keys_[0], [6, 7, 8])
+    early = {
+        0: partials_mod.start_early(
+            dealt.sites[0], dealt.task(dealt.sites[0]), keys_[0], 2, AGGREGATE, cts
+        ),
+        1: partials_mod.start_early(
+            dealt.sites[1], dealt.task(dealt.sites[1]), keys_[1], 2, AGGREGATE, decoy
+        ),
+    }
+    for started in early.values():
+        started.result.result(timeout=30)
+    assert relay.partials == {} and relay.echoes == {}  # computed, not released
+
+    computed: list[str] = []
+    real_compute = partials_mod.compute_partial
+
+    def counting(key, ciphertexts, context, workers):  # type: ignore[no-untyped-def]
+        computed.append(key.share.index)
+        return real_compute(key, ciphertexts, context, workers)
+
+    monkeypatch.setattr(partials_mod, "compute_partial", counting)
+    results = decrypt_at(dealt, [0, 1, 2], cts, keys_, early=early)
+
+    assert results == {0: values, 1: values, 2: values}
+    assert 1 not in computed  # site-a used its early partials
+    assert 2 in computed and 3 in computed  # site-b's were of the decoy: computed afresh
+    assert relay.complaints == []
 
 
 def test_swapped_partials_do_not_open_and_both_sites_are_named(dealt):

@@ -175,8 +175,9 @@ class PaillierScheme:
                 dp_site_scheme.check_contributions(aggregate, layout)
             elif task.HasField("privacy"):
                 dp_site_scheme.check_unit_weights(aggregate)  # record-level DP: sites weigh 1
+            early = self.start_decrypting(site, task, aggregate)
             payload = checked_aggregate(site, task, aggregate, public_key)
-            sums = self.sums(site, task, aggregate, payload)
+            sums = self.sums(site, task, aggregate, payload, early)
             mean = (
                 _mean(aggregate, codec, sums, state.clip_for(codec))
                 if layout is None
@@ -187,7 +188,22 @@ class PaillierScheme:
             state.applied_round = aggregate.round
         return state.arrays()
 
-    def sums(self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes) -> Sums:
+    def start_decrypting(self, site: SchemeSite, task: Task, aggregate: AggregateRef) -> Any:
+        """Work on an aggregate that may start before it is checked: none with the whole key.
+
+        A key holder's decryption of an unchecked aggregate would be a plaintext this
+        site's policy forbids it to look at (one site's update, say), so it waits.
+        """
+        return None
+
+    def sums(
+        self,
+        site: SchemeSite,
+        task: Task,
+        aggregate: AggregateRef,
+        payload: bytes,
+        early: Any = None,
+    ) -> Sums:
         """The checked aggregate's plaintext sums, decrypted with the run's key when called."""
         _, private_key = site.run_keys(task)
         if private_key is None:  # a coordinator that drops the task's threshold
@@ -286,16 +302,42 @@ class PaillierScheme:
 class ThresholdPaillierScheme(PaillierScheme):
     """A t-of-n run: no site holds the key; t sites' partial decryptions open each aggregate."""
 
-    def sums(self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes) -> Sums:
+    def start_decrypting(self, site: SchemeSite, task: Task, aggregate: AggregateRef) -> Any:
+        """The site's own partials of the aggregate, started while it is checked.
+
+        A partial alone reveals nothing (client/threshold_partials.py ``EarlyPartial``): it
+        is released only once the check passes and a quorum of holders echoed the same
+        aggregate. Nothing starts for an aggregate whose bytes do not read as ciphertexts
+        (the check refuses it).
+        """
+        from client import threshold_partials
+
+        key = self._share(site, task)
+        width = crypto.ciphertext_width(key.public_key)
+        payload = site.fetch(task.run_id, aggregate.sha256)
+        if not payload or len(payload) % width:
+            return None
+        return threshold_partials.start_early(
+            site,
+            task,
+            key,
+            int(aggregate.round),
+            aggregate.sha256,
+            crypto.ciphertexts_from_bytes(payload, width),
+        )
+
+    def sums(
+        self,
+        site: SchemeSite,
+        task: Task,
+        aggregate: AggregateRef,
+        payload: bytes,
+        early: Any = None,
+    ) -> Sums:
         """The checked aggregate's plaintext sums, from t verified partials (asked for now)."""
         from client import threshold_partials
 
-        site.run_keys(task)  # opened once; a share for a threshold run
-        key = site.custody.threshold.get(task.run_id)
-        if key is None:  # a coordinator that adds a threshold to a single-key run
-            raise TaskRefused(
-                "verify", f"run {task.run_id}'s key is not t-of-n shares; its tasks say otherwise"
-            )
+        key = self._share(site, task)
         width = crypto.ciphertext_width(key.public_key)
         sums = threshold_partials.decrypt(
             site,
@@ -304,8 +346,20 @@ class ThresholdPaillierScheme(PaillierScheme):
             int(aggregate.round),
             aggregate.sha256,
             crypto.ciphertexts_from_bytes(payload, width),
+            early,
         )
         return lambda: sums
+
+    @staticmethod
+    def _share(site: SchemeSite, task: Task) -> Any:
+        """The site's share of the run's t-of-n key, refused for a single-key run."""
+        site.run_keys(task)  # opened once; a share for a threshold run
+        key = site.custody.threshold.get(task.run_id)
+        if key is None:  # a coordinator that adds a threshold to a single-key run
+            raise TaskRefused(
+                "verify", f"run {task.run_id}'s key is not t-of-n shares; its tasks say otherwise"
+            )
+        return key
 
 
 def _needed(codec: crypto.SlotCodec, arrays: NDArrays) -> int:
