@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import gmpy2
 from phe import PaillierPrivateKey, PaillierPublicKey
 
-from crypto._parallel import shared_pool, split_evenly, worker_count
+from crypto._parallel import releases_gil, shared_pool, split_evenly, worker_count
 from crypto.fixed_base import unit
 from crypto.obfuscators import fresh_pairs
 from crypto.randomness import RandomnessPool
@@ -17,6 +17,7 @@ __all__ = ["decrypt_packed", "encrypt_packed"]
 _MIN_PER_WORKER = 4
 
 
+@releases_gil
 def encrypt_packed(
     public_key: PaillierPublicKey,
     plaintexts: Sequence[int],
@@ -81,6 +82,7 @@ def encrypt_packed(
     return [int((m * n + 1) * r % n_square) for m, (_, r) in zip(plaintexts, pairs, strict=True)]
 
 
+@releases_gil
 def decrypt_packed(
     private_key: PaillierPrivateKey, ciphertexts: Sequence[int], workers: int | None = None
 ) -> list[int]:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 
 import gmpy2
 
+from crypto._parallel import releases_gil
+
 if TYPE_CHECKING:
     from phe import PaillierPublicKey
 
@@ -185,6 +187,7 @@ def _require_openings(
         raise ValueError("one plaintext and one unit per ciphertext, and at least one")
 
 
+@releases_gil
 def _prove(
     n: int,
     ciphertexts: Sequence[int],
@@ -212,6 +215,7 @@ def _prove(
     return PlaintextProof(int(a), int(w), int(z))
 
 
+@releases_gil
 def verify(
     n: int,
     ciphertexts: Sequence[int],

@@ -43,7 +43,7 @@ from functools import cached_property
 import gmpy2
 from phe import PaillierPublicKey
 
-from crypto._parallel import shared_pool, split_evenly, worker_count
+from crypto._parallel import releases_gil, shared_pool, split_evenly, worker_count
 from crypto.primes import is_safe_prime, safe_prime
 
 __all__ = [
@@ -426,6 +426,7 @@ def prove_partials(
     return DecryptionProof(challenge=challenge, response=nonce + challenge * secret)
 
 
+@releases_gil
 def make_partial_decryption(
     share: KeyShare,
     keys: VerificationKeys,
@@ -440,6 +441,7 @@ def make_partial_decryption(
     return PartialDecryption(index=share.index, values=tuple(values), proof=proof)
 
 
+@releases_gil
 def verify_partials(
     keys: VerificationKeys,
     ciphertexts: Sequence[int],
@@ -513,6 +515,7 @@ def _partial_is_valid(
     return expected == proof.challenge
 
 
+@releases_gil
 def combine(
     partials_by_index: Mapping[int, Sequence[int]],
     keys: VerificationKeys,
