@@ -7,6 +7,7 @@ configuration and state folder (policy, pinned peers, pinned runs), never from t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from client.peers import UntrustedPeer
@@ -155,8 +156,15 @@ def checked_aggregate(
     task: federation_pb2.Task,
     aggregate: federation_pb2.AggregateRef,
     public_key: Any,
+    on_signed: Callable[[bytes], None] | None = None,
 ) -> bytes:
     """The aggregate's ciphertexts, fetched, once its manifest and product check.
+
+    ``on_signed`` is called with the fetched bytes once the signed manifest checks
+    (enough pinned sites signed contributions of this size for this run and round), before
+    the costlier product and proof checks: a threshold site starts its partials there
+    (client/threshold_partials.py ``EarlyPartial``), so a coordinator cannot set that work
+    going with an aggregate nobody signed.
 
     Raises
     ------
@@ -196,6 +204,8 @@ def checked_aggregate(
         payload_size=len(payload),
         require_proofs=True,
     )
+    if on_signed is not None:
+        on_signed(payload)
     payloads = verify_aggregate(
         entries,
         payload,

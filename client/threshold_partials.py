@@ -10,8 +10,9 @@ with a batched proof of correct decryption, and a wrong one is named, never comb
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,8 @@ SPREAD_WAIT_SECONDS = 2.0
 """Least time a site waits for the others' blocks before it decrypts the whole vector."""
 POLL_SECONDS = 2.0
 """Longest single wait for partials at the coordinator (it answers as soon as one arrives)."""
-_EARLY = ThreadPoolExecutor(max_workers=2, thread_name_prefix="early-partials")
+_running_lock = threading.Lock()
+_running: set[str] = set()  # sites with early partials being computed
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,20 @@ class EarlyPartial:
     """A site's block partials of an aggregate, started before the aggregate is checked.
 
     A site checks an aggregate (signed manifest, every contribution's plaintext proof, the
-    recomputed product) before it releases anything of it; that check runs on one core for
-    a few tenths of a second. A partial alone reveals nothing (it takes ``t`` of them to
-    decrypt), so computing it meanwhile on the worker pool is safe: it is released only
-    after the check passes and a quorum of holders echoed the same aggregate, as always,
-    and dropped when the check fails. :func:`decrypt` uses it only for exactly the
-    ciphertexts it was started on.
+    recomputed product) before it releases anything of it. Once the signed manifest checks
+    (client/sovereign.py ``on_signed``), the costlier product and proof checks still take a
+    few tenths of a second on one core. A partial alone reveals nothing (it takes ``t`` of
+    them to decrypt), so computing it meanwhile on the worker pool is safe: it is released
+    only after every check passes and a quorum of holders echoed the same aggregate, as
+    always, and dropped when a check fails. :func:`decrypt` uses it only for the same run,
+    round, share, aggregate name and ciphertexts, and computes afresh if it failed or is
+    late. One at a time per site, on a daemon thread: a coordinator replaying signed
+    manifests with other bytes cannot queue work, and a pending one never holds up exit.
     """
 
+    run_id: str
+    round_number: int
+    index: int
     aggregate_sha256: str
     ciphertexts: tuple[int, ...]
     result: Future[tuple[tp.PartialDecryption, float]]
@@ -61,18 +69,59 @@ def start_early(
     round_number: int,
     aggregate_sha256: str,
     ciphertexts: list[int],
-) -> EarlyPartial:
-    """Start computing this site's block partials (part 0) of an unchecked aggregate."""
+) -> EarlyPartial | None:
+    """Start this site's block partials (part 0) of an aggregate; None if one is running."""
+    me = agent.identity.site_name
+    with _running_lock:
+        if me in _running:
+            return None
+        _running.add(me)
     positions = positions_of(key.share.index, 0, key.verification_keys, len(ciphertexts))
     context = _context(task.run_id, round_number, _label(aggregate_sha256, 0))
     chosen = [ciphertexts[k] for k in positions]
     workers = agent.config.encrypt_workers
+    result: Future[tuple[tp.PartialDecryption, float]] = Future()
 
-    def compute() -> tuple[tp.PartialDecryption, float]:
+    def compute() -> None:
         started = time.monotonic()
-        return compute_partial(key, chosen, context, workers), time.monotonic() - started
+        try:
+            partial = compute_partial(key, chosen, context, workers)
+            result.set_result((partial, time.monotonic() - started))
+        except BaseException as exc:
+            result.set_exception(exc)
+        finally:
+            with _running_lock:
+                _running.discard(me)
 
-    return EarlyPartial(aggregate_sha256, tuple(ciphertexts), _EARLY.submit(compute))
+    threading.Thread(target=compute, name=f"early-partials-{me}", daemon=True).start()
+    return EarlyPartial(
+        task.run_id, round_number, key.share.index, aggregate_sha256, tuple(ciphertexts), result
+    )
+
+
+def _early_result(
+    early: EarlyPartial | None,
+    run: str,
+    round_number: int,
+    key: ThresholdKey,
+    aggregate_sha256: str,
+    ciphertexts: list[int],
+    deadline: float,
+) -> tuple[tp.PartialDecryption, float] | None:
+    """The early partials if they are for exactly this decryption and came in time."""
+    if early is None or (
+        early.run_id,
+        early.round_number,
+        early.index,
+        early.aggregate_sha256,
+        early.ciphertexts,
+    ) != (run, round_number, key.share.index, aggregate_sha256, tuple(ciphertexts)):
+        return None
+    try:
+        return early.result.result(timeout=max(deadline - time.time(), 0.0))
+    except Exception:  # failed (a broken pool) or late: compute afresh
+        log.warning("early partials unusable; computing them now", exc_info=True)
+        return None
 
 
 def decrypt(
@@ -150,13 +199,13 @@ def decrypt(
         started = time.monotonic()
         positions = positions_of(key.share.index, part, keys_, count)
         label = _label(aggregate_sha256, part)
-        if (
-            part == 0
-            and early is not None
-            and early.aggregate_sha256 == aggregate_sha256
-            and early.ciphertexts == tuple(ciphertexts)
-        ):
-            own, took = early.result.result()  # started while the aggregate was checked
+        ready = (
+            _early_result(early, run, round_number, key, aggregate_sha256, ciphertexts, deadline)
+            if part == 0
+            else None
+        )
+        if ready is not None:
+            own, took = ready  # started while the aggregate was checked
         else:
             own = compute_partial(
                 key,

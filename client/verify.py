@@ -26,6 +26,7 @@ import gmpy2
 
 from client.policy import TaskRefused
 from crypto import identity
+from crypto._parallel import releases_gil
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def check_manifest(
         )
 
 
+@releases_gil
 def product_matches(aggregate: bytes, payloads: Sequence[bytes], width: int, n_square: int) -> bool:
     """True when the slot-wise product of ``payloads`` modulo ``n_square`` is ``aggregate``.
 

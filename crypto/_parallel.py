@@ -38,7 +38,10 @@ def releases_gil(func: Callable[_P, _R]) -> Callable[_P, _R]:
 
     @functools.wraps(func)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with gmpy2.context(allow_release_gil=True):
+        # A copy of the caller's context, so precision and traps stay as they were.
+        context = gmpy2.get_context().copy()
+        context.allow_release_gil = True
+        with context:
             return func(*args, **kwargs)
 
     return wrapper

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import gmpy2
 from phe import PaillierPublicKey
 
+from crypto._parallel import releases_gil
+
 __all__ = ["add_encrypted", "validate_ciphertexts"]
 
 
@@ -37,6 +39,7 @@ def validate_ciphertexts(cts: Sequence[int], public_key: PaillierPublicKey) -> N
             raise ValueError(f"ciphertext {index} is not coprime with n")
 
 
+@releases_gil
 def add_encrypted(vectors: Sequence[Sequence[int]], public_key: PaillierPublicKey) -> list[int]:
     """Return the slot-wise product modulo ``n²``: an encryption of the slot-wise plaintext sum.
 

@@ -82,3 +82,30 @@ def test_two_processes_on_one_state_folder_share_the_aggregate_pins(tmp_path):
 
     agent.mark_trained("run1")  # a later save by the agent keeps the export's pin
     assert RunPins.load(tmp_path, "A").runs["run1"].aggregates == {"5": "subset-without-the-victim"}
+
+
+def test_work_before_the_product_check_starts_only_for_a_signed_manifest(
+    tmp_path, round_, public_key
+):
+    """A threshold site starts its partials at ``on_signed`` (client/schemes/paillier.py):
+    an aggregate nobody signed (too few sites, a dropped signature) must not set it going;
+    a signed one whose product fails does, and is then refused."""
+    site = SiteUnderTest(tmp_path, "C", round_)
+    seen: list[bytes] = []
+    unsigned = round_.aggregate("ABCD")
+    unsigned.contributions[0].signature = b"\0" * 64
+    few = round_.aggregate("AB")
+    for hostile in (unsigned, few):
+        with pytest.raises(TaskRefused):
+            checked_aggregate(site, round_.task(), hostile, public_key, on_signed=seen.append)
+    assert seen == []
+    wrong_product = round_.aggregate("ABC")
+    wrong_product.contributions.pop()
+    wrong_product.contributions.add().CopyFrom(round_.aggregate("ABCD").contributions[3])
+    with pytest.raises(TaskRefused):
+        checked_aggregate(site, round_.task(), wrong_product, public_key, on_signed=seen.append)
+    assert len(seen) == 1  # signed: started, then refused at the product
+    payload = checked_aggregate(
+        site, round_.task(), round_.aggregate("ABCD"), public_key, on_signed=seen.append
+    )
+    assert seen[-1] == payload

@@ -11,27 +11,29 @@ import gmpy2
 import pytest
 
 import crypto
+from client.verify import product_matches
 from crypto import plaintext_proof
 from crypto import threshold as tp
 from crypto._parallel import releases_gil
 
 
 def test_the_context_allows_release_inside_and_is_restored_after() -> None:
-    seen: list[bool] = []
+    seen: list[tuple[bool, int]] = []
 
     @releases_gil
     def inside() -> None:
-        seen.append(gmpy2.get_context().allow_release_gil)
+        seen.append((gmpy2.get_context().allow_release_gil, gmpy2.get_context().precision))
 
     @releases_gil
     def failing() -> None:
         raise RuntimeError("boom")
 
     before = gmpy2.get_context().allow_release_gil
-    inside()
+    with gmpy2.context(precision=200):  # the caller's other settings are kept inside
+        inside()
     with pytest.raises(RuntimeError):
         failing()
-    assert seen == [True]
+    assert seen == [(True, 200)]
     assert gmpy2.get_context().allow_release_gil == before
 
 
@@ -39,7 +41,11 @@ def test_the_context_allows_release_inside_and_is_restored_after() -> None:
     "entry",
     [
         crypto.encrypt_packed,
+        crypto.decrypt_packed,
+        crypto.add_encrypted,
         plaintext_proof.verify,
+        plaintext_proof._prove,
+        product_matches,
         tp.make_partial_decryption,
         tp.verify_partials,
         tp.combine,
@@ -47,7 +53,8 @@ def test_the_context_allows_release_inside_and_is_restored_after() -> None:
     ids=lambda f: f.__name__,
 )
 def test_the_hot_entry_points_are_wrapped(entry) -> None:  # type: ignore[no-untyped-def]
-    assert entry.__wrapped__ is not None  # functools.wraps of releases_gil
+    assert entry.__code__ is releases_gil(len).__code__  # releases_gil's own wrapper
+    assert entry.__wrapped__ is not None
 
 
 def test_a_proof_made_and_checked_with_the_gil_released_still_verifies() -> None:

@@ -381,6 +381,7 @@ def test_early_partials_are_released_only_by_decrypt_and_only_for_their_cipherte
         ),
     }
     for started in early.values():
+        assert started is not None
         started.result.result(timeout=30)
     assert relay.partials == {} and relay.echoes == {}  # computed, not released
 
@@ -398,6 +399,35 @@ def test_early_partials_are_released_only_by_decrypt_and_only_for_their_cipherte
     assert 1 not in computed  # site-a used its early partials
     assert 2 in computed and 3 in computed  # site-b's were of the decoy: computed afresh
     assert relay.complaints == []
+
+
+def test_early_partials_run_one_at_a_time_per_site_and_a_failed_one_is_redone(dealt, monkeypatch):
+    """A coordinator replaying a signed manifest with other bytes cannot queue work at a
+    site (one early computation at a time); early work that failed (a broken worker pool)
+    costs the site nothing but the time: it computes afresh and the round decrypts."""
+    fresh(dealt)
+    keys_ = open_all(dealt)
+    values = [11, 12, 13]
+    cts = encrypt(keys_[0], values)
+    release = threading.Event()
+
+    def stuck(key, ciphertexts, context, workers):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        raise RuntimeError("the worker pool broke")
+
+    monkeypatch.setattr(partials_mod, "compute_partial", stuck)
+    site = dealt.sites[0]
+    first = partials_mod.start_early(site, dealt.task(site), keys_[0], 2, AGGREGATE, cts)
+    second = partials_mod.start_early(site, dealt.task(site), keys_[0], 2, AGGREGATE, cts)
+    assert first is not None and second is None
+    release.set()
+    with pytest.raises(RuntimeError):
+        first.result.result(timeout=30)
+    monkeypatch.undo()
+
+    results = decrypt_at(dealt, [0, 1, 2], cts, keys_, early={0: first})
+
+    assert results == {0: values, 1: values, 2: values}
 
 
 def test_swapped_partials_do_not_open_and_both_sites_are_named(dealt):

@@ -175,9 +175,15 @@ class PaillierScheme:
                 dp_site_scheme.check_contributions(aggregate, layout)
             elif task.HasField("privacy"):
                 dp_site_scheme.check_unit_weights(aggregate)  # record-level DP: sites weigh 1
-            early = self.start_decrypting(site, task, aggregate)
-            payload = checked_aggregate(site, task, aggregate, public_key)
-            sums = self.sums(site, task, aggregate, payload, early)
+            started: list[Any] = []  # work begun once the signed manifest checked
+
+            def begin(
+                signed: bytes, aggregate: AggregateRef = aggregate, started: list[Any] = started
+            ) -> None:
+                started.append(self.start_decrypting(site, task, aggregate, signed))
+
+            payload = checked_aggregate(site, task, aggregate, public_key, on_signed=begin)
+            sums = self.sums(site, task, aggregate, payload, started[0] if started else None)
             mean = (
                 _mean(aggregate, codec, sums, state.clip_for(codec))
                 if layout is None
@@ -188,8 +194,12 @@ class PaillierScheme:
             state.applied_round = aggregate.round
         return state.arrays()
 
-    def start_decrypting(self, site: SchemeSite, task: Task, aggregate: AggregateRef) -> Any:
-        """Work on an aggregate that may start before it is checked: none with the whole key.
+    def start_decrypting(
+        self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes
+    ) -> Any:
+        """Work on a signed aggregate that may start before its product and proofs check.
+
+        None with the whole key.
 
         A key holder's decryption of an unchecked aggregate would be a plaintext this
         site's policy forbids it to look at (one site's update, say), so it waits.
@@ -302,21 +312,19 @@ class PaillierScheme:
 class ThresholdPaillierScheme(PaillierScheme):
     """A t-of-n run: no site holds the key; t sites' partial decryptions open each aggregate."""
 
-    def start_decrypting(self, site: SchemeSite, task: Task, aggregate: AggregateRef) -> Any:
-        """The site's own partials of the aggregate, started while it is checked.
+    def start_decrypting(
+        self, site: SchemeSite, task: Task, aggregate: AggregateRef, payload: bytes
+    ) -> Any:
+        """The site's own partials of a signed aggregate, started while it is checked.
 
         A partial alone reveals nothing (client/threshold_partials.py ``EarlyPartial``): it
-        is released only once the check passes and a quorum of holders echoed the same
-        aggregate. Nothing starts for an aggregate whose bytes do not read as ciphertexts
-        (the check refuses it).
+        is released only once the product and proofs check and a quorum of holders echoed
+        the same aggregate. Called with the bytes the signed manifest was checked against.
         """
         from client import threshold_partials
 
         key = self._share(site, task)
         width = crypto.ciphertext_width(key.public_key)
-        payload = site.fetch(task.run_id, aggregate.sha256)
-        if not payload or len(payload) % width:
-            return None
         return threshold_partials.start_early(
             site,
             task,
