@@ -246,7 +246,7 @@ class Link:
             metadata=self.metadata(),
             timeout=self.timeouts.fetch,
         )
-        return wire.join_chunks(chunks, max_size=max_bytes)
+        return wire.join_chunks(chunks, max_size=max_bytes, expected_sha256=sha256)
 
     def header(self, task: federation_pb2.Task, update: Update) -> federation_pb2.UpdateHeader:
         """:func:`update_header` as this site (signed when the link has a signer)."""

@@ -80,14 +80,22 @@ def chunk_stream(data: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[common_p
         )
 
 
-def join_chunks(chunks: Iterable[common_pb2.Chunk], max_size: int | None = None) -> bytes:
+def join_chunks(
+    chunks: Iterable[common_pb2.Chunk],
+    max_size: int | None = None,
+    expected_sha256: str | None = None,
+) -> bytes:
     """Reassemble a server-streamed payload and check its size and sha256.
+
+    ``expected_sha256``: the blob that was asked for. Without it the stream's own
+    announced sha256 is all the bytes are checked against, which a hostile server chooses.
 
     Raises
     ------
     PayloadError
         When chunks arrive out of order, the stream is longer than announced or than
-        ``max_size``, or the bytes do not hash to the announced sha256.
+        ``max_size``, the bytes do not hash to the announced sha256, or that is not
+        ``expected_sha256``.
     """
     parts: list[bytes] = []
     received = 0
@@ -109,6 +117,10 @@ def join_chunks(chunks: Iterable[common_pb2.Chunk], max_size: int | None = None)
         raise PayloadError(f"stream ended after {len(data)} of {max(total, 0)} bytes")
     if sha256_hex(data) != digest:
         raise PayloadError("payload does not match its sha256")
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise PayloadError(
+            f"the server sent blob {digest[:12]} for the {expected_sha256[:12]} asked for"
+        )
     return data
 
 

@@ -42,6 +42,16 @@ def test_truncated_stream_is_refused():
         wire.join_chunks(chunks)
 
 
+def test_a_consistent_stream_of_another_blob_is_refused():
+    """A hostile server answers a fetch of blob A with blob B, announcing B's own sha256:
+    every chunk checks against what it announced, not against what was asked for."""
+    asked, sent = b"the aggregate that was checked", b"other bytes of the same length!"
+    wanted = wire.sha256_hex(asked)
+    assert wire.join_chunks(wire.chunk_stream(asked, 7), expected_sha256=wanted) == asked
+    with pytest.raises(wire.PayloadError, match="asked for"):
+        wire.join_chunks(wire.chunk_stream(sent, 7), expected_sha256=wanted)
+
+
 def test_stream_over_limit_is_refused_before_reading_it():
     with pytest.raises(wire.PayloadError, match="limit"):
         wire.join_chunks(wire.chunk_stream(b"x" * 100, 10), max_size=50)
@@ -100,3 +110,18 @@ def test_metrics_keep_only_scalars():
 
     assert set(metrics) == {"a", "b", "d"}
     assert serde.scalar_from_proto(metrics["d"]) is True
+
+
+def test_a_site_fetching_a_blob_gets_that_blob_or_an_error():
+    from client.link import Link
+
+    asked, sent = b"signed aggregate", b"a decoy aggregate"
+
+    class Stub:  # a hostile coordinator: always the decoy, announced under its own hash
+        def FetchModel(self, request, metadata=(), timeout=None):  # type: ignore[no-untyped-def]
+            return wire.chunk_stream(sent, 4)
+
+    link = Link(Stub(), lambda: "token")
+    with pytest.raises(wire.PayloadError, match="asked for"):
+        link.fetch("run", wire.sha256_hex(asked))
+    assert link.fetch("run", wire.sha256_hex(sent)) == sent
