@@ -36,7 +36,6 @@ def run_site_audit(
     if not (hasattr(client, "predict_proba") and hasattr(client, "holdout_data")):
         log.info("client offers no audit hook; skipping the SHAP audit")
         return None
-    import torch
 
     import models
 
@@ -45,7 +44,7 @@ def run_site_audit(
     holdout = client.holdout_data
     background = client.train_data.x
     n_classes = int(client.predict_proba(holdout.x[:1]).shape[1])
-    model = _audited_model(client, torch.nn.Module)
+    model = _audited_model(client)
     return audit_tabular(
         model,
         background,
@@ -59,7 +58,7 @@ def run_site_audit(
     )
 
 
-def _audited_model(client: Any, module_type: type) -> Any:
+def _audited_model(client: Any) -> Any:
     """What the audit explains: the module when ``predict_proba`` is the built-in one.
 
     The built-in trainer's ``predict_proba`` is ``softmax(model(x))``, so the audit may run
@@ -68,13 +67,15 @@ def _audited_model(client: Any, module_type: type) -> Any:
     a calibration step) is explained through its own function: the module alone is not
     the model the site scores with.
     """
+    import torch
+
     from client.trainer import TabularTrainer
 
     # The bound method's function: an override on the class or on the instance differs.
     scorer = getattr(client, "predict_proba", None)
     builtin = getattr(scorer, "__func__", None) is TabularTrainer.predict_proba
     module = getattr(client, "model", None)
-    return module if builtin and isinstance(module, module_type) else client.predict_proba
+    return module if builtin and isinstance(module, torch.nn.Module) else client.predict_proba
 
 
 def warm_explainer() -> None:

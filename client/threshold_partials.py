@@ -76,17 +76,16 @@ def start_early(
         if me in _running:
             return None
         _running.add(me)
-    positions = positions_of(key.share.index, 0, key.verification_keys, len(ciphertexts))
-    context = _context(task.run_id, round_number, _label(aggregate_sha256, 0))
-    chosen = [ciphertexts[k] for k in positions]
     workers = agent.config.encrypt_workers
     result: Future[tuple[tp.PartialDecryption, float]] = Future()
 
     def compute() -> None:
-        started = time.monotonic()
         try:
-            partial = compute_partial(key, chosen, context, workers)
-            result.set_result((partial, time.monotonic() - started))
+            result.set_result(
+                _own_partials(
+                    key, task.run_id, round_number, aggregate_sha256, ciphertexts, 0, workers
+                )
+            )
         except BaseException as exc:
             result.set_exception(exc)
         finally:
@@ -97,6 +96,27 @@ def start_early(
     return EarlyPartial(
         task.run_id, round_number, key.share.index, aggregate_sha256, tuple(ciphertexts), result
     )
+
+
+def _own_partials(
+    key: ThresholdKey,
+    run: str,
+    round_number: int,
+    aggregate_sha256: str,
+    ciphertexts: list[int],
+    part: int,
+    workers: int | None,
+) -> tuple[tp.PartialDecryption, float]:
+    """A site's partials of its blocks (part 0) or the whole vector (1), and their seconds."""
+    started = time.monotonic()
+    positions = positions_of(key.share.index, part, key.verification_keys, len(ciphertexts))
+    own = compute_partial(
+        key,
+        [ciphertexts[k] for k in positions],
+        _context(run, round_number, _label(aggregate_sha256, part)),
+        workers,
+    )
+    return own, time.monotonic() - started
 
 
 def _early_result(
@@ -196,24 +216,21 @@ def decrypt(
         return len(reply.partials)
 
     def mine(part: int) -> float:
-        started = time.monotonic()
         positions = positions_of(key.share.index, part, keys_, count)
-        label = _label(aggregate_sha256, part)
-        ready = (
+        ready = (  # started while the aggregate was checked
             _early_result(early, run, round_number, key, aggregate_sha256, ciphertexts, deadline)
             if part == 0
             else None
         )
-        if ready is not None:
-            own, took = ready  # started while the aggregate was checked
-        else:
-            own = compute_partial(
-                key,
-                [ciphertexts[k] for k in positions],
-                _context(run, round_number, label),
-                agent.config.encrypt_workers,
-            )
-            took = time.monotonic() - started
+        own, took = ready or _own_partials(
+            key,
+            run,
+            round_number,
+            aggregate_sha256,
+            ciphertexts,
+            part,
+            agent.config.encrypt_workers,
+        )
         # Computed while the other holders echo; released only once a quorum of them echoed
         # this aggregate (client.threshold_echo), checked once per round.
         if not echoed:

@@ -9,7 +9,6 @@ site does not use.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from helpers import breast_cancer_sites
 
 from client.audit import _audited_model, run_site_audit
@@ -27,13 +26,13 @@ class Calibrated(TabularTrainer):
 
 def test_the_built_in_trainer_is_audited_through_its_module() -> None:
     trainer = breast_cancer_sites(1)[0]
-    assert _audited_model(trainer, torch.nn.Module) is trainer.model
+    assert _audited_model(trainer) is trainer.model
 
 
 def test_an_overridden_predict_proba_is_what_the_audit_explains() -> None:
     plain = breast_cancer_sites(1)[0]
     site = Calibrated(plain.source, seed=0)
-    chosen = _audited_model(site, torch.nn.Module)
+    chosen = _audited_model(site)
     assert chosen is not site.model and chosen == site.predict_proba
 
     summary = run_site_audit(site, get_weights(site.model), site="a", rows=40, seed=1)
@@ -51,4 +50,4 @@ def test_an_override_on_the_instance_is_what_the_audit_explains() -> None:
     calibrated = Calibrated.predict_proba.__get__(site)
     site.predict_proba = calibrated  # type: ignore[method-assign]
 
-    assert _audited_model(site, torch.nn.Module) == calibrated
+    assert _audited_model(site) == calibrated
