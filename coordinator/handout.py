@@ -37,9 +37,10 @@ from coordinator.schemes import scheme_of, weight_cap
 from crypto import identity as crypto_identity
 from protos import common_pb2, federation_pb2, serde
 
-# A node's live tasks with their runs, oldest first: one statement per poll that looks.
+# A node's live tasks with their runs' states, oldest first: one statement per poll that
+# looks, and columns, not entities (a Run row carries its config, schema and key).
 _LIVE_TASKS = (
-    select(Task, Run)
+    select(Task.id, Task.deadline, Task.kind, Run.state)
     .join(Run, Run.id == Task.run_id)
     .where(Task.node_id == bindparam("node_id"), Task.state.in_(LIVE))
     .order_by(Task.created_at)
@@ -142,13 +143,15 @@ class TaskHandout:
     @staticmethod
     def _next_task(session: Session, node_id: str) -> Task | None:
         now = time.time()
-        for task, run in session.execute(_LIVE_TASKS, {"node_id": node_id}).tuples():
-            if now >= task.deadline:
+        for task_id, deadline, kind, run_state in session.execute(
+            _LIVE_TASKS, {"node_id": node_id}
+        ).tuples():
+            if now >= deadline:
                 continue
-            if task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED:
-                return task
-            if run.state == RunState.RUNNING:
-                return task
+            if run_state == RunState.RUNNING or (
+                kind == TaskKind.AUDIT and run_state == RunState.COMPLETED
+            ):
+                return session.get(Task, task_id)
         return None
 
     def _task_message(self, session: Session, task: Task) -> federation_pb2.Task:

@@ -8,13 +8,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import event, update
+from sqlalchemy import event, inspect, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from coordinator.auditlog import LogHead
 from coordinator.blobs import BlobStore
 from coordinator.db import Database
+from coordinator.queries import LIVE
 from coordinator.schema import Node, Run, Task
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,10 @@ class TaskWatch:
     scheduler move) and query the database under the hub lock: with N sites parked that
     is N queries per update, the coordinator's main cost at 100 and more sites (issue 14).
     Here every committed transaction that touched a node's Task rows bumps that node's
-    version, and one that touched any Run (its state decides which tasks are live) bumps
-    the version of all; a poll queries again only when its node's version moved, and is
-    woken only then. Versions are bumped after COMMIT, and a poll reads its mark before
+    version, and one that added a Run or changed a Run's state (the state decides which
+    tasks are live; a run's other columns do not, and its new rounds come with Task rows)
+    bumps the version of all; a poll queries again only when its node's version moved,
+    and is woken only then. Versions are bumped after COMMIT, and a poll reads its mark before
     its query, so a change is never missed: it either is in the poll's query or moves
     the mark it waits on.
     """
@@ -125,10 +127,17 @@ class TaskWatch:
     @staticmethod
     def _collect(session: Session, _context: object) -> None:
         pending = session.info.setdefault(_PENDING, [set(), False])
-        for obj in (*session.new, *session.dirty, *session.deleted):
-            if isinstance(obj, Task):
+        for obj in (*session.new, *session.dirty):
+            # A task that stopped being live cannot be handed out, so a poll need not
+            # look again when one finishes (issue 14: each accepted update woke one). A
+            # new row counts whatever its state reads: column defaults land at INSERT.
+            if isinstance(obj, Task) and (obj in session.new or obj.state in LIVE):
                 pending[0].add(obj.node_id)
-            elif isinstance(obj, Run):
+            elif isinstance(obj, Run) and (
+                obj in session.new or inspect(obj).attrs.state.history.has_changes()
+            ):
+                # Every parked poll wakes on this: a round's counters or a run's aggregate
+                # do not change which tasks are live (issue 14: each woke N polls).
                 pending[1] = True
 
     def _publish(self, session: Session) -> None:

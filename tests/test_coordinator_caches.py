@@ -149,6 +149,65 @@ def test_a_task_given_after_an_empty_poll_is_delivered(auth_coordinator):
     assert tasks.pull_task(node_id, 0).task_id == "t"
 
 
+def test_a_run_that_starts_after_an_empty_poll_hands_out_its_task(auth_coordinator):
+    """A run's state decides which tasks are live: its change wakes every node's polls."""
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server)
+    with server.hub.db.transaction() as session:
+        session.get(Run, "r").state = RunState.PENDING
+        session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
+    tasks = TaskHandout(server.hub)
+    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # noted as idle
+
+    with server.hub.db.transaction() as session:
+        session.get(Run, "r").state = RunState.RUNNING
+
+    assert tasks.pull_task(node_id, 0).task_id == "t"
+
+
+def test_a_task_made_live_again_is_handed_out(auth_coordinator):
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server)
+    with server.hub.db.transaction() as session:
+        session.add(
+            Task(
+                id="t",
+                run_id="r",
+                node_id=node_id,
+                kind=TaskKind.INIT,
+                deadline=1e12,
+                state=TaskState.MISSED,
+            )
+        )
+    tasks = TaskHandout(server.hub)
+    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # noted as idle
+
+    with server.hub.db.transaction() as session:
+        session.get(Task, "t").state = TaskState.PENDING
+
+    assert tasks.pull_task(node_id, 0).task_id == "t"
+
+
+def test_a_finished_task_or_a_run_counter_moves_no_poll(auth_coordinator):
+    """Neither can give a node a task, so neither makes its parked polls query again."""
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server)
+    with server.hub.db.transaction() as session:
+        session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
+    before = server.hub.tasks.mark(node_id)
+
+    with server.hub.db.transaction() as session:
+        session.get(Task, "t").state = TaskState.DONE
+        run = session.get(Run, "r")
+        run.current_round += 1
+        run.round_attempts += 1
+
+    assert server.hub.tasks.mark(node_id) == before
+
+
 def test_a_task_cancelled_before_its_delivery_lands_is_not_handed_out(auth_coordinator):
     """The scheduler cancels the task between the poll's read and its write: no delivery."""
     server, channel = auth_coordinator
