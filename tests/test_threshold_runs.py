@@ -151,7 +151,7 @@ def _scan_for_secrets(coordinator, run_id: str, sites) -> None:
     assert rows and partials
     blobs = [bytes(r.sealed) for r in rows] + [bytes(p.sealed) for p in partials]
     for blob in blobs:
-        for magic in (b"CTS", b"CTP"):  # key share and partial encodings (crypto/threshold.py)
+        for magic in (b"CTS", b"CTP"):  # key share and partial encodings (threshold_encoding)
             assert magic not in blob
     stored = b"".join(p.read_bytes() for p in hub.blobs.root.rglob("*") if p.is_file())
     for magic in (b"CTS\x01", b"CTP\x01"):
