@@ -1,9 +1,9 @@
 """Modular exponentiations of threshold decryption, split across the shared process pool.
 
 A party's partials are one full exponentiation per ciphertext (:func:`powmod_chunk`); a
-batched proof needs ``Π b_k^{e_k}`` over the whole vector (:func:`multi_power`). Both are
-worker entry points that the pool pickles by reference, so they stay at this module's
-path (and :mod:`crypto.threshold` re-exports them).
+batched proof needs ``Π b_k^{e_k}`` over the whole vector (:func:`crypto.multiexp.multi_power`,
+split here across the pool). Both are worker entry points that the pool pickles by
+reference, so they stay at their modules' paths (and :mod:`crypto.threshold` re-exports them).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import gmpy2
 
 from crypto._parallel import shared_pool, split_evenly, worker_count
+from crypto.multiexp import multi_power
 
 __all__ = ["multi_power", "powmod_chunk"]
 
@@ -51,50 +52,6 @@ def _multi_powers(
             product = product * future.result() % mod
         results.append(product)
     return results
-
-
-def multi_power(bases: Sequence[int], exponents: Sequence[int], modulus: int) -> gmpy2.mpz:
-    """Worker entry point: ``Π b_k^{e_k} mod modulus`` by Pippenger's bucket method.
-
-    For each ``w``-bit window of the exponents (from the top), every base goes into the
-    bucket of its digit (one multiplication), and ``Π_d bucket_d^d`` is formed by running
-    products (``2^{w+1}`` multiplications); the windows share their ``w`` squarings. That
-    is about ``(bits / w)·(K + 2^{w+1})`` multiplications for K bases instead of
-    ``K·1.2·bits`` for separate exponentiations: with 128-bit exponents and K = 3000, about
-    20 per base instead of 150 (Pippenger 1980; Bernstein, "Pippenger's exponentiation
-    algorithm", 2002).
-    """
-    mod = gmpy2.mpz(modulus)
-    count = len(bases)
-    bits = max((e.bit_length() for e in exponents), default=0)
-    if count == 0 or bits == 0:
-        return gmpy2.mpz(1)
-    window = min(range(1, 17), key=lambda w: -(-bits // w) * (count + (2 << w)))
-    mask = (1 << window) - 1
-    mpz_bases = [gmpy2.mpz(b) for b in bases]
-    result = gmpy2.mpz(1)
-    for position in range(-(-bits // window) - 1, -1, -1):
-        if result != 1:
-            for _ in range(window):
-                result = result * result % mod
-        shift = position * window
-        buckets: list[gmpy2.mpz | None] = [None] * (mask + 1)
-        for b, e in zip(mpz_bases, exponents, strict=True):
-            digit = (e >> shift) & mask
-            if digit:
-                held = buckets[digit]
-                buckets[digit] = b if held is None else held * b % mod
-        running: gmpy2.mpz | None = None
-        total: gmpy2.mpz | None = None
-        for digit in range(mask, 0, -1):
-            held = buckets[digit]
-            if held is not None:
-                running = held if running is None else running * held % mod
-            if running is not None:
-                total = running if total is None else total * running % mod
-        if total is not None:
-            result = result * total % mod
-    return result
 
 
 def _powmod_all(values: list[int], exponent: int, modulus: int, workers: int | None) -> list[int]:

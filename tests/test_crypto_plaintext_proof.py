@@ -124,3 +124,14 @@ def test_the_response_does_not_tell_how_large_the_plaintexts_are(key):
     # Each z is a uniform draw of the same public width plus e·m*: at most a few bits apart.
     assert abs(max(lengths["tiny"]) - max(lengths["large"])) <= 2
     assert min(lengths["tiny"]) > max(lengths["large"]) - 16
+
+
+def test_the_batched_ciphertext_is_the_product_of_each_one_raised_to_its_lambda(key):
+    # Pippenger's shared squarings (crypto/multiexp.py) must give exactly Π c_i^λ_i.
+    cts, _ = encrypt(key, [secrets.randbelow(2**64) for _ in range(70)])
+    lambdas = pp._lambdas(secrets.token_bytes(32), len(cts))
+    expected = 1
+    for c, lam in zip(cts, lambdas, strict=True):
+        expected = expected * pow(c, lam, key.nsquare) % key.nsquare
+
+    assert pp._combine(cts, lambdas, gmpy2.mpz(key.nsquare)) == expected
