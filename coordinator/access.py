@@ -256,6 +256,7 @@ class AccessControl:
             )
             for node in nodes:
                 node.revoked_at = now
+            revoked = {node.id for node in nodes}
             # Its live tasks end now (a round stops waiting for it), and the scheduler sums
             # no update of a revoked node, even one accepted before (coordinator/scheduler.py).
             cancelled = cancel_live_tasks(session, Task.node_id.in_([n.id for n in nodes]))
@@ -273,6 +274,9 @@ class AccessControl:
                     "reason": reason,
                 },
             )
+        # Its parked long polls wake now and are refused, not left to run out (cancelled
+        # tasks move no poll: coordinator/hub.py TaskWatch).
+        self.hub.tasks.bump(revoked)
         return len(nodes)
 
     def revoke_operator(self, name: str, reason: str, actor: str) -> int:

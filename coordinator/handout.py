@@ -137,6 +137,10 @@ class TaskHandout:
                 .execution_options(synchronize_session=False)
             )
             if marked.rowcount != 1:
+                # Lost to the scheduler: that task left the live states, which moves no
+                # poll (coordinator/hub.py TaskWatch), yet another of the node's tasks may
+                # be live. Moving the mark makes this poll look again, not note it idle.
+                self.hub.tasks.bump({node_id})
                 return None
         return message
 

@@ -231,6 +231,54 @@ def test_a_task_cancelled_before_its_delivery_lands_is_not_handed_out(auth_coord
         assert session.get(Task, "t").state == TaskState.CANCELLED
 
 
+def test_a_poll_that_loses_its_task_to_the_scheduler_hands_out_the_next_one(auth_coordinator):
+    """Review: the task a poll picked goes MISSED before its delivery lands; the node's
+    other live task (another run) must still reach it, not wait behind an idle note."""
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    server.scheduler.stop()
+    with server.hub.db.transaction() as session:
+        for run_id, created in (("a", 1.0), ("b", 2.0)):
+            session.add(
+                Run(
+                    id=run_id,
+                    model="m",
+                    rounds=1,
+                    min_clients=1,
+                    round_deadline=60.0,
+                    state=RunState.RUNNING,
+                )
+            )
+            session.add(
+                Task(
+                    id=f"t-{run_id}",
+                    run_id=run_id,
+                    node_id=node_id,
+                    kind=TaskKind.TRAIN,
+                    round=1,
+                    deadline=1e12,
+                    created_at=created,
+                )
+            )
+    tasks = TaskHandout(server.hub)
+    real_message = tasks._task_message
+    missed: list[str] = []
+
+    def miss_meanwhile(session: Session, task: Task) -> federation_pb2.Task:
+        message = real_message(session, task)
+        if not missed:
+            missed.append(task.id)
+            with server.hub.lock, server.hub.db.transaction() as other:
+                other.get(Task, task.id).state = TaskState.MISSED
+        return message
+
+    tasks._task_message = miss_meanwhile
+
+    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # lost "t-a"
+    assert missed == ["t-a"]
+    assert tasks.pull_task(node_id, 0).task_id == "t-b"
+
+
 def test_a_rolled_back_audit_row_does_not_move_the_log_head(auth_coordinator):
     server, _ = auth_coordinator
     hub = server.hub

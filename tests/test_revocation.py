@@ -278,6 +278,23 @@ def test_a_poll_parked_before_revocation_is_handed_no_task(auth_coordinator):
         assert session.get(Task, "raced-task").state == TaskState.PENDING
 
 
+def test_a_parked_poll_is_refused_as_soon_as_its_site_is_revoked(auth_coordinator):
+    server, _, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    with futures.ThreadPoolExecutor(1) as pool:
+        parked = pool.submit(_pull, channel, token, 20)
+        deadline = time.monotonic() + 10
+        while not server.hub.tasks._parked.get(node_id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.hub.tasks._parked.get(node_id), "the poll never parked"
+        admin_pb2_grpc.AdminStub(channel).RevokeSite(
+            admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
+        )
+
+        # Woken by the revocation: a poll left to run out would answer "no task" instead.
+        expect_status(grpc.StatusCode.UNAUTHENTICATED, parked.result)
+
+
 def test_an_update_sent_before_revocation_is_not_summed(tmp_path):
     """Revoked mid-round after sending a (poisoned) update: the round neither sums nor counts it."""
     from conftest import start_coordinator
