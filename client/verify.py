@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gmpy2
@@ -27,6 +28,9 @@ import gmpy2
 from client.policy import TaskRefused
 from crypto import identity
 from crypto._parallel import releases_gil
+
+FETCH_CONCURRENCY = 8
+"""Contributions a site downloads at once while checking an aggregate (one gRPC channel)."""
 
 
 @dataclass(frozen=True)
@@ -177,17 +181,31 @@ def verify_aggregate(
         ``verify`` when a fetched update is not what its site signed, or the product
         differs from the aggregate.
     """
-    payloads = []
-    for entry in entries:
-        payload = fetch(entry.payload_sha256)
+    payloads = fetch_all(entries, fetch)
+    for entry, payload in zip(entries, payloads, strict=True):
         if hashlib.sha256(payload).hexdigest() != entry.payload_sha256:
             raise TaskRefused("verify", f"{entry.site}'s update is not the one it signed")
-        payloads.append(payload)
     if not product_matches(aggregate, payloads, width, n_square):
         raise TaskRefused(
             "verify", "the aggregate is not the product of the signed updates it lists"
         )
     return payloads
+
+
+def fetch_all(entries: Sequence[Entry], fetch: Callable[[str], bytes]) -> list[bytes]:
+    """Every listed update, in order, :data:`FETCH_CONCURRENCY` downloads at a time.
+
+    One after another, N contributions cost N round trips to the coordinator before the
+    checks can start (three in the demo: about 0.1 s of a secure round's 0.5 s global
+    model step on loopback; a WAN and 100 sites make it seconds). The first failed
+    download, in the manifest's order, is raised once the others have ended.
+    """
+    shas = [entry.payload_sha256 for entry in entries]
+    if len(shas) < 2:
+        return [fetch(sha) for sha in shas]
+    workers = min(FETCH_CONCURRENCY, len(shas))
+    with ThreadPoolExecutor(workers, thread_name_prefix="fetch-contribution") as pool:
+        return list(pool.map(fetch, shas))
 
 
 def verify_proofs(
