@@ -23,6 +23,7 @@ __all__ = [
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 def releases_gil(func: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -116,3 +117,28 @@ def split_evenly(count: int, parts: int) -> list[int]:
     parts = max(1, min(parts, count))
     base, extra = divmod(count, parts)
     return [base + (1 if i < extra else 0) for i in range(parts) if base or i < extra]
+
+
+_MIN_PER_WORKER = 4
+"""Below this many items per core, a process hop costs more than it saves."""
+
+
+def map_in_chunks(
+    chunk: Callable[[list[_T]], list[_R]], items: list[_T], workers: int | None
+) -> list[_R]:
+    """``chunk`` over ``items`` cut into about four pieces per core, results in order.
+
+    ``chunk`` is a worker entry point (a module-level function, or a ``functools.partial``
+    of one) taking a list and returning one result per item. Runs in this process when
+    one core is asked for or the items are too few to be worth shipping.
+    """
+    workers = worker_count(workers)
+    if workers == 1 or len(items) < _MIN_PER_WORKER * workers:
+        return chunk(items)
+    bounds, start = [], 0
+    for size in split_evenly(len(items), 4 * workers):
+        bounds.append((start, start + size))
+        start += size
+    executor = shared_pool(workers)
+    futures = [executor.submit(chunk, items[a:b]) for a, b in bounds]
+    return [result for future in futures for result in future.result()]

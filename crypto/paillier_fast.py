@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import gmpy2
 from phe import PaillierPrivateKey, PaillierPublicKey
 
-from crypto._parallel import releases_gil, shared_pool, split_evenly, worker_count
+from crypto._parallel import map_in_chunks, releases_gil
 from crypto.fixed_base import unit
 from crypto.obfuscators import fresh_pairs
 from crypto.randomness import RandomnessPool
 
 __all__ = ["decrypt_packed", "encrypt_packed"]
-
-_MIN_PER_WORKER = 4
 
 
 @releases_gil
@@ -107,17 +106,7 @@ def decrypt_packed(
         if not 0 < c < n_square:
             raise ValueError(f"ciphertext {index} is outside [1, n²)")
     p, q = private_key.p, private_key.q
-    cts = list(ciphertexts)
-    workers = worker_count(workers)
-    if workers == 1 or len(cts) < _MIN_PER_WORKER * workers:
-        return decrypt_chunk(p, q, cts)
-    bounds, start = [], 0
-    for size in split_evenly(len(cts), 4 * workers):
-        bounds.append((start, start + size))
-        start += size
-    executor = shared_pool(workers)
-    futures = [executor.submit(decrypt_chunk, p, q, cts[a:b]) for a, b in bounds]
-    return [m for future in futures for m in future.result()]
+    return map_in_chunks(functools.partial(decrypt_chunk, p, q), list(ciphertexts), workers)
 
 
 def decrypt_chunk(p: int, q: int, ciphertexts: Sequence[int]) -> list[int]:

@@ -8,16 +8,16 @@ reference, so they stay at their modules' paths (and :mod:`crypto.threshold` re-
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import gmpy2
 
-from crypto._parallel import shared_pool, split_evenly, worker_count
+from crypto._parallel import map_in_chunks, shared_pool, split_evenly, worker_count
 from crypto.multiexp import multi_power
 
 __all__ = ["multi_power", "powmod_chunk"]
 
-_MIN_PER_WORKER = 4
 _MIN_MULTI_POWER_CHUNK = 256
 """Below this many bases per core, shipping them to a worker costs more than it saves."""
 
@@ -55,16 +55,9 @@ def _multi_powers(
 
 
 def _powmod_all(values: list[int], exponent: int, modulus: int, workers: int | None) -> list[int]:
-    workers = worker_count(workers)
-    if workers == 1 or len(values) < _MIN_PER_WORKER * workers:
-        return powmod_chunk(values, exponent, modulus)
-    bounds, start = [], 0
-    for size in split_evenly(len(values), 4 * workers):
-        bounds.append((start, start + size))
-        start += size
-    executor = shared_pool(workers)
-    futures = [executor.submit(powmod_chunk, values[a:b], exponent, modulus) for a, b in bounds]
-    return [value for future in futures for value in future.result()]
+    return map_in_chunks(
+        functools.partial(powmod_chunk, exponent=exponent, modulus=modulus), values, workers
+    )
 
 
 def powmod_chunk(values: Sequence[int], exponent: int, modulus: int) -> list[int]:
