@@ -120,13 +120,13 @@ def test_a_revoked_site_cannot_fetch_a_model_it_fetched_before(auth_coordinator)
     expect_status(grpc.StatusCode.UNAUTHENTICATED, fetch)
 
 
-def _running_run(server: CoordinatorServer) -> None:
+def _running_run(server: CoordinatorServer, run_id: str = "r") -> None:
     """A running run the scheduler leaves alone, so only the test gives tasks."""
     server.scheduler.stop()
     with server.hub.db.transaction() as session:
         session.add(
             Run(
-                id="r",
+                id=run_id,
                 model="m",
                 rounds=1,
                 min_clients=1,
@@ -149,28 +149,31 @@ def test_a_task_given_after_an_empty_poll_is_delivered(auth_coordinator):
     assert tasks.pull_task(node_id, 0).task_id == "t"
 
 
-def test_a_run_that_starts_after_an_empty_poll_hands_out_its_task(auth_coordinator):
-    """A run's state decides which tasks are live: its change wakes every node's polls."""
+def _start_run(session: Session) -> None:
+    session.get(Run, "r").state = RunState.RUNNING
+
+
+def _revive_task(session: Session) -> None:
+    session.get(Task, "t").state = TaskState.PENDING
+
+
+@pytest.mark.parametrize(
+    ("run_state", "task_state", "change"),
+    [
+        (RunState.PENDING, TaskState.PENDING, _start_run),
+        (RunState.RUNNING, TaskState.MISSED, _revive_task),
+    ],
+    ids=["a run that starts", "a task made live again"],
+)
+def test_a_change_that_makes_a_task_deliverable_reaches_an_idle_poll(
+    auth_coordinator, run_state, task_state, change
+):
+    """A run's state and the task's own decide which tasks are live: either change moves polls."""
     server, channel = auth_coordinator
     node_id, token = joined_site(channel, "clinic")
     _running_run(server)
     with server.hub.db.transaction() as session:
-        session.get(Run, "r").state = RunState.PENDING
-        session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
-    tasks = TaskHandout(server.hub)
-    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # noted as idle
-
-    with server.hub.db.transaction() as session:
-        session.get(Run, "r").state = RunState.RUNNING
-
-    assert tasks.pull_task(node_id, 0).task_id == "t"
-
-
-def test_a_task_made_live_again_is_handed_out(auth_coordinator):
-    server, channel = auth_coordinator
-    node_id, token = joined_site(channel, "clinic")
-    _running_run(server)
-    with server.hub.db.transaction() as session:
+        session.get(Run, "r").state = run_state
         session.add(
             Task(
                 id="t",
@@ -178,14 +181,14 @@ def test_a_task_made_live_again_is_handed_out(auth_coordinator):
                 node_id=node_id,
                 kind=TaskKind.INIT,
                 deadline=1e12,
-                state=TaskState.MISSED,
+                state=task_state,
             )
         )
     tasks = TaskHandout(server.hub)
     assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # noted as idle
 
     with server.hub.db.transaction() as session:
-        session.get(Task, "t").state = TaskState.PENDING
+        change(session)
 
     assert tasks.pull_task(node_id, 0).task_id == "t"
 
@@ -236,19 +239,9 @@ def test_a_poll_that_loses_its_task_to_the_scheduler_hands_out_the_next_one(auth
     other live task (another run) must still reach it, not wait behind an idle note."""
     server, channel = auth_coordinator
     node_id, token = joined_site(channel, "clinic")
-    server.scheduler.stop()
-    with server.hub.db.transaction() as session:
-        for run_id, created in (("a", 1.0), ("b", 2.0)):
-            session.add(
-                Run(
-                    id=run_id,
-                    model="m",
-                    rounds=1,
-                    min_clients=1,
-                    round_deadline=60.0,
-                    state=RunState.RUNNING,
-                )
-            )
+    for run_id, created in (("a", 1.0), ("b", 2.0)):
+        _running_run(server, run_id)
+        with server.hub.db.transaction() as session:
             session.add(
                 Task(
                     id=f"t-{run_id}",

@@ -209,6 +209,21 @@ def _pull(channel: grpc.Channel, token: str, wait: float) -> federation_pb2.Task
     )
 
 
+def _parked_then_revoked(
+    server, channel: grpc.Channel, token: str, node_id: str, pool: futures.Executor
+) -> futures.Future:
+    """A 20 s PullTask, parked at the coordinator, then the site revoked: the poll's future."""
+    parked = pool.submit(_pull, channel, token, 20)
+    deadline = time.monotonic() + 10
+    while not server.hub.tasks._parked.get(node_id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.hub.tasks._parked.get(node_id), "the poll never parked"
+    admin_pb2_grpc.AdminStub(channel).RevokeSite(
+        admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
+    )
+    return parked
+
+
 def test_a_revoked_site_is_neither_counted_nor_selected(auth_coordinator):
     """Revoked seconds after its last heartbeat, a site must not fill a run's quorum."""
     server, _, channel = auth_coordinator
@@ -251,14 +266,7 @@ def test_a_poll_parked_before_revocation_is_handed_no_task(auth_coordinator):
         metadata=bearer(ROOT),
     )
     with futures.ThreadPoolExecutor(1) as pool:
-        parked = pool.submit(_pull, channel, token, 20)
-        deadline = time.monotonic() + 10
-        while not server.hub.tasks._parked.get(node_id) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.hub.tasks._parked.get(node_id), "the poll never parked"
-        admin_pb2_grpc.AdminStub(channel).RevokeSite(
-            admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
-        )
+        parked = _parked_then_revoked(server, channel, token, node_id, pool)
         # A task for the node appears after the revocation (a scheduler pass that raced it).
         with server.hub.db.transaction() as session:
             session.get(Run, run.run_id).state = RunState.RUNNING
@@ -282,15 +290,7 @@ def test_a_parked_poll_is_refused_as_soon_as_its_site_is_revoked(auth_coordinato
     server, _, channel = auth_coordinator
     node_id, token = joined_site(channel, "clinic")
     with futures.ThreadPoolExecutor(1) as pool:
-        parked = pool.submit(_pull, channel, token, 20)
-        deadline = time.monotonic() + 10
-        while not server.hub.tasks._parked.get(node_id) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.hub.tasks._parked.get(node_id), "the poll never parked"
-        admin_pb2_grpc.AdminStub(channel).RevokeSite(
-            admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
-        )
-
+        parked = _parked_then_revoked(server, channel, token, node_id, pool)
         # Woken by the revocation: a poll left to run out would answer "no task" instead.
         expect_status(grpc.StatusCode.UNAUTHENTICATED, parked.result)
 
