@@ -259,7 +259,7 @@ class AccessControl:
             revoked = {node.id for node in nodes}
             # Its live tasks end now (a round stops waiting for it), and the scheduler sums
             # no update of a revoked node, even one accepted before (coordinator/scheduler.py).
-            cancelled = cancel_live_tasks(session, Task.node_id.in_([n.id for n in nodes]))
+            cancelled = cancel_live_tasks(session, Task.node_id.in_(sorted(revoked)))
             for enrolment in pending:
                 enrolment.used_at = now  # spent: it can no longer enrol anything
             auditlog.append(
