@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,8 +48,15 @@ from protos import federation_pb2, serde, wire
 
 SITE_NAME = wire.SITE_NAME
 
+# Whether the task's site already sent an update for the task's round, in the same
+# statement (a second SELECT per update before issue 14).
+_SENT = (
+    exists()
+    .where(Update.run_id == Task.run_id, Update.round == Task.round, Update.node_id == Task.node_id)
+    .label("sent")
+)
 _TASK_RUN_ROUND = (
-    select(Task, Run, Round)
+    select(Task, Run, Round, _SENT)
     .join(Run, Run.id == Task.run_id)
     .outerjoin(Round, and_(Round.run_id == Task.run_id, Round.number == Task.round))
     .where(Task.id == bindparam("task_id"))
@@ -116,7 +123,7 @@ class FederationService:
         """
         # The task, its run and its round in one statement (three, before issue 14).
         found = session.execute(_TASK_RUN_ROUND, {"task_id": header.task_id}).first()
-        task, run, current = found if found is not None else (None, None, None)
+        task, run, current, sent = found if found is not None else (None, None, None, False)
         if task is None or task.node_id != node_id:
             raise FailedPrecondition(f"no task {header.task_id!r} for this node")
         if task.kind not in (TaskKind.INIT, TaskKind.TRAIN):
@@ -129,14 +136,8 @@ class FederationService:
         assert run is not None
         if run.state != RunState.RUNNING:
             raise FailedPrecondition(f"run {run.id} is {run.state.value}, not running")
-        if task.kind == TaskKind.TRAIN and not locked:
-            exists = session.scalar(
-                select(Update.id).where(
-                    Update.run_id == run.id, Update.round == task.round, Update.node_id == node_id
-                )
-            )
-            if exists is not None:
-                raise AlreadyExists(f"this site already sent its update for round {task.round}")
+        if task.kind == TaskKind.TRAIN and not locked and sent:
+            raise AlreadyExists(f"this site already sent its update for round {task.round}")
         if task.kind == TaskKind.TRAIN and (current is None or current.state != RoundState.OPEN):
             raise FailedPrecondition(f"round {task.round} is closed")
         if task.state not in LIVE:

@@ -39,8 +39,9 @@ from protos import common_pb2, federation_pb2, serde
 
 # A node's live tasks with their runs' states, oldest first: one statement per poll that
 # looks, and columns, not entities (a Run row carries its config, schema and key).
+# The task and its run in one statement: the hand-out's message needs both (issue 14).
 _LIVE_TASKS = (
-    select(Task.id, Task.deadline, Task.kind, Run.state)
+    select(Task, Run)
     .join(Run, Run.id == Task.run_id)
     .where(Task.node_id == bindparam("node_id"), Task.state.in_(LIVE))
     .order_by(Task.created_at)
@@ -86,7 +87,7 @@ class TaskHandout:
                 # The database is asked again only when this node's tasks (or a run) moved.
                 mark = self.hub.tasks.mark(node_id)
                 if not self.hub.tasks.known_idle(node_id, mark):
-                    message = self._deliver(node_id)
+                    message = self._deliver(node_id, mark)
                     if message is not None:
                         return message
                     self.hub.tasks.found_nothing(node_id, mark)
@@ -100,7 +101,7 @@ class TaskHandout:
                 self.hub.presence.seen(node_id, time.time())
             self.hub.presence.flush(self.hub.db)
 
-    def _deliver(self, node_id: str) -> federation_pb2.Task | None:
+    def _deliver(self, node_id: str, mark: tuple[int, int]) -> federation_pb2.Task | None:
         """The node's next live task, marked delivered; None when it has none.
 
         Not under the hub lock: a woken poll used to wait for the scheduler's next pass
@@ -120,9 +121,11 @@ class TaskHandout:
                     raise Unauthenticated(REVOKED)
                 if node is not None:
                     self.hub.credentials.remember_good(epoch, node)
-            task = self._next_task(session, node_id)
-            if task is None:
+            found, sole = self._next_task(session, node_id)
+            if found is None:
                 return None
+            # The run stays referenced, so the message's session.get finds it loaded.
+            task, _run = found
             message = self._task_message(session, task)
             now = time.time()
             marked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
@@ -142,21 +145,27 @@ class TaskHandout:
                 # be live. Moving the mark makes this poll look again, not note it idle.
                 self.hub.tasks.bump({node_id})
                 return None
+            task_id = task.id
+        if sole:
+            self.hub.tasks.handed_out_sole(node_id, mark, task_id)
         return message
 
     @staticmethod
-    def _next_task(session: Session, node_id: str) -> Task | None:
+    def _next_task(session: Session, node_id: str) -> tuple[tuple[Task, Run] | None, bool]:
+        """The node's oldest deliverable task with its run, and whether it is its only one."""
         now = time.time()
-        for task_id, deadline, kind, run_state in session.execute(
-            _LIVE_TASKS, {"node_id": node_id}
-        ).tuples():
-            if now >= deadline:
-                continue
-            if run_state == RunState.RUNNING or (
-                kind == TaskKind.AUDIT and run_state == RunState.COMPLETED
-            ):
-                return session.get(Task, task_id)
-        return None
+        deliverable = [
+            (task, run)
+            for task, run in session.execute(_LIVE_TASKS, {"node_id": node_id})
+            if now < task.deadline
+            and (
+                run.state == RunState.RUNNING
+                or (task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED)
+            )
+        ]
+        if not deliverable:
+            return None, False
+        return deliverable[0], len(deliverable) == 1
 
     def _task_message(self, session: Session, task: Task) -> federation_pb2.Task:
         run = session.get(Run, task.run_id)

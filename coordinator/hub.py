@@ -116,6 +116,8 @@ class TaskWatch:
         self._waiting: dict[str, threading.Condition] = {}
         self._parked: dict[str, int] = {}
         self._idle: dict[str, tuple[int, int]] = {}
+        # node -> (mark, task id): at that mark the node's one deliverable task was handed out.
+        self._sole: dict[str, tuple[tuple[int, int], str]] = {}
 
     def follow(self, db: Database) -> None:
         """Listen to ``db``'s sessions: collect at flush, publish at commit."""
@@ -126,13 +128,15 @@ class TaskWatch:
 
     @staticmethod
     def _collect(session: Session, _context: object) -> None:
-        pending = session.info.setdefault(_PENDING, [set(), False])
+        pending = session.info.setdefault(_PENDING, [set(), False, set()])
         for obj in (*session.new, *session.dirty):
             # A task that stopped being live cannot be handed out, so a poll need not
             # look again when one finishes (issue 14: each accepted update woke one). A
             # new row counts whatever its state reads: column defaults land at INSERT.
             if isinstance(obj, Task) and (obj in session.new or obj.state in LIVE):
                 pending[0].add(obj.node_id)
+            elif isinstance(obj, Task):
+                pending[2].add((obj.node_id, obj.id))
             elif isinstance(obj, Run) and (
                 obj in session.new or inspect(obj).attrs.state.history.has_changes()
             ):
@@ -141,9 +145,27 @@ class TaskWatch:
                 pending[1] = True
 
     def _publish(self, session: Session) -> None:
-        nodes, every = session.info.pop(_PENDING, (set(), False))
+        nodes, every, ended = session.info.pop(_PENDING, (set(), False, set()))
         if nodes or every:
             self.bump(nodes, every=every)
+        if ended:
+            self._ended(ended)
+
+    def _ended(self, ended: set[tuple[str, str]]) -> None:
+        """Note tasks that left the live states.
+
+        A node whose one deliverable task that was (:meth:`handed_out_sole`) is then known
+        idle at the mark of the query that found it, with no query of its own.
+        """
+        with self._lock:
+            for node_id, task_id in ended:
+                held = self._sole.get(node_id)
+                if held is None or held[1] != task_id:
+                    continue
+                del self._sole[node_id]
+                # At the query's mark: a poll reading a later one (a task or run moved
+                # since) still asks the database.
+                self._idle[node_id] = held[0]
 
     @staticmethod
     def _forget(session: Session, _previous: object) -> None:
@@ -183,6 +205,20 @@ class TaskWatch:
             if len(self._idle) >= 100_000:
                 self._idle.clear()
             self._idle[node_id] = mark
+
+    def handed_out_sole(self, node_id: str, mark: tuple[int, int], task_id: str) -> None:
+        """Note that a query after ``mark`` found ``task_id`` as the node's one deliverable task.
+
+        When that task then leaves the live states (the site's update, refusal or key
+        bundle is accepted) and the mark has not moved, the node has no deliverable task:
+        nothing that could give it one has committed since the query (it would have moved
+        the mark), and time only takes tasks away. Its next poll then parks without the
+        empty query it used to make after every submit (issue 14).
+        """
+        with self._lock:
+            if len(self._sole) >= 100_000:
+                self._sole.clear()
+            self._sole[node_id] = (mark, task_id)
 
     def known_idle(self, node_id: str, mark: tuple[int, int]) -> bool:
         """True when a query at ``mark`` already found the node without a live task."""

@@ -272,6 +272,102 @@ def test_a_poll_that_loses_its_task_to_the_scheduler_hands_out_the_next_one(auth
     assert tasks.pull_task(node_id, 0).task_id == "t-b"
 
 
+def _counting_deliveries(tasks: TaskHandout) -> list[str]:
+    """Record each database look a poll makes (``_deliver``) by node."""
+    looks: list[str] = []
+    real = tasks._deliver
+
+    def counted(node_id: str, mark: tuple[int, int]) -> federation_pb2.Task | None:
+        looks.append(node_id)
+        return real(node_id, mark)
+
+    tasks._deliver = counted  # type: ignore[method-assign]
+    return looks
+
+
+def _task(node_id: str, task_id: str, run_id: str = "r", created: float = 1.0) -> Task:
+    return Task(
+        id=task_id,
+        run_id=run_id,
+        node_id=node_id,
+        kind=TaskKind.TRAIN,
+        round=1,
+        deadline=1e12,
+        created_at=created,
+    )
+
+
+def test_the_poll_after_a_sole_task_finishes_makes_no_query_and_still_sees_the_next(
+    auth_coordinator,
+):
+    """A node's one deliverable task is handed out and finished: its next poll parks without
+    asking the database (the empty look after every submit), and a task added later still
+    reaches it."""
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server)
+    with server.hub.db.transaction() as session:
+        session.add(_task(node_id, "t1"))
+    tasks = TaskHandout(server.hub)
+    looks = _counting_deliveries(tasks)
+    assert tasks.pull_task(node_id, 0).task_id == "t1"
+    with server.hub.db.transaction() as session:
+        session.get(Task, "t1").state = TaskState.DONE
+
+    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
+    assert looks == [node_id]  # the second poll made no query
+
+    with server.hub.db.transaction() as session:
+        session.add(_task(node_id, "t2", created=2.0))
+    assert tasks.pull_task(node_id, 0).task_id == "t2"
+
+
+@pytest.mark.parametrize("other_run_state", [RunState.RUNNING, RunState.PENDING])
+def test_a_finished_task_that_was_not_the_only_one_leaves_the_next_poll_asking(
+    auth_coordinator, other_run_state
+):
+    """Hostile orderings for the idle note: a second live task (its run running, or
+    pending and started later) must still be handed out after the first one finishes."""
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server, "a")
+    _running_run(server, "b")
+    with server.hub.db.transaction() as session:
+        session.get(Run, "b").state = other_run_state
+        session.add(_task(node_id, "t-a", "a", created=1.0))
+        session.add(_task(node_id, "t-b", "b", created=2.0))
+    tasks = TaskHandout(server.hub)
+    assert tasks.pull_task(node_id, 0).task_id == "t-a"
+    with server.hub.db.transaction() as session:
+        session.get(Task, "t-a").state = TaskState.DONE
+    if other_run_state == RunState.PENDING:
+        # t-b was not deliverable, so t-a was the only one: the node is idle until b starts.
+        assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
+        with server.hub.db.transaction() as session:
+            session.get(Run, "b").state = RunState.RUNNING
+
+    assert tasks.pull_task(node_id, 0).task_id == "t-b"
+
+
+def test_a_sole_task_finished_after_a_new_one_arrived_leaves_the_next_poll_asking(
+    auth_coordinator,
+):
+    """The mark moved between the hand-out and the finish: the idle note must not be made."""
+    server, channel = auth_coordinator
+    node_id, token = joined_site(channel, "clinic")
+    _running_run(server)
+    with server.hub.db.transaction() as session:
+        session.add(_task(node_id, "t1"))
+    tasks = TaskHandout(server.hub)
+    assert tasks.pull_task(node_id, 0).task_id == "t1"
+    with server.hub.db.transaction() as session:
+        session.add(_task(node_id, "t2", created=2.0))
+    with server.hub.db.transaction() as session:
+        session.get(Task, "t1").state = TaskState.DONE
+
+    assert tasks.pull_task(node_id, 0).task_id == "t2"
+
+
 def test_a_rolled_back_audit_row_does_not_move_the_log_head(auth_coordinator):
     server, _ = auth_coordinator
     hub = server.hub

@@ -100,6 +100,24 @@ def test_second_update_for_a_round_is_already_exists(training_round):
     assert stored_updates(coordinator) == 1
 
 
+def test_an_update_for_a_round_already_sent_is_refused_even_if_the_task_is_live(training_round):
+    """A hostile or confused site finds its task live again (a hand edit, a retried
+    round): the header check still sees the round's stored update and refuses it."""
+    from coordinator.schema import Task, TaskState
+
+    coordinator, site, _, task = training_round
+    site.submit(task, wire.encode_tensors(WEIGHTS))
+    with coordinator.hub.db.transaction() as session:
+        session.get(Task, task.task_id).state = TaskState.DELIVERED
+
+    detail = expect_status(
+        grpc.StatusCode.ALREADY_EXISTS, lambda: site.submit(task, wire.encode_tensors(WEIGHTS))
+    )
+
+    assert "already sent its update for round" in detail
+    assert stored_updates(coordinator) == 1
+
+
 def test_update_for_wrong_round_is_failed_precondition(training_round):
     coordinator, site, _, task = training_round
     blobs = blob_count(coordinator)
