@@ -32,9 +32,10 @@ A rich table per backend, a growth table, then one JSON line (the last line prin
 The exit status is 1 when a run did not complete or an update was lost; a skipped
 backend is not a failure.
 
-Coordinator settings default to CoordinatorServer's own (``--tick-seconds 0.25``);
-every long poll parks one worker thread, so ``--max-workers`` defaults to the site count
-plus CoordinatorServer's 256 (issue 14 measures what those threads cost at 1,000 sites).
+Coordinator settings default to CoordinatorServer's own (``--tick-seconds 0.25``, a pool
+of 256 threads). A parked long poll is a coroutine on the coordinator's event loop, not a
+thread (issue 14), so the pool no longer grows with the site count; the growth table
+shows the coordinator's OS threads per site count.
 
 Everything talks to 127.0.0.1 only, and everything is bounded: sites stop at
 ``--timeout`` even if this process dies, and the run is stopped when it has not ended by
@@ -100,9 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="per backend: everything stops by then"
     )
-    parser.add_argument(
-        "--max-workers", type=int, default=0, help="coordinator gRPC pool (0: sites + 256)"
-    )
+    parser.add_argument("--max-workers", type=int, default=256, help="coordinator gRPC thread pool")
     parser.add_argument(
         "--flower",
         type=counts,
@@ -136,18 +135,12 @@ def run_count(args: argparse.Namespace, clients: int, console: Any) -> dict[str,
         rpc_timeout=args.rpc_timeout,
         round_deadline=args.round_deadline,
         timeout=args.timeout,
-        max_workers=args.max_workers or clients + 256,
+        max_workers=args.max_workers,
         tick_seconds=args.tick_seconds,
         max_poll_seconds=args.max_poll_seconds,
         offline_after_seconds=args.offline_after_seconds,
         seed=args.seed,
     )
-    if clients + 32 > opts.max_workers:
-        console.print(
-            f"warning: {clients} long polls park {clients} of the coordinator's "
-            f"{opts.max_workers} gRPC threads; other calls will queue (--max-workers)",
-            markup=False,
-        )
     backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     figures: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cohort-load-") as tmp:

@@ -7,15 +7,16 @@ one (coordinator/run_views.py), and handing out models, log pages and reports
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog
-from coordinator.errors import FailedPrecondition
+from coordinator.errors import FailedPrecondition, Unavailable
 from coordinator.exports import Exports
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
@@ -70,14 +71,18 @@ class AdminService:
         self.hub.notify()
         return info
 
-    def watch_run(
-        self, run_id: str, is_active: Callable[[], bool] = lambda: True
-    ) -> Iterator[admin_pb2.RunEvent]:
-        """Yield a snapshot at once, then each time the run changes, until it has ended."""
+    async def watch_run(self, run_id: str) -> AsyncIterator[admin_pb2.RunEvent]:
+        """Yield a snapshot at once, then each time the run changes, until it has ended.
+
+        An async generator on the server's event loop: between changes a watch holds no
+        thread, and a watcher that leaves cancels it at once (issue 14). Each snapshot is
+        read on the loop's executor.
+        """
+        loop = asyncio.get_running_loop()
         last = b""
-        while is_active():
+        while True:
             seen = self.hub.generation
-            info = self.get_run(run_id)
+            info = await loop.run_in_executor(None, self.get_run, run_id)
             encoded = info.SerializeToString(deterministic=True)
             if encoded != last:
                 last = encoded
@@ -93,7 +98,10 @@ class AdminService:
                 common_pb2.RUN_STATE_STOPPED,
             ):
                 return
-            self.hub.wait(1.0, since=seen)
+            if self.hub.closing.is_set():
+                # Not a clean end: a watcher would read that as the run's end (review).
+                raise Unavailable("the coordinator is stopping; watch again when it is back")
+            await self.hub.wait_async(1.0, since=seen)
 
     def metrics(self) -> admin_pb2.MetricsReply:
         """The registry /metrics exposes, flattened (see coordinator.metrics)."""

@@ -8,12 +8,14 @@ whichever domain function made it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 
 from coordinator.hub import Hub
+from coordinator.interceptors import is_coroutine
 
 FEDERATION_PREFIX = "/cohort.v1.Federation/"
 
@@ -31,28 +33,31 @@ def committed_head(hub: Hub) -> tuple[int, str]:
         return hub.log_head.get(session)
 
 
-def stamp(hub: Hub, reply: Any) -> Any:
-    """Set ``reply.log_head`` where the message has that field; return the reply."""
+def stamp(hub: Hub, reply: Any, head: tuple[int, str] | None = None) -> Any:
+    """Set ``reply.log_head`` where the message has that field; return the reply.
+
+    ``head``, when given, is the committed head already read (no second look).
+    """
     if reply is not None and "log_head" in reply.DESCRIPTOR.fields_by_name:
-        seq, digest = committed_head(hub)
+        seq, digest = head if head is not None else committed_head(hub)
         reply.log_head.seq = seq
         reply.log_head.hash = digest
     return reply
 
 
-class AnchorReplies(grpc.ServerInterceptor):
+class AnchorReplies(grpc.aio.ServerInterceptor):
     """Stamp the log head on each unary Federation reply (Join, PullTask, Submit*, …)."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         """Wrap unary Federation handlers so their replies carry the log head."""
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if (
             handler is None
             or handler.response_streaming
@@ -76,8 +81,16 @@ class AnchorReplies(grpc.ServerInterceptor):
         def unary_unary(request: object, context: grpc.ServicerContext) -> Any:
             return stamp(hub, unary(request, context))
 
+        async def unary_unary_async(request: object, context: Any) -> Any:
+            reply = await unary(request, context)
+            head = hub.log_head.peek()
+            if head is not None:
+                return stamp(hub, reply, head)
+            # The head is not known yet: its one query runs off the event loop.
+            return await asyncio.get_running_loop().run_in_executor(None, stamp, hub, reply)
+
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
+            unary_unary_async if is_coroutine(unary) else unary_unary,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -1,9 +1,10 @@
-"""Concurrency caps: calls per caller, and parked calls (long polls, watches) overall.
+"""Concurrency caps: calls per caller, and run watches overall.
 
-The server has one thread pool. Without caps, one site could hold every thread with
-concurrent calls, and long polls and watches alone could leave no thread for an
-operator's admin call (issue 11, item 8). Past a cap the call is answered at once with
-RESOURCE_EXHAUSTED, which a site's agent treats as "retry later".
+The server runs plain handlers on one thread pool. Without caps, one site could hold
+every thread with concurrent calls (issue 11, item 8). Long polls (PullTask) and run
+watches park coroutines on the event loop, not threads (issue 14): a poll is bounded by
+its caller's cap, watches also by MAX_WATCHES overall. Past a cap the call is answered
+at once with RESOURCE_EXHAUSTED, which a site's agent treats as "retry later".
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from coordinator.interceptors import Behavior, rewrap
+from coordinator.interceptors import Behavior, is_coroutine, rewrap, yields_async
 from protos import wire
 
-# Calls that park a thread for up to their whole wait.
-PARKED_METHODS = frozenset({"/cohort.v1.Federation/PullTask", "/cohort.v1.Admin/WatchRun"})
+# Run watches last as long as their run: capped overall (MAX_WATCHES) as well as per
+# caller. PullTask parks a coroutine for at most max_poll_seconds: its caller's cap bounds it.
+PARKED_METHODS = frozenset({"/cohort.v1.Admin/WatchRun"})
 MAX_CALLS_PER_CALLER = 16
 # Callers without a token (Join, health checks) share one budget per address.
 MAX_CALLS_PER_ANONYMOUS_ADDRESS = 64
-# Threads never given to parked calls, so admin and update calls always find one.
-RESERVED_THREADS = 32
+# Run watches open at once, over all callers: each is a coroutine and a snapshot read
+# per change of anything, so their number is bounded, not the threads they hold (none).
+MAX_WATCHES = 1024
 
 
 def peer_address(peer: str) -> str:
@@ -89,47 +92,61 @@ class CallCounter:
                 self.parked -= 1
 
 
-class CapCalls(grpc.ServerInterceptor):
-    """Refuse a call past its caller's cap, or a parked call past the pool's share."""
+class CapCalls(grpc.aio.ServerInterceptor):
+    """Refuse a call past its caller's cap, or a run watch past MAX_WATCHES."""
 
-    def __init__(self, max_workers: int) -> None:
-        self.counter = CallCounter(max(max_workers - RESERVED_THREADS, 1))
+    def __init__(self, max_watches: int = MAX_WATCHES) -> None:
+        self.counter = CallCounter(max_watches)
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         """Wrap each handler so a call over its caller's or the parking cap is refused up front."""
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         parks = handler_call_details.method in PARKED_METHODS
         metadata = handler_call_details.invocation_metadata
         counter = self.counter
 
-        def admit(context: grpc.ServicerContext) -> str:
+        def enter(context: Any) -> tuple[str, str | None]:
             caller, limit = caller_key(metadata, context.peer())
-            refusal = counter.enter(caller, limit, parks)
-            if refusal is not None:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-            return caller
+            return caller, counter.enter(caller, limit, parks)
 
         def counted(behavior: Behavior) -> Behavior:
-            def streaming(request: object, context: grpc.ServicerContext) -> Iterator[Any]:
-                caller = admit(context)
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    counter.leave(caller, parks)
-
             def unary(request: object, context: grpc.ServicerContext) -> Any:
-                caller = admit(context)
+                caller, refusal = enter(context)
+                if refusal is not None:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
                 try:
                     return behavior(request, context)
                 finally:
                     counter.leave(caller, parks)
 
-            return streaming if handler.response_streaming else unary
+            async def unary_async(request: object, context: Any) -> Any:
+                caller, refusal = enter(context)
+                if refusal is not None:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    counter.leave(caller, parks)
+
+            async def streaming_async(request: object, context: Any) -> AsyncIterator[Any]:
+                caller, refusal = enter(context)
+                if refusal is not None:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                try:
+                    async for reply in behavior(request, context):
+                        yield reply
+                finally:
+                    counter.leave(caller, parks)
+
+            # Streamed replies arrive as async generators (interceptors.StreamsOnPool).
+            if yields_async(behavior):
+                return streaming_async
+            return unary_async if is_coroutine(behavior) else unary
 
         return rewrap(handler, counted)

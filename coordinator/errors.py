@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+
+from coordinator.interceptors import Aborted
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,12 @@ class AlreadyExists(CohortError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class Unavailable(CohortError):
+    """The coordinator cannot serve this now (stopping); the caller may retry (UNAVAILABLE)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class ResourceExhausted(CohortError):
     """A size or concurrency limit was reached (RESOURCE_EXHAUSTED); the caller may retry later."""
 
@@ -79,6 +88,39 @@ def maps_domain_errors(method: F) -> F:
             context.abort(exc.code, str(exc))
         log.exception("unexpected error in %s", method.__name__)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    async def _abort_async(context: Any, exc: Exception) -> None:
+        if isinstance(exc, CohortError):
+            await context.abort(exc.code, str(exc))
+        log.exception("unexpected error in %s", method.__name__)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def async_stream_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                async for reply in method(self, request, context):
+                    yield reply
+            except Exception as exc:
+                if _is_abort(exc, context):
+                    raise
+                await _abort_async(context, exc)
+
+        return async_stream_wrapper  # type: ignore[return-value]
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def async_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                return await method(self, request, context)
+            except Exception as exc:
+                if _is_abort(exc, context):
+                    raise
+                await _abort_async(context, exc)
+
+        return async_wrapper  # type: ignore[return-value]
 
     if _is_generator(method):
 
@@ -106,8 +148,6 @@ def maps_domain_errors(method: F) -> F:
 
 
 def _is_generator(method: Callable[..., Any]) -> bool:
-    import inspect
-
     return inspect.isgeneratorfunction(method)
 
 
@@ -117,7 +157,7 @@ def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:
     It can come from inside a handler (a request stream that a server interceptor
     refused); re-raising it keeps the status that abort chose.
     """
-    if type(exc).__module__.startswith("grpc"):
+    if isinstance(exc, Aborted) or type(exc).__module__.startswith("grpc"):
         return True
     code = context.code() if hasattr(context, "code") else None
     return type(exc) is Exception and code not in (None, grpc.StatusCode.OK)

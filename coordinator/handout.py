@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import CursorResult, bindparam, case, select, update
@@ -37,9 +37,10 @@ from coordinator.schemes import scheme_of, weight_cap
 from crypto import identity as crypto_identity
 from protos import common_pb2, federation_pb2, serde
 
-# A node's live tasks with their runs' states, oldest first: one statement per poll that
-# looks, and columns, not entities (a Run row carries its config, schema and key).
-# The task and its run in one statement: the hand-out's message needs both (issue 14).
+# A node's live tasks with their runs, oldest first: one statement per poll that looks.
+# Entities, since the hand-out's message needs both (issue 14: the task and the run were
+# two more statements). A poll looks only after its node's task mark moved, and a node
+# has few live tasks, so the Run rows it loads (config, schema, key) are few.
 _LIVE_TASKS = (
     select(Task, Run)
     .join(Run, Run.id == Task.run_id)
@@ -68,16 +69,17 @@ class TaskHandout:
         self._models: set[tuple[str, str]] = set()
         self._granted_lock = threading.Lock()
 
-    def pull_task(
-        self, node_id: str, wait_seconds: float, is_active: Callable[[], bool] = lambda: True
-    ) -> federation_pb2.Task:
+    async def pull_task(self, node_id: str, wait_seconds: float) -> federation_pb2.Task:
         """Long poll: the node's oldest live task, or NONE once ``wait_seconds`` pass.
 
-        Gives up early when the caller has gone or the coordinator is stopping, so an
-        abandoned poll does not hold a server thread for its whole wait.
+        A coroutine on the server's event loop: while parked it holds no thread (issue 14:
+        1,000 sites parked 1,000 gRPC threads); each database step runs on the loop's
+        executor (the server's thread pool). A caller that leaves cancels it, and the
+        coordinator's stop wakes it.
         """
         if math.isnan(wait_seconds):
             raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+        loop = asyncio.get_running_loop()
         wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
         until = time.monotonic() + wait
         touched = time.monotonic()
@@ -87,19 +89,24 @@ class TaskHandout:
                 # The database is asked again only when this node's tasks (or a run) moved.
                 mark = self.hub.tasks.mark(node_id)
                 if not self.hub.tasks.known_idle(node_id, mark):
-                    message = self._deliver(node_id, mark)
+                    message = await loop.run_in_executor(None, self._deliver, node_id, mark)
                     if message is not None:
                         return message
                     self.hub.tasks.found_nothing(node_id, mark)
             remaining = until - time.monotonic()
-            if remaining <= 0 or self.hub.closing.is_set() or not is_active():
+            if remaining <= 0 or self.hub.closing.is_set():
                 return federation_pb2.Task(kind=federation_pb2.TASK_KIND_NONE)
-            moved = self.hub.tasks.wait(node_id, mark, min(remaining, 1.0))
+            moved = await self.hub.tasks.wait(node_id, mark, min(remaining, 1.0))
             if time.monotonic() - touched > 5.0:
                 # A parked poll is a sign of life; written now and then, not at every wake-up.
                 touched = time.monotonic()
                 self.hub.presence.seen(node_id, time.time())
-            self.hub.presence.flush(self.hub.db)
+            if self.hub.presence.due():
+                await loop.run_in_executor(None, self.hub.presence.flush, self.hub.db)
+
+    def pull_task_blocking(self, node_id: str, wait_seconds: float) -> federation_pb2.Task:
+        """:meth:`pull_task` for a caller without an event loop (tests, scripts)."""
+        return asyncio.run(self.pull_task(node_id, wait_seconds))
 
     def _deliver(self, node_id: str, mark: tuple[int, int]) -> federation_pb2.Task | None:
         """The node's next live task, marked delivered; None when it has none.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -57,6 +59,8 @@ class Hub:
     credentials: Credentials = field(default_factory=lambda: Credentials())
     generation: int = 0
     """How many times :meth:`notify` ran: read it before looking, then ``wait(since=...)``."""
+    _waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    """Coroutines in :meth:`wait_async` (run watches on the server's event loop)."""
 
     def __post_init__(self) -> None:
         self.tasks.follow(self.db)
@@ -75,6 +79,7 @@ class Hub:
         with self.changed:
             self.generation += 1
             self.changed.notify_all()
+            _resolve_all(self._waiters)
         if self.closing.is_set():
             self.tasks.wake_all()
 
@@ -89,6 +94,20 @@ class Hub:
         with self.changed:
             if since is None or self.generation == since:
                 self.changed.wait(timeout)
+
+    async def wait_async(self, timeout: float, since: int) -> None:
+        """:meth:`wait` for a coroutine: it parks on the event loop, not on a thread."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self.changed:
+            if self.generation != since:
+                return
+            self._waiters.add(future)
+        try:
+            await asyncio.wait((future,), timeout=timeout)
+        finally:
+            with self.changed:
+                self._waiters.discard(future)
+            future.cancel()
 
 
 _PENDING = "cohort_task_watch"
@@ -113,8 +132,8 @@ class TaskWatch:
         self._lock = threading.Lock()
         self._all = 0
         self._nodes: dict[str, int] = {}
-        self._waiting: dict[str, threading.Condition] = {}
-        self._parked: dict[str, int] = {}
+        # Parked polls: coroutines on the server's event loop, no thread each (issue 14).
+        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
         self._idle: dict[str, tuple[int, int]] = {}
         # node -> (mark, task id): at that mark the node's one deliverable task was handed out.
         self._sole: dict[str, tuple[tuple[int, int], str]] = {}
@@ -178,15 +197,15 @@ class TaskWatch:
                 self._all += 1
             for node in nodes:
                 self._nodes[node] = self._nodes.get(node, 0) + 1
-            for node, condition in self._waiting.items():
+            for node, futures in self._waiting.items():
                 if every or node in nodes:
-                    condition.notify_all()
+                    _resolve_all(futures)
 
     def wake_all(self) -> None:
         """Wake every parked poll (shutdown)."""
         with self._lock:
-            for condition in self._waiting.values():
-                condition.notify_all()
+            for futures in self._waiting.values():
+                _resolve_all(futures)
 
     def mark(self, node_id: str) -> tuple[int, int]:
         """Read before querying; hand to ``wait`` after the query found nothing."""
@@ -225,22 +244,51 @@ class TaskWatch:
         with self._lock:
             return self._idle.get(node_id) == mark
 
-    def wait(self, node_id: str, mark: tuple[int, int], timeout: float) -> bool:
-        """Park until the node's tasks may have changed since ``mark``; True if they may."""
+    async def wait(self, node_id: str, mark: tuple[int, int], timeout: float) -> bool:
+        """Park until the node's tasks may have changed since ``mark``; True if they may.
+
+        A parked poll is a future on the caller's event loop, resolved (thread-safely)
+        by :meth:`bump`: at 1,000 sites the coordinator holds 1,000 futures, not 1,000
+        threads (issue 14).
+        """
+        loop = asyncio.get_running_loop()
         with self._lock:
             if (self._all, self._nodes.get(node_id, 0)) != mark:
                 return True
-            condition = self._waiting.get(node_id)
-            if condition is None:
-                condition = self._waiting[node_id] = threading.Condition(self._lock)
-            self._parked[node_id] = self._parked.get(node_id, 0) + 1
-            try:
-                condition.wait(timeout)
-            finally:
-                self._parked[node_id] -= 1
-                if not self._parked[node_id]:
-                    del self._parked[node_id], self._waiting[node_id]
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiting.setdefault(node_id, set()).add(future)
+        try:
+            await asyncio.wait((future,), timeout=timeout)
+        finally:
+            with self._lock:
+                waiters = self._waiting.get(node_id)
+                if waiters is not None:
+                    waiters.discard(future)
+                    if not waiters:
+                        del self._waiting[node_id]
+            future.cancel()
+        with self._lock:
             return (self._all, self._nodes.get(node_id, 0)) != mark
+
+    def parked(self, node_id: str | None = None) -> int:
+        """How many polls are parked now (the node's, or all)."""
+        with self._lock:
+            if node_id is not None:
+                return len(self._waiting.get(node_id, ()))
+            return sum(len(futures) for futures in self._waiting.values())
+
+
+def _resolve_all(futures: set[asyncio.Future[None]]) -> None:
+    """Resolve parked polls' futures from any thread (each on its own loop)."""
+    for future in futures:
+        # A closed loop raises RuntimeError: its poll is gone with it.
+        with contextlib.suppress(RuntimeError):
+            future.get_loop().call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Presence:
@@ -267,6 +315,11 @@ class Presence:
             row["token_expires_at"] = token_expires_at
         with self._lock:
             self._pending.setdefault(node_id, {}).update(row)
+
+    def due(self) -> bool:
+        """True when :meth:`flush` would write: something is pending and ``interval`` passed."""
+        with self._lock:
+            return bool(self._pending) and time.monotonic() - self._flushed >= self.interval
 
     def flush(self, db: Database, force: bool = False) -> int:
         """Write what is pending when ``interval`` has passed (or ``force``); rows written."""

@@ -11,13 +11,14 @@ server (models/serving_http.py).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from coordinator.hub import Hub
-from coordinator.interceptors import rewrap
+from coordinator.interceptors import SyncCallContext, is_coroutine, rewrap, yields_async
 from coordinator.refusals import CODES as REFUSAL_CODES
 from coordinator.schema import (
     AuditEvent,
@@ -225,36 +226,44 @@ class CoordinatorMetrics:
         return {**legacy, **out}
 
 
-class LatencyInterceptor(grpc.ServerInterceptor):
-    """Times every RPC into ``cohort_rpc_seconds`` (method, final status code)."""
+class LatencyInterceptor(grpc.aio.ServerInterceptor):
+    """Times every RPC into ``cohort_rpc_seconds`` (method, final status code).
 
-    def __init__(self, histogram: Histogram) -> None:
+    The outermost interceptor: a plain handler's context is wrapped here once
+    (:class:`SyncCallContext`), so everything inside reads its status and liveness as on
+    the sync server. Streamed replies reach it as async generators (StreamsOnPool).
+    """
+
+    def __init__(self, histogram: Histogram, closing: threading.Event) -> None:
         self.histogram = histogram
+        self.closing = closing
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         """Wrap each handler so its duration and final status code are observed."""
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        streaming = handler.response_streaming
-        return rewrap(
-            handler,
-            lambda behavior: (
-                self._stream(behavior, method) if streaming else self._unary(behavior, method)
-            ),
-        )
+
+        def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            if yields_async(behavior):
+                return self._stream_async(behavior, method)
+            if is_coroutine(behavior):
+                return self._unary_async(behavior, method)
+            return self._unary(behavior, method)
+
+        return rewrap(handler, wrap)
 
     def _observe(
-        self, method: str, context: grpc.ServicerContext, started: float, ok: bool
+        self, method: str, context: Any, started: float, ok: bool, cancelled: bool = False
     ) -> None:
         code = context.code() if hasattr(context, "code") else None
         if code is None:
-            name = "OK" if ok else "UNKNOWN"
+            name = "OK" if ok else "CANCELLED" if cancelled else "UNKNOWN"
         else:
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.histogram.labels(method, name).observe(time.perf_counter() - started)
@@ -262,6 +271,7 @@ class LatencyInterceptor(grpc.ServerInterceptor):
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             started, ok = time.perf_counter(), False
+            context = SyncCallContext(context, self.closing)
             try:
                 reply = behavior(request, context)
                 ok = True
@@ -271,14 +281,35 @@ class LatencyInterceptor(grpc.ServerInterceptor):
 
         return call
 
-    def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started, ok = time.perf_counter(), False
+    def _unary_async(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started, ok, cancelled = time.perf_counter(), False, False
             try:
-                yield from behavior(request, context)
+                reply = await behavior(request, context)
                 ok = True
+                return reply
+            except asyncio.CancelledError:  # the caller left
+                cancelled = True
+                raise
             finally:
-                self._observe(method, context, started, ok)
+                self._observe(method, context, started, ok, cancelled)
+
+        return call
+
+    def _stream_async(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def call(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started, ok, cancelled = time.perf_counter(), False, False
+            try:
+                async for reply in behavior(request, context):
+                    yield reply
+                ok = True
+            except (asyncio.CancelledError, GeneratorExit):  # the caller left
+                cancelled = True
+                raise
+            finally:
+                self._observe(method, context, started, ok, cancelled)
 
         return call
 

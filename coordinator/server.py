@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,7 +20,7 @@ from coordinator.anchoring import AnchorReplies
 from coordinator.call_limits import CapCalls
 from coordinator.federation import FederationService
 from coordinator.hub import Hub, Limits
-from coordinator.interceptors import Behavior, rewrap
+from coordinator.interceptors import Behavior, StreamsOnPool, is_coroutine, rewrap, yields_async
 from coordinator.metrics import CoordinatorMetrics, LatencyInterceptor, MetricsEndpoint
 from coordinator.pki import FederationPki
 from coordinator.scheduler import RoundScheduler
@@ -27,6 +29,7 @@ from protos import admin_pb2_grpc, federation_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = ("cohort.v1.Federation", "cohort.v1.Admin")
+T = TypeVar("T")
 
 
 PLAINTEXT_FLAG = "--i-understand-plaintext-off-loopback"
@@ -77,19 +80,38 @@ def _refusing(behavior: Behavior, streaming: bool) -> Behavior:
     def checked(request: object, context: grpc.ServicerContext) -> Any:
         return behavior(check(request, context), context)
 
-    return checked_stream if streaming else checked
+    async def refuse_async(request: object, context: Any) -> None:
+        if isinstance(request, _Undecodable):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "request does not parse as protobuf"
+            )
+
+    async def checked_async(request: object, context: Any) -> Any:
+        await refuse_async(request, context)
+        return await behavior(request, context)
+
+    async def checked_async_stream(request: object, context: Any) -> AsyncIterator[Any]:
+        await refuse_async(request, context)
+        async for reply in behavior(request, context):
+            yield reply
+
+    if streaming:
+        return checked_stream
+    if yields_async(behavior):
+        return checked_async_stream
+    return checked_async if is_coroutine(behavior) else checked
 
 
-class RefuseUndecodable(grpc.ServerInterceptor):
+class RefuseUndecodable(grpc.aio.ServerInterceptor):
     """Answer unparseable request bytes with INVALID_ARGUMENT, not grpcio's INTERNAL."""
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         """Wrap handlers so request bytes that do not parse are refused, not raised in grpcio."""
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
         parse = handler.request_deserializer
@@ -133,7 +155,8 @@ class CoordinatorServer:
         if auth and tls is not None and tls.admin_token.exists():
             self.access.bootstrap_admin(tls.admin_token.read_text().strip())
         self.scheduler = RoundScheduler(self.hub, tick_seconds=tick_seconds)
-        self.health = health.HealthServicer()
+        # The asyncio servicer: a health Watch waits on the loop, not on a pool thread.
+        self.health = health.aio.HealthServicer()
         self.metrics = CoordinatorMetrics(self.hub)
         # Off by default; TLS with the coordinator's own certificate when it has one.
         self.metrics_endpoint = (
@@ -149,15 +172,20 @@ class CoordinatorServer:
             else None
         )
         self.metrics_port = 0
-        # Long polls park a thread each: size the pool for every site plus admin calls.
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[
-                LatencyInterceptor(self.metrics.rpc_seconds),
-                CapCalls(max_workers),
-                RefuseUndecodable(),
-                AnchorReplies(self.hub),
-            ],
+        # grpc's asyncio server on its own event-loop thread: PullTask is a coroutine, so a
+        # parked long poll holds no thread (issue 14); every other handler is a plain
+        # function run on ``pool``, which also takes the polls' database steps.
+        self.pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc")
+        self.loop = _LoopThread(self.pool)
+        interceptors = [
+            LatencyInterceptor(self.metrics.rpc_seconds, self.hub.closing),
+            CapCalls(),
+            RefuseUndecodable(),
+            AnchorReplies(self.hub),
+            StreamsOnPool(),
+        ]
+        self.server = self.loop.call(
+            lambda: grpc.aio.server(migration_thread_pool=self.pool, interceptors=interceptors)
         )
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationServicer(FederationService(self.hub, self.access)), self.server
@@ -174,29 +202,36 @@ class CoordinatorServer:
 
     def start(self) -> int:
         """Listen, start the scheduler and metrics, mark the services SERVING; return the port."""
-        if self.tls is not None:
-            self.port = self.server.add_secure_port(self.address, self.tls.server_credentials())
+        tls = self.tls
+        if tls is not None:
+            self.port = self.loop.call(
+                lambda: self.server.add_secure_port(self.address, tls.server_credentials())
+            )
         else:
-            self.port = self.server.add_insecure_port(self.address)
+            self.port = self.loop.call(lambda: self.server.add_insecure_port(self.address))
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
-        self.server.start()
+        self.loop.run(self.server.start())
         if self.metrics_endpoint is not None:
             self.metrics_port = self.metrics_endpoint.start()
         self.scheduler.start()
         for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.loop.run(self.health.set(name, health_pb2.HealthCheckResponse.SERVING))
         self._log_lifecycle("coordinator.started", port=self.port)
         log.info("coordinator listening on port %d", self.port)
         return self.port
 
     def stop(self, grace: float = 2.0) -> None:
         """Drain calls (``grace`` s), stop the scheduler and metrics, and close the database."""
-        self.health.enter_graceful_shutdown()
+        if not self.loop.closed:
+            self.loop.run(self.health.enter_graceful_shutdown())
         self.hub.closing.set()
         self.scheduler.stop()
         self.hub.notify()
-        self.server.stop(grace).wait()
+        if not self.loop.closed:  # a second stop finds the server stopped
+            self.loop.run(self.server.stop(grace))
+            self.loop.close()
+            self.pool.shutdown(wait=True, cancel_futures=True)
         self.hub.presence.flush(self.hub.db, force=True)  # the last signs of life
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
@@ -224,4 +259,39 @@ class CoordinatorServer:
 
     def wait(self) -> None:
         """Block until the server stops."""
-        self.server.wait_for_termination()
+        if not self.loop.closed:
+            self.loop.run(self.server.wait_for_termination())
+
+
+class _LoopThread:
+    """An asyncio event loop on a daemon thread, and ways to run work on it and wait."""
+
+    def __init__(self, executor: futures.Executor) -> None:
+        self._loop = asyncio.new_event_loop()
+        # The loop's executor is the server's pool: the polls' database steps share it.
+        self._loop.set_default_executor(executor)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+        self.closed = False
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and return its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def call(self, function: Callable[[], T]) -> T:
+        """Call ``function`` on the loop's thread (grpc binds its server to that loop)."""
+
+        async def inside() -> T:
+            return function()
+
+        return self.run(inside())
+
+    def close(self) -> None:
+        """Stop the loop and its thread (after the server stopped)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 
@@ -51,12 +53,15 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         return self.domain.sites.heartbeat(self._node(context))
 
     @maps_domain_errors
-    def PullTask(
-        self, request: federation_pb2.PullTaskRequest, context: grpc.ServicerContext
+    async def PullTask(
+        self, request: federation_pb2.PullTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> federation_pb2.Task:
-        return self.domain.tasks.pull_task(
-            self._node(context), request.wait_seconds, context.is_active
-        )
+        # A coroutine: a parked poll holds no thread (coordinator/handout.py); the
+        # credential check may query, so it runs on the server's thread pool.
+        token = bearer_token(context)
+        loop = asyncio.get_running_loop()
+        node_id = await loop.run_in_executor(None, self.domain.sites.authenticate, token)
+        return await self.domain.tasks.pull_task(node_id, request.wait_seconds)
 
     @maps_domain_errors
     def FetchModel(
@@ -174,11 +179,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return self.domain.stop_run(request.run_id, request.reason, actor)
 
     @maps_domain_errors
-    def WatchRun(
-        self, request: admin_pb2.GetRunRequest, context: grpc.ServicerContext
-    ) -> Iterator[admin_pb2.RunEvent]:
-        self._actor(context, "WatchRun")
-        yield from self.domain.watch_run(request.run_id, context.is_active)
+    async def WatchRun(
+        self, request: admin_pb2.GetRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[admin_pb2.RunEvent]:
+        # An async generator: a watch waits on the event loop, not on a thread.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._actor, context, "WatchRun")
+        async for event in self.domain.watch_run(request.run_id):
+            yield event
 
     @maps_domain_errors
     def DownloadModel(

@@ -141,12 +141,13 @@ def test_a_task_given_after_an_empty_poll_is_delivered(auth_coordinator):
     node_id, token = joined_site(channel, "clinic")
     _running_run(server)
     tasks = TaskHandout(server.hub)  # shares the hub's task marks with the servicer's
-    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # noted as idle
+    # noted as idle
+    assert tasks.pull_task_blocking(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
 
     with server.hub.db.transaction() as session:
         session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
 
-    assert tasks.pull_task(node_id, 0).task_id == "t"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t"
 
 
 def _start_run(session: Session) -> None:
@@ -185,12 +186,13 @@ def test_a_change_that_makes_a_task_deliverable_reaches_an_idle_poll(
             )
         )
     tasks = TaskHandout(server.hub)
-    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # noted as idle
+    # noted as idle
+    assert tasks.pull_task_blocking(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
 
     with server.hub.db.transaction() as session:
         change(session)
 
-    assert tasks.pull_task(node_id, 0).task_id == "t"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t"
 
 
 def test_a_finished_task_or_a_run_counter_moves_no_poll(auth_coordinator):
@@ -229,7 +231,7 @@ def test_a_task_cancelled_before_its_delivery_lands_is_not_handed_out(auth_coord
 
     tasks._task_message = cancel_meanwhile
 
-    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
+    assert tasks.pull_task_blocking(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
     with server.hub.db.transaction() as session:
         assert session.get(Task, "t").state == TaskState.CANCELLED
 
@@ -267,9 +269,9 @@ def test_a_poll_that_loses_its_task_to_the_scheduler_hands_out_the_next_one(auth
 
     tasks._task_message = miss_meanwhile
 
-    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # lost "t-a"
+    assert tasks.pull_task_blocking(node_id, 0).kind == federation_pb2.TASK_KIND_NONE  # lost "t-a"
     assert missed == ["t-a"]
-    assert tasks.pull_task(node_id, 0).task_id == "t-b"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t-b"
 
 
 def _counting_deliveries(tasks: TaskHandout) -> list[str]:
@@ -310,16 +312,16 @@ def test_the_poll_after_a_sole_task_finishes_makes_no_query_and_still_sees_the_n
         session.add(_task(node_id, "t1"))
     tasks = TaskHandout(server.hub)
     looks = _counting_deliveries(tasks)
-    assert tasks.pull_task(node_id, 0).task_id == "t1"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t1"
     with server.hub.db.transaction() as session:
         session.get(Task, "t1").state = TaskState.DONE
 
-    assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
+    assert tasks.pull_task_blocking(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
     assert looks == [node_id]  # the second poll made no query
 
     with server.hub.db.transaction() as session:
         session.add(_task(node_id, "t2", created=2.0))
-    assert tasks.pull_task(node_id, 0).task_id == "t2"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t2"
 
 
 @pytest.mark.parametrize("other_run_state", [RunState.RUNNING, RunState.PENDING])
@@ -337,16 +339,16 @@ def test_a_finished_task_that_was_not_the_only_one_leaves_the_next_poll_asking(
         session.add(_task(node_id, "t-a", "a", created=1.0))
         session.add(_task(node_id, "t-b", "b", created=2.0))
     tasks = TaskHandout(server.hub)
-    assert tasks.pull_task(node_id, 0).task_id == "t-a"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t-a"
     with server.hub.db.transaction() as session:
         session.get(Task, "t-a").state = TaskState.DONE
     if other_run_state == RunState.PENDING:
         # t-b was not deliverable, so t-a was the only one: the node is idle until b starts.
-        assert tasks.pull_task(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
+        assert tasks.pull_task_blocking(node_id, 0).kind == federation_pb2.TASK_KIND_NONE
         with server.hub.db.transaction() as session:
             session.get(Run, "b").state = RunState.RUNNING
 
-    assert tasks.pull_task(node_id, 0).task_id == "t-b"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t-b"
 
 
 def test_a_sole_task_finished_after_a_new_one_arrived_leaves_the_next_poll_asking(
@@ -359,13 +361,13 @@ def test_a_sole_task_finished_after_a_new_one_arrived_leaves_the_next_poll_askin
     with server.hub.db.transaction() as session:
         session.add(_task(node_id, "t1"))
     tasks = TaskHandout(server.hub)
-    assert tasks.pull_task(node_id, 0).task_id == "t1"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t1"
     with server.hub.db.transaction() as session:
         session.add(_task(node_id, "t2", created=2.0))
     with server.hub.db.transaction() as session:
         session.get(Task, "t1").state = TaskState.DONE
 
-    assert tasks.pull_task(node_id, 0).task_id == "t2"
+    assert tasks.pull_task_blocking(node_id, 0).task_id == "t2"
 
 
 def test_a_rolled_back_audit_row_does_not_move_the_log_head(auth_coordinator):

@@ -215,9 +215,9 @@ def _parked_then_revoked(
     """A 20 s PullTask, parked at the coordinator, then the site revoked: the poll's future."""
     parked = pool.submit(_pull, channel, token, 20)
     deadline = time.monotonic() + 10
-    while not server.hub.tasks._parked.get(node_id) and time.monotonic() < deadline:
+    while not server.hub.tasks.parked(node_id) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert server.hub.tasks._parked.get(node_id), "the poll never parked"
+    assert server.hub.tasks.parked(node_id), "the poll never parked"
     admin_pb2_grpc.AdminStub(channel).RevokeSite(
         admin_pb2.RevokeRequest(name="clinic", reason="compromised"), metadata=bearer(ROOT)
     )
