@@ -9,13 +9,13 @@ whichever domain function made it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
 from coordinator.hub import Hub
-from coordinator.interceptors import is_coroutine
+from coordinator.interceptors import HandlerInterceptor, is_coroutine
 
 FEDERATION_PREFIX = "/cohort.v1.Federation/"
 
@@ -45,23 +45,18 @@ def stamp(hub: Hub, reply: Any, head: tuple[int, str] | None = None) -> Any:
     return reply
 
 
-class AnchorReplies(grpc.aio.ServerInterceptor):
+class AnchorReplies(HandlerInterceptor):
     """Stamp the log head on each unary Federation reply (Join, PullTask, Submit*, …)."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Wrap unary Federation handlers so their replies carry the log head."""
-        handler = await continuation(handler_call_details)
-        if (
-            handler is None
-            or handler.response_streaming
-            or not handler_call_details.method.startswith(FEDERATION_PREFIX)
+        if handler.response_streaming or not handler_call_details.method.startswith(
+            FEDERATION_PREFIX
         ):
             return handler
         hub = self.hub

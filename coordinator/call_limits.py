@@ -12,12 +12,18 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from coordinator.interceptors import Behavior, is_coroutine, rewrap, yields_async
+from coordinator.interceptors import (
+    Behavior,
+    HandlerInterceptor,
+    is_coroutine,
+    rewrap,
+    yields_async,
+)
 from protos import wire
 
 # Run watches last as long as their run: capped overall (MAX_WATCHES) as well as per
@@ -92,21 +98,16 @@ class CallCounter:
                 self.parked -= 1
 
 
-class CapCalls(grpc.aio.ServerInterceptor):
+class CapCalls(HandlerInterceptor):
     """Refuse a call past its caller's cap, or a run watch past MAX_WATCHES."""
 
     def __init__(self, max_watches: int = MAX_WATCHES) -> None:
         self.counter = CallCounter(max_watches)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Wrap each handler so a call over its caller's or the parking cap is refused up front."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         parks = handler_call_details.method in PARKED_METHODS
         metadata = handler_call_details.invocation_metadata
         counter = self.counter

@@ -58,6 +58,27 @@ def rewrap(
     )
 
 
+class HandlerInterceptor(grpc.aio.ServerInterceptor):
+    """A server interceptor that serves a wrapper of the method handler grpc found."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Look the handler up (None for an unknown method) and serve :meth:`wrap`'s."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self.wrap(handler, handler_call_details)
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        """The handler to serve in ``handler``'s place (or ``handler`` itself)."""
+        raise NotImplementedError
+
+
 class SyncCallContext:
     """A plain handler's context on the asyncio server, with the sync server's two extras.
 
@@ -182,17 +203,14 @@ def _close(replies: Iterator[Any]) -> None:
         replies.close()  # type: ignore[attr-defined]
 
 
-class StreamsOnPool(grpc.aio.ServerInterceptor):
+class StreamsOnPool(HandlerInterceptor):
     """The innermost interceptor: every plain response stream is driven from the loop."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Turn a plain generator handler with a streamed reply into an async one."""
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler.response_streaming or handler.request_streaming:
+        if not handler.response_streaming or handler.request_streaming:
             return handler
         if is_coroutine(handler.unary_stream):
             return handler

@@ -18,7 +18,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,13 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from coordinator.hub import Hub
-from coordinator.interceptors import SyncCallContext, is_coroutine, rewrap, yields_async
+from coordinator.interceptors import (
+    HandlerInterceptor,
+    SyncCallContext,
+    is_coroutine,
+    rewrap,
+    yields_async,
+)
 from coordinator.refusals import CODES as REFUSAL_CODES
 from coordinator.schema import (
     AuditEvent,
@@ -226,7 +232,7 @@ class CoordinatorMetrics:
         return {**legacy, **out}
 
 
-class LatencyInterceptor(grpc.aio.ServerInterceptor):
+class LatencyInterceptor(HandlerInterceptor):
     """Times every RPC into ``cohort_rpc_seconds`` (method, final status code).
 
     The outermost interceptor: a plain handler's context is wrapped here once
@@ -238,15 +244,10 @@ class LatencyInterceptor(grpc.aio.ServerInterceptor):
         self.histogram = histogram
         self.closing = closing
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Wrap each handler so its duration and final status code are observed."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
 
         def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +21,14 @@ from coordinator.anchoring import AnchorReplies
 from coordinator.call_limits import CapCalls
 from coordinator.federation import FederationService
 from coordinator.hub import Hub, Limits
-from coordinator.interceptors import Behavior, StreamsOnPool, is_coroutine, rewrap, yields_async
+from coordinator.interceptors import (
+    Behavior,
+    HandlerInterceptor,
+    StreamsOnPool,
+    is_coroutine,
+    rewrap,
+    yields_async,
+)
 from coordinator.metrics import CoordinatorMetrics, LatencyInterceptor, MetricsEndpoint
 from coordinator.pki import FederationPki
 from coordinator.scheduler import RoundScheduler
@@ -102,17 +110,14 @@ def _refusing(behavior: Behavior, streaming: bool) -> Behavior:
     return checked_async if is_coroutine(behavior) else checked
 
 
-class RefuseUndecodable(grpc.aio.ServerInterceptor):
+class RefuseUndecodable(HandlerInterceptor):
     """Answer unparseable request bytes with INVALID_ARGUMENT, not grpcio's INTERNAL."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Wrap handlers so request bytes that do not parse are refused, not raised in grpcio."""
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+        if handler.request_deserializer is None:
             return handler
         parse = handler.request_deserializer
 
@@ -274,9 +279,9 @@ class _LoopThread:
         self._thread.start()
         self.closed = False
 
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the loop and return its result (from any other thread)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def call(self, function: Callable[[], T]) -> T:
         """Call ``function`` on the loop's thread (grpc binds its server to that loop)."""
@@ -291,7 +296,20 @@ class _LoopThread:
         if self.closed:
             return
         self.closed = True
+        # Calls the server's stop left behind (a plain handler still on the pool) are
+        # cancelled and awaited, so none is destroyed pending with the loop.
+        with contextlib.suppress(Exception):
+            self.run(_cancel_the_rest(), timeout=5.0)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task on the running loop and wait for them to end."""
+    rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()

@@ -244,17 +244,7 @@ def test_a_poll_that_loses_its_task_to_the_scheduler_hands_out_the_next_one(auth
     for run_id, created in (("a", 1.0), ("b", 2.0)):
         _running_run(server, run_id)
         with server.hub.db.transaction() as session:
-            session.add(
-                Task(
-                    id=f"t-{run_id}",
-                    run_id=run_id,
-                    node_id=node_id,
-                    kind=TaskKind.TRAIN,
-                    round=1,
-                    deadline=1e12,
-                    created_at=created,
-                )
-            )
+            session.add(_task(node_id, f"t-{run_id}", run_id, created))
     tasks = TaskHandout(server.hub)
     real_message = tasks._task_message
     missed: list[str] = []
@@ -299,20 +289,26 @@ def _task(node_id: str, task_id: str, run_id: str = "r", created: float = 1.0) -
     )
 
 
-def test_the_poll_after_a_sole_task_finishes_makes_no_query_and_still_sees_the_next(
-    auth_coordinator,
-):
-    """A node's one deliverable task is handed out and finished: its next poll parks without
-    asking the database (the empty look after every submit), and a task added later still
-    reaches it."""
+def _t1_handed_out(auth_coordinator):  # type: ignore[no-untyped-def]
+    """A site whose one task "t1" was just handed out: (server, node, hand-out, its looks)."""
     server, channel = auth_coordinator
-    node_id, token = joined_site(channel, "clinic")
+    node_id, _ = joined_site(channel, "clinic")
     _running_run(server)
     with server.hub.db.transaction() as session:
         session.add(_task(node_id, "t1"))
     tasks = TaskHandout(server.hub)
     looks = _counting_deliveries(tasks)
     assert tasks.pull_task_blocking(node_id, 0).task_id == "t1"
+    return server, node_id, tasks, looks
+
+
+def test_the_poll_after_a_sole_task_finishes_makes_no_query_and_still_sees_the_next(
+    auth_coordinator,
+):
+    """A node's one deliverable task is handed out and finished: its next poll parks without
+    asking the database (the empty look after every submit), and a task added later still
+    reaches it."""
+    server, node_id, tasks, looks = _t1_handed_out(auth_coordinator)
     with server.hub.db.transaction() as session:
         session.get(Task, "t1").state = TaskState.DONE
 
@@ -355,13 +351,7 @@ def test_a_sole_task_finished_after_a_new_one_arrived_leaves_the_next_poll_askin
     auth_coordinator,
 ):
     """The mark moved between the hand-out and the finish: the idle note must not be made."""
-    server, channel = auth_coordinator
-    node_id, token = joined_site(channel, "clinic")
-    _running_run(server)
-    with server.hub.db.transaction() as session:
-        session.add(_task(node_id, "t1"))
-    tasks = TaskHandout(server.hub)
-    assert tasks.pull_task_blocking(node_id, 0).task_id == "t1"
+    server, node_id, tasks, _ = _t1_handed_out(auth_coordinator)
     with server.hub.db.transaction() as session:
         session.add(_task(node_id, "t2", created=2.0))
     with server.hub.db.transaction() as session:

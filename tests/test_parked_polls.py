@@ -14,9 +14,10 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_coordinator_caches import _running_run
 from test_revocation import ROOT, bearer, heartbeat, joined_site
 
-from coordinator.schema import Run, RunState, Task, TaskKind
+from coordinator.schema import Task, TaskKind
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 
@@ -76,18 +77,7 @@ def test_many_parked_polls_hold_no_threads_and_others_are_served(small_pool):
 
     # A task for one site reaches that site's parked poll; the others stay parked.
     node_id, _ = sites[7]
-    server.scheduler.stop()
-    with server.hub.db.transaction() as session:
-        session.add(
-            Run(
-                id="r",
-                model="m",
-                rounds=1,
-                min_clients=1,
-                round_deadline=60.0,
-                state=RunState.RUNNING,
-            )
-        )
+    _running_run(server)
     with server.hub.db.transaction() as session:
         session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
     assert polls[7].result(timeout=10).task_id == "t"
