@@ -9,13 +9,13 @@ whichever domain function made it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from coordinator.hub import Hub
-from coordinator.interceptors import HandlerInterceptor, is_coroutine
+from coordinator.interceptors import HandlerInterceptor
 
 FEDERATION_PREFIX = "/cohort.v1.Federation/"
 
@@ -60,11 +60,19 @@ class AnchorReplies(HandlerInterceptor):
         ):
             return handler
         hub = self.hub
+
+        async def stamped(reply: Any) -> Any:
+            head = hub.log_head.peek()
+            if head is not None:
+                return stamp(hub, reply, head)
+            # The head is not known yet: its one query runs off the event loop.
+            return await asyncio.get_running_loop().run_in_executor(None, stamp, hub, reply)
+
         if handler.request_streaming:
             inner: Callable[..., Any] = handler.stream_unary
 
-            def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                return stamp(hub, inner(requests, context))
+            async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+                return await stamped(await inner(requests, context))
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary,
@@ -73,19 +81,11 @@ class AnchorReplies(HandlerInterceptor):
             )
         unary: Callable[..., Any] = handler.unary_unary
 
-        def unary_unary(request: object, context: grpc.ServicerContext) -> Any:
-            return stamp(hub, unary(request, context))
-
-        async def unary_unary_async(request: object, context: Any) -> Any:
-            reply = await unary(request, context)
-            head = hub.log_head.peek()
-            if head is not None:
-                return stamp(hub, reply, head)
-            # The head is not known yet: its one query runs off the event loop.
-            return await asyncio.get_running_loop().run_in_executor(None, stamp, hub, reply)
+        async def unary_unary(request: object, context: Any) -> Any:
+            return await stamped(await unary(request, context))
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary_async if is_coroutine(unary) else unary_unary,
+            unary_unary,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -20,7 +20,6 @@ import grpc
 from coordinator.interceptors import (
     Behavior,
     HandlerInterceptor,
-    is_coroutine,
     rewrap,
     yields_async,
 )
@@ -117,16 +116,7 @@ class CapCalls(HandlerInterceptor):
             return caller, counter.enter(caller, limit, parks)
 
         def counted(behavior: Behavior) -> Behavior:
-            def unary(request: object, context: grpc.ServicerContext) -> Any:
-                caller, refusal = enter(context)
-                if refusal is not None:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-                try:
-                    return behavior(request, context)
-                finally:
-                    counter.leave(caller, parks)
-
-            async def unary_async(request: object, context: Any) -> Any:
+            async def unary(request: object, context: Any) -> Any:
                 caller, refusal = enter(context)
                 if refusal is not None:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
@@ -135,7 +125,7 @@ class CapCalls(HandlerInterceptor):
                 finally:
                     counter.leave(caller, parks)
 
-            async def streaming_async(request: object, context: Any) -> AsyncIterator[Any]:
+            async def streaming(request: object, context: Any) -> AsyncIterator[Any]:
                 caller, refusal = enter(context)
                 if refusal is not None:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
@@ -145,9 +135,8 @@ class CapCalls(HandlerInterceptor):
                 finally:
                     counter.leave(caller, parks)
 
-            # Streamed replies arrive as async generators (interceptors.StreamsOnPool).
-            if yields_async(behavior):
-                return streaming_async
-            return unary_async if is_coroutine(behavior) else unary
+            # Every behaviour here is async (interceptors.PlainOnPool); enter() runs on
+            # the event loop, where asking the call for its peer is safe.
+            return streaming if yields_async(behavior) else unary
 
         return rewrap(handler, counted)

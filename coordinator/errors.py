@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coordinator.interceptors import Aborted
+from coordinator.interceptors import Aborted, CallerLeft
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:
     It can come from inside a handler (a request stream that a server interceptor
     refused); re-raising it keeps the status that abort chose.
     """
-    if isinstance(exc, Aborted) or type(exc).__module__.startswith("grpc"):
+    if isinstance(exc, Aborted | CallerLeft) or type(exc).__module__.startswith("grpc"):
         return True
     code = context.code() if hasattr(context, "code") else None
     return type(exc) is Exception and code not in (None, grpc.StatusCode.OK)

@@ -1,17 +1,21 @@
 """One way to put a wrapper around a gRPC method handler (used by every server interceptor).
 
 The coordinator serves on grpc's asyncio server (issue 14: a parked long poll is a
-coroutine, not a thread). Most handlers stay plain functions, which that server runs on
-its thread pool; PullTask is a coroutine. Each interceptor therefore wraps either kind,
-keeping its kind (:func:`is_coroutine`).
+coroutine, not a thread). PullTask and WatchRun are written async; every other handler
+is a plain function, which the innermost interceptor (:class:`PlainOnPool`) runs on the
+server's thread pool from the event loop. Every interceptor outside it therefore wraps
+coroutines (one reply, or a coroutine that writes its replies) and async generators
+(streamed replies) only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -79,49 +83,8 @@ class HandlerInterceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
 
-class SyncCallContext:
-    """A plain handler's context on the asyncio server, with the sync server's two extras.
-
-    grpc's asyncio server hands a plain (thread-pool) handler a context without
-    ``code()`` (the metrics label and the error mapping read it) and without
-    ``is_active()`` (the partial and echo waits and WatchRun poll it). Here ``code()`` is
-    what the handler set or aborted with, and a call stays active until its deadline
-    passes or the coordinator stops (a caller that leaves without a deadline is noticed
-    at the next reply written to it).
-    """
-
-    def __init__(self, context: Any, closing: threading.Event) -> None:
-        self._context = context
-        self._closing = closing
-        self._code: grpc.StatusCode | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
-
-    def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        """Record the status, then end the call with it (raises)."""
-        self._code = code
-        self._context.abort(code, details)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        """Record the status and set it on the call."""
-        self._code = code
-        self._context.set_code(code)
-
-    def code(self) -> grpc.StatusCode | None:
-        """The status set or aborted with so far (None: none yet)."""
-        return self._code
-
-    def is_active(self) -> bool:
-        """False once the call's deadline passed or the coordinator is stopping."""
-        if self._closing.is_set():
-            return False
-        remaining = self._context.time_remaining()
-        return remaining is None or remaining > 0
-
-
 class Aborted(Exception):
-    """A plain streaming handler's abort, carried from its pool thread to the event loop."""
+    """A plain handler's abort, carried from its pool thread to the event loop."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -129,20 +92,39 @@ class Aborted(Exception):
         self.details = details
 
 
-class ThreadSideContext:
-    """What a plain response-streaming handler sees while it runs on the pool.
+class CallerLeft(Exception):
+    """Raised into a plain handler reading a request stream whose caller has gone."""
 
-    Its ``abort`` raises :class:`Aborted`, which :func:`stream_on_pool` turns into the
-    real abort on the event loop; ``is_active`` is False once the caller left.
+
+class PoolContext:
+    """What a plain handler sees while it runs on the pool: read on the loop at the start.
+
+    grpc.aio releases a call as soon as its caller leaves; a pool thread that then asks
+    the call anything (``peer()``) reads freed memory (review: a segfault). So the peer,
+    the metadata and the deadline are read on the event loop when the call begins, and
+    ``abort`` raises :class:`Aborted`, which the loop turns into the real abort.
     """
 
-    def __init__(self, context: Any) -> None:
-        self._context = context
+    def __init__(self, context: Any, closing: threading.Event) -> None:
+        self._metadata = tuple(context.invocation_metadata() or ())
+        self._peer: str = context.peer()
+        remaining = context.time_remaining()
+        self._deadline = None if remaining is None else time.monotonic() + remaining
+        self._closing = closing
         self._code: grpc.StatusCode | None = None
         self.left = threading.Event()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
+    def invocation_metadata(self) -> tuple[Any, ...]:
+        """The call's metadata, as received."""
+        return self._metadata
+
+    def peer(self) -> str:
+        """The caller's address, as grpc names it."""
+        return self._peer
+
+    def time_remaining(self) -> float | None:
+        """Seconds to the call's deadline (None: it has none)."""
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
 
     def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         """End the call with ``code`` (raises)."""
@@ -154,15 +136,74 @@ class ThreadSideContext:
         return self._code
 
     def is_active(self) -> bool:
-        """False once the caller left or the call ended."""
-        return not self.left.is_set()
+        """False once the caller left, its deadline passed or the coordinator is stopping."""
+        if self.left.is_set() or self._closing.is_set():
+            return False
+        return self._deadline is None or time.monotonic() < self._deadline
 
 
 _END = object()
 
 
+def unary_on_pool(behavior: Behavior, closing: threading.Event) -> Behavior:
+    """A plain handler with one reply as a coroutine: the reply is made on the pool."""
+
+    async def call(request: Any, context: Any) -> Any:
+        side = PoolContext(context, closing)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, behavior, request, side)
+        except Aborted as exc:
+            await context.abort(exc.code, exc.details)
+        finally:
+            side.left.set()
+
+    return call
+
+
+def client_stream_on_pool(behavior: Behavior, closing: threading.Event) -> Behavior:
+    """A plain handler of a request stream (an update upload) as a coroutine.
+
+    It runs on the pool and reads each request from the loop.
+    """
+
+    async def call(requests: AsyncIterator[Any], context: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        side = PoolContext(context, closing)
+
+        def pulled() -> Iterator[Any]:
+            while True:
+                future = asyncio.run_coroutine_threadsafe(_next_or_end(requests), loop)
+                while True:
+                    try:
+                        message = future.result(timeout=1.0)
+                        break
+                    except concurrent.futures.TimeoutError:
+                        if side.left.is_set():
+                            future.cancel()
+                            raise CallerLeft("the caller left mid-stream") from None
+                if message is _END:
+                    return
+                yield message
+
+        try:
+            return await loop.run_in_executor(None, behavior, pulled(), side)
+        except Aborted as exc:
+            await context.abort(exc.code, exc.details)
+        finally:
+            side.left.set()
+
+    return call
+
+
+async def _next_or_end(requests: AsyncIterator[Any]) -> Any:
+    try:
+        return await anext(requests)
+    except StopAsyncIteration:
+        return _END
+
+
 def stream_on_pool(
-    behavior: Callable[[Any, Any], Iterator[Any]],
+    behavior: Callable[[Any, Any], Iterator[Any]], closing: threading.Event
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     """A plain generator handler as an async generator: each reply is made on the pool.
 
@@ -175,7 +216,7 @@ def stream_on_pool(
 
     async def streamed(request: Any, context: Any) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
-        side = ThreadSideContext(context)
+        side = PoolContext(context, closing)
         replies = behavior(request, side)
         try:
             while True:
@@ -203,15 +244,34 @@ def _close(replies: Iterator[Any]) -> None:
         replies.close()  # type: ignore[attr-defined]
 
 
-class StreamsOnPool(HandlerInterceptor):
-    """The innermost interceptor: every plain response stream is driven from the loop."""
+class PlainOnPool(HandlerInterceptor):
+    """The innermost interceptor: every plain handler is driven from the event loop.
+
+    grpc.aio can run plain handlers itself (its migration thread pool), but then a caller
+    that leaves a streamed reply wedges a pool thread for good, and a pool thread may ask
+    a call grpc has already released (reviews of issue 14's move). Here each plain
+    handler runs on the pool under a :class:`PoolContext` read on the loop, and every
+    interceptor outside this one sees coroutines and async generators only.
+    """
+
+    def __init__(self, closing: threading.Event) -> None:
+        self.closing = closing
 
     def wrap(
         self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        """Turn a plain generator handler with a streamed reply into an async one."""
-        if not handler.response_streaming or handler.request_streaming:
-            return handler
-        if is_coroutine(handler.unary_stream):
-            return handler
-        return rewrap(handler, stream_on_pool)
+        """The handler's plain behaviour as a coroutine or an async generator."""
+        if handler.request_streaming and handler.response_streaming:
+            return handler  # no such method; grpc.aio would run it on the pool itself
+        closing = self.closing
+
+        def on_pool(behavior: Behavior) -> Behavior:
+            if is_coroutine(behavior):
+                return behavior
+            if handler.response_streaming:
+                return stream_on_pool(behavior, closing)
+            if handler.request_streaming:
+                return client_stream_on_pool(behavior, closing)
+            return unary_on_pool(behavior, closing)
+
+        return rewrap(handler, on_pool)

@@ -37,13 +37,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from coordinator.hub import Hub
-from coordinator.interceptors import (
-    HandlerInterceptor,
-    SyncCallContext,
-    is_coroutine,
-    rewrap,
-    yields_async,
-)
+from coordinator.interceptors import HandlerInterceptor, rewrap, yields_async
 from coordinator.refusals import CODES as REFUSAL_CODES
 from coordinator.schema import (
     AuditEvent,
@@ -235,14 +229,12 @@ class CoordinatorMetrics:
 class LatencyInterceptor(HandlerInterceptor):
     """Times every RPC into ``cohort_rpc_seconds`` (method, final status code).
 
-    The outermost interceptor: a plain handler's context is wrapped here once
-    (:class:`SyncCallContext`), so everything inside reads its status and liveness as on
-    the sync server. Streamed replies reach it as async generators (StreamsOnPool).
+    Outermost: it sees each handler as a coroutine or an async generator
+    (interceptors.PlainOnPool).
     """
 
-    def __init__(self, histogram: Histogram, closing: threading.Event) -> None:
+    def __init__(self, histogram: Histogram) -> None:
         self.histogram = histogram
-        self.closing = closing
 
     def wrap(
         self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
@@ -253,9 +245,7 @@ class LatencyInterceptor(HandlerInterceptor):
         def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
             if yields_async(behavior):
                 return self._stream_async(behavior, method)
-            if is_coroutine(behavior):
-                return self._unary_async(behavior, method)
-            return self._unary(behavior, method)
+            return self._unary_async(behavior, method)
 
         return rewrap(handler, wrap)
 
@@ -268,19 +258,6 @@ class LatencyInterceptor(HandlerInterceptor):
         else:
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.histogram.labels(method, name).observe(time.perf_counter() - started)
-
-    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            started, ok = time.perf_counter(), False
-            context = SyncCallContext(context, self.closing)
-            try:
-                reply = behavior(request, context)
-                ok = True
-                return reply
-            finally:
-                self._observe(method, context, started, ok)
-
-        return call
 
     def _unary_async(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,14 +22,7 @@ from coordinator.anchoring import AnchorReplies
 from coordinator.call_limits import CapCalls
 from coordinator.federation import FederationService
 from coordinator.hub import Hub, Limits
-from coordinator.interceptors import (
-    Behavior,
-    HandlerInterceptor,
-    StreamsOnPool,
-    is_coroutine,
-    rewrap,
-    yields_async,
-)
+from coordinator.interceptors import Behavior, HandlerInterceptor, PlainOnPool, rewrap, yields_async
 from coordinator.metrics import CoordinatorMetrics, LatencyInterceptor, MetricsEndpoint
 from coordinator.pki import FederationPki
 from coordinator.scheduler import RoundScheduler
@@ -77,37 +71,32 @@ class _Undecodable:
 
 
 def _refusing(behavior: Behavior, streaming: bool) -> Behavior:
-    def check(request: object, context: grpc.ServicerContext) -> object:
-        if isinstance(request, _Undecodable):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request does not parse as protobuf")
-        return request
+    """``behavior`` (async: interceptors.PlainOnPool) refusing undecodable requests."""
 
-    def checked_stream(requests: Iterator[object], context: grpc.ServicerContext) -> Any:
-        return behavior((check(r, context) for r in requests), context)
-
-    def checked(request: object, context: grpc.ServicerContext) -> Any:
-        return behavior(check(request, context), context)
-
-    async def refuse_async(request: object, context: Any) -> None:
+    async def refuse(request: object, context: Any) -> object:
         if isinstance(request, _Undecodable):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "request does not parse as protobuf"
             )
+        return request
 
-    async def checked_async(request: object, context: Any) -> Any:
-        await refuse_async(request, context)
-        return await behavior(request, context)
+    async def checked_requests(requests: AsyncIterator[object], context: Any) -> Any:
+        async def checked() -> AsyncIterator[object]:
+            async for request in requests:
+                yield await refuse(request, context)
 
-    async def checked_async_stream(request: object, context: Any) -> AsyncIterator[Any]:
-        await refuse_async(request, context)
-        async for reply in behavior(request, context):
+        return await behavior(checked(), context)
+
+    async def checked(request: object, context: Any) -> Any:
+        return await behavior(await refuse(request, context), context)
+
+    async def checked_replies(request: object, context: Any) -> AsyncIterator[Any]:
+        async for reply in behavior(await refuse(request, context), context):
             yield reply
 
     if streaming:
-        return checked_stream
-    if yields_async(behavior):
-        return checked_async_stream
-    return checked_async if is_coroutine(behavior) else checked
+        return checked_requests
+    return checked_replies if yields_async(behavior) else checked
 
 
 class RefuseUndecodable(HandlerInterceptor):
@@ -129,6 +118,42 @@ class RefuseUndecodable(HandlerInterceptor):
 
         streaming = handler.request_streaming
         return rewrap(handler, lambda behavior: _refusing(behavior, streaming), deserialize)
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """grpc_health's asyncio servicer, with a Watch that keeps its shared condition in use.
+
+    Upstream's Watch deletes a service's condition when any one watcher leaves, so every
+    other watcher of that service never hears of a change again, NOT_SERVING at stop
+    included (review of issue 14's move to grpc.aio). Here the condition goes only with
+    its last watcher. Built on upstream's ``_server_watchers`` and ``_server_status``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watching: collections.Counter[str] = collections.Counter()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        """Write the service's status now and at every change, until the caller leaves."""
+        service = request.service
+        condition = self._server_watchers[service]
+        self._watching[service] += 1
+        last = None
+        try:
+            async with condition:
+                while True:
+                    status = self._server_status.get(
+                        service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                    )
+                    if status != last:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                    await condition.wait()
+        finally:
+            self._watching[service] -= 1
+            if self._watching[service] <= 0:
+                del self._watching[service]
+                self._server_watchers.pop(service, None)
 
 
 class CoordinatorServer:
@@ -161,7 +186,7 @@ class CoordinatorServer:
             self.access.bootstrap_admin(tls.admin_token.read_text().strip())
         self.scheduler = RoundScheduler(self.hub, tick_seconds=tick_seconds)
         # The asyncio servicer: a health Watch waits on the loop, not on a pool thread.
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.metrics = CoordinatorMetrics(self.hub)
         # Off by default; TLS with the coordinator's own certificate when it has one.
         self.metrics_endpoint = (
@@ -183,11 +208,11 @@ class CoordinatorServer:
         self.pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc")
         self.loop = _LoopThread(self.pool)
         interceptors = [
-            LatencyInterceptor(self.metrics.rpc_seconds, self.hub.closing),
+            LatencyInterceptor(self.metrics.rpc_seconds),
             CapCalls(),
             RefuseUndecodable(),
             AnchorReplies(self.hub),
-            StreamsOnPool(),
+            PlainOnPool(self.hub.closing),
         ]
         self.server = self.loop.call(
             lambda: grpc.aio.server(migration_thread_pool=self.pool, interceptors=interceptors)

@@ -202,6 +202,9 @@ def test_health_watches_and_run_watches_end_cleanly_at_stop(tmp_path):
     health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     open_watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
     next(open_watch)
+    leaving = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+    next(leaving)
+    leaving.cancel()  # upstream's servicer then forgot the other watchers (review)
     admin = admin_pb2_grpc.AdminStub(channel)
     run = admin.CreateRun(admin_pb2.CreateRunRequest(model="tabular_mlp", rounds=1, min_clients=5))
     run_watch = admin.WatchRun(admin_pb2.GetRunRequest(run_id=run.run_id), timeout=30)
@@ -212,4 +215,39 @@ def test_health_watches_and_run_watches_end_cleanly_at_stop(tmp_path):
     with pytest.raises(grpc.RpcError) as ended:
         list(run_watch)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    statuses = []
+    with pytest.raises(grpc.RpcError):
+        for reply in open_watch:
+            statuses.append(reply.status)
+    assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING]
     channel.close()
+
+
+def test_a_plain_handler_that_runs_after_its_caller_left_reads_the_call_safely(
+    tmp_path, monkeypatch
+):
+    """Review: grpc.aio releases a call when its caller leaves; a pool thread that then
+    asked it for its peer crashed the process. Plain handlers see what was read on the
+    event loop when the call began."""
+    from coordinator.services import FederationServicer
+
+    seen: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def slow_heartbeat(self, request, context):  # type: ignore[no-untyped-def]
+        time.sleep(0.6)  # the caller's 0.2 s deadline passes meanwhile
+        seen.append((context.peer(), len(context.invocation_metadata())))
+        done.set()
+        return federation_pb2.HeartbeatReply()
+
+    monkeypatch.setattr(FederationServicer, "Heartbeat", slow_heartbeat)
+    server = CoordinatorServer(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "data", port=0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.start()}")
+    stub = federation_pb2_grpc.FederationStub(channel)
+    with pytest.raises(grpc.RpcError) as late:
+        stub.Heartbeat(federation_pb2.HeartbeatRequest(), metadata=bearer("t"), timeout=0.2)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert done.wait(10)
+    assert seen[0][0].startswith("ipv4:127.0.0.1:") and seen[0][1] >= 1
+    channel.close()
+    _stop_within(server)
