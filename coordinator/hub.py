@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import event, inspect, update
+from sqlalchemy import event, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from coordinator.auditlog import LogHead
 from coordinator.blobs import BlobStore
 from coordinator.db import Database
-from coordinator.queries import LIVE
-from coordinator.schema import Node, Run, Task
+from coordinator.schema import Node
+from coordinator.task_watch import TaskWatch, Waiters, park, resolve_all
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,7 @@ class Hub:
     credentials: Credentials = field(default_factory=lambda: Credentials())
     generation: int = 0
     """How many times :meth:`notify` ran: read it before looking, then ``wait(since=...)``."""
-    _waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    _waiters: Waiters = field(default_factory=set)
     """Coroutines in :meth:`wait_async` (run watches on the server's event loop)."""
 
     def __post_init__(self) -> None:
@@ -79,7 +77,7 @@ class Hub:
         with self.changed:
             self.generation += 1
             self.changed.notify_all()
-            _resolve_all(self._waiters)
+            resolve_all(self._waiters)
         if self.closing.is_set():
             self.tasks.wake_all()
 
@@ -97,198 +95,12 @@ class Hub:
 
     async def wait_async(self, timeout: float, since: int) -> None:
         """:meth:`wait` for a coroutine: it parks on the event loop, not on a thread."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await park(self.changed, lambda: self._waiters, lambda: self.generation != since, timeout)
+
+    def parked(self) -> int:
+        """How many coroutines wait in :meth:`wait_async` now (run watches, partial polls)."""
         with self.changed:
-            if self.generation != since:
-                return
-            self._waiters.add(future)
-        try:
-            await asyncio.wait((future,), timeout=timeout)
-        finally:
-            with self.changed:
-                self._waiters.discard(future)
-            future.cancel()
-
-
-_PENDING = "cohort_task_watch"
-
-
-class TaskWatch:
-    """Which nodes' tasks may have changed since a long poll last looked, without a query.
-
-    A parked PullTask used to wake on every change anywhere (each accepted update, each
-    scheduler move) and query the database under the hub lock: with N sites parked that
-    is N queries per update, the coordinator's main cost at 100 and more sites (issue 14).
-    Here every committed transaction that touched a node's Task rows bumps that node's
-    version, and one that added a Run or changed a Run's state (the state decides which
-    tasks are live; a run's other columns do not, and its new rounds come with Task rows)
-    bumps the version of all; a poll queries again only when its node's version moved,
-    and is woken only then. Versions are bumped after COMMIT, and a poll reads its mark before
-    its query, so a change is never missed: it either is in the poll's query or moves
-    the mark it waits on.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._all = 0
-        self._nodes: dict[str, int] = {}
-        # Parked polls: coroutines on the server's event loop, no thread each (issue 14).
-        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
-        self._idle: dict[str, tuple[int, int]] = {}
-        # node -> (mark, task id): at that mark the node's one deliverable task was handed out.
-        self._sole: dict[str, tuple[tuple[int, int], str]] = {}
-
-    def follow(self, db: Database) -> None:
-        """Listen to ``db``'s sessions: collect at flush, publish at commit."""
-        factory = db.sessions
-        event.listen(factory, "after_flush", self._collect)
-        event.listen(factory, "after_commit", self._publish)
-        event.listen(factory, "after_soft_rollback", self._forget)
-
-    @staticmethod
-    def _collect(session: Session, _context: object) -> None:
-        pending = session.info.setdefault(_PENDING, [set(), False, set()])
-        for obj in (*session.new, *session.dirty):
-            # A task that stopped being live cannot be handed out, so a poll need not
-            # look again when one finishes (issue 14: each accepted update woke one). A
-            # new row counts whatever its state reads: column defaults land at INSERT.
-            if isinstance(obj, Task) and (obj in session.new or obj.state in LIVE):
-                pending[0].add(obj.node_id)
-            elif isinstance(obj, Task):
-                pending[2].add((obj.node_id, obj.id))
-            elif isinstance(obj, Run) and (
-                obj in session.new or inspect(obj).attrs.state.history.has_changes()
-            ):
-                # Every parked poll wakes on this: a round's counters or a run's aggregate
-                # do not change which tasks are live (issue 14: each woke N polls).
-                pending[1] = True
-
-    def _publish(self, session: Session) -> None:
-        nodes, every, ended = session.info.pop(_PENDING, (set(), False, set()))
-        if nodes or every:
-            self.bump(nodes, every=every)
-        if ended:
-            self._ended(ended)
-
-    def _ended(self, ended: set[tuple[str, str]]) -> None:
-        """Note tasks that left the live states.
-
-        A node whose one deliverable task that was (:meth:`handed_out_sole`) is then known
-        idle at the mark of the query that found it, with no query of its own.
-        """
-        with self._lock:
-            for node_id, task_id in ended:
-                held = self._sole.get(node_id)
-                if held is None or held[1] != task_id:
-                    continue
-                del self._sole[node_id]
-                # At the query's mark: a poll reading a later one (a task or run moved
-                # since) still asks the database.
-                self._idle[node_id] = held[0]
-
-    @staticmethod
-    def _forget(session: Session, _previous: object) -> None:
-        session.info.pop(_PENDING, None)
-
-    def bump(self, nodes: set[str], every: bool = False) -> None:
-        """Mark ``nodes``' tasks (or every node's) as moved and wake their parked polls."""
-        with self._lock:
-            if every:
-                self._all += 1
-            for node in nodes:
-                self._nodes[node] = self._nodes.get(node, 0) + 1
-            for node, futures in self._waiting.items():
-                if every or node in nodes:
-                    _resolve_all(futures)
-
-    def wake_all(self) -> None:
-        """Wake every parked poll (shutdown)."""
-        with self._lock:
-            for futures in self._waiting.values():
-                _resolve_all(futures)
-
-    def mark(self, node_id: str) -> tuple[int, int]:
-        """Read before querying; hand to ``wait`` after the query found nothing."""
-        with self._lock:
-            return self._all, self._nodes.get(node_id, 0)
-
-    def found_nothing(self, node_id: str, mark: tuple[int, int]) -> None:
-        """Note that a query after ``mark`` found no live task for the node.
-
-        A later poll at the same mark need not ask again: every committed change that
-        could give the node a task (a Task row of its, or any Run) moves the mark, and
-        time only ever takes tasks away (their deadlines pass). A site's next poll after
-        an empty one (its long poll ran out) then costs no query (issue 14).
-        """
-        with self._lock:
-            if len(self._idle) >= 100_000:
-                self._idle.clear()
-            self._idle[node_id] = mark
-
-    def handed_out_sole(self, node_id: str, mark: tuple[int, int], task_id: str) -> None:
-        """Note that a query after ``mark`` found ``task_id`` as the node's one deliverable task.
-
-        When that task then leaves the live states (the site's update, refusal or key
-        bundle is accepted) and the mark has not moved, the node has no deliverable task:
-        nothing that could give it one has committed since the query (it would have moved
-        the mark), and time only takes tasks away. Its next poll then parks without the
-        empty query it used to make after every submit (issue 14).
-        """
-        with self._lock:
-            if len(self._sole) >= 100_000:
-                self._sole.clear()
-            self._sole[node_id] = (mark, task_id)
-
-    def known_idle(self, node_id: str, mark: tuple[int, int]) -> bool:
-        """True when a query at ``mark`` already found the node without a live task."""
-        with self._lock:
-            return self._idle.get(node_id) == mark
-
-    async def wait(self, node_id: str, mark: tuple[int, int], timeout: float) -> bool:
-        """Park until the node's tasks may have changed since ``mark``; True if they may.
-
-        A parked poll is a future on the caller's event loop, resolved (thread-safely)
-        by :meth:`bump`: at 1,000 sites the coordinator holds 1,000 futures, not 1,000
-        threads (issue 14).
-        """
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if (self._all, self._nodes.get(node_id, 0)) != mark:
-                return True
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiting.setdefault(node_id, set()).add(future)
-        try:
-            await asyncio.wait((future,), timeout=timeout)
-        finally:
-            with self._lock:
-                waiters = self._waiting.get(node_id)
-                if waiters is not None:
-                    waiters.discard(future)
-                    if not waiters:
-                        del self._waiting[node_id]
-            future.cancel()
-        with self._lock:
-            return (self._all, self._nodes.get(node_id, 0)) != mark
-
-    def parked(self, node_id: str | None = None) -> int:
-        """How many polls are parked now (the node's, or all)."""
-        with self._lock:
-            if node_id is not None:
-                return len(self._waiting.get(node_id, ()))
-            return sum(len(futures) for futures in self._waiting.values())
-
-
-def _resolve_all(futures: set[asyncio.Future[None]]) -> None:
-    """Resolve parked polls' futures from any thread (each on its own loop)."""
-    for future in futures:
-        # A closed loop raises RuntimeError: its poll is gone with it.
-        with contextlib.suppress(RuntimeError):
-            future.get_loop().call_soon_threadsafe(_resolve, future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+            return len(self._waiters)
 
 
 class Presence:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -129,18 +129,14 @@ class KeyRelay:
         self.hub.notify()
         return reply
 
-    def fetch_partials(
-        self,
-        node_id: str,
-        request: federation_pb2.PartialFetchRequest,
-        is_active: Callable[[], bool] = lambda: True,
+    async def fetch_partials(
+        self, node_id: str, request: federation_pb2.PartialFetchRequest
     ) -> federation_pb2.PartialFetchReply:
         """Long poll: the round's sealed partials once ``at_least`` are in, or at the wait's end."""
-        return self._long_poll(
+        return await self._long_poll(
             request.wait_seconds,
             lambda session: threshold.fetch(session, node_id, request),
             lambda reply: len(reply.partials) >= request.at_least,
-            is_active,
         )
 
     def submit_echo(
@@ -152,44 +148,48 @@ class KeyRelay:
         self.hub.notify()
         return reply
 
-    def fetch_echoes(
-        self,
-        node_id: str,
-        request: federation_pb2.EchoFetchRequest,
-        is_active: Callable[[], bool] = lambda: True,
+    async def fetch_echoes(
+        self, node_id: str, request: federation_pb2.EchoFetchRequest
     ) -> federation_pb2.EchoFetchReply:
         """Long poll: the round's signed echoes once ``at_least`` are in, or at the wait's end."""
-        return self._long_poll(
+        return await self._long_poll(
             request.wait_seconds,
             lambda session: threshold.fetch_echoes(session, node_id, request),
             lambda reply: len(reply.echoes) >= request.at_least,
-            is_active,
         )
 
-    def _long_poll(
+    async def _long_poll(
         self,
         wait_seconds: float,
         read: Callable[[Session], _Reply],
         enough: Callable[[_Reply], bool],
-        is_active: Callable[[], bool],
     ) -> _Reply:
         """Re-``read`` until ``enough``, the wait (at most 10 s) ends, or the caller leaves.
 
-        Serves :meth:`fetch_partials` and :meth:`fetch_echoes`; each read is its own
-        transaction, and the hub's notify (a new partial or echo) wakes the wait.
+        Serves :meth:`fetch_partials` and :meth:`fetch_echoes`. A coroutine: between reads
+        it parks on the event loop (``Hub.wait_async``), so a threshold round's polls
+        hold no thread (issue 14); each read is its own transaction on the server's pool,
+        and the hub's notify (a new partial or echo) wakes the wait. A caller that leaves
+        cancels the coroutine where it waits.
         """
         if math.isnan(wait_seconds):
             raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
-        until = time.monotonic() + min(max(wait_seconds, 0.0), 10.0)
-        while True:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(max(wait_seconds, 0.0), 10.0)
+
+        def look() -> _Reply:
             with self.hub.db.transaction() as session:
-                reply = read(session)
+                return read(session)
+
+        while True:
+            since = self.hub.generation  # before the read: a change during it ends the wait
+            reply = await loop.run_in_executor(None, look)
             if enough(reply) or self.hub.closing.is_set():
                 return reply
-            remaining = until - time.monotonic()
-            if remaining <= 0 or not is_active():
+            remaining = until - loop.time()
+            if remaining <= 0:
                 return reply
-            self.hub.wait(min(remaining, 0.5))
+            await self.hub.wait_async(remaining, since)
 
     def report_partial(
         self, node_id: str, complaint: federation_pb2.PartialComplaint

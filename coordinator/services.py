@@ -40,6 +40,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     def _node(self, context: grpc.ServicerContext) -> str:
         return self.domain.sites.authenticate(bearer_token(context))
 
+    async def _node_async(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """:meth:`_node` for a coroutine: the credential check may query, so on the pool."""
+        token = bearer_token(context)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.domain.sites.authenticate, token)
+
     @maps_domain_errors
     def Join(
         self, request: federation_pb2.JoinRequest, context: grpc.ServicerContext
@@ -56,11 +62,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     async def PullTask(
         self, request: federation_pb2.PullTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> federation_pb2.Task:
-        # A coroutine: a parked poll holds no thread (coordinator/handout.py); the
-        # credential check may query, so it runs on the server's thread pool.
-        token = bearer_token(context)
-        loop = asyncio.get_running_loop()
-        node_id = await loop.run_in_executor(None, self.domain.sites.authenticate, token)
+        # A coroutine: a parked poll holds no thread (coordinator/handout.py).
+        node_id = await self._node_async(context)
         return await self.domain.tasks.pull_task(node_id, request.wait_seconds)
 
     @maps_domain_errors
@@ -109,10 +112,13 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         return self.domain.keys.submit_partials(self._node(context), request)
 
     @maps_domain_errors
-    def FetchPartials(
-        self, request: federation_pb2.PartialFetchRequest, context: grpc.ServicerContext
+    async def FetchPartials(
+        self,
+        request: federation_pb2.PartialFetchRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> federation_pb2.PartialFetchReply:
-        return self.domain.keys.fetch_partials(self._node(context), request, context.is_active)
+        # A coroutine like PullTask: a threshold round's polls hold no thread.
+        return await self.domain.keys.fetch_partials(await self._node_async(context), request)
 
     @maps_domain_errors
     def ReportPartial(
@@ -133,10 +139,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         return self.domain.keys.submit_echo(self._node(context), request)
 
     @maps_domain_errors
-    def FetchEchoes(
-        self, request: federation_pb2.EchoFetchRequest, context: grpc.ServicerContext
+    async def FetchEchoes(
+        self, request: federation_pb2.EchoFetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> federation_pb2.EchoFetchReply:
-        return self.domain.keys.fetch_echoes(self._node(context), request, context.is_active)
+        return await self.domain.keys.fetch_echoes(await self._node_async(context), request)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):

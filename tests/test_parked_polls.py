@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_coordinator_caches import _running_run
 from test_revocation import ROOT, bearer, heartbeat, joined_site
 
-from coordinator.schema import Task, TaskKind
+from coordinator.schema import Run, RunState, Task, TaskKind, ThresholdPartial
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 
@@ -251,3 +251,79 @@ def test_a_plain_handler_that_runs_after_its_caller_left_reads_the_call_safely(
     assert seen[0][0].startswith("ipv4:127.0.0.1:") and seen[0][1] >= 1
     channel.close()
     _stop_within(server)
+
+
+def _threshold_run(server: CoordinatorServer, holders: list[str]) -> None:
+    """A running 2-of-N run whose share holders are ``holders``; no scheduler moves it."""
+    server.scheduler.stop()
+    with server.hub.db.transaction() as session:
+        session.add(
+            Run(
+                id="th",
+                model="m",
+                rounds=1,
+                min_clients=2,
+                round_deadline=60.0,
+                state=RunState.RUNNING,
+                config={"threshold": 2},
+                participants=holders,
+            )
+        )
+
+
+def test_threshold_polls_hold_no_threads_and_wake_on_a_partial(small_pool):
+    """FetchPartials and FetchEchoes park on the event loop like PullTask: a threshold
+    round's holders, more than the pool's threads, leave every thread free."""
+    server, channel = small_pool
+    sites = [joined_site(channel, f"holder-{i}") for i in range(20)]
+    _threshold_run(server, [node_id for node_id, _ in sites])
+    stub = federation_pb2_grpc.FederationStub(channel)
+    threads_before = threading.active_count()
+
+    def ask(method, request_type, token):  # type: ignore[no-untyped-def]
+        request = request_type(run_id="th", round=1, at_least=1, wait_seconds=20)
+        return method.future(request, metadata=bearer(token), timeout=30)
+
+    partials = [ask(stub.FetchPartials, federation_pb2.PartialFetchRequest, t) for _, t in sites]
+    echoes = [ask(stub.FetchEchoes, federation_pb2.EchoFetchRequest, t) for _, t in sites]
+    _until(lambda: server.hub.parked() == 2 * len(sites))
+
+    started = time.monotonic()
+    for _, token in sites:
+        heartbeat(channel, token)
+    admin_pb2_grpc.AdminStub(channel).ListRuns(admin_pb2.ListRunsRequest(), metadata=bearer(ROOT))
+    assert time.monotonic() - started < 10
+    assert threading.active_count() - threads_before <= POOL
+
+    # A partial is published: every partial poll answers with it; echo polls wait on.
+    with server.hub.db.transaction() as session:
+        session.add(
+            ThresholdPartial(
+                run_id="th", round=1, node_id=sites[0][0], site_name="holder-0", sealed=b"s"
+            )
+        )
+    server.hub.notify()
+    for poll in partials:
+        assert [p.sealed for p in poll.result(timeout=10).partials] == [b"s"]
+    _until(lambda: server.hub.parked() == len(sites))
+    assert not any(poll.done() for poll in echoes)
+
+    # Callers that leave end their polls at once.
+    for poll in echoes:
+        poll.cancel()
+    _until(lambda: server.hub.parked() == 0)
+
+
+def test_a_threshold_poll_ends_at_its_wait(small_pool):
+    server, channel = small_pool
+    node_id, token = joined_site(channel, "holder")
+    _threshold_run(server, [node_id])
+    started = time.monotonic()
+    reply = federation_pb2_grpc.FederationStub(channel).FetchEchoes(
+        federation_pb2.EchoFetchRequest(run_id="th", round=1, at_least=1, wait_seconds=0.3),
+        metadata=bearer(token),
+        timeout=10,
+    )
+    assert list(reply.echoes) == []
+    assert 0.25 < time.monotonic() - started < 5
+    assert server.hub.parked() == 0
