@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import time
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import CursorResult, bindparam, case, select, update
@@ -161,15 +162,21 @@ class TaskHandout:
     def _next_task(session: Session, node_id: str) -> tuple[tuple[Task, Run] | None, bool]:
         """The node's oldest deliverable task with its run, and whether it is its only one."""
         now = time.time()
-        deliverable = [
-            (task, run)
-            for task, run in session.execute(_LIVE_TASKS, {"node_id": node_id})
-            if now < task.deadline
-            and (
-                run.state == RunState.RUNNING
-                or (task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED)
+        # Two rows say all that is asked: the oldest, and whether there is another.
+        deliverable = list(
+            islice(
+                (
+                    (task, run)
+                    for task, run in session.execute(_LIVE_TASKS, {"node_id": node_id})
+                    if now < task.deadline
+                    and (
+                        run.state == RunState.RUNNING
+                        or (task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED)
+                    )
+                ),
+                2,
             )
-        ]
+        )
         if not deliverable:
             return None, False
         return deliverable[0], len(deliverable) == 1

@@ -241,22 +241,24 @@ class RoundScheduler:
     def _check_round(
         self, session: Session, run: Run, current: Round, online: list[Node], now: float
     ) -> bool:
-        tasks = list(
-            session.scalars(
-                select(Task).where(
-                    Task.run_id == run.id, Task.round == current.number, Task.kind == TaskKind.TRAIN
-                )
-            )
+        live = select(Task).where(
+            Task.run_id == run.id,
+            Task.round == current.number,
+            Task.kind == TaskKind.TRAIN,
+            Task.state.in_([TaskState.PENDING, TaskState.DELIVERED]),
         )
-        open_tasks = [t for t in tasks if t.state in (TaskState.PENDING, TaskState.DELIVERED)]
+        if now < current.deadline and session.scalar(live.limit(1)) is not None:
+            # Still waiting: a round with a live task closes only at its deadline. Asked
+            # first, with one row, so a pass woken by an accepted update loads neither
+            # the round's tasks nor its updates (issue 14: O(sites) rows a pass).
+            return False
+        open_tasks = list(session.scalars(live))
         # A site revoked after sending its update is neither summed nor counted.
         updates = summed_updates(session, run.id, current.number, closed_at=now)
         quorum = run.settings().quorum
         if not open_tasks and len(updates) >= quorum:
             self._close_round(session, run, current, updates, now)
             return True
-        if now < current.deadline and open_tasks:
-            return False
         selection.mark_missed(session, run, open_tasks, round=current.number)
         if len(updates) >= quorum:
             self._close_round(session, run, current, updates, now)
