@@ -89,20 +89,8 @@ def test_a_revoked_site_cannot_fetch_a_model_it_fetched_before(auth_coordinator)
     server, channel = auth_coordinator
     node_id, token = joined_site(channel, "clinic")
     sha = server.hub.blobs.put(b"model bytes")
-    server.scheduler.stop()
+    _running_run(server, initial_model_sha256=sha)
     with server.hub.db.transaction() as session:
-        session.add(
-            Run(
-                id="r",
-                model="m",
-                rounds=1,
-                min_clients=1,
-                round_deadline=60.0,
-                state=RunState.RUNNING,
-                initial_model_sha256=sha,
-            )
-        )
-        session.flush()
         session.add(Task(id="t", run_id="r", node_id=node_id, kind=TaskKind.INIT, deadline=1e12))
     federation = federation_pb2_grpc.FederationStub(channel)
 
@@ -120,20 +108,12 @@ def test_a_revoked_site_cannot_fetch_a_model_it_fetched_before(auth_coordinator)
     expect_status(grpc.StatusCode.UNAUTHENTICATED, fetch)
 
 
-def _running_run(server: CoordinatorServer, run_id: str = "r") -> None:
+def _running_run(server: CoordinatorServer, run_id: str = "r", **columns: object) -> None:
     """A running run the scheduler leaves alone, so only the test gives tasks."""
     server.scheduler.stop()
+    row = {"model": "m", "rounds": 1, "min_clients": 1, "round_deadline": 60.0} | columns
     with server.hub.db.transaction() as session:
-        session.add(
-            Run(
-                id=run_id,
-                model="m",
-                rounds=1,
-                min_clients=1,
-                round_deadline=60.0,
-                state=RunState.RUNNING,
-            )
-        )
+        session.add(Run(id=run_id, state=RunState.RUNNING, **row))
 
 
 def test_a_task_given_after_an_empty_poll_is_delivered(auth_coordinator):

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_coordinator_caches import _running_run
 from test_revocation import ROOT, bearer, heartbeat, joined_site
 
-from coordinator.schema import Run, RunState, Task, TaskKind, ThresholdPartial
+from coordinator.schema import Task, TaskKind, ThresholdPartial
 from coordinator.server import CoordinatorServer
 from protos import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 
@@ -255,20 +255,7 @@ def test_a_plain_handler_that_runs_after_its_caller_left_reads_the_call_safely(
 
 def _threshold_run(server: CoordinatorServer, holders: list[str]) -> None:
     """A running 2-of-N run whose share holders are ``holders``; no scheduler moves it."""
-    server.scheduler.stop()
-    with server.hub.db.transaction() as session:
-        session.add(
-            Run(
-                id="th",
-                model="m",
-                rounds=1,
-                min_clients=2,
-                round_deadline=60.0,
-                state=RunState.RUNNING,
-                config={"threshold": 2},
-                participants=holders,
-            )
-        )
+    _running_run(server, "th", min_clients=2, config={"threshold": 2}, participants=holders)
 
 
 def test_threshold_polls_hold_no_threads_and_wake_on_a_partial(small_pool):
