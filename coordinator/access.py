@@ -275,8 +275,9 @@ class AccessControl:
                 },
             )
         # Its parked long polls wake now and are refused, not left to run out (cancelled
-        # tasks move no poll: coordinator/hub.py TaskWatch).
+        # tasks move no poll: coordinator/task_watch.py), its threshold polls too.
         self.hub.tasks.bump(revoked)
+        self.hub.relays.wake_all()
         return len(nodes)
 
     def revoke_operator(self, name: str, reason: str, actor: str) -> int:

@@ -1,9 +1,10 @@
 """Concurrency caps: calls per caller, and run watches overall.
 
 The server runs plain handlers on one thread pool. Without caps, one site could hold
-every thread with concurrent calls (issue 11, item 8). Long polls (PullTask) and run
-watches park coroutines on the event loop, not threads (issue 14): a poll is bounded by
-its caller's cap, watches also by MAX_WATCHES overall. Past a cap the call is answered
+every thread with concurrent calls (issue 11, item 8). Long polls (PullTask, and a
+threshold round's FetchPartials and FetchEchoes) and run watches park coroutines on the
+event loop, not threads (issue 14): a poll is bounded by its caller's cap, watches also
+by MAX_WATCHES overall. Past a cap the call is answered
 at once with RESOURCE_EXHAUSTED, which a site's agent treats as "retry later".
 """
 
@@ -26,7 +27,8 @@ from coordinator.interceptors import (
 from protos import wire
 
 # Run watches last as long as their run: capped overall (MAX_WATCHES) as well as per
-# caller. PullTask parks a coroutine for at most max_poll_seconds: its caller's cap bounds it.
+# caller. A long poll parks a coroutine for at most max_poll_seconds (threshold polls 10 s):
+# its caller's cap bounds it.
 PARKED_METHODS = frozenset({"/cohort.v1.Admin/WatchRun"})
 MAX_CALLS_PER_CALLER = 16
 # Callers without a token (Join, health checks) share one budget per address.

@@ -7,10 +7,9 @@ import json
 import math
 import threading
 import time
-from itertools import islice
 from typing import Any
 
-from sqlalchemy import CursorResult, bindparam, case, select, update
+from sqlalchemy import CursorResult, and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog, identity, manifests, privacy, threshold
@@ -45,8 +44,17 @@ from protos import common_pb2, federation_pb2, serde
 _LIVE_TASKS = (
     select(Task, Run)
     .join(Run, Run.id == Task.run_id)
-    .where(Task.node_id == bindparam("node_id"), Task.state.in_(LIVE))
+    .where(
+        Task.node_id == bindparam("node_id"),
+        Task.state.in_(LIVE),
+        Task.deadline > bindparam("now"),
+        or_(
+            Run.state == RunState.RUNNING,
+            and_(Task.kind == TaskKind.AUDIT, Run.state == RunState.COMPLETED),
+        ),
+    )
     .order_by(Task.created_at)
+    .limit(2)  # the oldest, and whether there is another
 )
 
 _KIND_TO_PROTO = {
@@ -149,7 +157,7 @@ class TaskHandout:
             )
             if marked.rowcount != 1:
                 # Lost to the scheduler: that task left the live states, which moves no
-                # poll (coordinator/hub.py TaskWatch), yet another of the node's tasks may
+                # poll (coordinator/task_watch.py), yet another of the node's tasks may
                 # be live. Moving the mark makes this poll look again, not note it idle.
                 self.hub.tasks.bump({node_id})
                 return None
@@ -161,22 +169,8 @@ class TaskHandout:
     @staticmethod
     def _next_task(session: Session, node_id: str) -> tuple[tuple[Task, Run] | None, bool]:
         """The node's oldest deliverable task with its run, and whether it is its only one."""
-        now = time.time()
-        # Two rows say all that is asked: the oldest, and whether there is another.
-        deliverable = list(
-            islice(
-                (
-                    (task, run)
-                    for task, run in session.execute(_LIVE_TASKS, {"node_id": node_id})
-                    if now < task.deadline
-                    and (
-                        run.state == RunState.RUNNING
-                        or (task.kind == TaskKind.AUDIT and run.state == RunState.COMPLETED)
-                    )
-                ),
-                2,
-            )
-        )
+        rows = session.execute(_LIVE_TASKS, {"node_id": node_id, "now": time.time()})
+        deliverable = [(task, run) for task, run in rows]
         if not deliverable:
             return None, False
         return deliverable[0], len(deliverable) == 1

@@ -16,7 +16,7 @@ from coordinator.auditlog import LogHead
 from coordinator.blobs import BlobStore
 from coordinator.db import Database
 from coordinator.schema import Node
-from coordinator.task_watch import TaskWatch, Waiters, park, resolve_all
+from coordinator.task_watch import RoundRelays, TaskWatch, Waiters, park, resolve_all
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Hub:
     changed: threading.Condition = field(default_factory=threading.Condition)
     closing: threading.Event = field(default_factory=threading.Event)
     tasks: TaskWatch = field(default_factory=lambda: TaskWatch())
+    relays: RoundRelays = field(default_factory=lambda: RoundRelays())
     presence: Presence = field(default_factory=lambda: Presence())
     log_head: LogHead = field(default_factory=LogHead)
     credentials: Credentials = field(default_factory=lambda: Credentials())
@@ -80,6 +81,7 @@ class Hub:
             resolve_all(self._waiters)
         if self.closing.is_set():
             self.tasks.wake_all()
+            self.relays.wake_all()
 
     def wait(self, timeout: float, since: int | None = None) -> None:
         """Sleep until :meth:`notify` or ``timeout`` seconds.
@@ -96,11 +98,6 @@ class Hub:
     async def wait_async(self, timeout: float, since: int) -> None:
         """:meth:`wait` for a coroutine: it parks on the event loop, not on a thread."""
         await park(self.changed, lambda: self._waiters, lambda: self.generation != since, timeout)
-
-    def parked(self) -> int:
-        """How many coroutines wait in :meth:`wait_async` now (run watches, partial polls)."""
-        with self.changed:
-            return len(self._waiters)
 
 
 class Presence:

@@ -1,11 +1,11 @@
 """One way to put a wrapper around a gRPC method handler (used by every server interceptor).
 
 The coordinator serves on grpc's asyncio server (issue 14: a parked long poll is a
-coroutine, not a thread). PullTask and WatchRun are written async; every other handler
-is a plain function, which the innermost interceptor (:class:`PlainOnPool`) runs on the
-server's thread pool from the event loop. Every interceptor outside it therefore wraps
-coroutines (one reply, or a coroutine that writes its replies) and async generators
-(streamed replies) only.
+coroutine, not a thread). PullTask, FetchPartials, FetchEchoes and WatchRun are written
+async; every other handler is a plain function, which the innermost interceptor
+(:class:`PlainOnPool`) runs on the server's thread pool from the event loop. Every
+interceptor outside it therefore wraps coroutines (one reply, or a coroutine that writes
+its replies) and async generators (streamed replies) only.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from coordinator.schema import (
     TaskKind,
     TaskState,
 )
+from coordinator.task_watch import RoundKey
 from protos import federation_pb2, wire
 
 _Reply = TypeVar("_Reply")
@@ -126,6 +127,7 @@ class KeyRelay:
         """Store a site's sealed partial decryption of an aggregate (``coordinator.threshold``)."""
         with self.hub.lock, self.hub.db.transaction() as session:
             reply = threshold.submit(session, node_id, request)
+        self.hub.relays.bump((request.run_id, int(request.round)))
         self.hub.notify()
         return reply
 
@@ -134,6 +136,7 @@ class KeyRelay:
     ) -> federation_pb2.PartialFetchReply:
         """Long poll: the round's sealed partials once ``at_least`` are in, or at the wait's end."""
         return await self._long_poll(
+            (request.run_id, int(request.round)),
             request.wait_seconds,
             lambda session: threshold.fetch(session, node_id, request),
             lambda reply: len(reply.partials) >= request.at_least,
@@ -145,6 +148,7 @@ class KeyRelay:
         """Store a holder's signed echo of a round's aggregate (``coordinator.threshold``)."""
         with self.hub.lock, self.hub.db.transaction() as session:
             reply = threshold.submit_echo(session, node_id, request)
+        self.hub.relays.bump((request.run_id, int(request.round)))
         self.hub.notify()
         return reply
 
@@ -153,6 +157,7 @@ class KeyRelay:
     ) -> federation_pb2.EchoFetchReply:
         """Long poll: the round's signed echoes once ``at_least`` are in, or at the wait's end."""
         return await self._long_poll(
+            (request.run_id, int(request.round)),
             request.wait_seconds,
             lambda session: threshold.fetch_echoes(session, node_id, request),
             lambda reply: len(reply.echoes) >= request.at_least,
@@ -160,6 +165,7 @@ class KeyRelay:
 
     async def _long_poll(
         self,
+        key: RoundKey,
         wait_seconds: float,
         read: Callable[[Session], _Reply],
         enough: Callable[[_Reply], bool],
@@ -167,10 +173,11 @@ class KeyRelay:
         """Re-``read`` until ``enough``, the wait (at most 10 s) ends, or the caller leaves.
 
         Serves :meth:`fetch_partials` and :meth:`fetch_echoes`. A coroutine: between reads
-        it parks on the event loop (``Hub.wait_async``), so a threshold round's polls
-        hold no thread (issue 14); each read is its own transaction on the server's pool,
-        and the hub's notify (a new partial or echo) wakes the wait. A caller that leaves
-        cancels the coroutine where it waits.
+        it parks on the event loop until a partial or echo of its round is stored
+        (``hub.relays``), so a threshold round's polls hold no thread and other calls
+        wake none of them (issue 14). Each read is its own transaction on the server's
+        pool and checks again that the caller holds a share and is not revoked. A caller
+        that leaves cancels the coroutine where it waits.
         """
         if math.isnan(wait_seconds):
             raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
@@ -182,14 +189,14 @@ class KeyRelay:
                 return read(session)
 
         while True:
-            since = self.hub.generation  # before the read: a change during it ends the wait
+            mark = self.hub.relays.mark(key)  # before the read: one stored during it wakes
             reply = await loop.run_in_executor(None, look)
             if enough(reply) or self.hub.closing.is_set():
                 return reply
             remaining = until - loop.time()
             if remaining <= 0:
                 return reply
-            await self.hub.wait_async(remaining, since)
+            await self.hub.relays.wait(key, mark, remaining)
 
     def report_partial(
         self, node_id: str, complaint: federation_pb2.PartialComplaint

@@ -202,9 +202,10 @@ class CoordinatorServer:
             else None
         )
         self.metrics_port = 0
-        # grpc's asyncio server on its own event-loop thread: PullTask is a coroutine, so a
-        # parked long poll holds no thread (issue 14); every other handler is a plain
-        # function run on ``pool``, which also takes the polls' database steps.
+        # grpc's asyncio server on its own event-loop thread: the long polls (PullTask,
+        # FetchPartials, FetchEchoes) and WatchRun are coroutines, so a parked one holds no
+        # thread (issue 14); every other handler is a plain function run on ``pool``,
+        # which also takes the polls' database steps.
         self.pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc")
         self.loop = _LoopThread(self.pool)
         interceptors = [

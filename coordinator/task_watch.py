@@ -225,3 +225,64 @@ class TaskWatch:
             if node_id is not None:
                 return len(self._waiting.get(node_id, ()))
             return sum(len(futures) for futures in self._waiting.values())
+
+
+RoundKey = tuple[str, int]
+"""A threshold round: (run id, round number)."""
+
+
+class RoundRelays:
+    """Which threshold rounds got a new partial or echo, and the polls parked on each.
+
+    FetchPartials and FetchEchoes used to wake on every hub notify (a join, an update of
+    another run, a scheduler step) and each re-read every sealed partial of its round;
+    here a round's version moves only when a partial or echo of it is stored (or at
+    stop, or when a site is revoked: :meth:`wake_all`), and only that round's polls wake.
+    A poll reads its mark before it reads the database, so a partial stored meanwhile
+    either is in its read or moves the mark (:func:`park`).
+    """
+
+    def __init__(self, max_rounds: int = 100_000) -> None:
+        self.max_rounds = max_rounds
+        self._lock = threading.Lock()
+        self._epoch = 0  # moves when the table is cleared, so no mark read before matches
+        self._versions: dict[RoundKey, int] = {}
+        self._waiting: dict[RoundKey, Waiters] = {}
+
+    def mark(self, key: RoundKey) -> tuple[int, int]:
+        """Read before the poll's read; hand to :meth:`wait` when it found too little."""
+        with self._lock:
+            return self._epoch, self._versions.get(key, 0)
+
+    def bump(self, key: RoundKey) -> None:
+        """A partial or echo of ``key`` was committed: wake the round's parked polls."""
+        with self._lock:
+            if key not in self._versions and len(self._versions) >= self.max_rounds:
+                self._versions.clear()
+                self._epoch += 1
+            self._versions[key] = self._versions.get(key, 0) + 1
+            resolve_all(self._waiting.get(key, set()))
+
+    def wake_all(self) -> None:
+        """Wake every parked poll (stop, revocation): each reads again and decides."""
+        with self._lock:
+            for futures in self._waiting.values():
+                resolve_all(futures)
+
+    async def wait(self, key: RoundKey, mark: tuple[int, int], timeout: float) -> None:
+        """Park until ``key`` moves past ``mark``, :meth:`wake_all`, or ``timeout``."""
+
+        def moved() -> bool:
+            return (self._epoch, self._versions.get(key, 0)) != mark
+
+        try:
+            await park(self._lock, lambda: self._waiting.setdefault(key, set()), moved, timeout)
+        finally:
+            with self._lock:
+                if not self._waiting.get(key, True):
+                    del self._waiting[key]
+
+    def parked(self) -> int:
+        """How many relay polls are parked now."""
+        with self._lock:
+            return sum(len(futures) for futures in self._waiting.values())

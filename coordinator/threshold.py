@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog
+from coordinator.access import REVOKED
 from coordinator.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -26,6 +27,7 @@ from coordinator.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
 )
 from coordinator.identity import participant_nodes
 from coordinator.queries import site_name
@@ -141,6 +143,8 @@ def _holder(session: Session, node_id: str, run_id: str) -> tuple[Run, str]:
         raise PermissionDenied("this site holds no share of that run's key")
     node = session.get(Node, node_id)
     assert node is not None
+    if node.revoked_at:  # a relay poll parked before the revocation reads again (keys.py)
+        raise Unauthenticated(REVOKED)
     return run, site_name(session, node)
 
 

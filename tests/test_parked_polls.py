@@ -273,7 +273,7 @@ def test_threshold_polls_hold_no_threads_and_wake_on_a_partial(small_pool):
 
     partials = [ask(stub.FetchPartials, federation_pb2.PartialFetchRequest, t) for _, t in sites]
     echoes = [ask(stub.FetchEchoes, federation_pb2.EchoFetchRequest, t) for _, t in sites]
-    _until(lambda: server.hub.parked() == 2 * len(sites))
+    _until(lambda: server.hub.relays.parked() == 2 * len(sites))
 
     started = time.monotonic()
     for _, token in sites:
@@ -289,16 +289,16 @@ def test_threshold_polls_hold_no_threads_and_wake_on_a_partial(small_pool):
                 run_id="th", round=1, node_id=sites[0][0], site_name="holder-0", sealed=b"s"
             )
         )
-    server.hub.notify()
+    server.hub.relays.bump(("th", 1))  # as SubmitPartials does once it committed
     for poll in partials:
         assert [p.sealed for p in poll.result(timeout=10).partials] == [b"s"]
-    _until(lambda: server.hub.parked() == len(sites))
+    _until(lambda: server.hub.relays.parked() == len(sites))
     assert not any(poll.done() for poll in echoes)
 
     # Callers that leave end their polls at once.
     for poll in echoes:
         poll.cancel()
-    _until(lambda: server.hub.parked() == 0)
+    _until(lambda: server.hub.relays.parked() == 0)
 
 
 def test_a_threshold_poll_ends_at_its_wait(small_pool):
@@ -313,4 +313,53 @@ def test_a_threshold_poll_ends_at_its_wait(small_pool):
     )
     assert list(reply.echoes) == []
     assert 0.25 < time.monotonic() - started < 5
-    assert server.hub.parked() == 0
+    assert server.hub.relays.parked() == 0
+
+
+def test_other_changes_wake_no_threshold_poll(small_pool, monkeypatch):
+    """A relay poll reads again only when a partial or echo of its round is stored: a
+    join, an update or a scheduler step elsewhere (each a hub notify) wakes none."""
+    from coordinator import threshold
+
+    server, channel = small_pool
+    node_id, token = joined_site(channel, "holder")
+    _threshold_run(server, [node_id])
+    reads = []
+    real = threshold.fetch_echoes
+    monkeypatch.setattr(threshold, "fetch_echoes", lambda *a: reads.append(1) or real(*a))
+    poll = federation_pb2_grpc.FederationStub(channel).FetchEchoes.future(
+        federation_pb2.EchoFetchRequest(run_id="th", round=1, at_least=1, wait_seconds=20),
+        metadata=bearer(token),
+        timeout=30,
+    )
+    _until(lambda: server.hub.relays.parked() == 1)
+    for _ in range(5):
+        server.hub.notify()
+    time.sleep(0.3)
+    assert len(reads) == 1 and not poll.done()
+    server.hub.relays.bump(("th", 2))  # another round's echo
+    time.sleep(0.3)
+    assert len(reads) == 1
+    server.hub.relays.bump(("th", 1))
+    _until(lambda: len(reads) == 2)
+    poll.cancel()
+
+
+def test_a_holder_revoked_while_its_poll_waits_is_refused_at_once(small_pool):
+    server, channel = small_pool
+    node_id, token = joined_site(channel, "holder")
+    _threshold_run(server, [node_id])
+    poll = federation_pb2_grpc.FederationStub(channel).FetchPartials.future(
+        federation_pb2.PartialFetchRequest(run_id="th", round=1, at_least=1, wait_seconds=20),
+        metadata=bearer(token),
+        timeout=30,
+    )
+    _until(lambda: server.hub.relays.parked() == 1)
+    started = time.monotonic()
+    admin_pb2_grpc.AdminStub(channel).RevokeSite(
+        admin_pb2.RevokeRequest(name="holder", reason="test"), metadata=bearer(ROOT)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        poll.result(timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert time.monotonic() - started < 5
