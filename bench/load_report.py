@@ -201,6 +201,14 @@ def print_backend(console: Any, fig: dict[str, Any]) -> None:
         ),
         ("coordinator CPU ms per update", _fmt(fig["coordinator_cpu_ms_per_update"], 1)),
         (
+            "  by thread (ms per update)",
+            " · ".join(
+                f"{kind} {ms:.1f}"
+                for kind, ms in fig.get("coordinator_cpu_ms_per_update_by_thread", {}).items()
+            )
+            or "-",
+        ),
+        (
             "peak threads (Python / OS)",
             f"{fig['coordinator_peak_threads']} / {fig['coordinator_peak_os_threads']}",
         ),

@@ -173,6 +173,7 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
     cpu_start = time.process_time()
     created = finished = time.time()
     cpu_run_start = cpu_run_end = cpu_start
+    threads_start = threads_end = thread_cpu()
     db_start = db_end = db.snapshot()
     join_seconds = 0.0
     ok_joins = orphans = 0
@@ -190,6 +191,7 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
         created = time.time()
         db_start = db.snapshot()
         cpu_run_start = time.process_time()
+        threads_start = thread_cpu()
         run_id = admin.CreateRun(
             admin_pb2.CreateRunRequest(
                 model="site:load-random-delta",  # the load sites send random deltas
@@ -215,6 +217,7 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
             time.sleep(1.0)  # an operator's poll; GetRun costs coordinator CPU too
         finished = time.time()
         cpu_run_end = time.process_time()
+        threads_end = thread_cpu()
         db_end = db.snapshot()
         if state not in TERMINAL:
             note = f"run not finished after --timeout {opts.timeout:.0f} s; stopped it"
@@ -271,6 +274,9 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
         coordinator_cpu_ms_per_update=(
             1000 * (cpu_run_end - cpu_run_start) / accepted if accepted else None
         ),
+        coordinator_cpu_ms_per_update_by_thread=by_thread(
+            threads_start, threads_end, cpu_run_end - cpu_run_start, accepted
+        ),
         coordinator_peak_os_threads=peak_os_threads,
         coordinator_rss_mib_before=rss_before,
         coordinator_peak_rss_mib=peak_rss,
@@ -286,6 +292,44 @@ def run_backend(backend: str, url: str, data_dir: Path, opts: Options) -> dict[s
         note=note,
     )
     return figures
+
+
+THREAD_KINDS = (("rpc_", "pool"), ("grpc-aio", "event loop"), ("round-scheduler", "scheduler"))
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of the coordinator's long-lived threads, by kind: its handler pool
+    (``rpc_N``), its event loop and its round scheduler. Linux's per-thread counters; empty
+    elsewhere."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return {}
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys([kind for _, kind in THREAD_KINDS], 0.0)
+    for entry in tasks.iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        fields = stat[stat.rindex(")") + 2 :].split()  # utime and stime are fields 14, 15
+        name = names.get(int(entry.name), "")
+        kind = next((k for prefix, k in THREAD_KINDS if name.startswith(prefix)), None)
+        if kind is not None:
+            out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def by_thread(
+    start: dict[str, float], end: dict[str, float], cpu_seconds: float, updates: int
+) -> dict[str, float]:
+    """The run's CPU per update by thread kind; "other" is the process's rest (grpc's own
+    threads, short-lived ones included, and the bench's main thread)."""
+    if not updates or not end:
+        return {}
+    out = {kind: 1000 * (end[kind] - start.get(kind, 0.0)) / updates for kind in end}
+    out["other"] = 1000 * cpu_seconds / updates - sum(out.values())
+    return out
 
 
 def busy_handlers() -> int:
