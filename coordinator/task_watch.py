@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from coordinator.db import Database
 
 Waiters = set[asyncio.Future[None]]
+Key = TypeVar("Key")
 
 
 async def park(
@@ -50,6 +51,22 @@ async def park(
         with lock:
             parked.discard(future)
         future.cancel()
+
+
+async def park_at(
+    lock: threading.Lock,
+    waiting: dict[Key, Waiters],
+    key: Key,
+    moved: Callable[[], bool],
+    timeout: float,
+) -> None:
+    """:func:`park` in ``waiting[key]``, a set made on demand and dropped once empty."""
+    try:
+        await park(lock, lambda: waiting.setdefault(key, set()), moved, timeout)
+    finally:
+        with lock:
+            if not waiting.get(key, True):
+                del waiting[key]
 
 
 def resolve_all(futures: Waiters) -> None:
@@ -210,12 +227,7 @@ class TaskWatch:
         def moved() -> bool:
             return (self._all, self._nodes.get(node_id, 0)) != mark
 
-        try:
-            await park(self._lock, lambda: self._waiting.setdefault(node_id, set()), moved, timeout)
-        finally:
-            with self._lock:
-                if not self._waiting.get(node_id, True):
-                    del self._waiting[node_id]
+        await park_at(self._lock, self._waiting, node_id, moved, timeout)
         with self._lock:
             return moved()
 
@@ -275,12 +287,7 @@ class RoundRelays:
         def moved() -> bool:
             return (self._epoch, self._versions.get(key, 0)) != mark
 
-        try:
-            await park(self._lock, lambda: self._waiting.setdefault(key, set()), moved, timeout)
-        finally:
-            with self._lock:
-                if not self._waiting.get(key, True):
-                    del self._waiting[key]
+        await park_at(self._lock, self._waiting, key, moved, timeout)
 
     def parked(self) -> int:
         """How many relay polls are parked now."""
