@@ -30,6 +30,8 @@ from coordinator.task_watch import RoundKey
 from protos import federation_pb2, wire
 
 _Reply = TypeVar("_Reply")
+PARTIALS, ECHOES = "partials", "echoes"
+"""The two relays of a threshold round (``hub.relays`` keys): a poll of one wakes for it only."""
 
 
 class KeyRelay:
@@ -127,7 +129,7 @@ class KeyRelay:
         """Store a site's sealed partial decryption of an aggregate (``coordinator.threshold``)."""
         with self.hub.lock, self.hub.db.transaction() as session:
             reply = threshold.submit(session, node_id, request)
-        self.hub.relays.bump((request.run_id, int(request.round)))
+        self.hub.relays.bump((request.run_id, int(request.round), PARTIALS))
         self.hub.notify()
         return reply
 
@@ -136,7 +138,7 @@ class KeyRelay:
     ) -> federation_pb2.PartialFetchReply:
         """Long poll: the round's sealed partials once ``at_least`` are in, or at the wait's end."""
         return await self._long_poll(
-            (request.run_id, int(request.round)),
+            (request.run_id, int(request.round), PARTIALS),
             request.wait_seconds,
             lambda session: threshold.fetch(session, node_id, request),
             lambda reply: len(reply.partials) >= request.at_least,
@@ -148,7 +150,7 @@ class KeyRelay:
         """Store a holder's signed echo of a round's aggregate (``coordinator.threshold``)."""
         with self.hub.lock, self.hub.db.transaction() as session:
             reply = threshold.submit_echo(session, node_id, request)
-        self.hub.relays.bump((request.run_id, int(request.round)))
+        self.hub.relays.bump((request.run_id, int(request.round), ECHOES))
         self.hub.notify()
         return reply
 
@@ -157,7 +159,7 @@ class KeyRelay:
     ) -> federation_pb2.EchoFetchReply:
         """Long poll: the round's signed echoes once ``at_least`` are in, or at the wait's end."""
         return await self._long_poll(
-            (request.run_id, int(request.round)),
+            (request.run_id, int(request.round), ECHOES),
             request.wait_seconds,
             lambda session: threshold.fetch_echoes(session, node_id, request),
             lambda reply: len(reply.echoes) >= request.at_least,

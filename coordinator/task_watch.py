@@ -239,12 +239,12 @@ class TaskWatch:
             return sum(len(futures) for futures in self._waiting.values())
 
 
-RoundKey = tuple[str, int]
-"""A threshold round: (run id, round number)."""
+RoundKey = tuple[str, int, str]
+"""A threshold round's relay: (run id, round number, "partials" or "echoes")."""
 
 
 class RoundRelays:
-    """Which threshold rounds got a new partial or echo, and the polls parked on each.
+    """Which threshold rounds got a new partial (or echo), and the polls parked on each.
 
     FetchPartials and FetchEchoes used to wake on every hub notify (a join, an update of
     another run, a scheduler step) and each re-read every sealed partial of its round;
@@ -267,7 +267,7 @@ class RoundRelays:
             return self._epoch, self._versions.get(key, 0)
 
     def bump(self, key: RoundKey) -> None:
-        """A partial or echo of ``key`` was committed: wake the round's parked polls."""
+        """A partial or echo of ``key`` was committed: wake the polls parked on it."""
         with self._lock:
             if key not in self._versions and len(self._versions) >= self.max_rounds:
                 self._versions.clear()
@@ -276,8 +276,12 @@ class RoundRelays:
             resolve_all(self._waiting.get(key, set()))
 
     def wake_all(self) -> None:
-        """Wake every parked poll (stop, revocation): each reads again and decides."""
+        """Wake every parked poll (stop, revocation): each reads again and decides.
+
+        Moves every mark too, so a poll reading while this happens does not park on.
+        """
         with self._lock:
+            self._epoch += 1
             for futures in self._waiting.values():
                 resolve_all(futures)
 

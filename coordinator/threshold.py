@@ -144,7 +144,7 @@ def _holder(session: Session, node_id: str, run_id: str) -> tuple[Run, str]:
     node = session.get(Node, node_id)
     assert node is not None
     if node.revoked_at:  # a relay poll parked before the revocation reads again (keys.py)
-        raise Unauthenticated(REVOKED)
+        raise Unauthenticated(f"{REVOKED}: ask the operator for `cohort admin sites enrol`")
     return run, site_name(session, node)
 
 

@@ -258,9 +258,30 @@ def _threshold_run(server: CoordinatorServer, holders: list[str]) -> None:
     _running_run(server, "th", min_clients=2, config={"threshold": 2}, participants=holders)
 
 
-def test_threshold_polls_hold_no_threads_and_wake_on_a_partial(small_pool):
+def _stored_as_sent(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SubmitPartials stores what it is sent, unchecked (its checks need a dealt run), so a
+    test's submit goes through the servicer and the relay's wake-up as a real one does."""
+    from coordinator import threshold
+
+    def store(session, node_id, request):  # type: ignore[no-untyped-def]
+        session.add(
+            ThresholdPartial(
+                run_id=request.run_id,
+                round=request.round,
+                node_id=node_id,
+                site_name="holder",
+                sealed=bytes(request.sealed),
+            )
+        )
+        return federation_pb2.SubmitReply(id="stored", message="stored")
+
+    monkeypatch.setattr(threshold, "submit", store)
+
+
+def test_threshold_polls_hold_no_threads_and_wake_on_a_partial(small_pool, monkeypatch):
     """FetchPartials and FetchEchoes park on the event loop like PullTask: a threshold
     round's holders, more than the pool's threads, leave every thread free."""
+    _stored_as_sent(monkeypatch)
     server, channel = small_pool
     sites = [joined_site(channel, f"holder-{i}") for i in range(20)]
     _threshold_run(server, [node_id for node_id, _ in sites])
@@ -283,13 +304,11 @@ def test_threshold_polls_hold_no_threads_and_wake_on_a_partial(small_pool):
     assert threading.active_count() - threads_before <= POOL
 
     # A partial is published: every partial poll answers with it; echo polls wait on.
-    with server.hub.db.transaction() as session:
-        session.add(
-            ThresholdPartial(
-                run_id="th", round=1, node_id=sites[0][0], site_name="holder-0", sealed=b"s"
-            )
-        )
-    server.hub.relays.bump(("th", 1))  # as SubmitPartials does once it committed
+    stub.SubmitPartials(
+        federation_pb2.PartialSubmission(run_id="th", round=1, sealed=b"s"),
+        metadata=bearer(sites[0][1]),
+        timeout=10,
+    )
     for poll in partials:
         assert [p.sealed for p in poll.result(timeout=10).partials] == [b"s"]
     _until(lambda: server.hub.relays.parked() == len(sites))
@@ -337,10 +356,11 @@ def test_other_changes_wake_no_threshold_poll(small_pool, monkeypatch):
         server.hub.notify()
     time.sleep(0.3)
     assert len(reads) == 1 and not poll.done()
-    server.hub.relays.bump(("th", 2))  # another round's echo
+    server.hub.relays.bump(("th", 2, "echoes"))  # another round's echo
+    server.hub.relays.bump(("th", 1, "partials"))  # this round's partial
     time.sleep(0.3)
     assert len(reads) == 1
-    server.hub.relays.bump(("th", 1))
+    server.hub.relays.bump(("th", 1, "echoes"))
     _until(lambda: len(reads) == 2)
     poll.cancel()
 
@@ -361,5 +381,39 @@ def test_a_holder_revoked_while_its_poll_waits_is_refused_at_once(small_pool):
     )
     with pytest.raises(grpc.RpcError) as caught:
         poll.result(timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert time.monotonic() - started < 5
+
+
+def test_a_revocation_during_a_polls_read_is_not_missed(small_pool, monkeypatch):
+    """The revocation lands while the poll reads (before it parks): the poll must not park
+    on for its whole wait, but read again at once and be refused."""
+    from coordinator import threshold
+
+    server, channel = small_pool
+    node_id, token = joined_site(channel, "holder")
+    _threshold_run(server, [node_id])
+    reading, real = threading.Event(), threshold.fetch
+
+    def slow_first(*args):  # type: ignore[no-untyped-def]
+        reply = real(*args)  # read before the revocation; the poll parks after it
+        if not reading.is_set():
+            reading.set()
+            time.sleep(0.5)
+        return reply
+
+    monkeypatch.setattr(threshold, "fetch", slow_first)
+    poll = federation_pb2_grpc.FederationStub(channel).FetchPartials.future(
+        federation_pb2.PartialFetchRequest(run_id="th", round=1, at_least=1, wait_seconds=20),
+        metadata=bearer(token),
+        timeout=30,
+    )
+    assert reading.wait(10)
+    started = time.monotonic()
+    admin_pb2_grpc.AdminStub(channel).RevokeSite(
+        admin_pb2.RevokeRequest(name="holder", reason="test"), metadata=bearer(ROOT)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        poll.result(timeout=15)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert time.monotonic() - started < 5
