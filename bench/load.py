@@ -26,9 +26,10 @@ coordinator's engine), CPU, peak threads and the machine's load average, since t
 on a shared machine are only as good as its quietness.
 Per site count: coordinator CPU per accepted update (CreateRun → run end, so the sites'
 joins are reported apart; also by thread: the handler pool, the event loop, the scheduler
-and the rest, from Linux's per-thread counters), commits per update, round p50, peak OS threads and RSS, so
-growth with the number of sites is visible; and, side by side, Flower's own gRPC server
-with the same number of clients and the same payload (bench/load_flower.py).
+and the rest, from Linux's per-thread counters), commits per update, round p50, peak OS
+threads and RSS, so growth with the number of sites is visible; and, side by side,
+Flower's own gRPC server with the same number of clients and the same payload
+(bench/load_flower.py).
 A rich table per backend, a growth table, then one JSON line (the last line printed).
 The exit status is 1 when a run did not complete or an update was lost; a skipped
 backend is not a failure.
