@@ -53,7 +53,7 @@ _LIVE_TASKS = (
             and_(Task.kind == TaskKind.AUDIT, Run.state == RunState.COMPLETED),
         ),
     )
-    .order_by(Task.created_at)
+    .order_by(Task.created_at, Task.id)  # ties (one commit's tasks) in a fixed order
     .limit(2)  # the oldest, and whether there is another
 )
 
