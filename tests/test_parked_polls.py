@@ -365,29 +365,10 @@ def test_other_changes_wake_no_threshold_poll(small_pool, monkeypatch):
     poll.cancel()
 
 
-def test_a_holder_revoked_while_its_poll_waits_is_refused_at_once(small_pool):
-    server, channel = small_pool
-    node_id, token = joined_site(channel, "holder")
-    _threshold_run(server, [node_id])
-    poll = federation_pb2_grpc.FederationStub(channel).FetchPartials.future(
-        federation_pb2.PartialFetchRequest(run_id="th", round=1, at_least=1, wait_seconds=20),
-        metadata=bearer(token),
-        timeout=30,
-    )
-    _until(lambda: server.hub.relays.parked() == 1)
-    started = time.monotonic()
-    admin_pb2_grpc.AdminStub(channel).RevokeSite(
-        admin_pb2.RevokeRequest(name="holder", reason="test"), metadata=bearer(ROOT)
-    )
-    with pytest.raises(grpc.RpcError) as caught:
-        poll.result(timeout=10)
-    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert time.monotonic() - started < 5
-
-
-def test_a_revocation_during_a_polls_read_is_not_missed(small_pool, monkeypatch):
-    """The revocation lands while the poll reads (before it parks): the poll must not park
-    on for its whole wait, but read again at once and be refused."""
+@pytest.mark.parametrize("when", ["parked", "reading"])
+def test_a_holder_revoked_while_its_poll_waits_is_refused_at_once(small_pool, monkeypatch, when):
+    """Revoked while its poll is parked, or while the poll reads (before it parks): either
+    way it reads again at once and is refused, rather than waiting out its wait."""
     from coordinator import threshold
 
     server, channel = small_pool
@@ -402,13 +383,17 @@ def test_a_revocation_during_a_polls_read_is_not_missed(small_pool, monkeypatch)
             time.sleep(0.5)
         return reply
 
-    monkeypatch.setattr(threshold, "fetch", slow_first)
+    if when == "reading":
+        monkeypatch.setattr(threshold, "fetch", slow_first)
     poll = federation_pb2_grpc.FederationStub(channel).FetchPartials.future(
         federation_pb2.PartialFetchRequest(run_id="th", round=1, at_least=1, wait_seconds=20),
         metadata=bearer(token),
         timeout=30,
     )
-    assert reading.wait(10)
+    if when == "reading":
+        assert reading.wait(10)
+    else:
+        _until(lambda: server.hub.relays.parked() == 1)
     started = time.monotonic()
     admin_pb2_grpc.AdminStub(channel).RevokeSite(
         admin_pb2.RevokeRequest(name="holder", reason="test"), metadata=bearer(ROOT)
