@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 import time
 from typing import Any
@@ -16,7 +15,6 @@ from coordinator import auditlog, identity, manifests, privacy, threshold
 from coordinator.access import REVOKED
 from coordinator.errors import (
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unauthenticated,
@@ -34,6 +32,7 @@ from coordinator.schema import (
     TaskState,
 )
 from coordinator.schemes import scheme_of, weight_cap
+from coordinator.task_watch import poll_seconds
 from crypto import identity as crypto_identity
 from protos import common_pb2, federation_pb2, serde
 
@@ -86,10 +85,8 @@ class TaskHandout:
         executor (the server's thread pool). A caller that leaves cancels it, and the
         coordinator's stop wakes it.
         """
-        if math.isnan(wait_seconds):
-            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+        wait = poll_seconds(wait_seconds, self.hub.limits.max_poll_seconds)
         loop = asyncio.get_running_loop()
-        wait = min(max(wait_seconds, 0.0), self.hub.limits.max_poll_seconds)
         until = time.monotonic() + wait
         touched = time.monotonic()
         moved = True

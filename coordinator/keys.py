@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,7 +25,7 @@ from coordinator.schema import (
     TaskKind,
     TaskState,
 )
-from coordinator.task_watch import RoundKey
+from coordinator.task_watch import RoundKey, poll_seconds
 from protos import federation_pb2, wire
 
 _Reply = TypeVar("_Reply")
@@ -181,10 +180,8 @@ class KeyRelay:
         pool and checks again that the caller holds a share and is not revoked. A caller
         that leaves cancels the coroutine where it waits.
         """
-        if math.isnan(wait_seconds):
-            raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
         loop = asyncio.get_running_loop()
-        until = loop.time() + min(max(wait_seconds, 0.0), 10.0)
+        until = loop.time() + poll_seconds(wait_seconds, 10.0)
 
         def look() -> _Reply:
             with self.hub.db.transaction() as session:

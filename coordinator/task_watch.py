@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
+from coordinator.errors import InvalidArgument
 from coordinator.queries import LIVE
 from coordinator.schema import Run, Task
 
@@ -24,6 +26,19 @@ if TYPE_CHECKING:
 
 Waiters = set[asyncio.Future[None]]
 Key = TypeVar("Key")
+
+
+def poll_seconds(wait_seconds: float, cap: float) -> float:
+    """How long a long poll that asked for ``wait_seconds`` may park: 0 to ``cap``.
+
+    Raises
+    ------
+    InvalidArgument
+        ``wait_seconds`` is NaN (it would compare false with every bound).
+    """
+    if math.isnan(wait_seconds):
+        raise InvalidArgument("wait_seconds must be a number of seconds, not NaN")
+    return min(max(wait_seconds, 0.0), cap)
 
 
 async def park(

@@ -402,3 +402,23 @@ def test_a_holder_revoked_while_its_poll_waits_is_refused_at_once(small_pool, mo
         poll.result(timeout=15)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert time.monotonic() - started < 5
+
+
+def test_a_threshold_poll_with_a_nan_wait_is_refused(small_pool):
+    server, channel = small_pool
+    node_id, token = joined_site(channel, "holder")
+    _threshold_run(server, [node_id])
+    stub = federation_pb2_grpc.FederationStub(channel)
+    for method, request in (
+        (stub.FetchPartials, federation_pb2.PartialFetchRequest),
+        (stub.FetchEchoes, federation_pb2.EchoFetchRequest),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            method(
+                request(run_id="th", round=1, at_least=1, wait_seconds=float("nan")),
+                metadata=bearer(token),
+                timeout=10,
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "NaN" in caught.value.details()
+    assert server.hub.relays.parked() == 0
