@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog
+from coordinator.custody_view import report_custody
 from coordinator.db import Database
 from coordinator.hub import Hub
 from coordinator.provenance import frozen_sites
@@ -27,7 +28,6 @@ from coordinator.schema import (
     Update,
 )
 from coordinator.schemes import scheme_of
-from coordinator.threshold import report_custody
 from protos.serde import SchemeName
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ def run_info(
     )
     if brief:
         return info
-    from coordinator.threshold import custody_info
+    from coordinator.custody_view import custody_info
 
     custody = custody_info(session, run)
     if custody is not None:

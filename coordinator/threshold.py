@@ -35,7 +35,7 @@ from coordinator.schema import ModelVersion, Node, Run, ThresholdKey, ThresholdP
 from crypto import identity
 from crypto import threshold as tp
 from crypto import threshold_custody as custody
-from protos import admin_pb2, federation_pb2, wire
+from protos import federation_pb2, wire
 
 MAX_PARTIAL_OVERHEAD = 4096
 """Bytes a sealed partial may hold beyond its values: proof, header, signature, GCM."""
@@ -367,98 +367,3 @@ def complain(
         },
     )
     return federation_pb2.SubmitReply(id=run.id, message="recorded")
-
-
-def custody_info(session: Session, run: Run) -> admin_pb2.ThresholdCustody | None:
-    """T of N, the share holders, key fingerprint and erasure, for `runs show` and the report.
-
-    Re-verified each time it is asked (:func:`_custody_problem`), never echoed from the
-    row: a statement that no longer verifies comes back ``verified=False`` with the
-    problem and none of its claims.
-    """
-    row = session.get(ThresholdKey, run.id)
-    if row is None:
-        return None
-    problem = _custody_problem(session, run, row)
-    if problem:
-        return admin_pb2.ThresholdCustody(
-            verified=False, problem=problem, statement_sha256=wire.sha256_hex(row.statement)
-        )
-    statement = custody.ThresholdStatement.from_bytes(row.statement)
-    return admin_pb2.ThresholdCustody(
-        threshold=statement.threshold,
-        parties=statement.parties,
-        holders=[f"{h.index}:{h.site}:{h.fingerprint}" for h in statement.holders],
-        key_fingerprint=statement.key_fingerprint,
-        custodian=statement.custodian,
-        erasure=statement.erasure,
-        statement_sha256=wire.sha256_hex(row.statement),
-        verified=True,
-        echo_quorum=custody.echo_quorum(statement.parties, statement.threshold),
-    )
-
-
-def _custody_problem(session: Session, run: Run, row: ThresholdKey) -> str:
-    """Why the stored dealing statement cannot be shown as signed ("" when it can).
-
-    Checked again at report time, not trusted from the row: the statement must parse,
-    name this run and the run's key, commit to the stored verification keys, and carry a
-    signature by the named custodian's Ed25519 identity as registered with the run.
-    """
-    try:
-        statement = custody.ThresholdStatement.from_bytes(bytes(row.statement))
-    except ValueError as exc:
-        return str(exc)
-    if statement.run_id != run.id:
-        return f"the statement is for run {statement.run_id[:64]!r}, not this run"
-    if not run.key_fingerprint or statement.key_fingerprint != run.key_fingerprint:
-        return "the statement names another key than the run's registered key"
-    if custody.keys_sha256(bytes(row.verification_keys)) != statement.verification_keys_sha256:
-        return "the stored verification keys are not the ones the statement commits to"
-    if (row.threshold, row.parties) != (statement.threshold, statement.parties):
-        return "the stored threshold is not the one the statement names"
-    for node in participant_nodes(session, run):
-        key = bytes(node.ed25519_public_key or b"")
-        if (
-            key
-            and site_name(session, node) == statement.custodian
-            and identity.fingerprint(key) == statement.custodian_fingerprint
-        ):
-            try:
-                identity.verify(key, bytes(row.statement), bytes(row.signature))
-            except ValueError as exc:
-                return f"the custodian's signature does not verify: {exc}"
-            return ""
-    return f"no participant {statement.custodian[:64]!r} with the custodian's identity key"
-
-
-def report_custody(session: Session, run: Run) -> dict[str, object] | None:
-    """The report's ``privacy.key_custody``: the dealing as the custodian signed it.
-
-    A statement whose signature does not verify (forged or altered in the database) is
-    reported as ``verified: False`` with the problem, and none of its claims.
-    """
-    info = custody_info(session, run)
-    if info is None:
-        return None
-    if not info.verified:
-        return {
-            "verified": False,
-            "problem": info.problem,
-            "statement_sha256": info.statement_sha256,
-        }
-    holders = []
-    for holder in info.holders:
-        index, site, fingerprint = holder.split(":", 2)
-        holders.append({"index": int(index), "site": site, "fingerprint": fingerprint})
-    return {
-        "verified": True,
-        "threshold": info.threshold,
-        "parties": info.parties,
-        "holders": holders,
-        "key_fingerprint": info.key_fingerprint,
-        "custodian": info.custodian,
-        "erasure": info.erasure,
-        "statement_sha256": info.statement_sha256,
-        "echo_quorum": info.echo_quorum,
-    }

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from test_sovereign import secure_round  # noqa: F401
 
+from coordinator.custody_view import report_custody
 from coordinator.schema import Run, ThresholdKey
-from coordinator.threshold import report_custody
 from crypto import threshold_custody as custody
 from explain.narrative import custody_pairs
 
