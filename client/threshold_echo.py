@@ -9,8 +9,12 @@ the coordinator, and waits until holders of the run, as the custodian's signed s
 names and the site's pins identify them, have signed echoes of the same aggregate in a
 quorum of :func:`crypto.threshold_custody.echo_quorum` (Bracha 1987; Cachin, Guerraoui &
 Rodrigues 2011, §3.10, authenticated echo broadcast). Two different aggregates of a
-round cannot both gather one. A signed echo of another aggregate is the coordinator's
-equivocation made visible: the site refuses the round and names who echoed what.
+round cannot both gather one, so a signed echo of another aggregate does not stop a site
+whose own aggregate gathers its quorum: it is reported, naming its signer (it signed
+another aggregate, or the coordinator showed it one), and the round goes on. Refusing at
+the first such echo would hand any one holder a veto over every round. The site refuses
+when those echoes leave too few holders for its quorum, or at the deadline, naming who
+echoed what. Only holders this site pins (``cohort client peers``) count.
 """
 
 from __future__ import annotations
@@ -45,16 +49,7 @@ def manifest_of(task: federation_pb2.Task, round_number: int, aggregate_sha256: 
     """
     for aggregate in task.aggregates:
         if int(aggregate.round) == round_number and aggregate.sha256 == aggregate_sha256:
-            return custody.manifest_sha256(
-                round_number=round_number,
-                aggregate_sha256=aggregate_sha256,
-                total_weight=int(aggregate.total_weight),
-                count=int(aggregate.count),
-                contributions=[
-                    (c.site_name, c.payload_sha256, int(c.weight), int(c.payload_size))
-                    for c in aggregate.contributions
-                ],
-            )
+            return custody.aggregate_manifest_sha256(aggregate)
     raise TaskRefused("verify", f"the task carries no aggregate {aggregate_sha256[:16]}")
 
 
@@ -100,16 +95,22 @@ def await_quorum(
 ) -> None:
     """Return once a quorum of the run's holders signed echoes of this site's aggregate.
 
+    Holders whose signed echo names another aggregate or manifest are reported (module
+    docstring) and do not stop the wait: quorum intersection, not a refusal, keeps two
+    aggregates of a round from both being decrypted.
+
     Raises
     ------
     TaskRefused
-        ``verify`` when a holder's signed echo names another aggregate or manifest of the
-        round (the coordinator showed holders different aggregates: no partial is
-        released), or when the quorum is not reached by ``deadline`` (holders gone).
+        ``verify`` when holders that echoed something else leave fewer than a quorum
+        able to agree with this site, or when the quorum is not reached by ``deadline``
+        (holders gone, the coordinator withholding echoes, or showing holders different
+        aggregates); no partial is released either way.
     """
     statement = key.statement
     quorum = custody.echo_quorum(statement.parties, statement.threshold)
     agreeing: set[str] = set()
+    conflicting: dict[str, custody.EchoStatement] = {}
     seen = 0
     while True:
         reply = agent.stub.FetchEchoes(
@@ -123,26 +124,33 @@ def await_quorum(
             timeout=POLL_SECONDS + 60,
         )
         seen = len(reply.echoes)
-        conflicting: dict[str, custody.EchoStatement] = {}
         for envelope in reply.echoes:
             other = checked_echo(agent, task, key, envelope, mine)
             if other is None:
                 continue
             if other.seen == mine.seen:
                 agreeing.add(other.site)
-            else:
+            elif other.site not in conflicting:
                 conflicting[other.site] = other
-        if conflicting:
-            raise TaskRefused("verify", _equivocation(mine, conflicting))
+                _report_conflict(agent, mine, other)
         if len(agreeing) >= quorum:
             return
-        if time.time() >= deadline or agent._closing.is_set():
+        # Holders that signed only another aggregate cannot (if honest) sign this one.
+        able = statement.parties - len(set(conflicting) - agreeing)
+        if able < quorum:
             raise TaskRefused(
                 "verify",
-                f"round {mine.round}: only {len(agreeing)} of the {quorum} signed echoes of "
-                f"this aggregate that a {statement.threshold}-of-{statement.parties} run needs "
-                "before a share holder releases partials arrived by the deadline (holders "
-                "gone, or the coordinator withholding echoes); no partial published",
+                _equivocation(mine, conflicting)
+                + f": {able} holders could still agree, fewer than the quorum of {quorum}",
+            )
+        if time.time() >= deadline or agent._closing.is_set():
+            why = _equivocation(mine, conflicting) + "; " if conflicting else ""
+            raise TaskRefused(
+                "verify",
+                f"{why}round {mine.round}: only {len(agreeing)} of the {quorum} signed echoes "
+                f"of this aggregate that a {statement.threshold}-of-{statement.parties} run "
+                "needs before a share holder releases partials arrived by the deadline "
+                "(holders gone, or the coordinator withholding echoes); no partial published",
             )
 
 
@@ -160,14 +168,9 @@ def checked_echo(
     """
     site = envelope.site_name
     holder = key.statement.holder(site)
-    if site == agent.identity.site_name:
-        public = agent.identity.ed25519_public
-    else:
-        public = next(
-            (bytes(p.ed25519_public_key) for p in task.participants if p.site_name == site), b""
-        )
     try:
-        if holder is None or not public or identity.fingerprint(public) != holder.fingerprint:
+        public = holder_identity(agent, task, site)
+        if holder is None or identity.fingerprint(public) != holder.fingerprint:
             raise ValueError("not a share holder with the identity the custodian dealt to")
         identity.verify(public, bytes(envelope.statement), bytes(envelope.signature))
         other = custody.EchoStatement.from_bytes(bytes(envelope.statement))
@@ -177,6 +180,61 @@ def checked_echo(
         log.warning("run %s round %d: echo from %r ignored: %s", mine.run_id, mine.round, site, exc)
         return None
     return other
+
+
+def holder_identity(agent: Site, task: federation_pb2.Task, site: str) -> bytes:
+    """``site``'s Ed25519 key as the task relays it, if this site trusts it for ``site``.
+
+    This site's own name must carry its own key; any other must be pinned here
+    (``cohort client peers``): a holder this site has unpinned counts for nothing.
+
+    Raises
+    ------
+    ValueError
+        (:class:`client.peers.UntrustedPeer` for a peer not pinned) when it does not.
+    """
+    if site == agent.identity.site_name:
+        return agent.identity.ed25519_public
+    public = next(
+        (bytes(p.ed25519_public_key) for p in task.participants if p.site_name == site), b""
+    )
+    if not public:
+        raise ValueError(f"{site[:128]!r} is not a participant of the run")
+    agent.peers.check(site, public)
+    return public
+
+
+def report(agent: Site, run: str, round_number: int, site: str, reason: str) -> None:
+    """Name a share holder whose partial or echo failed, for the run's audit log (best effort)."""
+    log.warning("run %s round %d: %s refused: %s", run, round_number, site, reason)
+    agent.listener(
+        "partial_refused", {"run_id": run, "round": round_number, "site": site, "reason": reason}
+    )
+    try:
+        agent.stub.ReportPartial(
+            federation_pb2.PartialComplaint(
+                run_id=run, round=round_number, accused_site=site[:128], reason=reason[:500]
+            ),
+            metadata=agent._metadata(),
+            timeout=30,
+        )
+    except grpc.RpcError as exc:
+        log.warning("could not report %s: %s", site, exc)
+
+
+def _report_conflict(
+    agent: Site, mine: custody.EchoStatement, other: custody.EchoStatement
+) -> None:
+    report(
+        agent,
+        mine.run_id,
+        mine.round,
+        other.site,
+        f"its signed echo names aggregate {other.aggregate_sha256[:16]} (manifest "
+        f"{other.manifest_sha256[:16]}), this site was shown {mine.aggregate_sha256[:16]} "
+        f"(manifest {mine.manifest_sha256[:16]}): it signed another aggregate, or the "
+        "coordinator showed it one",
+    )
 
 
 def _equivocation(
@@ -189,5 +247,5 @@ def _equivocation(
     return (
         f"round {mine.round}: share holders were shown different aggregates (this site: "
         f"{mine.aggregate_sha256[:16]}, manifest {mine.manifest_sha256[:16]}; {named}): the "
-        "coordinator equivocated, or those holders signed two; no partial published"
+        "coordinator equivocated, or those holders signed another; no partial published"
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from client import threshold_echo
+from client.peers import UntrustedPeer
 from client.policy import TaskRefused
 from crypto import identity
 from crypto import threshold as tp
@@ -208,9 +209,15 @@ def decrypt(
                 partial, positions = _check_envelope(
                     agent, task, key, envelope, round_number, aggregate_sha256, ciphertexts
                 )
+            except Unpinned as exc:  # this site's choice, not the holder's fault: no complaint
+                bad[site] = str(exc)
+                log.warning(
+                    "run %s round %d: partial from %s not used: %s", run, round_number, site, exc
+                )
+                continue
             except ValueError as exc:
                 bad[site] = str(exc)
-                report(agent, run, round_number, site, str(exc))
+                threshold_echo.report(agent, run, round_number, site, str(exc))
                 continue
             have.setdefault(partial.index, {}).update(zip(positions, partial.values, strict=True))
         return len(reply.partials)
@@ -379,10 +386,17 @@ def _check_envelope(
     """
     site, part = envelope.site_name, int(envelope.part)
     holder = key.statement.holder(site)
+    # The name and part are the relay's, neither sealed nor signed: no site is blamed for them.
     if holder is None:
-        raise ValueError(f"{site[:128]!r} holds no share of this key")
+        raise Unattributable(f"the relay or the site: {site[:128]!r} holds no share of this key")
     if part not in (0, 1):
-        raise ValueError(f"part {part} is neither its blocks nor the whole vector")
+        raise Unattributable(
+            f"the relay or the site: part {part} is neither its blocks nor the whole vector"
+        )
+    try:
+        public = threshold_echo.holder_identity(agent, task, site)
+    except UntrustedPeer as exc:
+        raise Unpinned(str(exc)) from exc
     label = _label(aggregate_sha256, part)
     try:
         signature, data = custody.open_partial(
@@ -393,10 +407,7 @@ def _check_envelope(
             site=site,
             aggregate_sha256=label,
         )
-        public = next(
-            (bytes(p.ed25519_public_key) for p in task.participants if p.site_name == site), b""
-        )
-        if not public or identity.fingerprint(public) != holder.fingerprint:
+        if identity.fingerprint(public) != holder.fingerprint:
             raise ValueError("its identity is not the one the custodian dealt to")
         identity.verify(
             public,
@@ -433,19 +444,5 @@ class Unattributable(ValueError):
     """A relayed partial failed before its sender's signature checked: relay or sender."""
 
 
-def report(agent: Site, run: str, round_number: int, site: str, reason: str) -> None:
-    """Name a site whose partial failed, for the run's audit log (best effort)."""
-    log.warning("run %s round %d: partial from %s refused: %s", run, round_number, site, reason)
-    agent.listener(
-        "partial_refused", {"run_id": run, "round": round_number, "site": site, "reason": reason}
-    )
-    try:
-        agent.stub.ReportPartial(
-            federation_pb2.PartialComplaint(
-                run_id=run, round=round_number, accused_site=site[:128], reason=reason[:500]
-            ),
-            metadata=agent._metadata(),
-            timeout=30,
-        )
-    except grpc.RpcError as exc:
-        log.warning("could not report %s's partial: %s", site, exc)
+class Unpinned(ValueError):
+    """A partial from a holder this site does not pin (``cohort client peers``): not used."""

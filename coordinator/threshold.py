@@ -18,7 +18,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import auditlog
+from coordinator import auditlog, manifests
 from coordinator.access import REVOKED
 from coordinator.errors import (
     AlreadyExists,
@@ -254,6 +254,9 @@ def submit_echo(
         raise InvalidArgument("the echo names another run, round or site")
     if echo.aggregate_sha256 != version.blob_sha256:
         raise FailedPrecondition(f"the echo is not of round {request.round}'s aggregate")
+    if echo.manifest_sha256 != _manifest_sha256(session, run, version):
+        # Sites would report it and wait on; refused here, it never reaches them.
+        raise FailedPrecondition(f"the echo is not of round {request.round}'s manifest")
     if _echo_rows(session, run.id, int(request.round), node_id):
         raise AlreadyExists(f"{site} already echoed round {request.round}")
     return _store(
@@ -271,6 +274,18 @@ def submit_echo(
             "manifest_sha256": echo.manifest_sha256,
         },
     )
+
+
+def _manifest_sha256(session: Session, run: Run, version: ModelVersion) -> str:
+    """The manifest digest of the aggregate as this coordinator hands it to sites."""
+    ref = federation_pb2.AggregateRef(
+        round=version.round,
+        sha256=version.blob_sha256,
+        total_weight=version.total_weight,
+        count=version.count,
+    )
+    manifests.add_contributions(session, run.id, ref)
+    return custody.aggregate_manifest_sha256(ref)
 
 
 def _store(

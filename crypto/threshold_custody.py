@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -290,6 +291,20 @@ def manifest_sha256(
     }
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()
+
+
+def aggregate_manifest_sha256(aggregate: Any) -> str:
+    """:func:`manifest_sha256` of a ``federation_pb2.AggregateRef`` (what a task carries)."""
+    return manifest_sha256(
+        round_number=int(aggregate.round),
+        aggregate_sha256=str(aggregate.sha256),
+        total_weight=int(aggregate.total_weight),
+        count=int(aggregate.count),
+        contributions=[
+            (c.site_name, c.payload_sha256, int(c.weight), int(c.payload_size))
+            for c in aggregate.contributions
+        ],
+    )
 
 
 @dataclass(frozen=True)

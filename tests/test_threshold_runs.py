@@ -15,6 +15,7 @@ from test_federation_errors import expect_status
 from typer.testing import CliRunner
 
 from cli.main import app
+from client import threshold_echo
 from client import threshold_partials as partials_mod
 from client.policy import TaskRefused
 from coordinator.report import report_facts
@@ -254,7 +255,14 @@ def _forged_echoes_are_refused(sites, run_id: str) -> None:
     named = expect_status(grpc.StatusCode.INVALID_ARGUMENT, lambda: submit(echo, site))
     assert "signature" in forged and "another run, round or site" in named
     own = echo.replace(other.config.site_name.encode(), site.config.site_name.encode())
-    again = expect_status(grpc.StatusCode.ALREADY_EXISTS, lambda: submit(own, site))
+    # A holder's echo of the right aggregate but another manifest never reaches the others.
+    lied = expect_status(grpc.StatusCode.FAILED_PRECONDITION, lambda: submit(own, site))
+    assert "manifest" in lied
+    manifest = threshold_echo.manifest_of(task, int(aggregate.round), aggregate.sha256)
+    true = custody.EchoStatement(
+        run_id, int(aggregate.round), site.config.site_name, aggregate.sha256, manifest
+    ).to_bytes()
+    again = expect_status(grpc.StatusCode.ALREADY_EXISTS, lambda: submit(true, site))
     assert "already echoed" in again
 
 
