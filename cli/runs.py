@@ -189,9 +189,9 @@ def list_runs(
     for run in reply.runs:
         table.add_row(
             run.run_id,
-            run.name,
+            escape(run.name),
             run_state_name(run.state),
-            run.model,
+            escape(run.model),
             f"{run.current_round}/{run.rounds}",
             scheme_from_proto(run.secure),
             run.strategy,
@@ -201,9 +201,10 @@ def list_runs(
 
 def print_run(run: admin_pb2.RunInfo) -> None:
     console.print(
-        f"[bold]run {run.run_id}[/] {run.name} — {run_state_name(run.state)}, "
-        f"round {run.current_round}/{run.rounds}, model {run.model}, "
-        f"strategy {run.strategy}"
+        f"[bold]run {escape(run.run_id)}[/] {escape(run.name)} — {run_state_name(run.state)}, "
+        f"round {run.current_round}/{run.rounds}, model {escape(run.model)}, "
+        f"strategy {escape(run.strategy)}",
+        highlight=False,
     )
     if scheme_from_proto(run.secure) is SchemeName.PAILLIER:
         console.print(
@@ -213,7 +214,8 @@ def print_run(run: admin_pb2.RunInfo) -> None:
         )
         print_custody(run)
     if run.failure_reason:
-        console.print(f"[red]reason:[/] {run.failure_reason}")
+        # Site-supplied words (refusal reasons) are text, never markup.
+        console.print(f"[red]reason:[/] {escape(run.failure_reason)}", highlight=False)
     if run.waiting_for:
         console.print(f"[yellow]waiting for:[/] {escape(run.waiting_for)}", highlight=False)
     secure = scheme_from_proto(run.secure) is SchemeName.PAILLIER

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator import auditlog
+from coordinator import auditlog, report_chain
 from coordinator.custody_view import report_custody
 from coordinator.db import Database
 from coordinator.hub import Hub
@@ -129,30 +129,36 @@ def _frozen_sites(
     return sorted(sites, key=lambda site: (site["name"], site["node_id"]))
 
 
-def _log_verdict(session: Session, run: Run) -> auditlog.ChainVerdict:
-    """The audit chain, checked up to the run's own last row once the run has ended.
+def _log_verdict(
+    session: Session, run: Run
+) -> tuple[auditlog.ChainVerdict, list[tuple[str, str, dict[str, Any]]]]:
+    """The audit chain's verdict, and the run's rows that the report's facts are held to.
 
-    A finished run's report anchors the log at that row, so rows appended later (other
-    runs, re-joins, this report being produced) do not change the report; `cohort audit
-    verify` checks the whole log. A running run's report checks the whole log.
+    The rows are those coordinator/report_chain.py compares. A finished run's report
+    anchors the log at the run's own last row, so rows appended later (other runs,
+    re-joins, this report being produced) do not change the report; `cohort audit verify`
+    checks the whole log. A running run's report checks the whole log. Only rows before
+    the first bad one are returned: past it nothing is evidence.
     """
     checker = auditlog.ChainChecker()
-    if not run.state.ended:
-        checker.feed(auditlog.iter_rows(session))  # a page at a time, not the whole log
-        return checker.verdict()
-    anchor = session.scalar(
-        select(AuditEvent.seq)
-        .where(AuditEvent.run_id == run.id, AuditEvent.kind.not_in(_READS))
-        .order_by(AuditEvent.seq.desc())
-        .limit(1)
-    )
-    limit = int(anchor or 0)
-    for row in auditlog.iter_rows(session):
-        if row.seq > limit:
+    limit = None
+    if run.state.ended:
+        anchor = session.scalar(
+            select(AuditEvent.seq)
+            .where(AuditEvent.run_id == run.id, AuditEvent.kind.not_in(_READS))
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        )
+        limit = int(anchor or 0)
+    verified: list[AuditEvent] = []
+    for row in auditlog.iter_rows(session):  # a page at a time, not the whole log
+        if limit is not None and row.seq > limit:
             break
         if not checker.feed([row]):
             break
-    return checker.verdict()
+        if row.run_id == run.id:
+            verified.append(row)
+    return checker.verdict(), report_chain.run_rows(verified, run.id)
 
 
 def facts_sha256(facts: Mapping[str, Any]) -> str:
@@ -174,7 +180,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
     running) both come from here, so the two can only differ in their generation time.
     """
     from coordinator.ledger_copies import privacy_facts
-    from explain.report import build_facts
+    from explain.report import build_facts, config_sha256
 
     with db.transaction() as session:
         run = session.get(Run, run_id)
@@ -183,14 +189,25 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
         rounds = session.scalars(
             select(Round).where(Round.run_id == run_id).order_by(Round.number)
         ).all()
-        updates = session.scalars(select(Update).where(Update.run_id == run_id)).all()
+        closed = [r for r in rounds if r.state == RoundState.CLOSED]
+        # Only closed rounds count: an update of a round never aggregated trained nothing.
+        updates = session.scalars(
+            select(Update).where(
+                Update.run_id == run_id, Update.round.in_([r.number for r in closed])
+            )
+        ).all()
         participation: dict[str, list[int]] = {}
+        contributors: dict[int, set[str]] = {}
         for update in updates:
             participation.setdefault(update.node_id, []).append(update.round)
+            contributors.setdefault(update.round, set()).add(update.node_id)
         sites = _frozen_sites(session, run_id, participation)
         summaries, rejected = _authenticated_summaries(session, run_id)
-        verdict = _log_verdict(session, run)
-        closed = [r for r in rounds if r.state == RoundState.CLOSED]
+        verdict, logged = _log_verdict(session, run)
+        config = json.loads(json.dumps(run.config, default=str))
+        disagreements = report_chain.discrepancies(
+            run, config_sha256(config), sites, closed, contributors, logged
+        )
         scheme = scheme_of(run)
         # As stored at creation, like "config" below: the report pins what the run held.
         encoding = run.config.get("encoding") if scheme.encrypted else None
@@ -201,13 +218,14 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
                 "state": run.state.value,
                 "rounds_planned": run.rounds,
                 "rounds_completed": len(closed),
-                "config": json.loads(json.dumps(run.config, default=str)),
+                "config": config,
                 "model_sha256": run.final_model_sha256 or None,
                 "code_version": code_version(),
                 "created_at": run.created_at,
                 "started_at": run.started_at or None,
                 "ended_at": run.ended_at or None,
-                "started_by": run.created_by or "operator",
+                "started_by": run.created_by or "not recorded",
+                "failure_reason": run.failure_reason or None,
             },
             sites=sites,
             privacy={
@@ -237,6 +255,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
                 "first_bad_row": verdict.first_bad_seq,
                 "reason": verdict.reason,
                 "head_hash": verdict.head_hash,
+                "discrepancies": disagreements,
             },
         )
     return dict(facts)

@@ -7,6 +7,7 @@ Nothing is stored for a request that fails a check.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from coordinator.provenance import operator_schema
 from coordinator.run_views import run_info
 from coordinator.runs import RunConfig, RunSpec
 from coordinator.schema import Enrolment, Institution, Run
+from explain.facts import config_sha256
 from protos import admin_pb2, serde
 from protos.serde import SchemeName
 
@@ -140,6 +142,10 @@ class RunCreation:
                     "secure": spec.secure,
                     "strategy": spec.strategy,
                     "config_sha256": spec.config_sha256(),
+                    # What the report prints as its configuration sha256 (report_chain.py).
+                    "config_json_sha256": config_sha256(
+                        json.loads(json.dumps(config, default=str))
+                    ),
                 },
             )
             info = run_info(session, run, self.hub.limits.offline_after_seconds)

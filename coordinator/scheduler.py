@@ -354,6 +354,8 @@ class RoundScheduler:
                 "model_sha256": sha,
                 "aggregation": kind.value,
                 "sites": sorted(u.node_id for u in updates),
+                # The report's round metrics are held to this (coordinator/report_chain.py).
+                "metrics": current.metrics,
             },
         )
         if current.number >= run.rounds:

@@ -7,6 +7,9 @@ these TypedDicts give the same structure to the type checker.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict
 
 REPORT_VERSION = "1.0"
@@ -29,6 +32,7 @@ class RunFacts(TypedDict):
     started_at: str | None
     ended_at: str | None
     started_by: str
+    failure_reason: NotRequired[str | None]
 
 
 class SiteFacts(TypedDict):
@@ -79,6 +83,7 @@ class AuditLogFacts(TypedDict):
     first_bad_row: int | None
     reason: str | None
     head_hash: str
+    discrepancies: NotRequired[list[str]]
 
 
 class RegulationEntry(TypedDict):
@@ -106,3 +111,12 @@ class ReportFacts(TypedDict):
     regulations: list[RegulationEntry]
     # Summaries a site sent that the attribution leaves out, each with the reason.
     rejected_summaries: NotRequired[list[RejectedSummaryFacts]]
+
+
+def config_sha256(config: Mapping[str, Any]) -> str:
+    """sha256 of the configuration as canonical JSON (sorted keys, no whitespace).
+
+    The report prints it; the ``run.created`` audit row records it (``config_json_sha256``).
+    """
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

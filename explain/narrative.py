@@ -75,14 +75,20 @@ def headline(facts: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             privacy["secure_aggregation"],
             "ok" if privacy["secure_aggregation"] != "none" else "warn",
         ),
-        (
-            "Audit log",
-            "verified" if log["verified"] else "BROKEN",
-            "ok" if log["verified"] else "bad",
-        ),
+        _log_badge(log),
         ("Flagged sites", str(len(flagged)) if attribution else NONE, "warn" if flagged else "ok"),
         ("Evidence gaps", str(gaps), "warn" if gaps else "ok"),
     ]
+
+
+def _log_badge(log: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Verified only when the chain holds and the report's facts agree with it."""
+    if not log["verified"]:
+        return ("Audit log", "BROKEN", "bad")
+    disagreeing = len(log.get("discrepancies") or [])
+    if disagreeing:
+        return ("Audit log", f"verified; {disagreeing} facts DISAGREE with it", "bad")
+    return ("Audit log", "verified", "ok")
 
 
 def run_pairs(facts: Mapping[str, Any]) -> Pairs:
@@ -99,7 +105,7 @@ def run_pairs(facts: Mapping[str, Any]) -> Pairs:
         ("Code version", run["code_version"] or NONE),
         ("Configuration sha256", run["config_sha256"]),
         ("Final model sha256", fmt(run["model_sha256"])),
-    ]
+    ] + ([("Failure or stop reason", run["failure_reason"])] if run.get("failure_reason") else [])
 
 
 def config_text(facts: Mapping[str, Any]) -> str:
@@ -389,6 +395,10 @@ def audit_pairs(facts: Mapping[str, Any]) -> Pairs:
         ("First bad row", fmt(log["first_bad_row"])),
         ("Reason", fmt(log["reason"])),
         ("Head hash", log["head_hash"]),
+        (
+            "Facts the log contradicts",
+            "; ".join(log["discrepancies"]) if log.get("discrepancies") else "none",
+        ),
     ]
 
 

@@ -126,11 +126,20 @@ def _ai_act_12(facts: Mapping[str, Any]) -> RegulationEntry:
         "(logs) over their lifetime, for traceability of the system's functioning."
     )
     status: RegulationStatus
-    if log["verified"]:
+    disagreeing = log.get("discrepancies") or []
+    if log["verified"] and disagreeing:
+        evidence = (
+            f"Hash-chained audit log of {log['rows']} events recomputed intact, but "
+            f"{len(disagreeing)} of this report's facts disagree with the run's own rows in "
+            f"it (the tables were changed after the fact): {'; '.join(disagreeing[:3])}."
+        )
+        status = "gap"
+    elif log["verified"]:
         evidence = (
             f"Hash-chained audit log of {log['rows']} events (run creation, joins, accepted "
-            f"and rejected updates, round closes, downloads, reports) recomputed intact; "
-            f"head hash {log['head_hash']}."
+            f"and rejected updates, round closes, downloads, reports) recomputed intact, and "
+            f"the report's run, site and round facts agree with it; head hash "
+            f"{log['head_hash']}."
         )
         status = "evidenced"
     else:

@@ -7,7 +7,6 @@ and only then rendered, so the three formats always state the same, checked fact
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any, cast
 
 import jsonschema
 
-from explain.facts import REPORT_VERSION, ReportFacts
+from explain.facts import REPORT_VERSION, ReportFacts, config_sha256
 from explain.federated import compare_sites, compatible_summaries, merge_summaries
 from explain.regulations import map_regulations
 from explain.report_html import render_html
@@ -193,12 +192,6 @@ def write_report(facts: Mapping[str, Any], fmt: str, out: Path) -> Path:
     else:
         out.write_text(render_json(facts), encoding="utf-8")
     return out
-
-
-def config_sha256(config: Mapping[str, Any]) -> str:
-    """sha256 of the configuration as canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _attribution(
