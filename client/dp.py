@@ -34,6 +34,10 @@ from protos import common_pb2
 MECHANISM_RECORD = "DP-SGD (Opacus): per-example clipping, Poisson-subsampled Gaussian noise"
 
 
+MAX_EPSILON = 100.0
+"""The largest run ε a site calibrates for (the coordinator's own cap, checked again here)."""
+
+
 @dataclass(frozen=True)
 class PrivacyPlan:
     """The run's DP plan as the task carries it (coordinator/privacy.py validated it)."""
@@ -77,6 +81,10 @@ class PrivacyPlan:
             and self.max_grad_norm > 0
             and (self.epsilon > 0) != (self.noise_multiplier > 0)
             and all(math.isfinite(v) for v in (self.epsilon, self.noise_multiplier))
+            # Negative σ, or an ε past any promise (Opacus's noise search never returns
+            # for ε ≈ 1e20: the site's one task worker hung; review of 2026-12-03).
+            and self.noise_multiplier >= 0
+            and 0 <= self.epsilon <= MAX_EPSILON
             and (
                 self.mode != "site"
                 or (1 <= self.quorum <= self.max_sites <= 1024 and not self.noise_multiplier)
@@ -275,15 +283,16 @@ def train_private(
     seed: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """One round of DP-SGD on ``model`` (in place), charging ``accountant``.
+    """One round of DP-SGD on ``model`` (in place), charging ``accountant`` the round's steps.
 
     Batch statistics mix examples, which breaks per-example clipping, and a BatchNorm's
     running statistics would leave the site un-noised inside the update: so frozen
     BatchNorm layers run in eval mode and their statistics do not move.
     """
     from opacus import GradSampleModule
-    from opacus.data_loader import DPDataLoader
     from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+    from torch.utils.data import DataLoader
 
     from models.training import logits_of, move_inputs
 
@@ -298,7 +307,16 @@ def train_private(
     # run's seed, which others may know. (Opacus's secure_mode needs torchcsprng, which
     # is not installed; a PRNG seeded from os.urandom is the stated fallback.)
     generator = torch.Generator().manual_seed(_secret_seed())
-    loader = DPDataLoader(dataset, sample_rate=schedule.sample_rate, generator=generator)
+    # Poisson sampling as Opacus's DPDataLoader does it, but an empty batch comes out as
+    # None: DPDataLoader builds an empty one from the first row's types, which fails for
+    # dict inputs (a TypeError after the round was charged; review of 2026-12-03).
+    loader = DataLoader(
+        dataset,
+        batch_sampler=UniformWithReplacementSampler(
+            num_samples=len(dataset), sample_rate=schedule.sample_rate, generator=generator
+        ),
+        collate_fn=_collate_or_none,
+    )
     expected = max(1, round(schedule.sample_rate * len(dataset)))
     frozen = _frozen_norms(model)
     private = GradSampleModule(model)
@@ -310,9 +328,6 @@ def train_private(
             expected_batch_size=expected,
             generator=torch.Generator(device=device).manual_seed(_secret_seed()),
         )
-        optimizer.attach_step_hook(
-            accountant.get_optimizer_hook_fn(sample_rate=schedule.sample_rate)
-        )
         private.train()
         for module in frozen:
             module.eval()
@@ -322,9 +337,10 @@ def train_private(
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             torch.manual_seed(seed)
             for _ in range(epochs):
-                for inputs, labels in loader:
-                    if labels.shape[0] == 0:
-                        continue  # counted by no accountant: the ledger reserved it anyway
+                for batch in loader:
+                    if batch is None:
+                        continue  # nothing released; counted below all the same
+                    inputs, labels = batch
                     inputs = move_inputs(inputs, device)
                     labels = labels.to(device)
                     logits = logits_of(private(**inputs))
@@ -338,11 +354,25 @@ def train_private(
                     seen += int(labels.shape[0])
     finally:
         private._close()
+        # The round's steps as the ledger charged them, not the non-empty batches taken: a
+        # count of those would move with the exact row count (review of 2026-12-03), and
+        # the ε reported must be the one charged. Fewer releases than counted only errs
+        # on the safe side; a round that failed midway was charged, so it counts too.
+        accountant.history.append(
+            (schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)
+        )
     return {
         "train_loss": loss_sum / max(seen, 1),
         "train_accuracy": correct / max(seen, 1),
         "dp_steps": float(steps),
     }
+
+
+def _collate_or_none(rows: list[Any]) -> Any:
+    """The default collate of torch, or None for an empty Poisson batch."""
+    from torch.utils.data import default_collate
+
+    return default_collate(rows) if rows else None
 
 
 def plan_key(plan: PrivacyPlan | Mapping[str, Any]) -> str:

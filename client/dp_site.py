@@ -94,7 +94,7 @@ class PrivacyGuard:
         if not hasattr(client, "fit_private"):
             raise TaskRefused("model", "this site's client cannot train with record-level DP")
         dataset = dataset_name(client)
-        mine = self.ledger.run_entries(task.run_id, dataset)
+        mine = self.ledger.round_entries(task.run_id, dataset)
         schedule = self._schedule(task, plan, config, client, mine)
         check_round(task, schedule.rounds, mine)
         delta = self.policy.privacy_delta
@@ -234,11 +234,13 @@ class PrivacyGuard:
         return float(probe.get_epsilon(delta=plan.delta))
 
     def after_round(self, privacy: RoundPrivacy | SiteRoundPrivacy) -> dict[str, float]:
-        """Metrics for the update: the ε the run's accountant actually counted."""
-        if isinstance(privacy, SiteRoundPrivacy):
-            return dict(privacy.metrics)  # the noise is added at encoding, as charged
-        counted = float(privacy.accountant.get_epsilon(delta=privacy.plan.delta))
-        return {**privacy.metrics, "dp_epsilon": counted}
+        """Metrics for the update: the ε charged for the round, as its ledger entry says.
+
+        Not a count of the steps taken: Poisson batches that came out empty take no step,
+        and how many did moves with the exact row count, an un-noised figure (review of
+        2026-12-03). The run's accountant counts the charged steps (client/dp.py).
+        """
+        return dict(privacy.metrics)
 
 
 def rounded_rows(rows: int, step: int) -> int:

@@ -99,7 +99,7 @@ def site_round(
         )
     budget = policy.privacy_budget
     dataset = dataset_name(client)
-    mine = ledger.run_entries(task.run_id, dataset)
+    mine = ledger.round_entries(task.run_id, dataset)
     noise, rounds = _layout(task, plan, config, client, mine)
     check_round(task, rounds, mine)
     delta = policy.privacy_delta

@@ -184,6 +184,15 @@ class Ledger:
         """The entries of ``run_id`` on ``dataset``, in the order they were charged."""
         return [e for e in self.entries if e.run_id == run_id and e.dataset == dataset]
 
+    def round_entries(self, run_id: str, dataset: str) -> list[Entry]:
+        """:meth:`run_entries` of training rounds only: a released summary is no round.
+
+        An audit a coordinator asks for mid-run is charged as a release; counted as a
+        round it cost the run a round, and after a restart the run's accountant, rebuilt
+        from these, failed on it (review of 2026-12-03).
+        """
+        return [e for e in self.run_entries(run_id, dataset) if "release" not in e.statement]
+
     def charge(self, fields: Mapping[str, Any]) -> Entry:
         """Sign and append one charge (fsync'd before returning: write-ahead)."""
         with self._lock:
