@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from test_sovereign import secure_round  # noqa: F401
 
-from coordinator.custody_view import report_custody
-from coordinator.schema import Run, ThresholdKey
+from coordinator.custody_view import _logged_fingerprints, report_custody
+from coordinator.schema import Node, Run, ThresholdKey
+from crypto import identity
 from crypto import threshold_custody as custody
 from explain.narrative import custody_pairs
 
@@ -43,7 +44,7 @@ def test_a_forged_custody_statement_is_reported_unverified_without_its_claims(
     with coordinator.hub.db.transaction() as session:
         out = report_custody(session, session.get(Run, run.run_id))
     assert out is not None and out["verified"] is False
-    assert "custodian" in str(out["problem"])
+    assert "not created as a threshold run" in str(out["problem"])  # a single-key run
     for claim in ("threshold", "parties", "holders", "erasure", "custodian"):
         assert claim not in out
     shown = " ".join(value for _, value in custody_pairs(out))
@@ -89,3 +90,41 @@ def test_an_unverified_custody_passes_the_report_schema(secure_round):  # noqa: 
     facts = report_facts(coordinator.hub, run.run_id)
     assert facts["privacy"]["key_custody"]["verified"] is False
     assert "UNVERIFIED" in render_html(facts)  # validated against the schema, then shown
+
+
+def test_a_statement_naming_a_holder_outside_the_run_is_unverified(secure_round):  # noqa: F811
+    # The run made to look like a threshold run, so the holders are what is checked.
+    coordinator, _site, run, _ = secure_round
+    with coordinator.hub.db.transaction() as session:
+        row = session.get(Run, run.run_id)
+        row.config = {**row.config, "threshold": 3}
+        session.add(
+            ThresholdKey(
+                run_id=run.run_id,
+                threshold=3,
+                parties=3,
+                verification_keys=b"",
+                statement=_forged(run.run_id, row.key_fingerprint),
+                signature=bytes(64),
+            )
+        )
+    with coordinator.hub.db.transaction() as session:
+        out = report_custody(session, session.get(Run, run.run_id))
+    assert out is not None and out["verified"] is False
+    assert "share holder 'site-1' is not a participant" in str(out["problem"])
+
+
+def test_identities_are_taken_from_the_audit_log_not_from_a_swapped_node_row(
+    secure_round,  # noqa: F811
+):
+    coordinator, site, run, _ = secure_round
+    with coordinator.hub.db.transaction() as session:
+        node_id = session.get(Run, run.run_id).participants[0]
+        logged = _logged_fingerprints(session, [node_id])[node_id]
+        node = session.get(Node, node_id)
+        assert identity.fingerprint(bytes(node.ed25519_public_key)) == logged
+        _, attacker = identity.generate_ed25519()
+        node.ed25519_public_key = attacker  # no site.key_changed row: an edit, not a rejoin
+    with coordinator.hub.db.transaction() as session:
+        assert _logged_fingerprints(session, [node_id])[node_id] == logged
+        assert identity.fingerprint(attacker) != logged
