@@ -7,14 +7,11 @@ longer verifies is shown as unverified, with the problem and none of its claims.
 
 from __future__ import annotations
 
-import json
-
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator.identity import participant_nodes
+from coordinator.identity import logged_fingerprints, participant_nodes
 from coordinator.queries import site_name
-from coordinator.schema import AuditEvent, Run, ThresholdKey
+from coordinator.schema import Run, ThresholdKey
 from coordinator.threshold import threshold_of
 from crypto import identity
 from crypto import threshold_custody as custody
@@ -75,7 +72,7 @@ def _custody_problem(session: Session, run: Run, row: ThresholdKey) -> str:
     # Each holder and the custodian as the audit chain registered them, not as the node
     # rows say now: a key swapped into a row, with no site.key_changed row, would
     # otherwise sign a forged statement that then verified (review of 2026-12-03).
-    logged_keys = _logged_fingerprints(session, [n.id for n in nodes])
+    logged_keys = logged_fingerprints(session, [n.id for n in nodes])
     registered = {site_name(session, n): (n, logged_keys.get(n.id, "")) for n in nodes}
     for holder in statement.holders:
         if registered.get(holder.site, (None, ""))[1] != holder.fingerprint:
@@ -92,27 +89,6 @@ def _custody_problem(session: Session, run: Run, row: ThresholdKey) -> str:
     except ValueError as exc:
         return f"the custodian's signature does not verify: {exc}"
     return ""
-
-
-def _logged_fingerprints(session: Session, node_ids: list[str]) -> dict[str, str]:
-    """Each node's Ed25519 fingerprint as its last join or key change in the audit log says."""
-    rows = session.execute(
-        select(AuditEvent.actor, AuditEvent.details)
-        .where(
-            AuditEvent.actor.in_(node_ids),
-            AuditEvent.kind.in_(("site.joined", "site.key_changed")),
-        )
-        .order_by(AuditEvent.seq)
-    )
-    out: dict[str, str] = {}
-    for actor, details in rows:
-        try:
-            fingerprint = json.loads(details).get("ed25519_fingerprint", "")
-        except (ValueError, AttributeError):
-            continue
-        if fingerprint:
-            out[actor] = str(fingerprint)
-    return out
 
 
 def report_custody(session: Session, run: Run) -> dict[str, object] | None:

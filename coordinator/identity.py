@@ -10,6 +10,7 @@ an honest coordinator refuses what peers would refuse anyway, and says why, earl
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from coordinator.errors import InvalidArgument, PermissionDenied
 from coordinator.privacy import plan_to_proto
 from coordinator.queries import site_name as site_name  # coordinator/threshold.py
-from coordinator.schema import Node, Run
+from coordinator.schema import AuditEvent, Node, Run
 from crypto import identity
 from protos import federation_pb2, serde
 from protos.serde import SchemeName
@@ -182,3 +183,28 @@ def check_key_statement(
             "key statement's recipients differ from the participants the key was sealed for"
         )
     return dealing
+
+
+def logged_fingerprints(session: Session, node_ids: list[str]) -> dict[str, str]:
+    """Each node's Ed25519 fingerprint as its last join or key change in the audit log says.
+
+    What a statement a site signed is checked against, rather than the node row: a key
+    written into a row without a ``site.key_changed`` row is an edit, not the site's.
+    """
+    rows = session.execute(
+        select(AuditEvent.actor, AuditEvent.details)
+        .where(
+            AuditEvent.actor.in_(node_ids),
+            AuditEvent.kind.in_(("site.joined", "site.key_changed")),
+        )
+        .order_by(AuditEvent.seq)
+    )
+    out: dict[str, str] = {}
+    for actor, details in rows:
+        try:
+            fingerprint = json.loads(details).get("ed25519_fingerprint", "")
+        except (ValueError, AttributeError):
+            continue
+        if fingerprint:
+            out[actor] = str(fingerprint)
+    return out

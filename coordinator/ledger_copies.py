@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from coordinator import auditlog
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from coordinator.identity import logged_fingerprints
 from coordinator.privacy import PRIVACY_KEY, plan_to_proto
 from coordinator.schema import Node, Run, Task
 from crypto import identity
@@ -127,6 +129,7 @@ def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
         select(Node, Institution.name).join(Institution, Node.institution_id == Institution.id)
     ):
         keys[node.id] = (name, bytes(node.ed25519_public_key or b""))
+    registered = logged_fingerprints(session, list(keys))
     rows = session.scalars(
         select(AuditEvent)
         .where(AuditEvent.run_id == run_id, AuditEvent.kind == "privacy.spent")
@@ -145,6 +148,10 @@ def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
             name, key = keys.get(row.actor, ("", b""))
             if name != site or not key:
                 raise ValueError(f"no identity key on record for site {site!r}")
+            # The key as the audit log registered it, not as the node row says now: a key
+            # written into the row could re-sign altered entries (review of 2026-12-03).
+            if identity.fingerprint(key) != registered.get(row.actor):
+                raise ValueError(f"site {site!r}'s key on record is not the one it registered")
             identity.verify(key, canonical(statement), signature)
         except ValueError as exc:
             problem = str(exc)
@@ -164,6 +171,58 @@ def ledger_entries(session: Session, run_id: str) -> list[dict[str, Any]]:
             }
         )
     return entries
+
+
+def _silent_sites(
+    session: Session,
+    run: Run,
+    entries: list[dict[str, Any]],
+    charged: set[str],
+    updates: Sequence[Any],
+) -> list[dict[str, str]]:
+    """Sites whose updates or audit summary the run holds, with no verified charge for it.
+
+    A breached coordinator that files none of a site's entries, or drops the charge of its
+    summary, would otherwise leave the report saying nothing of that site's spend
+    (review of 2026-12-03).
+    """
+    from sqlalchemy import select
+
+    from coordinator.schema import Institution, SiteAudit
+
+    names = dict(
+        session.execute(
+            select(Node.id, Institution.name).join(
+                Institution, Node.institution_id == Institution.id
+            )
+        ).all()
+    )
+    out = []
+    trained: dict[str, set[int]] = {}
+    for node, number in updates:
+        trained.setdefault(node, set()).add(int(number))
+    for node in sorted(set(trained) - charged):
+        rounds = ", ".join(map(str, sorted(trained[node])))
+        out.append(
+            {
+                "site": names.get(node, f"node {node}"),
+                "problem": f"sent updates for round(s) {rounds} and no verified ledger entry",
+            }
+        )
+    audited = session.scalars(select(SiteAudit.node_id).where(SiteAudit.run_id == run.id))
+    charged_audits = {
+        e["node_id"]
+        for e in entries
+        if e["verified"] and _is_audit(e) and e["statement"].get("run_id") == run.id
+    }
+    for node in sorted(set(audited) - charged_audits):
+        out.append(
+            {
+                "site": names.get(node, f"node {node}"),
+                "problem": "its audit summary is on file with no verified charge for it",
+            }
+        )
+    return out
 
 
 def _signed_plan(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -271,7 +330,8 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
     node_of: dict[str, str] = {}
     unverified = []
     seen: set[str] = set()
-    for entry in ledger_entries(session, run.id):
+    stored = ledger_entries(session, run.id)
+    for entry in stored:
         problem = _entry_problem(entry, run, expected, seen)
         if problem:
             unverified.append({"site": entry["site"], "problem": problem})
@@ -281,6 +341,7 @@ def privacy_facts(session: Session, run: Run) -> dict[str, Any] | None:
     updates = session.execute(
         select(Update.node_id, Update.round).where(Update.run_id == run.id)
     ).all()
+    unverified += _silent_sites(session, run, stored, set(node_of.values()), updates)
     for name, entries in by_site.items():
         entries.sort(key=lambda e: (e["statement"]["round"], _number(e["statement"].get("time"))))
         trained = {int(r) for node, r in updates if node == node_of[name]}

@@ -15,7 +15,8 @@ from test_sovereign import secure_round  # noqa: F401  (fixture)
 from client.ledger import Ledger
 from coordinator import auditlog
 from coordinator.ledger_copies import _signed_plan, canonical, privacy_facts
-from coordinator.schema import AuditEvent, Node, Run
+from coordinator.schema import AuditEvent, Node, Run, SiteAudit, Update
+from crypto import identity
 from protos import federation_pb2
 
 PLAN = {"mode": "record", "epsilon": 4.0, "delta": 1e-5, "noise_multiplier": 0.0,
@@ -123,3 +124,60 @@ def test_out_of_chain_order_is_flagged(secure_round, tmp_path):  # noqa: F811
     _file(site, run.run_id, one)
     facts = _facts(coordinator, run.run_id)
     assert any("chain order" in u["problem"] for u in facts["unverified_entries"])
+
+
+# -- review of 2026-12-03: a coordinator that swaps a key, or files nothing ------------------
+
+
+def test_entries_re_signed_under_a_key_swapped_into_the_node_row_are_unverified(
+    secure_round,  # noqa: F811
+    tmp_path,
+):
+    coordinator, site, run, _ = secure_round
+    ledger, plan = _setup(coordinator, site, run, tmp_path)
+    for r in (1, 2, 3):
+        _file(site, run.run_id, _charge(ledger, run.run_id, r, float(r) * 3, plan))
+    private, public = identity.generate_ed25519()
+    with coordinator.hub.db.transaction() as session:
+        session.get(Node, site.node_id).ed25519_public_key = public  # no site.key_changed row
+        for row in session.scalars(select(AuditEvent).where(AuditEvent.kind == "privacy.spent")):
+            details = json.loads(row.details)
+            details["statement"]["run_epsilon"] = details["statement"]["ledger_epsilon_after"] = (
+                0.01
+            )
+            details["signature"] = identity.sign(private, canonical(details["statement"])).hex()
+            row.details = json.dumps(details)
+
+    facts = _facts(coordinator, run.run_id)
+
+    assert facts["sites"] == []  # no entry counts, so no ε of 0.01 is shown
+    problems = [u["problem"] for u in facts["unverified_entries"]]
+    assert problems and all("not the one it registered" in p for p in problems[:3]), problems
+
+
+def test_a_site_that_trained_or_audited_with_no_charge_on_file_is_named(
+    secure_round,  # noqa: F811
+    tmp_path,
+):
+    coordinator, site, run, task = secure_round
+    _setup(coordinator, site, run, tmp_path)  # a DP run; the coordinator files no entry
+    with coordinator.hub.db.transaction() as session:
+        session.add(
+            Update(
+                run_id=run.run_id,
+                round=1,
+                node_id=site.node_id,
+                task_id=task.task_id,
+                blob_sha256="ab" * 32,
+                size=1,
+                encoding="x",
+                num_examples=0,
+                weight=1,
+            )
+        )
+        session.add(SiteAudit(run_id=run.run_id, node_id=site.node_id, summary={}))
+
+    problems = [u["problem"] for u in _facts(coordinator, run.run_id)["unverified_entries"]]
+
+    assert "sent updates for round(s) 1 and no verified ledger entry" in problems, problems
+    assert "its audit summary is on file with no verified charge for it" in problems

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from test_sovereign import secure_round  # noqa: F401
 
-from coordinator.custody_view import _logged_fingerprints, report_custody
+from coordinator.custody_view import report_custody
+from coordinator.identity import logged_fingerprints
 from coordinator.schema import Node, Run, ThresholdKey
 from crypto import identity
 from crypto import threshold_custody as custody
@@ -120,11 +121,11 @@ def test_identities_are_taken_from_the_audit_log_not_from_a_swapped_node_row(
     coordinator, site, run, _ = secure_round
     with coordinator.hub.db.transaction() as session:
         node_id = session.get(Run, run.run_id).participants[0]
-        logged = _logged_fingerprints(session, [node_id])[node_id]
+        logged = logged_fingerprints(session, [node_id])[node_id]
         node = session.get(Node, node_id)
         assert identity.fingerprint(bytes(node.ed25519_public_key)) == logged
         _, attacker = identity.generate_ed25519()
         node.ed25519_public_key = attacker  # no site.key_changed row: an edit, not a rejoin
     with coordinator.hub.db.transaction() as session:
-        assert _logged_fingerprints(session, [node_id])[node_id] == logged
+        assert logged_fingerprints(session, [node_id])[node_id] == logged
         assert identity.fingerprint(attacker) != logged
