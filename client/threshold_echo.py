@@ -169,9 +169,9 @@ def checked_echo(
     site = envelope.site_name
     holder = key.statement.holder(site)
     try:
-        public = holder_identity(agent, task, site)
-        if holder is None or identity.fingerprint(public) != holder.fingerprint:
-            raise ValueError("not a share holder with the identity the custodian dealt to")
+        if holder is None:
+            raise ValueError("not a share holder of the key")
+        public = holder_identity(agent, task, site, holder.fingerprint)
         identity.verify(public, bytes(envelope.statement), bytes(envelope.signature))
         other = custody.EchoStatement.from_bytes(bytes(envelope.statement))
         if (other.run_id, other.round, other.site) != (mine.run_id, mine.round, site):
@@ -182,11 +182,15 @@ def checked_echo(
     return other
 
 
-def holder_identity(agent: Site, task: federation_pb2.Task, site: str) -> bytes:
-    """``site``'s Ed25519 key as the task relays it, if this site trusts it for ``site``.
+def holder_identity(
+    agent: Site, task: federation_pb2.Task, site: str, dealt_fingerprint: str
+) -> bytes:
+    """``site``'s Ed25519 key as the task relays it, if it is the holder's and trusted here.
 
-    This site's own name must carry its own key; any other must be pinned here
-    (``cohort client peers``): a holder this site has unpinned counts for nothing.
+    It must have the fingerprint the custodian dealt the share to, checked first, so that
+    trust-on-first-use never pins a key the relay made up (review of 2026-12-03). This
+    site's own name must carry its own key; any other must be pinned here (``cohort
+    client peers``): a holder this site has unpinned counts for nothing.
 
     Raises
     ------
@@ -194,13 +198,18 @@ def holder_identity(agent: Site, task: federation_pb2.Task, site: str) -> bytes:
         (:class:`client.peers.UntrustedPeer` for a peer not pinned) when it does not.
     """
     if site == agent.identity.site_name:
-        return agent.identity.ed25519_public
-    public = next(
-        (bytes(p.ed25519_public_key) for p in task.participants if p.site_name == site), b""
-    )
+        public = agent.identity.ed25519_public
+    else:
+        public = next(
+            (bytes(p.ed25519_public_key) for p in task.participants if p.site_name == site),
+            b"",
+        )
     if not public:
         raise ValueError(f"{site[:128]!r} is not a participant of the run")
-    agent.peers.check(site, public)
+    if identity.fingerprint(public) != dealt_fingerprint:
+        raise ValueError("not a share holder with the identity the custodian dealt to")
+    if site != agent.identity.site_name:
+        agent.peers.check(site, public)
     return public
 
 

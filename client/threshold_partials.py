@@ -394,9 +394,11 @@ def _check_envelope(
             f"the relay or the site: part {part} is neither its blocks nor the whole vector"
         )
     try:
-        public = threshold_echo.holder_identity(agent, task, site)
+        public = threshold_echo.holder_identity(agent, task, site, holder.fingerprint)
     except UntrustedPeer as exc:
         raise Unpinned(str(exc)) from exc
+    except ValueError as exc:  # the key the relay gave for the holder is not the dealt one
+        raise Unattributable(f"the relay or the site: {exc}") from exc
     label = _label(aggregate_sha256, part)
     try:
         signature, data = custody.open_partial(
@@ -407,8 +409,6 @@ def _check_envelope(
             site=site,
             aggregate_sha256=label,
         )
-        if identity.fingerprint(public) != holder.fingerprint:
-            raise ValueError("its identity is not the one the custodian dealt to")
         identity.verify(
             public,
             custody.partial_statement(

@@ -17,6 +17,7 @@ from coordinator.custody_view import report_custody
 from coordinator.db import Database
 from coordinator.hub import Hub
 from coordinator.provenance import frozen_sites
+from coordinator.queries import summed_updates
 from coordinator.schema import (
     AuditEvent,
     Institution,
@@ -25,7 +26,6 @@ from coordinator.schema import (
     RoundState,
     Run,
     SiteAudit,
-    Update,
 )
 from coordinator.schemes import scheme_of
 from protos.serde import SchemeName
@@ -190,12 +190,11 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
             select(Round).where(Round.run_id == run_id).order_by(Round.number)
         ).all()
         closed = [r for r in rounds if r.state == RoundState.CLOSED]
-        # Only closed rounds count: an update of a round never aggregated trained nothing.
-        updates = session.scalars(
-            select(Update).where(
-                Update.run_id == run_id, Update.round.in_([r.number for r in closed])
-            )
-        ).all()
+        # Only what each closed round's aggregate summed counts (as the scheduler closed it:
+        # not an update of a round never aggregated, nor of a site revoked before the close).
+        updates = [
+            u for r in closed for u in summed_updates(session, run_id, r.number, r.closed_at)
+        ]
         participation: dict[str, list[int]] = {}
         contributors: dict[int, set[str]] = {}
         for update in updates:
@@ -205,6 +204,7 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
         summaries, rejected = _authenticated_summaries(session, run_id)
         verdict, logged = _log_verdict(session, run)
         config = json.loads(json.dumps(run.config, default=str))
+        key = report_chain.registered_key(logged)
         disagreements = report_chain.discrepancies(
             run, config_sha256(config), sites, closed, contributors, logged
         )
@@ -230,9 +230,14 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
             sites=sites,
             privacy={
                 "secure_aggregation": run.secure,
-                "key_bits": run.settings().encoding.key_bits if scheme.encrypted else None,
-                "key_custodian": run.custodian or None,
-                "key_fingerprints": [run.key_fingerprint] if run.key_fingerprint else [],
+                # As the verified log registered the key, not as the run's columns say now.
+                "key_bits": int(key["key_bits"])
+                if key and "key_bits" in key
+                else (run.settings().encoding.key_bits if scheme.encrypted else None),
+                "key_custodian": (key or {}).get("custodian") or run.custodian or None,
+                "key_fingerprints": [str(key["fingerprint"])]
+                if key and key.get("fingerprint")
+                else ([run.key_fingerprint] if run.key_fingerprint else []),
                 "coordinator_visibility": VISIBILITY[scheme.name],
                 "update_quantisation": encoding if isinstance(encoding, dict) else "float32",
                 "differential_privacy": privacy_facts(session, run),

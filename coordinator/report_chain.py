@@ -7,12 +7,15 @@ renamed model, a renamed site with another row count and fingerprint, a deleted 
 and changed round metrics all read as verified). So each fact the chain also records is
 compared with the chain's record, and every difference is listed in the report:
 
-- ``run.created``: the model, the planned rounds and the configuration's sha256;
+- ``run.created``: the model, the planned rounds, the scheme, the strategy and the
+  configuration's sha256;
 - ``site.provenance``: each site's name, row count, data and schema fingerprints;
 - ``round.closed``: each closed round's update count, total weight, contributing nodes,
   aggregate sha256 and (rows written since 2026-12-03) metrics; and a round the chain
   closed that the tables lack;
-- ``run.completed``: the final model's sha256.
+- ``run.trained`` and ``run.completed``: the final model's sha256;
+- ``key.registered``: the secure run's key fingerprint (and the report takes the key's
+  custodian and size from this row, not from the run's columns).
 
 Only rows up to where the chain verifies count: past a broken row nothing is evidence.
 """
@@ -25,7 +28,14 @@ from typing import Any
 
 from coordinator.schema import AuditEvent, Round, Run
 
-_CHECKED = ("run.created", "site.provenance", "round.closed", "run.completed")
+_CHECKED = (
+    "run.created",
+    "site.provenance",
+    "round.closed",
+    "run.trained",
+    "run.completed",
+    "key.registered",
+)
 
 
 def run_rows(rows: Iterable[AuditEvent], run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -58,7 +68,23 @@ def discrepancies(
         *_created(run, config_sha256, [d for kind, _, d in rows if kind == "run.created"]),
         *_sites(sites, {actor: d for kind, actor, d in rows if kind == "site.provenance"}),
         *_rounds(closed, contributors, [d for kind, _, d in rows if kind == "round.closed"]),
-        *_completed(run, [d for kind, _, d in rows if kind == "run.completed"]),
+        *_completed(run, [d for kind, _, d in rows if kind in ("run.trained", "run.completed")]),
+        *_key(run, registered_key(rows)),
+    ]
+
+
+def registered_key(rows: Sequence[tuple[str, str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The run's ``key.registered`` row: custodian, fingerprint and bits as the log has them."""
+    keys = [d for kind, _, d in rows if kind == "key.registered"]
+    return keys[-1] if keys else None
+
+
+def _key(run: Run, logged: dict[str, Any] | None) -> list[str]:
+    if logged is None or logged.get("fingerprint") == run.key_fingerprint:
+        return []
+    return [
+        f"key fingerprint is {run.key_fingerprint[:16] or 'none'}, the log's key.registered "
+        f"says {str(logged.get('fingerprint'))[:16]}"
     ]
 
 
@@ -66,9 +92,16 @@ def _created(run: Run, config_sha256: str, created: list[dict[str, Any]]) -> lis
     if not created:
         return ["the audit log holds no run.created row for this run"]
     found = []
-    for field, value in (("model", run.model), ("rounds", run.rounds)):
+    # Each field the report shows that sits in its own column, outside the config's hash.
+    shown = (
+        ("model", run.model),
+        ("rounds", run.rounds),
+        ("secure", str(run.secure)),
+        ("strategy", run.strategy),
+    )
+    for field, value in shown:
         said = created[0].get(field)
-        if said != value:
+        if field in created[0] and said != value:
             found.append(f"run {field} is {value!r}, the log's run.created says {said!r}")
     own = created[0].get("config_json_sha256")  # rows written since 2026-12-03
     if own is not None and own != config_sha256:
@@ -128,13 +161,14 @@ def _rounds(
     return found
 
 
-def _completed(run: Run, completed: list[dict[str, Any]]) -> list[str]:
-    said = completed[-1].get("final_model_sha256") if completed else None
+def _completed(run: Run, ended: list[dict[str, Any]]) -> list[str]:
+    """The final model against the last ``run.trained`` or ``run.completed`` row."""
+    said = ended[-1].get("final_model_sha256") if ended else None
     if said is None or said == (run.final_model_sha256 or ""):
         return []
     return [
-        f"final model sha256 is {run.final_model_sha256[:16] or 'none'}…, the log's "
-        f"run.completed says {str(said)[:16]}…"
+        f"final model sha256 is {run.final_model_sha256[:16] or 'none'}…, the log says "
+        f"{str(said)[:16]}…"
     ]
 
 

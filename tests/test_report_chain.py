@@ -18,6 +18,7 @@ from rich.console import Console
 from sqlalchemy import text
 from test_federation_errors import WEIGHTS
 from test_report_authenticity import first_task
+from test_sovereign import secure_round  # noqa: F401  (fixture)
 
 from cli import runs as cli_runs
 from coordinator.report import report_facts
@@ -144,3 +145,100 @@ def test_runs_show_prints_site_words_as_text_not_markup(monkeypatch):
     shown = console.export_text()
     assert "[white on white]COMPLETED fine[/]" in shown
     assert "[bold]trusted[/]" in shown
+
+
+def test_a_secure_runs_key_facts_come_from_the_log_and_an_edited_fingerprint_is_named(
+    secure_round,  # noqa: F811
+):
+    coordinator, _site, run, _ = secure_round
+    honest = report_facts(coordinator.hub, run.run_id)["privacy"]
+    assert honest["key_custodian"]  # "—" before, though one site holds the whole key
+    assert honest["key_bits"] == 1024 and len(honest["key_fingerprints"]) == 1
+    with coordinator.hub.db.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE runs SET key_fingerprint=:f, custodian='Escrow Trust' WHERE id=:r"),
+            {"f": "00" * 16, "r": run.run_id},
+        )
+
+    facts = report_facts(coordinator.hub, run.run_id)
+
+    assert facts["privacy"]["key_custodian"] == honest["key_custodian"]
+    assert facts["privacy"]["key_fingerprints"] == honest["key_fingerprints"]
+    assert any("key fingerprint is 0000" in d for d in facts["audit_log"]["discrepancies"])
+
+
+# -- final review of 2026-12-03 -------------------------------------------------------------
+
+
+def test_an_edited_scheme_or_strategy_is_named(coordinator):
+    _, run_id = finished(coordinator)
+    with coordinator.hub.db.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE runs SET secure='paillier', strategy='fedprox' WHERE id=:r"),
+            {"r": run_id},
+        )
+
+    found = report_facts(coordinator.hub, run_id)["audit_log"]["discrepancies"]
+
+    assert any("run secure is 'paillier'" in d for d in found), found
+    assert any("run strategy is 'fedprox'" in d for d in found), found
+
+
+def test_a_final_model_edited_after_a_stop_in_the_audit_phase_is_named(coordinator):
+    sites = [FakeSite(coordinator.federation(), name=n) for n in ("alpha", "beta", "gamma")]
+    run = coordinator.admin().CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=1,
+            min_clients=3,
+            round_deadline_seconds=60,
+            config_json=json.dumps({"audit": True}),
+        )
+    )
+    site, init = first_task(sites, federation_pb2.TASK_KIND_INIT)
+    site.submit(init, wire.encode_tensors(WEIGHTS))
+    for each in sites:
+        each.submit(each.pull(federation_pb2.TASK_KIND_TRAIN), wire.encode_tensors(WEIGHTS))
+    deadline = time.time() + 30
+    while not report_facts(coordinator.hub, run.run_id)["run"]["model_sha256"]:
+        assert time.time() < deadline, "training did not finish"
+        time.sleep(0.1)
+    coordinator.admin().StopRun(admin_pb2.StopRunRequest(run_id=run.run_id, reason="halt"))
+    with coordinator.hub.db.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE runs SET final_model_sha256=:f WHERE id=:r"),
+            {"r": run.run_id, "f": "cc" * 32},
+        )
+
+    found = report_facts(coordinator.hub, run.run_id)["audit_log"]["discrepancies"]
+
+    assert any("final model sha256 is cccc" in d for d in found), found
+
+
+def test_a_site_revoked_before_the_close_is_not_a_contributor_nor_a_disagreement(coordinator):
+    sites = [FakeSite(coordinator.federation(), name=n) for n in ("alpha", "beta", "gamma")]
+    run = coordinator.admin().CreateRun(
+        admin_pb2.CreateRunRequest(
+            model="tabular_mlp",
+            rounds=1,
+            min_clients=3,
+            round_deadline_seconds=60,
+            config_json=json.dumps({"audit": False, "quorum": 2}),
+        )
+    )
+    site, init = first_task(sites, federation_pb2.TASK_KIND_INIT)
+    site.submit(init, wire.encode_tensors(WEIGHTS))
+    tasks = [(each, each.pull(federation_pb2.TASK_KIND_TRAIN)) for each in sites]
+    for each, task in (tasks[0], tasks[2]):
+        each.submit(task, wire.encode_tensors(WEIGHTS))
+    coordinator.admin().RevokeSite(admin_pb2.RevokeRequest(name="gamma", reason="test"))
+    tasks[1][0].submit(tasks[1][1], wire.encode_tensors(WEIGHTS))
+    deadline = time.time() + 30
+    while report_facts(coordinator.hub, run.run_id)["run"]["state"] != "completed":
+        assert time.time() < deadline, "the run did not complete"
+        time.sleep(0.1)
+
+    facts = report_facts(coordinator.hub, run.run_id)
+
+    assert facts["audit_log"]["discrepancies"] == []
+    assert sorted(s["name"] for s in facts["sites"]) == ["alpha", "beta"]

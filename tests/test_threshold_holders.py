@@ -32,9 +32,10 @@ from test_threshold_custody import (
     quick_fallback,
 )
 
-from client import keys
+from client import keys, threshold_echo
 from client import threshold as site_threshold
 from client.policy import TaskRefused
+from crypto import identity
 from crypto import threshold_custody as custody
 from protos import common_pb2, federation_pb2
 
@@ -150,3 +151,33 @@ def test_a_partial_whose_part_the_relay_changed_is_not_blamed_on_its_sender(deal
 
     blamed = [(whom, why) for _, whom, why in relay.complaints]
     assert blamed and all(why.startswith("the relay or the site:") for _, why in blamed), blamed
+
+
+def test_trust_on_first_use_never_pins_a_key_the_relay_made_up(dealt):
+    fresh(dealt)
+    keys_ = open_all(dealt)
+    me, peer = dealt.sites[0], dealt.sites[1]
+    name = peer.identity.site_name
+    pinned = me.peers.fingerprint_of(name)
+    assert pinned is not None and me.peers.remove(name)
+    me.peers.tofu = True
+    try:
+        task = dealt.task(me)
+        manifest = threshold_echo.manifest_of(task, 2, AGGREGATE)
+        mine = custody.EchoStatement(RUN, 2, me.identity.site_name, AGGREGATE, manifest)
+        raw = custody.EchoStatement(RUN, 2, name, AGGREGATE, manifest).to_bytes()
+        envelope = federation_pb2.EchoEnvelope(
+            site_name=name, statement=raw, signature=peer.identity.sign(raw)
+        )
+        forged = federation_pb2.Task()
+        forged.CopyFrom(task)
+        for participant in forged.participants:
+            if participant.site_name == name:
+                participant.ed25519_public_key = identity.generate_ed25519()[1]
+
+        assert threshold_echo.checked_echo(me, forged, keys_[0], envelope, mine) is None
+        assert me.peers.fingerprint_of(name) is None  # nothing pinned from the relay's key
+        assert threshold_echo.checked_echo(me, task, keys_[0], envelope, mine) is not None
+    finally:
+        me.peers.tofu = False
+        me.peers.pin(name, pinned)
