@@ -51,10 +51,12 @@ def weighted_metrics(updates: Sequence[Update]) -> dict[str, float]:
         for key, value in (update.metrics or {}).items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            if np.isfinite(value):
-                sums[key] += float(value) * update.num_examples
+            product = float(value) * update.num_examples
+            if np.isfinite(product):  # 1e308 x examples is inf: PostgreSQL's JSON refuses it
+                sums[key] += product
                 weights[key] += update.num_examples
-    return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+    means = {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+    return {k: v for k, v in means.items() if np.isfinite(v)}
 
 
 class RoundScheduler:

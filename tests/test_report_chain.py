@@ -242,3 +242,17 @@ def test_a_site_revoked_before_the_close_is_not_a_contributor_nor_a_disagreement
 
     assert facts["audit_log"]["discrepancies"] == []
     assert sorted(s["name"] for s in facts["sites"]) == ["alpha", "beta"]
+
+
+def test_round_metrics_that_overflow_when_weighted_are_left_out():
+    from types import SimpleNamespace
+
+    from coordinator.scheduler import weighted_metrics
+
+    updates = [
+        SimpleNamespace(metrics={"loss": 1e308, "accuracy": 0.5}, num_examples=10),
+        SimpleNamespace(metrics={"loss": 1.0, "accuracy": 1.0}, num_examples=10),
+    ]
+
+    # inf would reach the round's JSON column, which PostgreSQL refuses ("Infinity").
+    assert weighted_metrics(updates) == {"loss": 1.0, "accuracy": 0.75}
