@@ -28,7 +28,8 @@ from explain.report_html import render_html
 from protos import admin_pb2, common_pb2, federation_pb2, wire
 
 
-def start(coordinator, rounds: int) -> tuple[list[FakeSite], str]:
+def start(coordinator, rounds: int, **config: object) -> tuple[list[FakeSite], str]:
+    """Three hand-driven sites in a plaintext run (no audit unless ``config`` says)."""
     sites = [FakeSite(coordinator.federation(), name=n) for n in ("alpha", "beta", "gamma")]
     run = coordinator.admin().CreateRun(
         admin_pb2.CreateRunRequest(
@@ -36,7 +37,7 @@ def start(coordinator, rounds: int) -> tuple[list[FakeSite], str]:
             rounds=rounds,
             min_clients=3,
             round_deadline_seconds=60,
-            config_json=json.dumps({"audit": False}),
+            config_json=json.dumps({"audit": False, **config}),
         )
     )
     site, init = first_task(sites, federation_pb2.TASK_KIND_INIT)
@@ -185,60 +186,38 @@ def test_an_edited_scheme_or_strategy_is_named(coordinator):
 
 
 def test_a_final_model_edited_after_a_stop_in_the_audit_phase_is_named(coordinator):
-    sites = [FakeSite(coordinator.federation(), name=n) for n in ("alpha", "beta", "gamma")]
-    run = coordinator.admin().CreateRun(
-        admin_pb2.CreateRunRequest(
-            model="tabular_mlp",
-            rounds=1,
-            min_clients=3,
-            round_deadline_seconds=60,
-            config_json=json.dumps({"audit": True}),
-        )
-    )
-    site, init = first_task(sites, federation_pb2.TASK_KIND_INIT)
-    site.submit(init, wire.encode_tensors(WEIGHTS))
+    sites, run_id = start(coordinator, rounds=1, audit=True)
     for each in sites:
         each.submit(each.pull(federation_pb2.TASK_KIND_TRAIN), wire.encode_tensors(WEIGHTS))
     deadline = time.time() + 30
-    while not report_facts(coordinator.hub, run.run_id)["run"]["model_sha256"]:
+    while not report_facts(coordinator.hub, run_id)["run"]["model_sha256"]:
         assert time.time() < deadline, "training did not finish"
         time.sleep(0.1)
-    coordinator.admin().StopRun(admin_pb2.StopRunRequest(run_id=run.run_id, reason="halt"))
+    coordinator.admin().StopRun(admin_pb2.StopRunRequest(run_id=run_id, reason="halt"))
     with coordinator.hub.db.engine.begin() as connection:
         connection.execute(
             text("UPDATE runs SET final_model_sha256=:f WHERE id=:r"),
-            {"r": run.run_id, "f": "cc" * 32},
+            {"r": run_id, "f": "cc" * 32},
         )
 
-    found = report_facts(coordinator.hub, run.run_id)["audit_log"]["discrepancies"]
+    found = report_facts(coordinator.hub, run_id)["audit_log"]["discrepancies"]
 
     assert any("final model sha256 is cccc" in d for d in found), found
 
 
 def test_a_site_revoked_before_the_close_is_not_a_contributor_nor_a_disagreement(coordinator):
-    sites = [FakeSite(coordinator.federation(), name=n) for n in ("alpha", "beta", "gamma")]
-    run = coordinator.admin().CreateRun(
-        admin_pb2.CreateRunRequest(
-            model="tabular_mlp",
-            rounds=1,
-            min_clients=3,
-            round_deadline_seconds=60,
-            config_json=json.dumps({"audit": False, "quorum": 2}),
-        )
-    )
-    site, init = first_task(sites, federation_pb2.TASK_KIND_INIT)
-    site.submit(init, wire.encode_tensors(WEIGHTS))
+    sites, run_id = start(coordinator, rounds=1, quorum=2)
     tasks = [(each, each.pull(federation_pb2.TASK_KIND_TRAIN)) for each in sites]
     for each, task in (tasks[0], tasks[2]):
         each.submit(task, wire.encode_tensors(WEIGHTS))
     coordinator.admin().RevokeSite(admin_pb2.RevokeRequest(name="gamma", reason="test"))
     tasks[1][0].submit(tasks[1][1], wire.encode_tensors(WEIGHTS))
     deadline = time.time() + 30
-    while report_facts(coordinator.hub, run.run_id)["run"]["state"] != "completed":
+    while report_facts(coordinator.hub, run_id)["run"]["state"] != "completed":
         assert time.time() < deadline, "the run did not complete"
         time.sleep(0.1)
 
-    facts = report_facts(coordinator.hub, run.run_id)
+    facts = report_facts(coordinator.hub, run_id)
 
     assert facts["audit_log"]["discrepancies"] == []
     assert sorted(s["name"] for s in facts["sites"]) == ["alpha", "beta"]

@@ -26,22 +26,27 @@ def _forged(run_id: str, key_fingerprint: str) -> bytes:
     ).to_bytes()
 
 
+def store_forged(session, run_id: str, key_fingerprint: str, threshold: int = 3) -> None:
+    """The custody row a coordinator could write: a statement nobody signed (zeros)."""
+    session.add(
+        ThresholdKey(
+            run_id=run_id,
+            threshold=threshold,
+            parties=3,
+            verification_keys=b"",
+            statement=_forged(run_id, key_fingerprint),
+            signature=bytes(64),
+        )
+    )
+
+
 def test_a_forged_custody_statement_is_reported_unverified_without_its_claims(
     secure_round,  # noqa: F811
 ):
     coordinator, _site, run, _ = secure_round
     with coordinator.hub.db.transaction() as session:
         fingerprint = session.get(Run, run.run_id).key_fingerprint
-        session.add(
-            ThresholdKey(
-                run_id=run.run_id,
-                threshold=3,
-                parties=3,
-                verification_keys=b"",
-                statement=_forged(run.run_id, fingerprint),
-                signature=bytes(64),
-            )
-        )
+        store_forged(session, run.run_id, fingerprint)
     with coordinator.hub.db.transaction() as session:
         out = report_custody(session, session.get(Run, run.run_id))
     assert out is not None and out["verified"] is False
@@ -55,16 +60,7 @@ def test_a_forged_custody_statement_is_reported_unverified_without_its_claims(
 def test_a_statement_for_another_key_is_unverified(secure_round):  # noqa: F811
     coordinator, _site, run, _ = secure_round
     with coordinator.hub.db.transaction() as session:
-        session.add(
-            ThresholdKey(
-                run_id=run.run_id,
-                threshold=3,
-                parties=3,
-                verification_keys=b"",
-                statement=_forged(run.run_id, "ab" * 16),
-                signature=bytes(64),
-            )
-        )
+        store_forged(session, run.run_id, "ab" * 16)
     with coordinator.hub.db.transaction() as session:
         out = report_custody(session, session.get(Run, run.run_id))
     assert out is not None and out["verified"] is False
@@ -78,16 +74,7 @@ def test_an_unverified_custody_passes_the_report_schema(secure_round):  # noqa: 
 
     coordinator, _site, run, _ = secure_round
     with coordinator.hub.db.transaction() as session:
-        session.add(
-            ThresholdKey(
-                run_id=run.run_id,
-                threshold=3,
-                parties=3,
-                verification_keys=b"",
-                statement=_forged(run.run_id, "ab" * 16),
-                signature=bytes(64),
-            )
-        )
+        store_forged(session, run.run_id, "ab" * 16)
     facts = report_facts(coordinator.hub, run.run_id)
     assert facts["privacy"]["key_custody"]["verified"] is False
     assert "UNVERIFIED" in render_html(facts)  # validated against the schema, then shown
@@ -99,16 +86,7 @@ def test_a_statement_naming_a_holder_outside_the_run_is_unverified(secure_round)
     with coordinator.hub.db.transaction() as session:
         row = session.get(Run, run.run_id)
         row.config = {**row.config, "threshold": 3}
-        session.add(
-            ThresholdKey(
-                run_id=run.run_id,
-                threshold=3,
-                parties=3,
-                verification_keys=b"",
-                statement=_forged(run.run_id, row.key_fingerprint),
-                signature=bytes(64),
-            )
-        )
+        store_forged(session, run.run_id, row.key_fingerprint)
     with coordinator.hub.db.transaction() as session:
         out = report_custody(session, session.get(Run, run.run_id))
     assert out is not None and out["verified"] is False

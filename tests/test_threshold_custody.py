@@ -149,11 +149,10 @@ class Dealt:
         return task
 
 
-@pytest.fixture(scope="module")
-def dealt(tmp_path_factory: pytest.TempPathFactory) -> Dealt:
-    root = tmp_path_factory.mktemp("custody")
+def deal(root: Path, names: list[str], threshold: int = 2) -> Dealt:
+    """Sites that pin each other, and a t-of-N key dealt to them by the first."""
     relay = Relay()
-    sites = [Site(root, name, relay) for name in NAMES]
+    sites = [Site(root, name, relay) for name in names]
     for site in sites:
         for other in sites:
             if other is not site:
@@ -171,7 +170,7 @@ def dealt(tmp_path_factory: pytest.TempPathFactory) -> Dealt:
     keygen = federation_pb2.Task(
         kind=federation_pb2.TASK_KIND_KEYGEN,
         run_id=RUN,
-        threshold=2,
+        threshold=threshold,
         encoding=common_pb2.EncodingParams(key_bits=1024),
         participants=participants,
     )
@@ -179,6 +178,11 @@ def dealt(tmp_path_factory: pytest.TempPathFactory) -> Dealt:
     recipients, refused = keys.trusted_recipients(participants, custodian.identity, custodian.peers)
     bundle = site_threshold.deal(custodian, keygen, recipients, refused)  # type: ignore[arg-type]
     return Dealt(sites, relay, bundle, participants)
+
+
+@pytest.fixture(scope="module")
+def dealt(tmp_path_factory: pytest.TempPathFactory) -> Dealt:
+    return deal(tmp_path_factory.mktemp("custody"), NAMES)
 
 
 @pytest.fixture(autouse=True)

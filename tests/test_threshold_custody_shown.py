@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from test_report_custody_verified import _forged
+from test_report_custody_verified import store_forged
 from test_sovereign import secure_round  # noqa: F401
 from typer.testing import CliRunner
 
 from cli.main import app
-from coordinator.schema import Run, ThresholdKey
+from coordinator.schema import Run
 from protos import admin_pb2
 
 runner = CliRunner()
@@ -19,16 +19,7 @@ def test_runs_show_says_a_forged_custody_statement_is_unverified(secure_round): 
     coordinator, _site, run, _ = secure_round
     with coordinator.hub.db.transaction() as session:
         fingerprint = session.get(Run, run.run_id).key_fingerprint
-        session.add(
-            ThresholdKey(
-                run_id=run.run_id,
-                threshold=2,
-                parties=3,
-                verification_keys=b"",
-                statement=_forged(run.run_id, fingerprint),
-                signature=bytes(64),
-            )
-        )
+        store_forged(session, run.run_id, fingerprint, threshold=2)
     base = ["admin", "runs", "show", run.run_id, "--coordinator", coordinator.address]
 
     shown = runner.invoke(app, [*base, "--insecure"])

@@ -21,8 +21,8 @@ from test_threshold_custody import (
     AGGREGATE,
     RUN,
     Dealt,
-    Relay,
     Site,
+    deal,
     dealt,
     decrypt_at,
     encrypt,
@@ -32,12 +32,11 @@ from test_threshold_custody import (
     quick_fallback,
 )
 
-from client import keys, threshold_echo
-from client import threshold as site_threshold
+from client import threshold_echo
 from client.policy import TaskRefused
 from crypto import identity
 from crypto import threshold_custody as custody
-from protos import common_pb2, federation_pb2
+from protos import federation_pb2
 
 __all__ = ["dealt", "quick_fallback"]  # the custody module's fixtures, used here by name
 
@@ -45,33 +44,7 @@ __all__ = ["dealt", "quick_fallback"]  # the custody module's fixtures, used her
 @pytest.fixture(scope="module")
 def dealt4(tmp_path_factory: pytest.TempPathFactory) -> Dealt:
     """A 2-of-4 dealing: echo quorum 3, so one holder may be gone or lie."""
-    root = tmp_path_factory.mktemp("custody4")
-    relay = Relay()
-    sites = [Site(root, name, relay) for name in ("site-a", "site-b", "site-c", "site-d")]
-    for site in sites:
-        for other in sites:
-            if other is not site:
-                site.peers.pin(other.identity.site_name, other.identity.fingerprint)
-    participants = [
-        federation_pb2.Participant(
-            node_id=s.identity.site_name,
-            site_name=s.identity.site_name,
-            x25519_public_key=s.identity.x25519_public,
-            ed25519_public_key=s.identity.ed25519_public,
-            x25519_signature=s.identity.x25519_signature(),
-        )
-        for s in sites
-    ]
-    keygen = federation_pb2.Task(
-        kind=federation_pb2.TASK_KIND_KEYGEN,
-        run_id=RUN,
-        threshold=2,
-        encoding=common_pb2.EncodingParams(key_bits=1024),
-        participants=participants,
-    )
-    recipients, refused = keys.trusted_recipients(participants, sites[0].identity, sites[0].peers)
-    bundle = site_threshold.deal(sites[0], keygen, recipients, refused)  # type: ignore[arg-type]
-    return Dealt(sites, relay, bundle, participants)
+    return deal(tmp_path_factory.mktemp("custody4"), ["site-a", "site-b", "site-c", "site-d"])
 
 
 def echo_other(site: Site, *, aggregate: str = AGGREGATE, manifest: str = "00" * 32) -> None:
