@@ -220,7 +220,9 @@ def facts_from_database(db: Database, run_id: str) -> dict[str, Any]:
                 "rounds_completed": len(closed),
                 "config": config,
                 "model_sha256": run.final_model_sha256 or None,
-                "code_version": code_version(),
+                # The version that ran it, as run.started logged it (since 2026-12-03).
+                "code_version": report_chain.run_version(logged)
+                or f"{code_version()} (wrote this report; the run's version is not logged)",
                 "created_at": run.created_at,
                 "started_at": run.started_at or None,
                 "ended_at": run.ended_at or None,

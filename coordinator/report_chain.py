@@ -30,6 +30,7 @@ from coordinator.schema import AuditEvent, Round, Run
 
 _CHECKED = (
     "run.created",
+    "run.started",
     "site.provenance",
     "round.closed",
     "run.trained",
@@ -71,6 +72,12 @@ def discrepancies(
         *_completed(run, [d for kind, _, d in rows if kind in ("run.trained", "run.completed")]),
         *_key(run, registered_key(rows)),
     ]
+
+
+def run_version(rows: Sequence[tuple[str, str, dict[str, Any]]]) -> str | None:
+    """The coordinator's version when the run started, as ``run.started`` logged it."""
+    started = [d for kind, _, d in rows if kind == "run.started" and d.get("code_version")]
+    return str(started[0]["code_version"]) if started else None
 
 
 def registered_key(rows: Sequence[tuple[str, str, dict[str, Any]]]) -> dict[str, Any] | None:

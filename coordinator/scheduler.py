@@ -182,6 +182,9 @@ class RoundScheduler:
                 details["participants"] = {n.id: site_name(session, n) for n in chosen}
             run.state = RunState.RUNNING
             run.started_at = now
+            from coordinator.report import code_version
+
+            details["code_version"] = code_version()  # the report states the run's, not its own
             auditlog.append(session, "run.started", run_id=run.id, details=details)
             # Its first setup task goes out in this same pass and commit, not the next.
             first = TaskKind.KEYGEN if scheme_of(run).encrypted else TaskKind.INIT

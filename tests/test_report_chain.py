@@ -235,3 +235,15 @@ def test_round_metrics_that_overflow_when_weighted_are_left_out():
 
     # inf would reach the round's JSON column, which PostgreSQL refuses ("Infinity").
     assert weighted_metrics(updates) == {"loss": 1.0, "accuracy": 0.75}
+
+
+def test_the_code_version_is_the_one_that_ran_the_run(coordinator, monkeypatch):
+    import coordinator.report as report_module
+
+    _, run_id = finished(coordinator)
+    ran = report_facts(coordinator.hub, run_id)["run"]["code_version"]
+    monkeypatch.setattr(report_module, "code_version", lambda: "cohort 9.9.9")  # an upgrade
+
+    after = report_facts(coordinator.hub, run_id)["run"]["code_version"]
+
+    assert after == ran and "9.9.9" not in after and "not logged" not in after
