@@ -188,15 +188,10 @@ def _silent_sites(
     """
     from sqlalchemy import select
 
-    from coordinator.schema import Institution, SiteAudit
+    from coordinator.queries import site_names
+    from coordinator.schema import SiteAudit
 
-    names = dict(
-        session.execute(
-            select(Node.id, Institution.name).join(
-                Institution, Node.institution_id == Institution.id
-            )
-        ).all()
-    )
+    names = site_names(session)
     out = []
     trained: dict[str, set[int]] = {}
     for node, number in updates:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -47,6 +49,16 @@ def summed_updates(
             .order_by(Update.node_id)
         )
     )
+
+
+def site_names(session: Session, node_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """Node id → institution name in one query, for ``node_ids`` (every node when None)."""
+    query = select(Node.id, Institution.name).join(
+        Institution, Node.institution_id == Institution.id
+    )
+    if node_ids is not None:
+        query = query.where(Node.id.in_(sorted(set(node_ids))))
+    return {str(node_id): str(name) for node_id, name in session.execute(query).all()}
 
 
 def site_name(session: Session, node: Node) -> str:

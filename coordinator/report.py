@@ -17,11 +17,9 @@ from coordinator.custody_view import report_custody
 from coordinator.db import Database
 from coordinator.hub import Hub
 from coordinator.provenance import frozen_sites
-from coordinator.queries import summed_updates
+from coordinator.queries import site_names, summed_updates
 from coordinator.schema import (
     AuditEvent,
-    Institution,
-    Node,
     Round,
     RoundState,
     Run,
@@ -67,13 +65,7 @@ def _authenticated_summaries(
     """
     from explain.summary import AttributionSummary
 
-    names = dict(
-        session.execute(
-            select(Node.id, Institution.name).join(
-                Institution, Node.institution_id == Institution.id
-            )
-        ).all()
-    )
+    names = site_names(session)
     summaries: list[AttributionSummary] = []
     rejected: list[dict[str, str]] = []
     audits = session.scalars(
@@ -104,13 +96,7 @@ def _frozen_sites(
 ) -> list[dict[str, Any]]:
     """Each contributing site as recorded when it first took part, never as it is now."""
     frozen = frozen_sites(session, run_id)
-    names = dict(
-        session.execute(
-            select(Node.id, Institution.name)
-            .join(Institution, Node.institution_id == Institution.id)
-            .where(Node.id.in_(list(participation)))
-        ).all()
-    )
+    names = site_names(session, participation)
     sites: list[dict[str, Any]] = []
     for node_id in participation:
         row = frozen.get(node_id)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from coordinator.queries import site_names
 from coordinator.schema import (
-    Institution,
     Node,
     Round,
     RoundState,
@@ -25,12 +25,7 @@ _LIVE = (TaskState.PENDING, TaskState.DELIVERED)
 def _names(session: Session, node_ids: list[str]) -> list[str]:
     # One query, not two lookups a site: `runs watch` redraws this line at every change,
     # and a round of a thousand sites has a thousand changes.
-    query = (
-        select(Node.id, Institution.name)
-        .join(Institution, Institution.id == Node.institution_id)
-        .where(Node.id.in_(sorted(set(node_ids))))
-    )
-    found = {str(row[0]): str(row[1]) for row in session.execute(query).all()}
+    found = site_names(session, node_ids)
     return sorted(found.get(node_id, node_id) for node_id in node_ids)
 
 
